@@ -1,0 +1,150 @@
+//! The one canonical encoder for definition digests and cache keys.
+//!
+//! Every field is written as a length-prefixed tag followed by a length-prefixed
+//! value, and lists carry their element count, so no two different sequences of
+//! fields encode to the same bytes: `["ab", "c"]` and `["a", "bc"]` differ, as do
+//! an absent option and an empty one. A domain string starts every key, so keys of
+//! different kinds (a RUN definition, a COPY content digest) never collide either.
+
+/// A blake3 digest produced by [`KeyEncoder::finish`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(pub [u8; 32]);
+
+impl Key {
+    /// Lowercase hex, 64 characters.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key({})", self.to_hex())
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Builds a [`Key`] from tagged, length-prefixed fields.
+pub struct KeyEncoder {
+    hasher: blake3::Hasher,
+}
+
+impl KeyEncoder {
+    /// Starts a key of one kind; `domain` names the kind (e.g. `"kiln.run.v1"`).
+    pub fn new(domain: &str) -> Self {
+        let mut encoder = KeyEncoder {
+            hasher: blake3::Hasher::new(),
+        };
+        encoder.raw(domain.as_bytes());
+        encoder
+    }
+
+    fn raw(&mut self, bytes: &[u8]) {
+        self.hasher.update(&(bytes.len() as u64).to_le_bytes());
+        self.hasher.update(bytes);
+    }
+
+    /// Adds one field of bytes.
+    pub fn bytes(&mut self, tag: &str, value: &[u8]) -> &mut Self {
+        self.raw(tag.as_bytes());
+        self.raw(value);
+        self
+    }
+
+    /// Adds one string field.
+    pub fn str(&mut self, tag: &str, value: &str) -> &mut Self {
+        self.bytes(tag, value.as_bytes())
+    }
+
+    /// Adds one integer field.
+    pub fn u64(&mut self, tag: &str, value: u64) -> &mut Self {
+        self.bytes(tag, &value.to_le_bytes())
+    }
+
+    /// Adds a flag.
+    pub fn bool(&mut self, tag: &str, value: bool) -> &mut Self {
+        self.bytes(tag, &[u8::from(value)])
+    }
+
+    /// Adds another key (a parent's, an input's).
+    pub fn key(&mut self, tag: &str, value: &Key) -> &mut Self {
+        self.bytes(tag, &value.0)
+    }
+
+    /// Adds an optional string; `None` and `Some("")` encode differently.
+    pub fn opt_str(&mut self, tag: &str, value: Option<&str>) -> &mut Self {
+        self.raw(tag.as_bytes());
+        match value {
+            None => self.raw(b"none"),
+            Some(v) => {
+                self.raw(b"some");
+                self.raw(v.as_bytes());
+            }
+        }
+        self
+    }
+
+    /// Adds a list of strings or byte strings, with its length.
+    pub fn list<I, T>(&mut self, tag: &str, items: I) -> &mut Self
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        let items: Vec<T> = items.into_iter().collect();
+        self.raw(tag.as_bytes());
+        self.hasher.update(&(items.len() as u64).to_le_bytes());
+        for item in &items {
+            self.raw(item.as_ref());
+        }
+        self
+    }
+
+    /// The finished key.
+    pub fn finish(&self) -> Key {
+        Key(*self.hasher.finalize().as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_boundaries_are_part_of_the_key() {
+        let a = KeyEncoder::new("t").list("l", ["ab", "c"]).finish();
+        let b = KeyEncoder::new("t").list("l", ["a", "bc"]).finish();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn absent_and_empty_differ() {
+        let a = KeyEncoder::new("t").opt_str("o", None).finish();
+        let b = KeyEncoder::new("t").opt_str("o", Some("")).finish();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn field_boundaries_and_domains_are_part_of_the_key() {
+        let a = KeyEncoder::new("t").str("x", "ab").str("y", "").finish();
+        let b = KeyEncoder::new("t").str("x", "a").str("y", "b").finish();
+        assert_ne!(a, b);
+        let c = KeyEncoder::new("u").str("x", "ab").str("y", "").finish();
+        assert_ne!(a, c);
+        let d = KeyEncoder::new("t").list("l", ["a"]).list("m", Vec::<&str>::new()).finish();
+        let e = KeyEncoder::new("t").list("l", Vec::<&str>::new()).list("m", ["a"]).finish();
+        assert_ne!(d, e);
+    }
+
+    #[test]
+    fn same_fields_same_key() {
+        let a = KeyEncoder::new("t").str("x", "v").u64("n", 7).finish();
+        let b = KeyEncoder::new("t").str("x", "v").u64("n", 7).finish();
+        assert_eq!(a, b);
+        assert_eq!(a.to_hex().len(), 64);
+    }
+}

@@ -1,0 +1,7 @@
+//! The solver: runs a build graph from the frontend.
+//!
+//! It looks every vertex up in the cache, runs what is missing through the
+//! executor (independent vertices in parallel), turns COPY/ADD and metadata
+//! instructions into layers and image config, and writes the finished image to
+//! the store.
+#![forbid(unsafe_code)]

@@ -1,0 +1,75 @@
+//! The `kiln` command: the only place that prints, reads the environment for
+//! user-facing defaults, or uses `anyhow`. Each subcommand lives in `cmd/`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// A daemonless OCI image builder with a Dockerfile compiler.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, max_term_width = 100)]
+struct Cli {
+    #[command(flatten)]
+    global: cmd::Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Parse a Dockerfile and print its instructions or build graph.
+    Parse(cmd::parse::Args),
+    /// Build an image from a Dockerfile and a context directory.
+    Build(cmd::build::Args),
+    /// Make a base image from a rootfs tarball or directory.
+    Import(cmd::import::Args),
+    /// List the images in the store.
+    Images(cmd::images::ImagesArgs),
+    /// Print an image's config, digest and size as JSON.
+    Inspect(cmd::images::InspectArgs),
+    /// Show the history of an image.
+    History(cmd::images::HistoryArgs),
+    /// Give an image another name.
+    Tag(cmd::images::TagArgs),
+    /// Remove image names (and the images no name refers to any more).
+    Rmi(cmd::images::RmiArgs),
+    /// Write images to an OCI or docker archive.
+    Save(cmd::archive::SaveArgs),
+    /// Read images from an OCI or docker archive.
+    Load(cmd::archive::LoadArgs),
+    /// Remove what no tag or cache record references.
+    Prune(cmd::store::PruneArgs),
+    /// Re-hash every blob in the store and report damage.
+    Fsck(cmd::store::FsckArgs),
+    /// Register qemu-user handlers in binfmt_misc for foreign architectures.
+    SetupBinfmt(cmd::setup_binfmt::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Parse(args) => cmd::parse::run(&cli.global, args),
+        Command::Build(args) => cmd::build::run(&cli.global, args),
+        Command::Import(args) => cmd::import::run(&cli.global, args),
+        Command::Images(args) => cmd::images::images(&cli.global, args),
+        Command::Inspect(args) => cmd::images::inspect(&cli.global, args),
+        Command::History(args) => cmd::images::history(&cli.global, args),
+        Command::Tag(args) => cmd::images::tag(&cli.global, args),
+        Command::Rmi(args) => cmd::images::rmi(&cli.global, args),
+        Command::Save(args) => cmd::archive::save(&cli.global, args),
+        Command::Load(args) => cmd::archive::load(&cli.global, args),
+        Command::Prune(args) => cmd::store::prune(&cli.global, args),
+        Command::Fsck(args) => cmd::store::fsck(&cli.global, args),
+        Command::SetupBinfmt(args) => cmd::setup_binfmt::run(&cli.global, args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            cmd::report_error(&err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
