@@ -1,13 +1,31 @@
 //! The Dockerfile frontend: text in, a typed and validated build graph out.
 //!
 //! Three layers, as in BuildKit's `parser` / `instructions` / `dockerfile2llb`:
-//! the pest grammar (`grammar/dockerfile.pest`) produces a syntax tree of raw
-//! instructions with source spans; those are typed and validated into
-//! instructions; the instructions of each stage become vertices of a build graph
-//! with stable definition digests, which the solver uses as the basis of its
-//! cache keys.
+//! the pest grammar (`grammar/dockerfile.pest`) and the line reader produce a
+//! syntax tree of raw instructions with source spans ([`parse`] ->
+//! [`Dockerfile`]); [`compile`] validates them, expands variables with Docker's
+//! rules and turns the stages the target needs into a [`BuildGraph`] whose
+//! steps carry stable definition digests ([`Key`], built with [`KeyEncoder`]),
+//! which the solver uses as the basis of its cache keys. [`apply_changes`]
+//! applies `kiln import --change` instructions to an [`ImageConfig`].
 #![forbid(unsafe_code)]
 
+mod ast;
+mod compile;
+mod config;
+mod error;
+mod graph;
 mod key;
+mod parse;
 
+pub use ast::{Dockerfile, Flag, Heredoc, Instruction, Keyword, Pair};
+pub use compile::{apply_changes, compile};
+pub use config::{Empty, Healthcheck, ImageConfig};
+pub use error::{Error, Result, Span};
+pub use graph::{
+    Base, BaseImage, BaseImageResolver, BuildGraph, CacheSharing, CompileOptions, CopyFrom,
+    CopyStep, Network, NoImages, RunFile, RunMount, RunStep, Security, Stage, Step, StepKind,
+    PLACEHOLDER_DIGEST,
+};
 pub use key::{Key, KeyEncoder};
+pub use parse::parse;

@@ -1,0 +1,59 @@
+//! Parse + compile of a generated 10,000-instruction Dockerfile (target: < 20 ms).
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use kiln_frontend::{compile, parse, CompileOptions, NoImages};
+
+/// A Dockerfile of `instructions` instructions mixing every common kind, in
+/// several stages, with continuations, heredocs and variables.
+fn generate(instructions: usize) -> String {
+    let mut text = String::from("# syntax=docker/dockerfile:1\nARG BASE=debian:12\nFROM $BASE AS stage0\n");
+    let mut count = 2;
+    let mut stage = 0;
+    while count < instructions {
+        let i = count;
+        let line = match i % 10 {
+            0 => format!("RUN --mount=type=cache,target=/var/cache/apt apt-get update && \\\n    apt-get install -y pkg{i}\n"),
+            1 => format!("ENV VAR{i}=value{i} OTHER{i}=\"${{VAR{i}}}/bin\"\n"),
+            2 => format!("COPY --chown=app:app src{i}/ ./dst{i}/\n"),
+            3 => format!("WORKDIR /work/${{VAR{}}}\n", i - 2),
+            4 => format!("LABEL org.example.k{i}=\"v {i}\"\n"),
+            5 => format!("RUN [\"/bin/echo\", \"exec {i}\"]\n"),
+            6 => format!("ARG A{i}=default{i}\n"),
+            7 => format!("RUN <<EOF\necho heredoc {i}\necho $A{}\nEOF\n", i - 1),
+            8 => format!("EXPOSE {}/tcp\n", 1000 + i % 5000),
+            _ => {
+                if i % 1000 == 9 {
+                    stage += 1;
+                    format!("FROM stage{} AS stage{stage}\n", stage - 1)
+                } else {
+                    format!("USER user{i}\n")
+                }
+            }
+        };
+        text.push_str(&line);
+        count += 1;
+    }
+    text.push_str("COPY --from=stage0 /a /b\nCMD [\"/bin/sh\"]\n");
+    text
+}
+
+fn bench(c: &mut Criterion) {
+    let text = generate(10_000);
+    let options = CompileOptions {
+        target_platform: "linux/amd64".into(),
+        build_platform: "linux/amd64".into(),
+        ..CompileOptions::default()
+    };
+    c.bench_function("parse+compile 10k instructions", |b| {
+        b.iter(|| {
+            let dockerfile = parse(&text, "Dockerfile").expect("generated dockerfile parses");
+            compile(&dockerfile, &options, &NoImages).expect("generated dockerfile compiles")
+        })
+    });
+    c.bench_function("parse 10k instructions", |b| {
+        b.iter(|| parse(&text, "Dockerfile").expect("generated dockerfile parses"))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
