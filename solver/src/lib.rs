@@ -5,3 +5,10 @@
 //! instructions into layers and image config, and writes the finished image to
 //! the store.
 #![forbid(unsafe_code)]
+
+mod dockerignore;
+mod error;
+mod pattern;
+
+pub use dockerignore::IgnoreRules;
+pub use error::{Error, Result};
