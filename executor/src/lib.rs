@@ -1,6 +1,83 @@
-//! The executor: runs one RUN step in a Linux-namespaced sandbox.
+//! The executor: runs one RUN step in a Linux-namespaced sandbox and turns
+//! directories into OCI layers. It knows nothing of the store: it takes
+//! directories, readers and `Write` sinks.
 //!
-//! Given the parent image's unpacked snapshots, the command, its environment and
-//! mounts, it runs the step on an overlay and returns the filesystem change as an
-//! OCI layer tar. Every syscall that needs `unsafe` lives in the private `sys`
-//! module; the rest of the crate is safe code.
+//! - [`Snapshotter`] unpacks each layer once into a directory named after its
+//!   chain id, in overlayfs form (whiteouts as char devices 0:0, opaque
+//!   directories as `trusted.overlay.opaque=y`); hostile paths cannot escape it.
+//! - [`RootfsView`] reads the merged filesystem of a snapshot stack without
+//!   mounting; [`resolve_user`] resolves `USER` against its /etc/passwd and /etc/group.
+//! - [`run`] runs a [`RunSpec`] over the snapshots and returns the [`Upper`] dir,
+//!   which [`Upper::write_layer`] turns into a layer tar; [`write_dir_layer`]
+//!   does the same for a plain directory (COPY).
+//! - [`check_binfmt`] and [`setup_binfmt`] handle foreign architectures (qemu-user).
+//!
+//! # Process model
+//!
+//! [`run`] is called from many threads at once (the solver runs independent
+//! steps in parallel) and from `cargo test` binaries, so it neither re-executes
+//! a helper binary (a test harness has no hook for that) nor uses a glibc
+//! `fork()` whose child might inherit locks held by other threads. Instead the
+//! calling thread prepares everything the sandbox will need, as plain data: every
+//! path, argument and environment string as a `CString`, the `execve` pointer
+//! arrays, the list of mounts. It then creates the sandbox's init with a raw
+//! `clone(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC [| CLONE_NEWNET])`
+//! that behaves like `fork`. The child only interprets the prepared plan with
+//! syscalls: it never allocates, takes a lock or panics, and issues the setuid
+//! family as raw syscalls (glibc's wrappers would try to signal threads that
+//! only exist in the parent). Its first act is to move its five descriptors to
+//! 0-4 and close every other one, so pipes of steps running concurrently in
+//! other threads are never held open by this sandbox.
+//!
+//! The init (pid 1 of its pid namespace) makes every mount private, mounts the
+//! overlay (snapshots as lower dirs, a fresh upper dir in the scratch dir), a
+//! fresh /proc, a minimal /dev, read-only /sys, the requested mounts, and
+//! `pivot_root`s into it; the old root is detached. It then clones the step's
+//! main process, which drops to Docker's default capability set, switches user,
+//! sets `no_new_privs` and executes the program. The init reaps every process
+//! and, when the main one exits, kills all that remain. Nothing is mounted in
+//! the host's namespace: when the init dies (also when kiln is killed:
+//! `PR_SET_PDEATHSIG`), the kernel tears the namespace and its mounts down.
+//! The parent streams stdout and stderr line by line, reads the init's report
+//! pipe (setup failures with the errno of the failing step, then the main
+//! process' exit status) and polls the [`CancelToken`] every 20 ms.
+
+mod binfmt;
+mod cgroup;
+mod child;
+mod copydiff;
+mod diff;
+mod error;
+mod sandbox;
+mod snapshot;
+mod spec;
+mod sys;
+mod user;
+mod view;
+
+use std::path::Path;
+
+pub use binfmt::{check_binfmt, host_arch, is_native, qemu_name, setup_binfmt, BinfmtSetup};
+pub use diff::{write_dir_layer, DiffOptions, LayerSummary, Upper};
+pub use error::{Error, Result};
+pub use snapshot::{remove_tree, Snapshotter};
+pub use spec::{CancelToken, Limits, Mount, Network, OutputLine, RunSpec, Stream};
+pub use user::{resolve_user, User};
+pub use view::{RootfsView, ViewEntry};
+
+/// Runs one step in a fresh sandbox and returns the changes it made.
+///
+/// `scratch_dir` is a directory for this step only (created if missing, on a
+/// filesystem overlayfs accepts as upper: not overlayfs itself); it receives the
+/// upper, work and mount directories. The caller removes it with
+/// [`remove_tree`] once the layer is written, also after errors. Output lines
+/// go to `on_output` as they come. A non-zero exit is
+/// [`Error::ExitCode`] with the last lines of output. Needs root.
+pub fn run(
+    spec: &RunSpec,
+    scratch_dir: &Path,
+    cancel: &CancelToken,
+    on_output: &mut dyn FnMut(OutputLine),
+) -> Result<Upper> {
+    sandbox::run(spec, scratch_dir, cancel, on_output)
+}

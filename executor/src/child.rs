@@ -1,0 +1,248 @@
+//! The code that runs in the sandbox's processes between `clone` and `execve`.
+//!
+//! It only interprets a [`Plan`] the parent prepared: every path is a `CString`
+//! made before cloning, and nothing here allocates, locks or panics (see the
+//! crate docs for why).
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::stat::{Mode, SFlag};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::sys::{self, ExecArray};
+
+/// Descriptor numbers inside the sandbox's init (0, 1, 2 are the step's stdio).
+pub(crate) const REPORT_FD: RawFd = 3;
+pub(crate) const GO_FD: RawFd = 4;
+
+/// Record kinds on the report pipe: `[kind: u32][value: i32]`, native endian.
+/// Kinds below `REPORT_EXEC` are the index of the failed [`Op`].
+pub(crate) const REPORT_EXEC: u32 = 0xffff_0000;
+pub(crate) const REPORT_IDENTITY: u32 = 0xffff_0001;
+pub(crate) const REPORT_CAPS: u32 = 0xffff_0002;
+pub(crate) const REPORT_FORK: u32 = 0xffff_0003;
+/// The value is the main process' raw wait status.
+pub(crate) const REPORT_STATUS: u32 = 0xffff_0005;
+
+/// One setup action of the sandbox's init.
+pub(crate) enum Op {
+    Chdir(CString),
+    Mount {
+        source: Option<CString>,
+        target: CString,
+        fstype: Option<CString>,
+        flags: MsFlags,
+        data: Option<CString>,
+    },
+    /// `mkdir`, tolerating an existing directory.
+    Mkdir(CString, u32),
+    /// Creates an empty file as a mountpoint, tolerating an existing one.
+    Touch(CString),
+    Mknod(CString, u32, u64),
+    Symlink {
+        target: CString,
+        path: CString,
+    },
+    PivotRootHere,
+    Hostname(CString),
+    LoopbackUp,
+}
+
+/// Everything the sandbox's processes need, prepared by the parent.
+pub(crate) struct Plan {
+    pub ops: Vec<Op>,
+    pub exec_candidates: Vec<CString>,
+    pub argv: ExecArray,
+    pub envp: ExecArray,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<libc::gid_t>,
+    pub keep_caps: u64,
+    pub last_cap: u32,
+    /// Descriptors as numbered in the parent: stdin, stdout, stderr, report, go.
+    pub fds: [RawFd; 5],
+    pub wait_for_go: bool,
+}
+
+fn report(kind: u32, value: i32) {
+    let mut record = [0u8; 8];
+    record[..4].copy_from_slice(&kind.to_ne_bytes());
+    record[4..].copy_from_slice(&value.to_ne_bytes());
+    sys::write_all(REPORT_FD, &record);
+}
+
+fn fail(kind: u32, errno: Errno) -> ! {
+    report(kind, errno as i32);
+    sys::exit_now(125)
+}
+
+/// Moves the plan's descriptors to 0..=4 and closes every other descriptor the
+/// clone inherited (other threads' pipes must not be kept open by us).
+fn arrange_fds(fds: &[RawFd; 5]) -> Result<(), Errno> {
+    let mut high = [0; 5];
+    for (slot, fd) in high.iter_mut().zip(fds) {
+        *slot = sys::dup_above(*fd, 16)?;
+    }
+    for (target, fd) in high.iter().enumerate() {
+        sys::dup_to(*fd, target as RawFd)?;
+    }
+    sys::close_from(5)?;
+    sys::set_cloexec(REPORT_FD)?;
+    sys::set_cloexec(GO_FD)
+}
+
+fn run_op(op: &Op) -> Result<(), Errno> {
+    match op {
+        Op::Chdir(path) => nix::unistd::chdir(path.as_c_str()),
+        Op::Mount {
+            source,
+            target,
+            fstype,
+            flags,
+            data,
+        } => nix::mount::mount(
+            source.as_deref(),
+            target.as_c_str(),
+            fstype.as_deref(),
+            *flags,
+            data.as_deref(),
+        ),
+        Op::Mkdir(path, mode) => {
+            match nix::unistd::mkdir(path.as_c_str(), Mode::from_bits_truncate(*mode)) {
+                Err(Errno::EEXIST) => Ok(()),
+                other => other,
+            }
+        }
+        Op::Touch(path) => {
+            match nix::fcntl::open(
+                path.as_c_str(),
+                nix::fcntl::OFlag::O_CREAT
+                    | nix::fcntl::OFlag::O_WRONLY
+                    | nix::fcntl::OFlag::O_CLOEXEC
+                    | nix::fcntl::OFlag::O_NOFOLLOW,
+                Mode::from_bits_truncate(0o644),
+            ) {
+                Ok(fd) => {
+                    drop(fd);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Op::Mknod(path, mode, dev) => nix::sys::stat::mknod(
+            path.as_c_str(),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(*mode),
+            *dev,
+        ),
+        Op::Symlink { target, path } => {
+            nix::unistd::symlinkat(target.as_c_str(), nix::fcntl::AT_FDCWD, path.as_c_str())
+        }
+        Op::PivotRootHere => {
+            nix::unistd::pivot_root(c".", c".")?;
+            nix::mount::umount2(c".", MntFlags::MNT_DETACH)?;
+            nix::unistd::chdir(c"/")
+        }
+        Op::Hostname(name) => nix::unistd::sethostname(std::ffi::OsStr::new(
+            // A CString's bytes without the NUL.
+            std::str::from_utf8(name.as_bytes()).unwrap_or("kiln"),
+        )),
+        Op::LoopbackUp => sys::loopback_up(),
+    }
+}
+
+/// The sandbox's init (pid 1 of the new pid namespace): sets the sandbox up,
+/// starts the step's main process, reaps everything, and when the main process
+/// exits kills whatever it left behind. Never returns.
+pub(crate) fn init_main(plan: &Plan) -> ! {
+    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() {
+        sys::exit_now(125);
+    }
+    if let Err(e) = arrange_fds(&plan.fds) {
+        // The report pipe may not be at REPORT_FD yet: nothing to tell.
+        sys::exit_now(120 + (e as i32 % 5));
+    }
+    if plan.wait_for_go && !sys::read_byte(GO_FD) {
+        // The parent gave up (cgroup setup failed); it reports why.
+        sys::exit_now(125);
+    }
+    sys::close_fd(GO_FD);
+    for (index, op) in plan.ops.iter().enumerate() {
+        if let Err(errno) = run_op(op) {
+            fail(index as u32, errno);
+        }
+    }
+    let main = match sys::clone_process(0) {
+        Ok(Some(pid)) => pid,
+        Ok(None) => exec_main(plan),
+        Err(errno) => fail(REPORT_FORK, errno),
+    };
+    // Only the main process and what it starts may hold the output pipes.
+    sys::close_fd(0);
+    sys::close_fd(1);
+    sys::close_fd(2);
+    let mut main_status: Option<i32> = None;
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::__WALL)) {
+            Ok(status) => {
+                if main_status.is_none() && status.pid() == Some(main) {
+                    main_status = Some(raw_status(status));
+                    // Everything the step left behind dies with it.
+                    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+                }
+            }
+            Err(Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    report(REPORT_STATUS, main_status.unwrap_or(255 << 8));
+    sys::exit_now(0)
+}
+
+/// Re-encodes a wait status the way the kernel reports it (`exit << 8` or the signal).
+fn raw_status(status: WaitStatus) -> i32 {
+    match status {
+        WaitStatus::Exited(_, code) => (code & 0xff) << 8,
+        WaitStatus::Signaled(_, signal, _) => signal as i32,
+        _ => 255 << 8,
+    }
+}
+
+/// The step's main process: drops privileges and executes the program.
+fn exec_main(plan: &Plan) -> ! {
+    // Default signal dispositions are inherited from init, which changed none.
+    if let Err(errno) = sys::limit_capabilities(plan.keep_caps, plan.last_cap) {
+        fail(REPORT_CAPS, errno);
+    }
+    if let Err(errno) = sys::set_identity(plan.uid, plan.gid, &plan.groups) {
+        fail(REPORT_IDENTITY, errno);
+    }
+    if plan.uid != 0 {
+        // setresuid to a non-root uid already cleared the permitted set.
+    } else if let Err(errno) = sys::set_capabilities(plan.keep_caps) {
+        fail(REPORT_CAPS, errno);
+    }
+    if let Err(errno) = nix::sys::prctl::set_no_new_privs() {
+        fail(REPORT_CAPS, errno);
+    }
+    let mut last = Errno::ENOENT;
+    for candidate in &plan.exec_candidates {
+        let errno = sys::execve(candidate, &plan.argv, &plan.envp);
+        // As execvp: keep looking past missing files, remember permission errors.
+        match errno {
+            Errno::ENOENT | Errno::ENOTDIR => {}
+            Errno::EACCES => last = Errno::EACCES,
+            other => {
+                last = other;
+                break;
+            }
+        }
+    }
+    report(REPORT_EXEC, last as i32);
+    sys::exit_now(127)
+}

@@ -1,0 +1,349 @@
+//! Directory trees to OCI layer tars: the overlay upper dir of a step (with
+//! whiteouts) or a plain directory (for COPY).
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::{self, File, Metadata};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{io_err, Error, Result};
+use crate::snapshot::{OPAQUE_MARKER, OVERLAY_XATTR_PREFIX, WHITEOUT_PREFIX};
+use crate::view::{is_opaque, is_whiteout, RootfsView};
+
+/// How layer tars are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiffOptions {
+    /// When set, every mtime later than this (seconds since the epoch) is
+    /// clamped to it, so rebuilding the same step gives the same digest.
+    pub source_date_epoch: Option<i64>,
+}
+
+/// What was written into a layer tar.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LayerSummary {
+    /// Number of tar entries (files, directories, links, whiteouts).
+    pub entries: u64,
+    /// Whether the layer changes nothing (no entries).
+    pub empty: bool,
+}
+
+/// The changes a step made: its overlay upper directory over its lower snapshots.
+/// It lives in the step's scratch directory; the caller removes that directory
+/// (with [`remove_tree`](crate::remove_tree)) once the layer is written.
+#[derive(Debug, Clone)]
+pub struct Upper {
+    pub(crate) dir: PathBuf,
+    pub(crate) lowers: Vec<PathBuf>,
+}
+
+impl Upper {
+    /// An upper dir made by overlayfs over `lowers` (bottom first): whiteouts are
+    /// char devices 0:0, opaque directories carry `trusted.overlay.opaque=y`.
+    pub fn new(dir: impl Into<PathBuf>, lowers: Vec<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            lowers,
+        }
+    }
+
+    /// The upper directory on the host.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes the changes as an OCI layer tar (uncompressed) into `sink`:
+    /// deletions as `.wh.NAME`, replaced directories as `.wh..wh..opq`, entries
+    /// sorted by path, hard links as tar hard links, modes with
+    /// setuid/setgid/sticky, uid/gid, xattrs (except overlayfs' own). Directories
+    /// that overlayfs merely copied up (same owner, mode and xattrs as below and
+    /// nothing changed inside) are left out.
+    pub fn write_layer<W: Write>(&self, sink: W, options: &DiffOptions) -> Result<LayerSummary> {
+        let view = RootfsView::new(&self.lowers);
+        let walker = Walker {
+            overlay: Some(&view),
+        };
+        let mut entries = Vec::new();
+        walker.collect(&self.dir, "", &mut entries)?;
+        entries.sort_by(|a, b| tar_order(&a.path, &b.path));
+        write_entries(&self.dir, &entries, sink, options)
+    }
+}
+
+/// Writes a plain directory tree (without the directory itself) as a layer tar,
+/// with the same ordering, hard link, ownership, xattr and mtime rules as
+/// [`Upper::write_layer`]. Nothing is interpreted as a whiteout.
+pub fn write_dir_layer<W: Write>(
+    dir: &Path,
+    sink: W,
+    options: &DiffOptions,
+) -> Result<LayerSummary> {
+    let walker = Walker { overlay: None };
+    let mut entries = Vec::new();
+    walker.collect(dir, "", &mut entries)?;
+    entries.sort_by(|a, b| tar_order(&a.path, &b.path));
+    write_entries(dir, &entries, sink, options)
+}
+
+enum Kind {
+    /// A real filesystem object at the relative path.
+    Object(Metadata),
+    /// `.wh.NAME` for a deleted path.
+    Whiteout,
+    /// `.wh..wh..opq` inside an opaque directory.
+    OpaqueMarker,
+}
+
+struct Entry {
+    /// Tar path, relative, without trailing slash.
+    path: String,
+    kind: Kind,
+}
+
+struct Walker<'a> {
+    /// The lower view when walking an overlay upper dir.
+    overlay: Option<&'a RootfsView>,
+}
+
+impl Walker<'_> {
+    /// Appends the entries under `dir` (tar path prefix `rel`) in sorted order;
+    /// returns whether anything was appended.
+    fn collect(&self, dir: &Path, rel: &str, out: &mut Vec<Entry>) -> Result<bool> {
+        let mut names: Vec<OsString> = fs::read_dir(dir)
+            .map_err(io_err("list", dir))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()
+            .map_err(io_err("list", dir))?;
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let start = out.len();
+        for name in names {
+            let host = dir.join(&name);
+            let name = name.to_str().ok_or_else(|| Error::Io {
+                action: "write layer entry",
+                path: host.clone(),
+                source: io::Error::new(io::ErrorKind::InvalidData, "file name is not UTF-8"),
+            })?;
+            let path = if rel.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let meta = fs::symlink_metadata(&host).map_err(io_err("inspect", &host))?;
+            if self.overlay.is_some() && is_whiteout(&meta) {
+                let whiteout = match path.rsplit_once('/') {
+                    Some((parent, name)) => format!("{parent}/{WHITEOUT_PREFIX}{name}"),
+                    None => format!("{WHITEOUT_PREFIX}{name}"),
+                };
+                out.push(Entry {
+                    path: whiteout,
+                    kind: Kind::Whiteout,
+                });
+                continue;
+            }
+            if !meta.is_dir() {
+                out.push(Entry {
+                    path,
+                    kind: Kind::Object(meta),
+                });
+                continue;
+            }
+            let opaque = self.overlay.is_some() && is_opaque(&host);
+            let index = out.len();
+            out.push(Entry {
+                path: path.clone(),
+                kind: Kind::Object(meta),
+            });
+            if opaque {
+                out.push(Entry {
+                    path: format!("{path}/{OPAQUE_MARKER}"),
+                    kind: Kind::OpaqueMarker,
+                });
+            }
+            let changed_inside = self.collect(&host, &path, out)?;
+            if !opaque && !changed_inside {
+                if let Some(view) = self.overlay {
+                    if let Kind::Object(meta) = &out[index].kind {
+                        if is_copied_up_only(view, &path, &host, meta)? {
+                            out.truncate(index);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out.len() > start)
+    }
+}
+
+/// Orders paths so that a directory comes before its contents and siblings sort
+/// bytewise.
+fn tar_order(a: &str, b: &str) -> std::cmp::Ordering {
+    a.split('/').cmp(b.split('/'))
+}
+
+/// Whether an upper directory only exists because overlayfs copied it up (its
+/// owner, mode and xattrs equal the lower one's).
+fn is_copied_up_only(view: &RootfsView, path: &str, host: &Path, meta: &Metadata) -> Result<bool> {
+    let Some(lower) = view.lookup(path, false)? else {
+        return Ok(false);
+    };
+    let lm = &lower.metadata;
+    if !lm.is_dir() || lm.mode() != meta.mode() || lm.uid() != meta.uid() || lm.gid() != meta.gid()
+    {
+        return Ok(false);
+    }
+    Ok(read_xattrs(host)? == read_xattrs(&lower.host_path)?)
+}
+
+fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(out),
+        Err(e) => return Err(io_err("list xattrs of", path)(e)),
+    };
+    for name in names {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with(OVERLAY_XATTR_PREFIX) {
+            continue;
+        }
+        if let Some(value) = xattr::get(path, name).map_err(io_err("read xattr of", path))? {
+            out.push((name.to_owned(), value));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn write_entries<W: Write>(
+    root: &Path,
+    entries: &[Entry],
+    sink: W,
+    options: &DiffOptions,
+) -> Result<LayerSummary> {
+    let mut builder = tar::Builder::new(sink);
+    builder.mode(tar::HeaderMode::Complete);
+    builder.follow_symlinks(false);
+    let mut first_paths: HashMap<(u64, u64), String> = HashMap::new();
+    let clamp = |mtime: i64| -> u64 {
+        let mtime = match options.source_date_epoch {
+            Some(epoch) if mtime > epoch => epoch,
+            _ => mtime,
+        };
+        mtime.max(0) as u64
+    };
+    let tar_err = |path: &str| {
+        let path = PathBuf::from(path);
+        move |e: io::Error| Error::Io {
+            action: "write layer entry",
+            path,
+            source: e,
+        }
+    };
+    for entry in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(options.source_date_epoch.map_or(0, |e| e.max(0) as u64));
+        match &entry.kind {
+            Kind::Whiteout | Kind::OpaqueMarker => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(0o644);
+                header.set_size(0);
+                builder
+                    .append_data(&mut header, &entry.path, io::empty())
+                    .map_err(tar_err(&entry.path))?;
+            }
+            Kind::Object(meta) => {
+                let host = root.join(&entry.path);
+                let xattrs = read_xattrs(&host)?;
+                if !xattrs.is_empty() {
+                    let records: Vec<(String, &[u8])> = xattrs
+                        .iter()
+                        .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice()))
+                        .collect();
+                    builder
+                        .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+                        .map_err(tar_err(&entry.path))?;
+                }
+                header.set_mode(meta.mode() & 0o7777);
+                header.set_uid(u64::from(meta.uid()));
+                header.set_gid(u64::from(meta.gid()));
+                header.set_mtime(clamp(meta.mtime()));
+                header.set_size(0);
+                let file_type = meta.file_type();
+                if file_type.is_dir() {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    builder
+                        .append_data(&mut header, format!("{}/", entry.path), io::empty())
+                        .map_err(tar_err(&entry.path))?;
+                } else if file_type.is_symlink() {
+                    header.set_entry_type(tar::EntryType::Symlink);
+                    let target = fs::read_link(&host).map_err(io_err("read link", &host))?;
+                    builder
+                        .append_link(&mut header, &entry.path, &target)
+                        .map_err(tar_err(&entry.path))?;
+                } else if file_type.is_file()
+                    && meta.nlink() > 1
+                    && first_paths.contains_key(&(meta.dev(), meta.ino()))
+                {
+                    header.set_entry_type(tar::EntryType::Link);
+                    let target = &first_paths[&(meta.dev(), meta.ino())];
+                    builder
+                        .append_link(&mut header, &entry.path, target)
+                        .map_err(tar_err(&entry.path))?;
+                } else if file_type.is_file() {
+                    if meta.nlink() > 1 {
+                        first_paths.insert((meta.dev(), meta.ino()), entry.path.clone());
+                    }
+                    header.set_entry_type(tar::EntryType::Regular);
+                    header.set_size(meta.len());
+                    let file = File::open(&host).map_err(io_err("read", &host))?;
+                    // A file that changes size while being archived would corrupt the tar.
+                    let reader = io::Read::take(file, meta.len());
+                    builder
+                        .append_data(&mut header, &entry.path, reader)
+                        .map_err(tar_err(&entry.path))?;
+                } else if file_type.is_char_device()
+                    || file_type.is_block_device()
+                    || file_type.is_fifo()
+                {
+                    header.set_entry_type(if file_type.is_char_device() {
+                        tar::EntryType::Char
+                    } else if file_type.is_block_device() {
+                        tar::EntryType::Block
+                    } else {
+                        tar::EntryType::Fifo
+                    });
+                    let rdev = meta.rdev();
+                    header
+                        .set_device_major(nix::sys::stat::major(rdev) as u32)
+                        .map_err(tar_err(&entry.path))?;
+                    header
+                        .set_device_minor(nix::sys::stat::minor(rdev) as u32)
+                        .map_err(tar_err(&entry.path))?;
+                    builder
+                        .append_data(&mut header, &entry.path, io::empty())
+                        .map_err(tar_err(&entry.path))?;
+                } else {
+                    // Sockets cannot be stored in a tar; Docker skips them as well.
+                    continue;
+                }
+            }
+        }
+    }
+    let count = entries
+        .iter()
+        .filter(|e| !matches!(&e.kind, Kind::Object(m) if m.file_type().is_socket()))
+        .count() as u64;
+    builder.into_inner().map_err(|e| Error::Io {
+        action: "finish layer of",
+        path: root.to_path_buf(),
+        source: e,
+    })?;
+    Ok(LayerSummary {
+        entries: count,
+        empty: count == 0,
+    })
+}

@@ -1,0 +1,102 @@
+//! The executor's error type.
+
+use std::io;
+use std::path::PathBuf;
+
+/// What can go wrong while unpacking, running a step or writing a layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A filesystem operation failed; `path` names what was being touched.
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The callback that opens a layer stream failed.
+    #[error("could not open the layer for snapshot {chain_id}: {source}")]
+    OpenLayer {
+        chain_id: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A layer tar is malformed or tries to escape its snapshot directory.
+    #[error("layer for snapshot {chain_id}: entry {entry:?}: {reason}; the layer is corrupt or hostile, rebuild or re-import the image it belongs to")]
+    BadLayer {
+        chain_id: String,
+        entry: String,
+        reason: String,
+    },
+    /// A chain id that cannot name a snapshot directory.
+    #[error("invalid chain id {0:?}: expected an OCI digest such as sha256:<64 hex digits>")]
+    InvalidChainId(String),
+    /// The `USER` of a step names nobody in the image.
+    #[error("unable to find user {user:?}: no matching entry in the image's /etc/passwd; add the user in an earlier step or use a numeric uid")]
+    UnknownUser { user: String },
+    /// The group of a `USER` names no group in the image.
+    #[error("unable to find group {group:?}: no matching entry in the image's /etc/group; add the group in an earlier step or use a numeric gid")]
+    UnknownGroup { group: String },
+    /// The run specification is inconsistent (relative paths, empty argv, ...).
+    #[error("invalid run specification: {0}")]
+    InvalidSpec(String),
+    /// The step's program could not be found or executed inside the sandbox.
+    #[error("cannot run {program:?} in the image: {reason}")]
+    Exec { program: String, reason: String },
+    /// Setting up the sandbox failed; `step` says which part.
+    #[error("sandbox setup failed: {step}: {errno}")]
+    Sandbox {
+        step: String,
+        errno: nix::errno::Errno,
+    },
+    /// The step's main process exited with a non-zero code.
+    #[error("the step exited with code {code}{}", format_last_lines(last_lines))]
+    ExitCode { code: i32, last_lines: Vec<String> },
+    /// The step's main process was killed by a signal (the OOM killer sends SIGKILL).
+    #[error("the step was killed by signal {signal}{}{}", if *out_of_memory { " (it ran out of memory: raise --memory)" } else { "" }, format_last_lines(last_lines))]
+    Signaled {
+        signal: i32,
+        out_of_memory: bool,
+        last_lines: Vec<String>,
+    },
+    /// The step was cancelled through its [`CancelToken`](crate::CancelToken).
+    #[error("the step was cancelled")]
+    Cancelled,
+    /// Resource limits were asked for but no usable cgroup hierarchy exists.
+    #[error("cannot apply resource limits: {0}")]
+    Cgroup(String),
+    /// A foreign architecture has no usable binfmt_misc handler.
+    #[error("no binfmt_misc handler with the F flag for {arch} ({reason}); install qemu-user-static (apt-get install qemu-user-static) and run `kiln setup-binfmt {arch}` as root")]
+    NoBinfmt { arch: String, reason: String },
+    /// An architecture name kiln does not know how to emulate.
+    #[error("unknown architecture {0:?}: expected an OCI architecture such as amd64, arm64, arm, 386, mips64le, ppc64le, riscv64, s390x, loong64")]
+    UnknownArch(String),
+}
+
+fn format_last_lines(lines: &[String]) -> String {
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut text = String::from("; last output:");
+    for line in lines {
+        text.push_str("\n  ");
+        text.push_str(line);
+    }
+    text
+}
+
+/// The executor's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Builds a closure that wraps an `io::Error` with the action and path it concerns.
+pub(crate) fn io_err<P: Into<PathBuf>>(
+    action: &'static str,
+    path: P,
+) -> impl FnOnce(io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io {
+        action,
+        path,
+        source,
+    }
+}

@@ -1,0 +1,957 @@
+//! The parent side of a step: prepares the plan, starts the sandbox's init,
+//! streams output, waits, and turns the outcome into a result.
+
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::mount::MsFlags;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{pipe2, Pid};
+
+use crate::cgroup::StepCgroup;
+use crate::child::{self, Op, Plan};
+use crate::diff::Upper;
+use crate::error::{io_err, Error, Result};
+use crate::spec::{CancelToken, Mount, Network, OutputLine, RunSpec, Stream};
+use crate::sys::{self, ExecArray};
+use crate::user::resolve_user;
+use crate::view::RootfsView;
+
+/// Lines of output kept for the error of a failed step.
+const LAST_LINES: usize = 10;
+/// Longest line delivered whole; longer ones are split (a step printing
+/// megabytes without a newline must not exhaust memory).
+const MAX_LINE: usize = 64 * 1024;
+/// How often a running step checks its cancel token.
+const CANCEL_POLL: Duration = Duration::from_millis(20);
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Docker's default capability set (moby's `DefaultCapabilities`).
+const DEFAULT_CAPS: &[u32] = &[
+    0,  // CHOWN
+    1,  // DAC_OVERRIDE
+    3,  // FOWNER
+    4,  // FSETID
+    5,  // KILL
+    6,  // SETGID
+    7,  // SETUID
+    8,  // SETPCAP
+    10, // NET_BIND_SERVICE
+    13, // NET_RAW
+    18, // SYS_CHROOT
+    27, // MKNOD
+    29, // AUDIT_WRITE
+    31, // SETFCAP
+];
+
+/// Root filesystem strategy for one attempt.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RootMode {
+    Overlay,
+    /// Overlayfs is unavailable: the merged view is copied into the scratch dir.
+    Copy,
+}
+
+fn cstring(bytes: impl Into<Vec<u8>>) -> Result<CString> {
+    CString::new(bytes)
+        .map_err(|_| Error::InvalidSpec("a path, argument or variable contains a NUL byte".into()))
+}
+
+fn path_c(path: &Path) -> Result<CString> {
+    cstring(path.as_os_str().as_bytes())
+}
+
+/// Builds the plan's operations and remembers what each one is, for errors.
+struct PlanBuilder {
+    ops: Vec<Op>,
+    descriptions: Vec<String>,
+    /// In-image paths of the mountpoints created as stubs, deepest last.
+    stubs: Vec<String>,
+}
+
+impl PlanBuilder {
+    fn push(&mut self, op: Op, description: String) {
+        self.ops.push(op);
+        self.descriptions.push(description);
+    }
+
+    /// Creates whatever is missing of `target` (an in-image path) as directories,
+    /// or with a final empty file when `file`; returns the resolved host path
+    /// under `merged`.
+    fn mountpoint(
+        &mut self,
+        view: &RootfsView,
+        merged: &Path,
+        target: &str,
+        file: bool,
+    ) -> Result<(String, PathBuf)> {
+        let (resolved, missing) = view
+            .resolve_for_create(target)
+            .map_err(|e| Error::InvalidSpec(format!("mount target {target}: {e}")))?;
+        let parts: Vec<&str> = resolved.split('/').filter(|p| !p.is_empty()).collect();
+        let first_missing = parts.len().saturating_sub(missing);
+        let mut in_image = String::new();
+        for (i, part) in parts.iter().enumerate() {
+            in_image.push('/');
+            in_image.push_str(part);
+            if i < first_missing {
+                continue;
+            }
+            let host = merged.join(&in_image[1..]);
+            if file && i + 1 == parts.len() {
+                self.push(
+                    Op::Touch(path_c(&host)?),
+                    format!("create mountpoint {in_image}"),
+                );
+            } else {
+                self.push(
+                    Op::Mkdir(path_c(&host)?, 0o755),
+                    format!("create mountpoint {in_image}"),
+                );
+            }
+            self.stubs.push(in_image.clone());
+        }
+        let host = if resolved == "/" {
+            merged.to_path_buf()
+        } else {
+            merged.join(&resolved[1..])
+        };
+        Ok((resolved, host))
+    }
+
+    fn mount(
+        &mut self,
+        source: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+        what: String,
+    ) -> Result<()> {
+        self.push(
+            Op::Mount {
+                source: source.map(cstring).transpose()?,
+                target: path_c(target)?,
+                fstype: fstype.map(cstring).transpose()?,
+                flags,
+                data: data.map(cstring).transpose()?,
+            },
+            what,
+        );
+        Ok(())
+    }
+
+    fn bind(&mut self, source: &Path, target: &Path, readonly: bool, what: &str) -> Result<()> {
+        self.push(
+            Op::Mount {
+                source: Some(path_c(source)?),
+                target: path_c(target)?,
+                fstype: None,
+                flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+                data: None,
+            },
+            format!("bind {} to {what}", source.display()),
+        );
+        if readonly {
+            self.mount(
+                None,
+                target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None,
+                format!("make {what} read-only"),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The directories of one run inside the scratch dir.
+struct Scratch {
+    upper: PathBuf,
+    work: PathBuf,
+    merged: PathBuf,
+    etc: PathBuf,
+}
+
+fn prepare_scratch(scratch: &Path) -> Result<Scratch> {
+    let dirs = Scratch {
+        upper: scratch.join("upper"),
+        work: scratch.join("work"),
+        merged: scratch.join("merged"),
+        etc: scratch.join("etc"),
+    };
+    for dir in [&dirs.upper, &dirs.work, &dirs.merged, &dirs.etc] {
+        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    }
+    fs::set_permissions(
+        &dirs.upper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .map_err(io_err("chmod", &dirs.upper))?;
+    Ok(dirs)
+}
+
+fn overlay_options(lowers: &[PathBuf], scratch: &Scratch) -> Result<(PathBuf, String)> {
+    // Lower dirs are given relative to their common parent (the snapshot root) so
+    // that deep stacks fit in the one page the kernel accepts for mount options.
+    let parent = lowers
+        .first()
+        .and_then(|l| l.parent())
+        .filter(|p| lowers.iter().all(|l| l.parent() == Some(p)))
+        .map(Path::to_path_buf);
+    let mut lowerdir = String::new();
+    for lower in lowers.iter().rev() {
+        let text = match &parent {
+            Some(parent) => lower
+                .strip_prefix(parent)
+                .unwrap_or(lower)
+                .to_string_lossy()
+                .into_owned(),
+            None => lower.to_string_lossy().into_owned(),
+        };
+        if text.contains([':', ',', '\\']) {
+            return Err(Error::InvalidSpec(format!(
+                "snapshot path {} contains ':', ',' or '\\'",
+                lower.display()
+            )));
+        }
+        if !lowerdir.is_empty() {
+            lowerdir.push(':');
+        }
+        lowerdir.push_str(&text);
+    }
+    let options = format!(
+        "lowerdir={lowerdir},upperdir={},workdir={}",
+        scratch.upper.display(),
+        scratch.work.display()
+    );
+    if options.len() >= 4000 {
+        return Err(Error::InvalidSpec(format!(
+            "too many layers ({}) for one overlay mount",
+            lowers.len()
+        )));
+    }
+    Ok((parent.unwrap_or_else(|| PathBuf::from("/")), options))
+}
+
+fn validate(spec: &RunSpec) -> Result<()> {
+    if spec.argv.is_empty() {
+        return Err(Error::InvalidSpec("no command to run".into()));
+    }
+    if !spec.cwd.is_empty() && !spec.cwd.starts_with('/') {
+        return Err(Error::InvalidSpec(format!(
+            "working directory {:?} is not absolute",
+            spec.cwd
+        )));
+    }
+    for mount in &spec.mounts {
+        if !mount.target().starts_with('/') {
+            return Err(Error::InvalidSpec(format!(
+                "mount target {:?} is not absolute",
+                mount.target()
+            )));
+        }
+    }
+    if spec.hostname.len() > 64 || spec.hostname.contains('\0') {
+        return Err(Error::InvalidSpec(format!(
+            "hostname {:?} is longer than 64 bytes",
+            spec.hostname
+        )));
+    }
+    Ok(())
+}
+
+fn with_defaults(env: &[String], home: &str) -> Vec<String> {
+    let mut env = env.to_vec();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={home}"));
+    }
+    env
+}
+
+fn exec_candidates(program: &str, env: &[String]) -> Vec<String> {
+    if program.contains('/') {
+        return vec![program.to_owned()];
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    path.split(':')
+        .map(|dir| if dir.is_empty() { "." } else { dir })
+        .map(|dir| format!("{}/{program}", dir.trim_end_matches('/')))
+        .collect()
+}
+
+fn last_cap() -> u32 {
+    fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(40)
+        .min(63)
+}
+
+struct Prepared {
+    plan: Plan,
+    descriptions: Vec<String>,
+    stubs: Vec<String>,
+    flags: CloneFlags,
+}
+
+fn build_plan(
+    spec: &RunSpec,
+    scratch: &Scratch,
+    mode: RootMode,
+    view: &RootfsView,
+    fds: [RawFd; 5],
+    wait_for_go: bool,
+) -> Result<Prepared> {
+    let merged = &scratch.merged;
+    let mut b = PlanBuilder {
+        ops: Vec::new(),
+        descriptions: Vec::new(),
+        stubs: Vec::new(),
+    };
+    let ms = MsFlags::empty();
+    b.mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+        "make all mounts private".into(),
+    )?;
+    match mode {
+        RootMode::Overlay => {
+            let (parent, options) = overlay_options(&spec.lowers, scratch)?;
+            b.push(
+                Op::Chdir(path_c(&parent)?),
+                format!("enter {}", parent.display()),
+            );
+            b.mount(
+                Some("overlay"),
+                merged,
+                Some("overlay"),
+                ms,
+                Some(&options),
+                "mount the overlay root filesystem".into(),
+            )?;
+        }
+        RootMode::Copy => {
+            b.bind(merged, merged, false, "the root filesystem")?;
+        }
+    }
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let (_, proc_dir) = b.mountpoint(view, merged, "/proc", false)?;
+    b.mount(
+        Some("proc"),
+        &proc_dir,
+        Some("proc"),
+        nosuid_nodev_noexec,
+        None,
+        "mount /proc".into(),
+    )?;
+    let (_, dev) = b.mountpoint(view, merged, "/dev", false)?;
+    b.mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+        "mount /dev".into(),
+    )?;
+    for (name, minor_major) in [
+        ("null", (1, 3)),
+        ("zero", (1, 5)),
+        ("full", (1, 7)),
+        ("random", (1, 8)),
+        ("urandom", (1, 9)),
+        ("tty", (5, 0)),
+    ] {
+        let (major, minor) = minor_major;
+        b.push(
+            Op::Mknod(
+                path_c(&dev.join(name))?,
+                0o666,
+                nix::sys::stat::makedev(major, minor),
+            ),
+            format!("create /dev/{name}"),
+        );
+    }
+    b.push(
+        Op::Mkdir(path_c(&dev.join("pts"))?, 0o755),
+        "create /dev/pts".into(),
+    );
+    b.mount(
+        Some("devpts"),
+        &dev.join("pts"),
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        "mount /dev/pts".into(),
+    )?;
+    b.push(
+        Op::Mkdir(path_c(&dev.join("shm"))?, 0o1777),
+        "create /dev/shm".into(),
+    );
+    b.mount(
+        Some("shm"),
+        &dev.join("shm"),
+        Some("tmpfs"),
+        nosuid_nodev_noexec,
+        Some("mode=1777,size=65536k"),
+        "mount /dev/shm".into(),
+    )?;
+    for (name, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        b.push(
+            Op::Symlink {
+                target: cstring(target)?,
+                path: path_c(&dev.join(name))?,
+            },
+            format!("create /dev/{name}"),
+        );
+    }
+    let (_, sys_dir) = b.mountpoint(view, merged, "/sys", false)?;
+    b.mount(
+        Some("sysfs"),
+        &sys_dir,
+        Some("sysfs"),
+        nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+        None,
+        "mount /sys read-only".into(),
+    )?;
+
+    let hostname = if spec.hostname.is_empty() {
+        "kiln"
+    } else {
+        spec.hostname.as_str()
+    };
+    if spec.network != Network::None {
+        // Copies, so that a step editing them changes neither the host nor the layer.
+        let resolv = scratch.etc.join("resolv.conf");
+        let host_resolv = fs::read("/etc/resolv.conf").unwrap_or_default();
+        fs::write(&resolv, host_resolv).map_err(io_err("write", &resolv))?;
+        let hosts = scratch.etc.join("hosts");
+        fs::write(
+            &hosts,
+            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
+        )
+        .map_err(io_err("write", &hosts))?;
+        for (source, target) in [(&resolv, "/etc/resolv.conf"), (&hosts, "/etc/hosts")] {
+            let (_, host_target) = b.mountpoint(view, merged, target, true)?;
+            b.bind(source, &host_target, false, target)?;
+        }
+    }
+    for mount in &spec.mounts {
+        match mount {
+            Mount::Bind {
+                source,
+                target,
+                readonly,
+            } => {
+                let is_file = fs::metadata(source)
+                    .map_err(io_err("inspect mount source", source))?
+                    .is_file();
+                let (_, host_target) = b.mountpoint(view, merged, target, is_file)?;
+                b.bind(source, &host_target, *readonly, target)?;
+            }
+            Mount::Tmpfs { target, size } => {
+                let (_, host_target) = b.mountpoint(view, merged, target, false)?;
+                let data = size.map(|s| format!("size={s}"));
+                b.mount(
+                    Some("tmpfs"),
+                    &host_target,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    data.as_deref(),
+                    format!("mount tmpfs on {target}"),
+                )?;
+            }
+        }
+    }
+    b.push(
+        Op::Hostname(cstring(hostname)?),
+        format!("set hostname {hostname}"),
+    );
+    if spec.network == Network::None {
+        b.push(Op::LoopbackUp, "bring up loopback".into());
+    }
+    b.push(
+        Op::Chdir(path_c(merged)?),
+        "enter the root filesystem".into(),
+    );
+    b.push(Op::PivotRootHere, "pivot_root".into());
+    let cwd = if spec.cwd.is_empty() {
+        "/"
+    } else {
+        spec.cwd.as_str()
+    };
+    let (resolved_cwd, missing) = view
+        .resolve_for_create(cwd)
+        .map_err(|e| Error::InvalidSpec(format!("working directory {cwd}: {e}")))?;
+    if missing > 0 {
+        let parts: Vec<&str> = resolved_cwd.split('/').filter(|p| !p.is_empty()).collect();
+        let mut path = String::new();
+        for (i, part) in parts.iter().enumerate() {
+            path.push('/');
+            path.push_str(part);
+            if i >= parts.len() - missing {
+                b.push(
+                    Op::Mkdir(cstring(path.as_str())?, 0o755),
+                    format!("create working directory {path}"),
+                );
+            }
+        }
+    }
+    b.push(
+        Op::Chdir(cstring(resolved_cwd.as_str())?),
+        format!("enter working directory {resolved_cwd}"),
+    );
+
+    let user = resolve_user(view, &spec.user)?;
+    let env = with_defaults(&spec.env, &user.home);
+    let candidates = exec_candidates(&spec.argv[0], &env);
+    let mut groups: Vec<libc::gid_t> = user.additional_gids.clone();
+    if !groups.contains(&user.gid) {
+        groups.insert(0, user.gid);
+    }
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
+    if spec.network == Network::None {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    let plan = Plan {
+        ops: b.ops,
+        exec_candidates: candidates.into_iter().map(cstring).collect::<Result<_>>()?,
+        argv: ExecArray::new(
+            spec.argv
+                .iter()
+                .map(|a| cstring(a.as_str()))
+                .collect::<Result<_>>()?,
+        ),
+        envp: ExecArray::new(env.into_iter().map(cstring).collect::<Result<_>>()?),
+        uid: user.uid,
+        gid: user.gid,
+        groups,
+        keep_caps: DEFAULT_CAPS
+            .iter()
+            .fold(0u64, |acc, cap| acc | (1u64 << cap)),
+        last_cap: last_cap(),
+        fds,
+        wait_for_go,
+    };
+    Ok(Prepared {
+        plan,
+        descriptions: b.descriptions,
+        stubs: b.stubs,
+        flags,
+    })
+}
+
+/// Output pipe reader: splits into lines, delivers them, keeps the last few.
+struct LineSplitter {
+    stream: Stream,
+    buffer: Vec<u8>,
+}
+
+impl LineSplitter {
+    fn feed(
+        &mut self,
+        bytes: &[u8],
+        sink: &mut dyn FnMut(OutputLine),
+        last: &mut VecDeque<String>,
+    ) {
+        self.buffer.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(pos) = self.buffer[start..].iter().position(|b| *b == b'\n') {
+            let end = start + pos;
+            let mut line = &self.buffer[start..end];
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            deliver(self.stream, line.to_vec(), sink, last);
+            start = end + 1;
+        }
+        self.buffer.drain(..start);
+        while self.buffer.len() > MAX_LINE {
+            let rest = self.buffer.split_off(MAX_LINE);
+            let line = std::mem::replace(&mut self.buffer, rest);
+            deliver(self.stream, line, sink, last);
+        }
+    }
+
+    fn finish(&mut self, sink: &mut dyn FnMut(OutputLine), last: &mut VecDeque<String>) {
+        if !self.buffer.is_empty() {
+            let line = std::mem::take(&mut self.buffer);
+            deliver(self.stream, line, sink, last);
+        }
+    }
+}
+
+fn deliver(
+    stream: Stream,
+    bytes: Vec<u8>,
+    sink: &mut dyn FnMut(OutputLine),
+    last: &mut VecDeque<String>,
+) {
+    if last.len() == LAST_LINES {
+        last.pop_front();
+    }
+    last.push_back(String::from_utf8_lossy(&bytes).into_owned());
+    sink(OutputLine { stream, bytes });
+}
+
+/// What the sandbox reported.
+#[derive(Default)]
+struct Reports {
+    failure: Option<(u32, i32)>,
+    status: Option<i32>,
+}
+
+fn read_reports(buffer: &[u8], reports: &mut Reports) {
+    for record in buffer.chunks_exact(8) {
+        let kind = u32::from_ne_bytes([record[0], record[1], record[2], record[3]]);
+        let value = i32::from_ne_bytes([record[4], record[5], record[6], record[7]]);
+        if kind == child::REPORT_STATUS {
+            reports.status = Some(value);
+        } else if reports.failure.is_none() {
+            reports.failure = Some((kind, value));
+        }
+    }
+}
+
+/// Runs one step; see [`run`](crate::run).
+pub(crate) fn run(
+    spec: &RunSpec,
+    scratch_dir: &Path,
+    cancel: &CancelToken,
+    on_output: &mut dyn FnMut(OutputLine),
+) -> Result<Upper> {
+    validate(spec)?;
+    if let Some(arch) = &spec.arch {
+        crate::binfmt::check_binfmt(arch)?;
+    }
+    let scratch = prepare_scratch(scratch_dir)?;
+    let view = RootfsView::new(&spec.lowers);
+    match attempt(spec, &scratch, RootMode::Overlay, &view, cancel, on_output) {
+        Err(Attempt::OverlayUnavailable(errno)) => {
+            // Overlayfs is unavailable here (errno tells why): run on a copy.
+            let _ = errno;
+            let index = crate::copydiff::copy_view(&view, &scratch.merged)?;
+            match attempt(spec, &scratch, RootMode::Copy, &view, cancel, on_output) {
+                Ok(stubs) => {
+                    crate::copydiff::diff_into_upper(
+                        &index,
+                        &scratch.merged,
+                        &scratch.upper,
+                        &stubs,
+                    )?;
+                    Ok(Upper::new(&scratch.upper, spec.lowers.clone()))
+                }
+                Err(Attempt::Failed(e)) => Err(e),
+                Err(Attempt::OverlayUnavailable(errno)) => Err(Error::Sandbox {
+                    step: "prepare the root filesystem".into(),
+                    errno,
+                }),
+            }
+        }
+        Err(Attempt::Failed(e)) => Err(e),
+        Ok(stubs) => {
+            remove_stubs(&scratch.upper, &stubs);
+            Ok(Upper::new(&scratch.upper, spec.lowers.clone()))
+        }
+    }
+}
+
+enum Attempt {
+    OverlayUnavailable(Errno),
+    Failed(Error),
+}
+
+impl From<Error> for Attempt {
+    fn from(e: Error) -> Self {
+        Attempt::Failed(e)
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::Io {
+        action: "create pipe for",
+        path: PathBuf::from("the sandbox"),
+        source: e.into(),
+    })
+}
+
+/// One sandboxed run; returns the mountpoint stubs it created.
+fn attempt(
+    spec: &RunSpec,
+    scratch: &Scratch,
+    mode: RootMode,
+    view: &RootfsView,
+    cancel: &CancelToken,
+    on_output: &mut dyn FnMut(OutputLine),
+) -> std::result::Result<Vec<String>, Attempt> {
+    let (stdin_r, stdin_w) = pipe()?;
+    let stdin_source: OwnedFd = match &spec.stdin {
+        Some(_) => stdin_r,
+        None => {
+            drop(stdin_r);
+            File::open("/dev/null")
+                .map_err(io_err("open", "/dev/null"))?
+                .into()
+        }
+    };
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (report_r, report_w) = pipe()?;
+    let (go_r, go_w) = pipe()?;
+    let cgroup = StepCgroup::create(&spec.limits)?;
+    let fds = [
+        stdin_source.as_raw_fd(),
+        out_w.as_raw_fd(),
+        err_w.as_raw_fd(),
+        report_w.as_raw_fd(),
+        go_r.as_raw_fd(),
+    ];
+    let prepared = build_plan(spec, scratch, mode, view, fds, cgroup.is_some())?;
+    let overlay_index = prepared
+        .descriptions
+        .iter()
+        .position(|d| d == "mount the overlay root filesystem");
+
+    let init = match sys::clone_process(prepared.flags.bits()) {
+        Ok(Some(pid)) => pid,
+        Ok(None) => child::init_main(&prepared.plan),
+        Err(errno) => {
+            return Err(Attempt::Failed(Error::Sandbox {
+                step: "create namespaces (clone)".into(),
+                errno,
+            }))
+        }
+    };
+    drop((stdin_source, out_w, err_w, report_w, go_r));
+    let mut guard = InitGuard { pid: Some(init) };
+    if let Some(cgroup) = &cgroup {
+        cgroup.add(init)?;
+        sys::write_all(go_w.as_raw_fd(), b"g");
+    }
+    drop(go_w);
+
+    // Feed stdin from a helper thread so a step that never reads it cannot block us.
+    let feeder = match &spec.stdin {
+        Some(bytes) => {
+            let bytes = bytes.clone();
+            let mut file = File::from(stdin_w);
+            Some(std::thread::spawn(move || {
+                let _ = file.write_all(&bytes);
+            }))
+        }
+        None => {
+            drop(stdin_w);
+            None
+        }
+    };
+
+    let mut last = VecDeque::new();
+    let mut out = LineSplitter {
+        stream: Stream::Stdout,
+        buffer: Vec::new(),
+    };
+    let mut err = LineSplitter {
+        stream: Stream::Stderr,
+        buffer: Vec::new(),
+    };
+    let mut report_bytes = Vec::new();
+    let mut open = [Some(out_r), Some(err_r), Some(report_r)];
+    let mut cancelled = false;
+    let mut buffer = vec![0u8; 64 * 1024];
+    while open.iter().any(Option::is_some) {
+        if !cancelled && cancel.is_cancelled() {
+            cancelled = true;
+            guard.kill();
+        }
+        let mut poll_fds: Vec<PollFd> = Vec::new();
+        let mut which = Vec::new();
+        for (i, fd) in open.iter().enumerate() {
+            if let Some(fd) = fd {
+                poll_fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                which.push(i);
+            }
+        }
+        match poll(
+            &mut poll_fds,
+            PollTimeout::try_from(CANCEL_POLL).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(0) | Err(Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(errno) => {
+                return Err(Attempt::Failed(Error::Sandbox {
+                    step: "wait for output".into(),
+                    errno,
+                }))
+            }
+        }
+        let ready: Vec<usize> = poll_fds
+            .iter()
+            .zip(&which)
+            .filter(|(p, _)| p.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(_, i)| *i)
+            .collect();
+        drop(poll_fds);
+        for i in ready {
+            let Some(fd) = &open[i] else { continue };
+            match nix::unistd::read(fd, &mut buffer) {
+                Ok(0) => open[i] = None,
+                Ok(n) => match i {
+                    0 => out.feed(&buffer[..n], on_output, &mut last),
+                    1 => err.feed(&buffer[..n], on_output, &mut last),
+                    _ => report_bytes.extend_from_slice(&buffer[..n]),
+                },
+                Err(Errno::EINTR | Errno::EAGAIN) => {}
+                Err(_) => open[i] = None,
+            }
+        }
+    }
+    out.finish(on_output, &mut last);
+    err.finish(on_output, &mut last);
+    let init_status = guard.wait();
+    if let Some(feeder) = feeder {
+        let _ = feeder.join();
+    }
+    if cancelled {
+        return Err(Attempt::Failed(Error::Cancelled));
+    }
+    let mut reports = Reports::default();
+    read_reports(&report_bytes, &mut reports);
+    let last_lines: Vec<String> = last.into_iter().collect();
+    if let Some((kind, errno)) = reports.failure {
+        let errno = Errno::from_raw(errno);
+        if Some(kind as usize) == overlay_index && mode == RootMode::Overlay {
+            return Err(Attempt::OverlayUnavailable(errno));
+        }
+        return Err(Attempt::Failed(failure_error(
+            kind,
+            errno,
+            &prepared.descriptions,
+            spec,
+        )));
+    }
+    let Some(status) = reports.status else {
+        return Err(Attempt::Failed(Error::Sandbox {
+            step: format!("the sandbox's init ended unexpectedly ({init_status:?})"),
+            errno: Errno::UnknownErrno,
+        }));
+    };
+    if status & 0x7f != 0 {
+        let out_of_memory = cgroup.as_ref().is_some_and(|c| c.out_of_memory());
+        return Err(Attempt::Failed(Error::Signaled {
+            signal: status & 0x7f,
+            out_of_memory,
+            last_lines,
+        }));
+    }
+    let code = (status >> 8) & 0xff;
+    if code != 0 {
+        return Err(Attempt::Failed(Error::ExitCode { code, last_lines }));
+    }
+    Ok(prepared.stubs)
+}
+
+fn failure_error(kind: u32, errno: Errno, descriptions: &[String], spec: &RunSpec) -> Error {
+    let program = spec.argv.first().cloned().unwrap_or_default();
+    match kind {
+        child::REPORT_EXEC => Error::Exec {
+            reason: match errno {
+                Errno::ENOENT => "no such file in the image (or in its PATH)".to_owned(),
+                Errno::ENOEXEC => "not an executable for this architecture or without an interpreter; set the platform or run `kiln setup-binfmt`".to_owned(),
+                other => other.desc().to_owned(),
+            },
+            program,
+        },
+        child::REPORT_IDENTITY => Error::Sandbox {
+            step: format!("switch to user {:?}", spec.user),
+            errno,
+        },
+        child::REPORT_CAPS => Error::Sandbox { step: "drop capabilities".into(), errno },
+        child::REPORT_FORK => Error::Sandbox { step: "start the step's process".into(), errno },
+        index => Error::Sandbox {
+            step: descriptions.get(index as usize).cloned().unwrap_or_else(|| format!("setup step {index}")),
+            errno,
+        },
+    }
+}
+
+/// Removes the mountpoints the sandbox created in the upper dir (deepest first),
+/// unless the step put something inside them.
+fn remove_stubs(upper: &Path, stubs: &[String]) {
+    for stub in stubs.iter().rev() {
+        let path = upper.join(stub.trim_start_matches('/'));
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => {
+                let _ = fs::remove_dir(&path);
+            }
+            Ok(meta) if meta.is_file() && meta.len() == 0 => {
+                let _ = fs::remove_file(&path);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Kills and reaps the sandbox's init if the step ends early (error, cancel,
+/// panic in a callback): nothing outlives `run`.
+struct InitGuard {
+    pid: Option<Pid>,
+}
+
+impl InitGuard {
+    fn kill(&mut self) {
+        if let Some(pid) = self.pid {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+
+    fn wait(&mut self) -> Option<WaitStatus> {
+        let pid = self.pid.take()?;
+        loop {
+            match waitpid(pid, None) {
+                Err(Errno::EINTR) => continue,
+                Ok(status) => return Some(status),
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+impl Drop for InitGuard {
+    fn drop(&mut self) {
+        if self.pid.is_some() {
+            self.kill();
+            self.wait();
+        }
+    }
+}

@@ -1,0 +1,521 @@
+//! Snapshots: each layer unpacked once into a directory named after its chain id.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchownat, mkfifo, Gid, Uid};
+
+use crate::error::{io_err, Error, Result};
+
+/// The xattr overlayfs reads to make a directory opaque (hide lower layers).
+pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// Prefix of overlayfs' private xattrs, never taken from or written to layers.
+pub(crate) const OVERLAY_XATTR_PREFIX: &str = "trusted.overlay.";
+/// OCI whiteout file name prefix.
+pub(crate) const WHITEOUT_PREFIX: &str = ".wh.";
+/// OCI opaque-directory marker.
+pub(crate) const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+/// Unpacks layers into snapshot directories under one root and hands out their paths.
+///
+/// A snapshot holds one layer's own content in overlayfs form: OCI whiteouts
+/// (`.wh.NAME`) become character devices 0:0 and `.wh..wh..opq` becomes the
+/// `trusted.overlay.opaque=y` xattr, so a stack of snapshots mounts directly as
+/// overlayfs lower dirs. Snapshots are immutable once made.
+#[derive(Debug, Clone)]
+pub struct Snapshotter {
+    root: PathBuf,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Snapshotter {
+    /// Uses (and creates) `dir` as the snapshot root. It must be on a filesystem
+    /// that supports xattrs in the `trusted.` namespace, device nodes and
+    /// overlayfs (ext4, xfs, btrfs).
+    pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
+        let root = dir.into();
+        fs::create_dir_all(root.join(".locks")).map_err(io_err("create", root.join(".locks")))?;
+        Ok(Self { root })
+    }
+
+    /// The snapshot root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the snapshot for `chain_id` lives (whether or not it exists yet).
+    pub fn path(&self, chain_id: &str) -> Result<PathBuf> {
+        Ok(self.root.join(snapshot_name(chain_id)?))
+    }
+
+    /// Whether the snapshot for `chain_id` is ready.
+    pub fn exists(&self, chain_id: &str) -> Result<bool> {
+        Ok(self.path(chain_id)?.is_dir())
+    }
+
+    /// Returns the snapshot directory of the layer whose chain id (over it and its
+    /// parents) is `chain_id`, unpacking the stream from `open_layer` (the layer's
+    /// uncompressed tar) first if it is not there yet.
+    ///
+    /// Concurrency-safe across threads and processes: a per-snapshot file lock makes
+    /// one caller unpack while the others wait; the layer is unpacked into a
+    /// temporary directory beside the snapshot, synced, and renamed into place, so
+    /// a snapshot directory is always complete. `open_layer` is not called when the
+    /// snapshot exists.
+    pub fn prepare<R, E, F>(&self, chain_id: &str, open_layer: F) -> Result<PathBuf>
+    where
+        F: FnOnce() -> std::result::Result<R, E>,
+        R: Read,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let name = snapshot_name(chain_id)?;
+        let target = self.root.join(&name);
+        if target.is_dir() {
+            return Ok(target);
+        }
+        let lock_path = self.root.join(".locks").join(&name);
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("open lock", &lock_path))?;
+        let _lock =
+            Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::Io {
+                action: "lock",
+                path: lock_path.clone(),
+                source: errno.into(),
+            })?;
+        if target.is_dir() {
+            return Ok(target);
+        }
+        let temp = self.root.join(format!(
+            ".tmp-{name}-{}-{}",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = (|| {
+            fs::create_dir(&temp).map_err(io_err("create", &temp))?;
+            let reader = open_layer().map_err(|e| Error::OpenLayer {
+                chain_id: chain_id.to_owned(),
+                source: e.into(),
+            })?;
+            unpack_layer(reader, &temp, chain_id)?;
+            let dir = File::open(&temp).map_err(io_err("open", &temp))?;
+            nix::unistd::syncfs(&dir).map_err(|e| Error::Io {
+                action: "sync",
+                path: temp.clone(),
+                source: e.into(),
+            })?;
+            fs::rename(&temp, &target).map_err(io_err("rename into place", &target))
+        })();
+        if result.is_err() {
+            let _ = remove_tree(&temp);
+        }
+        result.map(|()| target)
+    }
+
+    /// Deletes the snapshot for `chain_id` if it exists (for prune). The caller
+    /// makes sure no build uses it.
+    pub fn remove(&self, chain_id: &str) -> Result<()> {
+        let path = self.path(chain_id)?;
+        match fs::symlink_metadata(&path) {
+            Ok(_) => remove_tree(&path).map_err(io_err("remove", &path)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("inspect", &path)(e)),
+        }
+    }
+}
+
+/// Removes a directory tree, first making directories writable (snapshots and
+/// overlay work dirs contain read-only and mode-000 directories).
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            for entry in walk_dirs(path) {
+                let _ = fs::set_permissions(&entry, fs::Permissions::from_mode(0o700));
+            }
+            fs::remove_dir_all(path)
+        }
+    }
+}
+
+fn walk_dirs(path: &Path) -> Vec<PathBuf> {
+    let mut out = vec![path.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let _ = fs::set_permissions(&out[i], fs::Permissions::from_mode(0o700));
+        if let Ok(entries) = fs::read_dir(&out[i]) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(entry.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// `sha256:abc` -> `sha256_abc`: a directory name that is safe in overlayfs
+/// options (no `:` or `,`) and cannot climb out of the snapshot root.
+fn snapshot_name(chain_id: &str) -> Result<String> {
+    let valid = !chain_id.is_empty()
+        && chain_id.len() <= 200
+        && chain_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b':' || b == b'_' || b == b'-' || b == b'.')
+        && !chain_id.starts_with('.');
+    if !valid {
+        return Err(Error::InvalidChainId(chain_id.to_owned()));
+    }
+    Ok(chain_id.replace(':', "_"))
+}
+
+/// Cleans a tar entry path lexically the way containerd does: `..` cannot climb
+/// above the root, `.` and empty components vanish. Returns the components.
+fn clean_components(path: &Path) -> Vec<&OsStr> {
+    let mut parts: Vec<&OsStr> = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => parts.push(part),
+            Component::ParentDir => {
+                parts.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    parts
+}
+
+struct Unpacker<'a> {
+    root: &'a Path,
+    chain_id: &'a str,
+    /// Directory mtimes to set once everything inside them is written.
+    dir_times: HashMap<PathBuf, i64>,
+}
+
+impl Unpacker<'_> {
+    fn bad(&self, entry: &Path, reason: impl Into<String>) -> Error {
+        Error::BadLayer {
+            chain_id: self.chain_id.to_owned(),
+            entry: entry.display().to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Makes sure every parent of `parts` is a real directory inside the root,
+    /// creating missing ones; refuses to go through symlinks or files so nothing
+    /// can be written outside the snapshot.
+    fn parent_dir(&self, entry: &Path, parts: &[&OsStr]) -> Result<PathBuf> {
+        let mut dir = self.root.to_path_buf();
+        for part in parts {
+            dir.push(part);
+            match fs::symlink_metadata(&dir) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => {
+                    return Err(self.bad(
+                        entry,
+                        format!(
+                            "its parent {} is not a directory in the layer",
+                            Path::new(part).display()
+                        ),
+                    ))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir(&dir).map_err(io_err("create", &dir))?;
+                }
+                Err(e) => return Err(io_err("inspect", &dir)(e)),
+            }
+        }
+        Ok(dir)
+    }
+
+    fn unpack_entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
+        let raw_path = entry
+            .path()
+            .map_err(io_err("read entry path in layer", self.chain_id))?
+            .into_owned();
+        let parts = clean_components(&raw_path);
+        let Some((name, parents)) = parts.split_last() else {
+            // The root directory itself: nothing to create.
+            return Ok(());
+        };
+        let parent = self.parent_dir(&raw_path, parents)?;
+        let name_bytes = name.as_bytes();
+
+        if name_bytes == OPAQUE_MARKER.as_bytes() {
+            xattr::set(&parent, OPAQUE_XATTR, b"y")
+                .map_err(io_err("set opaque xattr on", &parent))?;
+            return Ok(());
+        }
+        if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            if hidden.is_empty() || hidden == b"." || hidden == b".." {
+                return Err(self.bad(&raw_path, "whiteout names no file"));
+            }
+            let path = parent.join(OsStr::from_bytes(hidden));
+            self.remove_existing(&path)?;
+            mknod(&path, SFlag::S_IFCHR, Mode::empty(), 0).map_err(|e| Error::Io {
+                action: "create whiteout",
+                path: path.clone(),
+                source: e.into(),
+            })?;
+            return Ok(());
+        }
+
+        let path = parent.join(name);
+        let header = entry.header().clone();
+        let kind = header.entry_type();
+        let mode = header
+            .mode()
+            .map_err(|e| self.bad(&raw_path, format!("bad mode: {e}")))?
+            & 0o7777;
+        let uid = header
+            .uid()
+            .map_err(|e| self.bad(&raw_path, format!("bad uid: {e}")))?;
+        let gid = header
+            .gid()
+            .map_err(|e| self.bad(&raw_path, format!("bad gid: {e}")))?;
+        let mtime = header.mtime().unwrap_or(0) as i64;
+        let xattrs = read_xattrs(&mut entry).map_err(io_err("read xattrs of", &path))?;
+
+        let existing = fs::symlink_metadata(&path).ok();
+        if kind.is_dir() {
+            match existing {
+                Some(meta) if meta.is_dir() => {}
+                Some(_) => {
+                    self.remove_existing(&path)?;
+                    fs::create_dir(&path).map_err(io_err("create", &path))?;
+                }
+                None => fs::create_dir(&path).map_err(io_err("create", &path))?,
+            }
+        } else {
+            if existing.is_some() {
+                self.remove_existing(&path)?;
+            }
+            if kind.is_file()
+                || kind == tar::EntryType::Continuous
+                || kind == tar::EntryType::GNUSparse
+            {
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(io_err("create", &path))?;
+                io::copy(&mut entry, &mut file).map_err(io_err("write", &path))?;
+            } else if kind.is_symlink() {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| self.bad(&raw_path, format!("bad link target: {e}")))?
+                    .ok_or_else(|| self.bad(&raw_path, "symlink without a target"))?;
+                symlink(&target, &path).map_err(io_err("create symlink", &path))?;
+            } else if kind.is_hard_link() {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| self.bad(&raw_path, format!("bad link target: {e}")))?
+                    .ok_or_else(|| self.bad(&raw_path, "hard link without a target"))?;
+                let target_parts = clean_components(&target);
+                let Some((target_name, target_parents)) = target_parts.split_last() else {
+                    return Err(self.bad(&raw_path, "hard link to the root directory"));
+                };
+                let mut source = self.root.to_path_buf();
+                for part in target_parents {
+                    source.push(part);
+                    if !fs::symlink_metadata(&source).is_ok_and(|m| m.is_dir()) {
+                        return Err(self.bad(
+                            &raw_path,
+                            format!("hard link target {} is not in this layer", target.display()),
+                        ));
+                    }
+                }
+                source.push(target_name);
+                match fs::symlink_metadata(&source) {
+                    Ok(meta) if !meta.is_dir() => {}
+                    _ => {
+                        return Err(self.bad(
+                            &raw_path,
+                            format!(
+                                "hard link target {} is not a file in this layer",
+                                target.display()
+                            ),
+                        ))
+                    }
+                }
+                fs::hard_link(&source, &path).map_err(io_err("create hard link", &path))?;
+                // A hard link shares the target's inode and metadata.
+                return Ok(());
+            } else if kind.is_character_special() || kind.is_block_special() {
+                let major = header.device_major().ok().flatten().unwrap_or(0) as u64;
+                let minor = header.device_minor().ok().flatten().unwrap_or(0) as u64;
+                let flag = if kind.is_character_special() {
+                    SFlag::S_IFCHR
+                } else {
+                    SFlag::S_IFBLK
+                };
+                mknod(
+                    &path,
+                    flag,
+                    Mode::from_bits_truncate(mode),
+                    nix::sys::stat::makedev(major, minor),
+                )
+                .map_err(|e| Error::Io {
+                    action: "create device",
+                    path: path.clone(),
+                    source: e.into(),
+                })?;
+            } else if kind.is_fifo() {
+                mkfifo(&path, Mode::from_bits_truncate(mode)).map_err(|e| Error::Io {
+                    action: "create fifo",
+                    path: path.clone(),
+                    source: e.into(),
+                })?;
+            } else if kind.is_pax_global_extensions()
+                || kind.is_pax_local_extensions()
+                || kind.is_gnu_longname()
+                || kind.is_gnu_longlink()
+            {
+                return Ok(());
+            } else {
+                return Err(self.bad(&raw_path, format!("unsupported entry type {:?}", kind)));
+            }
+        }
+
+        // Ownership before mode: chown clears setuid/setgid bits.
+        fchownat(
+            nix::fcntl::AT_FDCWD,
+            &path,
+            Some(Uid::from_raw(uid as u32)),
+            Some(Gid::from_raw(gid as u32)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| Error::Io {
+            action: "chown",
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        let is_symlink = kind.is_symlink();
+        if !is_symlink {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                .map_err(io_err("chmod", &path))?;
+        }
+        for (key, value) in &xattrs {
+            if is_symlink && !key.starts_with("trusted.") && !key.starts_with("security.") {
+                // user.* xattrs are not allowed on symlinks.
+                continue;
+            }
+            xattr::set(&path, key, value).map_err(io_err("set xattr on", &path))?;
+        }
+        if kind.is_dir() {
+            self.dir_times.insert(path, mtime);
+        } else {
+            set_mtime(&path, mtime)?;
+        }
+        Ok(())
+    }
+
+    fn remove_existing(&mut self, path: &Path) -> Result<()> {
+        match fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_dir() => {
+                self.dir_times.retain(|p, _| !p.starts_with(path));
+                remove_tree(path).map_err(io_err("replace", path))
+            }
+            Ok(_) => fs::remove_file(path).map_err(io_err("replace", path)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("inspect", path)(e)),
+        }
+    }
+}
+
+pub(crate) fn set_mtime(path: &Path, mtime: i64) -> Result<()> {
+    let time = TimeSpec::new(mtime, 0);
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &time,
+        &time,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| Error::Io {
+        action: "set mtime of",
+        path: path.to_path_buf(),
+        source: e.into(),
+    })
+}
+
+/// The entry's `SCHILY.xattr.*` records, without overlayfs' private ones (a layer
+/// must not steer overlayfs through redirect or origin xattrs).
+fn read_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    if let Some(extensions) = entry.pax_extensions()? {
+        for extension in extensions {
+            let extension = extension?;
+            let Ok(key) = extension.key() else { continue };
+            if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                if !name.starts_with(OVERLAY_XATTR_PREFIX) && !name.is_empty() {
+                    out.push((name.to_owned(), extension.value_bytes().to_vec()));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Unpacks an OCI layer tar into `dir` in overlayfs form (see [`Snapshotter`]).
+pub(crate) fn unpack_layer<R: Read>(reader: R, dir: &Path, chain_id: &str) -> Result<()> {
+    let mut archive = tar::Archive::new(reader);
+    let mut unpacker = Unpacker {
+        root: dir,
+        chain_id,
+        dir_times: HashMap::new(),
+    };
+    let entries = archive
+        .entries()
+        .map_err(io_err("read layer for", chain_id))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::BadLayer {
+            chain_id: chain_id.to_owned(),
+            entry: String::new(),
+            reason: format!("unreadable tar: {e}"),
+        })?;
+        unpacker.unpack_entry(entry)?;
+    }
+    for (path, mtime) in &unpacker.dir_times {
+        set_mtime(path, *mtime)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_map_to_safe_names() {
+        assert_eq!(snapshot_name("sha256:ab12").unwrap(), "sha256_ab12");
+        assert!(snapshot_name("../x").is_err());
+        assert!(snapshot_name("a/b").is_err());
+        assert!(snapshot_name("a,b").is_err());
+        assert!(snapshot_name("").is_err());
+    }
+
+    #[test]
+    fn parent_components_cannot_climb_out() {
+        let parts = clean_components(Path::new("../../etc/./passwd"));
+        assert_eq!(parts, vec![OsStr::new("etc"), OsStr::new("passwd")]);
+        let parts = clean_components(Path::new("/a/b/../../../c"));
+        assert_eq!(parts, vec![OsStr::new("c")]);
+    }
+}

@@ -1,0 +1,145 @@
+//! What a step is: the inputs of [`run`](crate::run).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Everything one RUN step needs, fully resolved by the caller.
+#[derive(Debug, Clone, Default)]
+pub struct RunSpec {
+    /// Snapshot directories of the parent image, bottom (base layer) first.
+    /// Paths must not contain `:` or `,` (overlayfs option syntax).
+    pub lowers: Vec<PathBuf>,
+    /// The program and its arguments, run directly (shell form is already wrapped
+    /// in the image's SHELL by the frontend). `argv[0]` without a `/` is searched
+    /// in the `PATH` of `env`.
+    pub argv: Vec<String>,
+    /// The environment, `NAME=value` each. `PATH` and `HOME` are added when absent,
+    /// as Docker does.
+    pub env: Vec<String>,
+    /// Absolute working directory inside the image; created when missing.
+    pub cwd: String,
+    /// `user[:group]` as in Dockerfile `USER`: names or numeric ids; empty means root.
+    pub user: String,
+    /// The sandbox's hostname.
+    pub hostname: String,
+    /// Which network the step sees.
+    pub network: Network,
+    /// Extra mounts, applied in order after `/proc`, `/dev` and `/sys`.
+    pub mounts: Vec<Mount>,
+    /// The image's OCI architecture (`amd64`, `mips64le`, ...); a foreign one runs
+    /// under qemu-user through binfmt_misc. `None` means the host's.
+    pub arch: Option<String>,
+    /// Resource limits applied through cgroups.
+    pub limits: Limits,
+    /// Bytes fed to the step's standard input; `None` gives it `/dev/null`.
+    pub stdin: Option<Vec<u8>>,
+}
+
+/// The network a step sees.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Network {
+    /// The host's network with the host's resolv.conf and a generated hosts file
+    /// (what Docker's `default` means for RUN), so package managers work.
+    #[default]
+    Default,
+    /// A network namespace of its own with only loopback up.
+    None,
+    /// The host's network, like `Default`.
+    Host,
+}
+
+/// An extra mount inside the sandbox. Target paths are absolute paths in the image;
+/// symlinks on the way are followed inside the image's root. Whatever the sandbox
+/// creates to have a mountpoint is removed before the layer is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mount {
+    /// A host file or directory bound in: build-context binds (`readonly: true`),
+    /// cache mounts (a persistent host directory, `readonly: false`) and secrets
+    /// (a host file, `readonly: true`; its content never reaches the upper dir).
+    Bind {
+        source: PathBuf,
+        target: String,
+        readonly: bool,
+    },
+    /// A fresh tmpfs; `size` in bytes, `None` for the kernel's default.
+    Tmpfs { target: String, size: Option<u64> },
+}
+
+impl Mount {
+    /// The mount's target path inside the image.
+    pub fn target(&self) -> &str {
+        match self {
+            Mount::Bind { target, .. } | Mount::Tmpfs { target, .. } => target,
+        }
+    }
+}
+
+/// cgroup limits, as `docker run`/`buildah` take them; `None` means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// Memory in bytes (`--memory`); swap is limited to the same figure.
+    pub memory: Option<u64>,
+    /// Relative CPU weight (`--cpu-shares`, 2..=262144, Docker's default 1024).
+    pub cpu_shares: Option<u64>,
+    /// CPU quota in CPUs (`--cpus 1.5`).
+    pub cpus: Option<f64>,
+    /// Maximum number of processes (`--pids-limit`).
+    pub pids: Option<u64>,
+}
+
+impl Limits {
+    /// Whether any limit is set (and so a cgroup is needed).
+    pub fn is_empty(&self) -> bool {
+        self.memory.is_none()
+            && self.cpu_shares.is_none()
+            && self.cpus.is_none()
+            && self.pids.is_none()
+    }
+}
+
+/// Which output stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// One line of the step's output, without its line terminator. Bytes as written
+/// (not necessarily UTF-8); a final line without newline is delivered at exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputLine {
+    pub stream: Stream,
+    pub bytes: Vec<u8>,
+}
+
+impl OutputLine {
+    /// The line as text, invalid UTF-8 replaced.
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.bytes)
+    }
+}
+
+/// Stops running steps: cloned into every step of a build, cancelled on Ctrl-C or
+/// when a parallel step fails. A cancelled step is killed (with everything it
+/// started) within about 20 ms and [`run`](crate::run) returns
+/// [`Error::Cancelled`](crate::Error::Cancelled).
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token that is not cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancels every step holding a clone of this token.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}

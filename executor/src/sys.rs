@@ -1,0 +1,249 @@
+//! The syscall boundary: the only code in kiln that uses `unsafe`.
+//!
+//! Everything here may run in a child created by a raw `clone` from a
+//! multi-threaded parent, so no function allocates, takes a lock, or goes
+//! through a glibc wrapper with process-wide bookkeeping (glibc's setuid family
+//! signals every thread it believes exists, which a raw clone child does not
+//! have: those are issued as raw syscalls).
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString};
+use std::os::fd::RawFd;
+use std::ptr;
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+/// A NULL-terminated array of C strings for `execve`, built before forking.
+pub(crate) struct ExecArray {
+    _strings: Vec<CString>,
+    pointers: Vec<*const libc::c_char>,
+}
+
+impl ExecArray {
+    pub(crate) fn new(strings: Vec<CString>) -> Self {
+        let mut pointers: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+        pointers.push(ptr::null());
+        Self {
+            _strings: strings,
+            pointers,
+        }
+    }
+}
+
+/// Creates a child process in new namespaces (`flags` are `CLONE_NEW*`),
+/// fork-style: the child continues on a copy of the caller's stack. Returns
+/// `None` in the child and the child's pid in the parent.
+///
+/// Safety contract for callers (not expressible in types): between this call
+/// and `execve` or `exit_now`, the child only calls functions of this module
+/// and allocation-free `nix` wrappers on prepared data.
+pub(crate) fn clone_process(flags: libc::c_int) -> Result<Option<Pid>, Errno> {
+    let flags = (flags | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: a raw clone without CLONE_VM and with a NULL stack duplicates the
+    // calling thread like fork(); see the contract above for the child.
+    let ret = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    match ret {
+        -1 => Err(Errno::last()),
+        0 => Ok(None),
+        pid => Ok(Some(Pid::from_raw(pid as libc::pid_t))),
+    }
+}
+
+/// Ends the current process without running destructors or atexit handlers.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is async-signal-safe and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// Executes `path` with prepared argument and environment arrays; returns only on failure.
+pub(crate) fn execve(path: &CStr, argv: &ExecArray, envp: &ExecArray) -> Errno {
+    // SAFETY: all three are NUL-terminated strings / NULL-terminated arrays that
+    // outlive the call.
+    unsafe {
+        libc::execve(
+            path.as_ptr(),
+            argv.pointers.as_ptr(),
+            envp.pointers.as_ptr(),
+        )
+    };
+    Errno::last()
+}
+
+/// `dup3(old, new, 0)`: `new` becomes a copy of `old` without close-on-exec.
+pub(crate) fn dup_to(old: RawFd, new: RawFd) -> Result<(), Errno> {
+    if old == new {
+        // dup3 refuses equal descriptors; just clear close-on-exec.
+        // SAFETY: fcntl on a descriptor number has no memory effects.
+        let ret = unsafe { libc::fcntl(old, libc::F_SETFD, 0) };
+        return Errno::result(ret).map(drop);
+    }
+    // SAFETY: plain descriptor syscall.
+    let ret = unsafe { libc::dup3(old, new, 0) };
+    Errno::result(ret).map(drop)
+}
+
+/// Duplicates `fd` to the lowest free number >= `min`, close-on-exec.
+pub(crate) fn dup_above(fd: RawFd, min: RawFd) -> Result<RawFd, Errno> {
+    // SAFETY: plain descriptor syscall.
+    let ret = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    Errno::result(ret)
+}
+
+/// Sets close-on-exec on one descriptor.
+pub(crate) fn set_cloexec(fd: RawFd) -> Result<(), Errno> {
+    // SAFETY: plain descriptor syscall.
+    let ret = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Errno::result(ret).map(drop)
+}
+
+/// Closes every descriptor from `first` up.
+pub(crate) fn close_from(first: RawFd) -> Result<(), Errno> {
+    // SAFETY: close_range only affects the descriptor table.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
+/// Closes one descriptor by number (in the child, where descriptors are not owned).
+pub(crate) fn close_fd(fd: RawFd) {
+    // SAFETY: closing a number the child no longer uses.
+    unsafe { libc::close(fd) };
+}
+
+/// Raw `setgroups`, `setresgid`, `setresuid` (see the module docs for why raw).
+pub(crate) fn set_identity(uid: u32, gid: u32, groups: &[libc::gid_t]) -> Result<(), Errno> {
+    // SAFETY: the pointer and length describe a live slice.
+    let ret = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    Errno::result(ret)?;
+    // SAFETY: integer-only syscalls.
+    let ret = unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) };
+    Errno::result(ret)?;
+    // SAFETY: integer-only syscalls.
+    let ret = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
+    Errno::result(ret).map(drop)
+}
+
+/// Restricts the capability bounding set, ambient set and the current sets to
+/// `keep` (a bit mask of capability numbers up to `last_cap`).
+pub(crate) fn limit_capabilities(keep: u64, last_cap: u32) -> Result<(), Errno> {
+    for cap in 0..=last_cap {
+        if keep & (1u64 << cap) == 0 {
+            // SAFETY: integer-only prctl.
+            let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+            Errno::result(ret)?;
+        }
+    }
+    // SAFETY: integer-only prctl.
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    Errno::result(ret)?;
+    set_capabilities(keep)
+}
+
+/// capset(2) with effective = permitted = `caps`, inheritable empty.
+pub(crate) fn set_capabilities(caps: u64) -> Result<(), Errno> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let low = caps as u32;
+    let high = (caps >> 32) as u32;
+    let data = [
+        Data {
+            effective: low,
+            permitted: low,
+            inheritable: 0,
+        },
+        Data {
+            effective: high,
+            permitted: high,
+            inheritable: 0,
+        },
+    ];
+    // SAFETY: header and data match the kernel's v3 layout and live across the call.
+    let ret = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
+    Errno::result(ret).map(drop)
+}
+
+/// Brings the loopback interface of the current network namespace up.
+pub(crate) fn loopback_up() -> Result<(), Errno> {
+    // SAFETY: socket returns a new descriptor or -1.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let sock = Errno::result(sock)?;
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
+    let result = unsafe {
+        if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut request) < 0 {
+            Err(Errno::last())
+        } else {
+            request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            if libc::ioctl(sock, libc::SIOCSIFFLAGS, &request) < 0 {
+                Err(Errno::last())
+            } else {
+                Ok(())
+            }
+        }
+    };
+    close_fd(sock);
+    result
+}
+
+/// Raw `write` of a small record (no buffering, no locks).
+pub(crate) fn write_all(fd: RawFd, bytes: &[u8]) {
+    let mut done = 0;
+    while done < bytes.len() {
+        // SAFETY: the pointer and length describe a live slice.
+        let ret = unsafe { libc::write(fd, bytes[done..].as_ptr().cast(), bytes.len() - done) };
+        if ret < 0 {
+            if Errno::last() == Errno::EINTR {
+                continue;
+            }
+            return;
+        }
+        done += ret as usize;
+    }
+}
+
+/// Raw `read` of one byte, retrying on EINTR; `false` at end of file or error.
+pub(crate) fn read_byte(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: reading one byte into a live local.
+        let ret = unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) };
+        if ret < 0 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        return ret == 1;
+    }
+}
