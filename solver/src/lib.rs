@@ -6,9 +6,12 @@
 //! the store.
 #![forbid(unsafe_code)]
 
+mod copy;
 mod dockerignore;
 mod error;
 mod pattern;
+mod source;
 
 pub use dockerignore::IgnoreRules;
 pub use error::{Error, Result};
+pub use source::BuildContext;

@@ -1,0 +1,900 @@
+//! COPY and ADD with Docker's semantics, built as a directory tree that the
+//! executor's directory-to-layer writer turns into a layer.
+//!
+//! The rules (Docker's reference and BuildKit's behaviour): several sources go
+//! into a destination directory, which must then end in `/`; a directory source
+//! copies its contents, not itself; a single file goes to the destination path,
+//! or into it when it is a directory (written with a trailing `/`, or existing
+//! as a directory in the parent image); missing parent directories are created;
+//! the destination is resolved through the parent image's symlinks (so `/bin/x`
+//! lands in `/usr/bin/x` on a merged-/usr image); files from the context belong
+//! to root unless `--chown` says otherwise, files from a stage keep their owner;
+//! `--chmod` sets the mode of everything copied; ADD unpacks local tar archives
+//! (plain, gzip, bzip2, xz or zstd, recognised by content, not name).
+
+use std::fs;
+use std::io::{BufReader, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use kiln_frontend::CopyStep;
+
+use crate::dockerignore::matches_self_or_parent;
+use crate::error::{io_err, Error, Result};
+use crate::pattern::{clean_relative, Pattern};
+use crate::source::{select, walk, SourceEntry, SourceFs};
+
+/// Owner and mode of a directory in the parent image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DirMeta {
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+}
+
+/// The parent image's filesystem, as far as COPY needs it.
+pub(crate) trait DestFs {
+    /// `path` (absolute) with every symlink on the way resolved inside the
+    /// image; components that do not exist are kept as written.
+    fn resolve(&self, path: &str) -> Result<String>;
+    /// Whether `path` (already resolved) is a directory in the parent.
+    fn is_dir(&self, path: &str) -> Result<bool>;
+    /// Owner and mode of directory `path` (resolved) in the parent, if it exists.
+    fn dir_meta(&self, path: &str) -> Result<Option<DirMeta>>;
+    /// Numeric ids for a `--chown` user and optional group, names looked up in
+    /// the parent's /etc/passwd and /etc/group.
+    fn ids(&self, user: &str, group: Option<&str>) -> Result<(u32, u32)>;
+}
+
+/// No parent at all: `FROM scratch`, or `COPY --link`, whose layer must not
+/// depend on what lies below it. Only numeric `--chown` works here.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct NoParent;
+
+impl DestFs for NoParent {
+    fn resolve(&self, path: &str) -> Result<String> {
+        Ok(format!("/{}", clean_relative(path)).replace("/.", "/"))
+    }
+    fn is_dir(&self, path: &str) -> Result<bool> {
+        Ok(path == "/")
+    }
+    fn dir_meta(&self, _path: &str) -> Result<Option<DirMeta>> {
+        Ok(None)
+    }
+    fn ids(&self, user: &str, group: Option<&str>) -> Result<(u32, u32)> {
+        let uid = numeric_id(user).ok_or_else(|| {
+            Error::Copy(format!(
+                "--chown={user}: there is no /etc/passwd to look the name up in; use a numeric id"
+            ))
+        })?;
+        let gid = match group {
+            Some(g) => numeric_id(g).ok_or_else(|| {
+                Error::Copy(format!(
+                    "--chown group {g}: there is no /etc/group to look the name up in; use a numeric id"
+                ))
+            })?,
+            None => uid,
+        };
+        Ok((uid, gid))
+    }
+}
+
+pub(crate) fn numeric_id(text: &str) -> Option<u32> {
+    text.parse().ok()
+}
+
+/// How `--chmod` changes a mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Chmod {
+    /// Octal: the exact permission bits.
+    Octal(u32),
+    /// Symbolic clauses like `u+x,go-w`.
+    Symbolic(Vec<SymbolicClause>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SymbolicClause {
+    who: u32,
+    op: char,
+    perms: String,
+}
+
+impl Chmod {
+    pub(crate) fn parse(text: &str) -> Result<Chmod> {
+        let bad = || {
+            Error::Copy(format!(
+                "--chmod={text}: expected octal bits like 755 or symbolic clauses like u+x,go-w"
+            ))
+        };
+        if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
+            let mode = u32::from_str_radix(text, 8).map_err(|_| bad())?;
+            if mode > 0o7777 {
+                return Err(bad());
+            }
+            return Ok(Chmod::Octal(mode));
+        }
+        let mut clauses = Vec::new();
+        for clause in text.split(',') {
+            let op_at = clause.find(['+', '-', '=']).ok_or_else(bad)?;
+            let (who_text, rest) = clause.split_at(op_at);
+            let mut who = 0;
+            for c in who_text.chars() {
+                who |= match c {
+                    'u' => 0o4700,
+                    'g' => 0o2070,
+                    'o' => 0o1007,
+                    'a' => 0o7777,
+                    _ => return Err(bad()),
+                };
+            }
+            if who == 0 {
+                who = 0o7777;
+            }
+            let mut chars = rest.chars();
+            let op = chars.next().ok_or_else(bad)?;
+            let perms: String = chars.collect();
+            if !perms.chars().all(|c| "rwxXst".contains(c)) {
+                return Err(bad());
+            }
+            clauses.push(SymbolicClause { who, op, perms });
+        }
+        Ok(Chmod::Symbolic(clauses))
+    }
+
+    /// The new permission bits for an entry with `mode` (`is_dir` for `X`).
+    pub(crate) fn apply(&self, mode: u32, is_dir: bool) -> u32 {
+        match self {
+            Chmod::Octal(bits) => *bits,
+            Chmod::Symbolic(clauses) => {
+                let mut mode = mode & 0o7777;
+                for clause in clauses {
+                    let mut bits = 0;
+                    for p in clause.perms.chars() {
+                        bits |= match p {
+                            'r' => 0o444,
+                            'w' => 0o222,
+                            'x' => 0o111,
+                            'X' if is_dir || mode & 0o111 != 0 => 0o111,
+                            's' => 0o6000,
+                            't' => 0o1000,
+                            _ => 0,
+                        };
+                    }
+                    let bits = bits & clause.who;
+                    match clause.op {
+                        '+' => mode |= bits,
+                        '-' => mode &= !bits,
+                        _ => mode = (mode & !(clause.who & 0o777)) | bits,
+                    }
+                }
+                mode
+            }
+        }
+    }
+}
+
+/// One thing to put into the destination.
+enum Item {
+    /// A selected source entry (file, directory or symlink).
+    Entry(SourceEntry),
+    /// A heredoc: file name and content.
+    Inline(String, String),
+}
+
+/// Builds the result of `step` under `out` (the layer's root), reading sources
+/// from `source` and resolving the destination against `dest`. `keep_owner`
+/// keeps the sources' uid/gid (COPY --from a stage or image) instead of root.
+pub(crate) fn build_tree(
+    step: &CopyStep,
+    source: &dyn SourceFs,
+    dest: &dyn DestFs,
+    keep_owner: bool,
+    out: &Path,
+) -> Result<()> {
+    let owner = match &step.chown {
+        Some(spec) => {
+            let (user, group) = match spec.split_once(':') {
+                Some((u, g)) => (u, Some(g)),
+                None => (spec.as_str(), None),
+            };
+            Some(dest.ids(user, group)?)
+        }
+        None => None,
+    };
+    let chmod = step.chmod.as_deref().map(Chmod::parse).transpose()?;
+    let excludes = step
+        .exclude
+        .iter()
+        .map(|text| {
+            Pattern::new(&clean_relative(text)).map_err(|bad| {
+                Error::Copy(format!("--exclude={text}: {}", bad.reason))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let excluded = |rel: &str| excludes.iter().any(|p| matches_self_or_parent(p, rel));
+
+    let mut items = Vec::new();
+    for src in &step.sources {
+        if src.starts_with("http://") || src.starts_with("https://") {
+            return Err(Error::Copy(format!(
+                "ADD {src}: kiln builds without network access to URLs; download the file into the build context and ADD or COPY it from there"
+            )));
+        }
+        let selected = select(source, src)?;
+        let selected: Vec<_> = selected.into_iter().filter(|e| !excluded(&e.rel)).collect();
+        if selected.is_empty() {
+            return Err(Error::Copy(format!(
+                "{src}: not found{}; check the path (it is relative to the {}) and .dockerignore",
+                if src.contains(['*', '?', '[']) { " (the wildcard matched nothing)" } else { "" },
+                if keep_owner { "source stage's root" } else { "build context" },
+            )));
+        }
+        items.extend(selected.into_iter().map(Item::Entry));
+    }
+    for (name, content) in &step.heredocs {
+        items.push(Item::Inline(name.clone(), content.clone()));
+    }
+
+    let mut writer = TreeWriter {
+        out,
+        dest,
+        owner,
+        chmod: chmod.as_ref(),
+        keep_owner,
+        created_dirs: Vec::new(),
+    };
+    let dest_path = step.dest.clone();
+    let wants_dir = step.dest_is_dir || dest_path.ends_with('/');
+    if items.len() > 1 && !wants_dir {
+        return Err(Error::Copy(format!(
+            "when copying several sources the destination must be a directory and end with a `/`: write `{dest_path}/`"
+        )));
+    }
+    let resolved_dest = dest.resolve(&dest_path)?;
+    let single_file_into_dir = items.len() == 1
+        && !wants_dir
+        && match &items[0] {
+            Item::Entry(e) => !e.meta.is_dir() && !is_archive_add(step, e)?,
+            Item::Inline(..) => true,
+        }
+        && dest.is_dir(&resolved_dest)?;
+    let dest_is_dir = wants_dir || single_file_into_dir;
+
+    for item in &items {
+        match item {
+            Item::Inline(name, content) => {
+                let target = if dest_is_dir {
+                    join_abs(&resolved_dest, name)
+                } else {
+                    resolved_dest.clone()
+                };
+                writer.write_inline(&target, content)?;
+            }
+            Item::Entry(entry) => {
+                let rel_under_parents = if step.parents {
+                    Some(parents_path(&entry.rel))
+                } else {
+                    None
+                };
+                if entry.meta.is_dir() {
+                    let base = match &rel_under_parents {
+                        Some(p) => join_abs(&resolved_dest, p),
+                        None => resolved_dest.clone(),
+                    };
+                    writer.ensure_dir(&base, Some(entry))?;
+                    for inner in walk(source, entry)?.iter().skip(1) {
+                        if excluded(&inner.rel) {
+                            continue;
+                        }
+                        let below = inner
+                            .rel
+                            .strip_prefix(&format!("{}/", entry.rel))
+                            .or_else(|| (entry.rel == ".").then_some(inner.rel.as_str()))
+                            .unwrap_or(&inner.rel);
+                        writer.write_entry(source, inner, &join_abs(&base, below))?;
+                    }
+                } else if is_archive_add(step, entry)? {
+                    writer.ensure_dir(&resolved_dest, None)?;
+                    writer.extract_archive(entry, &resolved_dest)?;
+                } else {
+                    let name = entry.rel.rsplit('/').next().unwrap_or(&entry.rel);
+                    let target = match (&rel_under_parents, dest_is_dir) {
+                        (Some(p), _) => join_abs(&resolved_dest, p),
+                        (None, true) => join_abs(&resolved_dest, name),
+                        (None, false) => resolved_dest.clone(),
+                    };
+                    writer.write_entry(source, entry, &target)?;
+                }
+            }
+        }
+    }
+    writer.finish_dirs()
+}
+
+/// With `--parents`, the part of a source path that is kept: all of it, or
+/// what follows a `/./` pivot.
+fn parents_path(rel: &str) -> String {
+    match rel.rfind("/./") {
+        Some(at) => clean_relative(&rel[at + 3..]),
+        None => clean_relative(rel),
+    }
+}
+
+fn join_abs(base: &str, rel: &str) -> String {
+    let rel = clean_relative(rel);
+    if rel == "." {
+        return base.to_string();
+    }
+    if base.ends_with('/') {
+        format!("{base}{rel}")
+    } else {
+        format!("{base}/{rel}")
+    }
+}
+
+/// Whether ADD should unpack this source: a regular file that is a tar
+/// archive, compressed or not.
+fn is_archive_add(step: &CopyStep, entry: &SourceEntry) -> Result<bool> {
+    if !step.add || !entry.meta.is_file() {
+        return Ok(false);
+    }
+    Ok(open_archive(&entry.host)?.is_some())
+}
+
+/// Opens `path` as a tar stream when its content is a (compressed) tar.
+fn open_archive(path: &Path) -> Result<Option<Box<dyn Read>>> {
+    let mut head = [0u8; 6];
+    let mut file = fs::File::open(path).map_err(io_err(path))?;
+    let n = read_up_to(&mut file, &mut head)?;
+    let reopen = || -> Result<BufReader<fs::File>> {
+        Ok(BufReader::new(fs::File::open(path).map_err(io_err(path))?))
+    };
+    let reader: Box<dyn Read> = match &head[..n] {
+        [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(reopen()?)),
+        [b'B', b'Z', b'h', ..] => Box::new(bzip2::read::MultiBzDecoder::new(reopen()?)),
+        [0xfd, b'7', b'z', b'X', b'Z', 0x00] => Box::new(xz2::read::XzDecoder::new_multi_decoder(reopen()?)),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(
+            zstd::stream::read::Decoder::new(fs::File::open(path).map_err(io_err(path))?)
+                .map_err(io_err(path))?,
+        ),
+        _ => Box::new(reopen()?),
+    };
+    // A tar header has "ustar" at offset 257 (or is an old v7 header with a
+    // valid checksum); anything else is copied as a plain file.
+    let mut reader = reader;
+    let mut header = [0u8; 512];
+    let got = match read_up_to(&mut reader, &mut header) {
+        Ok(got) => got,
+        Err(_) => return Ok(None),
+    };
+    if got < 512 || !is_tar_header(&header) {
+        return Ok(None);
+    }
+    Ok(Some(Box::new(std::io::Cursor::new(header.to_vec()).chain(reader))))
+}
+
+fn is_tar_header(header: &[u8; 512]) -> bool {
+    if &header[257..262] == b"ustar" {
+        return true;
+    }
+    // v7: the checksum field holds the sum of the header with that field as spaces.
+    let field = String::from_utf8_lossy(&header[148..156]);
+    let Ok(expected) = u32::from_str_radix(field.trim_matches(|c: char| c == ' ' || c == '\0'), 8)
+    else {
+        return false;
+    };
+    let sum: u32 = header
+        .iter()
+        .enumerate()
+        .map(|(i, b)| if (148..156).contains(&i) { 32 } else { u32::from(*b) })
+        .sum();
+    sum == expected && header[0] != 0
+}
+
+fn read_up_to(reader: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err("<archive>")(e)),
+        }
+    }
+    Ok(got)
+}
+
+struct TreeWriter<'a> {
+    out: &'a Path,
+    dest: &'a dyn DestFs,
+    owner: Option<(u32, u32)>,
+    chmod: Option<&'a Chmod>,
+    keep_owner: bool,
+    /// Directories made here, with the metadata they get once everything is
+    /// written (a read-only mode set early would block writing inside).
+    created_dirs: Vec<(PathBuf, u32, u32, u32, Option<std::time::SystemTime>)>,
+}
+
+impl TreeWriter<'_> {
+    fn host(&self, image_path: &str) -> PathBuf {
+        self.out.join(clean_relative(image_path))
+    }
+
+    /// Makes the parents of `image_path` in the tree, each with the metadata it
+    /// has in the parent image (so the layer does not change them), or root
+    /// 0755 when it is new.
+    fn ensure_parents(&mut self, image_path: &str) -> Result<()> {
+        let cleaned = clean_relative(image_path);
+        let mut prefix = String::new();
+        let components: Vec<&str> = cleaned.split('/').collect();
+        for component in components.iter().take(components.len().saturating_sub(1)) {
+            prefix = join_abs(if prefix.is_empty() { "/" } else { &prefix }, component);
+            let host = self.host(&prefix);
+            if host.is_dir() {
+                continue;
+            }
+            let meta = self.dest.dir_meta(&prefix)?.unwrap_or(DirMeta {
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            });
+            self.make_dir(&host, meta.mode, meta.uid, meta.gid, None)?;
+        }
+        Ok(())
+    }
+
+    fn make_dir(
+        &mut self,
+        host: &Path,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        mtime: Option<std::time::SystemTime>,
+    ) -> Result<()> {
+        match fs::symlink_metadata(host) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                fs::remove_file(host).map_err(io_err(host))?;
+                fs::create_dir(host).map_err(io_err(host))?;
+            }
+            Err(_) => fs::create_dir(host).map_err(io_err(host))?,
+        }
+        self.created_dirs
+            .retain(|(path, ..)| path.as_path() != host);
+        self.created_dirs
+            .push((host.to_path_buf(), mode, uid, gid, mtime));
+        Ok(())
+    }
+
+    /// The destination directory of a directory copy: exists in the parent
+    /// (keep its metadata) or is created (owned by --chown).
+    fn ensure_dir(&mut self, image_path: &str, source: Option<&SourceEntry>) -> Result<()> {
+        self.ensure_parents(image_path)?;
+        let host = self.host(image_path);
+        if image_path.trim_end_matches('/').is_empty() || clean_relative(image_path) == "." {
+            return Ok(());
+        }
+        let resolved = image_path.trim_end_matches('/');
+        let (mode, uid, gid) = match self.dest.dir_meta(resolved)? {
+            Some(meta) => (meta.mode, meta.uid, meta.gid),
+            None => {
+                let (uid, gid) = self.owner.unwrap_or((0, 0));
+                let mode = source.map(|s| s.meta.mode() & 0o7777).unwrap_or(0o755);
+                (self.chmod.map(|c| c.apply(mode, true)).unwrap_or(mode), uid, gid)
+            }
+        };
+        let mtime = source.and_then(|s| s.meta.modified().ok());
+        self.make_dir(&host, mode, uid, gid, mtime)
+    }
+
+    fn owner_of(&self, entry: &SourceEntry) -> (u32, u32) {
+        match self.owner {
+            Some(ids) => ids,
+            None if self.keep_owner => (entry.meta.uid(), entry.meta.gid()),
+            None => (0, 0),
+        }
+    }
+
+    fn write_entry(&mut self, source: &dyn SourceFs, entry: &SourceEntry, image_path: &str) -> Result<()> {
+        let _ = source;
+        self.ensure_parents(image_path)?;
+        let host = self.host(image_path);
+        let (uid, gid) = self.owner_of(entry);
+        let kind = entry.meta.file_type();
+        let mode = entry.meta.mode() & 0o7777;
+        if kind.is_dir() {
+            let mode = self.chmod.map(|c| c.apply(mode, true)).unwrap_or(mode);
+            return self.make_dir(&host, mode, uid, gid, entry.meta.modified().ok());
+        }
+        remove_existing(&host)?;
+        if kind.is_symlink() {
+            let target = fs::read_link(&entry.host).map_err(io_err(&entry.host))?;
+            std::os::unix::fs::symlink(&target, &host).map_err(io_err(&host))?;
+            std::os::unix::fs::lchown(&host, Some(uid), Some(gid)).map_err(io_err(&host))?;
+            return Ok(());
+        }
+        if !kind.is_file() {
+            // Devices, fifos and sockets are not copied, as in BuildKit's copy
+            // from the context; a stage's device nodes would need mknod.
+            return Ok(());
+        }
+        fs::copy(&entry.host, &host).map_err(io_err(&host))?;
+        let mode = self.chmod.map(|c| c.apply(mode, false)).unwrap_or(mode);
+        finish_file(&host, mode, uid, gid, entry.meta.modified().ok())
+    }
+
+    fn write_inline(&mut self, image_path: &str, content: &str) -> Result<()> {
+        self.ensure_parents(image_path)?;
+        let host = self.host(image_path);
+        remove_existing(&host)?;
+        fs::write(&host, content).map_err(io_err(&host))?;
+        let (uid, gid) = self.owner.unwrap_or((0, 0));
+        let mode = self.chmod.map(|c| c.apply(0o644, false)).unwrap_or(0o644);
+        finish_file(&host, mode, uid, gid, None)
+    }
+
+    fn extract_archive(&mut self, entry: &SourceEntry, image_dir: &str) -> Result<()> {
+        let Some(stream) = open_archive(&entry.host)? else {
+            return Err(Error::Copy(format!("{}: not an archive", entry.rel)));
+        };
+        let host = self.host(image_dir);
+        let mut archive = tar::Archive::new(stream);
+        archive.set_preserve_permissions(true);
+        archive.set_preserve_ownerships(true);
+        archive.set_preserve_mtime(true);
+        archive.set_overwrite(true);
+        archive.unpack(&host).map_err(|e| {
+            Error::Copy(format!(
+                "ADD {}: the archive cannot be unpacked: {e}; check that it is a complete tar archive",
+                entry.rel
+            ))
+        })?;
+        if let Some((uid, gid)) = self.owner {
+            for found in walkdir::WalkDir::new(&host).min_depth(1) {
+                let found = found.map_err(|e| Error::Copy(e.to_string()))?;
+                std::os::unix::fs::lchown(found.path(), Some(uid), Some(gid))
+                    .map_err(io_err(found.path()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives created directories their final mode, owner and mtime, deepest
+    /// first so setting a parent's mtime is not undone by its children.
+    fn finish_dirs(&mut self) -> Result<()> {
+        let mut dirs = std::mem::take(&mut self.created_dirs);
+        dirs.sort_by(|a, b| b.0.components().count().cmp(&a.0.components().count()));
+        for (path, mode, uid, gid, mtime) in dirs {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(io_err(&path))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io_err(&path))?;
+            if let Some(mtime) = mtime {
+                let dir = fs::File::open(&path).map_err(io_err(&path))?;
+                dir.set_modified(mtime).map_err(io_err(&path))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn remove_existing(host: &Path) -> Result<()> {
+    match fs::symlink_metadata(host) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(host).map_err(io_err(host)),
+        Ok(_) => fs::remove_file(host).map_err(io_err(host)),
+        Err(_) => Ok(()),
+    }
+}
+
+fn finish_file(
+    host: &Path,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: Option<std::time::SystemTime>,
+) -> Result<()> {
+    std::os::unix::fs::chown(host, Some(uid), Some(gid)).map_err(io_err(host))?;
+    // chown clears setuid bits, so the mode comes after it.
+    fs::set_permissions(host, fs::Permissions::from_mode(mode)).map_err(io_err(host))?;
+    if let Some(mtime) = mtime {
+        let file = fs::File::options().write(true).open(host).map_err(io_err(host))?;
+        file.set_modified(mtime).map_err(io_err(host))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dockerignore::IgnoreRules;
+    use crate::source::BuildContext;
+    use kiln_frontend::CopyFrom;
+    use std::collections::BTreeMap;
+
+    /// A parent image with `/bin -> usr/bin`, `/usr/bin` and `/etc` directories
+    /// and one user.
+    struct FakeParent;
+
+    impl DestFs for FakeParent {
+        fn resolve(&self, path: &str) -> Result<String> {
+            let cleaned = format!("/{}", clean_relative(path));
+            let resolved = if cleaned == "/bin" || cleaned.starts_with("/bin/") {
+                format!("/usr{cleaned}")
+            } else {
+                cleaned
+            };
+            Ok(if path.ends_with('/') && !resolved.ends_with('/') {
+                format!("{resolved}/")
+            } else {
+                resolved
+            })
+        }
+        fn is_dir(&self, path: &str) -> Result<bool> {
+            Ok(matches!(path.trim_end_matches('/'), "" | "/usr" | "/usr/bin" | "/etc"))
+        }
+        fn dir_meta(&self, path: &str) -> Result<Option<DirMeta>> {
+            Ok(self.is_dir(path)?.then_some(DirMeta {
+                mode: 0o751,
+                uid: 0,
+                gid: 0,
+            }))
+        }
+        fn ids(&self, user: &str, group: Option<&str>) -> Result<(u32, u32)> {
+            let id = |name: &str| match name {
+                "app" => Ok(1000),
+                "root" => Ok(0),
+                other => numeric_id(other)
+                    .ok_or_else(|| Error::Copy(format!("unknown user {other}"))),
+            };
+            let uid = id(user)?;
+            Ok((uid, group.map(id).transpose()?.unwrap_or(uid)))
+        }
+    }
+
+    fn step(sources: &[&str], dest: &str) -> CopyStep {
+        CopyStep {
+            add: false,
+            sources: sources.iter().map(|s| s.to_string()).collect(),
+            heredocs: Vec::new(),
+            dest: dest.to_string(),
+            dest_is_dir: dest.ends_with('/') || sources.len() > 1,
+            from: CopyFrom::Context,
+            chown: None,
+            chmod: None,
+            link: false,
+            exclude: Vec::new(),
+            parents: false,
+            checksum: None,
+            keep_git_dir: false,
+            workdir: "/".to_string(),
+        }
+    }
+
+    struct Fixture {
+        _ctx_dir: tempfile::TempDir,
+        ctx: BuildContext,
+        out: tempfile::TempDir,
+    }
+
+    fn fixture(files: &[(&str, &str)]) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, content) in files {
+            let p = dir.path().join(path);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, content).unwrap();
+        }
+        let ctx = BuildContext::new(dir.path(), IgnoreRules::default(), None).unwrap();
+        Fixture {
+            _ctx_dir: dir,
+            ctx,
+            out: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The tree as `path -> (mode, uid, gid, content)`.
+    fn tree(root: &Path) -> BTreeMap<String, (u32, u32, u32, String)> {
+        walkdir::WalkDir::new(root)
+            .min_depth(1)
+            .into_iter()
+            .map(|e| {
+                let e = e.unwrap();
+                let meta = e.path().symlink_metadata().unwrap();
+                let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                let content = if meta.is_file() {
+                    String::from_utf8_lossy(&fs::read(e.path()).unwrap()).into_owned()
+                } else if meta.is_dir() {
+                    "<dir>".to_string()
+                } else {
+                    format!("-> {}", fs::read_link(e.path()).unwrap().display())
+                };
+                (rel, (meta.mode() & 0o7777, meta.uid(), meta.gid(), content))
+            })
+            .collect()
+    }
+
+    fn run(f: &Fixture, s: &CopyStep) -> Result<BTreeMap<String, (u32, u32, u32, String)>> {
+        build_tree(s, &f.ctx, &FakeParent, false, f.out.path())?;
+        Ok(tree(f.out.path()))
+    }
+
+    fn paths(t: &BTreeMap<String, (u32, u32, u32, String)>) -> Vec<&str> {
+        t.keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn file_to_path_to_dir_and_into_existing_dir() {
+        let f = fixture(&[("a.txt", "A")]);
+        let t = run(&f, &step(&["a.txt"], "/opt/b.txt")).unwrap();
+        assert_eq!(paths(&t), ["opt", "opt/b.txt"]);
+        assert_eq!(t["opt"].0, 0o755);
+        assert_eq!(t["opt/b.txt"].3, "A");
+
+        let f = fixture(&[("a.txt", "A")]);
+        let t = run(&f, &step(&["a.txt"], "/opt/")).unwrap();
+        assert_eq!(paths(&t), ["opt", "opt/a.txt"]);
+
+        // /etc exists as a directory in the parent: the file goes into it and
+        // /etc keeps the parent's mode.
+        let f = fixture(&[("a.txt", "A")]);
+        let t = run(&f, &step(&["a.txt"], "/etc")).unwrap();
+        assert_eq!(paths(&t), ["etc", "etc/a.txt"]);
+        assert_eq!(t["etc"].0, 0o751);
+    }
+
+    #[test]
+    fn destination_follows_parent_symlinks() {
+        let f = fixture(&[("tool", "#!/bin/sh\n")]);
+        let t = run(&f, &step(&["tool"], "/bin/")).unwrap();
+        assert_eq!(paths(&t), ["usr", "usr/bin", "usr/bin/tool"]);
+    }
+
+    #[test]
+    fn directory_source_copies_its_contents() {
+        let f = fixture(&[("src/a", "1"), ("src/sub/b", "2")]);
+        let t = run(&f, &step(&["src"], "/app")).unwrap();
+        assert_eq!(paths(&t), ["app", "app/a", "app/sub", "app/sub/b"]);
+        assert_eq!(t["app/sub/b"].1, 0, "context files belong to root");
+    }
+
+    #[test]
+    fn several_sources_need_a_directory_destination() {
+        let f = fixture(&[("a", "1"), ("b", "2")]);
+        let mut s = step(&["a", "b"], "/x");
+        s.dest_is_dir = false;
+        let err = run(&f, &s).unwrap_err().to_string();
+        assert!(err.contains("must be a directory"), "{err}");
+        let t = run(&f, &step(&["a", "b"], "/x/")).unwrap();
+        assert_eq!(paths(&t), ["x", "x/a", "x/b"]);
+    }
+
+    #[test]
+    fn wildcards_and_missing_sources() {
+        let f = fixture(&[("a.txt", "1"), ("b.txt", "2"), ("c.md", "3")]);
+        let t = run(&f, &step(&["*.txt"], "/d/")).unwrap();
+        assert_eq!(paths(&t), ["d", "d/a.txt", "d/b.txt"]);
+        let err = run(&f, &step(&["*.rs"], "/d/")).unwrap_err().to_string();
+        assert!(err.contains("matched nothing"), "{err}");
+        let err = run(&f, &step(&["nope"], "/d/")).unwrap_err().to_string();
+        assert!(err.contains("nope: not found"), "{err}");
+    }
+
+    #[test]
+    fn chown_and_chmod() {
+        let f = fixture(&[("dir/a", "1")]);
+        let mut s = step(&["dir"], "/home/app/");
+        s.chown = Some("app".into());
+        s.chmod = Some("640".into());
+        let t = run(&f, &s).unwrap();
+        assert_eq!(t["home/app/a"], (0o640, 1000, 1000, "1".into()));
+        assert_eq!(t["home"].1, 0, "parents that did not exist belong to root");
+        assert_eq!(t["home/app"].1, 1000, "the destination belongs to the --chown user");
+
+        let f = fixture(&[("a", "1")]);
+        let mut s = step(&["a"], "/a");
+        s.chown = Some("1:2".into());
+        s.chmod = Some("u+x,go-r".into());
+        let t = run(&f, &s).unwrap();
+        assert_eq!((t["a"].0 & 0o777, t["a"].1, t["a"].2), (0o700 & (0o644 | 0o100), 1, 2));
+
+        let mut s = step(&["a"], "/a");
+        s.chown = Some("nobody-here".into());
+        assert!(run(&f, &s).unwrap_err().to_string().contains("unknown user"));
+        let mut s = step(&["a"], "/a");
+        s.chmod = Some("9z".into());
+        assert!(run(&f, &s).unwrap_err().to_string().contains("--chmod"));
+    }
+
+    #[test]
+    fn symbolic_chmod() {
+        let c = Chmod::parse("a+X").unwrap();
+        assert_eq!(c.apply(0o644, false), 0o644);
+        assert_eq!(c.apply(0o644, true), 0o755);
+        assert_eq!(c.apply(0o744, false), 0o755);
+        assert_eq!(Chmod::parse("g=r").unwrap().apply(0o777, false), 0o747);
+        assert_eq!(Chmod::parse("755").unwrap(), Chmod::Octal(0o755));
+        assert!(Chmod::parse("17777").is_err());
+    }
+
+    #[test]
+    fn parents_and_exclude() {
+        let f = fixture(&[("x/y/a.txt", "1"), ("x/y/b.log", "2"), ("z/c.txt", "3")]);
+        let mut s = step(&["x/y/a.txt", "z/c.txt"], "/out/");
+        s.parents = true;
+        let t = run(&f, &s).unwrap();
+        assert!(t.contains_key("out/x/y/a.txt") && t.contains_key("out/z/c.txt"), "{t:?}");
+
+        let f = fixture(&[("x/y/a.txt", "1"), ("x/y/b.log", "2")]);
+        let mut s = step(&["x"], "/out/");
+        s.exclude = vec!["**/*.log".into()];
+        let t = run(&f, &s).unwrap();
+        assert_eq!(paths(&t), ["out", "out/y", "out/y/a.txt"]);
+    }
+
+    #[test]
+    fn heredoc_sources() {
+        let f = fixture(&[]);
+        let mut s = step(&[], "/etc/");
+        s.heredocs = vec![("motd".into(), "hello\n".into())];
+        let t = run(&f, &s).unwrap();
+        assert_eq!(t["etc/motd"], (0o644, 0, 0, "hello\n".into()));
+    }
+
+    fn tar_bytes() -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(5);
+        header.set_mode(0o600);
+        header.set_uid(7);
+        header.set_gid(8);
+        header.set_cksum();
+        builder.append_data(&mut header, "inner/file", &b"hello"[..]).unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn add_unpacks_archives_by_content() {
+        let plain = tar_bytes();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &plain).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::encode_all(&plain[..], 1).unwrap();
+        let mut xz = xz2::write::XzEncoder::new(Vec::new(), 1);
+        std::io::Write::write_all(&mut xz, &plain).unwrap();
+        let xz = xz.finish().unwrap();
+        let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        std::io::Write::write_all(&mut bz, &plain).unwrap();
+        let bz = bz.finish().unwrap();
+        for (name, bytes) in [("p.tar", plain), ("g.bin", gz), ("z.data", zst), ("x", xz), ("b", bz)] {
+            let dir = tempfile::tempdir().unwrap();
+            fs::write(dir.path().join(name), &bytes).unwrap();
+            let ctx = BuildContext::new(dir.path(), IgnoreRules::default(), None).unwrap();
+            let out = tempfile::tempdir().unwrap();
+            let mut s = step(&[name], "/dst");
+            s.add = true;
+            build_tree(&s, &ctx, &FakeParent, false, out.path()).unwrap();
+            let t = tree(out.path());
+            assert_eq!(t["dst/inner/file"], (0o600, 7, 8, "hello".into()), "{name}");
+            // COPY never unpacks.
+            let out = tempfile::tempdir().unwrap();
+            build_tree(&step(&[name], "/dst"), &ctx, &FakeParent, false, out.path()).unwrap();
+            assert!(out.path().join("dst").is_file(), "{name}");
+        }
+        // A gzip file that is not a tar is copied as it is.
+        let f = fixture(&[]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, b"just text").unwrap();
+        fs::write(f.ctx.root().join("t.gz"), gz.finish().unwrap()).unwrap();
+        let mut s = step(&["t.gz"], "/");
+        s.add = true;
+        s.dest_is_dir = true;
+        let t = run(&f, &s).unwrap();
+        assert!(t.contains_key("t.gz"));
+    }
+
+    #[test]
+    fn urls_are_a_clear_error() {
+        let f = fixture(&[]);
+        let mut s = step(&["https://example.com/x.tar"], "/");
+        s.add = true;
+        let err = run(&f, &s).unwrap_err().to_string();
+        assert!(err.contains("download the file"), "{err}");
+    }
+}

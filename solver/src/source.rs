@@ -1,0 +1,571 @@
+//! Where COPY, ADD and bind mounts read files: the build context (filtered by
+//! `.dockerignore`) or another stage's or image's filesystem. Selecting sources
+//! (literal paths and wildcards) and the content digests that go into cache
+//! keys live here too.
+
+use std::collections::HashMap;
+use std::fs::Metadata;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use kiln_frontend::{Key, KeyEncoder};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::dockerignore::IgnoreRules;
+use crate::error::{io_err, Error, Result};
+use crate::pattern::{clean_relative, has_wildcards, Pattern};
+
+/// One file, directory or symlink of a source tree.
+#[derive(Debug, Clone)]
+pub(crate) struct SourceEntry {
+    /// Slash-separated path relative to the source root, `.` for the root.
+    pub(crate) rel: String,
+    /// Where to read it on the host.
+    pub(crate) host: PathBuf,
+    /// `lstat` of `host`.
+    pub(crate) meta: Metadata,
+}
+
+/// A tree COPY can read from.
+pub(crate) trait SourceFs: Sync {
+    /// The entry at `rel` (cleaned, relative); `None` when it is missing or
+    /// excluded. With `follow`, a symlink at `rel` is followed.
+    fn entry(&self, rel: &str, follow: bool) -> Result<Option<SourceEntry>>;
+    /// The names in directory `rel` that are not excluded, sorted.
+    fn children(&self, rel: &str) -> Result<Vec<String>>;
+    /// A digest of one regular file's bytes.
+    fn file_digest(&self, entry: &SourceEntry) -> Result<[u8; 32]> {
+        hash_file(&entry.host)
+    }
+}
+
+/// Joins a relative directory and a name.
+pub(crate) fn join_rel(dir: &str, name: &str) -> String {
+    if dir == "." || dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn hash_file(path: &Path) -> Result<[u8; 32]> {
+    let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(*hasher.finalize().as_bytes())
+}
+
+/// The build context: a directory, `.dockerignore` rules and a stat cache.
+#[derive(Debug)]
+pub struct BuildContext {
+    root: PathBuf,
+    ignore: IgnoreRules,
+    stat_cache: Mutex<StatCache>,
+    stat_cache_file: Option<PathBuf>,
+}
+
+/// What a previous build learned about a context file: if size, mtime, ctime
+/// and inode are unchanged, its digest is too.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct StatRecord {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    inode: u64,
+    digest: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StatCache {
+    root: String,
+    files: HashMap<String, StatRecord>,
+    #[serde(skip)]
+    dirty: bool,
+}
+
+fn stat_fields(meta: &Metadata) -> (u64, i128, i128, u64) {
+    (
+        meta.size(),
+        i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        meta.ino(),
+    )
+}
+
+impl BuildContext {
+    /// A context rooted at `root`; `stat_cache_dir` (the store's state dir)
+    /// keeps file digests between builds, `None` disables that.
+    pub fn new(
+        root: impl Into<PathBuf>,
+        ignore: IgnoreRules,
+        stat_cache_dir: Option<&Path>,
+    ) -> Result<BuildContext> {
+        let root = root.into();
+        let root = root.canonicalize().map_err(io_err(&root))?;
+        let stat_cache_file = stat_cache_dir.map(|dir| {
+            let name = blake3::hash(root.as_os_str().as_encoded_bytes()).to_hex();
+            dir.join(format!("context-{}.json", &name[..32]))
+        });
+        let mut cache = StatCache::default();
+        if let Some(file) = &stat_cache_file {
+            // A damaged or foreign cache file only costs re-reading files.
+            if let Ok(bytes) = std::fs::read(file) {
+                if let Ok(loaded) = serde_json::from_slice::<StatCache>(&bytes) {
+                    if loaded.root == root.to_string_lossy() {
+                        cache = loaded;
+                    }
+                }
+            }
+        }
+        cache.root = root.to_string_lossy().into_owned();
+        Ok(BuildContext {
+            root,
+            ignore,
+            stat_cache: Mutex::new(cache),
+            stat_cache_file,
+        })
+    }
+
+    /// An empty context (the Dockerfile came on stdin): every COPY fails.
+    pub fn empty() -> Result<BuildContext> {
+        let dir = std::env::temp_dir();
+        let mut context = BuildContext::new(dir, IgnoreRules::default(), None)?;
+        context.ignore = IgnoreRules::parse("**", Path::new("<stdin>"))?;
+        Ok(context)
+    }
+
+    /// The context directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Writes the stat cache back, atomically, when it learned anything.
+    pub fn save_stat_cache(&self) -> Result<()> {
+        let Some(file) = &self.stat_cache_file else {
+            return Ok(());
+        };
+        let cache = self.stat_cache.lock().map_err(|_| Error::Cancelled)?;
+        if !cache.dirty {
+            return Ok(());
+        }
+        let dir = file.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let bytes = serde_json::to_vec(&*cache).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
+        std::io::Write::write_all(&mut temp, &bytes).map_err(io_err(file))?;
+        temp.persist(file).map_err(|e| Error::Io {
+            path: file.clone(),
+            source: e.error,
+        })?;
+        Ok(())
+    }
+
+    fn is_excluded(&self, rel: &str) -> bool {
+        rel != "." && self.ignore.is_excluded(rel)
+    }
+
+    /// Whether an exception rule brings back any path below excluded `dir`.
+    fn has_included_descendant(&self, dir: &str) -> Result<bool> {
+        if !self.ignore.has_exceptions() {
+            return Ok(false);
+        }
+        let host = self.root.join(dir);
+        for entry in std::fs::read_dir(&host).map_err(io_err(&host))? {
+            let entry = entry.map_err(io_err(&host))?;
+            let child = join_rel(dir, &entry.file_name().to_string_lossy());
+            if !self.ignore.is_excluded(&child) {
+                return Ok(true);
+            }
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false)
+                && self.has_included_descendant(&child)?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+impl SourceFs for BuildContext {
+    fn entry(&self, rel: &str, follow: bool) -> Result<Option<SourceEntry>> {
+        let rel = clean_relative(rel);
+        let host = if rel == "." {
+            self.root.clone()
+        } else {
+            self.root.join(&rel)
+        };
+        let meta = match std::fs::symlink_metadata(&host) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&host)(e)),
+        };
+        // An excluded directory is still there when an exception brings back
+        // something below it, as Docker sends the parents of included paths.
+        if self.is_excluded(&rel) && !(meta.is_dir() && self.has_included_descendant(&rel)?) {
+            return Ok(None);
+        }
+        if follow && meta.file_type().is_symlink() {
+            // Follow inside the context only: a link out of it is not a source.
+            let target = match host.canonicalize() {
+                Ok(target) => target,
+                Err(_) => return Ok(None),
+            };
+            let Ok(inside) = target.strip_prefix(&self.root) else {
+                return Err(Error::Copy(format!(
+                    "{rel} is a symlink that points outside the build context; copy its target instead"
+                )));
+            };
+            let inside = clean_relative(&inside.to_string_lossy());
+            return self.entry(&inside, false).map(|found| {
+                found.map(|mut e| {
+                    e.rel = rel.clone();
+                    e
+                })
+            });
+        }
+        Ok(Some(SourceEntry { rel, host, meta }))
+    }
+
+    fn children(&self, rel: &str) -> Result<Vec<String>> {
+        let dir = if rel == "." {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        };
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let child = join_rel(rel, &name);
+            if self.is_excluded(&child) {
+                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                if !(is_dir && self.has_included_descendant(&child)?) {
+                    continue;
+                }
+            }
+            names.push(name);
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn file_digest(&self, entry: &SourceEntry) -> Result<[u8; 32]> {
+        let (size, mtime_ns, ctime_ns, inode) = stat_fields(&entry.meta);
+        let key = entry.rel.clone();
+        {
+            let cache = self.stat_cache.lock().map_err(|_| Error::Cancelled)?;
+            if let Some(record) = cache.files.get(&key) {
+                if record.size == size
+                    && record.mtime_ns == mtime_ns
+                    && record.ctime_ns == ctime_ns
+                    && record.inode == inode
+                {
+                    if let Ok(bytes) = hex_decode(&record.digest) {
+                        return Ok(bytes);
+                    }
+                }
+            }
+        }
+        let digest = hash_file(&entry.host)?;
+        // A file changed within the timestamp granularity of now could change
+        // again without its ctime moving: do not trust such a record later.
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        if now_ns - ctime_ns > 2_000_000_000 {
+            let mut cache = self.stat_cache.lock().map_err(|_| Error::Cancelled)?;
+            cache.files.insert(
+                key,
+                StatRecord {
+                    size,
+                    mtime_ns,
+                    ctime_ns,
+                    inode,
+                    digest: blake3::Hash::from(digest).to_hex().to_string(),
+                },
+            );
+            cache.dirty = true;
+        }
+        Ok(digest)
+    }
+}
+
+fn hex_decode(text: &str) -> std::result::Result<[u8; 32], ()> {
+    blake3::Hash::from_hex(text)
+        .map(|h| *h.as_bytes())
+        .map_err(|_| ())
+}
+
+/// The entries a COPY source names: the literal path, or what a wildcard
+/// matches (sorted). An empty result means nothing matched.
+pub(crate) fn select(fs: &dyn SourceFs, source: &str) -> Result<Vec<SourceEntry>> {
+    let cleaned = clean_relative(source);
+    if !has_wildcards(&cleaned) {
+        return Ok(fs.entry(&cleaned, true)?.into_iter().collect());
+    }
+    let pattern = Pattern::new(&cleaned).map_err(|bad| {
+        Error::Copy(format!(
+            "bad wildcard `{}` in source `{source}`: {}",
+            bad.pattern, bad.reason
+        ))
+    })?;
+    // Walk from the longest literal prefix, no deeper than the pattern reaches.
+    let components: Vec<&str> = cleaned.split('/').collect();
+    let literal = components
+        .iter()
+        .take_while(|c| !has_wildcards(c))
+        .cloned()
+        .collect::<Vec<_>>();
+    let start = if literal.is_empty() {
+        ".".to_string()
+    } else {
+        literal.join("/")
+    };
+    let max_depth = if cleaned.contains("**") {
+        usize::MAX
+    } else {
+        components.len()
+    };
+    let mut found = Vec::new();
+    let Some(start_entry) = fs.entry(&start, true)? else {
+        return Ok(found);
+    };
+    if !start_entry.meta.is_dir() {
+        return Ok(found);
+    }
+    let mut stack = vec![(start.clone(), literal.len())];
+    while let Some((dir, depth)) = stack.pop() {
+        for name in fs.children(&dir)? {
+            let rel = join_rel(&dir, &name);
+            let Some(entry) = fs.entry(&rel, false)? else {
+                continue;
+            };
+            if pattern.matches(&rel) {
+                let followed = fs.entry(&rel, true)?.unwrap_or(entry.clone());
+                found.push(followed);
+            }
+            if entry.meta.is_dir() && depth + 1 < max_depth {
+                stack.push((rel, depth + 1));
+            }
+        }
+    }
+    found.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(found)
+}
+
+/// Every entry under a selected source (itself first), in path order,
+/// excluded paths left out.
+pub(crate) fn walk(fs: &dyn SourceFs, top: &SourceEntry) -> Result<Vec<SourceEntry>> {
+    let mut out = vec![top.clone()];
+    if !top.meta.is_dir() {
+        return Ok(out);
+    }
+    let mut stack = vec![top.rel.clone()];
+    let mut dirs_in_order = Vec::new();
+    while let Some(dir) = stack.pop() {
+        dirs_in_order.push(dir.clone());
+        let children = fs.children(&dir)?;
+        for name in children.iter().rev() {
+            let rel = join_rel(&dir, name);
+            if let Some(entry) = fs.entry(&rel, false)? {
+                if entry.meta.is_dir() {
+                    stack.push(rel.clone());
+                }
+                out.push(entry);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(out)
+}
+
+/// A digest of what a COPY source selects, for cache keys: for every entry its
+/// path relative to the source, type, mode, owner, size, symlink target and
+/// file bytes; never timestamps. Files are hashed in parallel.
+pub(crate) fn content_digest(fs: &dyn SourceFs, sources: &[String]) -> Result<Key> {
+    let mut key = KeyEncoder::new("kiln.copy-sources.v1");
+    key.u64("count", sources.len() as u64);
+    for source in sources {
+        key.str("source", source);
+        let selected = select(fs, source)?;
+        key.u64("matches", selected.len() as u64);
+        for top in selected {
+            let entries = walk(fs, &top)?;
+            let digests: Vec<Option<[u8; 32]>> = entries
+                .par_iter()
+                .map(|e| {
+                    if e.meta.is_file() {
+                        fs.file_digest(e).map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                })
+                .collect::<Result<_>>()?;
+            key.str("top", &top.rel).u64("entries", entries.len() as u64);
+            for (entry, digest) in entries.iter().zip(digests) {
+                let meta = &entry.meta;
+                let kind = meta.file_type();
+                let kind_name = if kind.is_dir() {
+                    "dir"
+                } else if kind.is_file() {
+                    "file"
+                } else if kind.is_symlink() {
+                    "symlink"
+                } else {
+                    "other"
+                };
+                key.str("path", &entry.rel)
+                    .str("type", kind_name)
+                    .u64("mode", u64::from(meta.mode() & 0o7777))
+                    .u64("uid", u64::from(meta.uid()))
+                    .u64("gid", u64::from(meta.gid()))
+                    .u64("size", if kind.is_file() { meta.size() } else { 0 });
+                if kind.is_symlink() {
+                    let target = std::fs::read_link(&entry.host).map_err(io_err(&entry.host))?;
+                    key.bytes("target", target.as_os_str().as_encoded_bytes());
+                }
+                if let Some(digest) = digest {
+                    key.bytes("content", &digest);
+                }
+            }
+        }
+    }
+    Ok(key.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    fn context(files: &[(&str, &str)], ignore: &str) -> (tempfile::TempDir, BuildContext) {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, content) in files {
+            let p = dir.path().join(path);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, content).unwrap();
+        }
+        let rules = IgnoreRules::parse(ignore, Path::new(".dockerignore")).unwrap();
+        let ctx = BuildContext::new(dir.path(), rules, None).unwrap();
+        (dir, ctx)
+    }
+
+    fn rels(entries: &[SourceEntry]) -> Vec<String> {
+        entries.iter().map(|e| e.rel.clone()).collect()
+    }
+
+    #[test]
+    fn wildcards_select_like_filepath_match() {
+        let (_d, ctx) = context(
+            &[("a.txt", "1"), ("b.txt", "2"), ("c.md", "3"), ("d/e.txt", "4")],
+            "",
+        );
+        assert_eq!(rels(&select(&ctx, "*.txt").unwrap()), ["a.txt", "b.txt"]);
+        assert_eq!(rels(&select(&ctx, "./d/*.txt").unwrap()), ["d/e.txt"]);
+        assert_eq!(rels(&select(&ctx, "/[ab].txt").unwrap()), ["a.txt", "b.txt"]);
+        assert_eq!(rels(&select(&ctx, "*/e.txt").unwrap()), ["d/e.txt"]);
+        assert!(select(&ctx, "*.rs").unwrap().is_empty());
+        assert_eq!(rels(&select(&ctx, "d").unwrap()), ["d"]);
+    }
+
+    #[test]
+    fn ignored_files_are_invisible() {
+        let (_d, ctx) = context(
+            &[("keep", "1"), ("secret.key", "2"), ("build/x.o", "3"), ("build/keep.txt", "4")],
+            "*.key\nbuild\n!build/keep.txt\n",
+        );
+        assert!(select(&ctx, "secret.key").unwrap().is_empty());
+        assert!(select(&ctx, "build/x.o").unwrap().is_empty());
+        let root = ctx.entry(".", false).unwrap().unwrap();
+        assert_eq!(
+            rels(&walk(&ctx, &root).unwrap()),
+            [".", "build", "build/keep.txt", "keep"]
+        );
+    }
+
+    #[test]
+    fn digest_follows_content_not_mtime() {
+        let (dir, ctx) = context(&[("a", "one"), ("sub/b", "two")], "");
+        let before = content_digest(&ctx, &[".".to_string()]).unwrap();
+        let file = fs::File::options().write(true).open(dir.path().join("a")).unwrap();
+        file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1000))
+            .unwrap();
+        let ctx = BuildContext::new(dir.path(), IgnoreRules::default(), None).unwrap();
+        assert_eq!(before, content_digest(&ctx, &[".".to_string()]).unwrap());
+        fs::write(dir.path().join("sub/b"), "TWO").unwrap();
+        assert_ne!(before, content_digest(&ctx, &[".".to_string()]).unwrap());
+        symlink("a", dir.path().join("link")).unwrap();
+        let with_link = content_digest(&ctx, &[".".to_string()]).unwrap();
+        fs::remove_file(dir.path().join("link")).unwrap();
+        symlink("sub", dir.path().join("link")).unwrap();
+        assert_ne!(with_link, content_digest(&ctx, &[".".to_string()]).unwrap());
+    }
+
+    #[test]
+    fn digest_separates_sources() {
+        let (_d, ctx) = context(&[("a", "x"), ("b", "x")], "");
+        let one = content_digest(&ctx, &["a".to_string()]).unwrap();
+        let other = content_digest(&ctx, &["b".to_string()]).unwrap();
+        assert_ne!(one, other);
+    }
+
+    #[test]
+    fn stat_cache_persists_and_notices_changes() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), "old").unwrap();
+        let ctx = BuildContext::new(dir.path(), IgnoreRules::default(), Some(state.path())).unwrap();
+        let first = content_digest(&ctx, &["f".to_string()]).unwrap();
+        ctx.save_stat_cache().unwrap();
+        // A fresh file is not trusted: the cache must not hold it yet.
+        assert!(fs::read_dir(state.path()).unwrap().next().is_none());
+        fs::write(dir.path().join("f"), "new").unwrap();
+        let ctx = BuildContext::new(dir.path(), IgnoreRules::default(), Some(state.path())).unwrap();
+        assert_ne!(first, content_digest(&ctx, &["f".to_string()]).unwrap());
+    }
+
+    #[test]
+    fn stat_cache_reuses_digest_of_unchanged_files() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), "content").unwrap();
+        let ctx = BuildContext::new(dir.path(), IgnoreRules::default(), Some(state.path())).unwrap();
+        let entry = ctx.entry("f", false).unwrap().unwrap();
+        let (size, mtime_ns, ctime_ns, inode) = stat_fields(&entry.meta);
+        // Plant a record with a digest no file has: a hit must return it.
+        {
+            let mut cache = ctx.stat_cache.lock().unwrap();
+            cache.files.insert(
+                "f".into(),
+                StatRecord {
+                    size,
+                    mtime_ns,
+                    ctime_ns,
+                    inode,
+                    digest: blake3::hash(b"planted").to_hex().to_string(),
+                },
+            );
+            cache.dirty = true;
+        }
+        ctx.save_stat_cache().unwrap();
+        let ctx = BuildContext::new(dir.path(), IgnoreRules::default(), Some(state.path())).unwrap();
+        let entry = ctx.entry("f", false).unwrap().unwrap();
+        assert_eq!(ctx.file_digest(&entry).unwrap(), *blake3::hash(b"planted").as_bytes());
+        // Any change of the stat fields means re-reading.
+        fs::write(dir.path().join("f"), "changed").unwrap();
+        let entry = ctx.entry("f", false).unwrap().unwrap();
+        assert_eq!(ctx.file_digest(&entry).unwrap(), *blake3::hash(b"changed").as_bytes());
+    }
+}
