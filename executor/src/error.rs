@@ -52,13 +52,22 @@ pub enum Error {
     /// The step's main process exited with a non-zero code.
     #[error("the step exited with code {code}{}", format_last_lines(last_lines))]
     ExitCode { code: i32, last_lines: Vec<String> },
-    /// The step's main process was killed by a signal (the OOM killer sends SIGKILL).
-    #[error("the step was killed by signal {signal}{}{}", if *out_of_memory { " (it ran out of memory: raise --memory)" } else { "" }, format_last_lines(last_lines))]
+    /// The step's main process was killed by a signal.
+    #[error(
+        "the step was killed by signal {signal}{}",
+        format_last_lines(last_lines)
+    )]
     Signaled {
         signal: i32,
-        out_of_memory: bool,
         last_lines: Vec<String>,
     },
+    /// The step failed after the kernel's OOM killer killed one of its processes
+    /// for exceeding the memory limit.
+    #[error(
+        "the step ran out of memory (limit {limit} bytes): raise the memory limit{}",
+        format_last_lines(last_lines)
+    )]
+    OutOfMemory { limit: u64, last_lines: Vec<String> },
     /// The step was cancelled through its [`CancelToken`](crate::CancelToken).
     #[error("the step was cancelled")]
     Cancelled,

@@ -367,6 +367,29 @@ fn build_plan(
         None,
         "mount /proc".into(),
     )?;
+    // As Docker: kernel knobs read-only, kernel memory and keys hidden.
+    for name in ["sys", "sysrq-trigger", "irq", "bus", "fs"] {
+        let path = proc_dir.join(name);
+        if Path::new("/proc").join(name).exists() {
+            b.bind(&path, &path, true, &format!("/proc/{name}"))?;
+        }
+    }
+    for name in [
+        "kcore",
+        "keys",
+        "timer_list",
+        "sched_debug",
+        "latency_stats",
+    ] {
+        if Path::new("/proc").join(name).is_file() {
+            b.bind(
+                Path::new("/dev/null"),
+                &proc_dir.join(name),
+                true,
+                &format!("/proc/{name}"),
+            )?;
+        }
+    }
     let (_, dev) = b.mountpoint(view, merged, "/dev", false)?;
     b.mount(
         Some("tmpfs"),
@@ -866,11 +889,15 @@ fn attempt(
             errno: Errno::UnknownErrno,
         }));
     };
+    if status != 0 && cgroup.as_ref().is_some_and(|c| c.out_of_memory()) {
+        return Err(Attempt::Failed(Error::OutOfMemory {
+            limit: spec.limits.memory.unwrap_or_default(),
+            last_lines,
+        }));
+    }
     if status & 0x7f != 0 {
-        let out_of_memory = cgroup.as_ref().is_some_and(|c| c.out_of_memory());
         return Err(Attempt::Failed(Error::Signaled {
             signal: status & 0x7f,
-            out_of_memory,
             last_lines,
         }));
     }

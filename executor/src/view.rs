@@ -48,7 +48,7 @@ impl RootfsView {
         match self.resolve(path, follow_last)? {
             Resolved::Found { path, dirs, leaf } => {
                 let (host_path, metadata) = match leaf {
-                    Some(found) => found,
+                    Some(found) => *found,
                     None => match dirs.first() {
                         Some(dir) => {
                             let meta = fs::symlink_metadata(dir).map_err(io_err("inspect", dir))?;
@@ -174,7 +174,7 @@ impl RootfsView {
                     return Ok(Resolved::Found {
                         path: resolved,
                         dirs: Vec::new(),
-                        leaf: Some((host, meta)),
+                        leaf: Some(Box::new((host, meta))),
                     });
                 }
             }
@@ -248,7 +248,7 @@ enum Resolved {
         path: Vec<String>,
         /// The merged directory's layers (top first) when the path is a directory.
         dirs: Vec<PathBuf>,
-        leaf: Option<(PathBuf, Metadata)>,
+        leaf: Option<Box<(PathBuf, Metadata)>>,
     },
     Missing {
         path: Vec<String>,

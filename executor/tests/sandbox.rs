@@ -1,0 +1,409 @@
+//! Real steps in the busybox fixture: output, exit codes, users, environment,
+//! isolation, process cleanup, cancellation, limits and mounts. Needs root.
+
+mod common;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use common::*;
+use kiln_executor::{CancelToken, Error, Limits, Mount, Network};
+
+#[test]
+fn streams_stdout_and_stderr_line_by_line() {
+    let out = run(&shell(
+        "echo one; echo two >&2; printf 'three\\nfour'; echo five >&2",
+    ));
+    out.upper();
+    assert_eq!(out.stdout, vec!["one", "three", "four"]);
+    assert_eq!(out.stderr, vec!["two", "five"]);
+}
+
+#[test]
+fn output_arrives_while_the_step_runs() {
+    let scratch = scratch();
+    let started = Instant::now();
+    let mut first_line_at = None;
+    let spec = shell("echo early; sleep 1; echo late");
+    let result = kiln_executor::run(&spec, scratch.path(), &CancelToken::new(), &mut |line| {
+        if line.text() == "early" {
+            first_line_at = Some(started.elapsed());
+        }
+    });
+    let total = started.elapsed();
+    let _ = kiln_executor::remove_tree(scratch.path());
+    result.unwrap();
+    let first = first_line_at.expect("the first line was delivered");
+    assert!(total >= Duration::from_secs(1));
+    assert!(
+        first + Duration::from_millis(500) < total,
+        "first line at {first:?}, step took {total:?}"
+    );
+}
+
+#[test]
+fn non_zero_exit_is_an_error_with_the_last_lines() {
+    let out = run(&shell(
+        "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo line$i; done; exit 3",
+    ));
+    match &out.result {
+        Err(Error::ExitCode { code, last_lines }) => {
+            assert_eq!(*code, 3);
+            assert_eq!(last_lines.len(), 10);
+            assert_eq!(last_lines.last().unwrap(), "line12");
+            let message = out.result.as_ref().unwrap_err().to_string();
+            assert!(
+                message.contains("exited with code 3") && message.contains("line12"),
+                "{message}"
+            );
+        }
+        other => panic!("expected an exit code error, got {other:?}"),
+    }
+}
+
+#[test]
+fn killed_by_signal_is_reported() {
+    let out = run(&shell("kill -TERM $$"));
+    assert!(
+        matches!(out.result, Err(Error::Signaled { signal: 15, .. })),
+        "{:?}",
+        out.result.as_ref().err()
+    );
+}
+
+#[test]
+fn missing_program_says_so() {
+    let out = run(&spec(&["no-such-program"]));
+    match &out.result {
+        Err(Error::Exec { program, .. }) => assert_eq!(program, "no-such-program"),
+        other => panic!("expected an exec error, got {other:?}"),
+    }
+}
+
+#[test]
+fn program_is_searched_in_the_step_path() {
+    let mut s = spec(&["echo", "found"]);
+    s.env = vec!["PATH=/nowhere:/bin".into()];
+    let out = run(&s);
+    out.upper();
+    assert_eq!(out.stdout, vec!["found"]);
+}
+
+#[test]
+fn runs_as_the_image_user() {
+    let mut s = shell("id -u; id -g; id -G; echo $HOME; touch /tmp/by-app");
+    s.user = "app".into();
+    let out = run(&s);
+    out.upper();
+    assert_eq!(out.stdout, vec!["1000", "1000", "1000", "/home/app"]);
+    let meta = fs::metadata(out.upper().path().join("tmp/by-app")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 1000);
+
+    let mut s = shell("id -u; id -g");
+    s.user = "4242:nogroup".into();
+    let out = run(&s);
+    out.upper();
+    assert_eq!(out.stdout, vec!["4242", "65534"]);
+
+    let mut s = shell("true");
+    s.user = "nosuchuser".into();
+    assert!(matches!(run(&s).result, Err(Error::UnknownUser { .. })));
+}
+
+#[test]
+fn unprivileged_user_cannot_write_root_files() {
+    let mut s = shell("echo x > /etc/passwd");
+    s.user = "app".into();
+    assert!(matches!(run(&s).result, Err(Error::ExitCode { .. })));
+}
+
+#[test]
+fn environment_and_working_directory() {
+    let mut s = shell("pwd; echo $GREETING; echo $PATH");
+    s.env = vec!["GREETING=hello world".into(), "PATH=/bin".into()];
+    s.cwd = "/work/dir".into();
+    let out = run(&s);
+    assert_eq!(out.stdout, vec!["/work/dir", "hello world", "/bin"]);
+    assert_eq!(out.layer_entries(), vec!["work/", "work/dir/"]);
+}
+
+#[test]
+fn stdin_bytes_are_fed() {
+    let mut s = shell("cat; echo");
+    s.stdin = Some(b"from stdin".to_vec());
+    let out = run(&s);
+    out.upper();
+    assert_eq!(out.stdout, vec!["from stdin"]);
+    // Without stdin bytes the step reads /dev/null.
+    let out = run(&shell("cat; echo done"));
+    assert_eq!(out.stdout, vec!["done"]);
+}
+
+#[test]
+fn hostname_is_its_own() {
+    let mut s = shell("hostname; cat /etc/hosts | grep -c buildhost");
+    s.hostname = "buildhost".into();
+    let out = run(&s);
+    out.upper();
+    assert_eq!(out.stdout, vec!["buildhost", "1"]);
+    assert_ne!(nix::unistd::gethostname().unwrap(), "buildhost");
+}
+
+#[test]
+fn network_none_has_only_loopback() {
+    let mut s = shell("ls /sys/class/net; ping -c1 -W1 127.0.0.1 >/dev/null && echo loopback-ok; wget -T 2 -q -O- http://1.1.1.1/ || echo unreachable");
+    s.network = Network::None;
+    let out = run(&s);
+    out.upper();
+    assert_eq!(out.stdout, vec!["lo", "loopback-ok", "unreachable"]);
+}
+
+#[test]
+fn default_network_sees_host_interfaces_and_resolv_conf() {
+    let host_interfaces = fs::read_dir("/sys/class/net").unwrap().count();
+    let out = run(&shell(
+        "ls /sys/class/net | wc -l; test -f /etc/resolv.conf && echo resolv",
+    ));
+    out.upper();
+    assert_eq!(
+        out.stdout,
+        vec![host_interfaces.to_string(), "resolv".to_string()]
+    );
+    // The mountpoints made for resolv.conf and hosts do not reach the layer.
+    assert_eq!(out.layer_entries(), Vec::<String>::new());
+}
+
+#[test]
+fn cannot_see_host_processes_or_files() {
+    let marker = scratch_parent().join("host-secret-marker");
+    fs::write(&marker, "secret").unwrap();
+    let script = format!(
+        "ls /proc | grep -c '^[0-9]'; cat {m} 2>/dev/null || echo no-host-file; ls /proc/1/root{m} 2>/dev/null || echo no-host-root",
+        m = marker.display()
+    );
+    let out = run(&shell(&script));
+    out.upper();
+    // Only the shell and its subshells: no host processes.
+    let visible: usize = out.stdout[0].parse().unwrap();
+    assert!(visible <= 4, "saw {visible} processes");
+    assert_eq!(&out.stdout[1..], ["no-host-file", "no-host-root"]);
+}
+
+#[test]
+fn cannot_mount_or_change_the_host() {
+    let out = run(&shell("mount -t tmpfs none /tmp && echo mounted; echo x > /proc/sys/kernel/hostname && echo wrote; echo 1 > /sys/kernel/mm/ksm/run && echo sys; true"));
+    out.upper();
+    assert_eq!(out.stdout, Vec::<String>::new(), "stderr: {:?}", out.stderr);
+}
+
+#[test]
+fn leftover_processes_are_killed_when_the_main_process_exits() {
+    let started = Instant::now();
+    let out = run(&shell("sleep 30 & sleep 30 & echo started"));
+    out.upper();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "run waited for leftovers: {:?}",
+        started.elapsed()
+    );
+    // No busybox sleep of ours is left on the host.
+    let survivors = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            fs::read_to_string(e.path().join("cmdline")).is_ok_and(|c| c == "sleep\u{0}30\u{0}")
+        })
+        .count();
+    assert_eq!(survivors, 0);
+}
+
+#[test]
+fn cancellation_stops_the_step() {
+    let cancel = CancelToken::new();
+    let trigger = cancel.clone();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        trigger.cancel();
+    });
+    let started = Instant::now();
+    let out = run_with(&shell("sleep 30; echo finished"), &cancel);
+    canceller.join().unwrap();
+    assert!(
+        matches!(out.result, Err(Error::Cancelled)),
+        "{:?}",
+        out.result.as_ref().err()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn pids_limit_stops_a_fork_bomb() {
+    let mut s = shell("i=0; while [ $i -lt 60 ]; do sleep 5 & i=$((i+1)); done; echo spawned");
+    s.limits = Limits {
+        pids: Some(20),
+        ..Limits::default()
+    };
+    let out = run(&s);
+    assert!(
+        out.stdout.is_empty()
+            || out
+                .stderr
+                .iter()
+                .any(|l| l.contains("fork") || l.contains("resource")),
+        "stdout {:?} stderr {:?}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .iter()
+            .any(|l| l.contains("fork") || l.contains("Resource")),
+        "{:?}",
+        out.stderr
+    );
+}
+
+#[test]
+fn memory_limit_kills_a_hog() {
+    let mut s = shell("dd if=/dev/zero of=/dev/null bs=200M count=1 && echo survived");
+    s.limits = Limits {
+        memory: Some(64 * 1024 * 1024),
+        ..Limits::default()
+    };
+    let out = run(&s);
+    match &out.result {
+        Err(Error::OutOfMemory { limit, .. }) => assert_eq!(*limit, 64 * 1024 * 1024),
+        other => panic!(
+            "expected the OOM killer, got {other:?}, stdout {:?}",
+            out.stdout
+        ),
+    }
+    // The same step without the limit passes.
+    let out = run(&shell(
+        "dd if=/dev/zero of=/dev/null bs=200M count=1 2>/dev/null && echo survived",
+    ));
+    assert_eq!(out.stdout, vec!["survived"]);
+}
+
+#[test]
+fn cpu_limits_are_accepted() {
+    let mut s = shell("echo ok");
+    s.limits = Limits {
+        cpus: Some(0.5),
+        cpu_shares: Some(512),
+        ..Limits::default()
+    };
+    let out = run(&s);
+    assert_eq!(out.stdout, vec!["ok"]);
+}
+
+#[test]
+fn mounts_work_and_leave_no_trace_in_the_layer() {
+    let host = scratch();
+    let context = host.path().join("context");
+    fs::create_dir_all(&context).unwrap();
+    fs::write(context.join("input.txt"), "from context").unwrap();
+    let cache = host.path().join("cache");
+    fs::create_dir_all(&cache).unwrap();
+    let secret = host.path().join("secret");
+    fs::write(&secret, "hunter2").unwrap();
+
+    let mut s = shell(
+        "cat /src/input.txt; echo; echo cached > /var/cache/app/entry; cat /run/secrets/token; echo; \
+         echo scratch > /mnt/tmp/file; echo nope > /src/new 2>/dev/null || echo context-is-readonly; echo done > /result",
+    );
+    s.mounts = vec![
+        Mount::Bind {
+            source: context.clone(),
+            target: "/src".into(),
+            readonly: true,
+        },
+        Mount::Bind {
+            source: cache.clone(),
+            target: "/var/cache/app".into(),
+            readonly: false,
+        },
+        Mount::Bind {
+            source: secret.clone(),
+            target: "/run/secrets/token".into(),
+            readonly: true,
+        },
+        Mount::Tmpfs {
+            target: "/mnt/tmp".into(),
+            size: Some(1 << 20),
+        },
+    ];
+    let out = run(&s);
+    out.upper();
+    assert_eq!(
+        out.stdout,
+        vec!["from context", "hunter2", "context-is-readonly"]
+    );
+    assert_eq!(fs::read_to_string(cache.join("entry")).unwrap(), "cached\n");
+    assert!(!context.join("new").exists());
+    // Only the step's own file: no /src, /var/cache/app, /run/secrets, /mnt stubs.
+    assert_eq!(out.layer_entries(), vec!["result"]);
+    let mut tar = Vec::new();
+    out.upper()
+        .write_layer(&mut tar, &Default::default())
+        .unwrap();
+    assert!(!tar.windows(7).any(|w| w == b"hunter2"));
+}
+
+#[test]
+fn proc_dev_sys_do_not_leak_into_layers() {
+    let out = run(&shell("ls /dev/null /dev/zero /dev/urandom /dev/pts /dev/shm >/dev/null && echo devices; test -d /proc/self && echo proc; touch /dev/shm/x; true"));
+    assert_eq!(out.stdout, vec!["devices", "proc"]);
+    assert_eq!(out.layer_entries(), Vec::<String>::new());
+}
+
+#[test]
+fn host_mounts_are_unchanged_after_runs() {
+    fn mounts() -> Vec<String> {
+        // Mount ids and the rest of each line, without optional fields that
+        // change on their own (none on this line format): compare whole lines.
+        let mut lines: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    }
+    let before = mounts();
+    for _ in 0..3 {
+        let mut s = shell("echo x > /f");
+        s.mounts = vec![Mount::Tmpfs {
+            target: "/mnt/t".into(),
+            size: None,
+        }];
+        run(&s).upper();
+    }
+    let out = run(&shell("exit 1"));
+    assert!(out.result.is_err());
+    assert_eq!(before, mounts());
+}
+
+#[test]
+fn steps_run_concurrently_from_many_threads() {
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let out = run(&shell(&format!("echo step{i}; echo {i} > /f{i}")));
+                (out.stdout.clone(), out.layer_entries())
+            })
+        })
+        .collect();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let (stdout, entries) = handle.join().unwrap();
+        assert_eq!(stdout, vec![format!("step{i}")]);
+        assert_eq!(entries, vec![format!("f{i}")]);
+    }
+}
+
+#[test]
+fn relative_paths_are_rejected() {
+    let mut s = shell("true");
+    s.cwd = "relative".into();
+    assert!(matches!(run(&s).result, Err(Error::InvalidSpec(_))));
+}
