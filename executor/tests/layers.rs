@@ -1,0 +1,241 @@
+//! The diff writer: overlay upper dirs from real steps, and plain directories,
+//! turned into OCI layer tars.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use common::*;
+use kiln_executor::{write_dir_layer, DiffOptions, RunSpec, Snapshotter, Upper};
+use sha2::{Digest, Sha256};
+
+struct TarEntry {
+    path: String,
+    kind: tar::EntryType,
+    mode: u32,
+    uid: u64,
+    mtime: u64,
+    link: Option<String>,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+fn entries(tar_bytes: &[u8]) -> Vec<TarEntry> {
+    let mut archive = tar::Archive::new(tar_bytes);
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let mut xattrs = Vec::new();
+            if let Some(exts) = e.pax_extensions().unwrap() {
+                for ext in exts {
+                    let ext = ext.unwrap();
+                    if let Some(name) = ext.key().unwrap().strip_prefix("SCHILY.xattr.") {
+                        xattrs.push((name.to_owned(), ext.value_bytes().to_vec()));
+                    }
+                }
+            }
+            TarEntry {
+                path: e.path().unwrap().to_string_lossy().into_owned(),
+                kind: e.header().entry_type(),
+                mode: e.header().mode().unwrap(),
+                uid: e.header().uid().unwrap(),
+                mtime: e.header().mtime().unwrap(),
+                link: e
+                    .link_name()
+                    .unwrap()
+                    .map(|l| l.to_string_lossy().into_owned()),
+                xattrs,
+            }
+        })
+        .collect()
+}
+
+fn layer(upper: &Upper, options: &DiffOptions) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    upper.write_layer(&mut bytes, options).unwrap();
+    bytes
+}
+
+#[test]
+fn deletions_become_whiteouts() {
+    let out = run(&shell("rm /bin/uname /etc/group && rm -r /var/tmp"));
+    assert_eq!(
+        out.layer_entries(),
+        vec![
+            "bin/",
+            "bin/.wh.uname",
+            "etc/",
+            "etc/.wh.group",
+            "var/",
+            "var/.wh.tmp"
+        ]
+    );
+}
+
+#[test]
+fn replaced_directories_are_opaque() {
+    // Without network the sandbox binds nothing into /etc, so it can be removed.
+    let mut s = shell("rm -r /etc && mkdir /etc && echo new > /etc/only");
+    s.network = kiln_executor::Network::None;
+    let out = run(&s);
+    assert_eq!(
+        out.layer_entries(),
+        vec!["etc/", "etc/.wh..wh..opq", "etc/only"]
+    );
+}
+
+#[test]
+fn type_changes_symlinks_hardlinks_and_modes() {
+    let out = run(&shell(
+        "rm /bin/uname && echo script > /bin/uname && ln -s /bin/busybox /usr/bin/bb && \
+         echo data > /tmp/a && ln /tmp/a /tmp/b && chmod 4755 /tmp/a && chmod 0750 /var/tmp && mkdir -m 1777 /shared && \
+         echo x > /tmp/owned && chown 1000:1000 /tmp/owned",
+    ));
+    let tar = layer(out.upper(), &DiffOptions::default());
+    let all = entries(&tar);
+    let find = |p: &str| {
+        all.iter().find(|e| e.path == p).unwrap_or_else(|| {
+            panic!(
+                "no {p} in {:?}",
+                all.iter().map(|e| &e.path).collect::<Vec<_>>()
+            )
+        })
+    };
+    assert_eq!(find("bin/uname").kind, tar::EntryType::Regular);
+    let link = find("usr/bin/bb");
+    assert_eq!(
+        (link.kind, link.link.as_deref()),
+        (tar::EntryType::Symlink, Some("/bin/busybox"))
+    );
+    let a = find("tmp/a");
+    assert_eq!((a.kind, a.mode), (tar::EntryType::Regular, 0o4755));
+    let b = find("tmp/b");
+    assert_eq!(
+        (b.kind, b.link.as_deref()),
+        (tar::EntryType::Link, Some("tmp/a"))
+    );
+    assert_eq!(find("var/tmp/").mode, 0o750);
+    assert_eq!(find("shared/").mode, 0o1777);
+    assert_eq!(find("tmp/owned").uid, 1000);
+    // Sorted, parents before children.
+    let paths: Vec<&str> = all.iter().map(|e| e.path.as_str()).collect();
+    let mut sorted = paths.clone();
+    sorted.sort_by(|x, y| {
+        x.trim_end_matches('/')
+            .split('/')
+            .cmp(y.trim_end_matches('/').split('/'))
+    });
+    assert_eq!(paths, sorted);
+}
+
+#[test]
+fn same_step_gives_the_same_digest_with_source_date_epoch() {
+    let step = shell("mkdir -p /app/sub && echo hello > /app/sub/file && ln -s file /app/sub/link && rm /etc/group");
+    let options = DiffOptions {
+        source_date_epoch: Some(1_700_000_000),
+    };
+    let digest = |spec: &RunSpec| {
+        let out = run(spec);
+        let tar = layer(out.upper(), &options);
+        assert!(entries(&tar).iter().all(|e| e.mtime <= 1_700_000_000));
+        hex::encode(Sha256::digest(&tar))
+    };
+    let first = digest(&step);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(first, digest(&step));
+}
+
+#[test]
+fn unchanged_steps_give_empty_layers() {
+    let out = run(&shell("cat /etc/passwd > /dev/null"));
+    let mut tar = Vec::new();
+    let summary = out
+        .upper()
+        .write_layer(&mut tar, &DiffOptions::default())
+        .unwrap();
+    assert!(summary.empty);
+    assert_eq!(summary.entries, 0);
+    assert!(entries(&tar).is_empty());
+}
+
+#[test]
+fn xattrs_are_kept_but_not_overlay_ones() {
+    let dir = scratch();
+    let root = dir.path().join("tree");
+    fs::create_dir_all(root.join("bin")).unwrap();
+    fs::write(root.join("bin/ping"), "elf").unwrap();
+    // cap_net_raw+ep in the kernel's VFS v2 format.
+    let capability = [
+        0u8, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    xattr::set(root.join("bin/ping"), "security.capability", &capability).unwrap();
+    xattr::set(root.join("bin/ping"), "user.note", b"kept").unwrap();
+    xattr::set(root.join("bin"), "trusted.overlay.impure", b"y").unwrap();
+    let mut tar = Vec::new();
+    write_dir_layer(&root, &mut tar, &DiffOptions::default()).unwrap();
+    let all = entries(&tar);
+    assert_eq!(
+        all.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+        vec!["bin/", "bin/ping"]
+    );
+    assert!(all[0].xattrs.is_empty());
+    let mut xattrs = all[1].xattrs.clone();
+    xattrs.sort();
+    assert_eq!(
+        xattrs,
+        vec![
+            ("security.capability".to_owned(), capability.to_vec()),
+            ("user.note".to_owned(), b"kept".to_vec())
+        ]
+    );
+
+    // And they survive unpacking into a snapshot.
+    let snapshots = Snapshotter::new(dir.path().join("snapshots")).unwrap();
+    let snapshot = snapshots
+        .prepare("sha256:xattrs", || Ok::<_, std::io::Error>(tar.as_slice()))
+        .unwrap();
+    assert_eq!(
+        xattr::get(snapshot.join("bin/ping"), "security.capability")
+            .unwrap()
+            .unwrap(),
+        capability
+    );
+}
+
+#[test]
+fn plain_directories_keep_owners_modes_and_hardlinks() {
+    let dir = scratch();
+    let root = dir.path().join("tree");
+    fs::create_dir_all(root.join("app")).unwrap();
+    fs::write(root.join("app/tool"), "x").unwrap();
+    std::os::unix::fs::chown(root.join("app/tool"), Some(1000), Some(1000)).unwrap();
+    fs::set_permissions(root.join("app/tool"), fs::Permissions::from_mode(0o2755)).unwrap();
+    fs::hard_link(root.join("app/tool"), root.join("app/alias")).unwrap();
+    let mut tar = Vec::new();
+    let summary = write_dir_layer(
+        &root,
+        &mut tar,
+        &DiffOptions {
+            source_date_epoch: Some(10),
+        },
+    )
+    .unwrap();
+    assert_eq!(summary.entries, 3);
+    let all = entries(&tar);
+    assert_eq!(
+        all.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+        vec!["app/", "app/alias", "app/tool"]
+    );
+    assert_eq!(
+        (all[1].kind, all[1].mode, all[1].uid),
+        (tar::EntryType::Regular, 0o2755, 1000)
+    );
+    assert_eq!(
+        (all[2].kind, all[2].link.as_deref()),
+        (tar::EntryType::Link, Some("app/alias"))
+    );
+    assert!(all.iter().all(|e| e.mtime == 10));
+    assert_eq!(fs::metadata(root.join("app/tool")).unwrap().nlink(), 2);
+}
