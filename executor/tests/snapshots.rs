@@ -1,0 +1,188 @@
+//! Unpacking layers into snapshots: overlayfs form, safety against hostile
+//! layers, and concurrent preparation.
+
+mod common;
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::scratch;
+use kiln_executor::{Error, RootfsView, Snapshotter};
+
+/// Builds a tar from (path, kind, contents or link target).
+fn tar_of(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, kind, data) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(*kind);
+        header.set_mode(if *kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+        header.set_mtime(1_600_000_000);
+        header.set_uid(0);
+        header.set_gid(0);
+        // Bypass the tar crate's own path checks: hostile layers are not polite.
+        let name = header.as_old_mut().name.as_mut();
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        match kind {
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                header.set_link_name(data).unwrap();
+                header.set_size(0);
+                header.set_cksum();
+                builder.append(&header, io::empty()).unwrap();
+            }
+            _ => {
+                header.set_size(data.len() as u64);
+                header.set_cksum();
+                builder.append(&header, data.as_bytes()).unwrap();
+            }
+        }
+    }
+    builder.into_inner().unwrap()
+}
+
+fn prepare(snapshots: &Snapshotter, id: &str, tar: &[u8]) -> kiln_executor::Result<std::path::PathBuf> {
+    snapshots.prepare(id, || Ok::<_, io::Error>(tar))
+}
+
+#[test]
+fn whiteouts_and_opaque_markers_become_overlayfs_form() {
+    let dir = scratch();
+    let snapshots = Snapshotter::new(dir.path().join("s")).unwrap();
+    let base = prepare(
+        &snapshots,
+        "sha256:base",
+        &tar_of(&[
+            ("etc/", tar::EntryType::Directory, ""),
+            ("etc/a", tar::EntryType::Regular, "a"),
+            ("etc/b", tar::EntryType::Regular, "b"),
+            ("opt/", tar::EntryType::Directory, ""),
+            ("opt/old", tar::EntryType::Regular, "old"),
+        ]),
+    )
+    .unwrap();
+    let top = prepare(
+        &snapshots,
+        "sha256:top",
+        &tar_of(&[
+            ("etc/.wh.a", tar::EntryType::Regular, ""),
+            ("opt/.wh..wh..opq", tar::EntryType::Regular, ""),
+            ("opt/new", tar::EntryType::Regular, "new"),
+        ]),
+    )
+    .unwrap();
+    let whiteout = fs::symlink_metadata(top.join("etc/a")).unwrap();
+    assert!(whiteout.file_type().is_char_device() && whiteout.rdev() == 0);
+    assert_eq!(xattr::get(top.join("opt"), "trusted.overlay.opaque").unwrap().unwrap(), b"y");
+    assert!(!top.join("opt/.wh..wh..opq").exists());
+    let view = RootfsView::new(&[base, top]);
+    assert_eq!(view.read_dir("/etc").unwrap().unwrap(), vec!["b"]);
+    assert_eq!(view.read_dir("/opt").unwrap().unwrap(), vec!["new"]);
+}
+
+#[test]
+fn hostile_layers_cannot_write_outside_the_snapshot() {
+    let dir = scratch();
+    let outside = dir.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let snapshots = Snapshotter::new(dir.path().join("s")).unwrap();
+
+    // `..` is clamped at the snapshot root, as containerd does.
+    let climbing = prepare(
+        &snapshots,
+        "sha256:climb",
+        &tar_of(&[("../../outside/evil", tar::EntryType::Regular, "x"), ("/abs", tar::EntryType::Regular, "y")]),
+    )
+    .unwrap();
+    assert!(climbing.join("outside/evil").is_file());
+    assert!(climbing.join("abs").is_file());
+
+    // A symlink to outside, then a file through it.
+    let through_symlink = tar_of(&[
+        ("link", tar::EntryType::Symlink, outside.to_str().unwrap()),
+        ("link/evil", tar::EntryType::Regular, "x"),
+    ]);
+    assert!(matches!(prepare(&snapshots, "sha256:symlink", &through_symlink), Err(Error::BadLayer { .. })));
+
+    // A relative symlink climbing out, then a file through it.
+    let relative = tar_of(&[("up", tar::EntryType::Symlink, "../../../.."), ("up/evil", tar::EntryType::Regular, "x")]);
+    assert!(matches!(prepare(&snapshots, "sha256:relative", &relative), Err(Error::BadLayer { .. })));
+
+    // A hard link to a host file.
+    let hardlink = tar_of(&[("passwd", tar::EntryType::Link, "/etc/passwd")]);
+    assert!(matches!(prepare(&snapshots, "sha256:hardlink", &hardlink), Err(Error::BadLayer { .. })));
+    let hardlink_up = tar_of(&[("passwd", tar::EntryType::Link, "../../../../etc/passwd")]);
+    assert!(prepare(&snapshots, "sha256:hardlink-up", &hardlink_up).is_err());
+
+    // A whiteout through a symlink.
+    let whiteout = tar_of(&[("link", tar::EntryType::Symlink, outside.to_str().unwrap()), ("link/.wh.x", tar::EntryType::Regular, "")]);
+    assert!(prepare(&snapshots, "sha256:whiteout", &whiteout).is_err());
+
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "something was written outside");
+    // Failed unpacks leave neither a snapshot nor temporary directories behind.
+    let names: Vec<String> = fs::read_dir(snapshots.root()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| n == ".locks" || n == "sha256_climb"), "{names:?}");
+}
+
+#[test]
+fn entries_replace_earlier_ones_of_another_type() {
+    let dir = scratch();
+    let snapshots = Snapshotter::new(dir.path().join("s")).unwrap();
+    let snapshot = prepare(
+        &snapshots,
+        "sha256:replace",
+        &tar_of(&[
+            ("thing/", tar::EntryType::Directory, ""),
+            ("thing/inner", tar::EntryType::Regular, "x"),
+            ("thing", tar::EntryType::Regular, "now a file"),
+            ("other", tar::EntryType::Regular, "file"),
+            ("other/", tar::EntryType::Directory, ""),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(fs::read_to_string(snapshot.join("thing")).unwrap(), "now a file");
+    assert!(snapshot.join("other").is_dir());
+}
+
+#[test]
+fn prepare_unpacks_once_under_concurrency() {
+    let dir = scratch();
+    let snapshots = Arc::new(Snapshotter::new(dir.path().join("s")).unwrap());
+    let opened = Arc::new(AtomicUsize::new(0));
+    let tar = Arc::new(tar_of(&[("file", tar::EntryType::Regular, "content")]));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (snapshots, opened, tar) = (snapshots.clone(), opened.clone(), tar.clone());
+            std::thread::spawn(move || {
+                snapshots
+                    .prepare("sha256:shared", || {
+                        opened.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        Ok::<_, io::Error>(io::Cursor::new(tar.to_vec()))
+                    })
+                    .unwrap()
+            })
+        })
+        .collect();
+    let paths: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(opened.load(Ordering::SeqCst), 1);
+    assert!(paths.iter().all(|p| p == &paths[0]));
+    assert_eq!(fs::read_to_string(paths[0].join("file")).unwrap(), "content");
+}
+
+#[test]
+fn open_errors_and_bad_ids_are_reported() {
+    let dir = scratch();
+    let snapshots = Snapshotter::new(dir.path().join("s")).unwrap();
+    let err = snapshots
+        .prepare("sha256:missing", || Err::<&[u8], _>(io::Error::new(io::ErrorKind::NotFound, "blob gone")))
+        .unwrap_err();
+    assert!(err.to_string().contains("blob gone"), "{err}");
+    assert!(!snapshots.exists("sha256:missing").unwrap());
+    assert!(matches!(snapshots.path("../etc"), Err(Error::InvalidChainId(_))));
+    let truncated = &tar_of(&[("file", tar::EntryType::Regular, "content")])[..600];
+    assert!(prepare(&snapshots, "sha256:truncated", truncated).is_err());
+    assert!(!Path::new(&snapshots.path("sha256:truncated").unwrap()).exists());
+}
