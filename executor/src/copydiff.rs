@@ -16,8 +16,19 @@ use crate::error::{io_err, Error, Result};
 use crate::snapshot::{set_mtime, OPAQUE_XATTR, OVERLAY_XATTR_PREFIX};
 use crate::view::RootfsView;
 
-/// Identity of each copied path right after copying: (inode, ctime s, ctime ns).
-pub(crate) type CopyIndex = HashMap<String, (u64, i64, i64)>;
+/// Identity of each copied path right after copying: (inode, birth time, ctime s,
+/// ctime ns). The birth time tells a new file from an old one whose freed inode
+/// number the filesystem reused.
+pub(crate) type CopyIndex = HashMap<String, (u64, u128, i64, i64)>;
+
+fn identity(meta: &Metadata) -> (u64, u128) {
+    let born = meta
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    (meta.ino(), born)
+}
 
 /// Copies the merged view into `dest`, preserving types, owners, modes, xattrs and mtimes.
 pub(crate) fn copy_view(view: &RootfsView, dest: &Path) -> Result<CopyIndex> {
@@ -43,7 +54,8 @@ fn copy_dir(view: &RootfsView, rel: &str, dest: &Path, index: &mut CopyIndex) ->
             set_mtime(&target, entry.metadata.mtime())?;
         }
         let meta = fs::symlink_metadata(&target).map_err(io_err("inspect", &target))?;
-        index.insert(path, (meta.ino(), meta.ctime(), meta.ctime_nsec()));
+        let (ino, born) = identity(&meta);
+        index.insert(path, (ino, born, meta.ctime(), meta.ctime_nsec()));
     }
     Ok(())
 }
@@ -178,8 +190,9 @@ fn diff_dir(
         let host = dir.join(&name);
         let meta = fs::symlink_metadata(&host).map_err(io_err("inspect", &host))?;
         let before = index.get(&path);
-        let same_object = before.is_some_and(|(ino, _, _)| *ino == meta.ino());
-        let unchanged = before.is_some_and(|b| *b == (meta.ino(), meta.ctime(), meta.ctime_nsec()));
+        let (ino, born) = identity(&meta);
+        let same_object = before.is_some_and(|b| (b.0, b.1) == (ino, born));
+        let unchanged = before.is_some_and(|b| *b == (ino, born, meta.ctime(), meta.ctime_nsec()));
         if before.is_some() {
             // Replaced objects are not deleted: their new version hides the old.
             seen.insert(path.clone());

@@ -680,7 +680,12 @@ pub(crate) fn run(
     }
     let scratch = prepare_scratch(scratch_dir)?;
     let view = RootfsView::new(&spec.lowers);
-    match attempt(spec, &scratch, RootMode::Overlay, &view, cancel, on_output) {
+    let first = if spec.copy_rootfs {
+        Err(Attempt::OverlayUnavailable(Errno::ENODEV))
+    } else {
+        attempt(spec, &scratch, RootMode::Overlay, &view, cancel, on_output)
+    };
+    match first {
         Err(Attempt::OverlayUnavailable(errno)) => {
             // Overlayfs is unavailable here (errno tells why): run on a copy.
             let _ = errno;

@@ -34,6 +34,10 @@ pub struct RunSpec {
     pub limits: Limits,
     /// Bytes fed to the step's standard input; `None` gives it `/dev/null`.
     pub stdin: Option<Vec<u8>>,
+    /// Run on a copy of the merged snapshots instead of an overlay mount: what
+    /// happens by itself where overlayfs cannot be mounted (e.g. the scratch dir
+    /// is on overlayfs); slower, same result.
+    pub copy_rootfs: bool,
 }
 
 /// The network a step sees.

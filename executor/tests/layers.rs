@@ -239,3 +239,36 @@ fn plain_directories_keep_owners_modes_and_hardlinks() {
     assert!(all.iter().all(|e| e.mtime == 10));
     assert_eq!(fs::metadata(root.join("app/tool")).unwrap().nlink(), 2);
 }
+
+#[test]
+fn copying_fallback_gives_the_same_layer_as_overlayfs() {
+    let script = "rm /bin/uname && rm -r /var/tmp && mkdir -p /app && echo hi > /app/file && chmod 0750 /root && \
+                  rm -r /usr && mkdir /usr && echo new > /usr/only && cat /src/input";
+    let host = scratch();
+    fs::write(host.path().join("input"), "mounted").unwrap();
+    let mut step = shell(script);
+    step.network = kiln_executor::Network::None;
+    step.mounts = vec![kiln_executor::Mount::Bind {
+        source: host.path().to_path_buf(),
+        target: "/src".into(),
+        readonly: true,
+    }];
+    let overlay = run(&step);
+    step.copy_rootfs = true;
+    let copied = run(&step);
+    assert_eq!(copied.stdout, vec!["mounted"]);
+    let expected = vec![
+        "app/",
+        "app/file",
+        "bin/",
+        "bin/.wh.uname",
+        "root/",
+        "usr/",
+        "usr/.wh..wh..opq",
+        "usr/only",
+        "var/",
+        "var/.wh.tmp",
+    ];
+    assert_eq!(overlay.layer_entries(), expected);
+    assert_eq!(copied.layer_entries(), expected);
+}

@@ -19,7 +19,11 @@ fn tar_of(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
     for (path, kind, data) in entries {
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(*kind);
-        header.set_mode(if *kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+        header.set_mode(if *kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
         header.set_mtime(1_600_000_000);
         header.set_uid(0);
         header.set_gid(0);
@@ -43,7 +47,11 @@ fn tar_of(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
-fn prepare(snapshots: &Snapshotter, id: &str, tar: &[u8]) -> kiln_executor::Result<std::path::PathBuf> {
+fn prepare(
+    snapshots: &Snapshotter,
+    id: &str,
+    tar: &[u8],
+) -> kiln_executor::Result<std::path::PathBuf> {
     snapshots.prepare(id, || Ok::<_, io::Error>(tar))
 }
 
@@ -75,7 +83,12 @@ fn whiteouts_and_opaque_markers_become_overlayfs_form() {
     .unwrap();
     let whiteout = fs::symlink_metadata(top.join("etc/a")).unwrap();
     assert!(whiteout.file_type().is_char_device() && whiteout.rdev() == 0);
-    assert_eq!(xattr::get(top.join("opt"), "trusted.overlay.opaque").unwrap().unwrap(), b"y");
+    assert_eq!(
+        xattr::get(top.join("opt"), "trusted.overlay.opaque")
+            .unwrap()
+            .unwrap(),
+        b"y"
+    );
     assert!(!top.join("opt/.wh..wh..opq").exists());
     let view = RootfsView::new(&[base, top]);
     assert_eq!(view.read_dir("/etc").unwrap().unwrap(), vec!["b"]);
@@ -93,7 +106,10 @@ fn hostile_layers_cannot_write_outside_the_snapshot() {
     let climbing = prepare(
         &snapshots,
         "sha256:climb",
-        &tar_of(&[("../../outside/evil", tar::EntryType::Regular, "x"), ("/abs", tar::EntryType::Regular, "y")]),
+        &tar_of(&[
+            ("../../outside/evil", tar::EntryType::Regular, "x"),
+            ("/abs", tar::EntryType::Regular, "y"),
+        ]),
     )
     .unwrap();
     assert!(climbing.join("outside/evil").is_file());
@@ -104,26 +120,51 @@ fn hostile_layers_cannot_write_outside_the_snapshot() {
         ("link", tar::EntryType::Symlink, outside.to_str().unwrap()),
         ("link/evil", tar::EntryType::Regular, "x"),
     ]);
-    assert!(matches!(prepare(&snapshots, "sha256:symlink", &through_symlink), Err(Error::BadLayer { .. })));
+    assert!(matches!(
+        prepare(&snapshots, "sha256:symlink", &through_symlink),
+        Err(Error::BadLayer { .. })
+    ));
 
     // A relative symlink climbing out, then a file through it.
-    let relative = tar_of(&[("up", tar::EntryType::Symlink, "../../../.."), ("up/evil", tar::EntryType::Regular, "x")]);
-    assert!(matches!(prepare(&snapshots, "sha256:relative", &relative), Err(Error::BadLayer { .. })));
+    let relative = tar_of(&[
+        ("up", tar::EntryType::Symlink, "../../../.."),
+        ("up/evil", tar::EntryType::Regular, "x"),
+    ]);
+    assert!(matches!(
+        prepare(&snapshots, "sha256:relative", &relative),
+        Err(Error::BadLayer { .. })
+    ));
 
     // A hard link to a host file.
     let hardlink = tar_of(&[("passwd", tar::EntryType::Link, "/etc/passwd")]);
-    assert!(matches!(prepare(&snapshots, "sha256:hardlink", &hardlink), Err(Error::BadLayer { .. })));
+    assert!(matches!(
+        prepare(&snapshots, "sha256:hardlink", &hardlink),
+        Err(Error::BadLayer { .. })
+    ));
     let hardlink_up = tar_of(&[("passwd", tar::EntryType::Link, "../../../../etc/passwd")]);
     assert!(prepare(&snapshots, "sha256:hardlink-up", &hardlink_up).is_err());
 
     // A whiteout through a symlink.
-    let whiteout = tar_of(&[("link", tar::EntryType::Symlink, outside.to_str().unwrap()), ("link/.wh.x", tar::EntryType::Regular, "")]);
+    let whiteout = tar_of(&[
+        ("link", tar::EntryType::Symlink, outside.to_str().unwrap()),
+        ("link/.wh.x", tar::EntryType::Regular, ""),
+    ]);
     assert!(prepare(&snapshots, "sha256:whiteout", &whiteout).is_err());
 
-    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "something was written outside");
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "something was written outside"
+    );
     // Failed unpacks leave neither a snapshot nor temporary directories behind.
-    let names: Vec<String> = fs::read_dir(snapshots.root()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert!(names.iter().all(|n| n == ".locks" || n == "sha256_climb"), "{names:?}");
+    let names: Vec<String> = fs::read_dir(snapshots.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n == ".locks" || n == "sha256_climb"),
+        "{names:?}"
+    );
 }
 
 #[test]
@@ -142,7 +183,10 @@ fn entries_replace_earlier_ones_of_another_type() {
         ]),
     )
     .unwrap();
-    assert_eq!(fs::read_to_string(snapshot.join("thing")).unwrap(), "now a file");
+    assert_eq!(
+        fs::read_to_string(snapshot.join("thing")).unwrap(),
+        "now a file"
+    );
     assert!(snapshot.join("other").is_dir());
 }
 
@@ -169,7 +213,10 @@ fn prepare_unpacks_once_under_concurrency() {
     let paths: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     assert_eq!(opened.load(Ordering::SeqCst), 1);
     assert!(paths.iter().all(|p| p == &paths[0]));
-    assert_eq!(fs::read_to_string(paths[0].join("file")).unwrap(), "content");
+    assert_eq!(
+        fs::read_to_string(paths[0].join("file")).unwrap(),
+        "content"
+    );
 }
 
 #[test]
@@ -177,11 +224,16 @@ fn open_errors_and_bad_ids_are_reported() {
     let dir = scratch();
     let snapshots = Snapshotter::new(dir.path().join("s")).unwrap();
     let err = snapshots
-        .prepare("sha256:missing", || Err::<&[u8], _>(io::Error::new(io::ErrorKind::NotFound, "blob gone")))
+        .prepare("sha256:missing", || {
+            Err::<&[u8], _>(io::Error::new(io::ErrorKind::NotFound, "blob gone"))
+        })
         .unwrap_err();
     assert!(err.to_string().contains("blob gone"), "{err}");
     assert!(!snapshots.exists("sha256:missing").unwrap());
-    assert!(matches!(snapshots.path("../etc"), Err(Error::InvalidChainId(_))));
+    assert!(matches!(
+        snapshots.path("../etc"),
+        Err(Error::InvalidChainId(_))
+    ));
     let truncated = &tar_of(&[("file", tar::EntryType::Regular, "content")])[..600];
     assert!(prepare(&snapshots, "sha256:truncated", truncated).is_err());
     assert!(!Path::new(&snapshots.path("sha256:truncated").unwrap()).exists());
