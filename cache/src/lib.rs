@@ -1,4 +1,34 @@
 //! The content-addressed store: blobs (sha256), cache records (blake3 keys), the
 //! OCI image layout, tags, and the directories beside them (snapshots, cache
 //! mounts). Writes are atomic and the store is safe for several kiln processes.
+//!
+//! The store's root is an OCI image layout that skopeo (`oci:ROOT:NAME:TAG`)
+//! and umoci (`--image ROOT:NAME:TAG`) read directly: names are index.json
+//! entries annotated with `org.opencontainers.image.ref.name`. kiln's own data
+//! lives in `ROOT/kiln/`.
+//!
+//! An image's id is the digest of its manifest (`sha256:...`).
 #![forbid(unsafe_code)]
+
+mod compression;
+mod error;
+mod fsutil;
+mod image;
+mod layer;
+mod platform;
+mod store;
+
+pub use compression::{decompress_detected, Compression, InputCompression};
+pub use error::{Error, Result};
+pub use fsutil::{parse_sha256, sha256_digest};
+pub use image::{normalize_name, NamedImage, NewImage, StoredImage};
+pub use layer::{LayerBlob, LayerWriter};
+pub use platform::Platform;
+pub use store::{
+    chain_id, CacheRecord, ContentStore, FsckProblem, FsckReport, PruneReport, Store, REF_NAME,
+};
+
+/// The OCI types the API uses, re-exported so users need not depend on oci-spec.
+pub use oci_spec::image::{
+    Descriptor, Digest, History, HistoryBuilder, ImageConfiguration, ImageManifest, MediaType,
+};

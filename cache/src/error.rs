@@ -1,0 +1,104 @@
+use std::path::PathBuf;
+
+/// What can go wrong in the store. Messages are lowercase and say what to do
+/// where the user can do something.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O error on a path of the store or of an input file.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An I/O error on a stream (stdin, an archive being read, a layer being written).
+    #[error("{context}: {source}")]
+    Stream {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Content did not hash to the digest it was stored or announced under.
+    #[error("blob {expected} is corrupt: its content hashes to {actual}")]
+    DigestMismatch { expected: String, actual: String },
+    /// A blob the store needs is missing.
+    #[error(
+        "blob {0} is missing from the store; run `kiln fsck` and re-import or re-build the image"
+    )]
+    MissingBlob(String),
+    /// A JSON document of the store or of an archive is not what it should be.
+    #[error("{what} is not valid: {message}")]
+    Invalid { what: String, message: String },
+    /// A digest string that is not `sha256:` followed by 64 lowercase hex digits.
+    #[error("invalid digest {0:?}: expected sha256: followed by 64 lowercase hex digits")]
+    BadDigest(String),
+    /// A platform string kiln does not know.
+    #[error("unknown platform {0:?}: use OS/ARCH[/VARIANT] such as linux/amd64 or linux/mips64le, or a Debian architecture name such as mips64el")]
+    BadPlatform(String),
+    /// An image name that is not a valid reference.
+    #[error("invalid image name {name:?}: {reason}")]
+    BadName { name: String, reason: String },
+    /// An unknown compression name.
+    #[error("unknown compression {0:?}: use gzip, zstd or none")]
+    BadCompression(String),
+    /// A layer media type kiln cannot read.
+    #[error("unsupported layer media type {0}")]
+    UnsupportedMediaType(String),
+    /// An input archive entry that cannot be imported safely.
+    #[error("entry {entry:?} of the archive: {reason}")]
+    HostileEntry { entry: String, reason: String },
+    /// An input tar that cannot be read.
+    #[error("the input is not a readable tar archive: {0}")]
+    BadTar(String),
+    /// No image of that name or id.
+    #[error("no image named {0:?} in the store; `kiln images` lists them")]
+    NoSuchImage(String),
+    /// A short id that matches several images.
+    #[error("image id prefix {0:?} is ambiguous; give more digits")]
+    AmbiguousId(String),
+    /// An archive that is neither an OCI archive nor a docker-archive.
+    #[error("{0}")]
+    BadArchive(String),
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn stream(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Stream {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn invalid(what: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Error::Invalid {
+            what: what.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Attaches a path to an `io::Result`.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+    fn during(self, context: impl Into<String>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+    fn during(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|e| Error::stream(context, e))
+    }
+}

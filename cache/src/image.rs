@@ -1,0 +1,196 @@
+use oci_spec::image::{Descriptor, Digest, History, ImageConfiguration, ImageManifest};
+
+use crate::error::{Error, Result};
+use crate::layer::LayerBlob;
+use crate::platform::Platform;
+
+/// An image to write: the store builds its config (platform, created, author,
+/// the Docker-shaped `config` object, rootfs diff_ids, history) and manifest.
+#[derive(Debug, Clone)]
+pub struct NewImage {
+    pub platform: Platform,
+    /// RFC 3339 time; `None` leaves `created` out (reproducible by default).
+    pub created: Option<String>,
+    pub author: Option<String>,
+    /// The Docker-shaped "config" object (Env, Cmd, Entrypoint, ...), kept
+    /// exactly, so Docker's extension fields (Healthcheck, Shell, OnBuild) survive.
+    /// `null` means an empty config.
+    pub config: serde_json::Value,
+    /// The layers, bottom first.
+    pub layers: Vec<LayerBlob>,
+    /// One entry per instruction, with `empty_layer` set for those without a layer.
+    pub history: Vec<History>,
+}
+
+/// An image in the store. Its id is the manifest digest.
+#[derive(Debug, Clone)]
+pub struct StoredImage {
+    pub manifest_descriptor: Descriptor,
+    pub manifest: ImageManifest,
+    /// The config parsed by oci-spec (which drops fields it does not know).
+    pub config: ImageConfiguration,
+    /// The config exactly as stored, with every field.
+    pub raw_config: serde_json::Value,
+}
+
+impl StoredImage {
+    /// The image id: the digest of its manifest.
+    pub fn id(&self) -> &Digest {
+        self.manifest_descriptor.digest()
+    }
+
+    /// The platform its config records.
+    pub fn platform(&self) -> Platform {
+        Platform {
+            os: self.config.os().to_string(),
+            architecture: self.config.architecture().to_string(),
+            variant: self.config.variant().clone(),
+        }
+    }
+
+    /// The layers with their diff_ids, bottom first.
+    pub fn layers(&self) -> Result<Vec<LayerBlob>> {
+        let diff_ids = self.config.rootfs().diff_ids();
+        if diff_ids.len() != self.manifest.layers().len() {
+            return Err(Error::invalid(
+                format!("image {}", self.id()),
+                format!(
+                    "its manifest has {} layers but its config {} diff_ids",
+                    self.manifest.layers().len(),
+                    diff_ids.len()
+                ),
+            ));
+        }
+        self.manifest
+            .layers()
+            .iter()
+            .zip(diff_ids)
+            .map(|(descriptor, diff_id)| {
+                Ok(LayerBlob {
+                    descriptor: descriptor.clone(),
+                    diff_id: crate::fsutil::parse_sha256(diff_id)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The diff_ids, bottom first.
+    pub fn diff_ids(&self) -> Result<Vec<Digest>> {
+        Ok(self.layers()?.into_iter().map(|l| l.diff_id).collect())
+    }
+
+    /// Bytes of the manifest, config and layer blobs.
+    pub fn size(&self) -> u64 {
+        self.manifest_descriptor.size()
+            + self.manifest.config().size()
+            + self.manifest.layers().iter().map(|l| l.size()).sum::<u64>()
+    }
+
+    /// The `history` of the config (empty when absent).
+    pub fn history(&self) -> &[History] {
+        self.config.history().as_deref().unwrap_or(&[])
+    }
+}
+
+/// An image name in the store with the image it points at.
+#[derive(Debug, Clone)]
+pub struct NamedImage {
+    pub name: String,
+    pub image: StoredImage,
+}
+
+/// Normalises an image reference `NAME[:TAG]`: adds `:latest` when there is
+/// no tag and checks Docker's rules (lowercase path components of `[a-z0-9._-]`,
+/// an optional `host[:port]/` first, a tag of `[A-Za-z0-9_.-]`, at most 128).
+pub fn normalize_name(name: &str) -> Result<String> {
+    let bad = |reason: &str| Error::BadName {
+        name: name.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if name.contains('@') {
+        return Err(bad(
+            "digests (@sha256:...) are not names; use the id instead",
+        ));
+    }
+    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+    let (repository, tag) = match name[last_slash..].rfind(':') {
+        Some(i) => (&name[..last_slash + i], &name[last_slash + i + 1..]),
+        None => (name, "latest"),
+    };
+    if tag.is_empty()
+        || tag.len() > 128
+        || tag.starts_with(['.', '-'])
+        || !tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    {
+        return Err(bad(
+            "a tag is 1 to 128 of A-Z a-z 0-9 _ . - and does not start with . or -",
+        ));
+    }
+    if repository.is_empty() || repository.len() > 255 {
+        return Err(bad("the name is empty or longer than 255 characters"));
+    }
+    let components: Vec<&str> = repository.split('/').collect();
+    for (index, component) in components.iter().enumerate() {
+        let is_host = index == 0
+            && components.len() > 1
+            && (component.contains(['.', ':']) || *component == "localhost");
+        let valid = if is_host {
+            !component.is_empty()
+                && component
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c))
+        } else {
+            !component.is_empty()
+                && component
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+                && component.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && component.ends_with(|c: char| c.is_ascii_alphanumeric())
+        };
+        if !valid {
+            return Err(bad(
+                "each part between slashes is lowercase letters, digits and . _ -, starting and ending with a letter or digit",
+            ));
+        }
+    }
+    Ok(format!("{repository}:{tag}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_get_latest_and_keep_hosts() {
+        assert_eq!(normalize_name("busybox").unwrap(), "busybox:latest");
+        assert_eq!(normalize_name("debian:12").unwrap(), "debian:12");
+        assert_eq!(
+            normalize_name("localhost:5000/my/app").unwrap(),
+            "localhost:5000/my/app:latest"
+        );
+        assert_eq!(
+            normalize_name("registry.example.com/a/b:v1.2").unwrap(),
+            "registry.example.com/a/b:v1.2"
+        );
+    }
+
+    #[test]
+    fn bad_names_are_rejected() {
+        for bad in [
+            "",
+            "UPPER",
+            "a:",
+            "a:-x",
+            "/a",
+            "a//b",
+            "a@sha256:00",
+            "a b",
+            "-a",
+            "a:b:c",
+        ] {
+            assert!(normalize_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,981 @@
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read};
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{
+    Descriptor, DescriptorBuilder, Digest, ImageConfiguration, ImageIndex, ImageIndexBuilder,
+    ImageManifest, ImageManifestBuilder, MediaType, PlatformBuilder,
+};
+use sha2::{Digest as _, Sha256};
+
+use crate::compression::{self, Compression};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{self, FileLock, HashingWriter};
+use crate::image::{normalize_name, NamedImage, NewImage, StoredImage};
+use crate::layer::LayerWriter;
+
+/// The annotation that names an image in an OCI layout's index.json; skopeo
+/// (`oci:DIR:NAME`) and umoci (`--image DIR:NAME`) look tags up by it.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Where blobs live and the guarantees every implementation gives.
+///
+/// - **Verified.** A blob is only ever published under the sha256 of its
+///   content: puts compute the digest while writing, and a put with an
+///   expected digest fails (publishing nothing) when the content differs.
+/// - **Atomic.** A blob appears whole or not at all: it is written to a
+///   temporary file, fsynced and renamed into place. A crash leaves at most a
+///   temporary file, never a partial blob.
+/// - **Idempotent.** Putting content that is already stored succeeds and
+///   changes nothing; two processes putting the same blob at once both succeed.
+/// - **Concurrent.** Any number of threads and processes may put and read at
+///   once. Blobs are only ever deleted by `prune`, which waits until no other
+///   process has the store open.
+pub trait ContentStore {
+    /// Stores `bytes` and returns their digest.
+    fn put_blob(&self, bytes: &[u8]) -> Result<Digest>;
+    /// Streams a blob in and checks it against `expected` before publishing
+    /// it. Returns its size.
+    fn put_blob_verified(&self, reader: &mut dyn Read, expected: &Digest) -> Result<u64>;
+    /// Whether a blob is stored.
+    fn has_blob(&self, digest: &Digest) -> bool;
+    /// Opens a blob for streaming (not re-verified; `fsck` does that).
+    fn open_blob(&self, digest: &Digest) -> Result<File>;
+    /// Reads a whole blob and verifies it against its digest (for manifests
+    /// and configs, which are small).
+    fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>>;
+}
+
+/// What a cache record keeps: the blobs it needs (kept alive by `prune`; a
+/// manifest descriptor keeps its config and layers too) and an opaque payload
+/// for the solver.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CacheRecord {
+    pub blobs: Vec<Descriptor>,
+    pub payload: serde_json::Value,
+}
+
+/// What `prune` removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    pub blobs_removed: usize,
+    pub bytes_freed: u64,
+    pub temp_files_removed: usize,
+}
+
+/// A problem `fsck` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsckProblem {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// What `fsck` checked and found.
+#[derive(Debug, Clone, Default)]
+pub struct FsckReport {
+    pub blobs_checked: usize,
+    pub bytes_checked: u64,
+    pub problems: Vec<FsckProblem>,
+    /// Corrupt blobs removed because `repair` was asked for.
+    pub removed: Vec<Digest>,
+    /// Temporary files left by interrupted writes (harmless; `prune` removes them).
+    pub temp_files: usize,
+}
+
+impl FsckReport {
+    /// Whether the store is undamaged.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// kiln's store: an OCI image layout (`oci-layout`, `index.json`,
+/// `blobs/sha256/`) with kiln's own data beside it in `kiln/` (cache records,
+/// snapshots, cache mounts, temporary files, locks).
+///
+/// Open one `Store` per process and share it by reference (it is `Sync`): the
+/// handle holds a shared lock that `prune` turns into an exclusive one.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    gc_lock: File,
+}
+
+impl Store {
+    /// Opens the store at `root`, creating it on first use.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
+        let root = root.into();
+        let kiln = root.join("kiln");
+        for dir in [
+            root.join("blobs/sha256"),
+            kiln.join("tmp"),
+            kiln.join("cache"),
+            kiln.join("snapshots"),
+            kiln.join("cache-mounts"),
+            kiln.join("state"),
+        ] {
+            fsutil::ensure_dir(&dir)?;
+        }
+        let gc_lock = fsutil::open_lock_file(&kiln.join("gc.lock"))?;
+        gc_lock.lock_shared().at(kiln.join("gc.lock"))?;
+        let store = Store { root, gc_lock };
+        let _index_lock = store.lock_index()?;
+        let layout = store.root.join("oci-layout");
+        if !layout.exists() {
+            fsutil::write_atomic(
+                &store.tmp_dir(),
+                &layout,
+                br#"{"imageLayoutVersion":"1.0.0"}"#,
+            )?;
+        }
+        if !store.index_path().exists() {
+            store.write_index(&empty_index()?)?;
+        }
+        Ok(store)
+    }
+
+    /// The store's root directory (an OCI image layout).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Unpacked layers, one directory per chain id (managed by the executor).
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("kiln/snapshots")
+    }
+
+    /// Persistent `RUN --mount=type=cache` directories.
+    pub fn cache_mounts_dir(&self) -> PathBuf {
+        self.root.join("kiln/cache-mounts")
+    }
+
+    /// Temporary files and directories on the store's filesystem, so renames
+    /// into the store are atomic. `prune` empties it.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("kiln/tmp")
+    }
+
+    /// A directory for one component's own state (created on demand).
+    pub fn state_dir(&self, name: &str) -> Result<PathBuf> {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+        {
+            return Err(Error::invalid(
+                "state directory name",
+                format!("{name:?} must be letters, digits, - and _"),
+            ));
+        }
+        fsutil::ensure_dir(&self.root.join("kiln/state").join(name))
+    }
+
+    /// The path of a blob (which may not exist).
+    pub fn blob_path(&self, digest: &Digest) -> Result<PathBuf> {
+        if digest.algorithm().as_ref() != "sha256" {
+            return Err(Error::BadDigest(digest.to_string()));
+        }
+        Ok(self.blobs_dir().join(digest.digest()))
+    }
+
+    fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs/sha256")
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.root.join("index.json")
+    }
+
+    fn lock_index(&self) -> Result<FileLock> {
+        FileLock::exclusive(&self.root.join("kiln/index.lock"))
+    }
+
+    /// Starts writing a layer blob; see [`LayerWriter`].
+    pub fn layer_writer(&self, compression: Compression) -> Result<LayerWriter> {
+        LayerWriter::new(self.tmp_dir(), self.blobs_dir(), compression)
+    }
+
+    /// The uncompressed tar stream of a stored layer.
+    pub fn open_layer(&self, descriptor: &Descriptor) -> Result<Box<dyn Read + Send>> {
+        let compression = Compression::of_layer_media_type(descriptor.media_type())?;
+        let file = self.open_blob(descriptor.digest())?;
+        compression::decompress_layer(compression, file)
+    }
+
+    /// Writes an image's config and manifest (its layers must be stored
+    /// already) and returns it. Writing the same image twice gives the same id.
+    pub fn write_image(&self, image: NewImage) -> Result<StoredImage> {
+        for layer in &image.layers {
+            if !self.has_blob(layer.descriptor.digest()) {
+                return Err(Error::MissingBlob(layer.descriptor.digest().to_string()));
+            }
+        }
+        let mut config = serde_json::Map::new();
+        config.insert(
+            "architecture".into(),
+            image.platform.architecture.clone().into(),
+        );
+        config.insert("os".into(), image.platform.os.clone().into());
+        if let Some(variant) = &image.platform.variant {
+            config.insert("variant".into(), variant.clone().into());
+        }
+        if let Some(created) = &image.created {
+            config.insert("created".into(), created.clone().into());
+        }
+        if let Some(author) = &image.author {
+            config.insert("author".into(), author.clone().into());
+        }
+        let inner = match image.config {
+            serde_json::Value::Null => serde_json::Value::Object(Default::default()),
+            value @ serde_json::Value::Object(_) => value,
+            other => {
+                return Err(Error::invalid(
+                    "image config",
+                    format!("expected a JSON object, got {other}"),
+                ))
+            }
+        };
+        config.insert("config".into(), inner);
+        config.insert(
+            "rootfs".into(),
+            serde_json::json!({
+                "type": "layers",
+                "diff_ids": image.layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>(),
+            }),
+        );
+        config.insert(
+            "history".into(),
+            serde_json::to_value(&image.history).map_err(|e| Error::invalid("image history", e))?,
+        );
+        let raw_config = serde_json::Value::Object(config);
+        let config_bytes =
+            serde_json::to_vec(&raw_config).map_err(|e| Error::invalid("image config", e))?;
+        let parsed = ImageConfiguration::from_reader(&config_bytes[..])
+            .map_err(|e| Error::invalid("image config", e))?;
+        let config_digest = self.put_blob(&config_bytes)?;
+        let config_descriptor = Descriptor::new(
+            MediaType::ImageConfig,
+            config_bytes.len() as u64,
+            config_digest,
+        );
+        let manifest = ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageManifest)
+            .config(config_descriptor)
+            .layers(
+                image
+                    .layers
+                    .iter()
+                    .map(|l| l.descriptor.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .build()
+            .map_err(|e| Error::invalid("image manifest", e))?;
+        let manifest_bytes =
+            serde_json::to_vec(&manifest).map_err(|e| Error::invalid("image manifest", e))?;
+        let manifest_digest = self.put_blob(&manifest_bytes)?;
+        let platform = PlatformBuilder::default()
+            .os(image.platform.os.as_str())
+            .architecture(image.platform.architecture.as_str());
+        let platform = match &image.platform.variant {
+            Some(variant) => platform.variant(variant.clone()),
+            None => platform,
+        }
+        .build()
+        .map_err(|e| Error::invalid("image platform", e))?;
+        let manifest_descriptor = DescriptorBuilder::default()
+            .media_type(MediaType::ImageManifest)
+            .size(manifest_bytes.len() as u64)
+            .digest(manifest_digest)
+            .platform(platform)
+            .build()
+            .map_err(|e| Error::invalid("manifest descriptor", e))?;
+        Ok(StoredImage {
+            manifest_descriptor,
+            manifest,
+            config: parsed,
+            raw_config,
+        })
+    }
+
+    /// Reads the image whose manifest has this digest.
+    pub fn read_image(&self, manifest_digest: &Digest) -> Result<StoredImage> {
+        let bytes = self.read_blob(manifest_digest)?;
+        let what = || format!("manifest {manifest_digest}");
+        let manifest =
+            ImageManifest::from_reader(&bytes[..]).map_err(|e| Error::invalid(what(), e))?;
+        let config_bytes = self.read_blob(manifest.config().digest())?;
+        let raw_config: serde_json::Value = serde_json::from_slice(&config_bytes)
+            .map_err(|e| Error::invalid(format!("config {}", manifest.config().digest()), e))?;
+        let config = ImageConfiguration::from_reader(&config_bytes[..])
+            .map_err(|e| Error::invalid(format!("config {}", manifest.config().digest()), e))?;
+        let platform = PlatformBuilder::default()
+            .os(config.os().clone())
+            .architecture(config.architecture().clone());
+        let platform = match config.variant() {
+            Some(variant) => platform.variant(variant.clone()),
+            None => platform,
+        }
+        .build()
+        .map_err(|e| Error::invalid(what(), e))?;
+        let manifest_descriptor = DescriptorBuilder::default()
+            .media_type(MediaType::ImageManifest)
+            .size(bytes.len() as u64)
+            .digest(manifest_digest.clone())
+            .platform(platform)
+            .build()
+            .map_err(|e| Error::invalid(what(), e))?;
+        Ok(StoredImage {
+            manifest_descriptor,
+            manifest,
+            config,
+            raw_config,
+        })
+    }
+
+    /// Points `name` (normalised to `NAME:TAG`) at `image`, replacing what it
+    /// named before. Returns the normalised name.
+    pub fn tag(&self, name: &str, image: &StoredImage) -> Result<String> {
+        let name = normalize_name(name)?;
+        let _lock = self.lock_index()?;
+        let mut index = self.read_index()?;
+        let mut entries: Vec<Descriptor> = index
+            .manifests()
+            .iter()
+            .filter(|d| ref_name(d) != Some(name.as_str()))
+            .cloned()
+            .collect();
+        let mut descriptor = image.manifest_descriptor.clone();
+        descriptor.set_annotations(Some(HashMap::from([(REF_NAME.to_owned(), name.clone())])));
+        entries.push(descriptor);
+        entries.sort_by(|a, b| ref_name(a).cmp(&ref_name(b)));
+        index.set_manifests(entries);
+        self.write_index(&index)?;
+        Ok(name)
+    }
+
+    /// Removes a name. Returns whether it existed. The image's blobs stay
+    /// until `prune` finds nothing referencing them.
+    pub fn untag(&self, name: &str) -> Result<bool> {
+        let name = normalize_name(name)?;
+        let _lock = self.lock_index()?;
+        let mut index = self.read_index()?;
+        let before = index.manifests().len();
+        let entries: Vec<Descriptor> = index
+            .manifests()
+            .iter()
+            .filter(|d| ref_name(d) != Some(name.as_str()))
+            .cloned()
+            .collect();
+        let removed = entries.len() != before;
+        if removed {
+            index.set_manifests(entries);
+            self.write_index(&index)?;
+        }
+        Ok(removed)
+    }
+
+    /// The names in the store and the manifest each points at, sorted by name.
+    pub fn names(&self) -> Result<Vec<(String, Digest)>> {
+        let index = self.read_index()?;
+        Ok(index
+            .manifests()
+            .iter()
+            .filter_map(|d| ref_name(d).map(|n| (n.to_owned(), d.digest().clone())))
+            .collect())
+    }
+
+    /// Every named image, sorted by name.
+    pub fn list(&self) -> Result<Vec<NamedImage>> {
+        self.names()?
+            .into_iter()
+            .map(|(name, digest)| {
+                Ok(NamedImage {
+                    name,
+                    image: self.read_image(&digest)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Finds an image by name (`NAME[:TAG]`), by id (`sha256:<hex>`), or by a
+    /// unique prefix of at least 4 hex digits of a named image's id.
+    pub fn resolve(&self, name_or_id: &str) -> Result<Option<StoredImage>> {
+        let names = self.names()?;
+        if let Ok(name) = normalize_name(name_or_id) {
+            if let Some((_, digest)) = names.iter().find(|(n, _)| *n == name) {
+                return self.read_image(digest).map(Some);
+            }
+        }
+        let hex = name_or_id.strip_prefix("sha256:").unwrap_or(name_or_id);
+        if hex.len() < 4
+            || !hex
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        {
+            return Ok(None);
+        }
+        if hex.len() == 64 {
+            let digest = fsutil::parse_sha256(&format!("sha256:{hex}"))?;
+            if self.has_blob(&digest) {
+                return self.read_image(&digest).map(Some);
+            }
+            return Ok(None);
+        }
+        let mut matches: Vec<&Digest> = names
+            .iter()
+            .map(|(_, d)| d)
+            .filter(|d| d.digest().starts_with(hex))
+            .collect();
+        matches.dedup();
+        match matches.as_slice() {
+            [] => Ok(None),
+            [digest] => self.read_image(digest).map(Some),
+            _ => Err(Error::AmbiguousId(name_or_id.to_owned())),
+        }
+    }
+
+    fn cache_record_path(&self, key: &[u8; 32]) -> PathBuf {
+        self.root
+            .join("kiln/cache")
+            .join(format!("{}.json", hex::encode(key)))
+    }
+
+    /// The cache record under `key`, or `None` when there is none or when a
+    /// blob it needs has gone (a miss, not an error).
+    pub fn cache_get(&self, key: &[u8; 32]) -> Result<Option<CacheRecord>> {
+        let path = self.cache_record_path(key);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        let record: CacheRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::invalid(path.display().to_string(), e))?;
+        if record.blobs.iter().all(|d| self.has_blob(d.digest())) {
+            Ok(Some(record))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Stores a cache record atomically (replacing any record under `key`).
+    pub fn cache_put(&self, key: &[u8; 32], record: &CacheRecord) -> Result<()> {
+        let bytes = serde_json::to_vec(record).map_err(|e| Error::invalid("cache record", e))?;
+        fsutil::write_atomic(&self.tmp_dir(), &self.cache_record_path(key), &bytes)
+    }
+
+    fn read_index(&self) -> Result<ImageIndex> {
+        let path = self.index_path();
+        let bytes = fs::read(&path).at(&path)?;
+        ImageIndex::from_reader(&bytes[..])
+            .map_err(|e| Error::invalid(path.display().to_string(), e))
+    }
+
+    fn write_index(&self, index: &ImageIndex) -> Result<()> {
+        let bytes = serde_json::to_vec(index).map_err(|e| Error::invalid("index.json", e))?;
+        fsutil::write_atomic(&self.tmp_dir(), &self.index_path(), &bytes)
+    }
+
+    /// Removes every blob no name and no cache record references (directly or
+    /// through a manifest), every cache record whose blobs are gone, and every
+    /// temporary file. Waits until no other kiln process has the store open.
+    pub fn prune(&self) -> Result<PruneReport> {
+        self.gc_lock.lock().at(self.root.join("kiln/gc.lock"))?;
+        let result = self.prune_locked();
+        let relocked = self
+            .gc_lock
+            .lock_shared()
+            .at(self.root.join("kiln/gc.lock"));
+        let report = result?;
+        relocked?;
+        Ok(report)
+    }
+
+    /// Like [`Store::prune`] but returns `None` at once when another process
+    /// has the store open.
+    pub fn try_prune(&self) -> Result<Option<PruneReport>> {
+        match self.gc_lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(Error::io(self.root.join("kiln/gc.lock"), e))
+            }
+        }
+        let result = self.prune_locked();
+        let relocked = self
+            .gc_lock
+            .lock_shared()
+            .at(self.root.join("kiln/gc.lock"));
+        let report = result?;
+        relocked?;
+        Ok(Some(report))
+    }
+
+    fn prune_locked(&self) -> Result<PruneReport> {
+        let _index_lock = self.lock_index()?;
+        let mut report = PruneReport::default();
+        let mut live: HashSet<String> = HashSet::new();
+        for descriptor in self.read_index()?.manifests() {
+            self.mark(descriptor.media_type(), descriptor.digest(), &mut live)?;
+        }
+        let cache_dir = self.root.join("kiln/cache");
+        for entry in fs::read_dir(&cache_dir).at(&cache_dir)? {
+            let path = entry.at(&cache_dir)?.path();
+            let record: Option<CacheRecord> = fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+            match record {
+                Some(record) if record.blobs.iter().all(|d| self.has_blob(d.digest())) => {
+                    for descriptor in &record.blobs {
+                        self.mark(descriptor.media_type(), descriptor.digest(), &mut live)?;
+                    }
+                }
+                // Unreadable or dangling records are misses anyway.
+                _ => fs::remove_file(&path).at(&path)?,
+            }
+        }
+        let blobs = self.blobs_dir();
+        for entry in fs::read_dir(&blobs).at(&blobs)? {
+            let entry = entry.at(&blobs)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if live.contains(&name) {
+                continue;
+            }
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            fs::remove_file(entry.path()).at(entry.path())?;
+            report.blobs_removed += 1;
+            report.bytes_freed += size;
+        }
+        fsutil::sync_dir(&blobs)?;
+        let tmp = self.tmp_dir();
+        for entry in fs::read_dir(&tmp).at(&tmp)? {
+            let path = entry.at(&tmp)?.path();
+            let size = fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if path.is_dir() {
+                remove_dir_all_writable(&path)?;
+            } else {
+                fs::remove_file(&path).at(&path)?;
+            }
+            report.temp_files_removed += 1;
+            report.bytes_freed += size;
+        }
+        Ok(report)
+    }
+
+    /// Marks a blob live, and what it references when it is a manifest or index.
+    fn mark(
+        &self,
+        media_type: &MediaType,
+        digest: &Digest,
+        live: &mut HashSet<String>,
+    ) -> Result<()> {
+        if !live.insert(digest.digest().to_owned()) {
+            return Ok(());
+        }
+        let media = media_type.to_string();
+        if matches!(media_type, MediaType::ImageManifest) || media == DOCKER_MANIFEST {
+            if let Ok(bytes) = self.read_blob(digest) {
+                if let Ok(manifest) = ImageManifest::from_reader(&bytes[..]) {
+                    live.insert(manifest.config().digest().digest().to_owned());
+                    for layer in manifest.layers() {
+                        live.insert(layer.digest().digest().to_owned());
+                    }
+                }
+            }
+        } else if matches!(media_type, MediaType::ImageIndex) || media == DOCKER_MANIFEST_LIST {
+            if let Ok(bytes) = self.read_blob(digest) {
+                if let Ok(index) = ImageIndex::from_reader(&bytes[..]) {
+                    for child in index.manifests() {
+                        self.mark(child.media_type(), child.digest(), live)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-hashes every blob, checks that index.json parses and that every
+    /// named image has its manifest, config and layers, and that cache records
+    /// parse. With `repair`, corrupt blobs are removed so that the next import
+    /// or build writes them again.
+    pub fn fsck(&self, repair: bool) -> Result<FsckReport> {
+        let mut report = FsckReport::default();
+        let blobs = self.blobs_dir();
+        let mut entries: Vec<_> = fs::read_dir(&blobs)
+            .at(&blobs)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<io::Result<_>>()
+            .at(&blobs)?;
+        entries.sort();
+        for path in entries {
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let Ok(expected) = fsutil::parse_sha256(&format!("sha256:{name}")) else {
+                report.problems.push(FsckProblem {
+                    path,
+                    message: "a file that is not named by a sha256 digest".to_owned(),
+                });
+                continue;
+            };
+            let mut file = File::open(&path).at(&path)?;
+            let mut hasher = HashingWriter::new(io::sink());
+            io::copy(&mut file, &mut hasher).at(&path)?;
+            let (_, actual, size) = hasher.finish();
+            report.blobs_checked += 1;
+            report.bytes_checked += size;
+            if actual != expected {
+                report.problems.push(FsckProblem {
+                    path: path.clone(),
+                    message: format!("content hashes to {actual}"),
+                });
+                if repair {
+                    fs::remove_file(&path).at(&path)?;
+                    report.removed.push(expected);
+                }
+            }
+        }
+        match self.read_index() {
+            Err(e) => report.problems.push(FsckProblem {
+                path: self.index_path(),
+                message: e.to_string(),
+            }),
+            Ok(index) => {
+                for descriptor in index.manifests() {
+                    let name = ref_name(descriptor).unwrap_or("(unnamed)").to_owned();
+                    if let Err(e) = self.check_image(descriptor.digest()) {
+                        report.problems.push(FsckProblem {
+                            path: self.index_path(),
+                            message: format!("image {name}: {e}"),
+                        });
+                    }
+                }
+            }
+        }
+        let cache_dir = self.root.join("kiln/cache");
+        for entry in fs::read_dir(&cache_dir).at(&cache_dir)? {
+            let path = entry.at(&cache_dir)?.path();
+            let parsed = fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<CacheRecord>(&b).map_err(|e| e.to_string()));
+            if let Err(message) = parsed {
+                report.problems.push(FsckProblem { path, message });
+            }
+        }
+        report.temp_files = fs::read_dir(self.tmp_dir()).at(self.tmp_dir())?.count();
+        Ok(report)
+    }
+
+    fn check_image(&self, digest: &Digest) -> Result<()> {
+        let image = self.read_image(digest)?;
+        for layer in image.manifest.layers() {
+            let path = self.blob_path(layer.digest())?;
+            let size = fs::metadata(&path)
+                .map_err(|_| Error::MissingBlob(layer.digest().to_string()))?
+                .len();
+            if size != layer.size() {
+                return Err(Error::invalid(
+                    format!("layer {}", layer.digest()),
+                    format!(
+                        "its manifest says {} bytes, the blob has {size}",
+                        layer.size()
+                    ),
+                ));
+            }
+        }
+        image.layers().map(|_| ())
+    }
+}
+
+impl ContentStore for Store {
+    fn put_blob(&self, bytes: &[u8]) -> Result<Digest> {
+        let digest = fsutil::sha256_digest(bytes);
+        let target = self.blob_path(&digest)?;
+        if !target.exists() {
+            fsutil::write_atomic(&self.tmp_dir(), &target, bytes)?;
+        }
+        Ok(digest)
+    }
+
+    fn put_blob_verified(&self, reader: &mut dyn Read, expected: &Digest) -> Result<u64> {
+        let target = self.blob_path(expected)?;
+        let tmp = self.tmp_dir();
+        let temp = tempfile::NamedTempFile::new_in(&tmp).at(&tmp)?;
+        let mut writer = HashingWriter::new(BufWriter::new(temp.reopen().at(temp.path())?));
+        io::copy(reader, &mut writer).during(format!("reading blob {expected}"))?;
+        let (buffered, actual, size) = writer.finish();
+        let file = buffered
+            .into_inner()
+            .map_err(|e| Error::io(temp.path(), e.into_error()))?;
+        if actual != *expected {
+            return Err(Error::DigestMismatch {
+                expected: expected.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        if !target.exists() {
+            file.sync_all().at(temp.path())?;
+            fsutil::persist(temp, &target)?;
+        }
+        Ok(size)
+    }
+
+    fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_ok_and(|p| p.is_file())
+    }
+
+    fn open_blob(&self, digest: &Digest) -> Result<File> {
+        let path = self.blob_path(digest)?;
+        File::open(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::MissingBlob(digest.to_string()),
+            _ => Error::io(path, e),
+        })
+    }
+
+    fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        let path = self.blob_path(digest)?;
+        self.open_blob(digest)?.read_to_end(&mut bytes).at(&path)?;
+        let actual = fsutil::digest_of(Sha256::new_with_prefix(&bytes));
+        if actual != *digest {
+            return Err(Error::DigestMismatch {
+                expected: digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+/// The name an index entry carries, if any.
+pub(crate) fn ref_name(descriptor: &Descriptor) -> Option<&str> {
+    descriptor
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(REF_NAME))
+        .map(String::as_str)
+}
+
+fn empty_index() -> Result<ImageIndex> {
+    ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(Vec::<Descriptor>::new())
+        .build()
+        .map_err(|e| Error::invalid("index.json", e))
+}
+
+/// Removes a directory tree, first making read-only directories writable
+/// (unpacked layers contain them).
+fn remove_dir_all_writable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if fs::remove_dir_all(path).is_ok() {
+        return Ok(());
+    }
+    for entry in walkdir::WalkDir::new(path).into_iter().flatten() {
+        if entry.file_type().is_dir() {
+            let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o700));
+        }
+    }
+    fs::remove_dir_all(path).at(path)
+}
+
+/// The OCI chain id of a stack of layers given by their diff_ids, bottom first.
+pub fn chain_id(diff_ids: &[Digest]) -> Option<Digest> {
+    let mut chain: Option<Digest> = None;
+    for diff_id in diff_ids {
+        chain = Some(match chain {
+            None => diff_id.clone(),
+            Some(parent) => fsutil::sha256_digest(format!("{parent} {diff_id}").as_bytes()),
+        });
+    }
+    chain
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::Platform;
+    use std::io::Write;
+
+    fn layer(store: &Store, compression: Compression, content: &[u8]) -> crate::LayerBlob {
+        let mut writer = store.layer_writer(compression).unwrap();
+        let mut builder = tar::Builder::new(&mut writer);
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        builder
+            .append_data(&mut header, "etc/hello", content)
+            .unwrap();
+        builder.finish().unwrap();
+        drop(builder);
+        writer.finish().unwrap()
+    }
+
+    fn image(store: &Store, layers: Vec<crate::LayerBlob>) -> StoredImage {
+        store
+            .write_image(NewImage {
+                platform: "linux/mips64le".parse::<Platform>().unwrap(),
+                created: None,
+                author: None,
+                config: serde_json::json!({"Cmd": ["/bin/sh"], "Healthcheck": {"Test": ["NONE"]}}),
+                layers,
+                history: vec![],
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn layers_round_trip_with_diff_ids_in_every_compression() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for compression in [Compression::Gzip, Compression::Zstd, Compression::None] {
+            let blob = layer(&store, compression, b"hi\n");
+            let mut tar_bytes = Vec::new();
+            store
+                .open_layer(&blob.descriptor)
+                .unwrap()
+                .read_to_end(&mut tar_bytes)
+                .unwrap();
+            assert_eq!(sha256_of(&tar_bytes), blob.diff_id);
+            assert_eq!(
+                sha256_of(&fs::read(store.blob_path(blob.descriptor.digest()).unwrap()).unwrap()),
+                *blob.descriptor.digest()
+            );
+            // The same content twice gives the same blob.
+            assert_eq!(layer(&store, compression, b"hi\n"), blob);
+        }
+    }
+
+    fn sha256_of(bytes: &[u8]) -> Digest {
+        crate::sha256_digest(bytes)
+    }
+
+    #[test]
+    fn images_are_tagged_resolved_and_keep_docker_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let blob = layer(&store, Compression::Gzip, b"x");
+        let written = image(&store, vec![blob.clone()]);
+        assert_eq!(image(&store, vec![blob.clone()]).id(), written.id());
+        assert_eq!(
+            store.tag("mips/base", &written).unwrap(),
+            "mips/base:latest"
+        );
+        let found = store.resolve("mips/base").unwrap().unwrap();
+        assert_eq!(found.id(), written.id());
+        assert_eq!(found.platform().to_string(), "linux/mips64le");
+        assert_eq!(found.raw_config["config"]["Healthcheck"]["Test"][0], "NONE");
+        assert_eq!(found.layers().unwrap(), vec![blob]);
+        let short = &written.id().digest()[..12];
+        assert_eq!(store.resolve(short).unwrap().unwrap().id(), written.id());
+        assert_eq!(
+            store
+                .resolve(written.id().as_ref())
+                .unwrap()
+                .unwrap()
+                .id(),
+            written.id()
+        );
+        assert!(store.resolve("other").unwrap().is_none());
+        let index: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.path().join("index.json")).unwrap()).unwrap();
+        assert_eq!(
+            index["manifests"][0]["annotations"][REF_NAME],
+            "mips/base:latest"
+        );
+        assert!(store.untag("mips/base:latest").unwrap());
+        assert!(!store.untag("mips/base:latest").unwrap());
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn prune_keeps_tagged_and_cached_and_removes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tagged = image(&store, vec![layer(&store, Compression::Gzip, b"tagged")]);
+        store.tag("kept", &tagged).unwrap();
+        let cached_layer = layer(&store, Compression::Zstd, b"cached");
+        store
+            .cache_put(
+                &[7; 32],
+                &CacheRecord {
+                    blobs: vec![cached_layer.descriptor.clone()],
+                    payload: serde_json::json!({"step": 1}),
+                },
+            )
+            .unwrap();
+        let orphan = image(&store, vec![layer(&store, Compression::None, b"orphan")]);
+        let mut stray = File::create(store.tmp_dir().join("left-over")).unwrap();
+        stray.write_all(b"partial").unwrap();
+        let report = store.prune().unwrap();
+        assert_eq!(report.blobs_removed, 3, "orphan manifest, config and layer");
+        assert_eq!(report.temp_files_removed, 1);
+        assert!(report.bytes_freed > 0);
+        assert!(!store.has_blob(orphan.id()));
+        assert!(store.resolve("kept").unwrap().is_some());
+        assert_eq!(
+            store.cache_get(&[7; 32]).unwrap().unwrap().payload["step"],
+            1
+        );
+        assert!(store.fsck(false).unwrap().is_clean());
+        assert_eq!(store.prune().unwrap().blobs_removed, 0);
+    }
+
+    #[test]
+    fn fsck_finds_and_repairs_a_corrupt_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let blob = layer(&store, Compression::Gzip, b"content");
+        let img = image(&store, vec![blob.clone()]);
+        store.tag("damaged", &img).unwrap();
+        let path = store.blob_path(blob.descriptor.digest()).unwrap();
+        fs::write(&path, b"not the layer").unwrap();
+        let report = store.fsck(false).unwrap();
+        assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+        let report = store.fsck(true).unwrap();
+        assert_eq!(report.removed, vec![blob.descriptor.digest().clone()]);
+        assert!(!path.exists());
+        // Writing the layer again heals the store.
+        layer(&store, Compression::Gzip, b"content");
+        assert!(store.fsck(false).unwrap().is_clean());
+    }
+
+    #[test]
+    fn verified_puts_reject_wrong_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let digest = sha256_of(b"right");
+        let err = store
+            .put_blob_verified(&mut &b"wrong"[..], &digest)
+            .unwrap_err();
+        assert!(matches!(err, Error::DigestMismatch { .. }));
+        assert!(!store.has_blob(&digest));
+        assert_eq!(
+            store
+                .put_blob_verified(&mut &b"right"[..], &digest)
+                .unwrap(),
+            5
+        );
+        assert_eq!(store.read_blob(&digest).unwrap(), b"right");
+    }
+
+    #[test]
+    fn chain_ids_follow_the_oci_definition() {
+        let a = sha256_of(b"a");
+        let b = sha256_of(b"b");
+        assert_eq!(chain_id(std::slice::from_ref(&a)), Some(a.clone()));
+        assert_eq!(
+            chain_id(&[a.clone(), b.clone()]),
+            Some(sha256_of(format!("{a} {b}").as_bytes()))
+        );
+        assert_eq!(chain_id(&[]), None);
+    }
+}
