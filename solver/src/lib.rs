@@ -10,8 +10,11 @@ mod copy;
 mod dockerignore;
 mod error;
 mod pattern;
+mod progress;
+mod scheduler;
 mod source;
 
 pub use dockerignore::IgnoreRules;
 pub use error::{Error, Result};
+pub use progress::{Event, Progress};
 pub use source::BuildContext;

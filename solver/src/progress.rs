@@ -1,0 +1,50 @@
+//! What the solver tells its caller while it works. The solver never prints:
+//! it hands [`Event`]s to a callback, and the `kiln` binary renders them (a
+//! live view, plain lines or JSON).
+
+use serde::Serialize;
+
+/// One thing that happened during a build.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A step of the build is known; sent for every step before anything runs.
+    Step {
+        /// The step's number in this build, from 1.
+        id: usize,
+        /// `[stage k/n]`-style position: the stage's name or index.
+        stage: String,
+        /// Position of the step in its stage, from 1.
+        index: usize,
+        /// Number of steps of the stage.
+        count: usize,
+        /// The instruction, on one line.
+        text: String,
+        /// The Dockerfile line.
+        line: usize,
+    },
+    /// The step's result came from the cache.
+    Cached { id: usize },
+    /// The step started running.
+    Started { id: usize },
+    /// One line of the step's output.
+    Output { id: usize, line: String },
+    /// The step finished.
+    Done { id: usize, seconds: f64 },
+    /// The step failed.
+    Failed { id: usize, error: String },
+    /// The image is being written (or exported).
+    Exporting { what: String },
+}
+
+/// Receives events; called from several threads at once.
+pub trait Progress: Sync {
+    /// Handles one event.
+    fn event(&self, event: Event);
+}
+
+impl<F: Fn(Event) + Sync> Progress for F {
+    fn event(&self, event: Event) {
+        self(event)
+    }
+}
