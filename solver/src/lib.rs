@@ -12,9 +12,12 @@ mod error;
 mod pattern;
 mod progress;
 mod scheduler;
+mod solve;
 mod source;
+mod views;
 
 pub use dockerignore::IgnoreRules;
 pub use error::{Error, Result};
 pub use progress::{Event, Progress};
+pub use solve::{export_filesystem, solve, Built, SolveOptions, StoreResolver};
 pub use source::BuildContext;

@@ -10,7 +10,6 @@ use regex::Regex;
 #[derive(Debug, Clone)]
 pub(crate) struct Pattern {
     regex: Regex,
-    text: String,
 }
 
 /// Why a pattern did not compile: an unclosed `[` class, mostly.
@@ -81,20 +80,12 @@ impl Pattern {
         }
         re.push('$');
         let regex = Regex::new(&re).map_err(|e| bad(&e.to_string()))?;
-        Ok(Pattern {
-            regex,
-            text: text.to_string(),
-        })
+        Ok(Pattern { regex })
     }
 
     /// Whether the whole path matches.
     pub(crate) fn matches(&self, path: &str) -> bool {
         self.regex.is_match(path)
-    }
-
-    /// The pattern as written (after cleaning).
-    pub(crate) fn text(&self) -> &str {
-        &self.text
     }
 }
 

@@ -1,0 +1,904 @@
+//! Solving a build graph: cache keys for every step, one vertex per distinct
+//! key, the misses run in parallel through the executor, and the target
+//! stage's image written to the store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use kiln_cache::{
+    chain_id, CacheRecord, Compression, Descriptor, History, HistoryBuilder, LayerBlob, NewImage,
+    Platform, Store, StoredImage,
+};
+use kiln_executor::{CancelToken, DiffOptions, Mount, RootfsView, RunSpec, Snapshotter};
+use kiln_frontend::{
+    Base, BaseImage, BaseImageResolver, BuildGraph, CacheSharing, CopyFrom, ImageConfig, Key,
+    KeyEncoder, RunMount, Stage, Step, StepKind,
+};
+
+use crate::copy::{build_tree, NoParent};
+use crate::error::{io_err, Error, Result};
+use crate::pattern::clean_relative;
+use crate::progress::{Event, Progress};
+use crate::scheduler::run_dag;
+use crate::source::{content_digest, BuildContext};
+use crate::views::{export_tree, ViewDest, ViewSource};
+
+/// How to build, beyond the graph itself.
+#[derive(Debug, Clone)]
+pub struct SolveOptions {
+    /// Steps run at once.
+    pub jobs: usize,
+    /// Ignore cache records (new results are still recorded).
+    pub no_cache: bool,
+    /// Compression of new layers.
+    pub compression: Compression,
+    /// `SOURCE_DATE_EPOCH`: the image's `created` time and the clamp for file
+    /// mtimes in new layers, for reproducible images.
+    pub source_date_epoch: Option<i64>,
+    /// `--network` for RUN steps that do not say.
+    pub network: Option<kiln_frontend::Network>,
+    /// `--secret` values by id.
+    pub secrets: BTreeMap<String, Vec<u8>>,
+    /// `--label`s added to the image's labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for SolveOptions {
+    fn default() -> Self {
+        SolveOptions {
+            jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            no_cache: false,
+            compression: Compression::Gzip,
+            source_date_epoch: None,
+            network: None,
+            secrets: BTreeMap::new(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// A finished build.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The image, in the store (not yet tagged).
+    pub image: StoredImage,
+    /// Its layers, bottom first.
+    pub layers: Vec<LayerBlob>,
+    /// Steps run, steps taken from the cache.
+    pub ran: usize,
+    /// Steps whose result came from the cache.
+    pub cached: usize,
+}
+
+/// Finds FROM images in the store.
+#[derive(Debug)]
+pub struct StoreResolver<'a> {
+    store: &'a Store,
+}
+
+impl<'a> StoreResolver<'a> {
+    /// A resolver over `store`.
+    pub fn new(store: &'a Store) -> Self {
+        StoreResolver { store }
+    }
+}
+
+impl BaseImageResolver for StoreResolver<'_> {
+    fn resolve(&self, reference: &str, _platform: &str) -> std::result::Result<Option<BaseImage>, String> {
+        let Some(image) = self.store.resolve(reference).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let config = match image.raw_config.get("config") {
+            Some(value) if !value.is_null() => serde_json::from_value::<ImageConfig>(value.clone())
+                .map_err(|e| format!("image {reference}: its config does not parse: {e}"))?,
+            _ => ImageConfig::default(),
+        };
+        let platform = image.platform();
+        Ok(Some(BaseImage {
+            digest: image.id().to_string(),
+            config,
+            os: platform.os,
+            architecture: platform.architecture,
+            variant: platform.variant,
+        }))
+    }
+}
+
+/// A layer of a stage: known from the start (a base image's) or made by a
+/// vertex (which may make none).
+#[derive(Debug, Clone)]
+enum LayerRef {
+    Fixed(LayerBlob),
+    Vertex(usize),
+}
+
+#[derive(Debug, Clone)]
+enum HistoryRef {
+    Fixed(History),
+    Vertex { created_by: String, vertex: usize },
+    Empty { created_by: String },
+}
+
+/// What is known about a stage before anything runs.
+#[derive(Debug, Clone)]
+struct StagePlan {
+    key: Key,
+    layers: Vec<LayerRef>,
+    history: Vec<HistoryRef>,
+    last_vertex: Option<usize>,
+    platform: Platform,
+}
+
+/// One distinct piece of work.
+struct Vertex<'g> {
+    key: Key,
+    step: &'g Step,
+    stage: &'g Stage,
+    parent_layers: Vec<LayerRef>,
+    /// Layers of the stage or image COPY --from reads, per Dockerfile stage
+    /// index or image digest.
+    from_layers: HashMap<String, Vec<LayerRef>>,
+    platform: Platform,
+    deps: Vec<usize>,
+}
+
+/// Runs `graph` and writes the target stage's image to `store`.
+pub fn solve(
+    store: &Store,
+    context: &BuildContext,
+    graph: &BuildGraph,
+    options: &SolveOptions,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<Built> {
+    let stages = graph.needed_stages().map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut plans: HashMap<usize, StagePlan> = HashMap::new();
+    let mut vertices: Vec<Vertex<'_>> = Vec::new();
+    let mut by_key: HashMap<Key, usize> = HashMap::new();
+
+    for stage in &stages {
+        let mut plan = match &stage.base {
+            Base::Scratch => StagePlan {
+                key: KeyEncoder::new("kiln.base.v1").str("scratch", "").finish(),
+                layers: Vec::new(),
+                history: Vec::new(),
+                last_vertex: None,
+                platform: parse_platform(&stage.platform)?,
+            },
+            Base::Image { reference, image } => {
+                let stored = resolve_image(store, reference, &image.digest)?;
+                StagePlan {
+                    key: KeyEncoder::new("kiln.base.v1").str("image", &image.digest).finish(),
+                    layers: stored.layers().map_err(store_err)?.into_iter().map(LayerRef::Fixed).collect(),
+                    history: stored.history().iter().cloned().map(HistoryRef::Fixed).collect(),
+                    last_vertex: None,
+                    platform: Platform {
+                        os: image.os.clone(),
+                        architecture: image.architecture.clone(),
+                        variant: image.variant.clone(),
+                    },
+                }
+            }
+            Base::Stage(index) => plans
+                .get(index)
+                .cloned()
+                .ok_or_else(|| Error::Invalid(format!("stage {index} is used before it is built")))?,
+        };
+        for step in &stage.steps {
+            let mut key = KeyEncoder::new("kiln.step.v1");
+            key.key("definition", &step.digest)
+                .key("parent", &plan.key)
+                .str("platform", &plan.platform.to_string());
+            let mut deps: Vec<usize> = plan.last_vertex.into_iter().collect();
+            let mut from_layers = HashMap::new();
+            let add_from = |from: &CopyFrom,
+                                key: &mut KeyEncoder,
+                                deps: &mut Vec<usize>,
+                                from_layers: &mut HashMap<String, Vec<LayerRef>>|
+             -> Result<()> {
+                match from {
+                    CopyFrom::Context => {}
+                    CopyFrom::Stage(index) => {
+                        let source = plans.get(index).ok_or_else(|| {
+                            Error::Invalid(format!("{}: stage {index} is not built before this step", step.span))
+                        })?;
+                        key.key("from-stage", &source.key);
+                        deps.extend(source.last_vertex);
+                        from_layers.insert(format!("stage:{index}"), source.layers.clone());
+                    }
+                    CopyFrom::Image { reference, image } => {
+                        key.str("from-image", &image.digest);
+                        let stored = resolve_image(store, reference, &image.digest)?;
+                        from_layers.insert(
+                            format!("image:{}", image.digest),
+                            stored.layers().map_err(store_err)?.into_iter().map(LayerRef::Fixed).collect(),
+                        );
+                    }
+                }
+                Ok(())
+            };
+            match &step.kind {
+                StepKind::Copy(copy) => {
+                    if copy.from == CopyFrom::Context {
+                        let digest = content_digest(context, &copy.sources)
+                            .map_err(|e| located(step, e))?;
+                        key.key("content", &digest);
+                    }
+                    add_from(&copy.from, &mut key, &mut deps, &mut from_layers)?;
+                }
+                StepKind::Run(run) => {
+                    for mount in &run.mounts {
+                        if let Some(from) = mount.from() {
+                            if let (CopyFrom::Context, RunMount::Bind { source, .. }) = (from, mount) {
+                                let digest = content_digest(context, std::slice::from_ref(source))
+                                    .map_err(|e| located(step, e))?;
+                                key.key("mount-content", &digest);
+                            }
+                            add_from(from, &mut key, &mut deps, &mut from_layers)?;
+                        }
+                    }
+                    key.opt_str("network-default", options.network.map(network_name));
+                }
+                _ => {}
+            }
+            let key = key.finish();
+            plan.key = key;
+            if matches!(step.kind, StepKind::Config) {
+                plan.history.push(HistoryRef::Empty {
+                    created_by: step.created_by.clone(),
+                });
+                continue;
+            }
+            deps.sort_unstable();
+            deps.dedup();
+            let vertex = match by_key.get(&key) {
+                Some(&existing) => existing,
+                None => {
+                    vertices.push(Vertex {
+                        key,
+                        step,
+                        stage,
+                        parent_layers: plan.layers.clone(),
+                        from_layers,
+                        platform: plan.platform.clone(),
+                        deps,
+                    });
+                    by_key.insert(key, vertices.len() - 1);
+                    vertices.len() - 1
+                }
+            };
+            plan.layers.push(LayerRef::Vertex(vertex));
+            plan.history.push(HistoryRef::Vertex {
+                created_by: step.created_by.clone(),
+                vertex,
+            });
+            plan.last_vertex = Some(vertex);
+        }
+        plans.insert(stage.index, plan);
+    }
+
+    for (id, vertex) in vertices.iter().enumerate() {
+        let count = vertex.stage.steps.len();
+        let index = vertex
+            .stage
+            .steps
+            .iter()
+            .position(|s| std::ptr::eq(s, vertex.step))
+            .map_or(0, |i| i + 1);
+        progress.event(Event::Step {
+            id: id + 1,
+            stage: vertex.stage.display_name(),
+            index,
+            count,
+            text: vertex.step.text.clone(),
+            line: vertex.step.span.line,
+        });
+    }
+
+    let snapshotter = Snapshotter::new(store.snapshots_dir()).map_err(exec_err)?;
+    let results: Mutex<HashMap<usize, Option<LayerBlob>>> = Mutex::new(HashMap::new());
+    let counts = Mutex::new((0usize, 0usize));
+    let runner = Runner {
+        store,
+        context,
+        options,
+        progress,
+        cancel,
+        snapshotter: &snapshotter,
+        results: &results,
+    };
+    let deps: Vec<Vec<usize>> = vertices.iter().map(|v| v.deps.clone()).collect();
+    let outcome = run_dag(&deps, options.jobs, cancel, |id| {
+        let vertex = &vertices[id];
+        let cached = if options.no_cache {
+            None
+        } else {
+            store.cache_get(&vertex.key.0).map_err(store_err)?.and_then(|r| layer_of_record(&r))
+        };
+        let layer = match cached {
+            Some(layer) => {
+                progress.event(Event::Cached { id: id + 1 });
+                if let Ok(mut c) = counts.lock() {
+                    c.1 += 1;
+                }
+                layer
+            }
+            None => {
+                progress.event(Event::Started { id: id + 1 });
+                let started = Instant::now();
+                let layer = match runner.run_vertex(id, vertex).map_err(|e| located(vertex.step, e)) {
+                    Ok(layer) => layer,
+                    Err(Error::Cancelled) => return Err(Error::Cancelled),
+                    Err(err) => {
+                        progress.event(Event::Failed {
+                            id: id + 1,
+                            error: err.to_string(),
+                        });
+                        return Err(err);
+                    }
+                };
+                let record = CacheRecord {
+                    blobs: layer.iter().map(|l| l.descriptor.clone()).collect(),
+                    payload: record_payload(&layer),
+                };
+                store.cache_put(&vertex.key.0, &record).map_err(store_err)?;
+                progress.event(Event::Done {
+                    id: id + 1,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+                if let Ok(mut c) = counts.lock() {
+                    c.0 += 1;
+                }
+                layer
+            }
+        };
+        results.lock().map_err(|_| Error::Cancelled)?.insert(id, layer);
+        Ok(())
+    });
+    context.save_stat_cache()?;
+    outcome?;
+
+    let target = graph
+        .target_stage()
+        .ok_or_else(|| Error::Invalid("the build graph has no target stage".into()))?;
+    let plan = plans
+        .get(&target.index)
+        .ok_or_else(|| Error::Invalid("the target stage was not planned".into()))?;
+    progress.event(Event::Exporting {
+        what: "writing image".into(),
+    });
+    let results = results.into_inner().map_err(|_| Error::Cancelled)?;
+    let layers = resolve_layers(&plan.layers, &results)?;
+    let created = options.source_date_epoch.map(rfc3339);
+    let created_now = created.clone().unwrap_or_else(|| rfc3339(now_epoch()));
+    let mut history = Vec::new();
+    for entry in &plan.history {
+        history.push(match entry {
+            HistoryRef::Fixed(h) => h.clone(),
+            HistoryRef::Empty { created_by } => history_entry(created_by, true, &created_now)?,
+            HistoryRef::Vertex { created_by, vertex } => {
+                let empty = results.get(vertex).is_none_or(|l| l.is_none());
+                history_entry(created_by, empty, &created_now)?
+            }
+        });
+    }
+    let mut config = target.config.clone();
+    if !options.labels.is_empty() {
+        let labels = config.labels.get_or_insert_with(BTreeMap::new);
+        for (k, v) in &options.labels {
+            labels.insert(k.clone(), v.clone());
+        }
+    }
+    let config = serde_json::to_value(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+    let image = store
+        .write_image(NewImage {
+            platform: plan.platform.clone(),
+            created: Some(created_now),
+            author: target.author.clone(),
+            config,
+            layers: layers.clone(),
+            history,
+        })
+        .map_err(store_err)?;
+    let (ran, cached) = counts.into_inner().unwrap_or((0, 0));
+    Ok(Built {
+        image,
+        layers,
+        ran,
+        cached,
+    })
+}
+
+fn network_name(network: kiln_frontend::Network) -> &'static str {
+    match network {
+        kiln_frontend::Network::Default => "default",
+        kiln_frontend::Network::None => "none",
+        kiln_frontend::Network::Host => "host",
+    }
+}
+
+fn located(step: &Step, err: Error) -> Error {
+    match err {
+        Error::Cancelled => Error::Cancelled,
+        other => Error::Step(format!("{}: {}: {other}", step.span, step.text)),
+    }
+}
+
+fn store_err(err: kiln_cache::Error) -> Error {
+    Error::Invalid(err.to_string())
+}
+
+fn exec_err(err: kiln_executor::Error) -> Error {
+    match err {
+        kiln_executor::Error::Cancelled => Error::Cancelled,
+        other => Error::Step(other.to_string()),
+    }
+}
+
+fn parse_platform(text: &str) -> Result<Platform> {
+    Platform::from_str(text).map_err(|e| Error::Invalid(format!("platform {text}: {e}")))
+}
+
+fn resolve_image(store: &Store, reference: &str, digest: &str) -> Result<StoredImage> {
+    store.resolve(digest).map_err(store_err)?.ok_or_else(|| {
+        Error::Invalid(format!(
+            "image {reference} ({digest}) is not in the store; make one with `kiln import` or `kiln load`"
+        ))
+    })
+}
+
+fn layer_of_record(record: &CacheRecord) -> Option<Option<LayerBlob>> {
+    let layer = record.payload.get("layer")?;
+    if layer.is_null() {
+        return Some(None);
+    }
+    let descriptor: Descriptor = serde_json::from_value(layer.get("descriptor")?.clone()).ok()?;
+    let diff_id = layer.get("diff_id")?.as_str()?;
+    let diff_id = kiln_cache::parse_sha256(diff_id).ok()?;
+    Some(Some(LayerBlob { descriptor, diff_id }))
+}
+
+fn record_payload(layer: &Option<LayerBlob>) -> serde_json::Value {
+    match layer {
+        None => serde_json::json!({ "layer": null }),
+        Some(layer) => serde_json::json!({
+            "layer": {
+                "descriptor": layer.descriptor,
+                "diff_id": layer.diff_id.to_string(),
+            }
+        }),
+    }
+}
+
+fn resolve_layers(refs: &[LayerRef], results: &HashMap<usize, Option<LayerBlob>>) -> Result<Vec<LayerBlob>> {
+    let mut layers = Vec::new();
+    for r in refs {
+        match r {
+            LayerRef::Fixed(layer) => layers.push(layer.clone()),
+            LayerRef::Vertex(v) => match results.get(v) {
+                Some(Some(layer)) => layers.push(layer.clone()),
+                Some(None) => {}
+                None => return Err(Error::Invalid(format!("step {} has no result yet", v + 1))),
+            },
+        }
+    }
+    Ok(layers)
+}
+
+fn history_entry(created_by: &str, empty: bool, created: &str) -> Result<History> {
+    let mut builder = HistoryBuilder::default()
+        .created_by(created_by.to_string())
+        .created(created.to_string())
+        .comment("buildkit.dockerfile.v0".to_string());
+    if empty {
+        builder = builder.empty_layer(true);
+    }
+    builder.build().map_err(|e| Error::Invalid(e.to_string()))
+}
+
+fn now_epoch() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Seconds since the epoch as RFC 3339 UTC (`1970-01-01T00:00:00Z`).
+pub(crate) fn rfc3339(epoch: i64) -> String {
+    let days = epoch.div_euclid(86_400);
+    let secs = epoch.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+struct Runner<'a> {
+    store: &'a Store,
+    context: &'a BuildContext,
+    options: &'a SolveOptions,
+    progress: &'a dyn Progress,
+    cancel: &'a CancelToken,
+    snapshotter: &'a Snapshotter,
+    results: &'a Mutex<HashMap<usize, Option<LayerBlob>>>,
+}
+
+/// A scratch directory in the store, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = kiln_executor::remove_tree(&self.0);
+    }
+}
+
+impl Runner<'_> {
+    fn scratch(&self) -> Result<Scratch> {
+        let dir = tempfile::Builder::new()
+            .prefix("step-")
+            .tempdir_in(self.store.tmp_dir())
+            .map_err(io_err(self.store.tmp_dir()))?;
+        Ok(Scratch(dir.keep()))
+    }
+
+    /// Snapshot directories (bottom first) of a list of layers.
+    fn lowers(&self, refs: &[LayerRef]) -> Result<Vec<PathBuf>> {
+        let layers = {
+            let results = self.results.lock().map_err(|_| Error::Cancelled)?;
+            resolve_layers(refs, &results)?
+        };
+        let mut lowers = Vec::new();
+        let mut diff_ids = Vec::new();
+        for layer in &layers {
+            diff_ids.push(layer.diff_id.clone());
+            let chain = chain_id(&diff_ids).ok_or_else(|| Error::Invalid("empty chain".into()))?;
+            let store = self.store;
+            let descriptor = layer.descriptor.clone();
+            let dir = self
+                .snapshotter
+                .prepare(&chain.to_string(), move || store.open_layer(&descriptor))
+                .map_err(exec_err)?;
+            lowers.push(dir);
+        }
+        Ok(lowers)
+    }
+
+    fn from_view(&self, vertex: &Vertex<'_>, from: &CopyFrom) -> Result<RootfsView> {
+        let key = match from {
+            CopyFrom::Stage(index) => format!("stage:{index}"),
+            CopyFrom::Image { image, .. } => format!("image:{}", image.digest),
+            CopyFrom::Context => return Err(Error::Invalid("the context is not a stage".into())),
+        };
+        let refs = vertex
+            .from_layers
+            .get(&key)
+            .ok_or_else(|| Error::Invalid(format!("{key} was not planned")))?;
+        Ok(RootfsView::new(&self.lowers(refs)?))
+    }
+
+    fn write_layer_from<F>(&self, write: F) -> Result<Option<LayerBlob>>
+    where
+        F: FnOnce(&mut kiln_cache::LayerWriter) -> kiln_executor::Result<kiln_executor::LayerSummary>,
+    {
+        let mut writer = self.store.layer_writer(self.options.compression).map_err(store_err)?;
+        let summary = write(&mut writer).map_err(exec_err)?;
+        if summary.empty {
+            return Ok(None);
+        }
+        if self.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        writer.finish().map(Some).map_err(store_err)
+    }
+
+    fn diff_options(&self) -> DiffOptions {
+        DiffOptions {
+            source_date_epoch: self.options.source_date_epoch,
+        }
+    }
+
+    fn run_vertex(&self, id: usize, vertex: &Vertex<'_>) -> Result<Option<LayerBlob>> {
+        match &vertex.step.kind {
+            StepKind::Config => Ok(None),
+            StepKind::Copy(copy) => {
+                let scratch = self.scratch()?;
+                let tree = scratch.0.join("tree");
+                fs::create_dir(&tree).map_err(io_err(&tree))?;
+                let parent_view = if copy.link || vertex.parent_layers.is_empty() {
+                    None
+                } else {
+                    Some(ViewDest(RootfsView::new(&self.lowers(&vertex.parent_layers)?)))
+                };
+                let dest: &dyn crate::copy::DestFs = match &parent_view {
+                    Some(view) => view,
+                    None => &NoParent,
+                };
+                match &copy.from {
+                    CopyFrom::Context => build_tree(copy, self.context, dest, false, &tree)?,
+                    from => {
+                        let source = ViewSource(self.from_view(vertex, from)?);
+                        build_tree(copy, &source, dest, true, &tree)?
+                    }
+                }
+                let options = self.diff_options();
+                self.write_layer_from(|w| kiln_executor::write_dir_layer(&tree, w, &options))
+            }
+            StepKind::Workdir { path, user } => {
+                let lowers = self.lowers(&vertex.parent_layers)?;
+                let view = RootfsView::new(&lowers);
+                if view
+                    .lookup(path, true)
+                    .map_err(exec_err)?
+                    .is_some_and(|e| e.metadata.is_dir())
+                {
+                    return Ok(None);
+                }
+                let owner = match user.as_deref() {
+                    Some(user) if !user.is_empty() => {
+                        let u = kiln_executor::resolve_user(&view, user).map_err(exec_err)?;
+                        (u.uid, u.gid)
+                    }
+                    _ => (0, 0),
+                };
+                let scratch = self.scratch()?;
+                let tree = scratch.0.join("tree");
+                let (resolved, _) = view.resolve_for_create(path).map_err(exec_err)?;
+                let dir = tree.join(clean_relative(&resolved));
+                fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+                std::os::unix::fs::chown(&dir, Some(owner.0), Some(owner.1)).map_err(io_err(&dir))?;
+                let options = self.diff_options();
+                self.write_layer_from(|w| kiln_executor::write_dir_layer(&tree, w, &options))
+            }
+            StepKind::Run(run) => self.run_step(id, vertex, run),
+        }
+    }
+
+    fn run_step(&self, id: usize, vertex: &Vertex<'_>, run: &kiln_frontend::RunStep) -> Result<Option<LayerBlob>> {
+        let lowers = self.lowers(&vertex.parent_layers)?;
+        let scratch = self.scratch()?;
+        let mut env = run.env.clone();
+        let mut mounts = Vec::new();
+        let mut locks = Vec::new();
+        // Heredoc scripts: one read-only directory per target directory.
+        let mut file_dirs: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for file in &run.files {
+            let (dir, name) = file.path.rsplit_once('/').unwrap_or(("/", &file.path));
+            let dir = if dir.is_empty() { "/" } else { dir };
+            let host_dir = match file_dirs.get(dir) {
+                Some(existing) => existing.clone(),
+                None => {
+                    let host = scratch.0.join(format!("files-{}", file_dirs.len()));
+                    fs::create_dir(&host).map_err(io_err(&host))?;
+                    file_dirs.insert(dir.to_string(), host.clone());
+                    host
+                }
+            };
+            let path = host_dir.join(name);
+            fs::write(&path, &file.content).map_err(io_err(&path))?;
+            set_mode(&path, file.mode)?;
+        }
+        for (target, source) in &file_dirs {
+            mounts.push(Mount::Bind {
+                source: source.clone(),
+                target: target.clone(),
+                readonly: true,
+            });
+        }
+        for (index, mount) in run.mounts.iter().enumerate() {
+            match mount {
+                RunMount::Bind { target, from, source, rw } => {
+                    let host = match from {
+                        CopyFrom::Context => {
+                            let rel = clean_relative(source);
+                            let inside = self.context.root().join(&rel);
+                            if *rw {
+                                let copy = scratch.0.join(format!("bind-{index}"));
+                                let ctx: &dyn crate::source::SourceFs = self.context;
+                                export_tree(ctx, &rel, &copy)?;
+                                copy
+                            } else {
+                                inside
+                            }
+                        }
+                        other => {
+                            let view = ViewSource(self.from_view(vertex, other)?);
+                            let copy = scratch.0.join(format!("bind-{index}"));
+                            export_tree(&view, source, &copy)?;
+                            copy
+                        }
+                    };
+                    mounts.push(Mount::Bind {
+                        source: host,
+                        target: target.clone(),
+                        readonly: !rw,
+                    });
+                }
+                RunMount::Cache {
+                    id: cache_id,
+                    target,
+                    sharing,
+                    readonly,
+                    mode,
+                    uid,
+                    gid,
+                    ..
+                } => {
+                    let name = blake3::hash(cache_id.as_bytes()).to_hex();
+                    let dir = self.store.cache_mounts_dir().join(&name[..32]);
+                    if !dir.exists() {
+                        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+                        std::os::unix::fs::chown(&dir, Some(*uid), Some(*gid)).map_err(io_err(&dir))?;
+                        set_mode(&dir, *mode)?;
+                    }
+                    let dir = match sharing {
+                        CacheSharing::Shared => dir,
+                        CacheSharing::Locked => {
+                            let lock_path = dir.with_extension("lock");
+                            let lock = fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
+                            lock.lock().map_err(io_err(&lock_path))?;
+                            locks.push(lock);
+                            dir
+                        }
+                        CacheSharing::Private => {
+                            // Private: this step alone uses the directory; a
+                            // concurrent user gets a fresh one of its own.
+                            let lock_path = dir.with_extension("lock");
+                            let lock = fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
+                            if lock.try_lock().is_ok() {
+                                locks.push(lock);
+                                dir
+                            } else {
+                                let own = scratch.0.join(format!("cache-{index}"));
+                                fs::create_dir(&own).map_err(io_err(&own))?;
+                                own
+                            }
+                        }
+                    };
+                    mounts.push(Mount::Bind {
+                        source: dir,
+                        target: target.clone(),
+                        readonly: *readonly,
+                    });
+                }
+                RunMount::Tmpfs { target, size } => mounts.push(Mount::Tmpfs {
+                    target: target.clone(),
+                    size: *size,
+                }),
+                RunMount::Secret {
+                    id: secret_id,
+                    target,
+                    env: env_name,
+                    required,
+                    mode,
+                    uid,
+                    gid,
+                } => {
+                    let Some(value) = self.options.secrets.get(secret_id) else {
+                        if *required {
+                            return Err(Error::Invalid(format!(
+                                "secret {secret_id} is required; pass it with --secret id={secret_id},src=FILE or --secret id={secret_id},env=VAR"
+                            )));
+                        }
+                        continue;
+                    };
+                    if let Some(name) = env_name {
+                        env.push(format!("{name}={}", String::from_utf8_lossy(value)));
+                    }
+                    let target = match (target, env_name) {
+                        (Some(t), _) => Some(t.clone()),
+                        (None, Some(_)) => None,
+                        (None, None) => Some(format!("/run/secrets/{secret_id}")),
+                    };
+                    if let Some(target) = target {
+                        let dir = scratch.0.join(format!("secret-{index}"));
+                        fs::create_dir(&dir).map_err(io_err(&dir))?;
+                        set_mode(&dir, 0o700)?;
+                        let path = dir.join("secret");
+                        fs::write(&path, value).map_err(io_err(&path))?;
+                        std::os::unix::fs::chown(&path, Some(*uid), Some(*gid)).map_err(io_err(&path))?;
+                        set_mode(&path, *mode)?;
+                        mounts.push(Mount::Bind {
+                            source: path,
+                            target,
+                            readonly: true,
+                        });
+                    }
+                }
+                RunMount::Ssh { id: ssh_id, required, .. } => {
+                    if *required {
+                        return Err(Error::Invalid(format!(
+                            "ssh agent {ssh_id} is required but kiln does not forward ssh agents; fetch what you need in the build context instead"
+                        )));
+                    }
+                }
+            }
+        }
+        let network = match run.network.or(self.options.network) {
+            Some(kiln_frontend::Network::None) => kiln_executor::Network::None,
+            Some(kiln_frontend::Network::Host) => kiln_executor::Network::Host,
+            _ => kiln_executor::Network::Default,
+        };
+        let spec = RunSpec {
+            lowers: lowers.clone(),
+            argv: run.argv.clone(),
+            env,
+            cwd: run.workdir.clone(),
+            user: run.user.clone().unwrap_or_default(),
+            hostname: "kiln".to_string(),
+            network,
+            mounts,
+            arch: Some(vertex.platform.architecture.clone()),
+            limits: Default::default(),
+            stdin: None,
+            ..Default::default()
+        };
+        let work = scratch.0.join("run");
+        fs::create_dir(&work).map_err(io_err(&work))?;
+        let progress = self.progress;
+        let mut on_output = |line: kiln_executor::OutputLine| {
+            progress.event(Event::Output {
+                id: id + 1,
+                line: line.text().into_owned(),
+            });
+        };
+        let upper = kiln_executor::run(&spec, &work, self.cancel, &mut on_output).map_err(exec_err)?;
+        drop(locks);
+        let options = self.diff_options();
+        self.write_layer_from(|w| upper.write_layer(w, &options))
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err(path))
+}
+
+/// Writes the merged filesystem of `layers` into `dest` (for
+/// `--output type=local`).
+pub fn export_filesystem(store: &Store, layers: &[LayerBlob], dest: &Path) -> Result<()> {
+    let snapshotter = Snapshotter::new(store.snapshots_dir()).map_err(exec_err)?;
+    let mut lowers = Vec::new();
+    let mut diff_ids = Vec::new();
+    for layer in layers {
+        diff_ids.push(layer.diff_id.clone());
+        let chain = chain_id(&diff_ids).ok_or_else(|| Error::Invalid("empty chain".into()))?;
+        let descriptor = layer.descriptor.clone();
+        lowers.push(
+            snapshotter
+                .prepare(&chain.to_string(), || store.open_layer(&descriptor))
+                .map_err(exec_err)?,
+        );
+    }
+    if lowers.is_empty() {
+        return fs::create_dir_all(dest).map_err(io_err(dest));
+    }
+    export_tree(&ViewSource(RootfsView::new(&lowers)), ".", dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+}

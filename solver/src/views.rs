@@ -1,0 +1,158 @@
+//! The executor's [`RootfsView`] (a stack of snapshots) as a COPY source and
+//! as a COPY destination's parent, and exporting a view to a plain directory.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use kiln_executor::{resolve_user, RootfsView};
+
+use crate::copy::{DestFs, DirMeta};
+use crate::error::{io_err, Error, Result};
+use crate::pattern::clean_relative;
+use crate::source::{walk, SourceEntry, SourceFs};
+
+fn exec_err(err: kiln_executor::Error) -> Error {
+    Error::Copy(err.to_string())
+}
+
+fn abs(rel: &str) -> String {
+    let cleaned = clean_relative(rel);
+    if cleaned == "." {
+        "/".to_string()
+    } else {
+        format!("/{cleaned}")
+    }
+}
+
+/// A stage's or image's filesystem read as a COPY source.
+pub(crate) struct ViewSource(pub(crate) RootfsView);
+
+impl SourceFs for ViewSource {
+    fn entry(&self, rel: &str, follow: bool) -> Result<Option<SourceEntry>> {
+        let rel = clean_relative(rel);
+        Ok(self.0.lookup(&abs(&rel), follow).map_err(exec_err)?.map(|e| SourceEntry {
+            rel,
+            host: e.host_path,
+            meta: e.metadata,
+        }))
+    }
+
+    fn children(&self, rel: &str) -> Result<Vec<String>> {
+        Ok(self.0.read_dir(&abs(rel)).map_err(exec_err)?.unwrap_or_default())
+    }
+}
+
+/// The parent image of a COPY, for resolving its destination.
+pub(crate) struct ViewDest(pub(crate) RootfsView);
+
+impl DestFs for ViewDest {
+    fn resolve(&self, path: &str) -> Result<String> {
+        let (resolved, _) = self.0.resolve_for_create(&abs(path)).map_err(exec_err)?;
+        Ok(if path.ends_with('/') && !resolved.ends_with('/') {
+            format!("{resolved}/")
+        } else {
+            resolved
+        })
+    }
+
+    fn is_dir(&self, path: &str) -> Result<bool> {
+        Ok(self
+            .0
+            .lookup(&abs(path), true)
+            .map_err(exec_err)?
+            .is_some_and(|e| e.metadata.is_dir()))
+    }
+
+    fn dir_meta(&self, path: &str) -> Result<Option<DirMeta>> {
+        Ok(self
+            .0
+            .lookup(&abs(path), true)
+            .map_err(exec_err)?
+            .filter(|e| e.metadata.is_dir())
+            .map(|e| DirMeta {
+                mode: e.metadata.mode() & 0o7777,
+                uid: e.metadata.uid(),
+                gid: e.metadata.gid(),
+            }))
+    }
+
+    fn ids(&self, user: &str, group: Option<&str>) -> Result<(u32, u32)> {
+        let spec = match group {
+            Some(g) => format!("{user}:{g}"),
+            None => user.to_string(),
+        };
+        let resolved = resolve_user(&self.0, &spec).map_err(|e| Error::Copy(format!("--chown={spec}: {e}")))?;
+        // Docker: a user without a group gets its uid as gid too.
+        let gid = match group {
+            Some(_) => resolved.gid,
+            None => resolved.uid,
+        };
+        Ok((resolved.uid, gid))
+    }
+}
+
+/// Copies `rel` of a source (a directory's contents, or one file) to `dest`,
+/// keeping modes, owners, symlinks and mtimes: for `--output type=local` and
+/// for bind mounts of a stage.
+pub(crate) fn export_tree(source: &dyn SourceFs, rel: &str, dest: &Path) -> Result<()> {
+    let Some(top) = source.entry(rel, true)? else {
+        return Err(Error::Invalid(format!("{rel}: not found")));
+    };
+    fs::create_dir_all(dest).map_err(io_err(dest))?;
+    let entries = walk(source, &top)?;
+    let mut dirs = Vec::new();
+    for entry in &entries {
+        let below = if entry.rel == top.rel {
+            "."
+        } else {
+            entry
+                .rel
+                .strip_prefix(&format!("{}/", top.rel))
+                .or_else(|| (top.rel == ".").then_some(entry.rel.as_str()))
+                .unwrap_or(&entry.rel)
+        };
+        let target = if below == "." && !top.meta.is_dir() {
+            dest.join(top.rel.rsplit('/').next().unwrap_or("file"))
+        } else {
+            dest.join(below)
+        };
+        let meta = &entry.meta;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            fs::create_dir_all(&target).map_err(io_err(&target))?;
+            dirs.push((target, meta.clone()));
+            continue;
+        }
+        if let Ok(existing) = fs::symlink_metadata(&target) {
+            if existing.is_dir() {
+                fs::remove_dir_all(&target).map_err(io_err(&target))?;
+            } else {
+                fs::remove_file(&target).map_err(io_err(&target))?;
+            }
+        }
+        if kind.is_symlink() {
+            let link = fs::read_link(&entry.host).map_err(io_err(&entry.host))?;
+            std::os::unix::fs::symlink(&link, &target).map_err(io_err(&target))?;
+            std::os::unix::fs::lchown(&target, Some(meta.uid()), Some(meta.gid())).map_err(io_err(&target))?;
+        } else if kind.is_file() {
+            fs::copy(&entry.host, &target).map_err(io_err(&target))?;
+            std::os::unix::fs::chown(&target, Some(meta.uid()), Some(meta.gid())).map_err(io_err(&target))?;
+            fs::set_permissions(&target, meta.permissions()).map_err(io_err(&target))?;
+            if let Ok(mtime) = meta.modified() {
+                let file = fs::File::options().write(true).open(&target).map_err(io_err(&target))?;
+                file.set_modified(mtime).map_err(io_err(&target))?;
+            }
+        }
+    }
+    for (dir, meta) in dirs.iter().rev() {
+        std::os::unix::fs::chown(dir, Some(meta.uid()), Some(meta.gid())).map_err(io_err(dir))?;
+        fs::set_permissions(dir, meta.permissions()).map_err(io_err(dir))?;
+        if let Ok(mtime) = meta.modified() {
+            if let Ok(handle) = fs::File::open(dir) {
+                let _ = handle.set_modified(mtime);
+            }
+        }
+    }
+    Ok(())
+}
