@@ -6,7 +6,8 @@ use kiln_frontend::{compile, parse, CompileOptions, NoImages};
 /// A Dockerfile of `instructions` instructions mixing every common kind, in
 /// several stages, with continuations, heredocs and variables.
 fn generate(instructions: usize) -> String {
-    let mut text = String::from("# syntax=docker/dockerfile:1\nARG BASE=debian:12\nFROM $BASE AS stage0\n");
+    let mut text =
+        String::from("# syntax=docker/dockerfile:1\nARG BASE=debian:12\nFROM $BASE AS stage0\n");
     let mut count = 2;
     let mut stage = 0;
     while count < instructions {

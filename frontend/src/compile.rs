@@ -1,25 +1,1420 @@
-//! [`Dockerfile`] -> [`BuildGraph`].
+//! [`Dockerfile`] -> [`BuildGraph`]: ARG scoping, variable substitution,
+//! multi-stage references, the image config of every stage, RUN and COPY
+//! steps with everything resolved, and definition digests.
 
-use crate::ast::Dockerfile;
-use crate::config::ImageConfig;
-use crate::error::Result;
-use crate::graph::{BaseImageResolver, BuildGraph, CompileOptions};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::ast::{Dockerfile, Instruction, Keyword};
+use crate::config::{Empty, Healthcheck, ImageConfig};
+use crate::error::{Error, Result, Span};
+use crate::graph::{
+    Base, BaseImage, BaseImageResolver, BuildGraph, CompileOptions, CopyFrom, CopyStep, Network,
+    RunFile, RunStep, Security, Stage, Step, StepKind,
+};
+use crate::key::{Key, KeyEncoder};
+use crate::mount::parse_mount;
+use crate::parse::{parse_duration, parse_instruction};
+use crate::shell::{expand_heredoc, process_word, Vars};
+
+/// BuildKit's PATH for RUN when the base image sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The shell that wraps shell-form commands unless SHELL says otherwise.
+const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
+
+/// Build args that reach RUN without being declared, and stay out of
+/// history and cache keys (as in Docker).
+const PROXY_ARGS: [&str; 10] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
 
 /// Compiles the stages `options.target` needs into a build graph, resolving
 /// base images with `resolver`.
+///
+/// Stages the target does not need are left out (and their base images are
+/// never looked up). Errors name the instruction (or flag) at fault.
 pub fn compile(
     dockerfile: &Dockerfile,
     options: &CompileOptions,
     resolver: &dyn BaseImageResolver,
 ) -> Result<BuildGraph> {
-    let _ = (dockerfile, options, resolver);
-    Err(crate::Error::Empty { file: String::new() })
+    let mut compiler = Compiler::new(dockerfile, options, resolver)?;
+    let target = compiler.target()?;
+    let order = compiler.order(target)?;
+    let mut stages = BTreeMap::new();
+    for index in order {
+        let stage = compiler.compile_stage(index, &stages)?;
+        stages.insert(index, stage);
+    }
+    Ok(BuildGraph {
+        stages: stages.into_values().collect(),
+        target,
+    })
 }
 
 /// Applies `kiln import --change` instructions (CMD, ENTRYPOINT, ENV, EXPOSE,
 /// LABEL, USER, VOLUME, WORKDIR, STOPSIGNAL, SHELL, HEALTHCHECK, ONBUILD) to
-/// `config`; any other instruction is an error.
+/// `config`; any other instruction is an error. Variables expand from the
+/// config's own Env, as they would in a Dockerfile built on that image.
 pub fn apply_changes(config: ImageConfig, changes: &[String]) -> Result<ImageConfig> {
-    let _ = changes;
-    Ok(config)
+    let mut state = StageState::new(config, Key([0; 32]));
+    for change in changes {
+        let fail = |message: String| Error::Change {
+            change: change.clone(),
+            message,
+        };
+        let instruction = parse_instruction(change, "--change").map_err(|e| fail(e.to_string()))?;
+        let allowed = matches!(
+            instruction.keyword,
+            Keyword::Cmd
+                | Keyword::Entrypoint
+                | Keyword::Env
+                | Keyword::Expose
+                | Keyword::Label
+                | Keyword::User
+                | Keyword::Volume
+                | Keyword::Workdir
+                | Keyword::Stopsignal
+                | Keyword::Shell
+                | Keyword::Healthcheck
+                | Keyword::Onbuild
+        );
+        if !allowed {
+            return Err(fail(format!(
+                "{} cannot be applied to an image config; use CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, USER, VOLUME, WORKDIR, STOPSIGNAL, SHELL, HEALTHCHECK or ONBUILD",
+                instruction.keyword
+            )));
+        }
+        apply_config(&mut state, &instruction, '\\').map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(state.config)
+}
+
+/// What a stage is, before it is compiled.
+struct StageHead<'a> {
+    name: Option<String>,
+    from: &'a Instruction,
+    /// The FROM reference, expanded.
+    reference: String,
+    platform: String,
+    /// An earlier stage named by FROM.
+    base_stage: Option<usize>,
+    instructions: &'a [Instruction],
+    /// Stages read through `--from` and mounts, with the flag that reads them.
+    reads: Vec<(usize, Span)>,
+}
+
+struct Compiler<'a> {
+    dockerfile: &'a Dockerfile,
+    options: &'a CompileOptions,
+    resolver: &'a dyn BaseImageResolver,
+    escape: char,
+    /// The platform ARGs, always defined in the global scope.
+    platform_args: Vec<(String, String)>,
+    /// ARGs before the first FROM, with their values (None = no value).
+    global_args: Vec<(String, Option<String>)>,
+    heads: Vec<StageHead<'a>>,
+    images: BTreeMap<(String, String), BaseImage>,
+}
+
+fn platform_parts(platform: &str) -> (String, String, String) {
+    let mut parts = platform.split('/');
+    let os = parts.next().unwrap_or_default().to_string();
+    let arch = parts.next().unwrap_or_default().to_string();
+    let variant = parts.next().unwrap_or_default().to_string();
+    (os, arch, variant)
+}
+
+impl<'a> Compiler<'a> {
+    fn new(
+        dockerfile: &'a Dockerfile,
+        options: &'a CompileOptions,
+        resolver: &'a dyn BaseImageResolver,
+    ) -> Result<Self> {
+        let target_platform = if options.target_platform.is_empty() {
+            "linux/amd64"
+        } else {
+            options.target_platform.as_str()
+        };
+        let build_platform = if options.build_platform.is_empty() {
+            target_platform
+        } else {
+            options.build_platform.as_str()
+        };
+        let (tos, tarch, tvariant) = platform_parts(target_platform);
+        let (bos, barch, bvariant) = platform_parts(build_platform);
+        let platform_args = vec![
+            ("TARGETPLATFORM".into(), target_platform.to_string()),
+            ("TARGETOS".into(), tos),
+            ("TARGETARCH".into(), tarch),
+            ("TARGETVARIANT".into(), tvariant),
+            ("BUILDPLATFORM".into(), build_platform.to_string()),
+            ("BUILDOS".into(), bos),
+            ("BUILDARCH".into(), barch),
+            ("BUILDVARIANT".into(), bvariant),
+        ];
+        let mut compiler = Compiler {
+            dockerfile,
+            options,
+            resolver,
+            escape: dockerfile.escape,
+            platform_args,
+            global_args: Vec::new(),
+            heads: Vec::new(),
+            images: BTreeMap::new(),
+        };
+        compiler.read_stages()?;
+        Ok(compiler)
+    }
+
+    fn global_lookup(&self, name: &str) -> Option<String> {
+        if let Some((_, value)) = self.global_args.iter().rev().find(|(n, _)| n == name) {
+            return value.clone();
+        }
+        self.platform_args
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn expand(&self, raw: &str, span: &Span, vars: &dyn Vars) -> Result<String> {
+        process_word(raw, self.escape, Some(vars))
+            .map_err(|e| Error::compile(span.clone(), format!("cannot expand {raw:?}: {e}")))
+    }
+
+    /// Splits the file into global ARGs and stage heads, and finds the stages
+    /// each stage reads.
+    fn read_stages(&mut self) -> Result<()> {
+        let instructions = &self.dockerfile.instructions;
+        let mut i = 0;
+        while let Some(instruction) = instructions.get(i) {
+            if instruction.keyword != Keyword::Arg {
+                break;
+            }
+            for pair in instruction.pairs.iter().flatten() {
+                let value = match self.options.build_args.get(&pair.key) {
+                    Some(v) => Some(v.clone()),
+                    None => match &pair.raw_value {
+                        Some(raw) => {
+                            let lookup = |n: &str| self.global_lookup(n);
+                            Some(self.expand(raw, &instruction.text_span, &lookup)?)
+                        }
+                        None => None,
+                    },
+                };
+                self.global_args.push((pair.key.clone(), value));
+            }
+            i += 1;
+        }
+        let mut starts: Vec<usize> = (i..instructions.len())
+            .filter(|&j| instructions[j].keyword == Keyword::From)
+            .collect();
+        starts.push(instructions.len());
+        let mut names: BTreeMap<String, usize> = BTreeMap::new();
+        for (index, window) in starts.windows(2).enumerate() {
+            let from = &instructions[window[0]];
+            let lookup = |n: &str| self.global_lookup(n);
+            let reference = self.expand(
+                from.args.first().map_or("", String::as_str),
+                &from.text_span,
+                &lookup,
+            )?;
+            if reference.is_empty() {
+                return Err(Error::compile(
+                    from.text_span.clone(),
+                    format!(
+                        "FROM {:?} expands to an empty image name; set the ARG it uses (--build-arg)",
+                        from.args.first().map_or("", String::as_str)
+                    ),
+                ));
+            }
+            let platform = match from.flag("platform") {
+                Some(flag) => {
+                    let value = self.expand(
+                        flag.value.as_deref().unwrap_or_default(),
+                        &flag.span,
+                        &lookup,
+                    )?;
+                    if value.split('/').count() < 2 || value.split('/').any(str::is_empty) {
+                        return Err(Error::compile(
+                            flag.span.clone(),
+                            format!("--platform={value:?} is not a platform; write os/arch[/variant], e.g. linux/arm64"),
+                        ));
+                    }
+                    value
+                }
+                None => self.platform_args[0].1.clone(),
+            };
+            let name = from.args.get(2).map(|n| n.to_lowercase());
+            let base_stage = names.get(&reference.to_lowercase()).copied();
+            if let Some(name) = &name {
+                if names.insert(name.clone(), index).is_some() {
+                    return Err(Error::compile(
+                        from.args
+                            .get(2)
+                            .map_or(from.span.clone(), |_| from.text_span.clone()),
+                        format!("duplicate stage name {name:?}; give each stage its own name"),
+                    ));
+                }
+            }
+            self.heads.push(StageHead {
+                name,
+                from,
+                reference,
+                platform,
+                base_stage,
+                instructions: &instructions[window[0] + 1..window[1]],
+                reads: Vec::new(),
+            });
+        }
+        // Which stages each stage reads through --from and mounts. ARGs are
+        // the only variables known before running anything, as in BuildKit.
+        for index in 0..self.heads.len() {
+            let mut reads = Vec::new();
+            let mut args: Vec<(String, Option<String>)> = Vec::new();
+            for instruction in self.heads[index].instructions {
+                let lookup = |n: &str| find_arg(&args, n);
+                match instruction.keyword {
+                    Keyword::Arg => {
+                        for pair in instruction.pairs.iter().flatten() {
+                            let value = {
+                                let lookup = |n: &str| find_arg(&args, n);
+                                self.arg_value(pair, &instruction.text_span, &lookup)?
+                            };
+                            args.push((pair.key.clone(), value));
+                        }
+                    }
+                    Keyword::Copy => {
+                        if let Some(flag) = instruction.flag("from") {
+                            let value = self.expand(
+                                flag.value.as_deref().unwrap_or_default(),
+                                &flag.span,
+                                &lookup,
+                            )?;
+                            if let Some(stage) = self.find_stage(&value, &flag.span)? {
+                                reads.push((stage, flag.span.clone()));
+                            }
+                        }
+                    }
+                    Keyword::Run => {
+                        for flag in instruction.flags.iter().filter(|f| f.name == "mount") {
+                            let value = flag.value.as_deref().unwrap_or_default();
+                            if let Some(from) = mount_from(value) {
+                                let from = self.expand(&from, &flag.span, &lookup)?;
+                                if let Some(stage) = self.find_stage(&from, &flag.span)? {
+                                    reads.push((stage, flag.span.clone()));
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            self.heads[index].reads = reads;
+        }
+        Ok(())
+    }
+
+    /// The value an ARG takes: a build arg, else its default (expanded), else
+    /// the value of the global ARG of that name, else a platform ARG's value.
+    fn arg_value(
+        &self,
+        pair: &crate::ast::Pair,
+        span: &Span,
+        vars: &dyn Vars,
+    ) -> Result<Option<String>> {
+        if let Some(value) = self.options.build_args.get(&pair.key) {
+            return Ok(Some(value.clone()));
+        }
+        if let Some(raw) = &pair.raw_value {
+            return self.expand(raw, span, vars).map(Some);
+        }
+        Ok(self.global_lookup(&pair.key))
+    }
+
+    /// A stage called (or numbered) `name`; `Ok(None)` when `name` is no
+    /// stage (so it is an image).
+    fn find_stage(&self, name: &str, span: &Span) -> Result<Option<usize>> {
+        let lower = name.to_lowercase();
+        if let Some(index) = self
+            .heads
+            .iter()
+            .position(|h| h.name.as_deref() == Some(lower.as_str()))
+        {
+            return Ok(Some(index));
+        }
+        if !name.is_empty() && name.chars().all(|c| c.is_ascii_digit()) {
+            return match name.parse::<usize>() {
+                Ok(index) if index < self.heads.len() => Ok(Some(index)),
+                _ => Err(Error::compile(
+                    span.clone(),
+                    format!(
+                        "stage {name} is not defined: the Dockerfile has stages 0 to {}",
+                        self.heads.len().saturating_sub(1)
+                    ),
+                )),
+            };
+        }
+        Ok(None)
+    }
+
+    fn stage_list(&self) -> String {
+        self.heads
+            .iter()
+            .enumerate()
+            .map(|(i, h)| h.name.clone().unwrap_or_else(|| i.to_string()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn target(&self) -> Result<usize> {
+        let Some(name) = &self.options.target else {
+            return Ok(self.heads.len().saturating_sub(1));
+        };
+        let lower = name.to_lowercase();
+        if let Some(index) = self
+            .heads
+            .iter()
+            .position(|h| h.name.as_deref() == Some(lower.as_str()))
+        {
+            return Ok(index);
+        }
+        match name.parse::<usize>() {
+            Ok(index) if index < self.heads.len() => Ok(index),
+            _ => Err(Error::UnknownTarget {
+                name: name.clone(),
+                available: self.stage_list(),
+            }),
+        }
+    }
+
+    /// The stages `target` needs, dependencies first; a cycle is an error at
+    /// the reference that closes it.
+    fn order(&self, target: usize) -> Result<Vec<usize>> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            New,
+            Active,
+            Done,
+        }
+        let mut marks = vec![Mark::New; self.heads.len()];
+        let mut order = Vec::new();
+        // (stage, next dependency to visit)
+        let mut stack: Vec<(usize, usize)> = vec![(target, 0)];
+        marks[target] = Mark::Active;
+        while let Some(&mut (stage, ref mut next)) = stack.last_mut() {
+            let head = &self.heads[stage];
+            let deps: Vec<(usize, Span)> = head
+                .base_stage
+                .map(|b| (b, head.from.span.clone()))
+                .into_iter()
+                .chain(head.reads.iter().cloned())
+                .collect();
+            if let Some((dep, span)) = deps.get(*next).cloned() {
+                *next += 1;
+                match marks[dep] {
+                    Mark::Done => {}
+                    Mark::Active => {
+                        let name = self.heads[dep]
+                            .name
+                            .clone()
+                            .unwrap_or_else(|| dep.to_string());
+                        return Err(Error::compile(
+                            span,
+                            format!(
+                                "circular dependency: stage {name} needs itself through this reference"
+                            ),
+                        ));
+                    }
+                    Mark::New => {
+                        marks[dep] = Mark::Active;
+                        stack.push((dep, 0));
+                    }
+                }
+            } else {
+                marks[stage] = Mark::Done;
+                order.push(stage);
+                stack.pop();
+            }
+        }
+        Ok(order)
+    }
+
+    fn resolve_image(&mut self, reference: &str, platform: &str, span: &Span) -> Result<BaseImage> {
+        let key = (reference.to_string(), platform.to_string());
+        if let Some(image) = self.images.get(&key) {
+            return Ok(image.clone());
+        }
+        match self.resolver.resolve(reference, platform) {
+            Ok(Some(image)) => {
+                self.images.insert(key, image.clone());
+                Ok(image)
+            }
+            Ok(None) => Err(Error::compile(
+                span.clone(),
+                format!(
+                    "no image {reference:?} for {platform} in the store, and no stage of that name (stages: {}); get the image with `kiln import` (from a rootfs) or `kiln load` (from an archive)",
+                    self.stage_list()
+                ),
+            )),
+            Err(message) => Err(Error::compile(
+                span.clone(),
+                format!("cannot look up image {reference:?}: {message}"),
+            )),
+        }
+    }
+
+    /// `--from` / mount `from=`: a stage already compiled, or an image.
+    fn copy_source(
+        &mut self,
+        name: &str,
+        span: &Span,
+        platform: &str,
+        done: &BTreeMap<usize, Stage>,
+    ) -> Result<(CopyFrom, Key)> {
+        match self.find_stage(name, span)? {
+            Some(index) => match done.get(&index) {
+                Some(stage) => Ok((CopyFrom::Stage(index), stage.digest)),
+                None => Err(Error::compile(
+                    span.clone(),
+                    format!(
+                        "stage {name} is not built before this step; a stage cannot read from itself"
+                    ),
+                )),
+            },
+            None => {
+                let image = self.resolve_image(name, platform, span)?;
+                let digest = KeyEncoder::new("kiln.image.v1")
+                    .str("digest", &image.digest)
+                    .finish();
+                Ok((
+                    CopyFrom::Image {
+                        reference: name.to_string(),
+                        image,
+                    },
+                    digest,
+                ))
+            }
+        }
+    }
+
+    fn compile_stage(&mut self, index: usize, done: &BTreeMap<usize, Stage>) -> Result<Stage> {
+        let head = &self.heads[index];
+        let from = head.from;
+        let reference = head.reference.clone();
+        let platform = head.platform.clone();
+        let name = head.name.clone();
+        let instructions = head.instructions;
+        let base_stage = head.base_stage;
+        let (base, config, base_digest) = if let Some(parent) = base_stage {
+            let stage = done.get(&parent).ok_or_else(|| {
+                Error::compile(from.span.clone(), "base stage is not built yet".to_string())
+            })?;
+            (Base::Stage(parent), stage.config.clone(), stage.digest)
+        } else if reference == "scratch" {
+            let digest = KeyEncoder::new("kiln.base.v1")
+                .str("scratch", &platform)
+                .finish();
+            (Base::Scratch, ImageConfig::default(), digest)
+        } else {
+            let image = self.resolve_image(&reference, &platform, &from.text_span)?;
+            let digest = KeyEncoder::new("kiln.base.v1")
+                .str("image", &image.digest)
+                .str("platform", &platform)
+                .finish();
+            let config = image.config.clone();
+            (Base::Image { reference, image }, config, digest)
+        };
+        let mut state = StageState::new(config, base_digest);
+        if state.config.env_get("PATH").is_none() {
+            state.config.env_set("PATH", DEFAULT_PATH);
+        }
+        // The base's ONBUILD triggers run first, and are not inherited.
+        let triggers = state.config.on_build.take().unwrap_or_default();
+        for trigger in &triggers {
+            let instruction = parse_instruction(trigger, &from.span.file).map_err(|e| {
+                Error::compile(
+                    from.span.clone(),
+                    format!("ONBUILD trigger {trigger:?} of the base image is invalid: {e}"),
+                )
+            })?;
+            if matches!(
+                instruction.keyword,
+                Keyword::From | Keyword::Maintainer | Keyword::Onbuild
+            ) {
+                return Err(Error::compile(
+                    from.span.clone(),
+                    format!("ONBUILD trigger {trigger:?} of the base image is not allowed"),
+                ));
+            }
+            let mut instruction = instruction;
+            relocate(&mut instruction, &from.span);
+            self.dispatch(&mut state, &instruction, &platform, done)?;
+        }
+        for instruction in instructions {
+            self.dispatch(&mut state, instruction, &platform, done)?;
+        }
+        Ok(Stage {
+            index,
+            name,
+            span: from.span.clone(),
+            base,
+            platform,
+            steps: state.steps,
+            config: state.config,
+            author: state.author,
+            digest: state.digest,
+        })
+    }
+
+    fn dispatch(
+        &mut self,
+        state: &mut StageState,
+        instruction: &Instruction,
+        platform: &str,
+        done: &BTreeMap<usize, Stage>,
+    ) -> Result<()> {
+        match instruction.keyword {
+            Keyword::Arg => {
+                let mut shown = Vec::new();
+                for pair in instruction.pairs.iter().flatten() {
+                    let value = {
+                        let lookup = |n: &str| state.lookup(n);
+                        self.arg_value(pair, &instruction.text_span, &lookup)?
+                    };
+                    shown.push(match &value {
+                        Some(v) => format!("{}={v}", pair.key),
+                        None => pair.key.clone(),
+                    });
+                    state.args.retain(|(k, _)| k != &pair.key);
+                    state.args.push((pair.key.clone(), value));
+                }
+                let created_by = format!("ARG {}", shown.join(" "));
+                state.config_step(instruction, created_by);
+                Ok(())
+            }
+            Keyword::Run => {
+                let (run, digest, created_by) =
+                    self.run_step(state, instruction, platform, done)?;
+                state.push_with_digest(instruction, created_by, false, StepKind::Run(run), digest);
+                Ok(())
+            }
+            Keyword::Copy | Keyword::Add => {
+                let (copy, inputs, created_by) =
+                    self.copy_step(state, instruction, platform, done)?;
+                let digest = digest_copy(&state.digest, &copy, &inputs);
+                state.push_with_digest(
+                    instruction,
+                    created_by,
+                    false,
+                    StepKind::Copy(copy),
+                    digest,
+                );
+                Ok(())
+            }
+            Keyword::Workdir => {
+                let created_by = apply_config(state, instruction, self.escape)?;
+                let path = state.workdir();
+                let user = state.config.user.clone().filter(|u| !u.is_empty());
+                let mut enc = KeyEncoder::new("kiln.workdir.v1");
+                enc.key("parent", &state.digest)
+                    .str("path", &path)
+                    .opt_str("user", user.as_deref());
+                let digest = enc.finish();
+                state.push_with_digest(
+                    instruction,
+                    created_by,
+                    false,
+                    StepKind::Workdir { path, user },
+                    digest,
+                );
+                Ok(())
+            }
+            Keyword::Maintainer => {
+                state.author = Some(instruction.text.clone());
+                state.config_step(instruction, format!("MAINTAINER {}", instruction.text));
+                Ok(())
+            }
+            Keyword::From => Err(Error::compile(
+                instruction.span.clone(),
+                "FROM cannot appear here".to_string(),
+            )),
+            _ => {
+                let created_by = apply_config(state, instruction, self.escape)?;
+                state.config_step(instruction, created_by);
+                Ok(())
+            }
+        }
+    }
+
+    fn run_step(
+        &mut self,
+        state: &StageState,
+        instruction: &Instruction,
+        platform: &str,
+        done: &BTreeMap<usize, Stage>,
+    ) -> Result<(RunStep, Key, String)> {
+        let shell = state.shell();
+        let mut files = Vec::new();
+        let argv = if instruction.exec {
+            if !instruction.heredocs.is_empty() {
+                return Err(Error::compile(
+                    instruction.text_span.clone(),
+                    "heredocs need the shell form of RUN, not a JSON array".to_string(),
+                ));
+            }
+            instruction.args.clone()
+        } else {
+            let command = instruction.args.first().cloned().unwrap_or_default();
+            let single = instruction.heredocs.len() == 1
+                && is_heredoc_marker(&command, &instruction.heredocs[0].name);
+            let script = if single {
+                let heredoc = &instruction.heredocs[0];
+                let content = heredoc.effective_content();
+                if content.starts_with("#!") {
+                    // BuildKit writes a script with a shebang to a file and
+                    // runs the file.
+                    if heredoc.name.contains('/') {
+                        return Err(Error::compile(
+                            instruction.text_span.clone(),
+                            format!("heredoc name {:?} cannot contain '/'", heredoc.name),
+                        ));
+                    }
+                    let path = format!("/dev/pipes/{}", heredoc.name);
+                    files.push(RunFile {
+                        path: path.clone(),
+                        content,
+                        mode: 0o755,
+                    });
+                    path
+                } else {
+                    content
+                }
+            } else {
+                // The shell reads the heredocs itself (stdin, several, `<<-`).
+                let mut full = command;
+                for heredoc in &instruction.heredocs {
+                    full.push('\n');
+                    full.push_str(&heredoc.content);
+                    full.push_str(&heredoc.name);
+                }
+                full
+            };
+            let mut argv = shell.clone();
+            argv.push(script);
+            argv
+        };
+        let network = match instruction.flag("network").and_then(|f| f.value.as_deref()) {
+            Some("none") => Some(Network::None),
+            Some("host") => Some(Network::Host),
+            Some(_) => Some(Network::Default),
+            None => None,
+        };
+        let security = match instruction
+            .flag("security")
+            .and_then(|f| f.value.as_deref())
+        {
+            Some("insecure") => Security::Insecure,
+            _ => Security::Sandbox,
+        };
+        let workdir = state.workdir();
+        let mut mounts = Vec::new();
+        let mut inputs = Vec::new();
+        let mut ssh_count = 0;
+        for flag in instruction.flags.iter().filter(|f| f.name == "mount") {
+            let lookup = |n: &str| state.lookup(n);
+            let value = flag.value.as_deref().unwrap_or_default();
+            let spec = parse_mount(value, &workdir, &mut ssh_count, &|raw: &str| {
+                process_word(raw, self.escape, Some(&lookup))
+            })
+            .map_err(|m| Error::compile(flag.span.clone(), format!("--mount: {m}")))?;
+            let from = match &spec.from {
+                Some(name) => {
+                    let (from, key) = self.copy_source(name, &flag.span, platform, done)?;
+                    inputs.push(key);
+                    Some(from)
+                }
+                None => None,
+            };
+            mounts.push(spec.into_mount(from));
+        }
+        let (env, proxies) = state.run_env(&self.options.build_args);
+        let user = state.config.user.clone().filter(|u| !u.is_empty());
+        let run = RunStep {
+            argv,
+            env,
+            user,
+            workdir,
+            network,
+            security,
+            mounts,
+            files,
+        };
+        let created_by = format!("RUN {} # buildkit", state.run_history(&run.argv));
+        let mut enc = KeyEncoder::new("kiln.run.v1");
+        enc.key("parent", &state.digest)
+            .list("argv", &run.argv)
+            .list(
+                "env",
+                run.env.iter().filter(|e| !proxies.contains(e.as_str())),
+            )
+            .opt_str("user", run.user.as_deref())
+            .str("workdir", &run.workdir)
+            .str("network", &format!("{:?}", run.network))
+            .str("security", &format!("{:?}", run.security))
+            .u64("mounts", run.mounts.len() as u64);
+        for mount in &run.mounts {
+            enc.str("mount", &format!("{mount:?}"));
+        }
+        enc.list("inputs", inputs.iter().map(|k| k.0));
+        enc.u64("files", run.files.len() as u64);
+        for file in &run.files {
+            enc.str("path", &file.path)
+                .str("content", &file.content)
+                .u64("mode", u64::from(file.mode));
+        }
+        let digest = enc.finish();
+        Ok((run, digest, created_by))
+    }
+
+    fn copy_step(
+        &mut self,
+        state: &StageState,
+        instruction: &Instruction,
+        platform: &str,
+        done: &BTreeMap<usize, Stage>,
+    ) -> Result<(CopyStep, Vec<Key>, String)> {
+        let lookup = |n: &str| state.lookup(n);
+        let span = &instruction.text_span;
+        let add = instruction.keyword == Keyword::Add;
+        let Some((dest_raw, source_words)) = instruction.args.split_last() else {
+            return Err(Error::compile(
+                span.clone(),
+                format!("{} needs sources and a destination", instruction.keyword),
+            ));
+        };
+        let mut sources = Vec::new();
+        let mut heredocs = Vec::new();
+        for word in source_words {
+            if let Some(heredoc) = instruction
+                .heredocs
+                .iter()
+                .find(|h| is_heredoc_marker(word, &h.name))
+            {
+                let content = heredoc.effective_content();
+                let content = if heredoc.expand {
+                    expand_heredoc(&content, self.escape, &lookup).map_err(|e| {
+                        Error::compile(span.clone(), format!("heredoc {}: {e}", heredoc.name))
+                    })?
+                } else {
+                    content
+                };
+                heredocs.push((heredoc.name.clone(), content));
+                continue;
+            }
+            let source = self.expand(word, span, &lookup)?;
+            if source.is_empty() {
+                return Err(Error::compile(
+                    span.clone(),
+                    format!("source {word:?} expands to an empty path"),
+                ));
+            }
+            sources.push(source);
+        }
+        let dest_expanded = self.expand(dest_raw, span, &lookup)?;
+        let workdir = state.workdir();
+        let dest = if dest_expanded.starts_with('/') {
+            dest_expanded.clone()
+        } else {
+            let mut joined = join_path(&workdir, &dest_expanded);
+            if (dest_expanded.ends_with('/')
+                || dest_expanded == "."
+                || dest_expanded.ends_with("/."))
+                && !joined.ends_with('/')
+            {
+                joined.push('/');
+            }
+            joined
+        };
+        let count = sources.len() + heredocs.len();
+        let dest_is_dir = dest.ends_with('/');
+        if count > 1 && !dest_is_dir {
+            return Err(Error::compile(
+                span.clone(),
+                format!(
+                    "{} with more than one source needs a directory destination ending in '/': write {dest}/",
+                    instruction.keyword
+                ),
+            ));
+        }
+        let flag_value = |name: &str| -> Result<Option<String>> {
+            match instruction.flag(name) {
+                Some(flag) => self
+                    .expand(
+                        flag.value.as_deref().unwrap_or_default(),
+                        &flag.span,
+                        &lookup,
+                    )
+                    .map(Some),
+                None => Ok(None),
+            }
+        };
+        let bool_flag = |name: &str| {
+            instruction
+                .flag(name)
+                .is_some_and(|f| f.value.as_deref() != Some("false"))
+        };
+        let chown = flag_value("chown")?;
+        let chmod = flag_value("chmod")?;
+        if let (Some(chmod), Some(flag)) = (&chmod, instruction.flag("chmod")) {
+            if !valid_chmod(chmod) {
+                return Err(Error::compile(
+                    flag.span.clone(),
+                    format!("--chmod={chmod:?} is not a mode; use octal like 755 or symbolic like u+x,g-w"),
+                ));
+            }
+        }
+        let checksum = flag_value("checksum")?;
+        let mut exclude = Vec::new();
+        for flag in instruction.flags.iter().filter(|f| f.name == "exclude") {
+            exclude.push(self.expand(
+                flag.value.as_deref().unwrap_or_default(),
+                &flag.span,
+                &lookup,
+            )?);
+        }
+        let mut inputs = Vec::new();
+        let (from, from_text) = match instruction.flag("from") {
+            Some(flag) => {
+                let name = self.expand(
+                    flag.value.as_deref().unwrap_or_default(),
+                    &flag.span,
+                    &lookup,
+                )?;
+                let (from, key) = self.copy_source(&name, &flag.span, platform, done)?;
+                inputs.push(key);
+                (from, format!(" --from={name}"))
+            }
+            None => (CopyFrom::Context, String::new()),
+        };
+        let mut created_by = format!("{}{from_text}", instruction.keyword);
+        for source in &sources {
+            created_by.push(' ');
+            created_by.push_str(source);
+        }
+        for (name, _) in &heredocs {
+            created_by.push_str(&format!(" <<{name}"));
+        }
+        created_by.push(' ');
+        created_by.push_str(&dest);
+        created_by.push_str(" # buildkit");
+        let copy = CopyStep {
+            add,
+            sources,
+            heredocs,
+            dest,
+            dest_is_dir,
+            from,
+            chown,
+            chmod,
+            link: bool_flag("link"),
+            exclude,
+            parents: bool_flag("parents"),
+            checksum,
+            keep_git_dir: bool_flag("keep-git-dir"),
+            workdir,
+        };
+        Ok((copy, inputs, created_by))
+    }
+}
+
+fn find_arg(args: &[(String, Option<String>)], name: &str) -> Option<String> {
+    args.iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| v.clone())
+}
+
+fn digest_copy(parent: &Key, copy: &CopyStep, inputs: &[Key]) -> Key {
+    let mut enc = KeyEncoder::new("kiln.copy.v1");
+    enc.key("parent", parent)
+        .bool("add", copy.add)
+        .list("sources", &copy.sources)
+        .u64("heredocs", copy.heredocs.len() as u64);
+    for (name, content) in &copy.heredocs {
+        enc.str("name", name).str("content", content);
+    }
+    enc.str("dest", &copy.dest)
+        .bool("dest_is_dir", copy.dest_is_dir)
+        .str(
+            "from",
+            match copy.from {
+                CopyFrom::Context => "context",
+                CopyFrom::Stage(_) => "stage",
+                CopyFrom::Image { .. } => "image",
+            },
+        )
+        .list("inputs", inputs.iter().map(|k| k.0))
+        .opt_str("chown", copy.chown.as_deref())
+        .opt_str("chmod", copy.chmod.as_deref())
+        .bool("link", copy.link)
+        .list("exclude", &copy.exclude)
+        .bool("parents", copy.parents)
+        .opt_str("checksum", copy.checksum.as_deref())
+        .bool("keep_git_dir", copy.keep_git_dir)
+        .str("workdir", &copy.workdir);
+    enc.finish()
+}
+
+/// Whether `word` is a heredoc marker (`<<EOF`, `<<-"EOF"`, `3<<EOF`) for
+/// the heredoc called `name`.
+fn is_heredoc_marker(word: &str, name: &str) -> bool {
+    let Some(at) = word.find("<<") else {
+        return false;
+    };
+    if !word[..at].chars().all(|c| c.is_ascii_digit()) {
+        return false;
+    }
+    let rest = &word[at + 2..];
+    let rest = rest.strip_prefix('-').unwrap_or(rest);
+    process_word(rest, '\\', None).is_ok_and(|n| n == name)
+}
+
+/// Points an ONBUILD trigger's spans at the FROM line that ran it.
+fn relocate(instruction: &mut Instruction, span: &Span) {
+    instruction.span = span.clone();
+    instruction.text_span = span.clone();
+    for flag in &mut instruction.flags {
+        flag.span = span.clone();
+    }
+}
+
+fn valid_chmod(mode: &str) -> bool {
+    if !mode.is_empty() && mode.len() <= 4 && mode.chars().all(|c| ('0'..='7').contains(&c)) {
+        return true;
+    }
+    !mode.is_empty()
+        && mode.split(',').all(|clause| {
+            let ops_at = clause.find(['+', '-', '=']);
+            match ops_at {
+                Some(i) => {
+                    clause[..i].chars().all(|c| "ugoa".contains(c))
+                        && clause[i..].chars().all(|c| "+-=rwxXst".contains(c))
+                }
+                None => false,
+            }
+        })
+}
+
+/// Joins `path` to the directory `base` and cleans the result like Go's
+/// `path.Clean`.
+pub(crate) fn join_path(base: &str, path: &str) -> String {
+    let full = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("{base}/{path}")
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for part in full.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// A stage as it is being compiled.
+struct StageState {
+    config: ImageConfig,
+    /// ARGs declared in the stage, in order, with their values.
+    args: Vec<(String, Option<String>)>,
+    /// Whether CMD was set in this stage (ENTRYPOINT then keeps it).
+    cmd_set: bool,
+    digest: Key,
+    steps: Vec<Step>,
+    author: Option<String>,
+}
+
+impl StageState {
+    fn new(config: ImageConfig, digest: Key) -> Self {
+        StageState {
+            config,
+            args: Vec::new(),
+            cmd_set: false,
+            digest,
+            steps: Vec::new(),
+            author: None,
+        }
+    }
+
+    /// A variable as instructions see it: ENV wins over ARG.
+    fn lookup(&self, name: &str) -> Option<String> {
+        if let Some(value) = self.config.env_get(name) {
+            return Some(value.to_string());
+        }
+        self.args
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.clone())
+    }
+
+    fn workdir(&self) -> String {
+        match self.config.working_dir.as_deref() {
+            Some(dir) if !dir.is_empty() => dir.to_string(),
+            _ => "/".to_string(),
+        }
+    }
+
+    fn shell(&self) -> Vec<String> {
+        match &self.config.shell {
+            Some(shell) if !shell.is_empty() => shell.clone(),
+            _ => DEFAULT_SHELL.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// RUN's environment, and which of its entries are proxy settings.
+    fn run_env(&self, build_args: &BTreeMap<String, String>) -> (Vec<String>, BTreeSet<String>) {
+        let mut env = self.config.env.clone().unwrap_or_default();
+        for (key, value) in &self.args {
+            if let Some(value) = value {
+                if self.config.env_get(key).is_none() {
+                    env.push(format!("{key}={value}"));
+                }
+            }
+        }
+        let mut proxies = BTreeSet::new();
+        for name in PROXY_ARGS {
+            if let Some(value) = build_args.get(name) {
+                let declared = self.args.iter().any(|(k, _)| k == name);
+                if !declared && self.config.env_get(name).is_none() {
+                    let entry = format!("{name}={value}");
+                    proxies.insert(entry.clone());
+                    env.push(entry);
+                }
+            }
+        }
+        (env, proxies)
+    }
+
+    /// BuildKit's history text for RUN: `|N K=V ... argv`.
+    fn run_history(&self, argv: &[String]) -> String {
+        let args: Vec<String> = self
+            .args
+            .iter()
+            .filter_map(|(k, v)| {
+                let value = self.config.env_get(k).map(str::to_string).or(v.clone())?;
+                Some(format!("{k}={value}"))
+            })
+            .collect();
+        let mut parts = Vec::new();
+        if !args.is_empty() {
+            parts.push(format!("|{}", args.len()));
+            parts.extend(args);
+        }
+        parts.extend(argv.iter().cloned());
+        parts.join(" ")
+    }
+
+    fn push_with_digest(
+        &mut self,
+        instruction: &Instruction,
+        created_by: String,
+        empty_layer: bool,
+        kind: StepKind,
+        digest: Key,
+    ) {
+        self.digest = digest;
+        self.steps.push(Step {
+            span: instruction.span.clone(),
+            text: instruction.original(),
+            created_by,
+            empty_layer,
+            kind,
+            digest,
+        });
+    }
+
+    /// A step that changes only the config.
+    fn config_step(&mut self, instruction: &Instruction, created_by: String) {
+        let digest = KeyEncoder::new("kiln.config.v1")
+            .key("parent", &self.digest)
+            .str("change", &created_by)
+            .finish();
+        self.push_with_digest(instruction, created_by, true, StepKind::Config, digest);
+    }
+}
+
+/// Go's `%q` of a string list, as BuildKit writes CMD/ENTRYPOINT in history.
+fn go_quote_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|s| serde_json::to_string(s).unwrap_or_default())
+        .collect();
+    format!("[{}]", quoted.join(" "))
+}
+
+/// `EXPOSE` values to `port/proto` keys (ranges expanded).
+fn expose_ports(spec: &str) -> std::result::Result<Vec<String>, String> {
+    let (ports, proto) = match spec.split_once('/') {
+        Some((p, proto)) => (p, proto.to_ascii_lowercase()),
+        None => (spec, "tcp".to_string()),
+    };
+    if !["tcp", "udp", "sctp"].contains(&proto.as_str()) {
+        return Err(format!(
+            "invalid protocol {proto:?} in {spec:?}: use tcp, udp or sctp"
+        ));
+    }
+    let bad = || {
+        format!("invalid port {spec:?}: use a number from 1 to 65535, or a range like 8000-8010")
+    };
+    let (low, high) = match ports.split_once('-') {
+        Some((a, b)) => (
+            a.parse::<u16>().map_err(|_| bad())?,
+            b.parse::<u16>().map_err(|_| bad())?,
+        ),
+        None => {
+            let p = ports.parse::<u16>().map_err(|_| bad())?;
+            (p, p)
+        }
+    };
+    if low == 0 || high < low {
+        return Err(bad());
+    }
+    Ok((low..=high).map(|p| format!("{p}/{proto}")).collect())
+}
+
+/// Applies an instruction that only changes the config; returns its history
+/// text.
+fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char) -> Result<String> {
+    let span = &instruction.text_span;
+    let expand = |state: &StageState, raw: &str| -> Result<String> {
+        let lookup = |n: &str| state.lookup(n);
+        process_word(raw, escape, Some(&lookup))
+            .map_err(|e| Error::compile(span.clone(), format!("cannot expand {raw:?}: {e}")))
+    };
+    let config_args = |state: &StageState| -> Vec<String> {
+        if instruction.exec {
+            instruction.args.clone()
+        } else if instruction.args.is_empty() {
+            Vec::new()
+        } else {
+            let mut argv = state.shell();
+            argv.push(instruction.args.join(" "));
+            argv
+        }
+    };
+    let text = match instruction.keyword {
+        Keyword::Env => {
+            // Every pair sees the values from before this line.
+            let mut expanded = Vec::new();
+            for pair in instruction.pairs.iter().flatten() {
+                let key = expand(state, &pair.raw_key)?;
+                let value = expand(state, pair.raw_value.as_deref().unwrap_or_default())?;
+                if key.is_empty() || key.contains('=') {
+                    return Err(Error::compile(
+                        span.clone(),
+                        format!("invalid ENV name {key:?}"),
+                    ));
+                }
+                expanded.push((key, value));
+            }
+            let mut text = String::from("ENV");
+            for (key, value) in expanded {
+                text.push_str(&format!(" {key}={value}"));
+                state.config.env_set(&key, &value);
+            }
+            text
+        }
+        Keyword::Label => {
+            let mut expanded = Vec::new();
+            for pair in instruction.pairs.iter().flatten() {
+                let key = expand(state, &pair.raw_key)?;
+                let value = expand(state, pair.raw_value.as_deref().unwrap_or_default())?;
+                expanded.push((key, value));
+            }
+            let mut text = String::from("LABEL");
+            let labels = state.config.labels.get_or_insert_with(BTreeMap::new);
+            for (key, value) in expanded {
+                text.push_str(&format!(" {key}={value}"));
+                labels.insert(key, value);
+            }
+            text
+        }
+        Keyword::Expose => {
+            let mut ports = Vec::new();
+            for arg in &instruction.args {
+                let value = expand(state, arg)?;
+                for word in value.split_whitespace() {
+                    ports.extend(expose_ports(word).map_err(|m| Error::compile(span.clone(), m))?);
+                }
+            }
+            let exposed = state.config.exposed_ports.get_or_insert_with(BTreeMap::new);
+            for port in &ports {
+                exposed.insert(port.clone(), Empty {});
+            }
+            format!("EXPOSE {}", ports.join(" "))
+        }
+        Keyword::User => {
+            let user = expand(state, &instruction.text)?;
+            if user.is_empty() {
+                return Err(Error::compile(
+                    span.clone(),
+                    "USER expands to nothing".to_string(),
+                ));
+            }
+            state.config.user = Some(user.clone());
+            format!("USER {user}")
+        }
+        Keyword::Workdir => {
+            let dir = expand(state, &instruction.text)?;
+            if dir.is_empty() {
+                return Err(Error::compile(
+                    span.clone(),
+                    "WORKDIR expands to nothing".to_string(),
+                ));
+            }
+            let path = join_path(&state.workdir(), &dir);
+            state.config.working_dir = Some(path.clone());
+            format!("WORKDIR {path}")
+        }
+        Keyword::Volume => {
+            let mut volumes = Vec::new();
+            for arg in &instruction.args {
+                let value = expand(state, arg)?;
+                if value.trim().is_empty() {
+                    return Err(Error::compile(
+                        span.clone(),
+                        "VOLUME paths cannot be empty".to_string(),
+                    ));
+                }
+                volumes.push(value);
+            }
+            let map = state.config.volumes.get_or_insert_with(BTreeMap::new);
+            for volume in &volumes {
+                map.insert(volume.clone(), Empty {});
+            }
+            format!("VOLUME [{}]", volumes.join(" "))
+        }
+        Keyword::Stopsignal => {
+            let signal = expand(state, &instruction.text)?;
+            let plain = signal.strip_prefix("SIG").unwrap_or(&signal);
+            let valid = signal.parse::<u32>().is_ok_and(|n| (1..=64).contains(&n))
+                || (!plain.is_empty()
+                    && plain.chars().all(|c| {
+                        c.is_ascii_uppercase() || c.is_ascii_digit() || c == '+' || c == '-'
+                    }));
+            if !valid {
+                return Err(Error::compile(
+                    span.clone(),
+                    format!("invalid signal {signal:?}: use a name like SIGTERM or a number"),
+                ));
+            }
+            state.config.stop_signal = Some(signal.clone());
+            format!("STOPSIGNAL {signal}")
+        }
+        Keyword::Cmd => {
+            let argv = config_args(state);
+            let text = format!("CMD {}", go_quote_list(&argv));
+            state.config.cmd = Some(argv);
+            state.cmd_set = true;
+            text
+        }
+        Keyword::Entrypoint => {
+            let argv = config_args(state);
+            let text = format!("ENTRYPOINT {}", go_quote_list(&argv));
+            state.config.entrypoint = Some(argv);
+            if !state.cmd_set {
+                state.config.cmd = None;
+            }
+            text
+        }
+        Keyword::Shell => {
+            state.config.shell = Some(instruction.args.clone());
+            format!("SHELL [{}]", instruction.args.join(" "))
+        }
+        Keyword::Healthcheck => {
+            let kind = instruction.args.first().map(|k| k.to_ascii_uppercase());
+            let mut check = Healthcheck::default();
+            if kind.as_deref() == Some("NONE") {
+                check.test = vec!["NONE".to_string()];
+            } else {
+                let command = instruction.args.get(1..).unwrap_or_default();
+                check.test = if instruction.exec {
+                    std::iter::once("CMD".to_string())
+                        .chain(command.iter().cloned())
+                        .collect()
+                } else {
+                    vec!["CMD-SHELL".to_string(), command.join(" ")]
+                };
+                for flag in &instruction.flags {
+                    let value = flag.value.as_deref().unwrap_or_default();
+                    let fail = |m: String| Error::compile(flag.span.clone(), m);
+                    match flag.name.as_str() {
+                        "retries" => {
+                            check.retries = value.parse().map_err(|_| {
+                                fail(format!("--retries must be a whole number, not {value:?}"))
+                            })?
+                        }
+                        name => {
+                            let ns = parse_duration(value)
+                                .map_err(|m| fail(format!("--{name}: {m}")))?;
+                            match name {
+                                "interval" => check.interval = ns,
+                                "timeout" => check.timeout = ns,
+                                "start-period" => check.start_period = ns,
+                                _ => check.start_interval = ns,
+                            }
+                        }
+                    }
+                }
+            }
+            let text = format!("HEALTHCHECK {}", go_quote_list(&check.test));
+            state.config.healthcheck = Some(check);
+            text
+        }
+        Keyword::Onbuild => {
+            let mut trigger = instruction.text.clone();
+            if let Some(inner) = &instruction.onbuild {
+                for heredoc in &inner.heredocs {
+                    trigger.push('\n');
+                    trigger.push_str(&heredoc.content);
+                    trigger.push_str(&heredoc.name);
+                }
+            }
+            state
+                .config
+                .on_build
+                .get_or_insert_with(Vec::new)
+                .push(trigger.clone());
+            format!("ONBUILD {trigger}")
+        }
+        other => {
+            return Err(Error::compile(
+                instruction.span.clone(),
+                format!("{other} does not change the image config"),
+            ))
+        }
+    };
+    Ok(text)
+}
+
+/// The `from=` value of a `--mount` spec, unexpanded, if any.
+fn mount_from(spec: &str) -> Option<String> {
+    crate::mount::csv_fields(spec)
+        .into_iter()
+        .find_map(|field| field.strip_prefix("from=").map(str::to_string))
 }

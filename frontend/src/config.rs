@@ -165,7 +165,10 @@ mod tests {
     fn round_trips_a_docker_config() {
         let parsed: ImageConfig = serde_json::from_str(DOCKER_CONFIG).unwrap();
         assert_eq!(parsed.user.as_deref(), Some("nginx"));
-        assert_eq!(parsed.healthcheck.as_ref().unwrap().interval, 30_000_000_000);
+        assert_eq!(
+            parsed.healthcheck.as_ref().unwrap().interval,
+            30_000_000_000
+        );
         assert_eq!(parsed.other["Image"], "sha256:3c8f2a7e5b1d");
         let written = serde_json::to_value(&parsed).unwrap();
         let original: serde_json::Value = serde_json::from_str(DOCKER_CONFIG).unwrap();

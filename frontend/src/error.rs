@@ -153,6 +153,8 @@ mod tests {
         let err = Error::Empty {
             file: "Dockerfile".into(),
         };
-        assert!(err.render("").starts_with("Dockerfile: the dockerfile has no instructions"));
+        assert!(err
+            .render("")
+            .starts_with("Dockerfile: the dockerfile has no instructions"));
     }
 }

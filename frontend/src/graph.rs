@@ -221,6 +221,8 @@ impl Stage {
 }
 
 /// What a stage starts from.
+// A graph holds a few of these; plain values keep matching on them simple.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Base {
     /// `FROM scratch`: an empty filesystem and config.
@@ -254,6 +256,8 @@ pub struct Step {
 }
 
 /// What a step does.
+// A graph holds a few of these; plain values keep matching on them simple.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum StepKind {
     /// RUN.
@@ -439,6 +443,8 @@ impl RunMount {
 }
 
 /// Where COPY (or a mount) takes files from.
+// A graph holds a few of these; plain values keep matching on them simple.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum CopyFrom {
     /// The build context.

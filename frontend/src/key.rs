@@ -135,8 +135,14 @@ mod tests {
         assert_ne!(a, b);
         let c = KeyEncoder::new("u").str("x", "ab").str("y", "").finish();
         assert_ne!(a, c);
-        let d = KeyEncoder::new("t").list("l", ["a"]).list("m", Vec::<&str>::new()).finish();
-        let e = KeyEncoder::new("t").list("l", Vec::<&str>::new()).list("m", ["a"]).finish();
+        let d = KeyEncoder::new("t")
+            .list("l", ["a"])
+            .list("m", Vec::<&str>::new())
+            .finish();
+        let e = KeyEncoder::new("t")
+            .list("l", Vec::<&str>::new())
+            .list("m", ["a"])
+            .finish();
         assert_ne!(d, e);
     }
 

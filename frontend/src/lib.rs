@@ -16,7 +16,9 @@ mod config;
 mod error;
 mod graph;
 mod key;
+mod mount;
 mod parse;
+mod shell;
 
 pub use ast::{Dockerfile, Flag, Heredoc, Instruction, Keyword, Pair};
 pub use compile::{apply_changes, compile};

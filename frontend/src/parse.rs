@@ -1,10 +1,1198 @@
-//! Dockerfile text -> [`Dockerfile`].
+//! Dockerfile text -> [`Dockerfile`]: the line reader (directives, escape
+//! character, continuations, comments, heredoc bodies) and, per logical line,
+//! the pest grammar.
 
-use crate::ast::Dockerfile;
-use crate::error::Result;
+use std::sync::Arc;
+
+use pest::iterators::Pair as PestPair;
+use pest::Parser as _;
+
+use crate::ast::{Dockerfile, Flag, Heredoc, Instruction, Keyword, Pair};
+use crate::error::{Error, Result, Span};
+use crate::shell::process_word;
+
+#[derive(pest_derive::Parser)]
+#[grammar = "../../grammar/dockerfile.pest"]
+struct Grammar;
 
 /// Parses Dockerfile `text`; `file_name` names it in spans and errors.
+///
+/// Checks everything that can be checked without evaluating the file: the
+/// directives, every instruction's keyword, flags (names, and values where
+/// they are not expanded later), argument counts and forms, heredocs, and that
+/// only ARG comes before the first FROM.
 pub fn parse(text: &str, file_name: &str) -> Result<Dockerfile> {
-    let _ = (text, file_name);
-    Err(crate::Error::Empty { file: file_name.to_string() })
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let lines: Vec<Line<'_>> = text
+        .split_inclusive('\n')
+        .map(|raw| {
+            let body = raw.strip_suffix('\n').unwrap_or(raw);
+            let body = body.strip_suffix('\r').unwrap_or(body);
+            Line { raw, body }
+        })
+        .collect();
+    let mut reader = Reader {
+        file: Arc::from(file_name),
+        lines: &lines,
+        next: 0,
+        escape: '\\',
+    };
+    let (syntax, check) = reader.directives()?;
+    let mut instructions = Vec::new();
+    let mut seen_from = false;
+    while let Some(logical) = reader.logical_line() {
+        let instruction = reader.instruction(&logical)?;
+        if !seen_from && !matches!(instruction.keyword, Keyword::From | Keyword::Arg) {
+            return Err(Error::syntax(
+                instruction.span.clone(),
+                format!(
+                    "{} before the first FROM: only ARG may come before FROM; start the build stage with a FROM line",
+                    instruction.keyword
+                ),
+            ));
+        }
+        seen_from |= instruction.keyword == Keyword::From;
+        instructions.push(instruction);
+    }
+    if instructions.is_empty() {
+        return Err(Error::Empty {
+            file: file_name.to_string(),
+        });
+    }
+    if !seen_from {
+        let last = instructions.last().map(|i| i.span.clone());
+        if let Some(span) = last {
+            return Err(Error::syntax(
+                span,
+                "the dockerfile has no FROM line; add one such as \"FROM scratch\"",
+            ));
+        }
+    }
+    Ok(Dockerfile {
+        escape: reader.escape,
+        syntax,
+        check,
+        instructions,
+    })
+}
+
+/// Parses one line as a single instruction (for ONBUILD triggers stored in an
+/// image config, and `kiln import --change`). Heredoc bodies may follow the
+/// line, as in a Dockerfile.
+pub(crate) fn parse_instruction(text: &str, file_name: &str) -> Result<Instruction> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let lines: Vec<Line<'_>> = text
+        .split_inclusive('\n')
+        .map(|raw| {
+            let body = raw.strip_suffix('\n').unwrap_or(raw);
+            let body = body.strip_suffix('\r').unwrap_or(body);
+            Line { raw, body }
+        })
+        .collect();
+    let mut reader = Reader {
+        file: Arc::from(file_name),
+        lines: &lines,
+        next: 0,
+        escape: '\\',
+    };
+    match reader.logical_line() {
+        Some(logical) => reader.instruction(&logical),
+        None => Err(Error::Empty {
+            file: file_name.to_string(),
+        }),
+    }
+}
+
+struct Line<'a> {
+    /// With its line ending.
+    raw: &'a str,
+    /// Without `\n` / `\r\n`.
+    body: &'a str,
+}
+
+/// Consecutive physical lines joined into one instruction's text.
+struct Logical {
+    text: String,
+    /// Where each piece of `text` came from, in order.
+    segments: Vec<Segment>,
+}
+
+struct Segment {
+    /// Byte offset in the logical text.
+    start: usize,
+    /// Index of the physical line.
+    line: usize,
+    /// Byte offset in the physical line's body.
+    column_byte: usize,
+}
+
+struct Reader<'a> {
+    file: Arc<str>,
+    lines: &'a [Line<'a>],
+    next: usize,
+    escape: char,
+}
+
+fn is_ws(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\u{0B}' | '\u{0C}' | '\r')
+}
+
+fn trim_leading_ws(s: &str) -> &str {
+    s.trim_start_matches(char::is_whitespace)
+}
+
+fn is_comment(body: &str) -> bool {
+    trim_leading_ws(body).starts_with('#')
+}
+
+/// Removes a trailing escape character (plus trailing blanks); says whether
+/// the instruction ends on this line.
+fn trim_continuation(body: &str, escape: char) -> (&str, bool) {
+    let trimmed = body.trim_end_matches([' ', '\t']);
+    match trimmed.strip_suffix(escape) {
+        Some(before) => (before, false),
+        None => (body, true),
+    }
+}
+
+impl Reader<'_> {
+    fn span(&self, line: usize, column: usize, end_line: usize) -> Span {
+        Span {
+            file: self.file.clone(),
+            line,
+            column,
+            end_line,
+        }
+    }
+
+    /// The position of byte `offset` of a logical line.
+    fn position(&self, logical: &Logical, offset: usize) -> (usize, usize) {
+        let segment = logical
+            .segments
+            .iter()
+            .rev()
+            .find(|s| s.start <= offset)
+            .or(logical.segments.first());
+        let Some(segment) = segment else {
+            return (1, 1);
+        };
+        let body = self.lines.get(segment.line).map_or("", |l| l.body);
+        let byte = segment.column_byte + (offset - segment.start.min(offset));
+        let column = body.get(..byte).map_or(byte, |s| s.chars().count()) + 1;
+        (segment.line + 1, column)
+    }
+
+    fn span_at(&self, logical: &Logical, offset: usize, end_line: usize) -> Span {
+        let (line, column) = self.position(logical, offset);
+        self.span(line, column, end_line.max(line))
+    }
+
+    /// Reads the parser directives at the top of the file.
+    fn directives(&mut self) -> Result<(Option<String>, Option<String>)> {
+        let mut syntax = None;
+        let mut check = None;
+        let mut escape = None;
+        while let Some(line) = self.lines.get(self.next) {
+            let body = trim_leading_ws(line.body);
+            let Ok(mut pairs) = Grammar::parse(Rule::directive, body) else {
+                break;
+            };
+            let Some(directive) = pairs.next() else { break };
+            let mut name = String::new();
+            let mut value = String::new();
+            for part in directive.into_inner() {
+                match part.as_rule() {
+                    Rule::directive_name => name = part.as_str().to_ascii_lowercase(),
+                    Rule::directive_value => value = part.as_str().trim_end().to_string(),
+                    _ => {}
+                }
+            }
+            let slot = match name.as_str() {
+                "syntax" => &mut syntax,
+                "check" => &mut check,
+                "escape" => &mut escape,
+                // Any other `# name=value` is a comment and ends the directives.
+                _ => break,
+            };
+            let column = line.body.len() - body.len() + 1;
+            if slot.is_some() {
+                return Err(Error::syntax(
+                    self.span(self.next + 1, column, self.next + 1),
+                    format!("only one {name} parser directive can be used; remove this one"),
+                ));
+            }
+            *slot = Some(value);
+            self.next += 1;
+        }
+        if let Some(value) = escape {
+            self.escape = match value.as_str() {
+                "\\" => '\\',
+                "`" => '`',
+                other => {
+                    let line = (0..self.next)
+                        .find(|&i| {
+                            self.lines[i].body.contains("escape")
+                                && self.lines[i].body.contains(other)
+                        })
+                        .map_or(1, |i| i + 1);
+                    return Err(Error::syntax(
+                        self.span(line, 1, line),
+                        format!(
+                            "invalid escape character {other:?}: the escape directive takes \\ or `"
+                        ),
+                    ));
+                }
+            };
+        }
+        Ok((syntax, check))
+    }
+
+    /// The next instruction's text, continuations joined and comment lines
+    /// inside it dropped; `None` at the end of the file.
+    fn logical_line(&mut self) -> Option<Logical> {
+        loop {
+            let index = self.next;
+            let line = self.lines.get(index)?;
+            self.next += 1;
+            let body = trim_leading_ws(line.body);
+            if body.is_empty() || body.starts_with('#') {
+                continue;
+            }
+            let (first, mut ended) = trim_continuation(body, self.escape);
+            let mut logical = Logical {
+                text: first.to_string(),
+                segments: vec![Segment {
+                    start: 0,
+                    line: index,
+                    column_byte: line.body.len() - body.len(),
+                }],
+            };
+            while !ended {
+                let Some(next) = self.lines.get(self.next) else {
+                    break;
+                };
+                let index = self.next;
+                self.next += 1;
+                if is_comment(next.body) || trim_leading_ws(next.body).is_empty() {
+                    continue;
+                }
+                let (part, end) = trim_continuation(next.body, self.escape);
+                logical.segments.push(Segment {
+                    start: logical.text.len(),
+                    line: index,
+                    column_byte: 0,
+                });
+                logical.text.push_str(part);
+                ended = end;
+            }
+            if logical.text.trim().is_empty() {
+                continue;
+            }
+            return Some(logical);
+        }
+    }
+
+    /// Parses a logical line, then reads the bodies of its heredocs.
+    fn instruction(&mut self, logical: &Logical) -> Result<Instruction> {
+        let end_line = self.next;
+        let mut instruction = self.parse_logical(logical, 0, end_line, false)?;
+        let target = match instruction.onbuild.as_deref_mut() {
+            Some(inner) => inner,
+            None => &mut instruction,
+        };
+        if target.keyword.takes_heredocs() && target.text.contains("<<") {
+            let markers = self.heredoc_markers(logical, target)?;
+            for (marker, name, expand, strip_tabs) in markers {
+                let mut content = String::new();
+                let mut terminated = false;
+                while let Some(line) = self.lines.get(self.next) {
+                    self.next += 1;
+                    let candidate = if strip_tabs {
+                        line.body.trim_start_matches('\t')
+                    } else {
+                        line.body
+                    };
+                    if candidate == name {
+                        terminated = true;
+                        break;
+                    }
+                    content.push_str(line.raw);
+                }
+                if !terminated {
+                    return Err(Error::syntax(
+                        marker,
+                        format!(
+                            "unterminated heredoc: no line consisting of {name:?} ends it before the end of the file; add one"
+                        ),
+                    ));
+                }
+                target.heredocs.push(Heredoc {
+                    name,
+                    content,
+                    expand,
+                    strip_tabs,
+                });
+            }
+        }
+        let end_line = self.next;
+        instruction.span.end_line = end_line;
+        if let Some(inner) = instruction.onbuild.as_deref_mut() {
+            inner.span.end_line = end_line;
+        }
+        Ok(instruction)
+    }
+
+    /// The heredocs a RUN/COPY/ADD line opens: (marker span, name, expand,
+    /// strip_tabs) in order.
+    fn heredoc_markers(
+        &self,
+        logical: &Logical,
+        instruction: &Instruction,
+    ) -> Result<Vec<(Span, String, bool, bool)>> {
+        let mut found = Vec::new();
+        let text_offset = logical
+            .text
+            .find(instruction.text.as_str())
+            .unwrap_or_default();
+        for (start, word) in split_words(&instruction.text, '\\') {
+            if !word.contains("<<") {
+                continue;
+            }
+            let Ok(mut pairs) = Grammar::parse(Rule::heredoc_marker, word) else {
+                continue;
+            };
+            let Some(marker) = pairs.next() else { continue };
+            let mut strip_tabs = false;
+            let mut raw_name = "";
+            for part in marker.into_inner() {
+                match part.as_rule() {
+                    Rule::strip_tabs => strip_tabs = true,
+                    Rule::heredoc_name => raw_name = part.as_str(),
+                    _ => {}
+                }
+            }
+            let span = self.span_at(logical, text_offset + start, self.next);
+            // The delimiter must be one word; `<<"a b"` is, `<<a b` is not.
+            if split_words(raw_name, '\\').len() != 1 {
+                continue;
+            }
+            let name = process_word(raw_name, '\\', None)
+                .map_err(|e| Error::syntax(span.clone(), format!("bad heredoc delimiter: {e}")))?;
+            let quotes = |s: &str| s.chars().filter(|c| *c == '"' || *c == '\'').count();
+            let expand = quotes(&name) == quotes(raw_name);
+            if name.is_empty() {
+                continue;
+            }
+            found.push((span, name, expand, strip_tabs));
+        }
+        Ok(found)
+    }
+
+    /// Parses the logical text starting at byte `offset` (past `ONBUILD `
+    /// for a trigger).
+    fn parse_logical(
+        &self,
+        logical: &Logical,
+        offset: usize,
+        end_line: usize,
+        in_onbuild: bool,
+    ) -> Result<Instruction> {
+        let text = logical.text.get(offset..).unwrap_or_default();
+        let at = |o: usize| self.span_at(logical, offset + o, end_line);
+        let parsed = Grammar::parse(Rule::instruction, text)
+            .map_err(|e| Error::syntax(at(0), format!("cannot parse instruction: {e}")))?
+            .next()
+            .ok_or_else(|| Error::syntax(at(0), "cannot parse instruction"))?;
+        let mut keyword_word = "";
+        let mut keyword_offset = 0;
+        let mut raw_flags: Vec<(usize, String)> = Vec::new();
+        let mut rest = "";
+        let mut rest_offset = text.len();
+        for part in parsed.into_inner() {
+            match part.as_rule() {
+                Rule::keyword => {
+                    keyword_word = part.as_str();
+                    keyword_offset = part.as_span().start();
+                }
+                Rule::flag => raw_flags.push((part.as_span().start(), unquote_flag(part))),
+                Rule::rest => {
+                    rest = part.as_str();
+                    rest_offset = part.as_span().start();
+                }
+                _ => {}
+            }
+        }
+        let span = at(keyword_offset);
+        let keyword = Keyword::from_word(keyword_word).ok_or_else(|| {
+            let suggestion = Keyword::ALL
+                .iter()
+                .map(|k| {
+                    (
+                        strsim::levenshtein(
+                            &k.as_str().to_lowercase(),
+                            &keyword_word.to_lowercase(),
+                        ),
+                        k,
+                    )
+                })
+                .min_by_key(|(d, _)| *d)
+                .filter(|(d, k)| *d <= 2.max(k.as_str().len() / 3))
+                .map(|(_, k)| format!(" (did you mean {k}?)"))
+                .unwrap_or_default();
+            Error::syntax(
+                span.clone(),
+                format!(
+                    "unknown instruction {:?}{suggestion}",
+                    keyword_word.to_uppercase()
+                ),
+            )
+        })?;
+        let trimmed = rest.trim_end_matches(is_ws);
+        let lead = rest.len() - rest.trim_start_matches(is_ws).len();
+        let args_text = trimmed.trim_start_matches(is_ws).to_string();
+        let text_span = at(rest_offset + lead.min(trimmed.len()));
+        let mut flags = Vec::with_capacity(raw_flags.len());
+        for (start, word) in raw_flags {
+            let body = word.strip_prefix("--").unwrap_or(&word);
+            let (name, value) = match body.split_once('=') {
+                Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                None => (body.to_string(), None),
+            };
+            flags.push(Flag {
+                name,
+                value,
+                span: at(start),
+            });
+        }
+        let mut instruction = Instruction {
+            keyword,
+            span,
+            flags,
+            exec: false,
+            args: Vec::new(),
+            pairs: None,
+            heredocs: Vec::new(),
+            onbuild: None,
+            text: args_text,
+            text_span,
+        };
+        check_flags(&instruction)?;
+        let rest = instruction.text.clone();
+        let fail = |message: String| Err(Error::syntax(instruction.text_span.clone(), message));
+        match keyword {
+            Keyword::Run | Keyword::Cmd | Keyword::Entrypoint | Keyword::Shell => {
+                match exec_form(&rest)
+                    .map_err(|m| Error::syntax(instruction.text_span.clone(), m))?
+                {
+                    Some(args) => {
+                        instruction.exec = true;
+                        instruction.args = args;
+                    }
+                    None if rest.is_empty() => {}
+                    None => instruction.args = vec![rest.clone()],
+                }
+                if keyword == Keyword::Run && !instruction.exec && rest.is_empty() {
+                    return fail("RUN requires a command".into());
+                }
+                if keyword == Keyword::Shell {
+                    if !instruction.exec {
+                        return fail(
+                            "SHELL requires the arguments to be in JSON form, e.g. SHELL [\"/bin/bash\", \"-c\"]"
+                                .into(),
+                        );
+                    }
+                    if instruction.args.is_empty() {
+                        return fail("SHELL requires at least one argument".into());
+                    }
+                }
+            }
+            Keyword::Add | Keyword::Copy | Keyword::Volume => {
+                match exec_form(&rest)
+                    .map_err(|m| Error::syntax(instruction.text_span.clone(), m))?
+                {
+                    Some(args) => {
+                        instruction.exec = true;
+                        instruction.args = args;
+                    }
+                    None => instruction.args = split_plain(&rest),
+                }
+                if keyword == Keyword::Volume {
+                    if instruction.args.is_empty() {
+                        return fail("VOLUME requires at least one argument".into());
+                    }
+                    if instruction.args.iter().any(|a| a.trim().is_empty()) {
+                        return fail("VOLUME paths cannot be empty strings".into());
+                    }
+                } else if instruction.args.len() < 2 {
+                    return fail(format!(
+                        "{keyword} requires at least two arguments (sources and a destination), but {} given",
+                        instruction.args.len()
+                    ));
+                }
+            }
+            Keyword::Healthcheck => {
+                let (kind, command) = match rest.find(char::is_whitespace) {
+                    Some(i) => (&rest[..i], rest[i..].trim_start()),
+                    None => (rest.as_str(), ""),
+                };
+                if kind.is_empty() {
+                    return fail("HEALTHCHECK requires NONE or CMD followed by a command".into());
+                }
+                instruction.args.push(kind.to_string());
+                match kind.to_ascii_uppercase().as_str() {
+                    "NONE" => {
+                        if !command.is_empty() {
+                            return fail("HEALTHCHECK NONE takes no arguments".into());
+                        }
+                        if !instruction.flags.is_empty() {
+                            return Err(Error::syntax(
+                                instruction.flags[0].span.clone(),
+                                "HEALTHCHECK NONE takes no flags".to_string(),
+                            ));
+                        }
+                    }
+                    "CMD" => {
+                        match exec_form(command)
+                            .map_err(|m| Error::syntax(instruction.text_span.clone(), m))?
+                        {
+                            Some(args) => {
+                                instruction.exec = true;
+                                instruction.args.extend(args);
+                            }
+                            None if command.is_empty() => {
+                                return fail("HEALTHCHECK CMD requires a command".into())
+                            }
+                            None => instruction.args.push(command.to_string()),
+                        }
+                    }
+                    other => {
+                        return fail(format!(
+                            "unknown HEALTHCHECK type {other:?}: use CMD <command> or NONE"
+                        ))
+                    }
+                }
+            }
+            Keyword::Env | Keyword::Label => {
+                let words = self.words(&rest);
+                if words.is_empty() {
+                    return fail(format!("{keyword} requires at least one key=value pair"));
+                }
+                let mut pairs = Vec::new();
+                if !words[0].contains('=') {
+                    // The old form: `ENV key the rest of the line`.
+                    let split = rest.find(is_ws);
+                    let Some(split) = split else {
+                        return fail(format!(
+                            "{keyword} {} has no value: write {keyword} {}=value (or {keyword} {} value)",
+                            words[0], words[0], words[0]
+                        ));
+                    };
+                    let key = &rest[..split];
+                    let value = rest[split..].trim_start_matches(is_ws);
+                    pairs.push(self.pair(&instruction, key, Some(value))?);
+                } else {
+                    for word in &words {
+                        let Some((key, value)) = word.split_once('=') else {
+                            return fail(format!(
+                                "cannot find = in {word:?}; every word must be of the form name=value"
+                            ));
+                        };
+                        pairs.push(self.pair(&instruction, key, Some(value))?);
+                    }
+                }
+                instruction.args = words;
+                instruction.pairs = Some(pairs);
+            }
+            Keyword::Arg => {
+                let words = self.words(&rest);
+                if words.is_empty() {
+                    return fail("ARG requires a name, optionally with =default".into());
+                }
+                let mut pairs = Vec::new();
+                for word in &words {
+                    let (key, value) = match word.split_once('=') {
+                        Some((k, v)) => (k, Some(v)),
+                        None => (word.as_str(), None),
+                    };
+                    pairs.push(self.pair(&instruction, key, value)?);
+                }
+                instruction.args = words;
+                instruction.pairs = Some(pairs);
+            }
+            Keyword::Onbuild => {
+                if in_onbuild {
+                    return Err(Error::syntax(
+                        instruction.span.clone(),
+                        "ONBUILD ONBUILD is not allowed".to_string(),
+                    ));
+                }
+                if rest.is_empty() {
+                    return fail("ONBUILD requires an instruction to run later".into());
+                }
+                let inner_offset = offset + rest_offset + lead;
+                let inner = self.parse_logical(logical, inner_offset, end_line, true)?;
+                if matches!(
+                    inner.keyword,
+                    Keyword::Onbuild | Keyword::From | Keyword::Maintainer
+                ) {
+                    return Err(Error::syntax(
+                        inner.span.clone(),
+                        format!("{} is not allowed as an ONBUILD trigger", inner.keyword),
+                    ));
+                }
+                instruction.args = split_plain(&rest);
+                instruction.onbuild = Some(Box::new(inner));
+            }
+            Keyword::From => {
+                instruction.args = split_plain(&rest);
+                let n = instruction.args.len();
+                if !(n == 1 || (n == 3 && instruction.args[1].eq_ignore_ascii_case("as"))) {
+                    return fail(
+                        "FROM requires an image and optionally AS <name>: FROM <image> [AS <name>]"
+                            .into(),
+                    );
+                }
+                if n == 3 {
+                    let name = &instruction.args[2];
+                    let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+                    if !valid {
+                        return fail(format!(
+                            "invalid stage name {name:?}: it must start with a letter and contain only letters, digits, '_', '.' and '-'"
+                        ));
+                    }
+                }
+            }
+            Keyword::Expose => {
+                instruction.args = split_plain(&rest);
+                if instruction.args.is_empty() {
+                    return fail("EXPOSE requires at least one port".into());
+                }
+            }
+            Keyword::Maintainer | Keyword::User | Keyword::Workdir | Keyword::Stopsignal => {
+                instruction.args = split_plain(&rest);
+                if instruction.args.is_empty() {
+                    return fail(format!("{keyword} requires an argument"));
+                }
+            }
+        }
+        Ok(instruction)
+    }
+
+    fn words(&self, text: &str) -> Vec<String> {
+        split_words(text, self.escape)
+            .into_iter()
+            .map(|(_, w)| w.to_string())
+            .collect()
+    }
+
+    fn pair(&self, instruction: &Instruction, key: &str, value: Option<&str>) -> Result<Pair> {
+        let unquote = |s: &str| {
+            process_word(s, self.escape, None).map_err(|e| {
+                Error::syntax(
+                    instruction.text_span.clone(),
+                    format!("{}: {e}", instruction.keyword),
+                )
+            })
+        };
+        let unquoted_key = unquote(key)?;
+        if unquoted_key.is_empty() {
+            return Err(Error::syntax(
+                instruction.text_span.clone(),
+                format!("{} names cannot be empty", instruction.keyword),
+            ));
+        }
+        Ok(Pair {
+            key: unquoted_key,
+            value: value.map(unquote).transpose()?,
+            raw_key: key.to_string(),
+            raw_value: value.map(str::to_string),
+        })
+    }
+}
+
+/// Whitespace-separated words (quotes and escapes kept, but white space inside
+/// them does not split), with their byte offsets.
+fn split_words(text: &str, escape: char) -> Vec<(usize, &str)> {
+    let mut input = String::with_capacity(text.len() + 1);
+    input.push(escape);
+    input.push_str(text);
+    let shift = escape.len_utf8();
+    let Ok(mut pairs) = Grammar::parse(Rule::words, &input) else {
+        return split_plain_offsets(text);
+    };
+    let Some(words) = pairs.next() else {
+        return Vec::new();
+    };
+    words
+        .into_inner()
+        .filter(|p| p.as_rule() == Rule::word)
+        .filter_map(|p| {
+            let span = p.as_span();
+            let start = span.start().checked_sub(shift)?;
+            let end = span.end().checked_sub(shift)?;
+            Some((start, text.get(start..end)?))
+        })
+        .collect()
+}
+
+fn split_plain_offsets(text: &str) -> Vec<(usize, &str)> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (i, c) in text.char_indices() {
+        if is_ws(c) {
+            if let Some(s) = start.take() {
+                out.push((s, &text[s..i]));
+            }
+        } else if start.is_none() {
+            start = Some(i);
+        }
+    }
+    if let Some(s) = start {
+        out.push((s, &text[s..]));
+    }
+    out
+}
+
+/// Whitespace-separated words, quotes not special (BuildKit's
+/// `parseStringsWhitespaceDelimited`).
+fn split_plain(text: &str) -> Vec<String> {
+    split_plain_offsets(text)
+        .into_iter()
+        .map(|(_, w)| w.to_string())
+        .collect()
+}
+
+/// A flag word with its quotes removed and backslash escapes applied.
+fn unquote_flag(flag: PestPair<'_, Rule>) -> String {
+    let mut out = String::from("--");
+    fn walk(pair: PestPair<'_, Rule>, out: &mut String) {
+        match pair.as_rule() {
+            Rule::flag_plain | Rule::flag_quoted_plain_d | Rule::flag_quoted_plain_s => {
+                out.push_str(pair.as_str())
+            }
+            Rule::flag_escaped => out.push_str(pair.as_str().get(1..).unwrap_or_default()),
+            _ => {
+                for inner in pair.into_inner() {
+                    walk(inner, out);
+                }
+            }
+        }
+    }
+    for part in flag.into_inner() {
+        walk(part, &mut out);
+    }
+    out
+}
+
+/// The strings of a JSON array, `None` when `text` is not a JSON array (shell
+/// form), an error when it is one but holds something other than strings.
+pub(crate) fn exec_form(text: &str) -> std::result::Result<Option<Vec<String>>, String> {
+    if !text.trim_start().starts_with('[') {
+        return Ok(None);
+    }
+    let Ok(mut pairs) = Grammar::parse(Rule::json_array, text) else {
+        return Ok(None);
+    };
+    let Some(array) = pairs.next() else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    for value in array.into_inner() {
+        let Some(inner) = value.into_inner().next() else {
+            continue;
+        };
+        match inner.as_rule() {
+            Rule::json_string => {
+                let chars = inner.into_inner().next().map_or("", |p| p.as_str());
+                out.push(json_unescape(chars));
+            }
+            _ => {
+                return Err(format!(
+                    "when using JSON array syntax, arrays must contain strings only, not {}",
+                    inner.as_str()
+                ))
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Decodes the escapes of a JSON string body the grammar already validated;
+/// lone surrogates become U+FFFD as in Go's encoding/json.
+fn json_unescape(body: &str) -> String {
+    let mut out = String::with_capacity(body.len());
+    let mut chars = body.chars();
+    let mut pending_high: Option<u16> = None;
+    let hex4 = |chars: &mut std::str::Chars<'_>| -> u16 {
+        let digits: String = chars.by_ref().take(4).collect();
+        u16::from_str_radix(&digits, 16).unwrap_or(0xFFFD)
+    };
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            if pending_high.take().is_some() {
+                out.push('\u{FFFD}');
+            }
+            out.push(c);
+            continue;
+        }
+        let Some(e) = chars.next() else { break };
+        if e == 'u' {
+            let unit = hex4(&mut chars);
+            if let Some(high) = pending_high.take() {
+                if (0xDC00..0xE000).contains(&unit) {
+                    let code =
+                        0x10000 + ((u32::from(high) - 0xD800) << 10) + (u32::from(unit) - 0xDC00);
+                    out.push(char::from_u32(code).unwrap_or('\u{FFFD}'));
+                    continue;
+                }
+                out.push('\u{FFFD}');
+            }
+            if (0xD800..0xDC00).contains(&unit) {
+                pending_high = Some(unit);
+            } else {
+                out.push(char::from_u32(u32::from(unit)).unwrap_or('\u{FFFD}'));
+            }
+            continue;
+        }
+        if pending_high.take().is_some() {
+            out.push('\u{FFFD}');
+        }
+        out.push(match e {
+            'b' => '\u{08}',
+            'f' => '\u{0C}',
+            'n' => '\n',
+            'r' => '\r',
+            't' => '\t',
+            other => other,
+        });
+    }
+    if pending_high.is_some() {
+        out.push('\u{FFFD}');
+    }
+    out
+}
+
+/// How a flag takes its value.
+#[derive(Clone, Copy, PartialEq)]
+enum FlagKind {
+    /// `--name` or `--name=true|false`.
+    Bool,
+    /// `--name=value`, once.
+    String,
+    /// `--name=value`, repeatable.
+    List,
+}
+
+fn allowed_flags(keyword: Keyword) -> &'static [(&'static str, FlagKind)] {
+    use FlagKind::*;
+    match keyword {
+        Keyword::Copy => &[
+            ("from", String),
+            ("chown", String),
+            ("chmod", String),
+            ("link", Bool),
+            ("exclude", List),
+            ("parents", Bool),
+        ],
+        Keyword::Add => &[
+            ("chown", String),
+            ("chmod", String),
+            ("checksum", String),
+            ("keep-git-dir", Bool),
+            ("link", Bool),
+            ("exclude", List),
+        ],
+        Keyword::Run => &[("mount", List), ("network", String), ("security", String)],
+        Keyword::From => &[("platform", String)],
+        Keyword::Healthcheck => &[
+            ("interval", String),
+            ("timeout", String),
+            ("start-period", String),
+            ("start-interval", String),
+            ("retries", String),
+        ],
+        _ => &[],
+    }
+}
+
+/// Checks an instruction's flags: known names, values where needed, no
+/// repeats of single-valued flags, and values that are never expanded.
+fn check_flags(instruction: &Instruction) -> Result<()> {
+    let allowed = allowed_flags(instruction.keyword);
+    let mut seen: Vec<&str> = Vec::new();
+    for flag in &instruction.flags {
+        let err = |message: String| Err(Error::syntax(flag.span.clone(), message));
+        let Some((_, kind)) = allowed.iter().find(|(name, _)| *name == flag.name) else {
+            let names: Vec<String> = allowed.iter().map(|(n, _)| format!("--{n}")).collect();
+            let hint = if names.is_empty() {
+                format!("{} takes no flags", instruction.keyword)
+            } else {
+                format!("{} takes {}", instruction.keyword, names.join(", "))
+            };
+            return err(format!("unknown flag --{} ({hint})", flag.name));
+        };
+        match (kind, &flag.value) {
+            (FlagKind::Bool, Some(v)) if v != "true" && v != "false" => {
+                return err(format!(
+                    "--{} takes no value or true/false, not {v:?}",
+                    flag.name
+                ))
+            }
+            (FlagKind::String | FlagKind::List, None) => {
+                return err(format!(
+                    "--{} needs a value: --{}=<value>",
+                    flag.name, flag.name
+                ))
+            }
+            _ => {}
+        }
+        if *kind != FlagKind::List {
+            if seen.contains(&flag.name.as_str()) {
+                return err(format!("--{} is given more than once", flag.name));
+            }
+            seen.push(&flag.name);
+        }
+        if instruction.keyword == Keyword::Healthcheck {
+            let value = flag.value.as_deref().unwrap_or_default();
+            if flag.name == "retries" {
+                if value.parse::<u64>().map_or(true, |n| n == 0) {
+                    return err(format!(
+                        "--retries must be a whole number of at least 1, not {value:?}"
+                    ));
+                }
+            } else if let Err(message) = parse_duration(value) {
+                return err(format!("--{}: {message}", flag.name));
+            }
+        }
+        if instruction.keyword == Keyword::Run {
+            let value = flag.value.as_deref().unwrap_or_default();
+            match flag.name.as_str() {
+                "network" if !["default", "none", "host"].contains(&value) => {
+                    return err(format!(
+                        "--network must be default, none or host, not {value:?}"
+                    ))
+                }
+                "security" if !["sandbox", "insecure"].contains(&value) => {
+                    return err(format!(
+                        "--security must be sandbox or insecure, not {value:?}"
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A Go duration (`30s`, `1m30s`, `1.5h`, `500ms`) in nanoseconds.
+pub(crate) fn parse_duration(text: &str) -> std::result::Result<u64, String> {
+    let bad = || {
+        format!("invalid duration {text:?}: write a number with a unit, like 30s, 1m30s or 500ms")
+    };
+    if text == "0" {
+        return Ok(0);
+    }
+    let mut total: f64 = 0.0;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_len].parse().map_err(|_| bad())?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total += number * factor;
+    }
+    if !total.is_finite() || total > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(total as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(text: &str) -> Instruction {
+        let file = parse(&format!("FROM scratch\n{text}"), "Dockerfile").unwrap();
+        file.instructions.into_iter().nth(1).unwrap()
+    }
+
+    fn err(text: &str) -> String {
+        parse(text, "Dockerfile").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn continuation_joins_as_docker_does() {
+        let run = one("RUN --network=none echo one && \\\n    echo two\n");
+        assert_eq!(run.args, ["echo one &&     echo two"]);
+        assert_eq!(run.flags[0].text(), "--network=none");
+        assert_eq!((run.span.line, run.span.end_line), (2, 3));
+    }
+
+    #[test]
+    fn comments_and_blank_lines_inside_continuations_are_dropped() {
+        let run = one("RUN a \\\n# comment\n\n  # indented comment\n b\n");
+        assert_eq!(run.args, ["a  b"]);
+        assert_eq!(run.span.end_line, 6);
+    }
+
+    #[test]
+    fn exec_form_and_fallback() {
+        let run = one("RUN [\"echo\", \"a\\u0041\\/\"]");
+        assert!(run.exec);
+        assert_eq!(run.args, ["echo", "aA/"]);
+        let run = one("RUN [not json]");
+        assert!(!run.exec);
+        assert_eq!(run.args, ["[not json]"]);
+        assert!(err("FROM x\nCMD [\"a\", [\"b\"]]").contains("strings only"));
+        assert!(err("FROM x\nCMD [\"a\", 1]").contains("strings only"));
+        let cmd = one("CMD []");
+        assert!(cmd.exec && cmd.args.is_empty());
+    }
+
+    #[test]
+    fn json_surrogates() {
+        assert_eq!(json_unescape("\\ud83d\\ude00"), "😀");
+        assert_eq!(json_unescape("\\ud83dx"), "\u{FFFD}x");
+        assert_eq!(json_unescape("\\u0000"), "\0");
+    }
+
+    #[test]
+    fn flags() {
+        let copy = one("COPY --from=\"build stage\" --link -- --weird /dst");
+        assert_eq!(copy.flags.len(), 2);
+        assert_eq!(copy.flags[0].value.as_deref(), Some("build stage"));
+        assert_eq!(copy.args, ["--weird", "/dst"]);
+        let e = err("FROM x\nCOPY --nope a b");
+        assert!(e.starts_with("Dockerfile:2:6: unknown flag --nope"), "{e}");
+        assert!(err("FROM x\nCOPY --from a b").contains("needs a value"));
+        assert!(err("FROM x\nCOPY --link=maybe a b").contains("true/false"));
+        assert!(err("FROM x\nCOPY --from=a --from=b a b").contains("more than once"));
+        assert!(err("FROM x\nENV --x=1 A=b").contains("ENV takes no flags"));
+        assert!(err("FROM x\nHEALTHCHECK --interval=5 CMD true").contains("invalid duration"));
+    }
+
+    #[test]
+    fn env_forms() {
+        let env = one("ENV A=1 B=\"two words\" C='$x' D=\\$y");
+        let pairs = env.pairs.unwrap();
+        let shown: Vec<(&str, Option<&str>)> = pairs
+            .iter()
+            .map(|p| (p.key.as_str(), p.value.as_deref()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("A", Some("1")),
+                ("B", Some("two words")),
+                ("C", Some("$x")),
+                ("D", Some("\\$y"))
+            ]
+        );
+        let env = one("ENV KEY the rest  of it");
+        let pair = &env.pairs.unwrap()[0];
+        assert_eq!(
+            (pair.key.as_str(), pair.value.as_deref()),
+            ("KEY", Some("the rest  of it"))
+        );
+        assert!(err("FROM x\nENV ONLY").contains("has no value"));
+        assert!(err("FROM x\nENV A=1 B").contains("cannot find ="));
+    }
+
+    #[test]
+    fn heredocs() {
+        let text =
+            "FROM x\nRUN <<EOF\necho $HOME\nEOF\nCOPY <<-\"A\" <<B /dst/\n\tone\n\tA\ntwo\nB\n";
+        let file = parse(text, "Dockerfile").unwrap();
+        let run = &file.instructions[1];
+        assert_eq!(run.heredocs[0].content, "echo $HOME\n");
+        assert!(run.heredocs[0].expand);
+        assert_eq!((run.span.line, run.span.end_line), (2, 4));
+        let copy = &file.instructions[2];
+        assert_eq!(copy.heredocs.len(), 2);
+        assert_eq!(copy.heredocs[0].name, "A");
+        assert!(!copy.heredocs[0].expand && copy.heredocs[0].strip_tabs);
+        assert_eq!(copy.heredocs[0].effective_content(), "one\n");
+        assert_eq!(copy.heredocs[1].content, "two\n");
+        let e = err("FROM x\nRUN cat <<EOF\nnever ends\n");
+        assert!(e.starts_with("Dockerfile:2:9: unterminated heredoc"), "{e}");
+    }
+
+    #[test]
+    fn directives_and_escape() {
+        let file = parse(
+            "\u{feff}# syntax=docker/dockerfile:1\n# escape=`\r\nFROM x\r\nRUN a `\r\n  b\r\n",
+            "Dockerfile",
+        )
+        .unwrap();
+        assert_eq!(file.escape, '`');
+        assert_eq!(file.syntax.as_deref(), Some("docker/dockerfile:1"));
+        assert_eq!(file.instructions[1].args, ["a   b"]);
+        // After the first non-directive line, `# escape=` is a comment.
+        let file = parse("FROM x\n# escape=`\nRUN a \\\n b", "Dockerfile").unwrap();
+        assert_eq!(file.escape, '\\');
+        assert_eq!(file.instructions[1].args, ["a  b"]);
+        assert!(err("# escape=x\nFROM x").contains("invalid escape"));
+        assert!(err("# syntax=a\n# syntax=b\nFROM x").contains("only one syntax"));
+    }
+
+    #[test]
+    fn rejected_files() {
+        assert!(matches!(parse("", "Dockerfile"), Err(Error::Empty { .. })));
+        assert!(matches!(
+            parse("# only\n\n", "Dockerfile"),
+            Err(Error::Empty { .. })
+        ));
+        assert!(err("RUN true").contains("before the first FROM"));
+        let e = err("FROM x\nFROBNICATE y");
+        assert!(
+            e.starts_with("Dockerfile:2:1: unknown instruction \"FROBNICATE\""),
+            "{e}"
+        );
+        assert!(err("FROM x\nRUNN y").contains("did you mean RUN?"));
+        assert!(err("FROM x\nONBUILD FROM y").contains("not allowed as an ONBUILD trigger"));
+        assert!(err("FROM x\nONBUILD ONBUILD RUN y").contains("not allowed"));
+    }
+
+    #[test]
+    fn onbuild_and_healthcheck() {
+        let on = one("onbuild run --mount=type=cache,target=/c make");
+        let inner = on.onbuild.unwrap();
+        assert_eq!(inner.keyword, Keyword::Run);
+        assert_eq!(inner.args, ["make"]);
+        assert_eq!(inner.span.column, 9);
+        let hc = one("HEALTHCHECK --interval=5s CMD [\"curl\", \"-f\"]");
+        assert!(hc.exec);
+        assert_eq!(hc.args, ["CMD", "curl", "-f"]);
+        assert_eq!(one("HEALTHCHECK NONE").args, ["NONE"]);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1m30s").unwrap(), 90_000_000_000);
+        assert_eq!(parse_duration("500ms").unwrap(), 500_000_000);
+        assert_eq!(parse_duration("1.5h").unwrap(), 5_400_000_000_000);
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("s").is_err());
+    }
 }

@@ -1,0 +1,432 @@
+//! `RUN --mount=type=...,key=value,...` (a CSV record, as BuildKit reads it).
+
+use crate::compile::join_path;
+use crate::graph::{CacheSharing, CopyFrom, RunMount};
+
+/// Splits a CSV record into fields: commas separate, a field may be quoted
+/// with `"` (and `""` inside quotes is one quote).
+pub(crate) fn csv_fields(record: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = record.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut field)),
+            other => field.push(other),
+        }
+    }
+    fields.push(field);
+    fields
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum MountType {
+    Bind,
+    Cache,
+    Tmpfs,
+    Secret,
+    Ssh,
+}
+
+/// A parsed mount whose `from` is not yet resolved to a stage or image.
+#[derive(Debug)]
+pub(crate) struct MountSpec {
+    kind: MountType,
+    target: Option<String>,
+    source: Option<String>,
+    pub(crate) from: Option<String>,
+    readonly: Option<bool>,
+    id: Option<String>,
+    sharing: CacheSharing,
+    required: bool,
+    mode: Option<u32>,
+    uid: u32,
+    gid: u32,
+    size: Option<u64>,
+    env: Option<String>,
+}
+
+fn parse_bool(key: &str, value: Option<&str>) -> Result<bool, String> {
+    match value.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("true") | Some("1") => Ok(true),
+        Some("false") | Some("0") => Ok(false),
+        Some(other) => Err(format!("{key} takes true or false, not {other:?}")),
+    }
+}
+
+/// `100m`, `1g`, `512k`, `4096` -> bytes (powers of 1024, as Docker's
+/// `RAMInBytes`).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let lower = text.to_ascii_lowercase();
+    let digits_end = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let number: f64 = lower[..digits_end]
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}: use bytes or a number with k, m, g"))?;
+    let unit = lower[digits_end..].trim();
+    let unit = unit
+        .strip_suffix("ib")
+        .or(unit.strip_suffix('b'))
+        .unwrap_or(unit);
+    let factor: f64 = match unit {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024.0 * 1024.0,
+        "g" => 1024.0 * 1024.0 * 1024.0,
+        "t" => 1024f64.powi(4),
+        "p" => 1024f64.powi(5),
+        _ => return Err(format!("invalid size {text:?}: unknown unit {unit:?}")),
+    };
+    let bytes = number * factor;
+    if !bytes.is_finite() || bytes > u64::MAX as f64 {
+        return Err(format!("invalid size {text:?}"));
+    }
+    Ok(bytes as u64)
+}
+
+fn parse_mode(value: &str) -> Result<u32, String> {
+    u32::from_str_radix(value, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("mode {value:?} is not an octal file mode like 0755"))
+}
+
+/// Parses one `--mount` value; `expand` expands variables in each value,
+/// relative targets are joined to `workdir`, `ssh_count` numbers ssh sockets.
+pub(crate) fn parse_mount(
+    spec: &str,
+    workdir: &str,
+    ssh_count: &mut usize,
+    expand: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<MountSpec, String> {
+    let mut mount = MountSpec {
+        kind: MountType::Bind,
+        target: None,
+        source: None,
+        from: None,
+        readonly: None,
+        id: None,
+        sharing: CacheSharing::Shared,
+        required: false,
+        mode: None,
+        uid: 0,
+        gid: 0,
+        size: None,
+        env: None,
+    };
+    for field in csv_fields(spec) {
+        let field = field.trim();
+        if field.is_empty() {
+            continue;
+        }
+        let (key, raw_value) = match field.split_once('=') {
+            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v)),
+            None => (field.to_ascii_lowercase(), None),
+        };
+        let value = raw_value.map(expand).transpose()?;
+        let need = || {
+            value
+                .clone()
+                .ok_or_else(|| format!("{key} needs a value: {key}=<value>"))
+        };
+        match key.as_str() {
+            "type" => {
+                mount.kind = match need()?.as_str() {
+                    "bind" => MountType::Bind,
+                    "cache" => MountType::Cache,
+                    "tmpfs" => MountType::Tmpfs,
+                    "secret" => MountType::Secret,
+                    "ssh" => MountType::Ssh,
+                    other => {
+                        return Err(format!(
+                            "unknown mount type {other:?}: use bind, cache, tmpfs, secret or ssh"
+                        ))
+                    }
+                }
+            }
+            "target" | "dst" | "destination" => mount.target = Some(need()?),
+            "source" | "src" => mount.source = Some(need()?),
+            "from" => mount.from = Some(need()?),
+            "id" => mount.id = Some(need()?),
+            "readonly" | "ro" => mount.readonly = Some(parse_bool(&key, value.as_deref())?),
+            "readwrite" | "rw" => mount.readonly = Some(!parse_bool(&key, value.as_deref())?),
+            "required" => mount.required = parse_bool(&key, value.as_deref())?,
+            "sharing" => {
+                mount.sharing = match need()?.as_str() {
+                    "shared" => CacheSharing::Shared,
+                    "private" => CacheSharing::Private,
+                    "locked" => CacheSharing::Locked,
+                    other => {
+                        return Err(format!(
+                            "unknown sharing {other:?}: use shared, private or locked"
+                        ))
+                    }
+                }
+            }
+            "mode" => mount.mode = Some(parse_mode(&need()?)?),
+            "uid" => {
+                mount.uid = need()?
+                    .parse()
+                    .map_err(|_| format!("uid must be a number, not {:?}", value))?
+            }
+            "gid" => {
+                mount.gid = need()?
+                    .parse()
+                    .map_err(|_| format!("gid must be a number, not {:?}", value))?
+            }
+            "size" => mount.size = Some(parse_size(&need()?)?),
+            "env" => mount.env = Some(need()?),
+            other => {
+                return Err(format!(
+                    "unknown key {other:?} in {field:?}; mounts take type, target, source, from, id, ro, rw, sharing, mode, uid, gid, size, env, required"
+                ))
+            }
+        }
+    }
+    let allowed_here = |ok: bool, what: &str| {
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{what} is not allowed for a {:?} mount", mount.kind).to_lowercase())
+        }
+    };
+    allowed_here(
+        mount.from.is_none() || matches!(mount.kind, MountType::Bind | MountType::Cache),
+        "from",
+    )?;
+    allowed_here(
+        mount.size.is_none() || mount.kind == MountType::Tmpfs,
+        "size",
+    )?;
+    allowed_here(
+        mount.env.is_none() || mount.kind == MountType::Secret,
+        "env",
+    )?;
+    if let Some(target) = &mount.target {
+        if target.is_empty() {
+            return Err("target cannot be empty".into());
+        }
+        mount.target = Some(join_path(workdir, target));
+    }
+    match mount.kind {
+        MountType::Bind | MountType::Cache | MountType::Tmpfs => {
+            if mount.target.is_none() {
+                return Err("target is required: add target=/path".into());
+            }
+        }
+        MountType::Secret => {
+            if mount.id.is_none() {
+                let from_target = mount
+                    .target
+                    .as_deref()
+                    .and_then(|t| t.rsplit('/').next())
+                    .filter(|s| !s.is_empty());
+                match from_target {
+                    Some(name) => mount.id = Some(name.to_string()),
+                    None => return Err("a secret mount needs id=<id> or target=<path>".into()),
+                }
+            }
+            if mount.target.is_none() && mount.env.is_none() {
+                mount.target = Some(format!(
+                    "/run/secrets/{}",
+                    mount.id.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+        MountType::Ssh => {
+            if mount.target.is_none() {
+                *ssh_count += 1;
+                mount.target = Some(format!("/run/buildkit/ssh_agent.{}", *ssh_count - 1));
+            }
+        }
+    }
+    Ok(mount)
+}
+
+impl MountSpec {
+    /// The finished mount, with `from` resolved by the compiler.
+    pub(crate) fn into_mount(self, from: Option<CopyFrom>) -> RunMount {
+        let target = self.target.unwrap_or_default();
+        match self.kind {
+            MountType::Bind => RunMount::Bind {
+                target,
+                from: from.unwrap_or(CopyFrom::Context),
+                source: self.source.unwrap_or_else(|| "/".to_string()),
+                rw: self.readonly == Some(false),
+            },
+            MountType::Cache => RunMount::Cache {
+                id: self.id.unwrap_or_else(|| target.clone()),
+                target,
+                sharing: self.sharing,
+                readonly: self.readonly.unwrap_or(false),
+                from,
+                source: self.source.unwrap_or_else(|| "/".to_string()),
+                mode: self.mode.unwrap_or(0o755),
+                uid: self.uid,
+                gid: self.gid,
+            },
+            MountType::Tmpfs => RunMount::Tmpfs {
+                target,
+                size: self.size,
+            },
+            MountType::Secret => RunMount::Secret {
+                id: self.id.unwrap_or_default(),
+                target: (!target.is_empty()).then_some(target),
+                env: self.env,
+                required: self.required,
+                mode: self.mode.unwrap_or(0o400),
+                uid: self.uid,
+                gid: self.gid,
+            },
+            MountType::Ssh => RunMount::Ssh {
+                id: self.id.unwrap_or_else(|| "default".to_string()),
+                target,
+                required: self.required,
+                mode: self.mode.unwrap_or(0o600),
+                uid: self.uid,
+                gid: self.gid,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(spec: &str) -> Result<RunMount, String> {
+        let mut ssh = 0;
+        let vars = |s: &str| Ok(s.replace("$DIR", "/expanded"));
+        parse_mount(spec, "/work", &mut ssh, &vars).map(|m| m.into_mount(None))
+    }
+
+    #[test]
+    fn cache_defaults() {
+        let m = mount("type=cache,target=/root/.cache").unwrap();
+        assert_eq!(
+            m,
+            RunMount::Cache {
+                id: "/root/.cache".into(),
+                target: "/root/.cache".into(),
+                sharing: CacheSharing::Shared,
+                readonly: false,
+                from: None,
+                source: "/".into(),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            }
+        );
+        let m =
+            mount("type=cache,id=x,dst=rel,sharing=locked,mode=0700,uid=1000,gid=1000,ro").unwrap();
+        let RunMount::Cache {
+            id,
+            target,
+            sharing,
+            readonly,
+            mode,
+            uid,
+            ..
+        } = m
+        else {
+            panic!("not a cache mount")
+        };
+        assert_eq!((id.as_str(), target.as_str()), ("x", "/work/rel"));
+        assert_eq!(
+            (sharing, readonly, mode, uid),
+            (CacheSharing::Locked, true, 0o700, 1000)
+        );
+    }
+
+    #[test]
+    fn bind_secret_ssh_tmpfs() {
+        assert_eq!(
+            mount("target=$DIR,source=src,rw").unwrap(),
+            RunMount::Bind {
+                target: "/expanded".into(),
+                from: CopyFrom::Context,
+                source: "src".into(),
+                rw: true
+            }
+        );
+        let RunMount::Secret {
+            id, target, mode, ..
+        } = mount("type=secret,id=npmrc").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (id.as_str(), target.as_deref(), mode),
+            ("npmrc", Some("/run/secrets/npmrc"), 0o400)
+        );
+        let RunMount::Secret {
+            id, target, env, ..
+        } = mount("type=secret,id=tok,env=TOKEN").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (id.as_str(), target, env.as_deref()),
+            ("tok", None, Some("TOKEN"))
+        );
+        let RunMount::Secret { id, .. } = mount("type=secret,target=/etc/key.pem").unwrap() else {
+            panic!()
+        };
+        assert_eq!(id, "key.pem");
+        let RunMount::Ssh { id, target, .. } = mount("type=ssh").unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (id.as_str(), target.as_str()),
+            ("default", "/run/buildkit/ssh_agent.0")
+        );
+        assert_eq!(
+            mount("type=tmpfs,target=/tmp,size=64m").unwrap(),
+            RunMount::Tmpfs {
+                target: "/tmp".into(),
+                size: Some(64 << 20)
+            }
+        );
+    }
+
+    #[test]
+    fn errors() {
+        assert!(mount("type=cache")
+            .unwrap_err()
+            .contains("target is required"));
+        assert!(mount("type=nfs,target=/x")
+            .unwrap_err()
+            .contains("unknown mount type"));
+        assert!(mount("type=cache,target=/x,bogus=1")
+            .unwrap_err()
+            .contains("unknown key"));
+        assert!(mount("type=cache,target=/x,sharing=sometimes")
+            .unwrap_err()
+            .contains("sharing"));
+        assert!(mount("type=cache,target=/x,mode=999")
+            .unwrap_err()
+            .contains("octal"));
+        assert!(mount("type=tmpfs,target=/x,size=lots")
+            .unwrap_err()
+            .contains("size"));
+        assert!(mount("type=secret").unwrap_err().contains("id"));
+        assert!(mount("type=tmpfs,target=/x,from=a")
+            .unwrap_err()
+            .contains("from"));
+    }
+
+    #[test]
+    fn csv_quoting() {
+        assert_eq!(
+            csv_fields(r#"a=1,"b=x,y",c="""q""""#),
+            ["a=1", "b=x,y", "c=\"q\""]
+        );
+    }
+}
