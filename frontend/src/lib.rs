@@ -18,6 +18,7 @@ mod graph;
 mod key;
 mod mount;
 mod parse;
+mod render;
 mod shell;
 
 pub use ast::{Dockerfile, Flag, Heredoc, Instruction, Keyword, Pair};
