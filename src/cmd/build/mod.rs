@@ -1,0 +1,256 @@
+//! `kiln build`: compile a Dockerfile, solve it against the store, tag the
+//! image and print its id on stdout. Progress goes to stderr.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use kiln_cache::{Compression, Platform};
+use kiln_executor::CancelToken;
+use kiln_frontend::{CompileOptions, Network};
+use kiln_solver::{BuildContext, IgnoreRules, SolveOptions, StoreResolver};
+
+use super::{CmdResult, Global};
+
+mod render;
+
+/// `kiln build` arguments, as `docker build` takes them.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Name the image NAME[:TAG]; may be repeated.
+    #[arg(short = 't', long = "tag", value_name = "NAME[:TAG]")]
+    tags: Vec<String>,
+    /// The Dockerfile [default: CONTEXT/Dockerfile]; `-` reads it from stdin.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<String>,
+    /// Set a build argument (`K=V`, or `K` to take it from the environment).
+    #[arg(long = "build-arg", value_name = "K=V")]
+    build_args: Vec<String>,
+    /// Build this stage (name or index) instead of the last.
+    #[arg(long, value_name = "STAGE")]
+    target: Option<String>,
+    /// The platform to build for, e.g. linux/amd64 or linux/mips64le.
+    #[arg(long, value_name = "OS/ARCH")]
+    platform: Option<String>,
+    /// Do not use cached results.
+    #[arg(long)]
+    no_cache: bool,
+    /// Network for RUN steps: default, none or host.
+    #[arg(long, value_name = "MODE")]
+    network: Option<String>,
+    /// A secret for RUN --mount=type=secret: id=ID,src=PATH or id=ID,env=VAR.
+    #[arg(long, value_name = "id=ID,src=PATH|env=VAR")]
+    secret: Vec<String>,
+    /// Add a label to the image (`K=V`).
+    #[arg(long, value_name = "K=V")]
+    label: Vec<String>,
+    /// How to show progress: auto, tty, plain, quiet or json.
+    #[arg(long, default_value = "auto", value_name = "MODE")]
+    progress: String,
+    /// Write the image id to this file.
+    #[arg(long, value_name = "FILE")]
+    iidfile: Option<PathBuf>,
+    /// Steps to run at once [default: the number of CPUs].
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Where the result goes: type=image (the store), or type=local,dest=DIR.
+    #[arg(long, value_name = "type=TYPE,dest=PATH")]
+    output: Option<String>,
+    /// Compression of new layers: gzip, zstd or none.
+    #[arg(long, default_value = "gzip", value_name = "ALGO")]
+    compression: String,
+    /// The build context directory, or `-` for none (the Dockerfile on stdin).
+    #[arg(value_name = "CONTEXT")]
+    context: String,
+}
+
+enum Output {
+    Image,
+    Local(PathBuf),
+}
+
+fn parse_output(text: &str) -> anyhow::Result<Output> {
+    let mut kind = None;
+    let mut dest = None;
+    for part in text.split(',') {
+        match part.split_once('=') {
+            Some(("type", v)) => kind = Some(v.to_string()),
+            Some(("dest", v)) => dest = Some(PathBuf::from(v)),
+            _ if !part.contains('=') && kind.is_none() => kind = Some(part.to_string()),
+            _ => bail!("--output {text}: expected type=image or type=local,dest=DIR"),
+        }
+    }
+    match (kind.as_deref(), dest) {
+        (Some("image") | None, _) => Ok(Output::Image),
+        (Some("local"), Some(dest)) => Ok(Output::Local(dest)),
+        (Some("local"), None) => bail!("--output type=local needs dest=DIR"),
+        (Some(other @ ("oci" | "docker" | "tar")), _) => bail!(
+            "--output type={other} is not written by build; build into the store and run `kiln save -o FILE IMAGE`"
+        ),
+        (Some(other), _) => bail!("--output type={other}: expected image or local"),
+    }
+}
+
+fn parse_key_values(values: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut map = BTreeMap::new();
+    for value in values {
+        match value.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                map.insert(k.to_string(), v.to_string());
+            }
+            _ if what == "--build-arg" && !value.is_empty() => {
+                // `--build-arg K` takes K from the environment, or is ignored.
+                if let Ok(v) = std::env::var(value) {
+                    map.insert(value.clone(), v);
+                }
+            }
+            _ => bail!("{what} {value}: expected KEY=VALUE"),
+        }
+    }
+    Ok(map)
+}
+
+fn parse_secrets(values: &[String]) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+    let mut secrets = BTreeMap::new();
+    for value in values {
+        let mut id = None;
+        let mut src = None;
+        let mut env = None;
+        for part in value.split(',') {
+            match part.split_once('=') {
+                Some(("id", v)) => id = Some(v.to_string()),
+                Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
+                Some(("env", v)) => env = Some(v.to_string()),
+                Some(("type", "file" | "env")) => {}
+                _ => bail!("--secret {value}: expected id=ID,src=PATH or id=ID,env=VAR"),
+            }
+        }
+        let id = match (id, &env) {
+            (Some(id), _) => id,
+            (None, Some(env)) => env.clone(),
+            (None, None) => bail!("--secret {value}: the id=ID part is missing"),
+        };
+        let bytes = match (src, env) {
+            (Some(path), _) => std::fs::read(&path)
+                .with_context(|| format!("--secret id={id}: cannot read {}", path.display()))?,
+            (None, Some(var)) => std::env::var(&var)
+                .with_context(|| format!("--secret id={id}: environment variable {var} is not set"))?
+                .into_bytes(),
+            (None, None) => bail!("--secret {value}: say where it comes from with src=PATH or env=VAR"),
+        };
+        secrets.insert(id, bytes);
+    }
+    Ok(secrets)
+}
+
+pub fn run(global: &Global, args: Args) -> CmdResult {
+    let output = match &args.output {
+        Some(text) => parse_output(text)?,
+        None => Output::Image,
+    };
+    let compression = match args.compression.as_str() {
+        "gzip" => Compression::Gzip,
+        "zstd" => Compression::Zstd,
+        "none" | "uncompressed" => Compression::None,
+        other => bail!("--compression {other}: expected gzip, zstd or none"),
+    };
+    let network = match args.network.as_deref() {
+        None => None,
+        Some("default") => Some(Network::Default),
+        Some("none") => Some(Network::None),
+        Some("host") => Some(Network::Host),
+        Some(other) => bail!("--network {other}: expected default, none or host"),
+    };
+    let no_context = args.context == "-";
+    let (text, file_name, dockerfile_path) = match args.file.as_deref() {
+        Some("-") => (read_stdin()?, "Dockerfile".to_string(), None),
+        None if no_context => (read_stdin()?, "Dockerfile".to_string(), None),
+        Some(path) => {
+            let path = PathBuf::from(path);
+            (read_file(&path)?, path.display().to_string(), Some(path))
+        }
+        None => {
+            let path = Path::new(&args.context).join("Dockerfile");
+            (read_file(&path)?, "Dockerfile".to_string(), Some(path))
+        }
+    };
+    let dockerfile = kiln_frontend::parse(&text, &file_name)?;
+    let store = global.open_store()?;
+    let host = Platform::host().to_string();
+    let options = CompileOptions {
+        build_args: parse_key_values(&args.build_args, "--build-arg")?,
+        target: args.target.clone(),
+        target_platform: args.platform.clone().unwrap_or_else(|| host.clone()),
+        build_platform: host,
+    };
+    let resolver = StoreResolver::new(&store);
+    let graph = kiln_frontend::compile(&dockerfile, &options, &resolver)?;
+    let context = if no_context {
+        BuildContext::empty()?
+    } else {
+        let root = PathBuf::from(&args.context);
+        if !root.is_dir() {
+            bail!("the build context {} is not a directory", root.display());
+        }
+        let ignore = IgnoreRules::for_build(&root, dockerfile_path.as_deref())?;
+        let state = store.state_dir("context")?;
+        BuildContext::new(&root, ignore, Some(&state))?
+    };
+    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => Some(
+            v.parse::<i64>()
+                .with_context(|| format!("SOURCE_DATE_EPOCH={v}: expected seconds since 1970"))?,
+        ),
+        _ => None,
+    };
+    let solve_options = SolveOptions {
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+            .max(1),
+        no_cache: args.no_cache,
+        compression,
+        source_date_epoch,
+        network,
+        secrets: parse_secrets(&args.secret)?,
+        labels: parse_key_values(&args.label, "--label")?,
+    };
+    let renderer = render::Renderer::new(&args.progress)?;
+    let cancel = CancelToken::new();
+    let result = kiln_solver::solve(&store, &context, &graph, &solve_options, &renderer, &cancel);
+    renderer.finish();
+    let built = result?;
+    for tag in &args.tags {
+        store
+            .tag(tag, &built.image)
+            .with_context(|| format!("cannot tag the image as {tag}"))?;
+    }
+    let id = built.image.id().to_string();
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, &id).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Output::Local(dest) = output {
+        kiln_solver::export_filesystem(&store, &built.layers, &dest)?;
+    }
+    println!("{id}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_stdin() -> anyhow::Result<String> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("cannot read the Dockerfile from stdin")?;
+    Ok(text)
+}
+
+fn read_file(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read the Dockerfile {}; name another with -f FILE",
+            path.display()
+        )
+    })
+}
