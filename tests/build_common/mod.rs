@@ -1,0 +1,132 @@
+//! Shared helpers of the `kiln build` end-to-end tests: a temporary store with
+//! the busybox fixtures as base images, and running the kiln binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// Where the fixtures are: $KILN_FIXTURES, else <workspace>/target/fixtures.
+pub fn fixture(name: &str) -> PathBuf {
+    let dir = std::env::var_os("KILN_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures"));
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "fixture {} is missing: run scripts/make-fixtures.sh",
+        path.display()
+    );
+    path
+}
+
+/// A store in a temporary directory with `busybox` (amd64) and
+/// `busybox-mips64el` imported.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let env = Env { dir };
+        env.import("busybox-amd64.tar", "busybox:latest");
+        env
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// Imports a fixture rootfs tar as a one-layer image, through the store
+    /// API (what `kiln import` does, without depending on its flags).
+    pub fn import(&self, fixture_name: &str, name: &str) {
+        let store = kiln_cache::Store::open(self.root()).expect("open store");
+        let bytes = std::fs::read(fixture(fixture_name)).expect("read fixture");
+        let mut writer = store.layer_writer(kiln_cache::Compression::Gzip).expect("layer writer");
+        std::io::Write::write_all(&mut writer, &bytes).expect("write layer");
+        let layer = writer.finish().expect("finish layer");
+        let arch = if fixture_name.contains("mips64el") { "mips64le" } else { "amd64" };
+        let image = store
+            .write_image(kiln_cache::NewImage {
+                platform: kiln_cache::Platform::linux(arch),
+                created: Some("2024-01-01T00:00:00Z".into()),
+                author: None,
+                config: serde_json::json!({
+                    "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                    "Cmd": ["sh"],
+                }),
+                layers: vec![layer],
+                history: Vec::new(),
+            })
+            .expect("write image");
+        store.tag(name, &image).expect("tag");
+    }
+
+    /// A context directory with these files.
+    pub fn context(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (path, content) in files {
+            let p = dir.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        dir
+    }
+
+    pub fn kiln(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("--root")
+            .arg(self.root())
+            .args(args)
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run kiln")
+    }
+
+    /// Builds `context` with extra args; panics with stderr when it fails.
+    /// Returns (image id, stderr).
+    pub fn build(&self, context: &Path, extra: &[&str]) -> (String, String) {
+        let out = self.try_build(context, extra);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "kiln build failed:\n{stderr}");
+        (String::from_utf8_lossy(&out.stdout).trim().to_string(), stderr)
+    }
+
+    pub fn try_build(&self, context: &Path, extra: &[&str]) -> Output {
+        let mut args = vec!["build", "--progress", "plain"];
+        args.extend_from_slice(extra);
+        let context = context.to_string_lossy().into_owned();
+        args.push(&context);
+        self.kiln(&args)
+    }
+
+    /// The merged filesystem of a built image, through `--output type=local`.
+    pub fn export(&self, context: &Path, extra: &[&str]) -> PathBuf {
+        let dest = self.dir.path().join(format!("export-{}", rand_suffix()));
+        let output = format!("type=local,dest={}", dest.display());
+        let mut args: Vec<&str> = extra.to_vec();
+        args.push("--output");
+        args.push(&output);
+        self.build(context, &args);
+        dest
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Steps reported as CACHED / run in a plain-progress stderr.
+pub fn cached_steps(stderr: &str) -> usize {
+    stderr.lines().filter(|l| l.ends_with(" CACHED")).count()
+}
+
+pub fn run_steps(stderr: &str) -> usize {
+    stderr.lines().filter(|l| l.contains(" DONE ")).count()
+}
