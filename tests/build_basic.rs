@@ -25,3 +25,152 @@ fn run_and_copy_then_everything_cached() {
     assert_eq!(std::fs::read_to_string(fs.join("copied")).unwrap(), "hello\n");
     assert_eq!(std::fs::read_to_string(fs.join("a")).unwrap(), "1\n");
 }
+
+#[test]
+fn changes_invalidate_exactly_the_steps_after_them() {
+    let env = Env::new();
+    let dockerfile = "FROM busybox\nRUN echo first > /1\nCOPY a.txt /a.txt\nARG V=1\nRUN echo $V > /v\nRUN echo last > /l\n";
+    let ctx = env.context("ctx", &[("Dockerfile", dockerfile), ("a.txt", "a"), ("b.txt", "b")]);
+    let (first, stderr) = env.build(&ctx, &[]);
+    assert_eq!(run_steps(&stderr), 4, "{stderr}");
+
+    // A file no COPY reads changes nothing.
+    std::fs::write(ctx.join("b.txt"), "B").unwrap();
+    let (same, stderr) = env.build(&ctx, &[]);
+    assert_eq!((same.as_str(), run_steps(&stderr)), (first.as_str(), 0), "{stderr}");
+
+    // The copied file: the COPY and everything after it.
+    std::fs::write(ctx.join("a.txt"), "A").unwrap();
+    let (_, stderr) = env.build(&ctx, &[]);
+    assert_eq!((cached_steps(&stderr), run_steps(&stderr)), (1, 3), "{stderr}");
+
+    // A build arg: the RUNs after its ARG (ARG values reach RUN's env).
+    let (_, stderr) = env.build(&ctx, &["--build-arg", "V=2"]);
+    assert_eq!((cached_steps(&stderr), run_steps(&stderr)), (2, 2), "{stderr}");
+
+    // An instruction changed: it and after.
+    let changed = dockerfile.replace("echo last", "echo LAST");
+    std::fs::write(ctx.join("Dockerfile"), changed).unwrap();
+    let (_, stderr) = env.build(&ctx, &[]);
+    assert_eq!((cached_steps(&stderr), run_steps(&stderr)), (3, 1), "{stderr}");
+
+    // --no-cache runs everything.
+    let (_, stderr) = env.build(&ctx, &["--no-cache"]);
+    assert_eq!((cached_steps(&stderr), run_steps(&stderr)), (0, 4), "{stderr}");
+}
+
+#[test]
+fn deleting_a_base_file_is_a_whiteout() {
+    let env = Env::new();
+    let ctx = env.context("ctx", &[("Dockerfile", "FROM busybox\nRUN rm /etc/passwd && mkdir -p /x && echo y > /x/y\n")]);
+    let fs = env.export(&ctx, &[]);
+    assert!(!fs.join("etc/passwd").exists());
+    assert!(fs.join("etc").is_dir());
+    assert_eq!(std::fs::read_to_string(fs.join("x/y")).unwrap(), "y\n");
+}
+
+#[test]
+fn multi_stage_with_a_failing_unused_stage() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM busybox AS broken\nRUN exit 3\n\nFROM busybox AS builder\nRUN echo built > /artifact\n\nFROM busybox\nCOPY --from=builder /artifact /from-builder\nRUN cat /from-builder\n",
+        )],
+    );
+    let fs = env.export(&ctx, &[]);
+    assert_eq!(std::fs::read_to_string(fs.join("from-builder")).unwrap(), "built\n");
+    // Building the broken stage fails with the instruction, line and exit code.
+    let out = env.try_build(&ctx, &["--target", "broken"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("Dockerfile:2"), "{stderr}");
+    assert!(stderr.contains("RUN exit 3"), "{stderr}");
+    assert!(stderr.contains("code 3"), "{stderr}");
+    // And the next build works.
+    env.build(&ctx, &[]);
+}
+
+#[test]
+fn heredocs_in_run_and_copy() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN <<EOF\necho one > /one\necho two > /two\nEOF\nCOPY <<EOT /etc/greeting\nhello there\nEOT\n",
+        )],
+    );
+    let fs = env.export(&ctx, &[]);
+    assert_eq!(std::fs::read_to_string(fs.join("one")).unwrap(), "one\n");
+    assert_eq!(std::fs::read_to_string(fs.join("two")).unwrap(), "two\n");
+    assert_eq!(std::fs::read_to_string(fs.join("etc/greeting")).unwrap(), "hello there\n");
+}
+
+#[test]
+fn cache_mounts_persist_between_builds_and_stay_out_of_layers() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nARG N=1\nRUN --mount=type=cache,target=/cache echo $N >> /cache/log && cat /cache/log > /seen\n",
+        )],
+    );
+    env.build(&ctx, &["--build-arg", "N=1"]);
+    let fs = env.export(&ctx, &["--build-arg", "N=2"]);
+    assert_eq!(std::fs::read_to_string(fs.join("seen")).unwrap(), "1\n2\n");
+    assert!(!fs.join("cache/log").exists(), "cache mount content leaked into the layer");
+}
+
+#[test]
+fn secrets_reach_run_but_not_the_image() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[
+            ("Dockerfile", "FROM busybox\nRUN --mount=type=secret,id=tok wc -c < /run/secrets/tok > /len\n"),
+            ("tok.txt", "s3cret"),
+        ],
+    );
+    let secret = format!("id=tok,src={}", ctx.join("tok.txt").display());
+    let fs = env.export(&ctx, &["--secret", &secret]);
+    assert_eq!(std::fs::read_to_string(fs.join("len")).unwrap().trim(), "6");
+    assert!(!fs.join("run/secrets/tok").exists());
+}
+
+#[test]
+fn foreign_architecture_runs_under_qemu() {
+    let env = Env::new();
+    env.import("busybox-mips64el.tar", "busybox-mips:latest");
+    let ctx = env.context("ctx", &[("Dockerfile", "FROM busybox-mips\nRUN uname -m > /arch\n")]);
+    let fs = env.export(&ctx, &["--platform", "linux/mips64le"]);
+    assert_eq!(std::fs::read_to_string(fs.join("arch")).unwrap().trim(), "mips64");
+}
+
+#[test]
+fn two_clean_builds_give_one_digest() {
+    let files = [
+        ("Dockerfile", "FROM busybox\nCOPY . /src\nRUN ls /src > /listing && date +%Y > /year\nLABEL a=b\n"),
+        ("x", "1"),
+        ("dir/y", "2"),
+    ];
+    let build = || {
+        let env = Env::new();
+        let ctx = env.context("ctx", &files);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("--root")
+            .arg(env.root())
+            .args(["build", "--progress", "quiet"])
+            .arg(&ctx)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let first = build();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(first, build());
+}

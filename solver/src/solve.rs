@@ -291,7 +291,11 @@ pub fn solve(
             .map_or(0, |i| i + 1);
         progress.event(Event::Step {
             id: id + 1,
-            stage: vertex.stage.display_name(),
+            stage: vertex
+                .stage
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("stage-{}", vertex.stage.index)),
             index,
             count,
             text: vertex.step.text.clone(),
