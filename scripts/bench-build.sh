@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# kiln build benchmarks: the six scenarios of issue 5, timed with kiln (release
+# build) and, when installed and working, BuildKit (docker build) and buildah.
+# Prints one row per scenario with each tool's seconds and the ratio peer/kiln.
+# Usage: scripts/bench-build.sh [RUNS]   (median of RUNS timings, default 3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-3}
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --release --quiet --bin kiln
+kiln=$PWD/target/release/kiln
+fixtures=${KILN_FIXTURES:-$PWD/target/fixtures}
+base_tar=$fixtures/busybox-amd64.tar
+[ -f "$base_tar" ] || { echo "missing $base_tar: run scripts/make-fixtures.sh" >&2; exit 1; }
+
+work=$(mktemp -d /var/tmp/kiln-bench.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+have_docker=0
+if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+  have_docker=1
+  docker image inspect kiln-bench-busybox >/dev/null 2>&1 || docker import "$base_tar" kiln-bench-busybox >/dev/null
+fi
+have_buildah=0
+if command -v buildah >/dev/null; then
+  have_buildah=1
+  buildah inspect kiln-bench-busybox >/dev/null 2>&1 || buildah import "$base_tar" kiln-bench-busybox >/dev/null 2>&1 \
+    || buildah from --name kiln-bench-tmp scratch >/dev/null 2>&1 || have_buildah=0
+fi
+
+# --- contexts -----------------------------------------------------------------
+mk() { mkdir -p "$work/ctx/$1"; printf '%s\n' "$2" > "$work/ctx/$1/Dockerfile"; }
+runs20="FROM kiln-bench-busybox"
+for n in $(seq 1 20); do runs20+=$'\n'"RUN echo $n > /f$n"; done
+mk runs "$runs20"
+mk copy $'FROM kiln-bench-busybox\nCOPY files /files'
+mkdir -p "$work/ctx/copy/files"
+python3 - "$work/ctx/copy/files" <<'PY'
+import os, sys
+root = sys.argv[1]
+for d in range(100):
+    os.makedirs(f"{root}/d{d}", exist_ok=True)
+    for f in range(200):
+        with open(f"{root}/d{d}/f{f}", "wb") as out:
+            out.write(os.urandom(4096))
+PY
+stages=""
+for s in 1 2 3 4; do stages+="FROM kiln-bench-busybox AS s$s"$'\n'"RUN sleep 2 && echo $s > /out$s"$'\n'; done
+stages+="FROM kiln-bench-busybox"$'\n'
+for s in 1 2 3 4; do stages+="COPY --from=s$s /out$s /out$s"$'\n'; done
+mk stages "$stages"
+mk random $'FROM kiln-bench-busybox\nRUN head -c 268435456 /dev/urandom > /random'
+
+# --- timing -------------------------------------------------------------------
+now() { date +%s.%N; }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+kiln_store() { rm -rf "$work/store"; "$kiln" --root "$work/store" import "$base_tar" kiln-bench-busybox >/dev/null; }
+kiln_build() { "$kiln" --root "$work/store" build --progress quiet "$@" >/dev/null; }
+docker_build() { DOCKER_BUILDKIT=1 docker build -q "$@" >/dev/null 2>&1; }
+buildah_build() { buildah bud --layers -q "$@" >/dev/null 2>&1; }
+
+# time_tool TOOL CTX WARM: median seconds of RUNS builds.
+time_tool() {
+  local tool=$1 ctx=$2 warm=$3 i t0 t1
+  for i in $(seq 1 "$runs"); do
+    case $tool in
+      kiln)
+        if [ "$warm" = warm ]; then [ -d "$work/store" ] || kiln_store; kiln_build "$ctx"; else kiln_store; fi
+        t0=$(now); kiln_build "$ctx"; t1=$(now) ;;
+      docker)
+        if [ "$warm" = warm ]; then docker_build "$ctx"; else docker builder prune -af >/dev/null 2>&1 || true; fi
+        t0=$(now); docker_build "$ctx"; t1=$(now) ;;
+      buildah)
+        if [ "$warm" = warm ]; then buildah_build "$ctx"; else buildah rmi --prune >/dev/null 2>&1 || true; fi
+        t0=$(now); buildah_build "$ctx"; t1=$(now) ;;
+    esac
+    echo "$t1 - $t0" | bc -l
+  done | median
+}
+
+printf '%-44s %9s %9s %7s %9s %7s\n' scenario kiln BuildKit ratio buildah ratio
+row() {
+  local name=$1 ctx=$2 warm=$3 k d="-" dr="-" b="-" br="-"
+  k=$(time_tool kiln "$ctx" "$warm")
+  if [ $have_docker = 1 ]; then d=$(time_tool docker "$ctx" "$warm"); dr=$(printf '%.1fx' "$(echo "$d / $k" | bc -l)"); d=$(printf '%.2f' "$d"); fi
+  if [ $have_buildah = 1 ]; then b=$(time_tool buildah "$ctx" "$warm"); br=$(printf '%.1fx' "$(echo "$b / $k" | bc -l)"); b=$(printf '%.2f' "$b"); fi
+  printf '%-44s %8.3fs %9s %7s %9s %7s\n' "$name" "$k" "$d" "$dr" "$b" "$br"
+}
+row "20 x RUN echo N > /fN, cold" "$work/ctx/runs" cold
+row "20 x RUN echo N > /fN, warm" "$work/ctx/runs" warm
+row "COPY 20,000 files / 80 MB, cold" "$work/ctx/copy" cold
+row "COPY 20,000 files / 80 MB, warm" "$work/ctx/copy" warm
+row "4 stages of sleep 2 + COPY --from each" "$work/ctx/stages" cold
+row "RUN writing 256 MB of random data" "$work/ctx/random" cold
+[ $have_docker = 1 ] || echo "(BuildKit: docker is not installed or dockerd is not running)"
+[ $have_buildah = 1 ] || echo "(buildah: not installed)"
