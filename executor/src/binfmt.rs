@@ -250,6 +250,22 @@ mod tests {
     }
 
     #[test]
+    fn missing_handler_error_says_what_to_do() {
+        let message = Error::NoBinfmt {
+            arch: "s390x".into(),
+            reason: "not registered".into(),
+        }
+        .to_string();
+        assert!(
+            message.contains("apt-get install qemu-user-static"),
+            "{message}"
+        );
+        assert!(message.contains("kiln setup-binfmt s390x"), "{message}");
+        assert!(matches!(check_binfmt("vax"), Err(Error::UnknownArch(_))));
+        assert!(check_binfmt(host_arch()).is_ok());
+    }
+
+    #[test]
     fn parses_proc_entries() {
         let entry = parse_entry("enabled\ninterpreter /q\nflags: POF\noffset 0\n");
         assert!(entry.enabled);

@@ -232,11 +232,20 @@ fn overlay_options(lowers: &[PathBuf], scratch: &Scratch) -> Result<(PathBuf, St
         }
         lowerdir.push_str(&text);
     }
-    let options = format!(
+    let mut options = format!(
         "lowerdir={lowerdir},upperdir={},workdir={}",
         scratch.upper.display(),
         scratch.work.display()
     );
+    // Redirects and metadata-only copy-ups would leave changes in the upper dir
+    // that are not self-contained files: turn them off where the kernel enables them.
+    for feature in ["redirect_dir", "metacopy"] {
+        let enabled = fs::read_to_string(format!("/sys/module/overlay/parameters/{feature}"))
+            .is_ok_and(|v| v.trim() == "Y" || v.trim() == "on");
+        if enabled {
+            options.push_str(&format!(",{feature}=off"));
+        }
+    }
     if options.len() >= 4000 {
         return Err(Error::InvalidSpec(format!(
             "too many layers ({}) for one overlay mount",

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use kiln_executor::{check_binfmt, Error};
+use kiln_executor::{check_binfmt, setup_binfmt, BinfmtSetup, Error};
 
 #[test]
 fn mips64el_runs_under_qemu() {
@@ -28,19 +28,31 @@ fn amd64_runs_natively() {
 }
 
 #[test]
-fn missing_handlers_say_what_to_do() {
-    // No distribution registers a handler for this one by default.
-    match check_binfmt("s390x") {
-        Ok(()) => {} // registered on this machine: nothing to check
-        Err(e @ Error::NoBinfmt { .. }) => {
-            let message = e.to_string();
-            assert!(
-                message.contains("apt-get install qemu-user-static")
-                    && message.contains("kiln setup-binfmt s390x"),
-                "{message}"
-            );
-        }
-        Err(other) => panic!("unexpected error {other}"),
-    }
-    assert!(matches!(check_binfmt("vax"), Err(Error::UnknownArch(_))));
+fn setup_registers_handlers_with_the_f_flag() {
+    let done = setup_binfmt(&["s390x".to_owned(), "amd64".to_owned()]).unwrap();
+    assert!(
+        matches!(
+            &done[0],
+            BinfmtSetup::Registered { .. } | BinfmtSetup::AlreadyRegistered { .. }
+        ),
+        "{done:?}"
+    );
+    assert!(matches!(&done[1], BinfmtSetup::Native { .. }));
+    check_binfmt("s390x").unwrap();
+    let flags = std::fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-s390x").unwrap();
+    assert!(
+        flags
+            .lines()
+            .any(|l| l.starts_with("flags:") && l.contains('F')),
+        "{flags}"
+    );
+    // Running it again changes nothing.
+    assert!(matches!(
+        &setup_binfmt(&["s390x".to_owned()]).unwrap()[0],
+        BinfmtSetup::AlreadyRegistered { .. }
+    ));
+    assert!(matches!(
+        setup_binfmt(&["vax".to_owned()]),
+        Err(Error::UnknownArch(_))
+    ));
 }

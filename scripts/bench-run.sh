@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Per-RUN-step cost: kiln's executor (sandbox start, `echo N > /fN`, teardown,
+# layer diff) beside BuildKit (docker) and buildah when they are installed, on
+# the same busybox rootfs. Peers that are missing are skipped. Needs root.
+# Usage: scripts/bench-run.sh [STEPS]   (default 20, as in the issue)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+steps=${1:-20}
+fixtures=${KILN_FIXTURES:-$PWD/target/fixtures}
+busybox=$fixtures/busybox-amd64.tar
+[[ -f $busybox ]] || { echo "missing $busybox: run scripts/make-fixtures.sh" >&2; exit 1; }
+
+kiln_ms=$(cargo bench -q -p kiln-executor --bench step -- "$steps" | awk '/^per_step_ms/ {print $2}')
+printf '%-22s %8.1f ms/step\n' "kiln" "$kiln_ms"
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+{
+    echo "FROM kiln-bench-busybox"
+    for i in $(seq 1 "$steps"); do echo "RUN echo $i > /f$i"; done
+} >"$work/Dockerfile"
+
+peer() { # name, seconds for $steps steps
+    local ms
+    ms=$(awk -v s="$2" -v n="$steps" 'BEGIN {printf "%.1f", s * 1000 / n}')
+    printf '%-22s %8.1f ms/step  (%.1fx kiln)\n' "$1" "$ms" "$(awk -v a="$ms" -v b="$kiln_ms" 'BEGIN {print a / b}')"
+}
+
+seconds() { # command...: wall seconds
+    local start end
+    start=$(date +%s.%N)
+    "$@" >/dev/null 2>&1
+    end=$(date +%s.%N)
+    awk -v a="$start" -v b="$end" 'BEGIN {print b - a}'
+}
+
+if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+    docker import "$busybox" kiln-bench-busybox >/dev/null
+    peer "docker (BuildKit)" "$(seconds env DOCKER_BUILDKIT=1 docker build --no-cache -q -t kiln-bench-out "$work")"
+    docker rmi -f kiln-bench-out kiln-bench-busybox >/dev/null 2>&1 || true
+else
+    echo "docker (BuildKit)      not available, skipped"
+fi
+
+if command -v buildah >/dev/null; then
+    ctr=$(buildah from scratch)
+    mnt=$(buildah mount "$ctr")
+    tar -xf "$busybox" -C "$mnt"
+    buildah umount "$ctr" >/dev/null
+    buildah commit -q "$ctr" kiln-bench-busybox >/dev/null
+    buildah rm "$ctr" >/dev/null
+    peer "buildah" "$(seconds buildah bud --layers=false -q -t kiln-bench-out -f "$work/Dockerfile" "$work")"
+    buildah rmi -f kiln-bench-out kiln-bench-busybox >/dev/null 2>&1 || true
+else
+    echo "buildah                not available, skipped"
+fi
