@@ -21,6 +21,50 @@ pub struct Global {
     pub root: Option<PathBuf>,
 }
 
+impl Global {
+    /// The store directory: `--root`, else `$KILN_ROOT`, else `/var/lib/kiln`
+    /// as root, else `$XDG_DATA_HOME/kiln` or `~/.local/share/kiln`.
+    pub fn store_root(&self) -> anyhow::Result<PathBuf> {
+        if let Some(root) = &self.root {
+            return Ok(root.clone());
+        }
+        let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        if let Some(root) = non_empty("KILN_ROOT") {
+            return Ok(PathBuf::from(root));
+        }
+        if running_as_root() {
+            return Ok(PathBuf::from("/var/lib/kiln"));
+        }
+        if let Some(data) = non_empty("XDG_DATA_HOME") {
+            return Ok(PathBuf::from(data).join("kiln"));
+        }
+        match non_empty("HOME") {
+            Some(home) => Ok(PathBuf::from(home).join(".local/share/kiln")),
+            None => anyhow::bail!("cannot tell where the store is: set --root, KILN_ROOT or HOME"),
+        }
+    }
+
+    /// Opens (creating on first use) the store.
+    pub fn open_store(&self) -> anyhow::Result<kiln_cache::Store> {
+        let root = self.store_root()?;
+        kiln_cache::Store::open(&root).map_err(|e| {
+            anyhow::Error::new(e).context(format!("cannot open the store at {}", root.display()))
+        })
+    }
+}
+
+/// Whether kiln runs as root (effective uid 0), read from /proc so the binary
+/// needs no unsafe code.
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
 /// What a subcommand returns: its exit code, or an error to report.
 pub type CmdResult = anyhow::Result<ExitCode>;
 
