@@ -158,9 +158,45 @@ pub fn normalize_name(name: &str) -> Result<String> {
     Ok(format!("{repository}:{tag}"))
 }
 
+/// Formats seconds since 1970 as an RFC 3339 UTC time (`2023-06-10T00:00:00Z`),
+/// the form image configs use for `created`.
+pub fn rfc3339_utc(unix_seconds: u64) -> String {
+    let days = unix_seconds / 86_400;
+    let rest = unix_seconds % 86_400;
+    // Civil date from days since 1970-01-01 (proleptic Gregorian), in 400-year eras.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_format_as_rfc3339() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_utc(1_686_355_199), "2023-06-09T23:59:59Z");
+        assert_eq!(rfc3339_utc(4_102_444_800), "2100-01-01T00:00:00Z");
+    }
 
     #[test]
     fn names_get_latest_and_keep_hosts() {

@@ -11,9 +11,11 @@
 #![forbid(unsafe_code)]
 
 mod compression;
+mod elf;
 mod error;
 mod fsutil;
 mod image;
+mod import;
 mod layer;
 mod platform;
 mod store;
@@ -21,7 +23,8 @@ mod store;
 pub use compression::{decompress_detected, Compression, InputCompression};
 pub use error::{Error, Result};
 pub use fsutil::{parse_sha256, sha256_digest};
-pub use image::{normalize_name, NamedImage, NewImage, StoredImage};
+pub use image::{normalize_name, rfc3339_utc, NamedImage, NewImage, StoredImage};
+pub use import::{import_directory, import_tar, DetectedPlatform, ImportedLayer};
 pub use layer::{LayerBlob, LayerWriter};
 pub use platform::Platform;
 pub use store::{

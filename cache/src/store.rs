@@ -877,11 +877,7 @@ mod tests {
         let short = &written.id().digest()[..12];
         assert_eq!(store.resolve(short).unwrap().unwrap().id(), written.id());
         assert_eq!(
-            store
-                .resolve(written.id().as_ref())
-                .unwrap()
-                .unwrap()
-                .id(),
+            store.resolve(written.id().as_ref()).unwrap().unwrap().id(),
             written.id()
         );
         assert!(store.resolve("other").unwrap().is_none());
