@@ -22,7 +22,10 @@ fn run_and_copy_then_everything_cached() {
     assert_eq!(id, again);
     assert_eq!(cached_steps(&stderr), 3, "{stderr}");
     let fs = env.export(&ctx, &[]);
-    assert_eq!(std::fs::read_to_string(fs.join("copied")).unwrap(), "hello\n");
+    assert_eq!(
+        std::fs::read_to_string(fs.join("copied")).unwrap(),
+        "hello\n"
+    );
     assert_eq!(std::fs::read_to_string(fs.join("a")).unwrap(), "1\n");
 }
 
@@ -30,39 +33,68 @@ fn run_and_copy_then_everything_cached() {
 fn changes_invalidate_exactly_the_steps_after_them() {
     let env = Env::new();
     let dockerfile = "FROM busybox\nRUN echo first > /1\nCOPY a.txt /a.txt\nARG V=1\nRUN echo $V > /v\nRUN echo last > /l\n";
-    let ctx = env.context("ctx", &[("Dockerfile", dockerfile), ("a.txt", "a"), ("b.txt", "b")]);
+    let ctx = env.context(
+        "ctx",
+        &[("Dockerfile", dockerfile), ("a.txt", "a"), ("b.txt", "b")],
+    );
     let (first, stderr) = env.build(&ctx, &[]);
     assert_eq!(run_steps(&stderr), 4, "{stderr}");
 
     // A file no COPY reads changes nothing.
     std::fs::write(ctx.join("b.txt"), "B").unwrap();
     let (same, stderr) = env.build(&ctx, &[]);
-    assert_eq!((same.as_str(), run_steps(&stderr)), (first.as_str(), 0), "{stderr}");
+    assert_eq!(
+        (same.as_str(), run_steps(&stderr)),
+        (first.as_str(), 0),
+        "{stderr}"
+    );
 
     // The copied file: the COPY and everything after it.
     std::fs::write(ctx.join("a.txt"), "A").unwrap();
     let (_, stderr) = env.build(&ctx, &[]);
-    assert_eq!((cached_steps(&stderr), run_steps(&stderr)), (1, 3), "{stderr}");
+    assert_eq!(
+        (cached_steps(&stderr), run_steps(&stderr)),
+        (1, 3),
+        "{stderr}"
+    );
 
     // A build arg: the RUNs after its ARG (ARG values reach RUN's env).
     let (_, stderr) = env.build(&ctx, &["--build-arg", "V=2"]);
-    assert_eq!((cached_steps(&stderr), run_steps(&stderr)), (2, 2), "{stderr}");
+    assert_eq!(
+        (cached_steps(&stderr), run_steps(&stderr)),
+        (2, 2),
+        "{stderr}"
+    );
 
     // An instruction changed: it and after.
     let changed = dockerfile.replace("echo last", "echo LAST");
     std::fs::write(ctx.join("Dockerfile"), changed).unwrap();
     let (_, stderr) = env.build(&ctx, &[]);
-    assert_eq!((cached_steps(&stderr), run_steps(&stderr)), (3, 1), "{stderr}");
+    assert_eq!(
+        (cached_steps(&stderr), run_steps(&stderr)),
+        (3, 1),
+        "{stderr}"
+    );
 
     // --no-cache runs everything.
     let (_, stderr) = env.build(&ctx, &["--no-cache"]);
-    assert_eq!((cached_steps(&stderr), run_steps(&stderr)), (0, 4), "{stderr}");
+    assert_eq!(
+        (cached_steps(&stderr), run_steps(&stderr)),
+        (0, 4),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn deleting_a_base_file_is_a_whiteout() {
     let env = Env::new();
-    let ctx = env.context("ctx", &[("Dockerfile", "FROM busybox\nRUN rm /etc/passwd && mkdir -p /x && echo y > /x/y\n")]);
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN rm /etc/passwd && mkdir -p /x && echo y > /x/y\n",
+        )],
+    );
     let fs = env.export(&ctx, &[]);
     assert!(!fs.join("etc/passwd").exists());
     assert!(fs.join("etc").is_dir());
@@ -80,7 +112,10 @@ fn multi_stage_with_a_failing_unused_stage() {
         )],
     );
     let fs = env.export(&ctx, &[]);
-    assert_eq!(std::fs::read_to_string(fs.join("from-builder")).unwrap(), "built\n");
+    assert_eq!(
+        std::fs::read_to_string(fs.join("from-builder")).unwrap(),
+        "built\n"
+    );
     // Building the broken stage fails with the instruction, line and exit code.
     let out = env.try_build(&ctx, &["--target", "broken"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -105,7 +140,10 @@ fn heredocs_in_run_and_copy() {
     let fs = env.export(&ctx, &[]);
     assert_eq!(std::fs::read_to_string(fs.join("one")).unwrap(), "one\n");
     assert_eq!(std::fs::read_to_string(fs.join("two")).unwrap(), "two\n");
-    assert_eq!(std::fs::read_to_string(fs.join("etc/greeting")).unwrap(), "hello there\n");
+    assert_eq!(
+        std::fs::read_to_string(fs.join("etc/greeting")).unwrap(),
+        "hello there\n"
+    );
 }
 
 #[test]
@@ -121,7 +159,10 @@ fn cache_mounts_persist_between_builds_and_stay_out_of_layers() {
     env.build(&ctx, &["--build-arg", "N=1"]);
     let fs = env.export(&ctx, &["--build-arg", "N=2"]);
     assert_eq!(std::fs::read_to_string(fs.join("seen")).unwrap(), "1\n2\n");
-    assert!(!fs.join("cache/log").exists(), "cache mount content leaked into the layer");
+    assert!(
+        !fs.join("cache/log").exists(),
+        "cache mount content leaked into the layer"
+    );
 }
 
 #[test]
@@ -130,7 +171,10 @@ fn secrets_reach_run_but_not_the_image() {
     let ctx = env.context(
         "ctx",
         &[
-            ("Dockerfile", "FROM busybox\nRUN --mount=type=secret,id=tok wc -c < /run/secrets/tok > /len\n"),
+            (
+                "Dockerfile",
+                "FROM busybox\nRUN --mount=type=secret,id=tok wc -c < /run/secrets/tok > /len\n",
+            ),
             ("tok.txt", "s3cret"),
         ],
     );
@@ -144,15 +188,24 @@ fn secrets_reach_run_but_not_the_image() {
 fn foreign_architecture_runs_under_qemu() {
     let env = Env::new();
     env.import("busybox-mips64el.tar", "busybox-mips:latest");
-    let ctx = env.context("ctx", &[("Dockerfile", "FROM busybox-mips\nRUN uname -m > /arch\n")]);
+    let ctx = env.context(
+        "ctx",
+        &[("Dockerfile", "FROM busybox-mips\nRUN uname -m > /arch\n")],
+    );
     let fs = env.export(&ctx, &["--platform", "linux/mips64le"]);
-    assert_eq!(std::fs::read_to_string(fs.join("arch")).unwrap().trim(), "mips64");
+    assert_eq!(
+        std::fs::read_to_string(fs.join("arch")).unwrap().trim(),
+        "mips64"
+    );
 }
 
 #[test]
 fn two_clean_builds_give_one_digest() {
     let files = [
-        ("Dockerfile", "FROM busybox\nCOPY . /src\nRUN ls /src > /listing && date +%Y > /year\nLABEL a=b\n"),
+        (
+            "Dockerfile",
+            "FROM busybox\nCOPY . /src\nRUN ls /src > /listing && date +%Y > /year\nLABEL a=b\n",
+        ),
         ("x", "1"),
         ("dir/y", "2"),
     ];
@@ -167,7 +220,11 @@ fn two_clean_builds_give_one_digest() {
             .env("SOURCE_DATE_EPOCH", "1700000000")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let first = build();

@@ -206,9 +206,8 @@ pub(crate) fn build_tree(
         .exclude
         .iter()
         .map(|text| {
-            Pattern::new(&clean_relative(text)).map_err(|bad| {
-                Error::Copy(format!("--exclude={text}: {}", bad.reason))
-            })
+            Pattern::new(&clean_relative(text))
+                .map_err(|bad| Error::Copy(format!("--exclude={text}: {}", bad.reason)))
         })
         .collect::<Result<Vec<_>>>()?;
     let excluded = |rel: &str| excludes.iter().any(|p| matches_self_or_parent(p, rel));
@@ -225,8 +224,16 @@ pub(crate) fn build_tree(
         if selected.is_empty() {
             return Err(Error::Copy(format!(
                 "{src}: not found{}; check the path (it is relative to the {}) and .dockerignore",
-                if src.contains(['*', '?', '[']) { " (the wildcard matched nothing)" } else { "" },
-                if keep_owner { "source stage's root" } else { "build context" },
+                if src.contains(['*', '?', '[']) {
+                    " (the wildcard matched nothing)"
+                } else {
+                    ""
+                },
+                if keep_owner {
+                    "source stage's root"
+                } else {
+                    "build context"
+                },
             )));
         }
         items.extend(selected.into_iter().map(Item::Entry));
@@ -352,7 +359,9 @@ fn open_archive(path: &Path) -> Result<Option<Box<dyn Read>>> {
     let reader: Box<dyn Read> = match &head[..n] {
         [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(reopen()?)),
         [b'B', b'Z', b'h', ..] => Box::new(bzip2::read::MultiBzDecoder::new(reopen()?)),
-        [0xfd, b'7', b'z', b'X', b'Z', 0x00] => Box::new(xz2::read::XzDecoder::new_multi_decoder(reopen()?)),
+        [0xfd, b'7', b'z', b'X', b'Z', 0x00] => {
+            Box::new(xz2::read::XzDecoder::new_multi_decoder(reopen()?))
+        }
         [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(
             zstd::stream::read::Decoder::new(fs::File::open(path).map_err(io_err(path))?)
                 .map_err(io_err(path))?,
@@ -370,7 +379,9 @@ fn open_archive(path: &Path) -> Result<Option<Box<dyn Read>>> {
     if got < 512 || !is_tar_header(&header) {
         return Ok(None);
     }
-    Ok(Some(Box::new(std::io::Cursor::new(header.to_vec()).chain(reader))))
+    Ok(Some(Box::new(
+        std::io::Cursor::new(header.to_vec()).chain(reader),
+    )))
 }
 
 fn is_tar_header(header: &[u8; 512]) -> bool {
@@ -386,7 +397,13 @@ fn is_tar_header(header: &[u8; 512]) -> bool {
     let sum: u32 = header
         .iter()
         .enumerate()
-        .map(|(i, b)| if (148..156).contains(&i) { 32 } else { u32::from(*b) })
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(*b)
+            }
+        })
         .sum();
     sum == expected && header[0] != 0
 }
@@ -480,7 +497,11 @@ impl TreeWriter<'_> {
             None => {
                 let (uid, gid) = self.owner.unwrap_or((0, 0));
                 let mode = source.map(|s| s.meta.mode() & 0o7777).unwrap_or(0o755);
-                (self.chmod.map(|c| c.apply(mode, true)).unwrap_or(mode), uid, gid)
+                (
+                    self.chmod.map(|c| c.apply(mode, true)).unwrap_or(mode),
+                    uid,
+                    gid,
+                )
             }
         };
         let mtime = source.and_then(|s| s.meta.modified().ok());
@@ -495,7 +516,12 @@ impl TreeWriter<'_> {
         }
     }
 
-    fn write_entry(&mut self, source: &dyn SourceFs, entry: &SourceEntry, image_path: &str) -> Result<()> {
+    fn write_entry(
+        &mut self,
+        source: &dyn SourceFs,
+        entry: &SourceEntry,
+        image_path: &str,
+    ) -> Result<()> {
         let _ = source;
         self.ensure_parents(image_path)?;
         let host = self.host(image_path);
@@ -563,7 +589,7 @@ impl TreeWriter<'_> {
     /// first so setting a parent's mtime is not undone by its children.
     fn finish_dirs(&mut self) -> Result<()> {
         let mut dirs = std::mem::take(&mut self.created_dirs);
-        dirs.sort_by(|a, b| b.0.components().count().cmp(&a.0.components().count()));
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.0.components().count()));
         for (path, mode, uid, gid, mtime) in dirs {
             std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(io_err(&path))?;
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io_err(&path))?;
@@ -595,7 +621,10 @@ fn finish_file(
     // chown clears setuid bits, so the mode comes after it.
     fs::set_permissions(host, fs::Permissions::from_mode(mode)).map_err(io_err(host))?;
     if let Some(mtime) = mtime {
-        let file = fs::File::options().write(true).open(host).map_err(io_err(host))?;
+        let file = fs::File::options()
+            .write(true)
+            .open(host)
+            .map_err(io_err(host))?;
         file.set_modified(mtime).map_err(io_err(host))?;
     }
     Ok(())
@@ -628,7 +657,10 @@ mod tests {
             })
         }
         fn is_dir(&self, path: &str) -> Result<bool> {
-            Ok(matches!(path.trim_end_matches('/'), "" | "/usr" | "/usr/bin" | "/etc"))
+            Ok(matches!(
+                path.trim_end_matches('/'),
+                "" | "/usr" | "/usr/bin" | "/etc"
+            ))
         }
         fn dir_meta(&self, path: &str) -> Result<Option<DirMeta>> {
             Ok(self.is_dir(path)?.then_some(DirMeta {
@@ -641,8 +673,9 @@ mod tests {
             let id = |name: &str| match name {
                 "app" => Ok(1000),
                 "root" => Ok(0),
-                other => numeric_id(other)
-                    .ok_or_else(|| Error::Copy(format!("unknown user {other}"))),
+                other => {
+                    numeric_id(other).ok_or_else(|| Error::Copy(format!("unknown user {other}")))
+                }
             };
             let uid = id(user)?;
             Ok((uid, group.map(id).transpose()?.unwrap_or(uid)))
@@ -697,7 +730,12 @@ mod tests {
             .map(|e| {
                 let e = e.unwrap();
                 let meta = e.path().symlink_metadata().unwrap();
-                let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                let rel = e
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 let content = if meta.is_file() {
                     String::from_utf8_lossy(&fs::read(e.path()).unwrap()).into_owned()
                 } else if meta.is_dir() {
@@ -785,18 +823,27 @@ mod tests {
         let t = run(&f, &s).unwrap();
         assert_eq!(t["home/app/a"], (0o640, 1000, 1000, "1".into()));
         assert_eq!(t["home"].1, 0, "parents that did not exist belong to root");
-        assert_eq!(t["home/app"].1, 1000, "the destination belongs to the --chown user");
+        assert_eq!(
+            t["home/app"].1, 1000,
+            "the destination belongs to the --chown user"
+        );
 
         let f = fixture(&[("a", "1")]);
         let mut s = step(&["a"], "/a");
         s.chown = Some("1:2".into());
         s.chmod = Some("u+x,go-r".into());
         let t = run(&f, &s).unwrap();
-        assert_eq!((t["a"].0 & 0o777, t["a"].1, t["a"].2), (0o700 & (0o644 | 0o100), 1, 2));
+        assert_eq!(
+            (t["a"].0 & 0o777, t["a"].1, t["a"].2),
+            (0o700 & (0o644 | 0o100), 1, 2)
+        );
 
         let mut s = step(&["a"], "/a");
         s.chown = Some("nobody-here".into());
-        assert!(run(&f, &s).unwrap_err().to_string().contains("unknown user"));
+        assert!(run(&f, &s)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown user"));
         let mut s = step(&["a"], "/a");
         s.chmod = Some("9z".into());
         assert!(run(&f, &s).unwrap_err().to_string().contains("--chmod"));
@@ -819,7 +866,10 @@ mod tests {
         let mut s = step(&["x/y/a.txt", "z/c.txt"], "/out/");
         s.parents = true;
         let t = run(&f, &s).unwrap();
-        assert!(t.contains_key("out/x/y/a.txt") && t.contains_key("out/z/c.txt"), "{t:?}");
+        assert!(
+            t.contains_key("out/x/y/a.txt") && t.contains_key("out/z/c.txt"),
+            "{t:?}"
+        );
 
         let f = fixture(&[("x/y/a.txt", "1"), ("x/y/b.log", "2")]);
         let mut s = step(&["x"], "/out/");
@@ -845,7 +895,9 @@ mod tests {
         header.set_uid(7);
         header.set_gid(8);
         header.set_cksum();
-        builder.append_data(&mut header, "inner/file", &b"hello"[..]).unwrap();
+        builder
+            .append_data(&mut header, "inner/file", &b"hello"[..])
+            .unwrap();
         builder.into_inner().unwrap()
     }
 
@@ -862,7 +914,13 @@ mod tests {
         let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
         std::io::Write::write_all(&mut bz, &plain).unwrap();
         let bz = bz.finish().unwrap();
-        for (name, bytes) in [("p.tar", plain), ("g.bin", gz), ("z.data", zst), ("x", xz), ("b", bz)] {
+        for (name, bytes) in [
+            ("p.tar", plain),
+            ("g.bin", gz),
+            ("z.data", zst),
+            ("x", xz),
+            ("b", bz),
+        ] {
             let dir = tempfile::tempdir().unwrap();
             fs::write(dir.path().join(name), &bytes).unwrap();
             let ctx = BuildContext::new(dir.path(), IgnoreRules::default(), None).unwrap();

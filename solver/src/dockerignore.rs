@@ -167,7 +167,10 @@ mod tests {
         let r = rules("*.md\n!README.md\n");
         assert!(r.is_excluded("CHANGES.md"));
         assert!(!r.is_excluded("README.md"));
-        assert!(!r.is_excluded("docs/x.md"), "`*` does not cross directories");
+        assert!(
+            !r.is_excluded("docs/x.md"),
+            "`*` does not cross directories"
+        );
 
         let r = rules("*.md\n!README*.md\nREADME-secret.md\n");
         assert!(r.is_excluded("README-secret.md"));
@@ -231,7 +234,8 @@ mod tests {
         let r = IgnoreRules::for_build(dir.path(), Some(&dockerfile)).unwrap();
         assert!(r.is_excluded("b"));
         assert!(!r.is_excluded("a"));
-        let plain = IgnoreRules::for_build(dir.path(), Some(&dir.path().join("Dockerfile"))).unwrap();
+        let plain =
+            IgnoreRules::for_build(dir.path(), Some(&dir.path().join("Dockerfile"))).unwrap();
         assert!(plain.is_excluded("a"));
         let none = IgnoreRules::for_build(&dir.path().join("nowhere"), None).unwrap();
         assert!(none.is_empty());

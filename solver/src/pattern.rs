@@ -61,14 +61,10 @@ impl Pattern {
                             Some(']') if members > 0 => break,
                             Some(']') => return Err(bad("a `[]` character class is empty")),
                             Some('\\') => match chars.next() {
-                                Some(escaped) => {
-                                    re.push_str(&regex::escape(&escaped.to_string()))
-                                }
+                                Some(escaped) => re.push_str(&regex::escape(&escaped.to_string())),
                                 None => return Err(bad("a `[` character class is not closed")),
                             },
-                            Some('-') if members > 0 && chars.peek() != Some(&']') => {
-                                re.push('-')
-                            }
+                            Some('-') if members > 0 && chars.peek() != Some(&']') => re.push('-'),
                             Some(other) => re.push_str(&regex::escape(&other.to_string())),
                         }
                         members += 1;

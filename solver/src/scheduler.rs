@@ -21,7 +21,12 @@ struct State {
 /// Runs `work(v)` for every vertex `v` in `0..deps.len()` after all of
 /// `deps[v]`, with at most `jobs` at once. Dependencies must point to lower
 /// or higher indices without cycles; a cycle is reported as an error.
-pub(crate) fn run_dag<F>(deps: &[Vec<usize>], jobs: usize, cancel: &CancelToken, work: F) -> Result<()>
+pub(crate) fn run_dag<F>(
+    deps: &[Vec<usize>],
+    jobs: usize,
+    cancel: &CancelToken,
+    work: F,
+) -> Result<()>
 where
     F: Fn(usize) -> Result<()> + Sync,
 {
@@ -31,7 +36,9 @@ where
     for (vertex, vertex_deps) in deps.iter().enumerate() {
         for &dep in vertex_deps {
             if dep >= count {
-                return Err(Error::Invalid(format!("vertex {vertex} depends on unknown vertex {dep}")));
+                return Err(Error::Invalid(format!(
+                    "vertex {vertex} depends on unknown vertex {dep}"
+                )));
             }
             dependents[dep].push(vertex);
             waiting_on[vertex] += 1;
@@ -92,7 +99,9 @@ where
                     }
                     Err(err) => {
                         let is_cancellation = matches!(err, Error::Cancelled);
-                        if s.failure.is_none() || (!is_cancellation && matches!(s.failure, Some(Error::Cancelled))) {
+                        if s.failure.is_none()
+                            || (!is_cancellation && matches!(s.failure, Some(Error::Cancelled)))
+                        {
                             s.failure = Some(err);
                         }
                         cancel.cancel();
@@ -102,7 +111,9 @@ where
             });
         }
     });
-    let state = state.into_inner().map_err(|_| Error::Invalid("a build thread panicked".into()))?;
+    let state = state
+        .into_inner()
+        .map_err(|_| Error::Invalid("a build thread panicked".into()))?;
     match state.failure {
         Some(err) => Err(err),
         None => Ok(()),

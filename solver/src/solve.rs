@@ -50,7 +50,9 @@ pub struct SolveOptions {
 impl Default for SolveOptions {
     fn default() -> Self {
         SolveOptions {
-            jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            jobs: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             no_cache: false,
             compression: Compression::Gzip,
             source_date_epoch: None,
@@ -88,7 +90,11 @@ impl<'a> StoreResolver<'a> {
 }
 
 impl BaseImageResolver for StoreResolver<'_> {
-    fn resolve(&self, reference: &str, _platform: &str) -> std::result::Result<Option<BaseImage>, String> {
+    fn resolve(
+        &self,
+        reference: &str,
+        _platform: &str,
+    ) -> std::result::Result<Option<BaseImage>, String> {
         let Some(image) = self.store.resolve(reference).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
@@ -112,7 +118,7 @@ impl BaseImageResolver for StoreResolver<'_> {
 /// vertex (which may make none).
 #[derive(Debug, Clone)]
 enum LayerRef {
-    Fixed(LayerBlob),
+    Fixed(Box<LayerBlob>),
     Vertex(usize),
 }
 
@@ -155,7 +161,9 @@ pub fn solve(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<Built> {
-    let stages = graph.needed_stages().map_err(|e| Error::Invalid(e.to_string()))?;
+    let stages = graph
+        .needed_stages()
+        .map_err(|e| Error::Invalid(e.to_string()))?;
     let mut plans: HashMap<usize, StagePlan> = HashMap::new();
     let mut vertices: Vec<Vertex<'_>> = Vec::new();
     let mut by_key: HashMap<Key, usize> = HashMap::new();
@@ -172,9 +180,21 @@ pub fn solve(
             Base::Image { reference, image } => {
                 let stored = resolve_image(store, reference, &image.digest)?;
                 StagePlan {
-                    key: KeyEncoder::new("kiln.base.v1").str("image", &image.digest).finish(),
-                    layers: stored.layers().map_err(store_err)?.into_iter().map(LayerRef::Fixed).collect(),
-                    history: stored.history().iter().cloned().map(HistoryRef::Fixed).collect(),
+                    key: KeyEncoder::new("kiln.base.v1")
+                        .str("image", &image.digest)
+                        .finish(),
+                    layers: stored
+                        .layers()
+                        .map_err(store_err)?
+                        .into_iter()
+                        .map(|l| LayerRef::Fixed(Box::new(l)))
+                        .collect(),
+                    history: stored
+                        .history()
+                        .iter()
+                        .cloned()
+                        .map(HistoryRef::Fixed)
+                        .collect(),
                     last_vertex: None,
                     platform: Platform {
                         os: image.os.clone(),
@@ -183,10 +203,9 @@ pub fn solve(
                     },
                 }
             }
-            Base::Stage(index) => plans
-                .get(index)
-                .cloned()
-                .ok_or_else(|| Error::Invalid(format!("stage {index} is used before it is built")))?,
+            Base::Stage(index) => plans.get(index).cloned().ok_or_else(|| {
+                Error::Invalid(format!("stage {index} is used before it is built"))
+            })?,
         };
         for step in &stage.steps {
             let mut key = KeyEncoder::new("kiln.step.v1");
@@ -196,15 +215,18 @@ pub fn solve(
             let mut deps: Vec<usize> = plan.last_vertex.into_iter().collect();
             let mut from_layers = HashMap::new();
             let add_from = |from: &CopyFrom,
-                                key: &mut KeyEncoder,
-                                deps: &mut Vec<usize>,
-                                from_layers: &mut HashMap<String, Vec<LayerRef>>|
+                            key: &mut KeyEncoder,
+                            deps: &mut Vec<usize>,
+                            from_layers: &mut HashMap<String, Vec<LayerRef>>|
              -> Result<()> {
                 match from {
                     CopyFrom::Context => {}
                     CopyFrom::Stage(index) => {
                         let source = plans.get(index).ok_or_else(|| {
-                            Error::Invalid(format!("{}: stage {index} is not built before this step", step.span))
+                            Error::Invalid(format!(
+                                "{}: stage {index} is not built before this step",
+                                step.span
+                            ))
                         })?;
                         key.key("from-stage", &source.key);
                         deps.extend(source.last_vertex);
@@ -215,7 +237,12 @@ pub fn solve(
                         let stored = resolve_image(store, reference, &image.digest)?;
                         from_layers.insert(
                             format!("image:{}", image.digest),
-                            stored.layers().map_err(store_err)?.into_iter().map(LayerRef::Fixed).collect(),
+                            stored
+                                .layers()
+                                .map_err(store_err)?
+                                .into_iter()
+                                .map(|l| LayerRef::Fixed(Box::new(l)))
+                                .collect(),
                         );
                     }
                 }
@@ -224,8 +251,8 @@ pub fn solve(
             match &step.kind {
                 StepKind::Copy(copy) => {
                     if copy.from == CopyFrom::Context {
-                        let digest = content_digest(context, &copy.sources)
-                            .map_err(|e| located(step, e))?;
+                        let digest =
+                            content_digest(context, &copy.sources).map_err(|e| located(step, e))?;
                         key.key("content", &digest);
                     }
                     add_from(&copy.from, &mut key, &mut deps, &mut from_layers)?;
@@ -233,7 +260,9 @@ pub fn solve(
                 StepKind::Run(run) => {
                     for mount in &run.mounts {
                         if let Some(from) = mount.from() {
-                            if let (CopyFrom::Context, RunMount::Bind { source, .. }) = (from, mount) {
+                            if let (CopyFrom::Context, RunMount::Bind { source, .. }) =
+                                (from, mount)
+                            {
                                 let digest = content_digest(context, std::slice::from_ref(source))
                                     .map_err(|e| located(step, e))?;
                                 key.key("mount-content", &digest);
@@ -321,7 +350,10 @@ pub fn solve(
         let cached = if options.no_cache {
             None
         } else {
-            store.cache_get(&vertex.key.0).map_err(store_err)?.and_then(|r| layer_of_record(&r))
+            store
+                .cache_get(&vertex.key.0)
+                .map_err(store_err)?
+                .and_then(|r| layer_of_record(&r))
         };
         let layer = match cached {
             Some(layer) => {
@@ -334,7 +366,10 @@ pub fn solve(
             None => {
                 progress.event(Event::Started { id: id + 1 });
                 let started = Instant::now();
-                let layer = match runner.run_vertex(id, vertex).map_err(|e| located(vertex.step, e)) {
+                let layer = match runner
+                    .run_vertex(id, vertex)
+                    .map_err(|e| located(vertex.step, e))
+                {
                     Ok(layer) => layer,
                     Err(Error::Cancelled) => return Err(Error::Cancelled),
                     Err(err) => {
@@ -360,7 +395,10 @@ pub fn solve(
                 layer
             }
         };
-        results.lock().map_err(|_| Error::Cancelled)?.insert(id, layer);
+        results
+            .lock()
+            .map_err(|_| Error::Cancelled)?
+            .insert(id, layer);
         Ok(())
     });
     context.save_stat_cache()?;
@@ -463,7 +501,10 @@ fn layer_of_record(record: &CacheRecord) -> Option<Option<LayerBlob>> {
     let descriptor: Descriptor = serde_json::from_value(layer.get("descriptor")?.clone()).ok()?;
     let diff_id = layer.get("diff_id")?.as_str()?;
     let diff_id = kiln_cache::parse_sha256(diff_id).ok()?;
-    Some(Some(LayerBlob { descriptor, diff_id }))
+    Some(Some(LayerBlob {
+        descriptor,
+        diff_id,
+    }))
 }
 
 fn record_payload(layer: &Option<LayerBlob>) -> serde_json::Value {
@@ -478,11 +519,14 @@ fn record_payload(layer: &Option<LayerBlob>) -> serde_json::Value {
     }
 }
 
-fn resolve_layers(refs: &[LayerRef], results: &HashMap<usize, Option<LayerBlob>>) -> Result<Vec<LayerBlob>> {
+fn resolve_layers(
+    refs: &[LayerRef],
+    results: &HashMap<usize, Option<LayerBlob>>,
+) -> Result<Vec<LayerBlob>> {
     let mut layers = Vec::new();
     for r in refs {
         match r {
-            LayerRef::Fixed(layer) => layers.push(layer.clone()),
+            LayerRef::Fixed(layer) => layers.push((**layer).clone()),
             LayerRef::Vertex(v) => match results.get(v) {
                 Some(Some(layer)) => layers.push(layer.clone()),
                 Some(None) => {}
@@ -576,14 +620,14 @@ impl Runner<'_> {
             let descriptor = layer.descriptor.clone();
             let dir = self
                 .snapshotter
-                .prepare(&chain.to_string(), move || store.open_layer(&descriptor))
+                .prepare(chain.as_ref(), move || store.open_layer(&descriptor))
                 .map_err(exec_err)?;
             lowers.push(dir);
         }
         Ok(lowers)
     }
 
-    fn from_view(&self, vertex: &Vertex<'_>, from: &CopyFrom) -> Result<RootfsView> {
+    fn source_view(&self, vertex: &Vertex<'_>, from: &CopyFrom) -> Result<RootfsView> {
         let key = match from {
             CopyFrom::Stage(index) => format!("stage:{index}"),
             CopyFrom::Image { image, .. } => format!("image:{}", image.digest),
@@ -598,9 +642,14 @@ impl Runner<'_> {
 
     fn write_layer_from<F>(&self, write: F) -> Result<Option<LayerBlob>>
     where
-        F: FnOnce(&mut kiln_cache::LayerWriter) -> kiln_executor::Result<kiln_executor::LayerSummary>,
+        F: FnOnce(
+            &mut kiln_cache::LayerWriter,
+        ) -> kiln_executor::Result<kiln_executor::LayerSummary>,
     {
-        let mut writer = self.store.layer_writer(self.options.compression).map_err(store_err)?;
+        let mut writer = self
+            .store
+            .layer_writer(self.options.compression)
+            .map_err(store_err)?;
         let summary = write(&mut writer).map_err(exec_err)?;
         if summary.empty {
             return Ok(None);
@@ -627,7 +676,9 @@ impl Runner<'_> {
                 let parent_view = if copy.link || vertex.parent_layers.is_empty() {
                     None
                 } else {
-                    Some(ViewDest(RootfsView::new(&self.lowers(&vertex.parent_layers)?)))
+                    Some(ViewDest(RootfsView::new(
+                        &self.lowers(&vertex.parent_layers)?,
+                    )))
                 };
                 let dest: &dyn crate::copy::DestFs = match &parent_view {
                     Some(view) => view,
@@ -636,7 +687,7 @@ impl Runner<'_> {
                 match &copy.from {
                     CopyFrom::Context => build_tree(copy, self.context, dest, false, &tree)?,
                     from => {
-                        let source = ViewSource(self.from_view(vertex, from)?);
+                        let source = ViewSource(self.source_view(vertex, from)?);
                         build_tree(copy, &source, dest, true, &tree)?
                     }
                 }
@@ -665,7 +716,8 @@ impl Runner<'_> {
                 let (resolved, _) = view.resolve_for_create(path).map_err(exec_err)?;
                 let dir = tree.join(clean_relative(&resolved));
                 fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-                std::os::unix::fs::chown(&dir, Some(owner.0), Some(owner.1)).map_err(io_err(&dir))?;
+                std::os::unix::fs::chown(&dir, Some(owner.0), Some(owner.1))
+                    .map_err(io_err(&dir))?;
                 let options = self.diff_options();
                 self.write_layer_from(|w| kiln_executor::write_dir_layer(&tree, w, &options))
             }
@@ -673,7 +725,12 @@ impl Runner<'_> {
         }
     }
 
-    fn run_step(&self, id: usize, vertex: &Vertex<'_>, run: &kiln_frontend::RunStep) -> Result<Option<LayerBlob>> {
+    fn run_step(
+        &self,
+        id: usize,
+        vertex: &Vertex<'_>,
+        run: &kiln_frontend::RunStep,
+    ) -> Result<Option<LayerBlob>> {
         let lowers = self.lowers(&vertex.parent_layers)?;
         let scratch = self.scratch()?;
         let mut env = run.env.clone();
@@ -706,7 +763,12 @@ impl Runner<'_> {
         }
         for (index, mount) in run.mounts.iter().enumerate() {
             match mount {
-                RunMount::Bind { target, from, source, rw } => {
+                RunMount::Bind {
+                    target,
+                    from,
+                    source,
+                    rw,
+                } => {
                     let host = match from {
                         CopyFrom::Context => {
                             let rel = clean_relative(source);
@@ -721,7 +783,7 @@ impl Runner<'_> {
                             }
                         }
                         other => {
-                            let view = ViewSource(self.from_view(vertex, other)?);
+                            let view = ViewSource(self.source_view(vertex, other)?);
                             let copy = scratch.0.join(format!("bind-{index}"));
                             export_tree(&view, source, &copy)?;
                             copy
@@ -747,7 +809,8 @@ impl Runner<'_> {
                     let dir = self.store.cache_mounts_dir().join(&name[..32]);
                     if !dir.exists() {
                         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-                        std::os::unix::fs::chown(&dir, Some(*uid), Some(*gid)).map_err(io_err(&dir))?;
+                        std::os::unix::fs::chown(&dir, Some(*uid), Some(*gid))
+                            .map_err(io_err(&dir))?;
                         set_mode(&dir, *mode)?;
                     }
                     let dir = match sharing {
@@ -815,7 +878,8 @@ impl Runner<'_> {
                         set_mode(&dir, 0o700)?;
                         let path = dir.join("secret");
                         fs::write(&path, value).map_err(io_err(&path))?;
-                        std::os::unix::fs::chown(&path, Some(*uid), Some(*gid)).map_err(io_err(&path))?;
+                        std::os::unix::fs::chown(&path, Some(*uid), Some(*gid))
+                            .map_err(io_err(&path))?;
                         set_mode(&path, *mode)?;
                         mounts.push(Mount::Bind {
                             source: path,
@@ -824,7 +888,11 @@ impl Runner<'_> {
                         });
                     }
                 }
-                RunMount::Ssh { id: ssh_id, required, .. } => {
+                RunMount::Ssh {
+                    id: ssh_id,
+                    required,
+                    ..
+                } => {
                     if *required {
                         return Err(Error::Invalid(format!(
                             "ssh agent {ssh_id} is required but kiln does not forward ssh agents; fetch what you need in the build context instead"
@@ -861,7 +929,8 @@ impl Runner<'_> {
                 line: line.text().into_owned(),
             });
         };
-        let upper = kiln_executor::run(&spec, &work, self.cancel, &mut on_output).map_err(exec_err)?;
+        let upper =
+            kiln_executor::run(&spec, &work, self.cancel, &mut on_output).map_err(exec_err)?;
         drop(locks);
         let options = self.diff_options();
         self.write_layer_from(|w| upper.write_layer(w, &options))
@@ -885,7 +954,7 @@ pub fn export_filesystem(store: &Store, layers: &[LayerBlob], dest: &Path) -> Re
         let descriptor = layer.descriptor.clone();
         lowers.push(
             snapshotter
-                .prepare(&chain.to_string(), || store.open_layer(&descriptor))
+                .prepare(chain.as_ref(), || store.open_layer(&descriptor))
                 .map_err(exec_err)?,
         );
     }

@@ -412,7 +412,8 @@ pub(crate) fn content_digest(fs: &dyn SourceFs, sources: &[String]) -> Result<Ke
                     }
                 })
                 .collect::<Result<_>>()?;
-            key.str("top", &top.rel).u64("entries", entries.len() as u64);
+            key.str("top", &top.rel)
+                .u64("entries", entries.len() as u64);
             for (entry, digest) in entries.iter().zip(digests) {
                 let meta = &entry.meta;
                 let kind = meta.file_type();
@@ -469,12 +470,20 @@ mod tests {
     #[test]
     fn wildcards_select_like_filepath_match() {
         let (_d, ctx) = context(
-            &[("a.txt", "1"), ("b.txt", "2"), ("c.md", "3"), ("d/e.txt", "4")],
+            &[
+                ("a.txt", "1"),
+                ("b.txt", "2"),
+                ("c.md", "3"),
+                ("d/e.txt", "4"),
+            ],
             "",
         );
         assert_eq!(rels(&select(&ctx, "*.txt").unwrap()), ["a.txt", "b.txt"]);
         assert_eq!(rels(&select(&ctx, "./d/*.txt").unwrap()), ["d/e.txt"]);
-        assert_eq!(rels(&select(&ctx, "/[ab].txt").unwrap()), ["a.txt", "b.txt"]);
+        assert_eq!(
+            rels(&select(&ctx, "/[ab].txt").unwrap()),
+            ["a.txt", "b.txt"]
+        );
         assert_eq!(rels(&select(&ctx, "*/e.txt").unwrap()), ["d/e.txt"]);
         assert!(select(&ctx, "*.rs").unwrap().is_empty());
         assert_eq!(rels(&select(&ctx, "d").unwrap()), ["d"]);
@@ -483,7 +492,12 @@ mod tests {
     #[test]
     fn ignored_files_are_invisible() {
         let (_d, ctx) = context(
-            &[("keep", "1"), ("secret.key", "2"), ("build/x.o", "3"), ("build/keep.txt", "4")],
+            &[
+                ("keep", "1"),
+                ("secret.key", "2"),
+                ("build/x.o", "3"),
+                ("build/keep.txt", "4"),
+            ],
             "*.key\nbuild\n!build/keep.txt\n",
         );
         assert!(select(&ctx, "secret.key").unwrap().is_empty());
@@ -499,7 +513,10 @@ mod tests {
     fn digest_follows_content_not_mtime() {
         let (dir, ctx) = context(&[("a", "one"), ("sub/b", "two")], "");
         let before = content_digest(&ctx, &[".".to_string()]).unwrap();
-        let file = fs::File::options().write(true).open(dir.path().join("a")).unwrap();
+        let file = fs::File::options()
+            .write(true)
+            .open(dir.path().join("a"))
+            .unwrap();
         file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1000))
             .unwrap();
         let ctx = BuildContext::new(dir.path(), IgnoreRules::default(), None).unwrap();
@@ -526,13 +543,15 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("f"), "old").unwrap();
-        let ctx = BuildContext::new(dir.path(), IgnoreRules::default(), Some(state.path())).unwrap();
+        let ctx =
+            BuildContext::new(dir.path(), IgnoreRules::default(), Some(state.path())).unwrap();
         let first = content_digest(&ctx, &["f".to_string()]).unwrap();
         ctx.save_stat_cache().unwrap();
         // A fresh file is not trusted: the cache must not hold it yet.
         assert!(fs::read_dir(state.path()).unwrap().next().is_none());
         fs::write(dir.path().join("f"), "new").unwrap();
-        let ctx = BuildContext::new(dir.path(), IgnoreRules::default(), Some(state.path())).unwrap();
+        let ctx =
+            BuildContext::new(dir.path(), IgnoreRules::default(), Some(state.path())).unwrap();
         assert_ne!(first, content_digest(&ctx, &["f".to_string()]).unwrap());
     }
 
@@ -541,7 +560,8 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("f"), "content").unwrap();
-        let ctx = BuildContext::new(dir.path(), IgnoreRules::default(), Some(state.path())).unwrap();
+        let ctx =
+            BuildContext::new(dir.path(), IgnoreRules::default(), Some(state.path())).unwrap();
         let entry = ctx.entry("f", false).unwrap().unwrap();
         let (size, mtime_ns, ctime_ns, inode) = stat_fields(&entry.meta);
         // Plant a record with a digest no file has: a hit must return it.
@@ -560,12 +580,19 @@ mod tests {
             cache.dirty = true;
         }
         ctx.save_stat_cache().unwrap();
-        let ctx = BuildContext::new(dir.path(), IgnoreRules::default(), Some(state.path())).unwrap();
+        let ctx =
+            BuildContext::new(dir.path(), IgnoreRules::default(), Some(state.path())).unwrap();
         let entry = ctx.entry("f", false).unwrap().unwrap();
-        assert_eq!(ctx.file_digest(&entry).unwrap(), *blake3::hash(b"planted").as_bytes());
+        assert_eq!(
+            ctx.file_digest(&entry).unwrap(),
+            *blake3::hash(b"planted").as_bytes()
+        );
         // Any change of the stat fields means re-reading.
         fs::write(dir.path().join("f"), "changed").unwrap();
         let entry = ctx.entry("f", false).unwrap().unwrap();
-        assert_eq!(ctx.file_digest(&entry).unwrap(), *blake3::hash(b"changed").as_bytes());
+        assert_eq!(
+            ctx.file_digest(&entry).unwrap(),
+            *blake3::hash(b"changed").as_bytes()
+        );
     }
 }

@@ -31,15 +31,23 @@ pub(crate) struct ViewSource(pub(crate) RootfsView);
 impl SourceFs for ViewSource {
     fn entry(&self, rel: &str, follow: bool) -> Result<Option<SourceEntry>> {
         let rel = clean_relative(rel);
-        Ok(self.0.lookup(&abs(&rel), follow).map_err(exec_err)?.map(|e| SourceEntry {
-            rel,
-            host: e.host_path,
-            meta: e.metadata,
-        }))
+        Ok(self
+            .0
+            .lookup(&abs(&rel), follow)
+            .map_err(exec_err)?
+            .map(|e| SourceEntry {
+                rel,
+                host: e.host_path,
+                meta: e.metadata,
+            }))
     }
 
     fn children(&self, rel: &str) -> Result<Vec<String>> {
-        Ok(self.0.read_dir(&abs(rel)).map_err(exec_err)?.unwrap_or_default())
+        Ok(self
+            .0
+            .read_dir(&abs(rel))
+            .map_err(exec_err)?
+            .unwrap_or_default())
     }
 }
 
@@ -82,7 +90,8 @@ impl DestFs for ViewDest {
             Some(g) => format!("{user}:{g}"),
             None => user.to_string(),
         };
-        let resolved = resolve_user(&self.0, &spec).map_err(|e| Error::Copy(format!("--chown={spec}: {e}")))?;
+        let resolved = resolve_user(&self.0, &spec)
+            .map_err(|e| Error::Copy(format!("--chown={spec}: {e}")))?;
         // Docker: a user without a group gets its uid as gid too.
         let gid = match group {
             Some(_) => resolved.gid,
@@ -134,13 +143,18 @@ pub(crate) fn export_tree(source: &dyn SourceFs, rel: &str, dest: &Path) -> Resu
         if kind.is_symlink() {
             let link = fs::read_link(&entry.host).map_err(io_err(&entry.host))?;
             std::os::unix::fs::symlink(&link, &target).map_err(io_err(&target))?;
-            std::os::unix::fs::lchown(&target, Some(meta.uid()), Some(meta.gid())).map_err(io_err(&target))?;
+            std::os::unix::fs::lchown(&target, Some(meta.uid()), Some(meta.gid()))
+                .map_err(io_err(&target))?;
         } else if kind.is_file() {
             fs::copy(&entry.host, &target).map_err(io_err(&target))?;
-            std::os::unix::fs::chown(&target, Some(meta.uid()), Some(meta.gid())).map_err(io_err(&target))?;
+            std::os::unix::fs::chown(&target, Some(meta.uid()), Some(meta.gid()))
+                .map_err(io_err(&target))?;
             fs::set_permissions(&target, meta.permissions()).map_err(io_err(&target))?;
             if let Ok(mtime) = meta.modified() {
-                let file = fs::File::options().write(true).open(&target).map_err(io_err(&target))?;
+                let file = fs::File::options()
+                    .write(true)
+                    .open(&target)
+                    .map_err(io_err(&target))?;
                 file.set_modified(mtime).map_err(io_err(&target))?;
             }
         }

@@ -43,10 +43,16 @@ impl Env {
     pub fn import(&self, fixture_name: &str, name: &str) {
         let store = kiln_cache::Store::open(self.root()).expect("open store");
         let bytes = std::fs::read(fixture(fixture_name)).expect("read fixture");
-        let mut writer = store.layer_writer(kiln_cache::Compression::Gzip).expect("layer writer");
+        let mut writer = store
+            .layer_writer(kiln_cache::Compression::Gzip)
+            .expect("layer writer");
         std::io::Write::write_all(&mut writer, &bytes).expect("write layer");
         let layer = writer.finish().expect("finish layer");
-        let arch = if fixture_name.contains("mips64el") { "mips64le" } else { "amd64" };
+        let arch = if fixture_name.contains("mips64el") {
+            "mips64le"
+        } else {
+            "amd64"
+        };
         let image = store
             .write_image(kiln_cache::NewImage {
                 platform: kiln_cache::Platform::linux(arch),
@@ -93,7 +99,10 @@ impl Env {
         let out = self.try_build(context, extra);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "kiln build failed:\n{stderr}");
-        (String::from_utf8_lossy(&out.stdout).trim().to_string(), stderr)
+        (
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            stderr,
+        )
     }
 
     pub fn try_build(&self, context: &Path, extra: &[&str]) -> Output {
@@ -119,7 +128,11 @@ impl Env {
 fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Steps reported as CACHED / run in a plain-progress stderr.

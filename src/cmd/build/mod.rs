@@ -136,9 +136,13 @@ fn parse_secrets(values: &[String]) -> anyhow::Result<BTreeMap<String, Vec<u8>>>
             (Some(path), _) => std::fs::read(&path)
                 .with_context(|| format!("--secret id={id}: cannot read {}", path.display()))?,
             (None, Some(var)) => std::env::var(&var)
-                .with_context(|| format!("--secret id={id}: environment variable {var} is not set"))?
+                .with_context(|| {
+                    format!("--secret id={id}: environment variable {var} is not set")
+                })?
                 .into_bytes(),
-            (None, None) => bail!("--secret {value}: say where it comes from with src=PATH or env=VAR"),
+            (None, None) => {
+                bail!("--secret {value}: say where it comes from with src=PATH or env=VAR")
+            }
         };
         secrets.insert(id, bytes);
     }
@@ -208,7 +212,11 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
     let solve_options = SolveOptions {
         jobs: args
             .jobs
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            })
             .max(1),
         no_cache: args.no_cache,
         compression,

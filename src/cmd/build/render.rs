@@ -151,7 +151,9 @@ impl Progress for Renderer {
                     }
                     Event::Started { id } => {
                         let bar = multi.add(ProgressBar::new_spinner());
-                        if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed:>4} {prefix} {msg}") {
+                        if let Ok(style) =
+                            ProgressStyle::with_template("{spinner} {elapsed:>4} {prefix} {msg}")
+                        {
                             bar.set_style(style);
                         }
                         bar.set_prefix(label(id));
