@@ -38,35 +38,15 @@ impl Env {
         self.dir.path().join("store")
     }
 
-    /// Imports a fixture rootfs tar as a one-layer image, through the store
-    /// API (what `kiln import` does, without depending on its flags).
+    /// Imports a fixture rootfs tar with `kiln import`.
     pub fn import(&self, fixture_name: &str, name: &str) {
-        let store = kiln_cache::Store::open(self.root()).expect("open store");
-        let bytes = std::fs::read(fixture(fixture_name)).expect("read fixture");
-        let mut writer = store
-            .layer_writer(kiln_cache::Compression::Gzip)
-            .expect("layer writer");
-        std::io::Write::write_all(&mut writer, &bytes).expect("write layer");
-        let layer = writer.finish().expect("finish layer");
-        let arch = if fixture_name.contains("mips64el") {
-            "mips64le"
-        } else {
-            "amd64"
-        };
-        let image = store
-            .write_image(kiln_cache::NewImage {
-                platform: kiln_cache::Platform::linux(arch),
-                created: Some("2024-01-01T00:00:00Z".into()),
-                author: None,
-                config: serde_json::json!({
-                    "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                    "Cmd": ["sh"],
-                }),
-                layers: vec![layer],
-                history: Vec::new(),
-            })
-            .expect("write image");
-        store.tag(name, &image).expect("tag");
+        let tar = fixture(fixture_name);
+        let out = self.kiln(&["import", &tar.to_string_lossy(), name]);
+        assert!(
+            out.status.success(),
+            "kiln import {fixture_name} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// A context directory with these files.
