@@ -10,6 +10,7 @@
 //! An image's id is the digest of its manifest (`sha256:...`).
 #![forbid(unsafe_code)]
 
+mod archive;
 mod compression;
 mod elf;
 mod error;
@@ -20,6 +21,7 @@ mod layer;
 mod platform;
 mod store;
 
+pub use archive::{load_archive, save_archive, ArchiveFormat, LoadedImage};
 pub use compression::{decompress_detected, Compression, InputCompression};
 pub use error::{Error, Result};
 pub use fsutil::{parse_sha256, sha256_digest};

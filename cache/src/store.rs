@@ -13,7 +13,7 @@ use crate::compression::{self, Compression};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, FileLock, HashingWriter};
 use crate::image::{normalize_name, NamedImage, NewImage, StoredImage};
-use crate::layer::LayerWriter;
+use crate::layer::{LayerBlob, LayerWriter};
 
 /// The annotation that names an image in an OCI layout's index.json; skopeo
 /// (`oci:DIR:NAME`) and umoci (`--image DIR:NAME`) look tags up by it.
@@ -254,9 +254,38 @@ impl Store {
         let raw_config = serde_json::Value::Object(config);
         let config_bytes =
             serde_json::to_vec(&raw_config).map_err(|e| Error::invalid("image config", e))?;
-        let parsed = ImageConfiguration::from_reader(&config_bytes[..])
+        self.write_image_with_config(&config_bytes, image.layers)
+    }
+
+    /// Writes an image whose config blob is given byte for byte (a config
+    /// loaded from an archive keeps its digest). The config's
+    /// `rootfs.diff_ids` must be the layers' diff_ids.
+    pub fn write_image_with_config(
+        &self,
+        config_bytes: &[u8],
+        layers: Vec<LayerBlob>,
+    ) -> Result<StoredImage> {
+        for layer in &layers {
+            if !self.has_blob(layer.descriptor.digest()) {
+                return Err(Error::MissingBlob(layer.descriptor.digest().to_string()));
+            }
+        }
+        let raw_config: serde_json::Value =
+            serde_json::from_slice(config_bytes).map_err(|e| Error::invalid("image config", e))?;
+        let parsed = ImageConfiguration::from_reader(config_bytes)
             .map_err(|e| Error::invalid("image config", e))?;
-        let config_digest = self.put_blob(&config_bytes)?;
+        let expected: Vec<String> = layers.iter().map(|l| l.diff_id.to_string()).collect();
+        if *parsed.rootfs().diff_ids() != expected {
+            return Err(Error::invalid(
+                "image config",
+                format!(
+                    "its rootfs.diff_ids {:?} are not the layers' diff_ids {:?}",
+                    parsed.rootfs().diff_ids(),
+                    expected
+                ),
+            ));
+        }
+        let config_digest = self.put_blob(config_bytes)?;
         let config_descriptor = Descriptor::new(
             MediaType::ImageConfig,
             config_bytes.len() as u64,
@@ -267,8 +296,7 @@ impl Store {
             .media_type(MediaType::ImageManifest)
             .config(config_descriptor)
             .layers(
-                image
-                    .layers
+                layers
                     .iter()
                     .map(|l| l.descriptor.clone())
                     .collect::<Vec<_>>(),
@@ -279,9 +307,9 @@ impl Store {
             serde_json::to_vec(&manifest).map_err(|e| Error::invalid("image manifest", e))?;
         let manifest_digest = self.put_blob(&manifest_bytes)?;
         let platform = PlatformBuilder::default()
-            .os(image.platform.os.as_str())
-            .architecture(image.platform.architecture.as_str());
-        let platform = match &image.platform.variant {
+            .os(parsed.os().clone())
+            .architecture(parsed.architecture().clone());
+        let platform = match parsed.variant() {
             Some(variant) => platform.variant(variant.clone()),
             None => platform,
         }

@@ -146,6 +146,6 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
     })?;
     store.tag(&name, &image)?;
     eprintln!("tagged {name} ({})", image.platform());
-    println!("{}", image.id());
+    super::images::emit(image.id())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,17 +1,70 @@
-//! Placeholder until its issue lands; replaced by the owner of this command.
+//! `kiln prune` and `kiln fsck`: the store's housekeeping.
 
+use std::process::ExitCode;
+
+use super::images::{emit, human_size};
 use super::{CmdResult, Global};
 
 #[derive(Debug, clap::Args)]
 pub struct PruneArgs {}
 
-pub fn prune(_global: &Global, _args: PruneArgs) -> CmdResult {
-    anyhow::bail!("not implemented yet")
+pub fn prune(global: &Global, _args: PruneArgs) -> CmdResult {
+    let store = global.open_store()?;
+    let report = match store.try_prune()? {
+        Some(report) => report,
+        None => {
+            eprintln!("waiting for the other kiln processes using the store to finish");
+            store.prune()?
+        }
+    };
+    eprintln!(
+        "removed {} blobs and {} temporary files",
+        report.blobs_removed, report.temp_files_removed
+    );
+    // The bytes freed are the command's data.
+    emit(report.bytes_freed)?;
+    eprintln!("freed {}", human_size(report.bytes_freed));
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, clap::Args)]
-pub struct FsckArgs {}
+pub struct FsckArgs {
+    /// Remove corrupt blobs, so the next import or build writes them again.
+    #[arg(long)]
+    repair: bool,
+}
 
-pub fn fsck(_global: &Global, _args: FsckArgs) -> CmdResult {
-    anyhow::bail!("not implemented yet")
+pub fn fsck(global: &Global, args: FsckArgs) -> CmdResult {
+    let store = global.open_store()?;
+    let report = store.fsck(args.repair)?;
+    for problem in &report.problems {
+        emit(format_args!(
+            "{}: {}",
+            problem.path.display(),
+            problem.message
+        ))?;
+    }
+    for digest in &report.removed {
+        eprintln!("removed corrupt blob {digest}");
+    }
+    eprintln!(
+        "checked {} blobs ({}); {} problems",
+        report.blobs_checked,
+        human_size(report.bytes_checked),
+        report.problems.len()
+    );
+    if report.temp_files > 0 {
+        eprintln!(
+            "{} temporary files from interrupted writes; `kiln prune` removes them",
+            report.temp_files
+        );
+    }
+    if report.is_clean() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        if !args.repair {
+            eprintln!("run `kiln fsck --repair`, then re-import or rebuild the damaged images");
+        }
+        Ok(ExitCode::FAILURE)
+    }
 }
