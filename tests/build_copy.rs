@@ -51,10 +51,21 @@ fn copy_rules_as_docker_has_them() {
 
     let fs = env.export(&ctx, &[]);
     // The destination is resolved through the image's symlinks.
-    assert_eq!(std::fs::read_to_string(fs.join("real/one.txt")).unwrap(), "1");
-    assert!(fs.join("link").symlink_metadata().unwrap().file_type().is_symlink());
+    assert_eq!(
+        std::fs::read_to_string(fs.join("real/one.txt")).unwrap(),
+        "1"
+    );
+    assert!(fs
+        .join("link")
+        .symlink_metadata()
+        .unwrap()
+        .file_type()
+        .is_symlink());
     // A directory source copies its contents.
-    assert_eq!(std::fs::read_to_string(fs.join("dirdest/sub/b")).unwrap(), "b");
+    assert_eq!(
+        std::fs::read_to_string(fs.join("dirdest/sub/b")).unwrap(),
+        "b"
+    );
     assert!(!fs.join("dirdest/dir").exists());
     // Wildcards.
     assert!(fs.join("docs/x.md").is_file() && fs.join("docs/y.md").is_file());
@@ -63,18 +74,27 @@ fn copy_rules_as_docker_has_them() {
     assert!(fs.join("work/rel.txt").is_file());
     // --chown with a name from the image's /etc/passwd (app is 1000) and --chmod.
     let owned = fs.join("owned").metadata().unwrap();
-    assert_eq!((owned.uid(), owned.gid(), owned.mode() & 0o777), (1000, 1000, 0o600));
+    assert_eq!(
+        (owned.uid(), owned.gid(), owned.mode() & 0o777),
+        (1000, 1000, 0o600)
+    );
     let numeric = fs.join("numeric/sub/b").metadata().unwrap();
     assert_eq!((numeric.uid(), numeric.gid()), (1, 2));
     // ADD unpacks a local archive (recognised by content), COPY does not.
-    assert_eq!(std::fs::read_to_string(fs.join("unpacked/inside/file")).unwrap(), "tar");
+    assert_eq!(
+        std::fs::read_to_string(fs.join("unpacked/inside/file")).unwrap(),
+        "tar"
+    );
     assert!(fs.join("kept.tar").is_file());
 }
 
 #[test]
 fn copy_errors_name_the_line() {
     let env = Env::new();
-    let ctx = env.context("ctx", &[("Dockerfile", "FROM busybox\n\nCOPY missing.txt /x\n")]);
+    let ctx = env.context(
+        "ctx",
+        &[("Dockerfile", "FROM busybox\n\nCOPY missing.txt /x\n")],
+    );
     let out = env.try_build(&ctx, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -115,7 +135,11 @@ fn ignored_file_changes_do_not_invalidate_the_cache() {
     let env = Env::new();
     let ctx = env.context(
         "ctx",
-        &[("Dockerfile", "FROM busybox\nCOPY . /ctx\n"), (".dockerignore", "*.tmp\n"), ("a", "1")],
+        &[
+            ("Dockerfile", "FROM busybox\nCOPY . /ctx\n"),
+            (".dockerignore", "*.tmp\n"),
+            ("a", "1"),
+        ],
     );
     let (first, _) = env.build(&ctx, &[]);
     std::fs::write(ctx.join("scratch.tmp"), "noise").unwrap();
