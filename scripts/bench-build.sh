@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 runs=${1:-3}
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --quiet --bin kiln
-kiln=$PWD/target/release/kiln
+kiln=${CARGO_TARGET_DIR:-$PWD/target}/release/kiln
 fixtures=${KILN_FIXTURES:-$PWD/target/fixtures}
 base_tar=$fixtures/busybox-amd64.tar
 [ -f "$base_tar" ] || { echo "missing $base_tar: run scripts/make-fixtures.sh" >&2; exit 1; }
