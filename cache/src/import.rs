@@ -329,7 +329,7 @@ impl Normaliser {
                 });
                 self.builder
                     .append_data(&mut header, &path, data)
-                    .during("writing the layer")?;
+                    .during(format!("copying {shown} into the layer"))?;
             }
             EntryType::Directory => {
                 header.set_entry_type(EntryType::Directory);
@@ -351,7 +351,8 @@ impl Normaliser {
             EntryType::Link => {
                 let target =
                     link_name.ok_or_else(|| hostile("a hard link without a target".to_owned()))?;
-                let (target, _) = clean_path(Path::new(&target)).map_err(&hostile)?;
+                let (target, _) = clean_path(Path::new(&target))
+                    .map_err(|reason| hostile(format!("its hard link target: {reason}")))?;
                 let target = target.ok_or_else(|| hostile("a hard link to the root".to_owned()))?;
                 match self.seen.get(&target) {
                     Some(Seen::Other | Seen::Symlink) => {}
