@@ -146,3 +146,43 @@ fn ignored_file_changes_do_not_invalidate_the_cache() {
     let (second, stderr) = env.build(&ctx, &[]);
     assert_eq!(first, second, "{stderr}");
 }
+
+#[test]
+fn copy_from_images_and_stages_with_link_parents_exclude() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox AS files\nRUN mkdir -p /out/a /out/b && echo 1 > /out/a/x.txt && echo 2 > /out/b/y.log && chown -R app /out\n\
+                 FROM scratch\n\
+                 COPY --from=busybox /etc/passwd /etc/passwd\n\
+                 COPY --from=files /out /kept-owner/\n\
+                 COPY --link --from=files --exclude=*.log /out/b /linked/\n\
+                 COPY --parents src/./deep/f.txt other/g.txt /p/\n",
+            ),
+            ("src/deep/f.txt", "f"),
+            ("other/g.txt", "g"),
+        ],
+    );
+    let fs = env.export(&ctx, &[]);
+    assert!(std::fs::read_to_string(fs.join("etc/passwd"))
+        .unwrap()
+        .contains("app"));
+    // Files from a stage keep their owner.
+    assert_eq!(
+        fs.join("kept-owner/a/x.txt").metadata().unwrap().uid(),
+        1000
+    );
+    assert!(fs.join("linked").is_dir());
+    assert!(!fs.join("linked/y.log").exists());
+    assert_eq!(
+        std::fs::read_to_string(fs.join("p/deep/f.txt")).unwrap(),
+        "f"
+    );
+    assert_eq!(
+        std::fs::read_to_string(fs.join("p/other/g.txt")).unwrap(),
+        "g"
+    );
+}

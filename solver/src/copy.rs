@@ -175,8 +175,9 @@ impl Chmod {
 
 /// One thing to put into the destination.
 enum Item {
-    /// A selected source entry (file, directory or symlink).
-    Entry(SourceEntry),
+    /// A selected source entry (file, directory or symlink), with the
+    /// `--parents` pivot of its source (what precedes a `/./`).
+    Entry(SourceEntry, Option<String>),
     /// A heredoc: file name and content.
     Inline(String, String),
 }
@@ -236,7 +237,8 @@ pub(crate) fn build_tree(
                 },
             )));
         }
-        items.extend(selected.into_iter().map(Item::Entry));
+        let pivot = src.find("/./").map(|at| clean_relative(&src[..at]));
+        items.extend(selected.into_iter().map(|e| Item::Entry(e, pivot.clone())));
     }
     for (name, content) in &step.heredocs {
         items.push(Item::Inline(name.clone(), content.clone()));
@@ -261,7 +263,7 @@ pub(crate) fn build_tree(
     let single_file_into_dir = items.len() == 1
         && !wants_dir
         && match &items[0] {
-            Item::Entry(e) => !e.meta.is_dir() && !is_archive_add(step, e)?,
+            Item::Entry(e, _) => !e.meta.is_dir() && !is_archive_add(step, e)?,
             Item::Inline(..) => true,
         }
         && dest.is_dir(&resolved_dest)?;
@@ -277,9 +279,9 @@ pub(crate) fn build_tree(
                 };
                 writer.write_inline(&target, content)?;
             }
-            Item::Entry(entry) => {
+            Item::Entry(entry, pivot) => {
                 let rel_under_parents = if step.parents {
-                    Some(parents_path(&entry.rel))
+                    Some(parents_path(&entry.rel, pivot.as_deref()))
                 } else {
                     None
                 };
@@ -290,14 +292,16 @@ pub(crate) fn build_tree(
                     };
                     writer.ensure_dir(&base, Some(entry))?;
                     for inner in walk(source, entry)?.iter().skip(1) {
-                        if excluded(&inner.rel) {
-                            continue;
-                        }
                         let below = inner
                             .rel
                             .strip_prefix(&format!("{}/", entry.rel))
                             .or_else(|| (entry.rel == ".").then_some(inner.rel.as_str()))
                             .unwrap_or(&inner.rel);
+                        // --exclude patterns are relative to the source
+                        // directory, as in BuildKit (or to the root).
+                        if excluded(below) || excluded(&inner.rel) {
+                            continue;
+                        }
                         writer.write_entry(source, inner, &join_abs(&base, below))?;
                     }
                 } else if is_archive_add(step, entry)? {
@@ -319,11 +323,14 @@ pub(crate) fn build_tree(
 }
 
 /// With `--parents`, the part of a source path that is kept: all of it, or
-/// what follows a `/./` pivot.
-fn parents_path(rel: &str) -> String {
-    match rel.rfind("/./") {
-        Some(at) => clean_relative(&rel[at + 3..]),
-        None => clean_relative(rel),
+/// what follows the `/./` pivot of the source as written.
+fn parents_path(rel: &str, pivot: Option<&str>) -> String {
+    match pivot {
+        Some(pivot) if pivot != "." => rel
+            .strip_prefix(pivot)
+            .map(|rest| clean_relative(rest))
+            .unwrap_or_else(|| clean_relative(rel)),
+        _ => clean_relative(rel),
     }
 }
 
