@@ -328,7 +328,7 @@ fn parents_path(rel: &str, pivot: Option<&str>) -> String {
     match pivot {
         Some(pivot) if pivot != "." => rel
             .strip_prefix(pivot)
-            .map(|rest| clean_relative(rest))
+            .map(clean_relative)
             .unwrap_or_else(|| clean_relative(rel)),
         _ => clean_relative(rel),
     }
