@@ -176,3 +176,23 @@ fn onbuild_triggers_of_the_base_run() {
         "triggered\n"
     );
 }
+
+#[test]
+fn output_archives_are_read_by_skopeo() {
+    let env = Env::new();
+    let ctx = env.context("ctx", &[("Dockerfile", "FROM busybox\nRUN echo x > /x\n")]);
+    for (kind, transport) in [("oci", "oci-archive"), ("docker", "docker-archive")] {
+        let dest = env.dir.path().join(format!("out-{kind}.tar"));
+        let output = format!("type={kind},dest={}", dest.display());
+        env.build(&ctx, &["-t", "arch:v1", "--output", &output]);
+        let out = Command::new("skopeo")
+            .args(["inspect", &format!("{transport}:{}", dest.display())])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{kind}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

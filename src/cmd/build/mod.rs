@@ -55,7 +55,8 @@ pub struct Args {
     /// Steps to run at once [default: the number of CPUs].
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
-    /// Where the result goes: type=image (the store), or type=local,dest=DIR.
+    /// Where the result goes besides the store: type=local,dest=DIR (the
+    /// filesystem) or type=oci|docker,dest=FILE[,name=NAME] (an archive).
     #[arg(long, value_name = "type=TYPE,dest=PATH")]
     output: Option<String>,
     /// Compression of new layers: gzip, zstd or none.
@@ -69,28 +70,40 @@ pub struct Args {
 enum Output {
     Image,
     Local(PathBuf),
+    Archive {
+        format: kiln_cache::ArchiveFormat,
+        dest: PathBuf,
+        name: Option<String>,
+    },
 }
 
 fn parse_output(text: &str) -> anyhow::Result<Output> {
     let mut kind = None;
     let mut dest = None;
+    let mut name = None;
     for part in text.split(',') {
         match part.split_once('=') {
             Some(("type", v)) => kind = Some(v.to_string()),
             Some(("dest", v)) => dest = Some(PathBuf::from(v)),
+            Some(("name", v)) => name = Some(v.to_string()),
             _ if !part.contains('=') && kind.is_none() => kind = Some(part.to_string()),
-            _ => bail!("--output {text}: expected type=image or type=local,dest=DIR"),
+            _ => bail!(
+                "--output {text}: expected type=image, type=local,dest=DIR or type=oci|docker,dest=FILE[,name=NAME]"
+            ),
         }
     }
-    match (kind.as_deref(), dest) {
-        (Some("image") | None, _) => Ok(Output::Image),
-        (Some("local"), Some(dest)) => Ok(Output::Local(dest)),
-        (Some("local"), None) => bail!("--output type=local needs dest=DIR"),
-        (Some(other @ ("oci" | "docker" | "tar")), _) => bail!(
-            "--output type={other} is not written by build; build into the store and run `kiln save -o FILE IMAGE`"
-        ),
-        (Some(other), _) => bail!("--output type={other}: expected image or local"),
-    }
+    let format = match kind.as_deref() {
+        Some("image") | None => return Ok(Output::Image),
+        Some("local") => {
+            let dest = dest.ok_or_else(|| anyhow::anyhow!("--output type=local needs dest=DIR"))?;
+            return Ok(Output::Local(dest));
+        }
+        Some("oci") => kiln_cache::ArchiveFormat::Oci,
+        Some("docker" | "tar") => kiln_cache::ArchiveFormat::Docker,
+        Some(other) => bail!("--output type={other}: expected image, local, oci or docker"),
+    };
+    let dest = dest.ok_or_else(|| anyhow::anyhow!("--output {text}: say where with dest=FILE"))?;
+    Ok(Output::Archive { format, dest, name })
 }
 
 fn parse_key_values(values: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -239,11 +252,54 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
     if let Some(path) = &args.iidfile {
         std::fs::write(path, &id).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    if let Output::Local(dest) = output {
-        kiln_solver::export_filesystem(&store, &built.layers, &dest)?;
+    match output {
+        Output::Image => {}
+        Output::Local(dest) => kiln_solver::export_filesystem(&store, &built.layers, &dest)?,
+        Output::Archive { format, dest, name } => {
+            let name = name.or_else(|| args.tags.first().cloned()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "name the image in the archive with -t NAME or --output ...,name=NAME"
+                )
+            })?;
+            write_archive(&store, &name, &built.image, format, &dest)?;
+        }
     }
     println!("{id}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the archive beside `dest` and renames it, so a failure leaves no
+/// half-written file.
+fn write_archive(
+    store: &kiln_cache::Store,
+    name: &str,
+    image: &kiln_cache::StoredImage,
+    format: kiln_cache::ArchiveFormat,
+    dest: &Path,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut temp_name = dest.as_os_str().to_owned();
+    temp_name.push(format!(".kiln-{}.tmp", std::process::id()));
+    let temp = PathBuf::from(temp_name);
+    let written = (|| -> anyhow::Result<()> {
+        let file = std::fs::File::create(&temp)
+            .with_context(|| format!("cannot create {}", temp.display()))?;
+        let mut writer = std::io::BufWriter::new(&file);
+        kiln_cache::save_archive(
+            store,
+            &[(name.to_string(), image.clone())],
+            format,
+            &mut writer,
+        )?;
+        writer.flush()?;
+        drop(writer);
+        file.sync_all()?;
+        std::fs::rename(&temp, dest).with_context(|| format!("cannot write {}", dest.display()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
 }
 
 fn read_stdin() -> anyhow::Result<String> {
