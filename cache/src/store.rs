@@ -63,6 +63,8 @@ pub struct CacheRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PruneReport {
     pub blobs_removed: usize,
+    /// Unpacked layers no kept image uses (they are unpacked again on demand).
+    pub snapshots_removed: usize,
     pub bytes_freed: u64,
     pub temp_files_removed: usize,
 }
@@ -547,7 +549,7 @@ impl Store {
     fn prune_locked(&self) -> Result<PruneReport> {
         let _index_lock = self.lock_index()?;
         let mut report = PruneReport::default();
-        let mut live: HashSet<String> = HashSet::new();
+        let mut live = Marks::default();
         for descriptor in self.read_index()?.manifests() {
             self.mark(descriptor.media_type(), descriptor.digest(), &mut live)?;
         }
@@ -571,7 +573,7 @@ impl Store {
         for entry in fs::read_dir(&blobs).at(&blobs)? {
             let entry = entry.at(&blobs)?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if live.contains(&name) {
+            if live.blobs.contains(&name) {
                 continue;
             }
             let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
@@ -580,6 +582,26 @@ impl Store {
             report.bytes_freed += size;
         }
         fsutil::sync_dir(&blobs)?;
+        // Snapshots are unpacked layers, named by chain id with `:` as `_`
+        // (the executor's naming); those of no kept image, and unfinished
+        // ones (`.tmp-*`), go. A removed snapshot is unpacked again on demand.
+        let snapshots = self.snapshots_dir();
+        for entry in fs::read_dir(&snapshots).at(&snapshots)? {
+            let entry = entry.at(&snapshots)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let unfinished = name.starts_with(".tmp-");
+            let stale = name.starts_with("sha256_") && !live.snapshots.contains(&name);
+            if !(unfinished || stale) || !entry.file_type().at(entry.path())?.is_dir() {
+                continue;
+            }
+            report.bytes_freed += tree_size(&entry.path());
+            remove_dir_all_writable(&entry.path())?;
+            report.snapshots_removed += 1;
+            let lock = snapshots.join(".locks").join(&name);
+            if lock.exists() {
+                fs::remove_file(&lock).at(&lock)?;
+            }
+        }
         let tmp = self.tmp_dir();
         for entry in fs::read_dir(&tmp).at(&tmp)? {
             let path = entry.at(&tmp)?.path();
@@ -596,22 +618,26 @@ impl Store {
     }
 
     /// Marks a blob live, and what it references when it is a manifest or index.
-    fn mark(
-        &self,
-        media_type: &MediaType,
-        digest: &Digest,
-        live: &mut HashSet<String>,
-    ) -> Result<()> {
-        if !live.insert(digest.digest().to_owned()) {
+    fn mark(&self, media_type: &MediaType, digest: &Digest, live: &mut Marks) -> Result<()> {
+        if !live.blobs.insert(digest.digest().to_owned()) {
             return Ok(());
         }
         let media = media_type.to_string();
         if matches!(media_type, MediaType::ImageManifest) || media == DOCKER_MANIFEST {
             if let Ok(bytes) = self.read_blob(digest) {
                 if let Ok(manifest) = ImageManifest::from_reader(&bytes[..]) {
-                    live.insert(manifest.config().digest().digest().to_owned());
+                    live.blobs
+                        .insert(manifest.config().digest().digest().to_owned());
                     for layer in manifest.layers() {
-                        live.insert(layer.digest().digest().to_owned());
+                        live.blobs.insert(layer.digest().digest().to_owned());
+                    }
+                    if let Ok(image) = self.read_image(digest) {
+                        let diff_ids = image.diff_ids().unwrap_or_default();
+                        for depth in 1..=diff_ids.len() {
+                            if let Some(chain) = chain_id(&diff_ids[..depth]) {
+                                live.snapshots.insert(chain.to_string().replace(':', "_"));
+                            }
+                        }
                     }
                 }
             }
@@ -782,6 +808,24 @@ impl ContentStore for Store {
     }
 }
 
+/// What prune keeps: blob hex digests and snapshot directory names.
+#[derive(Default)]
+struct Marks {
+    blobs: HashSet<String>,
+    snapshots: HashSet<String>,
+}
+
+/// Bytes of the regular files under a directory (for prune's report).
+fn tree_size(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// The name an index entry carries, if any.
 pub(crate) fn ref_name(descriptor: &Descriptor) -> Option<&str> {
     descriptor
@@ -939,9 +983,24 @@ mod tests {
         let orphan = image(&store, vec![layer(&store, Compression::None, b"orphan")]);
         let mut stray = File::create(store.tmp_dir().join("left-over")).unwrap();
         stray.write_all(b"partial").unwrap();
+        let snapshot_of = |image: &StoredImage| {
+            let chain = chain_id(&image.diff_ids().unwrap()).unwrap();
+            store
+                .snapshots_dir()
+                .join(chain.to_string().replace(':', "_"))
+        };
+        let kept_snapshot = snapshot_of(&tagged);
+        let orphan_snapshot = snapshot_of(&orphan);
+        let unfinished = store.snapshots_dir().join(".tmp-sha256_00-1-2");
+        for dir in [&kept_snapshot, &orphan_snapshot, &unfinished] {
+            fs::create_dir_all(dir.join("etc")).unwrap();
+            fs::write(dir.join("etc/hello"), b"unpacked").unwrap();
+        }
         let report = store.prune().unwrap();
         assert_eq!(report.blobs_removed, 3, "orphan manifest, config and layer");
         assert_eq!(report.temp_files_removed, 1);
+        assert_eq!(report.snapshots_removed, 2);
+        assert!(kept_snapshot.exists() && !orphan_snapshot.exists() && !unfinished.exists());
         assert!(report.bytes_freed > 0);
         assert!(!store.has_blob(orphan.id()));
         assert!(store.resolve("kept").unwrap().is_some());

@@ -18,8 +18,8 @@ pub fn prune(global: &Global, _args: PruneArgs) -> CmdResult {
         }
     };
     eprintln!(
-        "removed {} blobs and {} temporary files",
-        report.blobs_removed, report.temp_files_removed
+        "removed {} blobs, {} snapshots and {} temporary files",
+        report.blobs_removed, report.snapshots_removed, report.temp_files_removed
     );
     // The bytes freed are the command's data.
     emit(report.bytes_freed)?;
