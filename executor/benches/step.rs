@@ -50,7 +50,12 @@ fn main() {
         );
         std::process::exit(1);
     }
-    let work = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/executor-bench");
+    // KILN_BENCH_DIR puts snapshots and scratch dirs elsewhere (e.g. a tmpfs, to
+    // separate kiln's own cost from the disk's metadata speed).
+    let work = match std::env::var_os("KILN_BENCH_DIR") {
+        Some(dir) => PathBuf::from(dir).join("kiln-executor-bench"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/executor-bench"),
+    };
     let _ = remove_tree(&work);
     let snapshots = Snapshotter::new(work.join("snapshots")).expect("snapshot dir");
     let lower = snapshots

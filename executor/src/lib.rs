@@ -48,6 +48,7 @@ mod child;
 mod copydiff;
 mod diff;
 mod error;
+mod mountpoints;
 mod sandbox;
 mod snapshot;
 mod spec;

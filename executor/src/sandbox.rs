@@ -76,8 +76,11 @@ fn path_c(path: &Path) -> Result<CString> {
 struct PlanBuilder {
     ops: Vec<Op>,
     descriptions: Vec<String>,
-    /// In-image paths of the mountpoints created as stubs, deepest last.
-    stubs: Vec<String>,
+    /// In-image paths of the mountpoints created as stubs, deepest last, and
+    /// whether each is a file.
+    stubs: Vec<(String, bool)>,
+    /// Stubs go into an extra lower dir instead of being created by the sandbox.
+    stubs_in_lower: bool,
 }
 
 impl PlanBuilder {
@@ -108,8 +111,13 @@ impl PlanBuilder {
             if i < first_missing {
                 continue;
             }
+            let is_file = file && i + 1 == parts.len();
+            self.stubs.push((in_image.clone(), is_file));
+            if self.stubs_in_lower {
+                continue;
+            }
             let host = merged.join(&in_image[1..]);
-            if file && i + 1 == parts.len() {
+            if is_file {
                 self.push(
                     Op::Touch(path_c(&host)?),
                     format!("create mountpoint {in_image}"),
@@ -120,7 +128,6 @@ impl PlanBuilder {
                     format!("create mountpoint {in_image}"),
                 );
             }
-            self.stubs.push(in_image.clone());
         }
         let host = if resolved == "/" {
             merged.to_path_buf()
@@ -179,20 +186,43 @@ impl PlanBuilder {
 
 /// The directories of one run inside the scratch dir.
 struct Scratch {
+    /// The scratch dir itself, which is also where the overlay is mounted (in
+    /// the sandbox's mount namespace only): one directory less to create and
+    /// remove per step.
+    root: PathBuf,
     upper: PathBuf,
     work: PathBuf,
-    merged: PathBuf,
+    /// The copied root filesystem of the copying fallback.
+    copy_root: PathBuf,
     etc: PathBuf,
 }
 
+impl Scratch {
+    /// Where the step's root filesystem is assembled.
+    fn rootfs(&self, mode: RootMode) -> &Path {
+        match mode {
+            RootMode::Overlay => &self.root,
+            RootMode::Copy => &self.copy_root,
+        }
+    }
+}
+
 fn prepare_scratch(scratch: &Path) -> Result<Scratch> {
+    let scratch = &std::path::absolute(scratch).map_err(io_err("resolve", scratch))?;
+    let text = scratch.to_string_lossy();
+    if text.contains([':', ',', '\\']) {
+        return Err(Error::InvalidSpec(format!(
+            "scratch dir {text:?} must not contain ':', ',' or '\\' (overlayfs option syntax)"
+        )));
+    }
     let dirs = Scratch {
+        root: scratch.to_path_buf(),
         upper: scratch.join("upper"),
         work: scratch.join("work"),
-        merged: scratch.join("merged"),
+        copy_root: scratch.join("rootfs"),
         etc: scratch.join("etc"),
     };
-    for dir in [&dirs.upper, &dirs.work, &dirs.merged, &dirs.etc] {
+    for dir in [&dirs.upper, &dirs.work] {
         fs::create_dir_all(dir).map_err(io_err("create", dir))?;
     }
     fs::set_permissions(
@@ -203,14 +233,36 @@ fn prepare_scratch(scratch: &Path) -> Result<Scratch> {
     Ok(dirs)
 }
 
-fn overlay_options(lowers: &[PathBuf], scratch: &Scratch) -> Result<(PathBuf, String)> {
-    // Lower dirs are given relative to their common parent (the snapshot root) so
-    // that deep stacks fit in the one page the kernel accepts for mount options.
-    let parent = lowers
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    version >= (major, minor)
+}
+
+/// The directory all `lowers` are in (the snapshot root), if there is one.
+fn common_parent(lowers: &[PathBuf]) -> Option<PathBuf> {
+    lowers
         .first()
         .and_then(|l| l.parent())
         .filter(|p| lowers.iter().all(|l| l.parent() == Some(p)))
-        .map(Path::to_path_buf);
+        .map(Path::to_path_buf)
+}
+
+const OVERLAY_STEP: &str = "mount the overlay root filesystem";
+
+fn overlay_options(
+    lowers: &[PathBuf],
+    parent: Option<PathBuf>,
+    scratch: &Scratch,
+) -> Result<(PathBuf, String)> {
+    // Lower dirs are given relative to the snapshot root (the sandbox's init
+    // enters it first) so that deep stacks fit in the one page the kernel
+    // accepts for mount options.
     let mut lowerdir = String::new();
     for lower in lowers.iter().rev() {
         let text = match &parent {
@@ -237,6 +289,11 @@ fn overlay_options(lowers: &[PathBuf], scratch: &Scratch) -> Result<(PathBuf, St
         scratch.upper.display(),
         scratch.work.display()
     );
+    // The upper dir is thrown away after the layer is written: unmounting need
+    // not sync the whole upper filesystem (overlayfs' `volatile`, Linux 5.10+).
+    if kernel_at_least(5, 10) {
+        options.push_str(",volatile");
+    }
     // Redirects and metadata-only copy-ups would leave changes in the upper dir
     // that are not self-contained files: turn them off where the kernel enables them.
     for feature in ["redirect_dir", "metacopy"] {
@@ -331,41 +388,19 @@ fn build_plan(
     fds: [RawFd; 5],
     wait_for_go: bool,
 ) -> Result<Prepared> {
-    let merged = &scratch.merged;
+    let merged = scratch.rootfs(mode);
+    // Mountpoint stubs and the shared resolv.conf/hosts live beside the
+    // snapshots when the lowers come from one snapshot root.
+    let shared_root = match mode {
+        RootMode::Overlay => common_parent(&spec.lowers).map(|p| p.join(".mountpoints")),
+        RootMode::Copy => None,
+    };
     let mut b = PlanBuilder {
         ops: Vec::new(),
         descriptions: Vec::new(),
         stubs: Vec::new(),
+        stubs_in_lower: shared_root.is_some(),
     };
-    let ms = MsFlags::empty();
-    b.mount(
-        None,
-        Path::new("/"),
-        None,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None,
-        "make all mounts private".into(),
-    )?;
-    match mode {
-        RootMode::Overlay => {
-            let (parent, options) = overlay_options(&spec.lowers, scratch)?;
-            b.push(
-                Op::Chdir(path_c(&parent)?),
-                format!("enter {}", parent.display()),
-            );
-            b.mount(
-                Some("overlay"),
-                merged,
-                Some("overlay"),
-                ms,
-                Some(&options),
-                "mount the overlay root filesystem".into(),
-            )?;
-        }
-        RootMode::Copy => {
-            b.bind(merged, merged, false, "the root filesystem")?;
-        }
-    }
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let (_, proc_dir) = b.mountpoint(view, merged, "/proc", false)?;
     b.mount(
@@ -481,19 +516,34 @@ fn build_plan(
         spec.hostname.as_str()
     };
     if spec.network != Network::None {
-        // Copies, so that a step editing them changes neither the host nor the layer.
-        let resolv = scratch.etc.join("resolv.conf");
-        let host_resolv = fs::read("/etc/resolv.conf").unwrap_or_default();
-        fs::write(&resolv, host_resolv).map_err(io_err("write", &resolv))?;
-        let hosts = scratch.etc.join("hosts");
-        fs::write(
-            &hosts,
-            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
-        )
-        .map_err(io_err("write", &hosts))?;
+        // Copies of the host's resolv.conf and a hosts file naming the sandbox:
+        // shared read-only files (as BuildKit binds them) where there is a
+        // snapshot root, else per-step writable copies in the scratch dir.
+        let resolv_content = fs::read("/etc/resolv.conf").unwrap_or_default();
+        let hosts_content = format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+        );
+        let (resolv, hosts, readonly) = match &shared_root {
+            Some(root) => {
+                let files = root.join("files");
+                (
+                    crate::mountpoints::shared_file(&files, "resolv.conf", &resolv_content)?,
+                    crate::mountpoints::shared_file(&files, "hosts", hosts_content.as_bytes())?,
+                    true,
+                )
+            }
+            None => {
+                fs::create_dir_all(&scratch.etc).map_err(io_err("create", &scratch.etc))?;
+                let resolv = scratch.etc.join("resolv.conf");
+                fs::write(&resolv, resolv_content).map_err(io_err("write", &resolv))?;
+                let hosts = scratch.etc.join("hosts");
+                fs::write(&hosts, hosts_content).map_err(io_err("write", &hosts))?;
+                (resolv, hosts, false)
+            }
+        };
         for (source, target) in [(&resolv, "/etc/resolv.conf"), (&hosts, "/etc/hosts")] {
             let (_, host_target) = b.mountpoint(view, merged, target, true)?;
-            b.bind(source, &host_target, false, target)?;
+            b.bind(source, &host_target, readonly, target)?;
         }
     }
     for mount in &spec.mounts {
@@ -562,6 +612,53 @@ fn build_plan(
         format!("enter working directory {resolved_cwd}"),
     );
 
+    // The root filesystem comes first; its lower dirs are known now that every
+    // mountpoint is.
+    let mut root = PlanBuilder {
+        ops: Vec::new(),
+        descriptions: Vec::new(),
+        stubs: Vec::new(),
+        stubs_in_lower: false,
+    };
+    root.mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+        "make all mounts private".into(),
+    )?;
+    match mode {
+        RootMode::Overlay => {
+            let mut lowers = spec.lowers.clone();
+            if let Some(shared) = &shared_root {
+                if !b.stubs.is_empty() {
+                    lowers.push(crate::mountpoints::stub_lower(shared, view, &b.stubs)?);
+                }
+            }
+            let (parent, options) = overlay_options(&lowers, common_parent(&spec.lowers), scratch)?;
+            root.push(
+                Op::Chdir(path_c(&parent)?),
+                format!("enter {}", parent.display()),
+            );
+            root.mount(
+                Some("overlay"),
+                merged,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(&options),
+                OVERLAY_STEP.into(),
+            )?;
+        }
+        RootMode::Copy => {
+            root.bind(merged, merged, false, "the root filesystem")?;
+        }
+    }
+    root.ops.append(&mut b.ops);
+    root.descriptions.append(&mut b.descriptions);
+    b.ops = root.ops;
+    b.descriptions = root.descriptions;
+
     let user = resolve_user(view, &spec.user)?;
     let env = with_defaults(&spec.env, &user.home);
     let candidates = exec_candidates(&spec.argv[0], &env);
@@ -599,7 +696,12 @@ fn build_plan(
     Ok(Prepared {
         plan,
         descriptions: b.descriptions,
-        stubs: b.stubs,
+        // Stubs in a lower dir never reach the upper dir: nothing to clean up.
+        stubs: if b.stubs_in_lower {
+            Vec::new()
+        } else {
+            b.stubs.into_iter().map(|(path, _)| path).collect()
+        },
         flags,
     })
 }
@@ -698,12 +800,13 @@ pub(crate) fn run(
         Err(Attempt::OverlayUnavailable(errno)) => {
             // Overlayfs is unavailable here (errno tells why): run on a copy.
             let _ = errno;
-            let index = crate::copydiff::copy_view(&view, &scratch.merged)?;
+            fs::create_dir_all(&scratch.copy_root).map_err(io_err("create", &scratch.copy_root))?;
+            let index = crate::copydiff::copy_view(&view, &scratch.copy_root)?;
             match attempt(spec, &scratch, RootMode::Copy, &view, cancel, on_output) {
                 Ok(stubs) => {
                     crate::copydiff::diff_into_upper(
                         &index,
-                        &scratch.merged,
+                        &scratch.copy_root,
                         &scratch.upper,
                         &stubs,
                     )?;
@@ -775,10 +878,7 @@ fn attempt(
         go_r.as_raw_fd(),
     ];
     let prepared = build_plan(spec, scratch, mode, view, fds, cgroup.is_some())?;
-    let overlay_index = prepared
-        .descriptions
-        .iter()
-        .position(|d| d == "mount the overlay root filesystem");
+    let overlay_index = prepared.descriptions.iter().position(|d| d == OVERLAY_STEP);
 
     let init = match sys::clone_process(prepared.flags.bits()) {
         Ok(Some(pid)) => pid,

@@ -407,3 +407,20 @@ fn relative_paths_are_rejected() {
     s.cwd = "relative".into();
     assert!(matches!(run(&s).result, Err(Error::InvalidSpec(_))));
 }
+
+#[test]
+fn mountpoints_keep_the_image_metadata_of_their_parents() {
+    let host = scratch();
+    let mut s = shell("stat -c '%a %u' /root /root/.cache; ls -a /root; echo hi > /root/note");
+    s.mounts = vec![Mount::Tmpfs {
+        target: "/root/.cache/tool".into(),
+        size: None,
+    }];
+    let out = run(&s);
+    out.upper();
+    // /root is 0700 in the fixture; the stub parent /root/.cache is new.
+    assert_eq!(out.stdout, vec!["700 0", "755 0", ".", "..", ".cache"]);
+    // The stub dirs are not in the layer: only the step's file and its parent.
+    assert_eq!(out.layer_entries(), vec!["root/", "root/note"]);
+    drop(host);
+}
