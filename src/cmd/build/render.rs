@@ -30,6 +30,17 @@ enum Mode {
 pub struct Renderer {
     state: Mutex<(Mode, HashMap<usize, StepInfo>)>,
     start: Instant,
+    color: bool,
+}
+
+/// ANSI colours for the live view's status words, unless NO_COLOR is set or
+/// stderr is not a terminal.
+fn paint(color: bool, code: &str, word: &str) -> String {
+    if color {
+        format!("\x1b[{code}m{word}\x1b[0m")
+    } else {
+        word.to_string()
+    }
 }
 
 /// Output lines of a failed step kept for plain mode's error report are the
@@ -50,6 +61,7 @@ impl Renderer {
         Ok(Renderer {
             state: Mutex::new((mode, HashMap::new())),
             start: Instant::now(),
+            color: super::super::stderr_color(),
         })
     }
 
@@ -147,7 +159,11 @@ impl Progress for Renderer {
                 let label = |id: &usize| steps.get(id).map(|s| s.label.clone()).unwrap_or_default();
                 match &event {
                     Event::Cached { id } => {
-                        let _ = multi.println(format!("CACHED {}", label(id)));
+                        let _ = multi.println(format!(
+                            "{} {}",
+                            paint(self.color, "34", "CACHED"),
+                            label(id)
+                        ));
                     }
                     Event::Started { id } => {
                         let bar = multi.add(ProgressBar::new_spinner());
@@ -170,14 +186,22 @@ impl Progress for Renderer {
                             bar.finish_and_clear();
                             multi.remove(&bar);
                         }
-                        let _ = multi.println(format!("DONE {seconds:>5.1}s {}", label(id)));
+                        let _ = multi.println(format!(
+                            "{} {seconds:>5.1}s {}",
+                            paint(self.color, "32", "DONE"),
+                            label(id)
+                        ));
                     }
                     Event::Failed { id, error } => {
                         if let Some(bar) = bars.remove(id) {
                             bar.finish_and_clear();
                             multi.remove(&bar);
                         }
-                        let _ = multi.println(format!("ERROR {}: {error}", label(id)));
+                        let _ = multi.println(format!(
+                            "{} {}: {error}",
+                            paint(self.color, "31", "ERROR"),
+                            label(id)
+                        ));
                     }
                     Event::Exporting { what } => {
                         let _ = multi.println(what.clone());
