@@ -10,8 +10,11 @@ fixtures=${KILN_FIXTURES:-$PWD/target/fixtures}
 busybox=$fixtures/busybox-amd64.tar
 [[ -f $busybox ]] || { echo "missing $busybox: run scripts/make-fixtures.sh" >&2; exit 1; }
 
-kiln_ms=$(cargo bench -q -p kiln-executor --bench step -- "$steps" | awk '/^per_step_ms/ {print $2}')
-printf '%-22s %8.1f ms/step\n' "kiln" "$kiln_ms"
+figures=$(cargo bench -q -p kiln-executor --bench step -- "$steps")
+figure() { awk -v k="$1" '$1 == k {print $2}' <<<"$figures"; }
+kiln_ms=$(figure per_step_ms)
+printf '%-22s %8.1f ms/step  (sandbox+run+teardown+diff %.1f ms, scratch removal %.1f ms)\n' \
+    "kiln" "$kiln_ms" "$(figure step_ms)" "$(figure cleanup_ms)"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -29,14 +32,20 @@ peer() { # name, seconds for $steps steps
 seconds() { # command...: wall seconds
     local start end
     start=$(date +%s.%N)
-    "$@" >/dev/null 2>&1
+    if ! "$@" >"$work/log" 2>&1; then
+        echo "$* failed:" >&2
+        tail -5 "$work/log" >&2
+        return 1
+    fi
     end=$(date +%s.%N)
     awk -v a="$start" -v b="$end" 'BEGIN {print b - a}'
 }
 
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
     docker import "$busybox" kiln-bench-busybox >/dev/null
-    peer "docker (BuildKit)" "$(seconds env DOCKER_BUILDKIT=1 docker build --no-cache -q -t kiln-bench-out "$work")"
+    if took=$(seconds env DOCKER_BUILDKIT=1 docker build --no-cache -q -t kiln-bench-out "$work"); then
+        peer "docker (BuildKit)" "$took"
+    fi
     docker rmi -f kiln-bench-out kiln-bench-busybox >/dev/null 2>&1 || true
 else
     echo "docker (BuildKit)      not available, skipped"
@@ -49,7 +58,9 @@ if command -v buildah >/dev/null; then
     buildah umount "$ctr" >/dev/null
     buildah commit -q "$ctr" kiln-bench-busybox >/dev/null
     buildah rm "$ctr" >/dev/null
-    peer "buildah" "$(seconds buildah bud --layers=false -q -t kiln-bench-out -f "$work/Dockerfile" "$work")"
+    if took=$(seconds buildah bud --layers=false -q -t kiln-bench-out -f "$work/Dockerfile" "$work"); then
+        peer "buildah" "$took"
+    fi
     buildah rmi -f kiln-bench-out kiln-bench-busybox >/dev/null 2>&1 || true
 else
     echo "buildah                not available, skipped"
