@@ -34,9 +34,18 @@ pub struct LayerWriter {
     diff_hasher: Sha256,
     uncompressed_size: u64,
     chunk: Vec<u8>,
-    sender: Option<SyncSender<Vec<u8>>>,
-    worker: Option<JoinHandle<io::Result<CompressedBlob>>>,
+    backend: Backend,
     blobs_dir: PathBuf,
+}
+
+/// Where full chunks go: one compression thread (zstd, none), or a pool of
+/// gzip workers and an ordering writer thread.
+enum Backend {
+    Single {
+        sender: Option<SyncSender<Vec<u8>>>,
+        worker: Option<JoinHandle<io::Result<CompressedBlob>>>,
+    },
+    Gzip(ParallelGzip),
 }
 
 impl std::fmt::Debug for LayerWriter {
@@ -61,29 +70,37 @@ impl LayerWriter {
         compression: Compression,
     ) -> Result<LayerWriter> {
         let temp = tempfile::NamedTempFile::new_in(&tmp_dir).at(&tmp_dir)?;
-        let (sender, receiver) = sync_channel::<Vec<u8>>(4);
-        let worker = std::thread::Builder::new()
-            .name("kiln-layer-compress".to_owned())
-            .spawn(move || -> io::Result<CompressedBlob> {
-                let file = temp.reopen()?;
-                let sink = HashingWriter::new(BufWriter::with_capacity(CHUNK, file));
-                let mut encoder = Encoder::new(compression, sink)?;
-                for chunk in receiver {
-                    encoder.write_all(&chunk)?;
+        let backend = match compression {
+            Compression::Gzip => Backend::Gzip(ParallelGzip::start(temp)?),
+            Compression::Zstd | Compression::None => {
+                let (sender, receiver) = sync_channel::<Vec<u8>>(4);
+                let worker = std::thread::Builder::new()
+                    .name("kiln-layer-compress".to_owned())
+                    .spawn(move || -> io::Result<CompressedBlob> {
+                        let file = temp.reopen()?;
+                        let sink = HashingWriter::new(BufWriter::with_capacity(CHUNK, file));
+                        let mut encoder = Encoder::new(compression, sink)?;
+                        for chunk in receiver {
+                            encoder.write_all(&chunk)?;
+                        }
+                        let (buffered, digest, size) = encoder.finish()?.finish();
+                        let file = buffered.into_inner().map_err(|e| e.into_error())?;
+                        file.sync_all()?;
+                        Ok(CompressedBlob { temp, digest, size })
+                    })
+                    .during("starting the layer compression thread")?;
+                Backend::Single {
+                    sender: Some(sender),
+                    worker: Some(worker),
                 }
-                let (buffered, digest, size) = encoder.finish()?.finish();
-                let file = buffered.into_inner().map_err(|e| e.into_error())?;
-                file.sync_all()?;
-                Ok(CompressedBlob { temp, digest, size })
-            })
-            .during("starting the layer compression thread")?;
+            }
+        };
         Ok(LayerWriter {
             compression,
             diff_hasher: Sha256::new(),
             uncompressed_size: 0,
             chunk: Vec::with_capacity(CHUNK),
-            sender: Some(sender),
-            worker: Some(worker),
+            backend,
             blobs_dir,
         })
     }
@@ -98,23 +115,28 @@ impl LayerWriter {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
-        let sent = self.sender.as_ref().map(|sender| sender.send(chunk));
-        match sent {
-            Some(Ok(())) => Ok(()),
-            // The worker stopped early: its error says why.
-            _ => Err(self
-                .join_worker()
-                .err()
-                .unwrap_or_else(|| io::Error::other("the layer compression thread stopped"))),
+        match &mut self.backend {
+            Backend::Gzip(gzip) => gzip.send(chunk),
+            Backend::Single { sender, .. } => {
+                let sent = sender.as_ref().map(|sender| sender.send(chunk));
+                match sent {
+                    Some(Ok(())) => Ok(()),
+                    // The worker stopped early: its error says why.
+                    _ => Err(self.join_worker().err().unwrap_or_else(|| {
+                        io::Error::other("the layer compression thread stopped")
+                    })),
+                }
+            }
         }
     }
 
     fn join_worker(&mut self) -> io::Result<CompressedBlob> {
-        self.sender = None;
-        match self.worker.take().map(JoinHandle::join) {
-            Some(Ok(result)) => result,
-            Some(Err(_)) => Err(io::Error::other("the layer compression thread panicked")),
-            None => Err(io::Error::other("the layer writer was already finished")),
+        match &mut self.backend {
+            Backend::Gzip(gzip) => gzip.finish(),
+            Backend::Single { sender, worker } => {
+                *sender = None;
+                join(worker.take())
+            }
         }
     }
 
@@ -161,12 +183,179 @@ impl Write for LayerWriter {
     }
 }
 
+fn join<T>(handle: Option<JoinHandle<io::Result<T>>>) -> io::Result<T> {
+    match handle.map(JoinHandle::join) {
+        Some(Ok(result)) => result,
+        Some(Err(_)) => Err(io::Error::other("a layer compression thread panicked")),
+        None => Err(io::Error::other("the layer writer was already finished")),
+    }
+}
+
+/// Gzip on every core, pigz-style: each 1 MiB chunk is deflated on its own
+/// (no shared dictionary, so the output does not depend on the number of
+/// threads or their timing) and ends with a sync flush, which byte-aligns it;
+/// a writer thread puts the chunks in order between one gzip header and an
+/// empty final block plus the trailer. The result is one standard gzip member
+/// that every client reads.
+struct ParallelGzip {
+    jobs: Option<SyncSender<(u64, Vec<u8>)>>,
+    results: Option<std::sync::mpsc::Sender<GzipMessage>>,
+    workers: Vec<JoinHandle<io::Result<()>>>,
+    writer: Option<JoinHandle<io::Result<CompressedBlob>>>,
+    next_index: u64,
+}
+
+enum GzipMessage {
+    /// A compressed chunk with the CRC of its input.
+    Chunk(u64, Vec<u8>, flate2::Crc),
+    /// No more chunks after this many.
+    Done(u64),
+}
+
+/// A gzip header without name or time (so digests are reproducible), OS unknown.
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+/// A final, empty block with fixed Huffman codes: ends the deflate stream.
+const FINAL_EMPTY_BLOCK: [u8; 2] = [0x03, 0x00];
+
+impl ParallelGzip {
+    fn start(temp: tempfile::NamedTempFile) -> Result<ParallelGzip> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
+        let (jobs, job_receiver) = sync_channel::<(u64, Vec<u8>)>(threads * 2);
+        let job_receiver = std::sync::Arc::new(std::sync::Mutex::new(job_receiver));
+        let (results, result_receiver) = std::sync::mpsc::channel::<GzipMessage>();
+        let mut workers = Vec::new();
+        for _ in 0..threads {
+            let job_receiver = job_receiver.clone();
+            let results = results.clone();
+            let worker = std::thread::Builder::new()
+                .name("kiln-gzip".to_owned())
+                .spawn(move || -> io::Result<()> {
+                    let mut deflate =
+                        flate2::Compress::new(flate2::Compression::new(GZIP_LEVEL), false);
+                    loop {
+                        let job = job_receiver
+                            .lock()
+                            .map_err(|_| io::Error::other("a gzip worker panicked"))?
+                            .recv();
+                        let Ok((index, chunk)) = job else {
+                            return Ok(());
+                        };
+                        let mut crc = flate2::Crc::new();
+                        crc.update(&chunk);
+                        deflate.reset();
+                        let compressed = deflate_chunk(&mut deflate, &chunk)?;
+                        if results
+                            .send(GzipMessage::Chunk(index, compressed, crc))
+                            .is_err()
+                        {
+                            return Ok(());
+                        }
+                    }
+                })
+                .during("starting the gzip threads")?;
+            workers.push(worker);
+        }
+        let writer = std::thread::Builder::new()
+            .name("kiln-gzip-writer".to_owned())
+            .spawn(move || -> io::Result<CompressedBlob> {
+                let file = temp.reopen()?;
+                let mut sink = HashingWriter::new(BufWriter::with_capacity(CHUNK, file));
+                sink.write_all(&GZIP_HEADER)?;
+                let mut pending = std::collections::BTreeMap::new();
+                let mut next = 0u64;
+                let mut total: Option<u64> = None;
+                let mut crc = flate2::Crc::new();
+                while total != Some(next) {
+                    match result_receiver.recv() {
+                        Ok(GzipMessage::Chunk(index, bytes, chunk_crc)) => {
+                            pending.insert(index, (bytes, chunk_crc));
+                        }
+                        Ok(GzipMessage::Done(count)) => total = Some(count),
+                        Err(_) => return Err(io::Error::other("the gzip workers stopped early")),
+                    }
+                    while let Some((bytes, chunk_crc)) = pending.remove(&next) {
+                        sink.write_all(&bytes)?;
+                        crc.combine(&chunk_crc);
+                        next += 1;
+                    }
+                }
+                sink.write_all(&FINAL_EMPTY_BLOCK)?;
+                sink.write_all(&crc.sum().to_le_bytes())?;
+                sink.write_all(&crc.amount().to_le_bytes())?;
+                let (buffered, digest, size) = sink.finish();
+                let file = buffered.into_inner().map_err(|e| e.into_error())?;
+                file.sync_all()?;
+                Ok(CompressedBlob { temp, digest, size })
+            })
+            .during("starting the gzip writer thread")?;
+        Ok(ParallelGzip {
+            jobs: Some(jobs),
+            results: Some(results),
+            workers,
+            writer: Some(writer),
+            next_index: 0,
+        })
+    }
+
+    fn send(&mut self, chunk: Vec<u8>) -> io::Result<()> {
+        let index = self.next_index;
+        self.next_index += 1;
+        let sent = self.jobs.as_ref().map(|jobs| jobs.send((index, chunk)));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            _ => Err(self
+                .finish()
+                .err()
+                .unwrap_or_else(|| io::Error::other("the gzip workers stopped"))),
+        }
+    }
+
+    fn finish(&mut self) -> io::Result<CompressedBlob> {
+        self.jobs = None;
+        let mut worker_error = None;
+        for worker in self.workers.drain(..) {
+            if let Err(e) = join(Some(worker)) {
+                worker_error.get_or_insert(e);
+            }
+        }
+        if let Some(results) = self.results.take() {
+            // Workers are done: every chunk sent is in the channel already.
+            let _ = results.send(GzipMessage::Done(self.next_index));
+        }
+        let written = join(self.writer.take());
+        match worker_error {
+            Some(e) => Err(e),
+            None => written,
+        }
+    }
+}
+
+/// Deflates one chunk as raw deflate ending in a sync flush (byte-aligned,
+/// not final), so chunks concatenate into one stream.
+fn deflate_chunk(deflate: &mut flate2::Compress, input: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(input.len() / 2 + 1024);
+    let mut consumed = 0usize;
+    loop {
+        if out.capacity() - out.len() < 16 * 1024 {
+            out.reserve(64 * 1024);
+        }
+        let before = deflate.total_in();
+        deflate
+            .compress_vec(&input[consumed..], &mut out, flate2::FlushCompress::Sync)
+            .map_err(io::Error::other)?;
+        consumed += (deflate.total_in() - before) as usize;
+        // Done when all input is in and the flush did not run out of room.
+        if consumed == input.len() && out.len() < out.capacity() {
+            return Ok(out);
+        }
+    }
+}
+
 type Sink = HashingWriter<BufWriter<File>>;
 
 /// The compressor of one blob. Settings are fixed so the same tar always gives
 /// the same blob digest.
 enum Encoder {
-    Gzip(flate2::write::GzEncoder<Sink>),
     Zstd(zstd::stream::write::Encoder<'static, Sink>),
     None(Sink),
 }
@@ -179,10 +368,9 @@ const ZSTD_LEVEL: i32 = 3;
 impl Encoder {
     fn new(compression: Compression, sink: Sink) -> io::Result<Encoder> {
         Ok(match compression {
-            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
-                sink,
-                flate2::Compression::new(GZIP_LEVEL),
-            )),
+            Compression::Gzip => {
+                return Err(io::Error::other("gzip layers are written by ParallelGzip"))
+            }
             Compression::Zstd => {
                 Encoder::Zstd(zstd::stream::write::Encoder::new(sink, ZSTD_LEVEL)?)
             }
@@ -192,7 +380,6 @@ impl Encoder {
 
     fn finish(self) -> io::Result<Sink> {
         match self {
-            Encoder::Gzip(e) => e.finish(),
             Encoder::Zstd(e) => e.finish(),
             Encoder::None(s) => Ok(s),
         }
@@ -202,16 +389,69 @@ impl Encoder {
 impl Write for Encoder {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Encoder::Gzip(e) => e.write(buf),
             Encoder::Zstd(e) => e.write(buf),
             Encoder::None(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            Encoder::Gzip(e) => e.flush(),
             Encoder::Zstd(e) => e.flush(),
             Encoder::None(s) => s.flush(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn parallel_gzip_is_one_standard_member_and_reproducible() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = dir.path().join("blobs");
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::create_dir_all(&tmp).unwrap();
+        // 5.5 MiB: several chunks and a partial one, text and noise mixed.
+        let mut data = Vec::new();
+        let mut state = 0x1234_5678_u64;
+        while data.len() < 11 * CHUNK / 2 {
+            data.extend_from_slice(b"usr/share/doc/kiln/copyright ");
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            data.extend_from_slice(&state.to_le_bytes());
+        }
+        let write = || {
+            let mut writer =
+                LayerWriter::new(tmp.clone(), blobs.clone(), Compression::Gzip).unwrap();
+            for piece in data.chunks(100_003) {
+                writer.write_all(piece).unwrap();
+            }
+            writer.finish().unwrap()
+        };
+        let blob = write();
+        assert_eq!(write(), blob);
+        let bytes = std::fs::read(blobs.join(blob.descriptor.digest().digest())).unwrap();
+        // A single-member decoder reads it all: one member, not concatenated ones.
+        let mut decoded = Vec::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_end(&mut decoded)
+            .unwrap();
+        assert!(decoded == data, "round trip differs");
+        assert_eq!(blob.diff_id, crate::sha256_digest(&data));
+        assert!(bytes.len() < data.len());
+        // An empty layer is a valid gzip stream too.
+        let empty = LayerWriter::new(tmp.clone(), blobs.clone(), Compression::Gzip)
+            .unwrap()
+            .finish()
+            .unwrap();
+        let bytes = std::fs::read(blobs.join(empty.descriptor.digest().digest())).unwrap();
+        let mut decoded = Vec::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_end(&mut decoded)
+            .unwrap();
+        assert!(decoded.is_empty());
     }
 }
