@@ -1,0 +1,2 @@
+//! kiln's OCI distribution client.
+#![forbid(unsafe_code)]
