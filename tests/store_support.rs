@@ -25,11 +25,17 @@ pub struct Store {
     pub dir: tempfile::TempDir,
 }
 
-impl Store {
-    pub fn new() -> Store {
+impl Default for Store {
+    fn default() -> Store {
         Store {
             dir: tempfile::tempdir().expect("temp dir"),
         }
+    }
+}
+
+impl Store {
+    pub fn new() -> Store {
+        Store::default()
     }
 
     pub fn root(&self) -> PathBuf {
