@@ -612,6 +612,58 @@ mod tests {
     }
 
     #[test]
+    fn xattrs_and_large_ids_from_pax_headers_survive() {
+        let mut builder = tar::Builder::new(Vec::new());
+        builder
+            .append_pax_extensions([
+                ("SCHILY.xattr.security.capability", &b"\x01\x00\x00\x02"[..]),
+                ("uid", &b"3000000"[..]),
+                ("comment", &b"dropped"[..]),
+            ])
+            .unwrap();
+        let mut header = tar::Header::new_ustar();
+        header.set_size(4);
+        header.set_mode(0o755);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(1_600_000_000);
+        builder
+            .append_data(&mut header, "usr/bin/ping", &b"ping"[..])
+            .unwrap();
+        let input = builder.into_inner().unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let imported = import_tar(&store, &input[..], Compression::None).unwrap();
+        assert_eq!(imported.newest_mtime, 1_600_000_000);
+        let mut layer = store.open_layer(&imported.layer.descriptor).unwrap();
+        let mut bytes = Vec::new();
+        layer.read_to_end(&mut bytes).unwrap();
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let mut entries = archive.entries().unwrap();
+        let mut entry = entries.next().unwrap().unwrap();
+        let pax: Vec<(String, Vec<u8>)> = entry
+            .pax_extensions()
+            .unwrap()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.key().unwrap().to_owned(), e.value_bytes().to_vec())
+            })
+            .collect();
+        assert_eq!(
+            pax,
+            vec![(
+                "SCHILY.xattr.security.capability".to_owned(),
+                b"\x01\x00\x00\x02".to_vec()
+            )]
+        );
+        assert_eq!(entry.header().uid().unwrap(), 3_000_000);
+        assert_eq!(entry.path().unwrap().to_str(), Some("usr/bin/ping"));
+        assert!(entries.next().is_none());
+    }
+
+    #[test]
     fn symlinks_resolve_inside_the_rootfs() {
         let links: HashMap<PathBuf, PathBuf> = [
             ("bin", "usr/bin"),
