@@ -14,13 +14,18 @@ fn generate(instructions: usize) -> String {
         let i = count;
         let line = match i % 10 {
             0 => format!("RUN --mount=type=cache,target=/var/cache/apt apt-get update && \\\n    apt-get install -y pkg{i}\n"),
-            1 => format!("ENV VAR{i}=value{i} OTHER{i}=\"${{VAR{i}}}/bin\"\n"),
+            1 => format!(
+                "ENV VAR{}=value{i} OTHER{}=\"${{VAR{}}}/bin\"\n",
+                i % 20,
+                i % 20,
+                i % 20
+            ),
             2 => format!("COPY --chown=app:app src{i}/ ./dst{i}/\n"),
-            3 => format!("WORKDIR /work/${{VAR{}}}\n", i - 2),
+            3 => format!("WORKDIR /work/${{VAR{}}}\n", (i - 2) % 20),
             4 => format!("LABEL org.example.k{i}=\"v {i}\"\n"),
             5 => format!("RUN [\"/bin/echo\", \"exec {i}\"]\n"),
-            6 => format!("ARG A{i}=default{i}\n"),
-            7 => format!("RUN <<EOF\necho heredoc {i}\necho $A{}\nEOF\n", i - 1),
+            6 => format!("ARG A{}=default{i}\n", i % 30),
+            7 => format!("RUN <<EOF\necho heredoc {i}\necho $A{}\nEOF\n", (i - 1) % 30),
             8 => format!("EXPOSE {}/tcp\n", 1000 + i % 5000),
             _ => {
                 if i % 1000 == 9 {

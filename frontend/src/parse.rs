@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use pest::iterators::Pair as PestPair;
 use pest::Parser as _;
 
 use crate::ast::{Dockerfile, Flag, Heredoc, Instruction, Keyword, Pair};
@@ -167,11 +166,11 @@ impl Reader<'_> {
 
     /// The position of byte `offset` of a logical line.
     fn position(&self, logical: &Logical, offset: usize) -> (usize, usize) {
+        // Binary search: a logical line may have very many segments.
+        let after = logical.segments.partition_point(|s| s.start <= offset);
         let segment = logical
             .segments
-            .iter()
-            .rev()
-            .find(|s| s.start <= offset)
+            .get(after.saturating_sub(1))
             .or(logical.segments.first());
         let Some(segment) = segment else {
             return (1, 1);
@@ -414,7 +413,7 @@ impl Reader<'_> {
                     keyword_word = part.as_str();
                     keyword_offset = part.as_span().start();
                 }
-                Rule::flag => raw_flags.push((part.as_span().start(), unquote_flag(part))),
+                Rule::flag => raw_flags.push((part.as_span().start(), unquote_flag(part.as_str()))),
                 Rule::rest => {
                     rest = part.as_str();
                     rest_offset = part.as_span().start();
@@ -716,6 +715,10 @@ impl Reader<'_> {
 /// Whitespace-separated words (quotes and escapes kept, but white space inside
 /// them does not split), with their byte offsets.
 fn split_words(text: &str, escape: char) -> Vec<(usize, &str)> {
+    // Without quotes or escapes, the grammar splits exactly at white space.
+    if !text.contains(['"', '\'', escape]) {
+        return split_plain_offsets(text);
+    }
     let mut input = String::with_capacity(text.len() + 1);
     input.push(escape);
     input.push_str(text);
@@ -765,24 +768,19 @@ fn split_plain(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// A flag word with its quotes removed and backslash escapes applied.
-fn unquote_flag(flag: PestPair<'_, Rule>) -> String {
-    let mut out = String::from("--");
-    fn walk(pair: PestPair<'_, Rule>, out: &mut String) {
-        match pair.as_rule() {
-            Rule::flag_plain | Rule::flag_quoted_plain_d | Rule::flag_quoted_plain_s => {
-                out.push_str(pair.as_str())
-            }
-            Rule::flag_escaped => out.push_str(pair.as_str().get(1..).unwrap_or_default()),
-            _ => {
-                for inner in pair.into_inner() {
-                    walk(inner, out);
-                }
-            }
+/// A flag word with its quotes removed and backslash escapes applied (as
+/// BuildKit's flag reader does).
+fn unquote_flag(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut quote: Option<char> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (_, '\\') => out.extend(chars.next()),
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (_, c) => out.push(c),
         }
-    }
-    for part in flag.into_inner() {
-        walk(part, &mut out);
     }
     out
 }
@@ -792,6 +790,11 @@ fn unquote_flag(flag: PestPair<'_, Rule>) -> String {
 pub(crate) fn exec_form(text: &str) -> std::result::Result<Option<Vec<String>>, String> {
     if !text.trim_start().starts_with('[') {
         return Ok(None);
+    }
+    if json_depth(text) > MAX_JSON_DEPTH {
+        return Err(format!(
+            "when using JSON array syntax, arrays must contain strings only, not arrays nested {MAX_JSON_DEPTH} deep or more"
+        ));
     }
     let Ok(mut pairs) = Grammar::parse(Rule::json_array, text) else {
         return Ok(None);
@@ -807,6 +810,11 @@ pub(crate) fn exec_form(text: &str) -> std::result::Result<Option<Vec<String>>, 
         match inner.as_rule() {
             Rule::json_string => {
                 let chars = inner.into_inner().next().map_or("", |p| p.as_str());
+                // Raw control characters make the text invalid JSON, so it is
+                // shell form.
+                if chars.contains(|c: char| c < '\u{20}') {
+                    return Ok(None);
+                }
                 out.push(json_unescape(chars));
             }
             _ => {
@@ -818,6 +826,35 @@ pub(crate) fn exec_form(text: &str) -> std::result::Result<Option<Vec<String>>, 
         }
     }
     Ok(Some(out))
+}
+
+/// Deeper JSON nesting is rejected before the (recursive) grammar sees it.
+const MAX_JSON_DEPTH: usize = 64;
+
+/// The deepest nesting of `[`/`{` outside JSON strings.
+fn json_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for c in text.chars() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '[' | '{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// Decodes the escapes of a JSON string body the grammar already validated;
@@ -1194,5 +1231,44 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("s").is_err());
+    }
+}
+
+#[cfg(test)]
+mod grammar_details {
+    use super::*;
+
+    #[test]
+    fn words_keep_quotes_and_escapes_together() {
+        let words = |t: &str, e: char| -> Vec<String> {
+            split_words(t, e)
+                .into_iter()
+                .map(|(_, w)| w.to_string())
+                .collect()
+        };
+        assert_eq!(
+            words(r#"a="b c" d\ e 'f g'h"#, '\\'),
+            [r#"a="b c""#, r"d\ e", "'f g'h"]
+        );
+        assert_eq!(words(r#"x="a\"b c" y"#, '\\'), [r#"x="a\"b c""#, "y"]);
+        assert_eq!(words("a` b c\\ d", '`'), ["a` b", "c\\", "d"]);
+        assert_eq!(words(r#"q="C:\ x" r"#, '`'), [r#"q="C:\ x""#, "r"]);
+        assert_eq!(words("'it\\' s", '\\'), ["'it\\'", "s"]);
+    }
+
+    #[test]
+    fn flags_unquote_like_buildkit() {
+        assert_eq!(unquote_flag(r#"--a="b c""#), "--a=b c");
+        assert_eq!(unquote_flag(r#"--a='b\'c'"#), "--a=b'c");
+        assert_eq!(unquote_flag(r"--a=b\ c"), "--a=b c");
+    }
+
+    #[test]
+    fn control_characters_in_json_mean_shell_form() {
+        assert_eq!(exec_form("[\"a\tb\"]").unwrap(), None);
+        assert_eq!(
+            exec_form("[\"a\\tb\"]").unwrap(),
+            Some(vec!["a\tb".to_string()])
+        );
     }
 }

@@ -29,6 +29,7 @@ pub(crate) fn process_word(
         pos: 0,
         escape,
         vars,
+        depth: 0,
     };
     lexer.word(None)
 }
@@ -38,7 +39,12 @@ struct Lexer<'a> {
     pos: usize,
     escape: char,
     vars: Option<&'a dyn Vars>,
+    /// Nesting of `${...:-${...}}`, bounded so that input cannot exhaust the stack.
+    depth: usize,
 }
+
+/// How deeply `${V:-${W:-...}}` may nest.
+const MAX_DEPTH: usize = 64;
 
 impl Lexer<'_> {
     fn peek(&self) -> Option<char> {
@@ -165,6 +171,11 @@ impl Lexer<'_> {
             return Ok(());
         }
         self.pos += 1;
+        if self.depth >= MAX_DEPTH {
+            return Err(format!(
+                "variable substitutions nested more than {MAX_DEPTH} deep"
+            ));
+        }
         let name = self.name();
         if name.is_empty() {
             return Err("bad substitution: a variable name must follow \"${\"".into());
@@ -176,7 +187,10 @@ impl Lexer<'_> {
             Some(':') | Some('-') | Some('+') | Some('?') => {
                 let colon = next == Some(':');
                 let modifier = if colon { self.next() } else { next };
-                let word = self.word(Some('}'))?;
+                self.depth += 1;
+                let word = self.word(Some('}'));
+                self.depth -= 1;
+                let word = word?;
                 self.pos += 1; // the '}'
                 // With a colon an empty value counts as unset.
                 let set = match &value {
@@ -321,6 +335,7 @@ pub(crate) fn expand_heredoc(
         pos: 0,
         escape,
         vars: Some(vars),
+        depth: 0,
     };
     let mut out = String::with_capacity(content.len());
     while let Some(c) = lexer.next() {

@@ -1,0 +1,269 @@
+//! Hostile input: random text, deep nesting, 100k continuation lines, huge
+//! heredocs. Nothing may panic, overflow the stack or take more than linear
+//! time. (The fuzz target in fuzz/ explores further.)
+
+use std::time::{Duration, Instant};
+
+use kiln_frontend::{compile, parse, CompileOptions, NoImages};
+
+fn options() -> CompileOptions {
+    CompileOptions {
+        target_platform: "linux/amd64".into(),
+        build_platform: "linux/amd64".into(),
+        ..CompileOptions::default()
+    }
+}
+
+/// Parses, and compiles what parses, rendering errors: none of it may panic.
+fn exercise(text: &str) {
+    match parse(text, "Dockerfile") {
+        Ok(dockerfile) => {
+            let _ = serde_json_string(&dockerfile);
+            match compile(&dockerfile, &options(), &NoImages) {
+                Ok(graph) => {
+                    let _ = graph.to_text();
+                    let _ = graph.to_dot();
+                }
+                Err(e) => {
+                    let _ = e.render(text);
+                }
+            }
+        }
+        Err(e) => {
+            let _ = e.render(text);
+        }
+    }
+}
+
+fn serde_json_string(dockerfile: &kiln_frontend::Dockerfile) -> usize {
+    format!("{dockerfile:?}").len()
+}
+
+/// A small deterministic generator (xorshift), so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[test]
+fn random_dockerfile_like_text_never_panics() {
+    const PIECES: &[&str] = &[
+        "FROM ",
+        "scratch",
+        " AS ",
+        "RUN ",
+        "COPY ",
+        "ADD ",
+        "ENV ",
+        "ARG ",
+        "LABEL ",
+        "ONBUILD ",
+        "HEALTHCHECK ",
+        "CMD ",
+        "SHELL ",
+        "WORKDIR ",
+        "USER ",
+        "EXPOSE ",
+        "VOLUME ",
+        "\n",
+        "\r\n",
+        "\\\n",
+        "`",
+        "\\",
+        "\"",
+        "'",
+        "$",
+        "${",
+        "}",
+        ":-",
+        ":+",
+        ":?",
+        "=",
+        "--",
+        "--mount=",
+        "type=cache,target=/c",
+        "--from=",
+        "0",
+        "1",
+        "[",
+        "]",
+        "[\"",
+        "\", \"",
+        "<<",
+        "<<-",
+        "EOF",
+        "\tEOF",
+        "# ",
+        "# escape=`\n",
+        "# syntax=x\n",
+        " ",
+        "\t",
+        "a",
+        "é",
+        "\u{feff}",
+        ",",
+        "{",
+        "/",
+        ".",
+        "--chmod=",
+        "755",
+        "-",
+        "NONE",
+        "CMD",
+    ];
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for _ in 0..3000 {
+        let len = rng.below(60);
+        let mut text = String::new();
+        if rng.below(2) == 0 {
+            text.push_str("FROM scratch\n");
+        }
+        for _ in 0..len {
+            text.push_str(PIECES[rng.below(PIECES.len())]);
+        }
+        exercise(&text);
+    }
+    let mut bytes_rng = Rng(42);
+    for _ in 0..1000 {
+        let len = bytes_rng.below(200);
+        let bytes: Vec<u8> = (0..len).map(|_| (bytes_rng.next() % 128) as u8).collect();
+        exercise(&String::from_utf8_lossy(&bytes));
+    }
+}
+
+#[test]
+fn deep_nesting_is_an_error_not_a_crash() {
+    let depth = 100_000;
+    let json = format!(
+        "FROM scratch\nCMD {}{}\n",
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    assert!(parse(&json, "Dockerfile").is_err());
+    let unbalanced = format!("FROM scratch\nCMD {}\n", "[".repeat(depth));
+    exercise(&unbalanced);
+    let vars = format!(
+        "FROM scratch\nENV A={}x{}\n",
+        "${A:-".repeat(depth),
+        "}".repeat(depth)
+    );
+    assert!(parse(&vars, "Dockerfile").is_err());
+    let onbuild = format!("FROM scratch\n{}RUN x\n", "ONBUILD ".repeat(depth));
+    assert!(parse(&onbuild, "Dockerfile").is_err());
+    let quotes = format!("FROM scratch\nENV A={}\n", "\"'".repeat(depth));
+    exercise(&quotes);
+}
+
+fn continuation_file(lines: usize) -> String {
+    let mut text = String::from("FROM scratch\nRUN echo start \\\n");
+    for i in 0..lines {
+        text.push_str(&format!("  --flag{i} x{i} \\\n"));
+        if i % 7 == 0 {
+            text.push_str("# a comment inside\n\n");
+        }
+    }
+    text.push_str("  end\n");
+    text
+}
+
+/// A RUN line naming very many heredocs (none terminated: an error, found
+/// in linear time).
+fn heredoc_markers_file(count: usize) -> String {
+    let mut text = String::from("FROM scratch\nRUN cat");
+    for i in 0..count {
+        text.push_str(&format!(" <<x{i} \\\n"));
+    }
+    text.push_str("\nbody\n");
+    text
+}
+
+fn heredoc_file(lines: usize) -> String {
+    let mut text = String::from("FROM scratch\nCOPY <<EOF /big\n");
+    for i in 0..lines {
+        text.push_str(&format!("line {i} with $VAR and ${{OTHER:-x}} \\ text\n"));
+    }
+    text.push_str("EOF\n");
+    text
+}
+
+fn many_instructions(count: usize) -> String {
+    let mut text = String::from("FROM scratch AS s0\n");
+    for i in 0..count {
+        text.push_str(match i % 5 {
+            0 => "RUN echo $HOME && \\\n  true\n",
+            1 => "ENV A=1 B=\"two\"\n",
+            2 => "COPY --link a b /dir/\n",
+            3 => "LABEL x=y\n",
+            _ => "RUN [\"/bin/true\", \"x\"]\n",
+        });
+    }
+    text
+}
+
+#[test]
+fn huge_inputs_parse() {
+    let dockerfile = parse(&continuation_file(100_000), "Dockerfile").unwrap();
+    assert_eq!(dockerfile.instructions.len(), 2);
+    let big = heredoc_file(200_000);
+    let dockerfile = parse(&big, "Dockerfile").unwrap();
+    assert_eq!(
+        dockerfile.instructions[1].heredocs[0]
+            .content
+            .lines()
+            .count(),
+        200_000
+    );
+    let graph = compile(&dockerfile, &options(), &NoImages).unwrap();
+    assert_eq!(graph.stages[0].steps.len(), 1);
+}
+
+/// The fastest of `runs` runs.
+fn time_parse(text: &str, runs: usize) -> Duration {
+    (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            let _ = parse(text, "Dockerfile");
+            start.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+/// Quadrupling the input must not do much worse than quadruple the time; a
+/// quadratic parser would take about sixteen times as long. The bound is loose
+/// so that a busy machine does not make the test flaky, and the sizes are
+/// chosen so the smaller input already takes tens of milliseconds (tiny
+/// inputs fit in caches the larger ones miss).
+#[test]
+fn parse_time_grows_linearly() {
+    for (name, size, make) in [
+        (
+            "continuations",
+            20_000,
+            continuation_file as fn(usize) -> String,
+        ),
+        ("heredoc", 100_000, heredoc_file),
+        ("heredoc markers", 2_500, heredoc_markers_file),
+        ("instructions", 2_500, many_instructions),
+    ] {
+        let small = make(size);
+        let large = make(size * 4);
+        let t_small = time_parse(&small, 3);
+        let t_large = time_parse(&large, 2);
+        let ratio = t_large.as_secs_f64() / t_small.as_secs_f64().max(1e-6);
+        assert!(
+            ratio < 10.0,
+            "{name}: 4x the input took {ratio:.1}x the time ({t_small:?} -> {t_large:?})"
+        );
+    }
+}
