@@ -189,6 +189,8 @@ enum Seen {
 struct Normaliser {
     builder: tar::Builder<LayerWriter>,
     seen: HashMap<PathBuf, Seen>,
+    /// Every parent directory of an entry so far.
+    implied_dirs: std::collections::HashSet<PathBuf>,
     symlinks: HashMap<PathBuf, PathBuf>,
     elf_files: BTreeMap<PathBuf, ElfHeader>,
     cleaned: Vec<String>,
@@ -201,6 +203,7 @@ impl Normaliser {
         Normaliser {
             builder: tar::Builder::new(writer),
             seen: HashMap::new(),
+            implied_dirs: std::collections::HashSet::new(),
             symlinks: HashMap::new(),
             elf_files: BTreeMap::new(),
             cleaned: Vec::new(),
@@ -244,6 +247,12 @@ impl Normaliser {
             _ => Seen::Other,
         };
         self.check_parents(&path).map_err(&hostile)?;
+        if seen_as != Seen::Directory && self.implied_dirs.contains(&path) {
+            return Err(hostile(
+                "earlier entries use this path as a directory; it cannot become a file or link now"
+                    .to_owned(),
+            ));
+        }
         if let Some(earlier) = self.seen.get(&path) {
             if *earlier == Seen::Directory && seen_as == Seen::Directory {
                 self.cleaned
@@ -398,6 +407,13 @@ impl Normaliser {
                     other.as_byte() as char
                 )))
             }
+        }
+        let mut parent = path.parent();
+        while let Some(dir) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            if !self.implied_dirs.insert(dir.to_path_buf()) {
+                break;
+            }
+            parent = dir.parent();
         }
         self.seen.insert(path, seen_as);
         self.entries += 1;

@@ -124,6 +124,10 @@ fn cases() -> Vec<(&'static str, Vec<Member>)> {
             ],
         ),
         ("truncated", vec![file("big", b"only part")]),
+        (
+            "symlink-after-children",
+            vec![file("etc/shadow", b"x"), symlink("etc", "/host/etc")],
+        ),
     ]
 }
 
