@@ -34,9 +34,14 @@ fn testdata(case: &str) -> String {
 #[test]
 fn json_is_the_golden_shape() {
     let out = kiln(&["parse", "-f", &testdata("issue-example")], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let expected = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/dockerfile/issue-example/expected.json"),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/dockerfile/issue-example/expected.json"),
     )
     .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
@@ -48,14 +53,30 @@ fn reads_stdin_and_prints_dot_and_text() {
     let out = kiln(&["parse", "-f", "-", "--format", "dot"], Some(text));
     assert!(out.status.success());
     let dot = String::from_utf8_lossy(&out.stdout);
-    assert!(dot.starts_with("digraph kiln {") && dot.contains("cluster_1"), "{dot}");
+    assert!(
+        dot.starts_with("digraph kiln {") && dot.contains("cluster_1"),
+        "{dot}"
+    );
     let out = kiln(
-        &["parse", "-f", "-", "--format", "text", "--target", "a", "--platform", "linux/arm64"],
+        &[
+            "parse",
+            "-f",
+            "-",
+            "--format",
+            "text",
+            "--target",
+            "a",
+            "--platform",
+            "linux/arm64",
+        ],
         Some(text),
     );
     assert!(out.status.success());
     let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(listing.starts_with("stage 0 a (target): FROM scratch [linux/arm64]"), "{listing}");
+    assert!(
+        listing.starts_with("stage 0 a (target): FROM scratch [linux/arm64]"),
+        "{listing}"
+    );
     assert!(!listing.contains("stage 1"));
 }
 
@@ -63,10 +84,24 @@ fn reads_stdin_and_prints_dot_and_text() {
 fn build_args_reach_the_graph() {
     let text = "ARG BASE=scratch\nFROM $BASE\nARG V=1\nRUN echo\n";
     let out = kiln(
-        &["parse", "-f", "-", "--format", "text", "--build-arg", "V=2", "--build-arg", "BASE=alpine"],
+        &[
+            "parse",
+            "-f",
+            "-",
+            "--format",
+            "text",
+            "--build-arg",
+            "V=2",
+            "--build-arg",
+            "BASE=alpine",
+        ],
         Some(text),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(listing.contains("FROM image alpine"), "{listing}");
     assert!(listing.contains("V=2"), "{listing}");
@@ -74,11 +109,17 @@ fn build_args_reach_the_graph() {
 
 #[test]
 fn errors_show_the_line_and_a_caret_on_stderr() {
-    let out = kiln(&["parse", "-f", "-"], Some("FROM scratch\nCOPY --nope a b\n"));
+    let out = kiln(
+        &["parse", "-f", "-"],
+        Some("FROM scratch\nCOPY --nope a b\n"),
+    );
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("<stdin>:2:6: unknown flag --nope"), "{stderr}");
+    assert!(
+        stderr.contains("<stdin>:2:6: unknown flag --nope"),
+        "{stderr}"
+    );
     assert!(stderr.contains("2 | COPY --nope a b"), "{stderr}");
     assert!(stderr.contains("  |      ^"), "{stderr}");
     let out = kiln(&["parse", "-f", "/nonexistent/Dockerfile"], None);
