@@ -424,3 +424,53 @@ fn mountpoints_keep_the_image_metadata_of_their_parents() {
     assert_eq!(out.layer_entries(), vec!["root/", "root/note"]);
     drop(host);
 }
+
+#[test]
+fn capabilities_are_dockers_defaults_and_no_new_privs_is_set() {
+    let mut s = shell("grep -E '^(CapEff|CapBnd|CapInh|NoNewPrivs)' /proc/self/status");
+    let out = run(&s);
+    out.upper();
+    // moby's default set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID
+    // SETPCAP NET_BIND_SERVICE NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP.
+    assert_eq!(
+        out.stdout,
+        vec![
+            "CapInh:\t0000000000000000",
+            "CapEff:\t00000000a80425fb",
+            "CapBnd:\t00000000a80425fb",
+            "NoNewPrivs:\t1"
+        ]
+    );
+    s.user = "app".into();
+    let out = run(&s);
+    assert_eq!(out.stdout[1], "CapEff:\t0000000000000000");
+}
+
+#[test]
+fn supplementary_groups_come_from_the_image() {
+    // A layer on top of the fixture that makes app a member of two more groups.
+    let mut builder = tar::Builder::new(Vec::new());
+    let group = b"root:x:0:\nnogroup:x:65534:\napp:x:1000:\nwheel:x:10:app\nstaff:x:50:other,app\n";
+    let mut header = tar::Header::new_gnu();
+    header.set_path("etc/group").unwrap();
+    header.set_size(group.len() as u64);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_cksum();
+    builder.append(&header, &group[..]).unwrap();
+    let tar = builder.into_inner().unwrap();
+    let groups_layer = snapshotter()
+        .1
+        .prepare("sha256:test-groups-layer", || {
+            Ok::<_, std::io::Error>(tar.as_slice())
+        })
+        .unwrap();
+    let mut s = shell("id -G");
+    s.lowers.push(groups_layer);
+    s.user = "app".into();
+    let out = run(&s);
+    out.upper();
+    assert_eq!(out.stdout, vec!["1000 10 50"]);
+}
