@@ -215,7 +215,10 @@ fn raw_status(status: WaitStatus) -> i32 {
 
 /// The step's main process: drops privileges and executes the program.
 fn exec_main(plan: &Plan) -> ! {
-    // Default signal dispositions are inherited from init, which changed none.
+    sys::reset_signals();
+    // Docker's umask, whatever kiln was started with: file modes in layers must
+    // not depend on the user's shell.
+    nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
     if let Err(errno) = sys::limit_capabilities(plan.keep_caps, plan.last_cap) {
         fail(REPORT_CAPS, errno);
     }

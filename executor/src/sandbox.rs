@@ -340,7 +340,18 @@ fn validate(spec: &RunSpec) -> Result<()> {
 }
 
 fn with_defaults(env: &[String], home: &str) -> Vec<String> {
-    let mut env = env.to_vec();
+    // A name given twice keeps its last value, as Docker's ENV does.
+    let mut env: Vec<String> = env
+        .iter()
+        .enumerate()
+        .filter(|(i, entry)| {
+            let name = entry.split('=').next().unwrap_or("");
+            !env[i + 1..]
+                .iter()
+                .any(|later| later.split('=').next() == Some(name))
+        })
+        .map(|(_, entry)| entry.clone())
+        .collect();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(format!("PATH={DEFAULT_PATH}"));
     }

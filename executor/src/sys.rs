@@ -247,3 +247,21 @@ pub(crate) fn read_byte(fd: RawFd) -> bool {
         return ret == 1;
     }
 }
+
+/// Restores default dispositions for every signal and unblocks them all: a
+/// step must not inherit kiln's ignored SIGPIPE or a blocked mask.
+pub(crate) fn reset_signals() {
+    for signal in 1..=libc::SIGRTMAX() {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL touches no memory of ours.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+    // SAFETY: an empty set, built on the stack.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
+    }
+}

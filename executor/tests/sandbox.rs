@@ -120,7 +120,11 @@ fn unprivileged_user_cannot_write_root_files() {
 #[test]
 fn environment_and_working_directory() {
     let mut s = shell("pwd; echo $GREETING; echo $PATH");
-    s.env = vec!["GREETING=hello world".into(), "PATH=/bin".into()];
+    s.env = vec![
+        "GREETING=first".into(),
+        "GREETING=hello world".into(),
+        "PATH=/bin".into(),
+    ];
     s.cwd = "/work/dir".into();
     let out = run(&s);
     assert_eq!(out.stdout, vec!["/work/dir", "hello world", "/bin"]);
@@ -428,6 +432,16 @@ fn mountpoints_keep_the_image_metadata_of_their_parents() {
 #[test]
 fn capabilities_are_dockers_defaults_and_no_new_privs_is_set() {
     let mut s = shell("grep -E '^(CapEff|CapBnd|CapInh|NoNewPrivs)' /proc/self/status");
+    let signals = run(&shell(
+        "grep -E '^(SigBlk|SigIgn)' /proc/self/status; umask",
+    ));
+    // Nothing inherited from the test harness: no ignored SIGPIPE (nor any other
+    // standard signal; glibc keeps 32 and 33 for itself), Docker's umask.
+    assert_eq!(signals.stdout[0], "SigBlk:\t0000000000000000");
+    let ignored =
+        u64::from_str_radix(signals.stdout[1].trim_start_matches("SigIgn:\t"), 16).unwrap();
+    assert_eq!(ignored & 0x7fff_ffff, 0, "{:?}", signals.stdout);
+    assert_eq!(signals.stdout[2], "0022");
     let out = run(&s);
     out.upper();
     // moby's default set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID
