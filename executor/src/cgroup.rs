@@ -64,6 +64,21 @@ fn cgroup_mounts() -> Result<Mounts> {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// This process' cgroup path in the v1 hierarchy holding `controller`.
+fn own_v1_cgroup(controller: &str) -> Option<String> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let _id = fields.next()?;
+        let controllers = fields.next()?;
+        let path = fields.next()?;
+        controllers
+            .split(',')
+            .any(|c| c == controller)
+            .then(|| path.to_owned())
+    })
+}
+
 fn needed(limits: &Limits) -> Vec<&'static str> {
     let mut out = Vec::new();
     if limits.memory.is_some() {
@@ -121,7 +136,13 @@ impl StepCgroup {
                     "the {controller} controller is available in neither a cgroup v2 nor a v1 hierarchy; mount it or run without --memory/--cpus/--cpu-shares/--pids-limit"
                 )));
             };
-            let dir = mount.join("kiln").join(&name);
+            // Under kiln's own cgroup, so that limits kiln runs under (a CI
+            // container's, say) still apply to its steps.
+            let dir = own_v1_cgroup(controller)
+                .map(|own| mount.join(own.trim_start_matches('/')))
+                .filter(|parent| parent.is_dir())
+                .unwrap_or_else(|| mount.to_path_buf())
+                .join(format!("kiln-{name}"));
             if cgroup.dirs.contains(&dir) {
                 continue;
             }
