@@ -30,9 +30,14 @@
 //! other threads are never held open by this sandbox.
 //!
 //! The init (pid 1 of its pid namespace) makes every mount private, mounts the
-//! overlay (snapshots as lower dirs, a fresh upper dir in the scratch dir), a
-//! fresh /proc, a minimal /dev, read-only /sys, the requested mounts, and
-//! `pivot_root`s into it; the old root is detached. It then clones the step's
+//! overlay on the scratch dir (snapshots as lower dirs, a fresh upper dir, the
+//! `volatile` option since the upper dir is thrown away), a fresh /proc (its
+//! kernel knobs read-only), a minimal /dev, read-only /sys, the requested
+//! mounts, and `pivot_root`s into it; the old root is detached. Mountpoints
+//! missing from the image come from one more shared, read-only lower dir kept
+//! beside the snapshots (with the image's metadata for their parents), so the
+//! upper dir only ever holds the step's own changes. Where overlayfs cannot be
+//! mounted, the merged snapshots are copied and the changes found by comparing. It then clones the step's
 //! main process, which drops to Docker's default capability set, switches user,
 //! sets `no_new_privs` and executes the program. The init reaps every process
 //! and, when the main one exits, kills all that remain. Nothing is mounted in
@@ -69,8 +74,11 @@ pub use view::{RootfsView, ViewEntry};
 /// Runs one step in a fresh sandbox and returns the changes it made.
 ///
 /// `scratch_dir` is a directory for this step only (created if missing, on a
-/// filesystem overlayfs accepts as upper: not overlayfs itself); it receives the
-/// upper, work and mount directories. The caller removes it with
+/// filesystem overlayfs accepts as upper: not overlayfs itself; no `:`, `,`
+/// or `\\` in its path); it receives the upper and work directories and, inside
+/// the sandbox's mount namespace only, the overlay is mounted on it. Shared
+/// mountpoint stubs and resolv.conf/hosts copies go to `.mountpoints/` in the
+/// snapshot root (the lowers' parent). The caller removes the scratch dir with
 /// [`remove_tree`] once the layer is written, also after errors. Output lines
 /// go to `on_output` as they come. A non-zero exit is
 /// [`Error::ExitCode`] with the last lines of output. Needs root.

@@ -54,8 +54,8 @@ pub enum Network {
 }
 
 /// An extra mount inside the sandbox. Target paths are absolute paths in the image;
-/// symlinks on the way are followed inside the image's root. Whatever the sandbox
-/// creates to have a mountpoint is removed before the layer is written.
+/// symlinks on the way are followed inside the image's root. Mountpoints the
+/// image lacks never reach the step's layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mount {
     /// A host file or directory bound in: build-context binds (`readonly: true`),
