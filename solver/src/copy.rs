@@ -21,6 +21,7 @@ use kiln_frontend::CopyStep;
 
 use crate::dockerignore::matches_self_or_parent;
 use crate::error::{io_err, Error, Result};
+use crate::fetch::{is_url, url_file_name, Downloads};
 use crate::pattern::{clean_relative, Pattern};
 use crate::source::{select, walk, SourceEntry, SourceFs};
 
@@ -180,6 +181,8 @@ enum Item {
     Entry(SourceEntry, Option<String>),
     /// A heredoc: file name and content.
     Inline(String, String),
+    /// An ADD of a URL: file name and the downloaded file.
+    Download(String, std::path::PathBuf),
 }
 
 /// Builds the result of `step` under `out` (the layer's root), reading sources
@@ -190,6 +193,7 @@ pub(crate) fn build_tree(
     source: &dyn SourceFs,
     dest: &dyn DestFs,
     keep_owner: bool,
+    downloads: Option<&Downloads>,
     out: &Path,
 ) -> Result<()> {
     let owner = match &step.chown {
@@ -215,10 +219,15 @@ pub(crate) fn build_tree(
 
     let mut items = Vec::new();
     for src in &step.sources {
-        if src.starts_with("http://") || src.starts_with("https://") {
-            return Err(Error::Copy(format!(
-                "ADD {src}: kiln builds without network access to URLs; download the file into the build context and ADD or COPY it from there"
-            )));
+        if is_url(src) {
+            let Some(downloads) = downloads.filter(|_| step.add) else {
+                return Err(Error::Copy(format!(
+                    "COPY {src}: COPY takes no URLs; use ADD to download a file"
+                )));
+            };
+            let download = downloads.get(src, step.checksum.as_deref())?;
+            items.push(Item::Download(url_file_name(src)?, download.path));
+            continue;
         }
         let selected = select(source, src)?;
         let selected: Vec<_> = selected.into_iter().filter(|e| !excluded(&e.rel)).collect();
@@ -264,7 +273,7 @@ pub(crate) fn build_tree(
         && !wants_dir
         && match &items[0] {
             Item::Entry(e, _) => !e.meta.is_dir() && !is_archive_add(step, e)?,
-            Item::Inline(..) => true,
+            Item::Inline(..) | Item::Download(..) => true,
         }
         && dest.is_dir(&resolved_dest)?;
     let dest_is_dir = wants_dir || single_file_into_dir;
@@ -278,6 +287,14 @@ pub(crate) fn build_tree(
                     resolved_dest.clone()
                 };
                 writer.write_inline(&target, content)?;
+            }
+            Item::Download(name, path) => {
+                let target = if dest_is_dir {
+                    join_abs(&resolved_dest, name)
+                } else {
+                    resolved_dest.clone()
+                };
+                writer.write_download(&target, path)?;
             }
             Item::Entry(entry, pivot) => {
                 let rel_under_parents = if step.parents {
@@ -576,6 +593,18 @@ impl TreeWriter<'_> {
         finish_file(&host, mode, uid, gid, None)
     }
 
+    /// A downloaded file: mode 0600 as Docker gives remote files, owned by
+    /// root unless --chown says otherwise; never unpacked.
+    fn write_download(&mut self, image_path: &str, downloaded: &Path) -> Result<()> {
+        self.ensure_parents(image_path)?;
+        let host = self.host(image_path);
+        remove_existing(&host)?;
+        fs::copy(downloaded, &host).map_err(io_err(&host))?;
+        let (uid, gid) = self.owner.unwrap_or((0, 0));
+        let mode = self.chmod.map(|c| c.apply(0o600, false)).unwrap_or(0o600);
+        finish_file(&host, mode, uid, gid, None)
+    }
+
     fn extract_archive(&mut self, entry: &SourceEntry, image_dir: &str) -> Result<()> {
         let Some(stream) = open_archive(&entry.host)? else {
             return Err(Error::Copy(format!("{}: not an archive", entry.rel)));
@@ -766,7 +795,7 @@ mod tests {
     }
 
     fn run(f: &Fixture, s: &CopyStep) -> Result<BTreeMap<String, (u32, u32, u32, String)>> {
-        build_tree(s, &f.ctx, &FakeParent, false, f.out.path())?;
+        build_tree(s, &f.ctx, &FakeParent, false, None, f.out.path())?;
         Ok(tree(f.out.path()))
     }
 
@@ -944,12 +973,20 @@ mod tests {
             let out = tempfile::tempdir().unwrap();
             let mut s = step(&[name], "/dst");
             s.add = true;
-            build_tree(&s, &ctx, &FakeParent, false, out.path()).unwrap();
+            build_tree(&s, &ctx, &FakeParent, false, None, out.path()).unwrap();
             let t = tree(out.path());
             assert_eq!(t["dst/inner/file"], (0o600, 7, 8, "hello".into()), "{name}");
             // COPY never unpacks.
             let out = tempfile::tempdir().unwrap();
-            build_tree(&step(&[name], "/dst"), &ctx, &FakeParent, false, out.path()).unwrap();
+            build_tree(
+                &step(&[name], "/dst"),
+                &ctx,
+                &FakeParent,
+                false,
+                None,
+                out.path(),
+            )
+            .unwrap();
             assert!(out.path().join("dst").is_file(), "{name}");
         }
         // A gzip file that is not a tar is copied as it is.
@@ -965,11 +1002,10 @@ mod tests {
     }
 
     #[test]
-    fn urls_are_a_clear_error() {
+    fn copy_of_a_url_is_a_clear_error() {
         let f = fixture(&[]);
-        let mut s = step(&["https://example.com/x.tar"], "/");
-        s.add = true;
+        let s = step(&["https://example.com/x.tar"], "/");
         let err = run(&f, &s).unwrap_err().to_string();
-        assert!(err.contains("download the file"), "{err}");
+        assert!(err.contains("COPY takes no URLs"), "{err}");
     }
 }

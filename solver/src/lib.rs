@@ -9,6 +9,7 @@
 mod copy;
 mod dockerignore;
 mod error;
+mod fetch;
 mod pattern;
 mod progress;
 mod scheduler;

@@ -21,6 +21,7 @@ use kiln_frontend::{
 
 use crate::copy::{build_tree, NoParent};
 use crate::error::{io_err, Error, Result};
+use crate::fetch::{is_url, Downloads};
 use crate::pattern::clean_relative;
 use crate::progress::{Event, Progress};
 use crate::scheduler::run_dag;
@@ -164,6 +165,7 @@ pub fn solve(
     let stages = graph
         .needed_stages()
         .map_err(|e| Error::Invalid(e.to_string()))?;
+    let downloads = Downloads::new(&store.tmp_dir())?;
     let mut plans: HashMap<usize, StagePlan> = HashMap::new();
     let mut vertices: Vec<Vertex<'_>> = Vec::new();
     let mut by_key: HashMap<Key, usize> = HashMap::new();
@@ -251,9 +253,26 @@ pub fn solve(
             match &step.kind {
                 StepKind::Copy(copy) => {
                     if copy.from == CopyFrom::Context {
+                        let (urls, paths): (Vec<String>, Vec<String>) =
+                            copy.sources.iter().cloned().partition(|s| is_url(s));
                         let digest =
-                            content_digest(context, &copy.sources).map_err(|e| located(step, e))?;
+                            content_digest(context, &paths).map_err(|e| located(step, e))?;
                         key.key("content", &digest);
+                        for url in &urls {
+                            // The content is what counts: a pinned checksum
+                            // names it without downloading, else the download.
+                            let content = match (&copy.checksum, copy.add) {
+                                (Some(sum), _) => sum.clone(),
+                                (None, true) => {
+                                    downloads
+                                        .get(url, None)
+                                        .map_err(|e| located(step, e))?
+                                        .digest
+                                }
+                                (None, false) => String::new(),
+                            };
+                            key.str("url", url).str("url-content", &content);
+                        }
                     }
                     add_from(&copy.from, &mut key, &mut deps, &mut from_layers)?;
                 }
@@ -343,6 +362,7 @@ pub fn solve(
         cancel,
         snapshotter: &snapshotter,
         results: &results,
+        downloads: &downloads,
     };
     let deps: Vec<Vec<usize>> = vertices.iter().map(|v| v.deps.clone()).collect();
     let outcome = run_dag(&deps, options.jobs, cancel, |id| {
@@ -585,6 +605,7 @@ struct Runner<'a> {
     cancel: &'a CancelToken,
     snapshotter: &'a Snapshotter,
     results: &'a Mutex<HashMap<usize, Option<LayerBlob>>>,
+    downloads: &'a Downloads,
 }
 
 /// A scratch directory in the store, removed when dropped.
@@ -685,10 +706,12 @@ impl Runner<'_> {
                     None => &NoParent,
                 };
                 match &copy.from {
-                    CopyFrom::Context => build_tree(copy, self.context, dest, false, &tree)?,
+                    CopyFrom::Context => {
+                        build_tree(copy, self.context, dest, false, Some(self.downloads), &tree)?
+                    }
                     from => {
                         let source = ViewSource(self.source_view(vertex, from)?);
-                        build_tree(copy, &source, dest, true, &tree)?
+                        build_tree(copy, &source, dest, true, None, &tree)?
                     }
                 }
                 let options = self.diff_options();
