@@ -18,7 +18,7 @@ fn options() -> CompileOptions {
 fn exercise(text: &str) {
     match parse(text, "Dockerfile") {
         Ok(dockerfile) => {
-            let _ = serde_json_string(&dockerfile);
+            let _ = debug_len(&dockerfile);
             match compile(&dockerfile, &options(), &NoImages) {
                 Ok(graph) => {
                     let _ = graph.to_text();
@@ -35,7 +35,7 @@ fn exercise(text: &str) {
     }
 }
 
-fn serde_json_string(dockerfile: &kiln_frontend::Dockerfile) -> usize {
+fn debug_len(dockerfile: &kiln_frontend::Dockerfile) -> usize {
     format!("{dockerfile:?}").len()
 }
 
