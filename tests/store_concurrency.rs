@@ -13,9 +13,15 @@ use support::{fixture, skopeo_inspect, Store};
 
 /// Writes an endless uncompressed tar of 1 MiB files with varied content to `sink`
 /// until it fails (the reader died).
-fn feed_large_tar(mut sink: impl Write) {
+fn feed_large_tar(sink: impl Write) {
+    feed_tar(sink, u64::MAX);
+}
+
+/// Writes `files` members of 1 MiB (then the end of the archive) to `sink`;
+/// stops early when the reader goes away.
+fn feed_tar(mut sink: impl Write, files: u64) {
     let mut index = 0u64;
-    loop {
+    while index < files {
         let mut header = [0u8; 512];
         let name = format!("data/file-{index:08}");
         header[..name.len()].copy_from_slice(name.as_bytes());
@@ -43,6 +49,7 @@ fn feed_large_tar(mut sink: impl Write) {
         }
         index += 1;
     }
+    let _ = sink.write_all(&[0u8; 1024]);
 }
 
 fn temp_bytes(store: &Store) -> u64 {
@@ -202,4 +209,61 @@ fn fsck_reports_a_damaged_blob_and_repair_lets_a_reimport_heal_it() {
     assert!(!path.exists());
     store.import("busybox-amd64.tar", "bb");
     store.assert_fsck_clean();
+}
+
+#[test]
+fn prune_waits_for_an_import_in_progress_and_loses_nothing() {
+    let store = Store::new();
+    let mut import = store
+        .command(&["import", "--platform", "amd64", "-", "slow"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = import.stdin.take().unwrap();
+    feed_tar(&mut stdin, 16);
+    // The import has a temporary blob but no name yet: exactly what prune removes
+    // when nobody uses the store.
+    let started = Instant::now();
+    while temp_bytes(&store) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the import never wrote anything"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut prune = store
+        .command(&["prune"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        prune.try_wait().unwrap().is_none(),
+        "prune ran while an import was in progress"
+    );
+    feed_tar(&mut stdin, 0);
+    drop(stdin);
+    let imported = import.wait_with_output().unwrap();
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    let pruned = prune.wait_with_output().unwrap();
+    assert!(
+        pruned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pruned.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&pruned.stderr).contains("waiting for the other kiln processes"),
+        "{}",
+        String::from_utf8_lossy(&pruned.stderr)
+    );
+    store.assert_fsck_clean();
+    let inspect: serde_json::Value = serde_json::from_str(&store.ok(&["inspect", "slow"])).unwrap();
+    assert_eq!(inspect[0]["Platform"], "linux/amd64");
 }
