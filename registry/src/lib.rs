@@ -1,2 +1,20 @@
-//! kiln's OCI distribution client.
+//! kiln's OCI distribution client: image references, credentials (Docker's
+//! `config.json`), authentication (anonymous, basic, bearer tokens), and push
+//! and pull between kiln's store and a registry.
+//!
+//! Transfers are safe to interrupt: the store publishes a blob only once its
+//! digest checks out, and a registry only names an image once its manifest
+//! is put, after every blob. A retry skips what is already there.
 #![forbid(unsafe_code)]
+
+mod auth;
+mod client;
+mod error;
+mod reference;
+mod transfer;
+
+pub use auth::{load_credentials, store_credentials, Credentials};
+pub use client::{Client, ClientOptions};
+pub use error::{Error, Result};
+pub use reference::{is_loopback, Reference, DOCKER_HUB};
+pub use transfer::{pull, push, Progress, Pulled, PushOptions};

@@ -1,0 +1,92 @@
+use std::path::PathBuf;
+
+/// What can go wrong talking to a registry. Messages are lowercase and say
+/// what to do where the user can do something.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A reference that is not `[REGISTRY/]REPO[:TAG][@DIGEST]`.
+    #[error("invalid image reference {reference:?}: {reason}")]
+    BadReference { reference: String, reason: String },
+    /// The registry could not be reached or the connection broke.
+    #[error("cannot reach registry {registry} ({url}): {message}")]
+    Unreachable {
+        registry: String,
+        url: String,
+        message: String,
+    },
+    /// The registry refused the credentials, or wants some and has none.
+    #[error("authentication to {registry} failed: {detail}; run `kiln login {registry}` with valid credentials")]
+    AuthFailed { registry: String, detail: String },
+    /// The credentials are valid but may not do this.
+    #[error("registry {registry} denied access to {repository}: {detail}")]
+    Denied {
+        registry: String,
+        repository: String,
+        detail: String,
+    },
+    /// The repository, manifest or blob does not exist.
+    #[error("{what} not found in {registry}: {detail}")]
+    NotFound {
+        registry: String,
+        what: String,
+        detail: String,
+    },
+    /// Any other error answer from the registry.
+    #[error("registry {registry} answered {status} to {method} {url}: {detail}")]
+    Registry {
+        registry: String,
+        method: String,
+        url: String,
+        status: u16,
+        detail: String,
+    },
+    /// Content that does not hash to the digest it was announced under.
+    #[error("{what} is corrupt: expected {expected}, got {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    /// A registry answer kiln cannot use.
+    #[error("{what} from {registry} is not valid: {message}")]
+    Invalid {
+        registry: String,
+        what: String,
+        message: String,
+    },
+    /// An index with no manifest for the wanted platform.
+    #[error(
+        "{reference} has no image for {wanted}; it has: {available}; pick one with --platform"
+    )]
+    NoMatchingPlatform {
+        reference: String,
+        wanted: String,
+        available: String,
+    },
+    /// A manifest or layer type kiln cannot store.
+    #[error("{reference}: unsupported media type {media_type}")]
+    UnsupportedMediaType {
+        reference: String,
+        media_type: String,
+    },
+    /// Plain HTTP to a host that is not loopback without `--insecure`.
+    #[error("registry {0} is not on the loopback interface: kiln speaks TLS to it; pass --insecure to allow plain HTTP")]
+    InsecureNotAllowed(String),
+    /// The docker credentials file could not be read or written.
+    #[error("{path}: {message}")]
+    Credentials { path: PathBuf, message: String },
+    /// A store operation failed.
+    #[error(transparent)]
+    Store(#[from] kiln_cache::Error),
+    /// Reading a blob from the store for upload failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,449 @@
+//! Push and pull between the store and a registry: blobs in parallel,
+//! streamed from and into the store's files, manifests last on push so a
+//! registry never names an image whose blobs it lacks.
+
+use std::io::Write;
+use std::sync::Mutex;
+
+use kiln_cache::{
+    ContentStore, Descriptor, Digest, ImageManifest, LayerBlob, MediaType, Platform, Store,
+    StoredImage,
+};
+use oci_spec::image::ImageIndex;
+
+use crate::client::{sources_dir, Client, Mount};
+use crate::error::{Error, Result};
+use crate::reference::Reference;
+
+/// What a transfer reports as it goes, for progress output.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Progress {
+    /// The registry (or the store, on pull) already had the blob.
+    Exists { digest: String, size: u64 },
+    /// The registry mounted the blob from another repository.
+    Mounted { digest: String, from: String },
+    /// The blob was uploaded.
+    Uploaded { digest: String, size: u64 },
+    /// The blob was downloaded and verified.
+    Downloaded { digest: String, size: u64 },
+    /// The manifest was pushed or pulled.
+    Manifest { digest: String },
+}
+
+/// How to push.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    /// Blobs up to this size go in one PUT; bigger ones in PATCH chunks of it.
+    pub chunk_size: u64,
+    /// How many blobs move at once.
+    pub parallel: usize,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        PushOptions {
+            chunk_size: 64 << 20,
+            parallel: 4,
+        }
+    }
+}
+
+/// How many blobs a pull fetches at once.
+const PULL_PARALLEL: usize = 4;
+
+/// Runs `work` over `items` on up to `threads` threads; returns the first
+/// error (the others finish what they started).
+fn parallel<T: Sync>(
+    items: &[T],
+    threads: usize,
+    work: impl Fn(&T) -> Result<()> + Sync,
+) -> Result<()> {
+    let next = Mutex::new(0usize);
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..threads.clamp(1, items.len().max(1)) {
+            scope.spawn(|| loop {
+                if failure.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                    return;
+                }
+                let index = {
+                    let mut next = next.lock().unwrap_or_else(|e| e.into_inner());
+                    let index = *next;
+                    *next += 1;
+                    index
+                };
+                let Some(item) = items.get(index) else {
+                    return;
+                };
+                if let Err(e) = work(item) {
+                    failure
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e);
+                    return;
+                }
+            });
+        }
+    });
+    match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Remembers that `registry` has `digest` in `repository`. Only a hint for
+/// cross-repository mounts: losing one costs an upload, never correctness.
+fn remember_source(store: &Store, registry: &str, repository: &str, digest: &Digest) {
+    let Ok(state) = store.state_dir("registry") else {
+        return;
+    };
+    let dir = sources_dir(&state);
+    let line = format!("{registry} {repository}");
+    let path = dir.join(digest.digest());
+    let mut lines: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    if lines.contains(&line) {
+        return;
+    }
+    lines.push(line);
+    let _ = std::fs::create_dir_all(&dir).and_then(|_| {
+        let mut temp = tempfile::NamedTempFile::new_in(&dir)?;
+        temp.write_all((lines.join("\n") + "\n").as_bytes())?;
+        temp.persist(&path).map_err(|e| e.error)?;
+        Ok(())
+    });
+}
+
+/// Another repository of `registry` known to have `digest`.
+fn known_source(
+    store: &Store,
+    registry: &str,
+    repository: &str,
+    digest: &Digest,
+) -> Option<String> {
+    let state = store.state_dir("registry").ok()?;
+    let text = std::fs::read_to_string(sources_dir(&state).join(digest.digest())).ok()?;
+    text.lines().find_map(|line| {
+        let (reg, repo) = line.split_once(' ')?;
+        (reg == registry && repo != repository).then(|| repo.to_owned())
+    })
+}
+
+/// Pushes a stored image to `target` (its tag, or its digest when the
+/// reference has only a digest). Blobs the registry has are skipped, blobs
+/// another repository of the registry has are mounted, the rest uploaded in
+/// parallel; the manifest goes last. Returns the manifest digest.
+pub fn push(
+    store: &Store,
+    client: &Client,
+    image: &StoredImage,
+    target: &Reference,
+    options: &PushOptions,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<Digest> {
+    let repository = target.repository.as_str();
+    let registry = client.registry();
+    let mut blobs: Vec<Descriptor> = vec![image.manifest.config().clone()];
+    for layer in image.manifest.layers() {
+        if !blobs.iter().any(|b| b.digest() == layer.digest()) {
+            blobs.push(layer.clone());
+        }
+    }
+    parallel(&blobs, options.parallel, |blob| {
+        let digest = blob.digest();
+        let text = digest.to_string();
+        if client.blob_exists(repository, &text)? {
+            remember_source(store, registry, repository, digest);
+            progress(&Progress::Exists {
+                digest: text,
+                size: blob.size(),
+            });
+            return Ok(());
+        }
+        let path = store.blob_path(digest)?;
+        if !path.is_file() {
+            return Err(kiln_cache::Error::MissingBlob(text).into());
+        }
+        let location = match known_source(store, registry, repository, digest) {
+            Some(from) => match client.mount_blob(repository, &text, &from)? {
+                Mount::Mounted => {
+                    remember_source(store, registry, repository, digest);
+                    progress(&Progress::Mounted { digest: text, from });
+                    return Ok(());
+                }
+                Mount::Started(location) => location,
+            },
+            None => client.start_upload(repository)?,
+        };
+        client.upload_blob(
+            repository,
+            location,
+            &text,
+            &path,
+            blob.size(),
+            options.chunk_size,
+        )?;
+        remember_source(store, registry, repository, digest);
+        progress(&Progress::Uploaded {
+            digest: text,
+            size: blob.size(),
+        });
+        Ok(())
+    })?;
+    let manifest_bytes = store.read_blob(image.id())?;
+    let media_type = image
+        .manifest
+        .media_type()
+        .clone()
+        .unwrap_or(MediaType::ImageManifest)
+        .to_string();
+    let announced = client.put_manifest(
+        repository,
+        target.manifest_reference(),
+        &media_type,
+        &manifest_bytes,
+    )?;
+    if let Some(announced) = announced {
+        if announced != image.id().to_string() {
+            return Err(Error::DigestMismatch {
+                what: format!("the manifest pushed to {target}"),
+                expected: image.id().to_string(),
+                actual: announced,
+            });
+        }
+    }
+    progress(&Progress::Manifest {
+        digest: image.id().to_string(),
+    });
+    Ok(image.id().clone())
+}
+
+/// A pulled image and the name it was given in the store (none for a pull
+/// by digest alone).
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub image: StoredImage,
+    pub name: Option<String>,
+}
+
+const INDEX_TYPES: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+fn verify(what: &str, bytes: &[u8], expected: &str) -> Result<()> {
+    let actual = kiln_cache::sha256_digest(bytes).to_string();
+    if actual != expected {
+        return Err(Error::DigestMismatch {
+            what: what.to_owned(),
+            expected: expected.to_owned(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// The media type a manifest says it is, from the answer's Content-Type or
+/// else the document's own `mediaType`.
+fn media_type_of(bytes: &[u8], header: Option<String>) -> String {
+    let declared = serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| {
+            v.get("mediaType")
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        });
+    match (declared, header) {
+        (Some(declared), _) => declared,
+        (None, Some(header)) if header != "application/json" => header,
+        // An OCI manifest may leave mediaType out; an index has "manifests".
+        _ => {
+            let is_index = serde_json::from_slice::<serde_json::Value>(bytes)
+                .is_ok_and(|v| v.get("manifests").is_some());
+            if is_index {
+                INDEX_TYPES[0]
+            } else {
+                OCI_MANIFEST
+            }
+            .to_owned()
+        }
+    }
+}
+
+/// Pulls `reference` into the store: from an index, the manifest for
+/// `platform`; its blobs fetched in parallel and verified as the store writes
+/// them (blobs already stored are skipped, so a retry resumes); then the
+/// image is written and, for a tag, named after the reference.
+pub fn pull(
+    store: &Store,
+    client: &Client,
+    reference: &Reference,
+    platform: &Platform,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<Pulled> {
+    let repository = reference.repository.as_str();
+    let registry = client.registry().to_owned();
+    let invalid = |what: String, message: String| Error::Invalid {
+        registry: registry.clone(),
+        what,
+        message,
+    };
+    let (mut bytes, header, announced) =
+        client.get_manifest(repository, reference.manifest_reference())?;
+    let expected = reference.digest.clone().or(announced);
+    if let Some(expected) = &expected {
+        verify(&format!("the manifest of {reference}"), &bytes, expected)?;
+    }
+    let mut manifest_digest = kiln_cache::sha256_digest(&bytes);
+    let mut media_type = media_type_of(&bytes, header);
+    if INDEX_TYPES.contains(&media_type.as_str()) {
+        let index = ImageIndex::from_reader(&bytes[..])
+            .map_err(|e| invalid(format!("the index of {reference}"), e.to_string()))?;
+        let mut available = Vec::new();
+        let mut chosen = None;
+        for entry in index.manifests() {
+            let Some(p) = entry.platform() else { continue };
+            let entry_platform = Platform {
+                os: p.os().to_string(),
+                architecture: p.architecture().to_string(),
+                variant: p.variant().clone(),
+            };
+            if entry_platform.os == "unknown" {
+                // Attestations and signatures, not images.
+                continue;
+            }
+            if chosen.is_none() && platform.matches(&entry_platform) {
+                chosen = Some(entry.clone());
+            }
+            available.push(entry_platform.to_string());
+        }
+        let Some(entry) = chosen else {
+            return Err(Error::NoMatchingPlatform {
+                reference: reference.to_string(),
+                wanted: platform.to_string(),
+                available: if available.is_empty() {
+                    "nothing".into()
+                } else {
+                    available.join(", ")
+                },
+            });
+        };
+        let digest = entry.digest().to_string();
+        let (entry_bytes, entry_header, _) = client.get_manifest(repository, &digest)?;
+        verify(
+            &format!("manifest {digest} of {reference}"),
+            &entry_bytes,
+            &digest,
+        )?;
+        bytes = entry_bytes;
+        manifest_digest = kiln_cache::sha256_digest(&bytes);
+        media_type = media_type_of(&bytes, entry_header);
+    }
+    if media_type != OCI_MANIFEST && media_type != DOCKER_MANIFEST {
+        return Err(Error::UnsupportedMediaType {
+            reference: reference.to_string(),
+            media_type,
+        });
+    }
+    let manifest = ImageManifest::from_reader(&bytes[..])
+        .map_err(|e| invalid(format!("the manifest of {reference}"), e.to_string()))?;
+    let mut layers = Vec::new();
+    for layer in manifest.layers() {
+        kiln_cache::Compression::of_layer_media_type(layer.media_type()).map_err(|_| {
+            Error::UnsupportedMediaType {
+                reference: reference.to_string(),
+                media_type: layer.media_type().to_string(),
+            }
+        })?;
+        layers.push(layer.clone());
+    }
+    let mut blobs = vec![manifest.config().clone()];
+    blobs.extend(layers.iter().cloned());
+    parallel(&blobs, PULL_PARALLEL, |blob| {
+        let digest = blob.digest();
+        if store.has_blob(digest) {
+            progress(&Progress::Exists {
+                digest: digest.to_string(),
+                size: blob.size(),
+            });
+        } else {
+            let mut reader = client.get_blob(repository, digest.as_ref())?;
+            let size = store
+                .put_blob_verified(&mut reader, digest)
+                .map_err(|e| match e {
+                    kiln_cache::Error::DigestMismatch { expected, actual } => {
+                        Error::DigestMismatch {
+                            what: format!("blob {expected} from {registry}/{repository}"),
+                            expected,
+                            actual,
+                        }
+                    }
+                    other => other.into(),
+                })?;
+            progress(&Progress::Downloaded {
+                digest: digest.to_string(),
+                size,
+            });
+        }
+        remember_source(store, &registry, repository, digest);
+        Ok(())
+    })?;
+    let config_bytes = store.read_blob(manifest.config().digest())?;
+    let image = if media_type == OCI_MANIFEST {
+        // Kept byte for byte, so the image id is the registry's digest.
+        store.put_blob(&bytes)?;
+        store.read_image(&manifest_digest)?
+    } else {
+        let config = kiln_cache::ImageConfiguration::from_reader(&config_bytes[..])
+            .map_err(|e| invalid(format!("the config of {reference}"), e.to_string()))?;
+        let diff_ids = config.rootfs().diff_ids();
+        if diff_ids.len() != layers.len() {
+            return Err(invalid(
+                format!("the image {reference}"),
+                format!(
+                    "its manifest has {} layers but its config {} diff_ids",
+                    layers.len(),
+                    diff_ids.len()
+                ),
+            ));
+        }
+        let layers = layers
+            .iter()
+            .zip(diff_ids)
+            .map(|(descriptor, diff_id)| {
+                let mut descriptor = descriptor.clone();
+                descriptor.set_media_type(oci_layer_type(descriptor.media_type()));
+                Ok(LayerBlob {
+                    descriptor,
+                    diff_id: kiln_cache::parse_sha256(diff_id)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Docker's manifest becomes an OCI one: the id differs from the
+        // registry's digest, the config and layers do not.
+        store.write_image_with_config(&config_bytes, layers)?
+    };
+    progress(&Progress::Manifest {
+        digest: image.id().to_string(),
+    });
+    let name = match reference.familiar_name() {
+        Some(name) => Some(store.tag(&name, &image)?),
+        None => None,
+    };
+    Ok(Pulled { image, name })
+}
+
+fn oci_layer_type(media_type: &MediaType) -> MediaType {
+    match media_type.to_string().as_str() {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => MediaType::ImageLayerGzip,
+        "application/vnd.docker.image.rootfs.diff.tar.zstd" => MediaType::ImageLayerZstd,
+        "application/vnd.docker.image.rootfs.diff.tar" => MediaType::ImageLayer,
+        _ => media_type.clone(),
+    }
+}
