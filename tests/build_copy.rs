@@ -186,3 +186,70 @@ fn copy_from_images_and_stages_with_link_parents_exclude() {
         "g"
     );
 }
+
+#[test]
+fn add_downloads_urls_and_checks_them() {
+    let env = Env::new();
+    let served = env.context("served", &[("payload.txt", "payload\n")]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut server = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(&served)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 serves the test files");
+    let url = format!("http://127.0.0.1:{port}/payload.txt");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let sum = "sha256:e3e4d47ef3cb8dc8b6b6aa3d7dbb2ef0d14ab3fa50a3f2d0e51c6ec05ea0a1b0";
+    let dockerfile = format!("FROM busybox\nADD {url} /dl/\nADD --checksum={sum} {url} /pinned\n");
+    let ctx = env.context("ctx", &[("Dockerfile", &dockerfile)]);
+    let out = env.try_build(&ctx, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    // The pinned checksum above is deliberately wrong: the error says so.
+    assert!(!out.status.success());
+    assert!(stderr.contains("checksum mismatch"), "{stderr}");
+    let good = stderr
+        .split("the download is ")
+        .nth(1)
+        .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
+        .unwrap();
+    std::fs::write(ctx.join("Dockerfile"), dockerfile.replace(sum, &good)).unwrap();
+    let fs = env.export(&ctx, &[]);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(fs.join("dl/payload.txt")).unwrap(),
+        "payload\n"
+    );
+    assert_eq!(fs.join("pinned").metadata().unwrap().mode() & 0o777, 0o600);
+
+    // With the server gone the download is a clear error.
+    let unreachable = env.context(
+        "gone",
+        &[(
+            "Dockerfile",
+            &format!("FROM busybox\nADD http://127.0.0.1:{port}/nope /x\n"),
+        )],
+    );
+    let out = env.try_build(&unreachable, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("Dockerfile:2") && stderr.contains("cannot download"),
+        "{stderr}"
+    );
+}

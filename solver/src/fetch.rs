@@ -87,7 +87,7 @@ impl Downloads {
             }
             if !expected.eq_ignore_ascii_case(&download.digest) {
                 return Err(Error::Copy(format!(
-                    "ADD {url}: checksum mismatch: expected {expected}, the download is {}",
+                    "checksum mismatch for {url}: expected {expected}, the download is {}",
                     download.digest
                 )));
             }
@@ -99,10 +99,10 @@ impl Downloads {
 fn fetch(url: &str, dir: &Path) -> Result<Download> {
     let response = ureq::get(url).call().map_err(|err| match err {
         ureq::Error::Status(code, _) => Error::Copy(format!(
-            "ADD {url}: the server answered HTTP {code}; check the URL"
+            "cannot download {url}: the server answered HTTP {code}; check the URL"
         )),
         ureq::Error::Transport(transport) => Error::Copy(format!(
-            "ADD {url}: cannot download: {transport}; check the URL and that this machine can reach it (kiln downloads with the host's network)"
+            "cannot download: {transport}; check the URL and that this machine can reach it (kiln downloads with the host's network)"
         )),
     })?;
     let mut reader = response.into_reader();
