@@ -23,9 +23,11 @@ if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
 fi
 have_buildah=0
 if command -v buildah >/dev/null; then
-  have_buildah=1
-  buildah inspect kiln-bench-busybox >/dev/null 2>&1 || buildah import "$base_tar" kiln-bench-busybox >/dev/null 2>&1 \
-    || buildah from --name kiln-bench-tmp scratch >/dev/null 2>&1 || have_buildah=0
+  if ! buildah inspect --type image kiln-bench-busybox >/dev/null 2>&1; then
+    ctr=$(buildah from scratch 2>/dev/null) && buildah add "$ctr" "$base_tar" / >/dev/null 2>&1 \
+      && buildah commit "$ctr" kiln-bench-busybox >/dev/null 2>&1; buildah rm "${ctr:-none}" >/dev/null 2>&1 || true
+  fi
+  buildah inspect --type image kiln-bench-busybox >/dev/null 2>&1 && have_buildah=1
 fi
 
 # --- contexts -----------------------------------------------------------------
@@ -55,10 +57,11 @@ mk random $'FROM kiln-bench-busybox\nRUN head -c 268435456 /dev/urandom > /rando
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-kiln_store() { rm -rf "$work/store"; "$kiln" --root "$work/store" import "$base_tar" kiln-bench-busybox >/dev/null; }
+kiln_store() { rm -rf "$work/store"; "$kiln" --root "$work/store" import "$base_tar" kiln-bench-busybox >/dev/null 2>&1; }
 kiln_build() { "$kiln" --root "$work/store" build --progress quiet "$@" >/dev/null; }
-docker_build() { DOCKER_BUILDKIT=1 docker build -q "$@" >/dev/null 2>&1; }
-buildah_build() { buildah bud --layers -q "$@" >/dev/null 2>&1; }
+# A failing peer build makes its column read "fail" rather than a bogus time.
+docker_build() { DOCKER_BUILDKIT=1 docker build -q "$@" >/dev/null 2>&1 || echo fail >"$work/failed"; }
+buildah_build() { buildah bud --layers -q "$@" >/dev/null 2>&1 || echo fail >"$work/failed"; }
 
 # time_tool TOOL CTX WARM: median seconds of RUNS builds.
 time_tool() {
@@ -83,8 +86,14 @@ printf '%-44s %9s %9s %7s %9s %7s\n' scenario kiln BuildKit ratio buildah ratio
 row() {
   local name=$1 ctx=$2 warm=$3 k d="-" dr="-" b="-" br="-"
   k=$(time_tool kiln "$ctx" "$warm")
-  if [ $have_docker = 1 ]; then d=$(time_tool docker "$ctx" "$warm"); dr=$(printf '%.1fx' "$(echo "$d / $k" | bc -l)"); d=$(printf '%.2f' "$d"); fi
-  if [ $have_buildah = 1 ]; then b=$(time_tool buildah "$ctx" "$warm"); br=$(printf '%.1fx' "$(echo "$b / $k" | bc -l)"); b=$(printf '%.2f' "$b"); fi
+  if [ $have_docker = 1 ]; then
+    rm -f "$work/failed"; d=$(time_tool docker "$ctx" "$warm")
+    if [ -e "$work/failed" ]; then d=fail; else dr=$(printf '%.1fx' "$(echo "$d / $k" | bc -l)"); d=$(printf '%.2f' "$d"); fi
+  fi
+  if [ $have_buildah = 1 ]; then
+    rm -f "$work/failed"; b=$(time_tool buildah "$ctx" "$warm")
+    if [ -e "$work/failed" ]; then b=fail; else br=$(printf '%.1fx' "$(echo "$b / $k" | bc -l)"); b=$(printf '%.2f' "$b"); fi
+  fi
   printf '%-44s %8.3fs %9s %7s %9s %7s\n' "$name" "$k" "$d" "$dr" "$b" "$br"
 }
 row "20 x RUN echo N > /fN, cold" "$work/ctx/runs" cold
