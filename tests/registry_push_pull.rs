@@ -1,0 +1,443 @@
+//! `kiln push`, `pull` and `login` against real registries: Debian's
+//! docker-registry (the distribution registry v2) started per test on
+//! 127.0.0.1, with and without htpasswd auth; skopeo reads what kiln pushed.
+
+#[path = "store_support.rs"]
+mod support;
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{fixture, Store};
+
+const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+/// A registry process on 127.0.0.1, killed when dropped.
+struct Registry {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    htpasswd: Option<PathBuf>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl Registry {
+    /// A registry storing into `dir`, with htpasswd auth for `user`.
+    fn start(dir: &Path, user: Option<(&str, &str)>) -> Registry {
+        assert!(
+            Path::new(REGISTRY_BIN).is_file(),
+            "{REGISTRY_BIN} is missing: install Debian's docker-registry (scripts/install-deps.sh)"
+        );
+        std::fs::create_dir_all(dir).unwrap();
+        let htpasswd = user.map(|(name, password)| {
+            let path = dir.join("htpasswd");
+            let hash = bcrypt::hash(password, 4).unwrap();
+            std::fs::write(&path, format!("{name}:{hash}\n")).unwrap();
+            path
+        });
+        let mut registry = Registry {
+            child: None,
+            port: free_port(),
+            dir: dir.to_owned(),
+            htpasswd,
+        };
+        registry.run();
+        registry
+    }
+
+    fn run(&mut self) {
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n",
+            self.dir.join("data").display(),
+            self.port
+        );
+        if let Some(path) = &self.htpasswd {
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+                path.display()
+            ));
+        }
+        let config_path = self.dir.join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("registry.log")).unwrap())
+            .spawn()
+            .expect("start docker-registry");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the registry did not listen; its log:\n{}",
+                std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn reference(&self, repository: &str) -> String {
+        format!("{}/{repository}", self.host())
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A store with the amd64 busybox fixture imported as `busybox:1`; returns its id.
+fn store_with_busybox() -> (Store, String) {
+    let store = Store::new();
+    let fixture = fixture("busybox-amd64.tar");
+    let id = store.ok(&["import", fixture.to_str().unwrap(), "busybox:1"]);
+    (store, id.trim().to_owned())
+}
+
+/// Runs `kiln` with the credentials file in `docker_config`.
+fn kiln_with_auth(store: &Store, docker_config: &Path, args: &[&str]) -> std::process::Output {
+    store
+        .command(args)
+        .env("DOCKER_CONFIG", docker_config)
+        .output()
+        .expect("run kiln")
+}
+
+fn skopeo_inspect(reference: &str) -> serde_json::Value {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--raw"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo inspect {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("skopeo prints JSON")
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}
+
+#[test]
+fn push_then_pull_into_an_empty_store_keeps_the_digest_and_skopeo_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("registry"), None);
+    let (store, id) = store_with_busybox();
+    let target = registry.reference("kiln/busybox:1");
+
+    let out = store.kiln(&["push", "busybox:1", &target, "--chunk-size", "64K"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "push failed:\n{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id);
+    assert_eq!(stderr.matches("uploaded").count(), 2, "{stderr}");
+
+    // skopeo reads the manifest kiln pushed, and copies the image out whole
+    // (fetching and verifying every blob).
+    let manifest = skopeo_inspect(&target);
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
+    let copy = dir.path().join("copy");
+    let out = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{target}"))
+        .arg(format!("oci:{}:copy", copy.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Everything is there now: a second push uploads nothing.
+    let out = store.kiln(&["push", "busybox:1", &target]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("uploaded") && stderr.contains("already there"),
+        "{stderr}"
+    );
+
+    // Pull into an empty store: same id, named after the reference, and the
+    // store's blobs check out.
+    let empty = Store::new();
+    let pulled = empty.ok(&["pull", &target]);
+    assert_eq!(pulled.trim(), id);
+    let images = empty.ok(&["images", "--format", "json"]);
+    assert!(images.contains(&format!("{target}")), "{images}");
+    empty.ok(&["fsck"]);
+    // Pulling again downloads nothing.
+    let out = empty.kiln(&["pull", &target]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("downloaded"));
+    // By digest too.
+    let by_digest = format!("{}@{id}", registry.reference("kiln/busybox"));
+    assert_eq!(Store::new().ok(&["pull", &by_digest]).trim(), id);
+}
+
+#[test]
+fn a_second_repository_mounts_blobs_instead_of_uploading() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("registry"), None);
+    let (store, id) = store_with_busybox();
+    store.ok(&["push", "busybox:1", &registry.reference("team-a/busybox:1")]);
+    let out = store.kiln(&["push", "busybox:1", &registry.reference("team-b/base:1")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("mounted from team-a/busybox").count(),
+        2,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("uploaded"), "{stderr}");
+    assert_eq!(
+        Store::new()
+            .ok(&["pull", &registry.reference("team-b/base:1")])
+            .trim(),
+        id
+    );
+}
+
+#[test]
+fn pull_picks_the_platform_from_a_multi_platform_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("registry"), None);
+    let store = Store::new();
+    let amd64 = store.ok(&[
+        "import",
+        fixture("busybox-amd64.tar").to_str().unwrap(),
+        "bb:amd64",
+    ]);
+    let mips = store.ok(&[
+        "import",
+        fixture("busybox-mips64el.tar").to_str().unwrap(),
+        "bb:mips64el",
+    ]);
+    let (amd64, mips) = (amd64.trim(), mips.trim());
+
+    // An OCI layout whose one name is an index of both images, copied to the
+    // registry by skopeo.
+    let layout = dir.path().join("layout");
+    std::fs::create_dir_all(&layout).unwrap();
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(store.root().join("blobs"))
+        .arg(&layout)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let size = |id: &str| {
+        std::fs::metadata(layout.join("blobs/sha256").join(&id[7..]))
+            .unwrap()
+            .len()
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd64, "size": size(amd64),
+             "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": mips, "size": size(mips),
+             "platform": {"os": "linux", "architecture": "mips64le"}},
+        ]
+    });
+    let index_path = layout.join("index-blob.json");
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    let index_digest = sha256_hex(&index_path);
+    let index_size = std::fs::metadata(&index_path).unwrap().len();
+    std::fs::rename(&index_path, layout.join("blobs/sha256").join(&index_digest)).unwrap();
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{index_digest}"), "size": index_size,
+            "annotations": {"org.opencontainers.image.ref.name": "multi"}}]
+    });
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    let target = registry.reference("kiln/multi:1");
+    let out = Command::new("skopeo")
+        .args(["copy", "--all", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:multi", layout.display()))
+        .arg(format!("docker://{target}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let pulled = Store::new();
+    assert_eq!(
+        pulled
+            .ok(&["pull", &target, "--platform", "linux/mips64le"])
+            .trim(),
+        mips
+    );
+    assert_eq!(
+        pulled.ok(&["pull", &target, "--platform", "amd64"]).trim(),
+        amd64
+    );
+    let err = pulled.fails(&["pull", &target, "--platform", "linux/arm64"]);
+    assert!(
+        err.contains("has no image for linux/arm64") && err.contains("linux/mips64le"),
+        "{err}"
+    );
+}
+
+#[test]
+fn credentials_come_from_kiln_login_and_failures_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("registry"), Some(("ci", "s3cret")));
+    let (store, id) = store_with_busybox();
+    let docker_config = dir.path().join("docker");
+    let target = registry.reference("private/busybox:1");
+
+    let out = kiln_with_auth(&store, &docker_config, &["push", "busybox:1", &target]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("authentication to {} failed", registry.host()))
+            && stderr.contains("kiln login"),
+        "{stderr}"
+    );
+
+    let login = |password: &str| {
+        let mut child = store
+            .command(&["login", &registry.host(), "-u", "ci", "--password-stdin"])
+            .env("DOCKER_CONFIG", &docker_config)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{password}\n").as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = login("wrong");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("authentication") && stderr.contains("\"ci\""),
+        "{stderr}"
+    );
+    assert!(!docker_config.join("config.json").exists());
+
+    let out = login("s3cret");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved = std::fs::read_to_string(docker_config.join("config.json")).unwrap();
+    assert!(saved.contains(&registry.host()), "{saved}");
+
+    let out = kiln_with_auth(&store, &docker_config, &["push", "busybox:1", &target]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kiln_with_auth(&Store::new(), &docker_config, &["pull", &target]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id);
+}
+
+#[test]
+fn unknown_repositories_and_corrupt_blobs_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("registry"), None);
+    let empty = Store::new();
+    let err = empty.fails(&["pull", &registry.reference("nobody/nothing:1")]);
+    assert!(
+        err.contains("not found") && err.contains("nobody/nothing"),
+        "{err}"
+    );
+
+    let (store, _) = store_with_busybox();
+    let target = registry.reference("kiln/corrupt:1");
+    store.ok(&["push", "busybox:1", &target]);
+    // Damage the layer in the registry's storage, keeping its size.
+    let manifest = skopeo_inspect(&target);
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let hex = &layer[7..];
+    let data = dir
+        .path()
+        .join("registry/data/docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    for byte in bytes.iter_mut().take(64) {
+        *byte ^= 0xff;
+    }
+    std::fs::write(&data, bytes).unwrap();
+    let err = empty.fails(&["pull", &target]);
+    assert!(err.contains("is corrupt") && err.contains(layer), "{err}");
+    // Nothing half-written was kept: the damaged layer is not in the store
+    // and the image has no name.
+    assert!(!empty.root().join("blobs/sha256").join(hex).exists());
+    assert!(!empty
+        .ok(&["images", "--format", "json"])
+        .contains("corrupt"));
+    empty.ok(&["fsck"]);
+}
+
+#[test]
+fn a_push_to_a_stopped_registry_fails_cleanly_and_a_retry_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = Registry::start(&dir.path().join("registry"), None);
+    let (store, id) = store_with_busybox();
+    let target = registry.reference("kiln/retry:1");
+    registry.stop();
+    let err = store.fails(&["push", "busybox:1", &target]);
+    assert!(err.contains("cannot reach registry"), "{err}");
+    // Nothing names the image until its manifest is put.
+    registry.run();
+    let out = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--raw"])
+        .arg(format!("docker://{target}"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the tag exists after a failed push");
+    store.ok(&["push", "busybox:1", &target]);
+    assert_eq!(Store::new().ok(&["pull", &target]).trim(), id);
+}
