@@ -43,6 +43,12 @@ enum Command {
     Prune(cmd::store::PruneArgs),
     /// Re-hash every blob in the store and report damage.
     Fsck(cmd::store::FsckArgs),
+    /// Push an image from the store to a registry.
+    Push(cmd::registry::PushArgs),
+    /// Pull an image from a registry into the store.
+    Pull(cmd::registry::PullArgs),
+    /// Save credentials for a registry in Docker's config.json.
+    Login(cmd::registry::LoginArgs),
     /// Register qemu-user handlers in binfmt_misc for foreign architectures.
     SetupBinfmt(cmd::setup_binfmt::Args),
 }
@@ -62,6 +68,9 @@ fn main() -> ExitCode {
         Command::Load(args) => cmd::archive::load(&cli.global, args),
         Command::Prune(args) => cmd::store::prune(&cli.global, args),
         Command::Fsck(args) => cmd::store::fsck(&cli.global, args),
+        Command::Push(args) => cmd::registry::push(&cli.global, args),
+        Command::Pull(args) => cmd::registry::pull(&cli.global, args),
+        Command::Login(args) => cmd::registry::login(&cli.global, args),
         Command::SetupBinfmt(args) => cmd::setup_binfmt::run(&cli.global, args),
     };
     match result {

@@ -9,6 +9,7 @@ pub mod build;
 pub mod images;
 pub mod import;
 pub mod parse;
+pub mod registry;
 pub mod setup_binfmt;
 pub mod store;
 
