@@ -353,6 +353,9 @@ pub fn solve(
 
     let snapshotter = Snapshotter::new(store.snapshots_dir()).map_err(exec_err)?;
     let results: Mutex<HashMap<usize, Option<LayerBlob>>> = Mutex::new(HashMap::new());
+    // When each vertex's result was first made (seconds): a cached result
+    // keeps its time, so a fully cached build gives the same image id.
+    let made_at: Mutex<HashMap<usize, i64>> = Mutex::new(HashMap::new());
     let counts = Mutex::new((0usize, 0usize));
     let runner = Runner {
         store,
@@ -373,10 +376,13 @@ pub fn solve(
             store
                 .cache_get(&vertex.key.0)
                 .map_err(store_err)?
-                .and_then(|r| layer_of_record(&r))
+                .and_then(|r| layer_of_record(&r).map(|l| (l, created_of_record(&r))))
         };
         let layer = match cached {
-            Some(layer) => {
+            Some((layer, created)) => {
+                if let Ok(mut m) = made_at.lock() {
+                    m.insert(id, created);
+                }
                 progress.event(Event::Cached { id: id + 1 });
                 if let Ok(mut c) = counts.lock() {
                     c.1 += 1;
@@ -400,9 +406,15 @@ pub fn solve(
                         return Err(err);
                     }
                 };
+                let created = options.source_date_epoch.unwrap_or_else(now_epoch);
+                if let Ok(mut m) = made_at.lock() {
+                    m.insert(id, created);
+                }
+                let mut payload = record_payload(&layer);
+                payload["created"] = serde_json::json!(created);
                 let record = CacheRecord {
                     blobs: layer.iter().map(|l| l.descriptor.clone()).collect(),
-                    payload: record_payload(&layer),
+                    payload,
                 };
                 store.cache_put(&vertex.key.0, &record).map_err(store_err)?;
                 progress.event(Event::Done {
@@ -435,8 +447,28 @@ pub fn solve(
     });
     let results = results.into_inner().map_err(|_| Error::Cancelled)?;
     let layers = resolve_layers(&plan.layers, &results)?;
-    let created = options.source_date_epoch.map(rfc3339);
-    let created_now = created.clone().unwrap_or_else(|| rfc3339(now_epoch()));
+    let made_at = made_at.into_inner().map_err(|_| Error::Cancelled)?;
+    let vertex_time = |v: &usize| {
+        options
+            .source_date_epoch
+            .or_else(|| made_at.get(v).copied())
+    };
+    // The image is as old as its newest step; a build of only metadata
+    // steps is made now.
+    let newest = plan
+        .history
+        .iter()
+        .filter_map(|h| match h {
+            HistoryRef::Vertex { vertex, .. } => vertex_time(vertex),
+            _ => None,
+        })
+        .max();
+    let created_now = rfc3339(
+        options
+            .source_date_epoch
+            .or(newest)
+            .unwrap_or_else(now_epoch),
+    );
     let mut history = Vec::new();
     for entry in &plan.history {
         history.push(match entry {
@@ -444,7 +476,10 @@ pub fn solve(
             HistoryRef::Empty { created_by } => history_entry(created_by, true, &created_now)?,
             HistoryRef::Vertex { created_by, vertex } => {
                 let empty = results.get(vertex).is_none_or(|l| l.is_none());
-                history_entry(created_by, empty, &created_now)?
+                let when = vertex_time(vertex)
+                    .map(rfc3339)
+                    .unwrap_or_else(|| created_now.clone());
+                history_entry(created_by, empty, &when)?
             }
         });
     }
@@ -525,6 +560,16 @@ fn layer_of_record(record: &CacheRecord) -> Option<Option<LayerBlob>> {
         descriptor,
         diff_id,
     }))
+}
+
+/// When a cached result was made; records from before this field existed
+/// count as made at the epoch.
+fn created_of_record(record: &CacheRecord) -> i64 {
+    record
+        .payload
+        .get("created")
+        .and_then(serde_json::Value::as_i64)
+        .unwrap_or(0)
 }
 
 fn record_payload(layer: &Option<LayerBlob>) -> serde_json::Value {
