@@ -1043,7 +1043,15 @@ struct StageState {
     args: Vec<(String, Option<String>)>,
     /// Whether CMD was set in this stage (ENTRYPOINT then keeps it).
     cmd_set: bool,
+    /// The last filesystem step's digest (the base's at first): the parent of
+    /// the next RUN, COPY/ADD or WORKDIR. Config-only steps never change it,
+    /// so editing a LABEL or CMD does not invalidate the RUNs after it; what
+    /// a config change does to a filesystem step (env, user, workdir, shell)
+    /// is in that step's own definition.
     digest: Key,
+    /// The last step's digest, whatever its kind: the parent of a config
+    /// step's own digest, so that no two steps of a stage share a digest.
+    last_step: Key,
     steps: Vec<Step>,
     author: Option<String>,
 }
@@ -1055,6 +1063,7 @@ impl StageState {
             args: Vec::new(),
             cmd_set: false,
             digest,
+            last_step: digest,
             steps: Vec::new(),
             author: None,
         }
@@ -1137,7 +1146,10 @@ impl StageState {
         kind: StepKind,
         digest: Key,
     ) {
-        self.digest = digest;
+        if !empty_layer {
+            self.digest = digest;
+        }
+        self.last_step = digest;
         self.steps.push(Step {
             span: instruction.span.clone(),
             text: instruction.original(),
@@ -1150,8 +1162,8 @@ impl StageState {
 
     /// A step that changes only the config.
     fn config_step(&mut self, instruction: &Instruction, created_by: String) {
-        let digest = KeyEncoder::new("kiln.config.v1")
-            .key("parent", &self.digest)
+        let digest = KeyEncoder::new("kiln.config.v2")
+            .key("parent", &self.last_step)
             .str("change", &created_by)
             .finish();
         self.push_with_digest(instruction, created_by, true, StepKind::Config, digest);

@@ -592,6 +592,95 @@ fn digests_are_stable_and_sensitive() {
     assert_eq!(digests.len(), 4);
 }
 
+/// The digest of the last RUN of the target stage.
+fn last_run_digest(text: &str) -> kiln_frontend::Key {
+    let graph = build(text);
+    target(&graph)
+        .steps
+        .iter()
+        .rev()
+        .find(|s| matches!(s.kind, StepKind::Run(_)))
+        .map(|s| s.digest)
+        .expect("the dockerfile has a RUN")
+}
+
+#[test]
+fn config_only_steps_do_not_change_later_filesystem_digests() {
+    let plain = "FROM debian\nRUN make\nCOPY . /src\nRUN make install\n";
+    let base = last_run_digest(plain);
+    let stage_digest = target(&build(plain)).digest;
+    for config in [
+        "LABEL a=b",
+        "LABEL a=c",
+        "EXPOSE 80",
+        "CMD [\"x\"]",
+        "ENTRYPOINT [\"y\"]",
+        "STOPSIGNAL SIGKILL",
+        "HEALTHCHECK CMD true",
+        "VOLUME /v",
+        "ONBUILD RUN z",
+        "MAINTAINER me",
+        // Declared without a value: nothing reaches RUN's environment.
+        "ARG UNSET",
+    ] {
+        let text = format!(
+            "FROM debian\n{config}\nRUN make\n{config}\nCOPY . /src\n{config}\nRUN make install\n"
+        );
+        assert_eq!(
+            last_run_digest(&text),
+            base,
+            "{config} changed a RUN digest"
+        );
+        assert_eq!(target(&build(&text)).digest, stage_digest, "{config}");
+    }
+}
+
+#[test]
+fn what_defines_a_filesystem_step_changes_its_digest() {
+    let base = last_run_digest("FROM debian\nLABEL x=1\nRUN make\n");
+    for change in [
+        "ENV A=1",
+        "ARG A=1",
+        "USER app",
+        "WORKDIR /w",
+        "SHELL [\"/bin/bash\", \"-c\"]",
+    ] {
+        let text = format!("FROM debian\n{change}\nLABEL x=1\nRUN make\n");
+        assert_ne!(
+            last_run_digest(&text),
+            base,
+            "{change} left RUN's digest alone"
+        );
+    }
+    // The same change with another value is another definition too.
+    let env = |v: &str| last_run_digest(&format!("FROM debian\nENV A={v}\nLABEL x=1\nRUN make\n"));
+    assert_ne!(env("1"), env("2"));
+    let arg = |v: &str| last_run_digest(&format!("FROM debian\nARG A={v}\nRUN make\n"));
+    assert_ne!(arg("1"), arg("2"));
+    let user = |v: &str| last_run_digest(&format!("FROM debian\nUSER {v}\nRUN make\n"));
+    assert_ne!(user("a"), user("b"));
+    let workdir = |v: &str| last_run_digest(&format!("FROM debian\nWORKDIR {v}\nRUN make\n"));
+    assert_ne!(workdir("/a"), workdir("/b"));
+    // A filesystem step before the RUN is its parent.
+    assert_ne!(
+        last_run_digest("FROM debian\nRUN a\nRUN make\n"),
+        last_run_digest("FROM debian\nRUN b\nRUN make\n")
+    );
+}
+
+#[test]
+fn no_two_steps_share_a_digest() {
+    let graph = build(
+        "FROM debian\nLABEL a=b\nLABEL a=b\nRUN x\nLABEL a=b\nRUN x\nEXPOSE 80\nEXPOSE 80\n\
+         WORKDIR /w\nWORKDIR /w\nCOPY a /a\nCOPY a /a\nENV A=1\nENV A=1\nCMD [\"x\"]\n",
+    );
+    let steps = &target(&graph).steps;
+    let mut digests: Vec<_> = steps.iter().map(|s| s.digest).collect();
+    digests.sort();
+    digests.dedup();
+    assert_eq!(digests.len(), steps.len());
+}
+
 #[test]
 fn history_text() {
     let graph = build(
