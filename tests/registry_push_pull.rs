@@ -190,7 +190,7 @@ fn push_then_pull_into_an_empty_store_keeps_the_digest_and_skopeo_reads_it() {
     let pulled = empty.ok(&["pull", &target]);
     assert_eq!(pulled.trim(), id);
     let images = empty.ok(&["images", "--format", "json"]);
-    assert!(images.contains(&format!("{target}")), "{images}");
+    assert!(images.contains(&target), "{images}");
     empty.ok(&["fsck"]);
     // Pulling again downloads nothing.
     let out = empty.kiln(&["pull", &target]);
