@@ -1,6 +1,9 @@
-//! Parse + compile of a generated 10,000-instruction Dockerfile (target: < 20 ms).
+//! Parse + compile of a generated 10,000-instruction Dockerfile (target: < 20 ms),
+//! and how parse time scales: each input at 1x, 10x and 100x its size, so
+//! linear growth shows as a constant throughput (elements/s) across sizes.
+//! (Timing lives here, never in pass/fail tests.)
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kiln_frontend::{compile, parse, CompileOptions, NoImages};
 
 /// A Dockerfile of `instructions` instructions mixing every common kind, in
@@ -43,13 +46,50 @@ fn generate(instructions: usize) -> String {
     text
 }
 
-fn bench(c: &mut Criterion) {
-    let text = generate(10_000);
-    let options = CompileOptions {
+/// One RUN continued over `lines` physical lines, with comments inside.
+fn continuation_file(lines: usize) -> String {
+    let mut text = String::from("FROM scratch\nRUN echo start \\\n");
+    for i in 0..lines {
+        text.push_str(&format!("  --flag{i} x{i} \\\n"));
+        if i % 7 == 0 {
+            text.push_str("# a comment inside\n\n");
+        }
+    }
+    text.push_str("  end\n");
+    text
+}
+
+/// A COPY with one heredoc of `lines` lines.
+fn heredoc_file(lines: usize) -> String {
+    let mut text = String::from("FROM scratch\nCOPY <<EOF /big\n");
+    for i in 0..lines {
+        text.push_str(&format!("line {i} with $VAR and ${{OTHER:-x}} \\ text\n"));
+    }
+    text.push_str("EOF\n");
+    text
+}
+
+/// A RUN naming `count` heredocs, none terminated (an error).
+fn heredoc_markers_file(count: usize) -> String {
+    let mut text = String::from("FROM scratch\nRUN cat");
+    for i in 0..count {
+        text.push_str(&format!(" <<x{i} \\\n"));
+    }
+    text.push_str("\nbody\n");
+    text
+}
+
+fn options() -> CompileOptions {
+    CompileOptions {
         target_platform: "linux/amd64".into(),
         build_platform: "linux/amd64".into(),
         ..CompileOptions::default()
-    };
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let options = options();
+    let text = generate(10_000);
     c.bench_function("parse+compile 10k instructions", |b| {
         b.iter(|| {
             let dockerfile = parse(&text, "Dockerfile").expect("generated dockerfile parses");
@@ -61,5 +101,34 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// The same shapes at 1k, 10k and 100k: with linear growth, each group's
+/// throughput stays the same from size to size.
+fn scaling(c: &mut Criterion) {
+    let options = options();
+    let mut group = c.benchmark_group("scaling");
+    group.sample_size(10);
+    for size in [1_000, 10_000, 100_000] {
+        group.throughput(Throughput::Elements(size as u64));
+        let text = generate(size);
+        group.bench_with_input(BenchmarkId::new("parse+compile", size), &text, |b, text| {
+            b.iter(|| {
+                let dockerfile = parse(text, "Dockerfile").expect("generated dockerfile parses");
+                compile(&dockerfile, &options, &NoImages).expect("generated dockerfile compiles")
+            })
+        });
+        for (name, make) in [
+            ("continuations", continuation_file as fn(usize) -> String),
+            ("heredoc lines", heredoc_file),
+            ("heredoc markers", heredoc_markers_file),
+        ] {
+            let text = make(size);
+            group.bench_with_input(BenchmarkId::new(name, size), &text, |b, text| {
+                b.iter(|| parse(text, "Dockerfile"))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, scaling);
 criterion_main!(benches);

@@ -398,29 +398,17 @@ impl Reader<'_> {
     ) -> Result<Instruction> {
         let text = logical.text.get(offset..).unwrap_or_default();
         let at = |o: usize| self.span_at(logical, offset + o, end_line);
-        let parsed = Grammar::parse(Rule::instruction, text)
-            .map_err(|e| Error::syntax(at(0), format!("cannot parse instruction: {e}")))?
-            .next()
-            .ok_or_else(|| Error::syntax(at(0), "cannot parse instruction"))?;
-        let mut keyword_word = "";
-        let mut keyword_offset = 0;
-        let mut raw_flags: Vec<(usize, String)> = Vec::new();
-        let mut rest = "";
-        let mut rest_offset = text.len();
-        for part in parsed.into_inner() {
-            match part.as_rule() {
-                Rule::keyword => {
-                    keyword_word = part.as_str();
-                    keyword_offset = part.as_span().start();
-                }
-                Rule::flag => raw_flags.push((part.as_span().start(), unquote_flag(part.as_str()))),
-                Rule::rest => {
-                    rest = part.as_str();
-                    rest_offset = part.as_span().start();
-                }
-                _ => {}
-            }
-        }
+        let InstructionParts {
+            keyword: keyword_word,
+            keyword_offset,
+            flags: raw_flags,
+            rest,
+            rest_offset,
+        } = match simple_instruction(text) {
+            Some(parts) => parts,
+            None => grammar_instruction(text)
+                .map_err(|e| Error::syntax(at(0), format!("cannot parse instruction: {e}")))?,
+        };
         let span = at(keyword_offset);
         let keyword = Keyword::from_word(keyword_word).ok_or_else(|| {
             let suggestion = Keyword::ALL
@@ -712,6 +700,90 @@ impl Reader<'_> {
     }
 }
 
+/// An instruction line split as the grammar's `instruction` rule splits it.
+struct InstructionParts<'t> {
+    keyword: &'t str,
+    keyword_offset: usize,
+    /// Each flag's offset and its text with quotes and escapes removed.
+    flags: Vec<(usize, String)>,
+    rest: &'t str,
+    rest_offset: usize,
+}
+
+/// Splits `text` with the grammar's `instruction` rule.
+fn grammar_instruction(
+    text: &str,
+) -> std::result::Result<InstructionParts<'_>, Box<pest::error::Error<Rule>>> {
+    let parsed = Grammar::parse(Rule::instruction, text)?.next();
+    let mut parts = InstructionParts {
+        keyword: "",
+        keyword_offset: 0,
+        flags: Vec::new(),
+        rest: "",
+        rest_offset: text.len(),
+    };
+    for part in parsed.into_iter().flat_map(|p| p.into_inner()) {
+        match part.as_rule() {
+            Rule::keyword => {
+                parts.keyword = part.as_str();
+                parts.keyword_offset = part.as_span().start();
+            }
+            Rule::flag => parts
+                .flags
+                .push((part.as_span().start(), unquote_flag(part.as_str()))),
+            Rule::rest => {
+                parts.rest = part.as_str();
+                parts.rest_offset = part.as_span().start();
+            }
+            _ => {}
+        }
+    }
+    Ok(parts)
+}
+
+/// The common shapes of an instruction line (flags without quotes or
+/// backslashes) split without running the grammar, which costs far more per
+/// line than this scan; the same split as `grammar_instruction`, or `None`
+/// to leave the line to it.
+fn simple_instruction(text: &str) -> Option<InstructionParts<'_>> {
+    let skip_ws = |from: usize| {
+        text[from..]
+            .find(|c: char| !is_ws(c))
+            .map_or(text.len(), |i| from + i)
+    };
+    let word_end = |from: usize| text[from..].find(is_ws).map_or(text.len(), |i| from + i);
+    let keyword_offset = skip_ws(0);
+    let keyword_end = word_end(keyword_offset);
+    if keyword_end == keyword_offset {
+        return None;
+    }
+    let mut pos = keyword_end;
+    let mut flags = Vec::new();
+    let rest_offset = loop {
+        let start = skip_ws(pos);
+        if start == pos || !text[start..].starts_with("--") {
+            break start;
+        }
+        let end = word_end(start);
+        let word = &text[start..end];
+        if word == "--" {
+            break skip_ws(end);
+        }
+        if word.contains(['"', '\'', '\\']) {
+            return None;
+        }
+        flags.push((start, word.to_string()));
+        pos = end;
+    };
+    Some(InstructionParts {
+        keyword: &text[keyword_offset..keyword_end],
+        keyword_offset,
+        flags,
+        rest: &text[rest_offset..],
+        rest_offset,
+    })
+}
+
 /// Whitespace-separated words (quotes and escapes kept, but white space inside
 /// them does not split), with their byte offsets.
 fn split_words(text: &str, escape: char) -> Vec<(usize, &str)> {
@@ -719,6 +791,68 @@ fn split_words(text: &str, escape: char) -> Vec<(usize, &str)> {
     if !text.contains(['"', '\'', escape]) {
         return split_plain_offsets(text);
     }
+    scan_words(text, escape)
+}
+
+/// The grammar's `words` rule as a single pass over the characters (the
+/// grammar costs far more per line; `scan_matches_the_words_rule` checks
+/// that both split alike): white space ends a word except inside quotes or
+/// right after the escape character, which also escapes inside double quotes
+/// but not inside single quotes; an unterminated quote runs to the end.
+fn scan_words(text: &str, escape: char) -> Vec<(usize, &str)> {
+    #[derive(PartialEq)]
+    enum Quote {
+        None,
+        Single,
+        Double,
+    }
+    let mut out = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut quote = Quote::None;
+    let mut chars = text.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if quote == Quote::None && is_ws(c) {
+            if let Some(s) = start.take() {
+                out.push((s, &text[s..i]));
+            }
+            continue;
+        }
+        if start.is_none() {
+            start = Some(i);
+        }
+        match quote {
+            Quote::Single => {
+                if c == '\'' {
+                    quote = Quote::None;
+                }
+            }
+            Quote::Double => {
+                if c == escape {
+                    chars.next();
+                } else if c == '"' {
+                    quote = Quote::None;
+                }
+            }
+            Quote::None => {
+                if c == escape {
+                    chars.next();
+                } else if c == '"' {
+                    quote = Quote::Double;
+                } else if c == '\'' {
+                    quote = Quote::Single;
+                }
+            }
+        }
+    }
+    if let Some(s) = start {
+        out.push((s, &text[s..]));
+    }
+    out
+}
+
+/// The grammar's `words` rule, which `scan_words` implements.
+#[cfg(test)]
+fn grammar_words(text: &str, escape: char) -> Vec<(usize, &str)> {
     let mut input = String::with_capacity(text.len() + 1);
     input.push(escape);
     input.push_str(text);
@@ -1254,6 +1388,86 @@ mod grammar_details {
         assert_eq!(words("a` b c\\ d", '`'), ["a` b", "c\\", "d"]);
         assert_eq!(words(r#"q="C:\ x" r"#, '`'), [r#"q="C:\ x""#, "r"]);
         assert_eq!(words("'it\\' s", '\\'), ["'it\\'", "s"]);
+    }
+
+    /// Random lines built from the characters that matter to the grammar.
+    fn random_lines() -> Vec<String> {
+        const PIECES: &[&str] = &[
+            " ",
+            "\t",
+            "\r",
+            "\"",
+            "'",
+            "\\",
+            "`",
+            "--",
+            "-",
+            "=",
+            "a",
+            "b c",
+            "é",
+            "$x",
+            "[",
+            "]",
+            "--mount=type=cache",
+            "RUN",
+            "ENV",
+            "<<EOF",
+            "\u{0B}",
+        ];
+        let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        (0..20_000)
+            .map(|_| {
+                let len = next(12);
+                (0..len).map(|_| PIECES[next(PIECES.len())]).collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn scan_matches_the_words_rule() {
+        for line in random_lines() {
+            for escape in ['\\', '`'] {
+                assert_eq!(
+                    scan_words(&line, escape),
+                    grammar_words(&line, escape),
+                    "{line:?} with escape {escape:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn simple_split_matches_the_instruction_rule() {
+        for line in random_lines() {
+            let Some(fast) = simple_instruction(&line) else {
+                continue;
+            };
+            let grammar = grammar_instruction(&line).unwrap();
+            assert_eq!(
+                (
+                    fast.keyword,
+                    fast.keyword_offset,
+                    &fast.flags,
+                    fast.rest,
+                    fast.rest_offset
+                ),
+                (
+                    grammar.keyword,
+                    grammar.keyword_offset,
+                    &grammar.flags,
+                    grammar.rest,
+                    grammar.rest_offset
+                ),
+                "{line:?}"
+            );
+        }
     }
 
     #[test]
