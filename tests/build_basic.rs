@@ -30,6 +30,37 @@ fn run_and_copy_then_everything_cached() {
 }
 
 #[test]
+fn config_only_edits_rebuild_no_filesystem_step() {
+    let env = Env::new();
+    let dockerfile = "FROM busybox\nRUN echo a > /a\nLABEL version=1\nEXPOSE 80\nCMD [\"true\"]\nRUN echo b > /b\n";
+    let ctx = env.context("ctx", &[("Dockerfile", dockerfile)]);
+    let (first, stderr) = env.build(&ctx, &[]);
+    assert_eq!(run_steps(&stderr), 2, "{stderr}");
+
+    // LABEL, EXPOSE and CMD edits change the image, but no RUN re-runs.
+    let edited = dockerfile
+        .replace("version=1", "version=2")
+        .replace("EXPOSE 80", "EXPOSE 8080")
+        .replace("\"true\"", "\"false\"");
+    std::fs::write(ctx.join("Dockerfile"), edited).unwrap();
+    let (second, stderr) = env.build(&ctx, &[]);
+    assert_eq!(run_steps(&stderr), 0, "{stderr}");
+    assert_ne!(first, second, "the config changed, so must the image id");
+
+    // An ENV edit does reach the RUN after it.
+    let with_env = dockerfile.replace("LABEL version=1", "ENV X=1");
+    std::fs::write(ctx.join("Dockerfile"), &with_env).unwrap();
+    let (_, stderr) = env.build(&ctx, &[]);
+    std::fs::write(ctx.join("Dockerfile"), with_env.replace("X=1", "X=2")).unwrap();
+    let (_, stderr2) = env.build(&ctx, &[]);
+    assert_eq!(
+        (run_steps(&stderr2), cached_steps(&stderr2)),
+        (1, 1),
+        "{stderr}\n{stderr2}"
+    );
+}
+
+#[test]
 fn changes_invalidate_exactly_the_steps_after_them() {
     let env = Env::new();
     let dockerfile = "FROM busybox\nRUN echo first > /1\nCOPY a.txt /a.txt\nARG V=1\nRUN echo $V > /v\nRUN echo last > /l\n";

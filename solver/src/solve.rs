@@ -294,13 +294,18 @@ pub fn solve(
                 _ => {}
             }
             let key = key.finish();
-            plan.key = key;
             if matches!(step.kind, StepKind::Config) {
+                // Config-only steps (LABEL, EXPOSE, CMD, ...) change the image
+                // config, not the filesystem: they stay out of the key chain so
+                // editing one does not re-run the steps after it. What a later
+                // step does see (ENV, USER, WORKDIR, SHELL) is in its own
+                // definition digest.
                 plan.history.push(HistoryRef::Empty {
                     created_by: step.created_by.clone(),
                 });
                 continue;
             }
+            plan.key = key;
             deps.sort_unstable();
             deps.dedup();
             let vertex = match by_key.get(&key) {
