@@ -240,6 +240,7 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
     };
     let renderer = render::Renderer::new(&args.progress)?;
     let cancel = CancelToken::new();
+    cancel_on_interrupt(&cancel);
     let result = kiln_solver::solve(&store, &context, &graph, &solve_options, &renderer, &cancel);
     renderer.finish();
     let built = result?;
@@ -317,4 +318,20 @@ fn read_file(path: &Path) -> anyhow::Result<String> {
             path.display()
         )
     })
+}
+
+/// Ctrl-C (or SIGTERM) cancels the build: running steps are killed, queued ones
+/// never start, and nothing half-done enters the store or the cache. A second
+/// signal exits at once.
+fn cancel_on_interrupt(cancel: &CancelToken) {
+    let cancel = cancel.clone();
+    // Only one handler can exist per process; failing to install it leaves the
+    // default behaviour (the process dies, which the store also survives).
+    let _ = ctrlc::set_handler(move || {
+        if cancel.is_cancelled() {
+            std::process::exit(130);
+        }
+        eprintln!("interrupted: cancelling the build (again to exit at once)");
+        cancel.cancel();
+    });
 }
