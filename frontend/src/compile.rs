@@ -2,7 +2,7 @@
 //! multi-stage references, the image config of every stage, RUN and COPY
 //! steps with everything resolved, and definition digests.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::ast::{Dockerfile, Instruction, Keyword};
 use crate::config::{Empty, Healthcheck, ImageConfig};
@@ -535,8 +535,8 @@ impl<'a> Compiler<'a> {
             (Base::Image { reference, image }, config, digest)
         };
         let mut state = StageState::new(config, base_digest);
-        if state.config.env_get("PATH").is_none() {
-            state.config.env_set("PATH", DEFAULT_PATH);
+        if state.env_get("PATH").is_none() {
+            state.env_set("PATH", DEFAULT_PATH);
         }
         // The base's ONBUILD triggers run first, and are not inherited.
         let triggers = state.config.on_build.take().unwrap_or_default();
@@ -1049,6 +1049,10 @@ struct StageState {
     /// a config change does to a filesystem step (env, user, workdir, shell)
     /// is in that step's own definition.
     digest: Key,
+    /// Where each name's first entry is in `config.env`: variables are
+    /// looked up for every expansion, and a scan of the list would make a
+    /// file with many ENVs quadratic. Kept in step by `env_set`.
+    env_at: HashMap<String, usize>,
     /// The last step's digest, whatever its kind: the parent of a config
     /// step's own digest, so that no two steps of a stage share a digest.
     last_step: Key,
@@ -1058,7 +1062,13 @@ struct StageState {
 
 impl StageState {
     fn new(config: ImageConfig, digest: Key) -> Self {
+        let mut env_at = HashMap::new();
+        for (i, entry) in config.env.iter().flatten().enumerate() {
+            let name = entry.split_once('=').map_or(entry.as_str(), |(k, _)| k);
+            env_at.entry(name.to_string()).or_insert(i);
+        }
         StageState {
+            env_at,
             config,
             args: Vec::new(),
             cmd_set: false,
@@ -1069,9 +1079,28 @@ impl StageState {
         }
     }
 
+    /// `ImageConfig::env_get` through the index.
+    fn env_get(&self, name: &str) -> Option<&str> {
+        let entry = self.config.env.as_ref()?.get(*self.env_at.get(name)?)?;
+        Some(entry.split_once('=').map_or("", |(_, v)| v))
+    }
+
+    /// `ImageConfig::env_set` through the index.
+    fn env_set(&mut self, name: &str, value: &str) {
+        let env = self.config.env.get_or_insert_with(Vec::new);
+        let entry = format!("{name}={value}");
+        match self.env_at.get(name).and_then(|&i| env.get_mut(i)) {
+            Some(existing) => *existing = entry,
+            None => {
+                self.env_at.insert(name.to_string(), env.len());
+                env.push(entry);
+            }
+        }
+    }
+
     /// A variable as instructions see it: ENV wins over ARG.
     fn lookup(&self, name: &str) -> Option<String> {
-        if let Some(value) = self.config.env_get(name) {
+        if let Some(value) = self.env_get(name) {
             return Some(value.to_string());
         }
         self.args
@@ -1100,7 +1129,7 @@ impl StageState {
         let mut env = self.config.env.clone().unwrap_or_default();
         for (key, value) in &self.args {
             if let Some(value) = value {
-                if self.config.env_get(key).is_none() {
+                if self.env_get(key).is_none() {
                     env.push(format!("{key}={value}"));
                 }
             }
@@ -1109,7 +1138,7 @@ impl StageState {
         for name in PROXY_ARGS {
             if let Some(value) = build_args.get(name) {
                 let declared = self.args.iter().any(|(k, _)| k == name);
-                if !declared && self.config.env_get(name).is_none() {
+                if !declared && self.env_get(name).is_none() {
                     let entry = format!("{name}={value}");
                     proxies.insert(entry.clone());
                     env.push(entry);
@@ -1125,7 +1154,7 @@ impl StageState {
             .args
             .iter()
             .filter_map(|(k, v)| {
-                let value = self.config.env_get(k).map(str::to_string).or(v.clone())?;
+                let value = self.env_get(k).map(str::to_string).or(v.clone())?;
                 Some(format!("{k}={value}"))
             })
             .collect();
@@ -1247,7 +1276,7 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
             let mut text = String::from("ENV");
             for (key, value) in expanded {
                 text.push_str(&format!(" {key}={value}"));
-                state.config.env_set(&key, &value);
+                state.env_set(&key, &value);
             }
             text
         }

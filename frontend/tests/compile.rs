@@ -682,6 +682,23 @@ fn no_two_steps_share_a_digest() {
 }
 
 #[test]
+fn many_env_names_keep_docker_order_and_in_place_redefinition() {
+    let mut text = String::from("FROM debian\n");
+    for i in 0..500_usize {
+        text.push_str(&format!("ENV V{i}=${{V{}:-start}}x\n", i.saturating_sub(1)));
+    }
+    text.push_str("ENV LANG=other V0=again\nRUN true\n");
+    let graph = build(&text);
+    let run = runs(target(&graph))[0];
+    assert_eq!(run.env[0], "PATH=/usr/bin:/bin");
+    assert_eq!(run.env[1], "LANG=other");
+    assert_eq!(run.env[2], "V0=again");
+    assert_eq!(env_of(run, "V1"), Some("startxx"));
+    assert_eq!(env_of(run, "V499").map(str::len), Some(5 + 500));
+    assert_eq!(run.env.len(), 502);
+}
+
+#[test]
 fn history_text() {
     let graph = build(
         "FROM scratch\nENV A=1 B=2\nCOPY a b /d/\nCMD [\"x\", \"y\"]\nWORKDIR /w\nRUN [\"ls\"]\n",
