@@ -262,3 +262,32 @@ fn two_clean_builds_give_one_digest() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     assert_eq!(first, build());
 }
+
+#[test]
+fn resource_limits_bound_run_steps() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN for i in $(seq 40); do sleep 5 & done; wait\n",
+        )],
+    );
+    // 40 background processes do not fit in a pids limit of 16.
+    let out = env.try_build(&ctx, &["--pids-limit", "16"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the pids limit was not applied:\n{stderr}"
+    );
+    // The same step with a limit it fits in builds.
+    let (_, stderr) = env.build(
+        &ctx,
+        &["--pids-limit", "100", "--memory", "256m", "--cpus", "1"],
+    );
+    assert_eq!(run_steps(&stderr), 1, "{stderr}");
+    // A malformed limit is refused before anything runs.
+    let out = env.try_build(&ctx, &["--memory", "lots"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("512m"));
+}

@@ -46,6 +46,9 @@ pub struct SolveOptions {
     pub secrets: BTreeMap<String, Vec<u8>>,
     /// `--label`s added to the image's labels.
     pub labels: BTreeMap<String, String>,
+    /// cgroup limits for every RUN step (`--memory`, `--cpus`, ...). Not part
+    /// of cache keys: they bound a step, they do not define its result.
+    pub limits: kiln_executor::Limits,
 }
 
 impl Default for SolveOptions {
@@ -60,6 +63,7 @@ impl Default for SolveOptions {
             network: None,
             secrets: BTreeMap::new(),
             labels: BTreeMap::new(),
+            limits: kiln_executor::Limits::default(),
         }
     }
 }
@@ -989,7 +993,7 @@ impl Runner<'_> {
             network,
             mounts,
             arch: Some(vertex.platform.architecture.clone()),
-            limits: Default::default(),
+            limits: self.options.limits,
             stdin: None,
             ..Default::default()
         };

@@ -62,6 +62,18 @@ pub struct Args {
     /// Compression of new layers: gzip, zstd or none.
     #[arg(long, default_value = "gzip", value_name = "ALGO")]
     compression: String,
+    /// Memory limit for RUN steps, e.g. 512m or 2g (swap is limited to the same).
+    #[arg(long, value_name = "BYTES", value_parser = parse_memory)]
+    memory: Option<u64>,
+    /// Relative CPU weight for RUN steps (Docker's default is 1024).
+    #[arg(long, value_name = "SHARES", value_parser = clap::value_parser!(u64).range(2..=262144))]
+    cpu_shares: Option<u64>,
+    /// CPU quota for RUN steps, in CPUs (e.g. 1.5).
+    #[arg(long, value_name = "CPUS", value_parser = parse_cpus)]
+    cpus: Option<f64>,
+    /// Maximum number of processes in a RUN step.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pids_limit: Option<u64>,
     /// The build context directory, or `-` for none (the Dockerfile on stdin).
     #[arg(value_name = "CONTEXT")]
     context: String,
@@ -237,6 +249,12 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         network,
         secrets: parse_secrets(&args.secret)?,
         labels: parse_key_values(&args.label, "--label")?,
+        limits: kiln_executor::Limits {
+            memory: args.memory,
+            cpu_shares: args.cpu_shares,
+            cpus: args.cpus,
+            pids: args.pids_limit,
+        },
     };
     let renderer = render::Renderer::new(&args.progress)?;
     let cancel = CancelToken::new();
@@ -334,4 +352,66 @@ fn cancel_on_interrupt(cancel: &CancelToken) {
         eprintln!("interrupted: cancelling the build (again to exit at once)");
         cancel.cancel();
     });
+}
+
+/// A memory size as `docker run --memory` takes it: a number with an optional
+/// binary unit b, k, m or g (case-insensitive).
+fn parse_memory(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let (digits, unit) = match lower.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => lower.split_at(at),
+        None => (lower.as_str(), ""),
+    };
+    let multiplier: u64 = match unit.trim_end_matches('b') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return Err(format!("{text:?}: expected a size such as 512m or 2g")),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a size such as 512m or 2g"))?;
+    match value.checked_mul(multiplier) {
+        // Docker refuses limits this small: the step could not even start.
+        Some(bytes) if bytes >= 6 << 20 => Ok(bytes),
+        Some(_) => Err(format!("{text:?}: the minimum memory limit is 6m")),
+        None => Err(format!("{text:?}: too large")),
+    }
+}
+
+/// A CPU quota such as 0.5 or 2.
+fn parse_cpus(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(cpus) if cpus.is_finite() && cpus > 0.0 => Ok(cpus),
+        _ => Err(format!(
+            "{text:?}: expected a positive number of CPUs such as 1.5"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes_as_docker_takes_them() {
+        assert_eq!(parse_memory("512m"), Ok(512 << 20));
+        assert_eq!(parse_memory("2G"), Ok(2 << 30));
+        assert_eq!(parse_memory("8192k"), Ok(8 << 20));
+        assert_eq!(parse_memory("67108864"), Ok(64 << 20));
+        assert_eq!(parse_memory("64mb"), Ok(64 << 20));
+        assert!(parse_memory("1k").is_err());
+        assert!(parse_memory("12x").is_err());
+        assert!(parse_memory("m").is_err());
+        assert!(parse_memory("99999999999999g").is_err());
+    }
+
+    #[test]
+    fn cpus_are_positive() {
+        assert_eq!(parse_cpus("1.5"), Ok(1.5));
+        assert!(parse_cpus("0").is_err());
+        assert!(parse_cpus("-1").is_err());
+        assert!(parse_cpus("NaN").is_err());
+    }
 }
