@@ -106,6 +106,9 @@ impl fmt::Display for InputCompression {
     }
 }
 
+/// How much decompressed input is produced at once, ahead of the tar reader.
+const DECODED_BUFFER: usize = 1 << 20;
+
 /// Wraps `input` in the decompressor its first bytes call for, without
 /// consuming anything: the magic bytes are peeked from a buffer.
 pub fn decompress_detected<'a>(
@@ -122,6 +125,12 @@ pub fn decompress_detected<'a>(
         InputCompression::Xz => Box::new(xz2::bufread::XzDecoder::new_multi_decoder(buffered)),
         InputCompression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(buffered)),
         InputCompression::None => Box::new(buffered),
+    };
+    // Tar readers ask for 512-byte headers and small data blocks; decoders
+    // run much faster filling one large buffer than many small ones.
+    let reader: Box<dyn Read + Send + 'a> = match kind {
+        InputCompression::None => reader,
+        _ => Box::new(BufReader::with_capacity(DECODED_BUFFER, reader)),
     };
     Ok((kind, reader))
 }
