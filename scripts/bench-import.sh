@@ -44,6 +44,8 @@ esac
 # Read the inputs once so every tool starts from the page cache.
 cat "$rootfs" "$plain" >/dev/null
 echo "input: $rootfs ($(du -h "$rootfs" | cut -f1)), plain tar $(du -h "$plain" | cut -f1)"
+# Wall times grow with other work on the machine: say how busy it was.
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 
 declare -A seconds
 for compression in gzip zstd; do
@@ -71,6 +73,7 @@ else
   echo "podman: not available, skipped"
 fi
 
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 base=${seconds[kiln-gzip]}
 printf '%-16s %8s %12s\n' tool seconds "vs kiln-gzip"
 for tool in kiln-gzip kiln-zstd kiln-gzip-plain "${peers[@]}"; do
