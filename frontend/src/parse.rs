@@ -700,6 +700,45 @@ impl Reader<'_> {
     }
 }
 
+/// The common exec form, a JSON array of strings without escapes or control
+/// characters, read without running the grammar (which costs far more per
+/// line); `None` leaves anything else to the `json_array` rule.
+/// `simple_json_matches_the_json_array_rule` checks that both agree.
+fn simple_json_strings(text: &str) -> Option<Vec<String>> {
+    let json_ws = |s: &str| s.trim_start_matches([' ', '\t', '\n', '\r']).len();
+    let mut rest = text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .strip_prefix('[')?;
+    let mut out = Vec::new();
+    rest = &rest[rest.len() - json_ws(rest)..];
+    if let Some(after) = rest.strip_prefix(']') {
+        return after
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .is_empty()
+            .then_some(out);
+    }
+    loop {
+        let body = rest.strip_prefix('"')?;
+        let end = body.find(['"', '\\'])?;
+        let (string, after) = body.split_at(end);
+        if string.contains(|c: char| c < '\u{20}') {
+            return None;
+        }
+        out.push(string.to_string());
+        let after = after.strip_prefix('"')?;
+        let after = &after[after.len() - json_ws(after)..];
+        if let Some(next) = after.strip_prefix(',') {
+            rest = &next[next.len() - json_ws(next)..];
+        } else {
+            let tail = after.strip_prefix(']')?;
+            return tail
+                .trim_start_matches([' ', '\t', '\n', '\r'])
+                .is_empty()
+                .then_some(out);
+        }
+    }
+}
+
 /// An instruction line split as the grammar's `instruction` rule splits it.
 struct InstructionParts<'t> {
     keyword: &'t str,
@@ -929,6 +968,9 @@ pub(crate) fn exec_form(text: &str) -> std::result::Result<Option<Vec<String>>, 
         return Err(format!(
             "when using JSON array syntax, arrays must contain strings only, not arrays nested {MAX_JSON_DEPTH} deep or more"
         ));
+    }
+    if let Some(strings) = simple_json_strings(text) {
+        return Ok(Some(strings));
     }
     let Ok(mut pairs) = Grammar::parse(Rule::json_array, text) else {
         return Ok(None);
@@ -1428,6 +1470,51 @@ mod grammar_details {
                 (0..len).map(|_| PIECES[next(PIECES.len())]).collect()
             })
             .collect()
+    }
+
+    #[test]
+    fn simple_json_matches_the_json_array_rule() {
+        const PIECES: &[&str] = &[
+            "[", "]", "\"", ",", " ", "\t", "\n", "a", "é", "\\", "\\n", "1", "x y", "\u{1}",
+        ];
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut simple = 0;
+        for _ in 0..50_000 {
+            let len = next(14);
+            let mut text = String::from(["[", " [\"", "[\""][next(3)]);
+            for _ in 0..len {
+                text.push_str(PIECES[next(PIECES.len())]);
+            }
+            if let Some(fast) = simple_json_strings(&text) {
+                simple += 1;
+                let by_grammar = Grammar::parse(Rule::json_array, &text)
+                    .ok()
+                    .and_then(|mut p| p.next());
+                let Some(array) = by_grammar else {
+                    panic!("{text:?}: read as {fast:?}, but the grammar rejects it");
+                };
+                let strings: Vec<String> = array
+                    .into_inner()
+                    .filter_map(|v| v.into_inner().next())
+                    .map(|v| v.into_inner().next().map_or("", |p| p.as_str()).to_string())
+                    .collect();
+                assert_eq!(fast, strings, "{text:?}");
+            }
+        }
+        assert!(simple > 100, "only {simple} simple arrays generated");
+        assert_eq!(
+            simple_json_strings(" [ \"a\" , \"b c\" ] "),
+            Some(vec!["a".to_string(), "b c".to_string()])
+        );
+        assert_eq!(simple_json_strings("[]"), Some(vec![]));
+        assert_eq!(simple_json_strings("[\"a\",]"), None);
+        assert_eq!(simple_json_strings("[\"a\"] x"), None);
     }
 
     #[test]
