@@ -14,12 +14,13 @@ use support::{fixture, skopeo_inspect, Store};
 /// Writes an endless uncompressed tar of 1 MiB files with varied content to `sink`
 /// until it fails (the reader died).
 fn feed_large_tar(sink: impl Write) {
-    feed_tar(sink, u64::MAX);
+    feed_tar(sink, u64::MAX, true);
 }
 
-/// Writes `files` members of 1 MiB (then the end of the archive) to `sink`;
-/// stops early when the reader goes away.
-fn feed_tar(mut sink: impl Write, files: u64) {
+/// Writes `files` members of 1 MiB to `sink`, and the end-of-archive marker
+/// when `end` is set (without it the reader waits for more); stops early when
+/// the reader goes away.
+fn feed_tar(mut sink: impl Write, files: u64, end: bool) {
     let mut index = 0u64;
     while index < files {
         let mut header = [0u8; 512];
@@ -49,7 +50,9 @@ fn feed_tar(mut sink: impl Write, files: u64) {
         }
         index += 1;
     }
-    let _ = sink.write_all(&[0u8; 1024]);
+    if end {
+        let _ = sink.write_all(&[0u8; 1024]);
+    }
 }
 
 fn temp_bytes(store: &Store) -> u64 {
@@ -222,7 +225,7 @@ fn prune_waits_for_an_import_in_progress_and_loses_nothing() {
         .spawn()
         .unwrap();
     let mut stdin = import.stdin.take().unwrap();
-    feed_tar(&mut stdin, 16);
+    feed_tar(&mut stdin, 16, false);
     // The import has a temporary blob but no name yet: exactly what prune removes
     // when nobody uses the store.
     let started = Instant::now();
@@ -244,7 +247,7 @@ fn prune_waits_for_an_import_in_progress_and_loses_nothing() {
         prune.try_wait().unwrap().is_none(),
         "prune ran while an import was in progress"
     );
-    feed_tar(&mut stdin, 0);
+    feed_tar(&mut stdin, 0, true);
     drop(stdin);
     let imported = import.wait_with_output().unwrap();
     assert!(
