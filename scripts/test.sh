@@ -8,4 +8,4 @@ scripts/make-fixtures.sh
 export KILN_FIXTURES=${KILN_FIXTURES:-$PWD/target/fixtures}
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace --all-targets
+cargo test --workspace --all-targets --no-fail-fast
