@@ -22,7 +22,7 @@ enum Command {
     /// Parse a Dockerfile and print its instructions or build graph.
     Parse(cmd::parse::Args),
     /// Build an image from a Dockerfile and a context directory.
-    Build(cmd::build::Args),
+    Build(Box<cmd::build::Args>),
     /// Make a base image from a rootfs tarball or directory.
     Import(cmd::import::Args),
     /// List the images in the store.
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Parse(args) => cmd::parse::run(&cli.global, args),
-        Command::Build(args) => cmd::build::run(&cli.global, args),
+        Command::Build(args) => cmd::build::run(&cli.global, *args),
         Command::Import(args) => cmd::import::run(&cli.global, args),
         Command::Images(args) => cmd::images::images(&cli.global, args),
         Command::Inspect(args) => cmd::images::inspect(&cli.global, args),
