@@ -203,7 +203,9 @@ fn cannot_mount_or_change_the_host() {
 #[test]
 fn leftover_processes_are_killed_when_the_main_process_exits() {
     let started = Instant::now();
-    let out = run(&shell("sleep 30 & sleep 30 & echo started"));
+    // 37 s: a duration no other test uses, since tests of this binary run at
+    // once and the check below looks at every process on the host.
+    let out = run(&shell("sleep 37 & sleep 37 & echo started"));
     out.upper();
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -215,7 +217,7 @@ fn leftover_processes_are_killed_when_the_main_process_exits() {
         .unwrap()
         .flatten()
         .filter(|e| {
-            fs::read_to_string(e.path().join("cmdline")).is_ok_and(|c| c == "sleep\u{0}30\u{0}")
+            fs::read_to_string(e.path().join("cmdline")).is_ok_and(|c| c == "sleep\u{0}37\u{0}")
         })
         .count();
     assert_eq!(survivors, 0);
