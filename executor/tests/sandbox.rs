@@ -155,11 +155,33 @@ fn hostname_is_its_own() {
 
 #[test]
 fn network_none_has_only_loopback() {
-    let mut s = shell("ls /sys/class/net; ping -c1 -W1 127.0.0.1 >/dev/null && echo loopback-ok; wget -T 2 -q -O- http://1.1.1.1/ || echo unreachable");
+    // A server on the host's loopback: a step with its own network namespace
+    // cannot reach it (its 127.0.0.1 is its own), while a step on the host's
+    // network gets "host" back. No traffic ever leaves this machine.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            use std::io::Write;
+            let _ = conn.write_all(b"host\n");
+        }
+    });
+    let reach = format!("nc -w 2 127.0.0.1 {port} </dev/null || echo unreachable");
+    let mut s = shell(&format!(
+        "ls /sys/class/net; ping -c1 -W1 127.0.0.1 >/dev/null && echo loopback-ok; {reach}"
+    ));
     s.network = Network::None;
     let out = run(&s);
     out.upper();
     assert_eq!(out.stdout, vec!["lo", "loopback-ok", "unreachable"]);
+
+    // The same probe on the host's network does reach the server, so the
+    // assertion above can fail.
+    let mut s = shell(&reach);
+    s.network = Network::Host;
+    let out = run(&s);
+    out.upper();
+    assert_eq!(out.stdout, vec!["host"], "stderr: {:?}", out.stderr);
 }
 
 #[test]
