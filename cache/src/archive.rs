@@ -108,15 +108,21 @@ fn append_blob<W: Write>(
     .during("writing the archive")
 }
 
+/// The `blobs/sha256/` directories both archive formats keep their blobs in.
+fn append_blob_dirs<W: Write>(tar: &mut tar::Builder<W>) -> Result<()> {
+    for dir in ["blobs/", "blobs/sha256/"] {
+        tar.append_data(&mut dir_header(), dir, io::empty())
+            .during("writing the archive")?;
+    }
+    Ok(())
+}
+
 fn save_oci<W: Write>(
     store: &Store,
     images: &[(String, StoredImage)],
     tar: &mut tar::Builder<W>,
 ) -> Result<()> {
-    tar.append_data(&mut dir_header(), "blobs/", io::empty())
-        .during("writing the archive")?;
-    tar.append_data(&mut dir_header(), "blobs/sha256/", io::empty())
-        .during("writing the archive")?;
+    append_blob_dirs(tar)?;
     append_bytes(tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let mut written = std::collections::HashSet::new();
     let mut entries = Vec::new();
@@ -147,10 +153,7 @@ fn save_docker<W: Write>(
     images: &[(String, StoredImage)],
     tar: &mut tar::Builder<W>,
 ) -> Result<()> {
-    tar.append_data(&mut dir_header(), "blobs/", io::empty())
-        .during("writing the archive")?;
-    tar.append_data(&mut dir_header(), "blobs/sha256/", io::empty())
-        .during("writing the archive")?;
+    append_blob_dirs(tar)?;
     let mut written = std::collections::HashSet::new();
     let mut manifest: Vec<DockerManifestEntry> = Vec::new();
     let mut by_id: HashMap<Digest, usize> = HashMap::new();

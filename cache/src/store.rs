@@ -308,22 +308,12 @@ impl Store {
         let manifest_bytes =
             serde_json::to_vec(&manifest).map_err(|e| Error::invalid("image manifest", e))?;
         let manifest_digest = self.put_blob(&manifest_bytes)?;
-        let platform = PlatformBuilder::default()
-            .os(parsed.os().clone())
-            .architecture(parsed.architecture().clone());
-        let platform = match parsed.variant() {
-            Some(variant) => platform.variant(variant.clone()),
-            None => platform,
-        }
-        .build()
-        .map_err(|e| Error::invalid("image platform", e))?;
-        let manifest_descriptor = DescriptorBuilder::default()
-            .media_type(MediaType::ImageManifest)
-            .size(manifest_bytes.len() as u64)
-            .digest(manifest_digest)
-            .platform(platform)
-            .build()
-            .map_err(|e| Error::invalid("manifest descriptor", e))?;
+        let manifest_descriptor = manifest_descriptor(
+            &parsed,
+            manifest_bytes.len(),
+            manifest_digest,
+            "manifest descriptor",
+        )?;
         Ok(StoredImage {
             manifest_descriptor,
             manifest,
@@ -343,22 +333,8 @@ impl Store {
             .map_err(|e| Error::invalid(format!("config {}", manifest.config().digest()), e))?;
         let config = ImageConfiguration::from_reader(&config_bytes[..])
             .map_err(|e| Error::invalid(format!("config {}", manifest.config().digest()), e))?;
-        let platform = PlatformBuilder::default()
-            .os(config.os().clone())
-            .architecture(config.architecture().clone());
-        let platform = match config.variant() {
-            Some(variant) => platform.variant(variant.clone()),
-            None => platform,
-        }
-        .build()
-        .map_err(|e| Error::invalid(what(), e))?;
-        let manifest_descriptor = DescriptorBuilder::default()
-            .media_type(MediaType::ImageManifest)
-            .size(bytes.len() as u64)
-            .digest(manifest_digest.clone())
-            .platform(platform)
-            .build()
-            .map_err(|e| Error::invalid(what(), e))?;
+        let manifest_descriptor =
+            manifest_descriptor(&config, bytes.len(), manifest_digest.clone(), &what())?;
         Ok(StoredImage {
             manifest_descriptor,
             manifest,
@@ -857,6 +833,33 @@ fn remove_dir_all_writable(path: &Path) -> Result<()> {
         }
     }
     fs::remove_dir_all(path).at(path)
+}
+
+/// The descriptor of an image manifest, carrying the platform its config
+/// names: written images and read ones describe themselves the same way.
+/// `what` names the manifest in errors.
+fn manifest_descriptor(
+    config: &ImageConfiguration,
+    manifest_size: usize,
+    manifest_digest: Digest,
+    what: &str,
+) -> Result<Descriptor> {
+    let platform = PlatformBuilder::default()
+        .os(config.os().clone())
+        .architecture(config.architecture().clone());
+    let platform = match config.variant() {
+        Some(variant) => platform.variant(variant.clone()),
+        None => platform,
+    }
+    .build()
+    .map_err(|e| Error::invalid(what, e))?;
+    DescriptorBuilder::default()
+        .media_type(MediaType::ImageManifest)
+        .size(manifest_size as u64)
+        .digest(manifest_digest)
+        .platform(platform)
+        .build()
+        .map_err(|e| Error::invalid(what, e))
 }
 
 /// The OCI chain id of a stack of layers given by their diff_ids, bottom first.
