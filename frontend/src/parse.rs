@@ -21,15 +21,7 @@ struct Grammar;
 /// they are not expanded later), argument counts and forms, heredocs, and that
 /// only ARG comes before the first FROM.
 pub fn parse(text: &str, file_name: &str) -> Result<Dockerfile> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let lines: Vec<Line<'_>> = text
-        .split_inclusive('\n')
-        .map(|raw| {
-            let body = raw.strip_suffix('\n').unwrap_or(raw);
-            let body = body.strip_suffix('\r').unwrap_or(body);
-            Line { raw, body }
-        })
-        .collect();
+    let lines = split_lines(text);
     let mut reader = Reader {
         file: Arc::from(file_name),
         lines: &lines,
@@ -75,19 +67,24 @@ pub fn parse(text: &str, file_name: &str) -> Result<Dockerfile> {
     })
 }
 
-/// Parses one line as a single instruction (for ONBUILD triggers stored in an
-/// image config, and `kiln import --change`). Heredoc bodies may follow the
-/// line, as in a Dockerfile.
-pub(crate) fn parse_instruction(text: &str, file_name: &str) -> Result<Instruction> {
+/// The physical lines of a Dockerfile, without a leading UTF-8 BOM, each with
+/// its LF or CRLF ending removed from the body the parser reads.
+fn split_lines(text: &str) -> Vec<Line<'_>> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let lines: Vec<Line<'_>> = text
-        .split_inclusive('\n')
+    text.split_inclusive('\n')
         .map(|raw| {
             let body = raw.strip_suffix('\n').unwrap_or(raw);
             let body = body.strip_suffix('\r').unwrap_or(body);
             Line { raw, body }
         })
-        .collect();
+        .collect()
+}
+
+/// Parses one line as a single instruction (for ONBUILD triggers stored in an
+/// image config, and `kiln import --change`). Heredoc bodies may follow the
+/// line, as in a Dockerfile.
+pub(crate) fn parse_instruction(text: &str, file_name: &str) -> Result<Instruction> {
+    let lines = split_lines(text);
     let mut reader = Reader {
         file: Arc::from(file_name),
         lines: &lines,
