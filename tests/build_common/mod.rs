@@ -6,19 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-/// Where the fixtures are: $KILN_FIXTURES, else <workspace>/target/fixtures.
-pub fn fixture(name: &str) -> PathBuf {
-    let dir = std::env::var_os("KILN_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures"));
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "fixture {} is missing: run scripts/make-fixtures.sh",
-        path.display()
-    );
-    path
-}
+#[path = "../store_support.rs"]
+mod store_support;
+
+pub use store_support::fixture;
 
 /// A store in a temporary directory with `busybox` (amd64) and
 /// `busybox-mips64el` imported.
