@@ -22,6 +22,13 @@ pub enum Error {
     /// Content did not hash to the digest it was stored or announced under.
     #[error("blob {expected} is corrupt: its content hashes to {actual}")]
     DigestMismatch { expected: String, actual: String },
+    /// A blob of an imported build cache does not match its digest.
+    #[error("{path}: this build cache blob hashes to {actual}, not {expected}; the cache is corrupt: delete it (or build without --cache-from) and export it again")]
+    CorruptCacheBlob {
+        path: String,
+        expected: String,
+        actual: String,
+    },
     /// A blob the store needs is missing.
     #[error(
         "blob {0} is missing from the store; run `kiln fsck` and re-import or re-build the image"

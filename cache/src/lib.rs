@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod archive;
+mod cache_dir;
 mod compression;
 mod elf;
 mod error;
@@ -19,9 +20,11 @@ mod image;
 mod import;
 mod layer;
 mod platform;
+mod remote;
 mod store;
 
 pub use archive::{load_archive, save_archive, ArchiveFormat, LoadedImage};
+pub use cache_dir::{export_cache_dir, CacheDir, DEFAULT_CACHE_TAG};
 pub use compression::{decompress_detected, Compression, InputCompression};
 pub use error::{Error, Result};
 pub use fsutil::{parse_sha256, sha256_digest};
@@ -29,6 +32,7 @@ pub use image::{normalize_name, rfc3339_utc, NamedImage, NewImage, StoredImage};
 pub use import::{import_directory, import_tar, DetectedPlatform, ImportedLayer};
 pub use layer::{LayerBlob, LayerWriter};
 pub use platform::Platform;
+pub use remote::{ensure_blob, CacheConfig, CacheSource, CACHE_CONFIG_MEDIA_TYPE};
 pub use store::{
     chain_id, CacheRecord, ContentStore, FsckProblem, FsckReport, PruneReport, Store, REF_NAME,
 };
