@@ -5,15 +5,20 @@
 //! Transfers are safe to interrupt: the store publishes a blob only once its
 //! digest checks out, and a registry only names an image once its manifest
 //! is put, after every blob. A retry skips what is already there.
+//!
+//! Build caches travel the same way (`push_cache`, `RegistryCache`, which
+//! implements kiln_cache's `CacheSource`).
 #![forbid(unsafe_code)]
 
 mod auth;
+mod cache;
 mod client;
 mod error;
 mod reference;
 mod transfer;
 
 pub use auth::{load_credentials, store_credentials, Credentials};
+pub use cache::{push_cache, RegistryCache};
 pub use client::{Client, ClientOptions};
 pub use error::{Error, Result};
 pub use reference::{is_loopback, Reference, DOCKER_HUB};

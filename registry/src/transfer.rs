@@ -54,7 +54,7 @@ const PULL_PARALLEL: usize = 4;
 
 /// Runs `work` over `items` on up to `threads` threads; returns the first
 /// error (the others finish what they started).
-fn parallel<T: Sync>(
+pub(crate) fn parallel<T: Sync>(
     items: &[T],
     threads: usize,
     work: impl Fn(&T) -> Result<()> + Sync,
@@ -94,7 +94,7 @@ fn parallel<T: Sync>(
 
 /// Remembers that `registry` has `digest` in `repository`. Only a hint for
 /// cross-repository mounts: losing one costs an upload, never correctness.
-fn remember_source(store: &Store, registry: &str, repository: &str, digest: &Digest) {
+pub(crate) fn remember_source(store: &Store, registry: &str, repository: &str, digest: &Digest) {
     let Ok(state) = store.state_dir("registry") else {
         return;
     };
@@ -119,7 +119,7 @@ fn remember_source(store: &Store, registry: &str, repository: &str, digest: &Dig
 }
 
 /// Another repository of `registry` known to have `digest`.
-fn known_source(
+pub(crate) fn known_source(
     store: &Store,
     registry: &str,
     repository: &str,
