@@ -20,5 +20,5 @@ mod views;
 pub use dockerignore::IgnoreRules;
 pub use error::{Error, Result};
 pub use progress::{Event, Progress};
-pub use solve::{export_filesystem, solve, Built, SolveOptions, StoreResolver};
+pub use solve::{export_filesystem, solve, Built, BuiltRecord, SolveOptions, StoreResolver};
 pub use source::BuildContext;

@@ -6,12 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kiln_cache::{
-    chain_id, CacheRecord, Compression, Descriptor, History, HistoryBuilder, LayerBlob, NewImage,
-    Platform, Store, StoredImage,
+    chain_id, CacheRecord, CacheSource, Compression, Descriptor, History, HistoryBuilder,
+    LayerBlob, NewImage, Platform, Store, StoredImage,
 };
 use kiln_executor::{CancelToken, DiffOptions, Mount, RootfsView, RunSpec, Snapshotter};
 use kiln_frontend::{
@@ -33,8 +33,14 @@ use crate::views::{export_tree, ViewDest, ViewSource};
 pub struct SolveOptions {
     /// Steps run at once.
     pub jobs: usize,
-    /// Ignore cache records (new results are still recorded).
+    /// Ignore cache records, local and imported (new results are still
+    /// recorded).
     pub no_cache: bool,
+    /// Build caches of other machines (`--cache-from`), asked in order when
+    /// the store has no record for a key. Their blobs are fetched only when
+    /// a layer is read: a step runs on it, a COPY --from reads it, or the
+    /// image contains it.
+    pub cache_sources: Vec<Arc<dyn CacheSource>>,
     /// Compression of new layers.
     pub compression: Compression,
     /// `SOURCE_DATE_EPOCH`: the image's `created` time and the clamp for file
@@ -58,6 +64,7 @@ impl Default for SolveOptions {
                 .map(|n| n.get())
                 .unwrap_or(1),
             no_cache: false,
+            cache_sources: Vec::new(),
             compression: Compression::Gzip,
             source_date_epoch: None,
             network: None,
@@ -79,6 +86,18 @@ pub struct Built {
     pub ran: usize,
     /// Steps whose result came from the cache.
     pub cached: usize,
+    /// The cache record of every step, for `--cache-to`.
+    pub records: Vec<BuiltRecord>,
+}
+
+/// A step's cache record, as a build cache export takes it.
+#[derive(Debug, Clone)]
+pub struct BuiltRecord {
+    pub key: [u8; 32],
+    pub record: CacheRecord,
+    /// Whether the step is one of the target stage's (its layer, if any, is
+    /// in the image): what `mode=min` exports.
+    pub in_image: bool,
 }
 
 /// Finds FROM images in the store.
@@ -366,6 +385,7 @@ pub fn solve(
     // keeps its time, so a fully cached build gives the same image id.
     let made_at: Mutex<HashMap<usize, i64>> = Mutex::new(HashMap::new());
     let counts = Mutex::new((0usize, 0usize));
+    let records: Mutex<HashMap<usize, CacheRecord>> = Mutex::new(HashMap::new());
     let runner = Runner {
         store,
         context,
@@ -375,6 +395,7 @@ pub fn solve(
         snapshotter: &snapshotter,
         results: &results,
         downloads: &downloads,
+        sources: &options.cache_sources,
     };
     let deps: Vec<Vec<usize>> = vertices.iter().map(|v| v.deps.clone()).collect();
     let outcome = run_dag(&deps, options.jobs, cancel, |id| {
@@ -382,13 +403,18 @@ pub fn solve(
         let cached = if options.no_cache {
             None
         } else {
-            store
-                .cache_get(&vertex.key.0)
-                .map_err(store_err)?
-                .and_then(|r| layer_of_record(&r).map(|l| (l, created_of_record(&r))))
+            let local = store.cache_get(&vertex.key.0).map_err(store_err)?;
+            let record = match local {
+                Some(record) => Some(record),
+                None => imported_record(store, &options.cache_sources, &vertex.key.0)?,
+            };
+            record.and_then(|r| layer_of_record(&r).map(|l| (l, created_of_record(&r), r)))
         };
         let layer = match cached {
-            Some((layer, created)) => {
+            Some((layer, created, record)) => {
+                if let Ok(mut r) = records.lock() {
+                    r.insert(id, record);
+                }
                 if let Ok(mut m) = made_at.lock() {
                     m.insert(id, created);
                 }
@@ -426,6 +452,9 @@ pub fn solve(
                     payload,
                 };
                 store.cache_put(&vertex.key.0, &record).map_err(store_err)?;
+                if let Ok(mut r) = records.lock() {
+                    r.insert(id, record);
+                }
                 progress.event(Event::Done {
                     id: id + 1,
                     seconds: started.elapsed().as_secs_f64(),
@@ -456,6 +485,10 @@ pub fn solve(
     });
     let results = results.into_inner().map_err(|_| Error::Cancelled)?;
     let layers = resolve_layers(&plan.layers, &results)?;
+    for layer in &layers {
+        kiln_cache::ensure_blob(store, &options.cache_sources, &layer.descriptor)
+            .map_err(store_err)?;
+    }
     let made_at = made_at.into_inner().map_err(|_| Error::Cancelled)?;
     let vertex_time = |v: &usize| {
         options
@@ -511,11 +544,36 @@ pub fn solve(
         })
         .map_err(store_err)?;
     let (ran, cached) = counts.into_inner().unwrap_or((0, 0));
+    let in_image: std::collections::HashSet<usize> = plan
+        .history
+        .iter()
+        .filter_map(|h| match h {
+            HistoryRef::Vertex { vertex, .. } => Some(*vertex),
+            _ => None,
+        })
+        .collect();
+    let mut records: Vec<(usize, CacheRecord)> = records
+        .into_inner()
+        .map_err(|_| Error::Cancelled)?
+        .into_iter()
+        .collect();
+    records.sort_by_key(|(id, _)| *id);
+    let records = records
+        .into_iter()
+        .filter_map(|(id, record)| {
+            Some(BuiltRecord {
+                key: vertices.get(id)?.key.0,
+                record,
+                in_image: in_image.contains(&id),
+            })
+        })
+        .collect();
     Ok(Built {
         image,
         layers,
         ran,
         cached,
+        records,
     })
 }
 
@@ -555,6 +613,25 @@ fn resolve_image(store: &Store, reference: &str, digest: &str) -> Result<StoredI
             "image {reference} ({digest}) is not in the store; make one with `kiln import` or `kiln load`"
         ))
     })
+}
+
+/// The first imported record under `key` that kiln can use, kept as a
+/// local record too (a miss again until its blobs are fetched, since they
+/// are fetched only when needed).
+fn imported_record(
+    store: &Store,
+    sources: &[Arc<dyn CacheSource>],
+    key: &[u8; 32],
+) -> Result<Option<CacheRecord>> {
+    let Some(record) = sources
+        .iter()
+        .filter_map(|source| source.lookup(key))
+        .find(|record| layer_of_record(record).is_some())
+    else {
+        return Ok(None);
+    };
+    store.cache_put(key, &record).map_err(store_err)?;
+    Ok(Some(record))
 }
 
 fn layer_of_record(record: &CacheRecord) -> Option<Option<LayerBlob>> {
@@ -660,6 +737,7 @@ struct Runner<'a> {
     snapshotter: &'a Snapshotter,
     results: &'a Mutex<HashMap<usize, Option<LayerBlob>>>,
     downloads: &'a Downloads,
+    sources: &'a [Arc<dyn CacheSource>],
 }
 
 /// A scratch directory in the store, removed when dropped.
@@ -692,10 +770,15 @@ impl Runner<'_> {
             diff_ids.push(layer.diff_id.clone());
             let chain = chain_id(&diff_ids).ok_or_else(|| Error::Invalid("empty chain".into()))?;
             let store = self.store;
+            let sources = self.sources;
             let descriptor = layer.descriptor.clone();
+            // A layer of an imported record is fetched here, when first read.
             let dir = self
                 .snapshotter
-                .prepare(chain.as_ref(), move || store.open_layer(&descriptor))
+                .prepare(chain.as_ref(), move || {
+                    kiln_cache::ensure_blob(store, sources, &descriptor)?;
+                    store.open_layer(&descriptor)
+                })
                 .map_err(exec_err)?;
             lowers.push(dir);
         }

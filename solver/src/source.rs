@@ -426,11 +426,12 @@ pub(crate) fn content_digest(fs: &dyn SourceFs, sources: &[String]) -> Result<Ke
                 } else {
                     "other"
                 };
+                // No owner: COPY from the context makes files root's (or
+                // --chown's), and a checkout's uid differs between CI runners,
+                // which must share cache keys. BuildKit zeroes it likewise.
                 key.str("path", &entry.rel)
                     .str("type", kind_name)
                     .u64("mode", u64::from(meta.mode() & 0o7777))
-                    .u64("uid", u64::from(meta.uid()))
-                    .u64("gid", u64::from(meta.gid()))
                     .u64("size", if kind.is_file() { meta.size() } else { 0 });
                 if kind.is_symlink() {
                     let target = std::fs::read_link(&entry.host).map_err(io_err(&entry.host))?;
@@ -536,6 +537,22 @@ mod tests {
         let one = content_digest(&ctx, &["a".to_string()]).unwrap();
         let other = content_digest(&ctx, &["b".to_string()]).unwrap();
         assert_ne!(one, other);
+    }
+
+    #[test]
+    fn digest_is_the_same_in_another_checkout() {
+        let files = [("a", "x"), ("sub/b", "y")];
+        let (_one, first) = context(&files, "");
+        let (other, second) = context(&files, "");
+        // Another directory, and another owner (as a CI runner's checkout).
+        for path in ["a", "sub", "sub/b"] {
+            std::os::unix::fs::lchown(other.path().join(path), Some(4321), Some(4321)).unwrap();
+        }
+        let all = [".".to_string()];
+        assert_eq!(
+            content_digest(&first, &all).unwrap(),
+            content_digest(&second, &all).unwrap()
+        );
     }
 
     #[test]
