@@ -14,6 +14,7 @@ use kiln_solver::{BuildContext, IgnoreRules, SolveOptions, StoreResolver};
 
 use super::{CmdResult, Global};
 
+mod cache;
 mod render;
 
 /// `kiln build` arguments, as `docker build` takes them.
@@ -59,6 +60,15 @@ pub struct Args {
     /// filesystem) or type=oci|docker,dest=FILE[,name=NAME] (an archive).
     #[arg(long, value_name = "type=TYPE,dest=PATH")]
     output: Option<String>,
+    /// Import build cache: type=registry,ref=REG/REPO:TAG or
+    /// type=local,src=DIR[,tag=TAG]; may be repeated. A missing one is a warning.
+    #[arg(long = "cache-from", value_name = "type=TYPE,...")]
+    cache_from: Vec<String>,
+    /// Export build cache: type=registry,ref=REG/REPO:TAG or
+    /// type=local,dest=DIR[,tag=TAG], with mode=min (the image's steps, the
+    /// default) or mode=max (every step), ignore-error=true.
+    #[arg(long = "cache-to", value_name = "type=TYPE,...")]
+    cache_to: Option<String>,
     /// Compression of new layers: gzip, zstd or none.
     #[arg(long, default_value = "gzip", value_name = "ALGO")]
     compression: String,
@@ -192,6 +202,12 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         Some("host") => Some(Network::Host),
         Some(other) => bail!("--network {other}: expected default, none or host"),
     };
+    let cache_from = args
+        .cache_from
+        .iter()
+        .map(|text| cache::parse_from(text))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_to = args.cache_to.as_deref().map(cache::parse_to).transpose()?;
     let no_context = args.context == "-";
     let (text, file_name, dockerfile_path) = match args.file.as_deref() {
         Some("-") => (read_stdin()?, "Dockerfile".to_string(), None),
@@ -244,6 +260,11 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
             })
             .max(1),
         no_cache: args.no_cache,
+        cache_sources: if args.no_cache {
+            Vec::new()
+        } else {
+            cache::import(&cache_from)
+        },
         compression,
         source_date_epoch,
         network,
@@ -266,6 +287,9 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         store
             .tag(tag, &built.image)
             .with_context(|| format!("cannot tag the image as {tag}"))?;
+    }
+    if let Some(export) = &cache_to {
+        cache::export(&store, &built, &solve_options.cache_sources, export)?;
     }
     let id = built.image.id().to_string();
     if let Some(path) = &args.iidfile {
