@@ -12,7 +12,9 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{Descriptor, Digest, ImageIndex, ImageIndexBuilder, ImageManifest, MediaType};
+use oci_spec::image::{
+    Descriptor, Digest, ImageIndex, ImageIndexBuilder, ImageManifest, MediaType,
+};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, sha256_digest};
@@ -78,11 +80,7 @@ impl CacheDir {
         let Some(index) = read_index(dir)? else {
             return Ok(None);
         };
-        let Some(entry) = index
-            .manifests()
-            .iter()
-            .find(|d| ref_name(d) == Some(tag))
-        else {
+        let Some(entry) = index.manifests().iter().find(|d| ref_name(d) == Some(tag)) else {
             return Ok(None);
         };
         let what = format!("the cache manifest {tag} in {}", dir.display());

@@ -104,7 +104,10 @@ impl CacheSource for RegistryCache {
         }
         let repository = self.reference.repository.as_str();
         let as_store_error = |e: Error| kiln_cache::Error::Stream {
-            context: format!("fetching blob {digest} of the build cache {}", self.reference),
+            context: format!(
+                "fetching blob {digest} of the build cache {}",
+                self.reference
+            ),
             source: std::io::Error::other(e.to_string()),
         };
         let mut reader = self
