@@ -8,7 +8,7 @@ mod registry_support;
 mod support;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use registry_support::Registry;
 use support::{fixture, Store};
