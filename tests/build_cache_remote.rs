@@ -218,6 +218,15 @@ fn mode_min_exports_only_the_image_steps() {
     );
     assert_eq!(id_a, id_b);
 
+    // --no-cache ignores imported records as well as local ones.
+    let fresh = Env::new();
+    let (_, ran, cached, stderr) = build(
+        &fresh,
+        &context(&fresh),
+        &["--no-cache", "--cache-from", &from],
+    );
+    assert_eq!((ran, cached), (6, 0), "{stderr}");
+
     // A second export to the same directory replaces the tag and reuses blobs.
     let max = format!("type=local,dest={},mode=max", cache.display());
     build(&runner_a, &ctx, &["--cache-to", &max]);
