@@ -99,9 +99,16 @@ fn second_runner_reuses_everything(
 
     let runner_b = Env::new();
     let context_b = context(&runner_b);
-    let (id_b, ran, cached, stderr) = build(&runner_b, &context_b, &["--cache-from", cache_from]);
+    // The usual CI pattern: import and export the same cache. Re-exporting
+    // what was imported must not download the layers nothing read.
+    let (id_b, ran, cached, stderr) = build(
+        &runner_b,
+        &context_b,
+        &["--cache-from", cache_from, "--cache-to", cache_to],
+    );
     assert_eq!((ran, cached), (0, 6), "{stderr}");
     assert_eq!(id_a, id_b, "the same image from the imported cache");
+    assert!(stderr.contains("exported build cache"), "{stderr}");
 
     let exported = cache_layers();
     let in_image = image_layers(&runner_b, &id_b);

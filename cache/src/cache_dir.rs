@@ -11,6 +11,7 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use oci_spec::image::{
     Descriptor, Digest, ImageIndex, ImageIndexBuilder, ImageManifest, MediaType,
@@ -18,7 +19,7 @@ use oci_spec::image::{
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, sha256_digest};
-use crate::remote::{CacheConfig, CacheSource};
+use crate::remote::{ensure_blob, CacheConfig, CacheSource};
 use crate::store::{CacheRecord, ContentStore, Store, REF_NAME};
 
 /// The tag a cache directory uses when none is given.
@@ -138,12 +139,19 @@ impl CacheSource for CacheDir {
     }
 }
 
-/// Copies a blob from the store into the directory unless it is there.
-fn write_blob(store: &Store, blobs_dir: &Path, descriptor: &Descriptor) -> Result<()> {
+/// Copies a blob into the directory unless it is there, from the store
+/// (fetched from `sources` first when an imported record named it).
+fn write_blob(
+    store: &Store,
+    sources: &[Arc<dyn CacheSource>],
+    blobs_dir: &Path,
+    descriptor: &Descriptor,
+) -> Result<()> {
     let target = blobs_dir.join(descriptor.digest().digest());
     if fs::metadata(&target).is_ok_and(|m| m.len() == descriptor.size()) {
         return Ok(());
     }
+    ensure_blob(store, sources, descriptor)?;
     let mut source = store.open_blob(descriptor.digest())?;
     let mut temp = tempfile::Builder::new()
         .prefix(".tmp-")
@@ -169,12 +177,15 @@ fn write_bytes(blobs_dir: &Path, bytes: &[u8]) -> Result<Digest> {
     Ok(digest)
 }
 
-/// Exports `config` and the blobs its records name (which must be in
-/// `store`) to the OCI layout `dir` under `tag`, replacing what the tag
-/// named. Returns the cache manifest's digest. One writer per directory at
-/// a time: two concurrent exports may each keep only their own tag.
+/// Exports `config` and the blobs its records name to the OCI layout `dir`
+/// under `tag`, replacing what the tag named. Blobs the directory has are
+/// kept; the others come from `store`, or from `sources` when an imported
+/// record named them and nothing read them yet. Returns the cache manifest's
+/// digest. One writer per directory at a time: two concurrent exports may
+/// each keep only their own tag.
 pub fn export_cache_dir(
     store: &Store,
+    sources: &[Arc<dyn CacheSource>],
     config: &CacheConfig,
     dir: &Path,
     tag: &str,
@@ -190,7 +201,7 @@ pub fn export_cache_dir(
     }
     let index = read_index(dir)?;
     for blob in config.blobs() {
-        write_blob(store, &blobs_dir, &blob)?;
+        write_blob(store, sources, &blobs_dir, &blob)?;
     }
     let config_bytes = config.to_bytes()?;
     let config_digest = write_bytes(&blobs_dir, &config_bytes)?;
@@ -247,7 +258,7 @@ mod tests {
     fn export_then_import_fetches_verified_blobs() {
         let (temp, store, config, descriptor) = setup();
         let dir = temp.path().join("cache");
-        export_cache_dir(&store, &config, &dir, "main").unwrap();
+        export_cache_dir(&store, &[], &config, &dir, "main").unwrap();
         assert!(CacheDir::open(&dir, "other").unwrap().is_none());
         assert!(CacheDir::open(&temp.path().join("none"), "main")
             .unwrap()
@@ -265,13 +276,37 @@ mod tests {
     }
 
     #[test]
+    fn re_exporting_an_import_fetches_only_what_the_destination_lacks() {
+        let (temp, store, config, descriptor) = setup();
+        let first = temp.path().join("first");
+        export_cache_dir(&store, &[], &config, &first, "t").unwrap();
+        let source: Arc<dyn CacheSource> = Arc::new(CacheDir::open(&first, "t").unwrap().unwrap());
+        let sources = [source];
+        let other = Store::open(temp.path().join("other")).unwrap();
+        // Into the directory it came from: nothing to fetch.
+        export_cache_dir(&other, &sources, &config, &first, "t").unwrap();
+        assert!(!other.has_blob(descriptor.digest()));
+        // Elsewhere: fetched from the source, verified, then copied.
+        let second = temp.path().join("second");
+        export_cache_dir(&other, &sources, &config, &second, "t").unwrap();
+        assert!(other.has_blob(descriptor.digest()));
+        assert_eq!(CacheDir::open(&second, "t").unwrap().unwrap().len(), 1);
+        // Without a source the blob is missing: a clear error, no index.
+        let third = temp.path().join("third");
+        let empty = Store::open(temp.path().join("empty")).unwrap();
+        let err = export_cache_dir(&empty, &[], &config, &third, "t").unwrap_err();
+        assert!(matches!(err, Error::MissingBlob(_)), "{err}");
+        assert!(!third.join("index.json").exists());
+    }
+
+    #[test]
     fn a_second_export_replaces_the_tag_and_keeps_other_tags() {
         let (temp, store, config, _) = setup();
         let dir = temp.path().join("cache");
-        export_cache_dir(&store, &config, &dir, "a").unwrap();
-        export_cache_dir(&store, &config, &dir, "b").unwrap();
+        export_cache_dir(&store, &[], &config, &dir, "a").unwrap();
+        export_cache_dir(&store, &[], &config, &dir, "b").unwrap();
         let empty = CacheConfig::default();
-        let digest = export_cache_dir(&store, &empty, &dir, "a").unwrap();
+        let digest = export_cache_dir(&store, &[], &empty, &dir, "a").unwrap();
         let index = read_index(&dir).unwrap().unwrap();
         assert_eq!(index.manifests().len(), 2);
         let a = index
@@ -299,7 +334,7 @@ mod tests {
     fn a_corrupt_blob_is_refused_and_not_stored() {
         let (temp, store, config, descriptor) = setup();
         let dir = temp.path().join("cache");
-        export_cache_dir(&store, &config, &dir, DEFAULT_CACHE_TAG).unwrap();
+        export_cache_dir(&store, &[], &config, &dir, DEFAULT_CACHE_TAG).unwrap();
         fs::write(
             blob_path(&dir, descriptor.digest()).unwrap(),
             b"layer bytez",

@@ -4,6 +4,8 @@
 //! blobs first; an import reads the manifest and config at once and each
 //! layer only when the build needs it.
 
+use std::sync::Arc;
+
 use kiln_cache::{
     CacheConfig, CacheRecord, CacheSource, ContentStore, Descriptor, Digest, ImageManifest, Store,
 };
@@ -131,11 +133,13 @@ impl CacheSource for RegistryCache {
     }
 }
 
-/// Uploads blobs of the store the repository lacks: skipped when there,
-/// mounted from another repository of the registry when one is known to
-/// have them, else uploaded, in parallel.
+/// Uploads blobs the repository lacks: skipped when there, mounted from
+/// another repository of the registry when one is known to have them, else
+/// uploaded from the store (fetched from `sources` first if an imported
+/// record named them and nothing read them yet), in parallel.
 fn push_blobs(
     store: &Store,
+    sources: &[Arc<dyn CacheSource>],
     client: &Client,
     repository: &str,
     blobs: &[Descriptor],
@@ -154,10 +158,6 @@ fn push_blobs(
             });
             return Ok(());
         }
-        let path = store.blob_path(digest)?;
-        if !path.is_file() {
-            return Err(kiln_cache::Error::MissingBlob(text).into());
-        }
         let location = match known_source(store, registry, repository, digest) {
             Some(from) => match client.mount_blob(repository, &text, &from)? {
                 Mount::Mounted => {
@@ -169,6 +169,8 @@ fn push_blobs(
             },
             None => client.start_upload(repository)?,
         };
+        kiln_cache::ensure_blob(store, sources, blob)?;
+        let path = store.blob_path(digest)?;
         client.upload_blob(
             repository,
             location,
@@ -186,12 +188,15 @@ fn push_blobs(
     })
 }
 
-/// Pushes `config` and the blobs its records name (which must be in the
-/// store) to `target` as a cache manifest, replacing what the tag named.
-/// The manifest goes last, so the registry never names a cache whose blobs
-/// it lacks. Returns the manifest digest.
+/// Pushes `config` and the blobs its records name to `target` as a cache
+/// manifest, replacing what the tag named. Blobs the repository has are not
+/// read at all (so re-exporting an imported cache downloads nothing); the
+/// others come from the store or, for imported records, from `sources`. The
+/// manifest goes last, so the registry never names a cache whose blobs it
+/// lacks. Returns the manifest digest.
 pub fn push_cache(
     store: &Store,
+    sources: &[Arc<dyn CacheSource>],
     client: &Client,
     config: &CacheConfig,
     target: &Reference,
@@ -205,7 +210,9 @@ pub fn push_cache(
     let mut blobs = vec![manifest.config().clone()];
     blobs.extend(manifest.layers().iter().cloned());
     let repository = target.repository.as_str();
-    push_blobs(store, client, repository, &blobs, options, progress)?;
+    push_blobs(
+        store, sources, client, repository, &blobs, options, progress,
+    )?;
     let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| Error::Invalid {
         registry: client.registry().to_owned(),
         what: "the cache manifest".into(),

@@ -209,7 +209,7 @@ pub(super) fn import(locations: &[Location]) -> Vec<Arc<dyn CacheSource>> {
 
 /// Writes the records of `built` (all, or the image's) and their blobs to
 /// the `--cache-to` location. Blobs of imported records that were never
-/// needed are fetched first, so the export is complete.
+/// read are fetched only if the destination lacks them.
 pub(super) fn export(
     store: &Store,
     built: &Built,
@@ -224,11 +224,10 @@ pub(super) fn export(
                 .filter(|r| export.all_steps || r.in_image)
                 .map(|r| (r.key, r.record.clone())),
         );
-        for blob in config.blobs() {
-            kiln_cache::ensure_blob(store, sources, &blob)?;
-        }
         let digest = match &export.location {
-            Location::Local { dir, tag } => kiln_cache::export_cache_dir(store, &config, dir, tag)?,
+            Location::Local { dir, tag } => {
+                kiln_cache::export_cache_dir(store, sources, &config, dir, tag)?
+            }
             Location::Registry {
                 reference,
                 insecure,
@@ -236,6 +235,7 @@ pub(super) fn export(
                 let client = client(reference, *insecure)?;
                 kiln_registry::push_cache(
                     store,
+                    sources,
                     &client,
                     &config,
                     reference,
