@@ -297,6 +297,23 @@ mod tests {
         let err = export_cache_dir(&empty, &[], &config, &third, "t").unwrap_err();
         assert!(matches!(err, Error::MissingBlob(_)), "{err}");
         assert!(!third.join("index.json").exists());
+        // A failed export over an existing one leaves the old index whole.
+        let before = fs::read(second.join("index.json")).unwrap();
+        let mut broken = config.clone();
+        broken.records.insert(
+            hex::encode([9; 32]),
+            CacheRecord {
+                blobs: vec![Descriptor::new(
+                    MediaType::ImageLayerGzip,
+                    4,
+                    sha256_digest(b"gone"),
+                )],
+                payload: serde_json::json!({"layer": null}),
+            },
+        );
+        export_cache_dir(&other, &[], &broken, &second, "t").unwrap_err();
+        assert_eq!(fs::read(second.join("index.json")).unwrap(), before);
+        assert_eq!(CacheDir::open(&second, "t").unwrap().unwrap().len(), 1);
     }
 
     #[test]
