@@ -317,3 +317,115 @@ fn a_missing_or_unreachable_cache_is_a_warning() {
         "{stderr}"
     );
 }
+
+/// `kiln` on `env`'s store with the docker credentials in `docker_config`.
+fn kiln_with_credentials(
+    env: &Env,
+    docker_config: &Path,
+    args: &[&str],
+    stdin: &str,
+) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--root")
+        .arg(env.root())
+        .args(args)
+        .env("DOCKER_CONFIG", docker_config)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kiln");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_registry_cache_uses_kiln_login_credentials_and_says_when_they_are_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("registry"), Some(("ci", "s3cret")));
+    let reference = registry.reference("private/cache:main");
+    let to = format!("type=registry,ref={reference},mode=max");
+    let from = format!("type=registry,ref={reference}");
+    let no_credentials = dir.path().join("none");
+    let credentials = dir.path().join("docker");
+
+    let runner_a = Env::new();
+    let ctx = context(&runner_a);
+    let build_a = |docker_config: &Path, to: &str| {
+        let context = ctx.to_string_lossy().into_owned();
+        let args = ["build", "--progress", "plain", "--cache-to", to, &context];
+        kiln_with_credentials(&runner_a, docker_config, &args, "")
+    };
+    let out = build_a(&no_credentials, &to);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the cache could not be exported") && stderr.contains("kiln login"),
+        "{stderr}"
+    );
+    let out = build_a(&no_credentials, &format!("{to},ignore-error=true"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("warning: --cache-to"), "{stderr}");
+
+    let login = ["login", &registry.host(), "-u", "ci", "--password-stdin"];
+    let out = kiln_with_credentials(&runner_a, &credentials, &login, "s3cret\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = build_a(&credentials, &to);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let runner_b = Env::new();
+    let ctx_b = context(&runner_b).to_string_lossy().into_owned();
+    let args = [
+        "build",
+        "--progress",
+        "plain",
+        "--cache-from",
+        &from,
+        &ctx_b,
+    ];
+    let out = kiln_with_credentials(&runner_b, &no_credentials, &args, "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: --cache-from") && stderr.contains("authentication"),
+        "{stderr}"
+    );
+    assert_eq!(cached_steps(&stderr), 0, "{stderr}");
+
+    let runner_c = Env::new();
+    let ctx_c = context(&runner_c).to_string_lossy().into_owned();
+    let args = [
+        "build",
+        "--progress",
+        "plain",
+        "--cache-from",
+        &from,
+        &ctx_c,
+    ];
+    let out = kiln_with_credentials(&runner_c, &credentials, &args, "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        (run_steps(&stderr), cached_steps(&stderr)),
+        (0, 6),
+        "{stderr}"
+    );
+}
