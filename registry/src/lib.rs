@@ -16,5 +16,5 @@ mod transfer;
 pub use auth::{load_credentials, store_credentials, Credentials};
 pub use client::{Client, ClientOptions};
 pub use error::{Error, Result};
-pub use reference::{is_loopback, Reference, DOCKER_HUB};
+pub use reference::{is_loopback, names_registry, Reference, DOCKER_HUB};
 pub use transfer::{pull, push, Progress, Pulled, PushOptions};

@@ -40,7 +40,8 @@ impl Connection {
         }
     }
 
-    fn client(&self, reference: &Reference) -> anyhow::Result<Client> {
+    /// A client for the registry `reference` names, with its credentials.
+    pub(crate) fn client(&self, reference: &Reference) -> anyhow::Result<Client> {
         let auth_file = self.auth_file()?;
         let credentials = kiln_registry::load_credentials(&auth_file, &reference.registry)?;
         Ok(Client::new(
@@ -119,19 +120,26 @@ fn parse_size(text: &str) -> Result<u64, String> {
         })
 }
 
-fn report(progress: &Progress) {
+/// One line about a transfer's progress, for stderr.
+pub(crate) fn describe(progress: &Progress) -> Option<String> {
     let short = |digest: &str| digest.chars().skip(7).take(12).collect::<String>();
-    match progress {
-        Progress::Exists { digest, .. } => eprintln!("{}: already there", short(digest)),
-        Progress::Mounted { digest, from } => eprintln!("{}: mounted from {from}", short(digest)),
+    Some(match progress {
+        Progress::Exists { digest, .. } => format!("{}: already there", short(digest)),
+        Progress::Mounted { digest, from } => format!("{}: mounted from {from}", short(digest)),
         Progress::Uploaded { digest, size } => {
-            eprintln!("{}: uploaded {} bytes", short(digest), size)
+            format!("{}: uploaded {} bytes", short(digest), size)
         }
         Progress::Downloaded { digest, size } => {
-            eprintln!("{}: downloaded {} bytes", short(digest), size)
+            format!("{}: downloaded {} bytes", short(digest), size)
         }
-        Progress::Manifest { digest } => eprintln!("manifest {digest}"),
-        _ => {}
+        Progress::Manifest { digest } => format!("manifest {digest}"),
+        _ => return None,
+    })
+}
+
+pub(crate) fn report(progress: &Progress) {
+    if let Some(line) = describe(progress) {
+        eprintln!("{line}");
     }
 }
 
