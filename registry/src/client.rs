@@ -308,11 +308,21 @@ impl Client {
                     return Err(self.status_error(method, url, status, response, what))
                 }
                 Err(ureq::Error::Transport(transport)) => {
+                    // Connected, then lost while sending a body: say so,
+                    // rather than that the registry cannot be reached.
+                    let sending = !matches!(body, Body::Empty);
+                    if sending && transport.kind() == ureq::ErrorKind::Io {
+                        return Err(Error::Interrupted {
+                            registry: self.registry.clone(),
+                            what: format!("the {what}"),
+                            message: transport.to_string(),
+                        });
+                    }
                     return Err(Error::Unreachable {
                         registry: self.registry.clone(),
                         url: url.to_owned(),
                         message: transport.to_string(),
-                    })
+                    });
                 }
             }
         }

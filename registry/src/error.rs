@@ -15,6 +15,13 @@ pub enum Error {
         url: String,
         message: String,
     },
+    /// The connection broke in the middle of a transfer.
+    #[error("the connection to registry {registry} broke during {what}: {message}; run the command again: what already arrived whole is kept and skipped")]
+    Interrupted {
+        registry: String,
+        what: String,
+        message: String,
+    },
     /// The registry refused the credentials, or wants some and has none.
     #[error("authentication to {registry} failed: {detail}; run `kiln login {registry}` with valid credentials")]
     AuthFailed { registry: String, detail: String },
