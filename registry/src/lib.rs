@@ -11,10 +11,12 @@ mod auth;
 mod client;
 mod error;
 mod reference;
+mod tls;
 mod transfer;
 
 pub use auth::{load_credentials, store_credentials, Credentials};
 pub use client::{Client, ClientOptions};
 pub use error::{Error, Result};
 pub use reference::{is_loopback, names_registry, Reference, DOCKER_HUB};
+pub use tls::DOCKER_CERTS_DIR;
 pub use transfer::{pull, push, Progress, Pulled, PushOptions};

@@ -14,9 +14,14 @@ use super::{CmdResult, Global};
 /// Options shared by the registry commands.
 #[derive(Debug, clap::Args)]
 pub struct Connection {
-    /// Allow plain HTTP to a registry that is not on the loopback interface.
+    /// Do not verify the registry's TLS certificate, and fall back to plain
+    /// HTTP when it does not speak TLS (loopback registries always may).
     #[arg(long)]
     insecure: bool,
+    /// Per-registry CA certificates, as Docker keeps them: DIR/HOST[:PORT]/*.crt
+    /// [default: /etc/docker/certs.d]
+    #[arg(long, value_name = "DIR", env = "KILN_CERTS_DIR")]
+    certs_dir: Option<PathBuf>,
     /// The Docker credentials file [default: $DOCKER_CONFIG/config.json, else
     /// ~/.docker/config.json]
     #[arg(long, value_name = "FILE")]
@@ -50,6 +55,7 @@ impl Connection {
             ClientOptions {
                 insecure: self.insecure,
                 credentials,
+                certs_dir: self.certs_dir.clone(),
             },
         )?)
     }
@@ -212,6 +218,7 @@ pub fn login(_global: &Global, args: LoginArgs) -> CmdResult {
         ClientOptions {
             insecure: args.connection.insecure,
             credentials: Some(credentials.clone()),
+            certs_dir: args.connection.certs_dir.clone(),
         },
     )?;
     client.ping()?;

@@ -17,6 +17,8 @@ pub struct Registry {
     pub port: u16,
     dir: PathBuf,
     htpasswd: Option<PathBuf>,
+    /// Certificate and key files when it serves HTTPS.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 pub fn free_port() -> u16 {
@@ -45,6 +47,7 @@ impl Registry {
             port: free_port(),
             dir: dir.to_owned(),
             htpasswd,
+            tls: None,
         };
         registry.run();
         registry
@@ -56,6 +59,13 @@ impl Registry {
             self.dir.join("data").display(),
             self.port
         );
+        if let Some((certificate, key)) = &self.tls {
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                certificate.display(),
+                key.display()
+            ));
+        }
         if let Some(path) = &self.htpasswd {
             config.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
@@ -82,6 +92,84 @@ impl Registry {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// A registry serving HTTPS with a certificate for 127.0.0.1 signed by
+    /// a test CA made with openssl; returns it and the CA certificate file.
+    pub fn start_tls(dir: &Path) -> (Registry, PathBuf) {
+        std::fs::create_dir_all(dir).unwrap();
+        let file = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("run openssl (install it with scripts/install-deps.sh)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=kiln test CA"];
+        ca.extend(ec);
+        let (ca_key, ca_crt) = (file("ca.key"), file("ca.crt"));
+        ca.extend(["-keyout", &ca_key, "-out", &ca_crt]);
+        openssl(&ca);
+        let (key, csr, crt, ext) = (
+            file("server.key"),
+            file("server.csr"),
+            file("server.crt"),
+            file("server.ext"),
+        );
+        let mut request = vec![
+            "req",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ];
+        request.extend(ec);
+        openssl(&request);
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_crt,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &crt,
+        ]);
+        let mut registry = Registry {
+            child: None,
+            port: free_port(),
+            dir: dir.to_owned(),
+            htpasswd: None,
+            tls: Some((PathBuf::from(crt), PathBuf::from(key))),
+        };
+        registry.run();
+        (registry, PathBuf::from(ca_crt))
     }
 
     pub fn stop(&mut self) {

@@ -89,9 +89,9 @@ impl<'a> RegistryResolver<'a> {
             .map_err(|e| {
                 let mut message = format!("pulling {reference} failed: {e}");
                 if matches!(e, kiln_registry::Error::Unreachable { .. }) {
-                    message.push_str(&format!(
-                        "; check the network and the registry's address, or get the image into the store another way (`kiln load`) and build with --pull never"
-                    ));
+                    message.push_str(
+                        "; check the network and the registry's address, or get the image into the store another way (`kiln load`) and build with --pull never",
+                    );
                 }
                 if let Some(other) = local_platform {
                     message.push_str(&format!(
