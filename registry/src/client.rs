@@ -137,13 +137,13 @@ impl Client {
                     Ok(())
                 }
                 Err(ureq::Error::Status(..)) => Ok(()),
-                Err(ureq::Error::Transport(transport)) => Err(transport),
+                Err(ureq::Error::Transport(transport)) => Err(Box::new(transport)),
             }
         };
         let chosen = match probe(&https) {
             Ok(()) => https,
             Err(transport) => {
-                if let Some(detail) = tls::certificate_problem(&transport) {
+                if let Some(detail) = tls::certificate_problem(&*transport) {
                     return Err(Error::UntrustedCertificate {
                         registry: self.registry.clone(),
                         detail,

@@ -106,7 +106,7 @@ impl<'a> RegistryResolver<'a> {
             self.renderer.message(&format!("tagged {name}"));
         }
         self.local
-            .resolve(&pulled.image.id().to_string(), &platform.to_string())
+            .resolve(pulled.image.id().as_ref(), &platform.to_string())
     }
 }
 
