@@ -1,5 +1,5 @@
-//! `kiln build` against a real registry on 127.0.0.1: FROM and COPY --from
-//! pull registry images as `--pull` says, a moved tag invalidates the cache
+//! `kiln build` against a real registry on 127.0.0.1: FROM, COPY --from and
+//! RUN --mount=from pull registry images as `--pull` says, a moved tag invalidates the cache
 //! only when it is pulled again, `--push` sends the result, and Docker Hub
 //! names fail clearly when there is no network.
 
@@ -71,14 +71,16 @@ fn from_pulls_missing_images_and_pull_always_follows_a_moved_tag() {
     // A consumer with an empty store: FROM pulls the base, COPY --from pulls
     // another registry image.
     publisher.ok(&["push", "busybox:1", &registry.reference("kiln/tools:1")]);
+    publisher.ok(&["push", "busybox:1", &registry.reference("kiln/mounted:1")]);
     let tools = registry.reference("kiln/tools:1");
+    let mounted = registry.reference("kiln/mounted:1");
     let app = context(
         dir.path(),
         "app",
         &[(
             "Dockerfile",
             &format!(
-                "FROM {base}\nCOPY --from={tools} /bin/busybox /tools/busybox\nRUN cat /version > /seen\n"
+                "FROM {base}\nCOPY --from={tools} /bin/busybox /tools/busybox\nRUN --mount=from={mounted},target=/m test -x /m/bin/busybox && cat /version > /seen\n"
             ),
         )],
     );
@@ -87,6 +89,7 @@ fn from_pulls_missing_images_and_pull_always_follows_a_moved_tag() {
     assert!(
         stderr.contains(&format!("pulling {base} for linux/amd64"))
             && stderr.contains(&format!("pulling {tools}"))
+            && stderr.contains(&format!("pulling {mounted}"))
             && stderr.contains("downloaded"),
         "{stderr}"
     );
