@@ -226,3 +226,55 @@ fn docker_hub_names_without_a_network_fail_naming_the_registry() {
         "{stderr}"
     );
 }
+
+#[test]
+fn each_stage_platform_pulls_its_entry_of_a_multi_platform_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("registry"), None);
+    let publisher = Store::new();
+    let amd64 = publisher.import("busybox-amd64.tar", "bb:amd64");
+    let mips = publisher.import("busybox-mips64el.tar", "bb:mips64el");
+    let multi = registry.reference("kiln/multi:1");
+    registry_common::push_index(
+        &publisher.root(),
+        &dir.path().join("layout"),
+        &[(&amd64, "amd64"), (&mips, "mips64le")],
+        &multi,
+    );
+    let ctx = context(
+        dir.path(),
+        "ctx",
+        &[(
+            "Dockerfile",
+            &format!("FROM {multi}\nRUN uname -m > /arch\n"),
+        )],
+    );
+    let store = Store::new();
+    let (foreign, stderr) = build_ok(&store, &ctx, &["--platform", "linux/mips64le"]);
+    assert!(
+        stderr.contains(&format!("pulling {multi} for linux/mips64le")),
+        "{stderr}"
+    );
+    assert_eq!(
+        file_in(&store, &foreign, "/arch", dir.path()).trim(),
+        "mips64"
+    );
+    // The store's name now means the mips64le image; an amd64 build does not
+    // take it (the default --pull missing pulls the amd64 entry).
+    let (native, stderr) = build_ok(&store, &ctx, &["--platform", "linux/amd64"]);
+    assert!(
+        stderr.contains(&format!("pulling {multi} for linux/amd64")),
+        "{stderr}"
+    );
+    assert_eq!(
+        file_in(&store, &native, "/arch", dir.path()).trim(),
+        "x86_64"
+    );
+    // A platform the index lacks: the error lists what it has.
+    let (ok, _, stderr) = build(&store, &ctx, &["--platform", "linux/arm64"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("has no image for linux/arm64") && stderr.contains("linux/mips64le"),
+        "{stderr}"
+    );
+}

@@ -193,3 +193,66 @@ impl Drop for Registry {
         self.stop();
     }
 }
+
+/// Pushes a multi-platform index of images in the store at `store_root`
+/// (`(id, architecture)`, all linux) to `target` with `skopeo copy --all`,
+/// through an OCI layout made in `layout`.
+pub fn push_index(store_root: &Path, layout: &Path, images: &[(&str, &str)], target: &str) {
+    std::fs::create_dir_all(layout).unwrap();
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(store_root.join("blobs"))
+        .arg(layout)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let size = |id: &str| {
+        std::fs::metadata(layout.join("blobs/sha256").join(&id[7..]))
+            .unwrap()
+            .len()
+    };
+    let manifests: Vec<serde_json::Value> = images
+        .iter()
+        .map(|(id, architecture)| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": id, "size": size(id),
+                "platform": {"os": "linux", "architecture": architecture}
+            })
+        })
+        .collect();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    });
+    let index_path = layout.join("index-blob.json");
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    let out = Command::new("sha256sum").arg(&index_path).output().unwrap();
+    let index_digest = String::from_utf8(out.stdout).unwrap()[..64].to_owned();
+    let index_size = std::fs::metadata(&index_path).unwrap().len();
+    std::fs::rename(&index_path, layout.join("blobs/sha256").join(&index_digest)).unwrap();
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{index_digest}"), "size": index_size,
+            "annotations": {"org.opencontainers.image.ref.name": "multi"}}]
+    });
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    let out = Command::new("skopeo")
+        .args(["copy", "--all", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:multi", layout.display()))
+        .arg(format!("docker://{target}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
