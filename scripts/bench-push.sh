@@ -73,6 +73,8 @@ store=$work/store
 "$KILN" --root "$store" import "$rootfs" bench:latest >/dev/null 2>&1
 size=$(du -sh "$store/blobs" | cut -f1)
 echo "image: $rootfs imported ($size of blobs in the store), registry on 127.0.0.1:$port, $runs runs"
+# Numbers from a loaded machine mislead: say how loaded it was.
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
 ref=127.0.0.1:$port/bench/debian:12
 
 declare -A seconds
@@ -93,6 +95,7 @@ if command -v skopeo >/dev/null; then
     skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$work/skopeo-pulled:bench")
 fi
 
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-12s %10s %10s %8s\n' operation kiln skopeo ratio
 for op in push pull; do
   k=${seconds[kiln-$op]}

@@ -3,14 +3,13 @@
 //! 127.0.0.1) or through a directory, as CI fleets do.
 
 mod build_common;
-#[path = "registry_support.rs"]
-mod registry_support;
+mod registry_common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use build_common::{cached_steps, run_steps, Env};
-use registry_support::Registry;
+use registry_common::Registry;
 
 /// Two stages: RUN steps, a COPY from the context, a COPY --from.
 const DOCKERFILE: &str = "\

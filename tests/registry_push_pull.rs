@@ -2,15 +2,14 @@
 //! docker-registry (the distribution registry v2) started per test on
 //! 127.0.0.1, with and without htpasswd auth; skopeo reads what kiln pushed.
 
-#[path = "registry_support.rs"]
-mod registry_support;
+mod registry_common;
 #[path = "store_support.rs"]
 mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use registry_support::Registry;
+use registry_common::Registry;
 use support::{fixture, Store};
 
 /// A store with the amd64 busybox fixture imported as `busybox:1`; returns its id.
@@ -42,11 +41,6 @@ fn skopeo_inspect(reference: &str) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("skopeo prints JSON")
-}
-
-fn sha256_hex(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
 }
 
 #[test]
@@ -144,60 +138,12 @@ fn pull_picks_the_platform_from_a_multi_platform_index() {
     ]);
     let (amd64, mips) = (amd64.trim(), mips.trim());
 
-    // An OCI layout whose one name is an index of both images, copied to the
-    // registry by skopeo.
-    let layout = dir.path().join("layout");
-    std::fs::create_dir_all(&layout).unwrap();
-    let status = Command::new("cp")
-        .arg("-r")
-        .arg(store.root().join("blobs"))
-        .arg(&layout)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    std::fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    let size = |id: &str| {
-        std::fs::metadata(layout.join("blobs/sha256").join(&id[7..]))
-            .unwrap()
-            .len()
-    };
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [
-            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd64, "size": size(amd64),
-             "platform": {"os": "linux", "architecture": "amd64"}},
-            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": mips, "size": size(mips),
-             "platform": {"os": "linux", "architecture": "mips64le"}},
-        ]
-    });
-    let index_path = layout.join("index-blob.json");
-    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
-    let index_digest = sha256_hex(&index_path);
-    let index_size = std::fs::metadata(&index_path).unwrap().len();
-    std::fs::rename(&index_path, layout.join("blobs/sha256").join(&index_digest)).unwrap();
-    let top = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
-            "digest": format!("sha256:{index_digest}"), "size": index_size,
-            "annotations": {"org.opencontainers.image.ref.name": "multi"}}]
-    });
-    std::fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
     let target = registry.reference("kiln/multi:1");
-    let out = Command::new("skopeo")
-        .args(["copy", "--all", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:multi", layout.display()))
-        .arg(format!("docker://{target}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    registry_common::push_index(
+        &store.root(),
+        &dir.path().join("layout"),
+        &[(amd64, "amd64"), (mips, "mips64le")],
+        &target,
     );
 
     let pulled = Store::new();

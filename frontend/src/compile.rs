@@ -462,7 +462,7 @@ impl<'a> Compiler<'a> {
             Ok(None) => Err(Error::compile(
                 span.clone(),
                 format!(
-                    "no image {reference:?} for {platform} in the store, and no stage of that name (stages: {}); get the image with `kiln import` (from a rootfs) or `kiln load` (from an archive)",
+                    "no image {reference:?} for {platform} in the store, and no stage of that name (stages: {}); get the image with `kiln pull` (from a registry; `kiln build --pull missing` does it), `kiln import` (from a rootfs) or `kiln load` (from an archive)",
                     self.stage_list()
                 ),
             )),

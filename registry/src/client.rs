@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::tls;
+
 use crate::auth::{parse_challenge, Credentials};
 use crate::error::{Error, Result};
 use crate::reference::is_loopback;
@@ -23,10 +25,15 @@ pub(crate) const MANIFEST_TYPES: &[&str] = &[
 /// How to reach a registry.
 #[derive(Debug, Clone, Default)]
 pub struct ClientOptions {
-    /// Allow plain HTTP to a registry that is not on the loopback interface.
+    /// Skip TLS certificate verification, and allow plain HTTP when the
+    /// registry does not speak TLS (loopback registries may always fall back
+    /// to plain HTTP, but their certificates are verified).
     pub insecure: bool,
     /// Credentials for basic auth or for the token server; `None` is anonymous.
     pub credentials: Option<Credentials>,
+    /// Per-registry CA certificates, `DIR/HOST[:PORT]/*.crt`; `None` is
+    /// Docker's [`tls::DOCKER_CERTS_DIR`].
+    pub certs_dir: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -47,7 +54,12 @@ enum AuthState {
 pub struct Client {
     agent: ureq::Agent,
     registry: String,
-    base: String,
+    api_host: String,
+    /// `https://host` or `http://host`, decided by the first request.
+    base: Mutex<Option<String>>,
+    /// Whether plain HTTP may follow a failed HTTPS attempt.
+    http_fallback: bool,
+    certs_dir: PathBuf,
     credentials: Option<Credentials>,
     auth: Mutex<AuthState>,
 }
@@ -73,11 +85,19 @@ pub(crate) enum Mount {
 
 impl Client {
     /// A client for `registry` (`host[:port]`; Docker Hub's API host for
-    /// docker.io). TLS unless the host is loopback or `insecure` is set.
+    /// docker.io). HTTPS first, as Docker does; plain HTTP only when that
+    /// fails and the host is loopback or `insecure` is set.
     pub fn new(api_host: &str, registry: &str, options: ClientOptions) -> Result<Client> {
-        let plain = is_loopback(api_host) || options.insecure;
-        let scheme = if plain { "http" } else { "https" };
+        let certs_dir = options
+            .certs_dir
+            .unwrap_or_else(|| PathBuf::from(tls::DOCKER_CERTS_DIR));
+        let tls_config = if options.insecure {
+            tls::unverified()?
+        } else {
+            tls::verifying(&certs_dir, api_host)?
+        };
         let agent = ureq::AgentBuilder::new()
+            .tls_config(tls_config)
             .timeout_connect(Duration::from_secs(30))
             .timeout_read(Duration::from_secs(300))
             .timeout_write(Duration::from_secs(300))
@@ -86,10 +106,71 @@ impl Client {
         Ok(Client {
             agent,
             registry: registry.to_owned(),
-            base: format!("{scheme}://{api_host}"),
+            api_host: api_host.to_owned(),
+            base: Mutex::new(None),
+            http_fallback: is_loopback(api_host) || options.insecure,
+            certs_dir,
             credentials: options.credentials,
             auth: Mutex::new(AuthState::Unknown),
         })
+    }
+
+    /// `https://host`, or `http://host` when the registry does not speak TLS
+    /// and plain HTTP is allowed. Decided once, by asking for `/v2/` (any
+    /// HTTP answer, even 401, settles it).
+    fn base(&self) -> Result<String> {
+        let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(base) = &*base {
+            return Ok(base.clone());
+        }
+        let https = format!("https://{}", self.api_host);
+        // Docker's ping: a 401 here also teaches the authentication scheme.
+        let probe = |root: &str| {
+            let request = self
+                .agent
+                .get(&format!("{root}/v2/"))
+                .timeout(Duration::from_secs(30));
+            match request.call() {
+                Ok(_) => Ok(()),
+                Err(ureq::Error::Status(401, response)) => {
+                    self.learn_challenge(&response, &[]);
+                    Ok(())
+                }
+                Err(ureq::Error::Status(..)) => Ok(()),
+                Err(ureq::Error::Transport(transport)) => Err(Box::new(transport)),
+            }
+        };
+        let chosen = match probe(&https) {
+            Ok(()) => https,
+            Err(transport) => {
+                if let Some(detail) = tls::certificate_problem(&*transport) {
+                    return Err(Error::UntrustedCertificate {
+                        registry: self.registry.clone(),
+                        detail,
+                        ca_dir: tls::registry_certs(&self.certs_dir, &self.api_host),
+                    });
+                }
+                let unreachable = |message: String| Error::Unreachable {
+                    registry: self.registry.clone(),
+                    url: format!("{https}/v2/"),
+                    message,
+                };
+                if !self.http_fallback {
+                    return Err(unreachable(transport.to_string()));
+                }
+                let http = format!("http://{}", self.api_host);
+                match probe(&http) {
+                    Ok(()) => http,
+                    Err(plain) => {
+                        return Err(unreachable(format!(
+                            "{transport}; and over plain HTTP: {plain}"
+                        )))
+                    }
+                }
+            }
+        };
+        *base = Some(chosen.clone());
+        Ok(chosen)
     }
 
     /// The registry's name as the user wrote it.
@@ -100,16 +181,16 @@ impl Client {
     /// Checks that the registry speaks the v2 API and that the credentials
     /// (if any) are accepted.
     pub fn ping(&self) -> Result<()> {
-        let url = format!("{}/v2/", self.base);
+        let url = format!("{}/v2/", self.base()?);
         self.send("GET", &url, &[], &[], Body::Empty, "the registry API")
             .map(drop)
     }
 
-    fn url(&self, location: &str) -> String {
+    fn url(&self, location: &str) -> Result<String> {
         if location.starts_with("http://") || location.starts_with("https://") {
-            location.to_owned()
+            Ok(location.to_owned())
         } else {
-            format!("{}{}", self.base, location)
+            Ok(format!("{}{}", self.base()?, location))
         }
     }
 
@@ -282,10 +363,13 @@ impl Client {
                             path: path.to_path_buf(),
                             source,
                         })?;
+                    // Large reads: io::copy then hands the socket a
+                    // megabyte at a time instead of 8 KiB.
+                    let body = std::io::BufReader::with_capacity(1 << 20, file.take(*len));
                     request
                         .set("Content-Type", "application/octet-stream")
                         .set("Content-Length", &len.to_string())
-                        .send(file.take(*len))
+                        .send(body)
                 }
             };
             match result {
@@ -308,11 +392,21 @@ impl Client {
                     return Err(self.status_error(method, url, status, response, what))
                 }
                 Err(ureq::Error::Transport(transport)) => {
+                    // Connected, then lost while sending a body: say so,
+                    // rather than that the registry cannot be reached.
+                    let sending = !matches!(body, Body::Empty);
+                    if sending && transport.kind() == ureq::ErrorKind::Io {
+                        return Err(Error::Interrupted {
+                            registry: self.registry.clone(),
+                            what: format!("the {what}"),
+                            message: transport.to_string(),
+                        });
+                    }
                     return Err(Error::Unreachable {
                         registry: self.registry.clone(),
                         url: url.to_owned(),
                         message: transport.to_string(),
-                    })
+                    });
                 }
             }
         }
@@ -350,7 +444,7 @@ impl Client {
 
     /// Whether the repository has a blob.
     pub(crate) fn blob_exists(&self, repository: &str, digest: &str) -> Result<bool> {
-        let url = format!("{}/v2/{repository}/blobs/{digest}", self.base);
+        let url = format!("{}/v2/{repository}/blobs/{digest}", self.base()?);
         match self.send(
             "HEAD",
             &url,
@@ -369,7 +463,7 @@ impl Client {
     pub(crate) fn mount_blob(&self, repository: &str, digest: &str, from: &str) -> Result<Mount> {
         let url = format!(
             "{}/v2/{repository}/blobs/uploads/?mount={digest}&from={from}",
-            self.base
+            self.base()?
         );
         let mut scopes = push_scope(repository);
         scopes.extend(pull_scope(from));
@@ -389,7 +483,7 @@ impl Client {
 
     /// Opens an upload session and returns its URL.
     pub(crate) fn start_upload(&self, repository: &str) -> Result<String> {
-        let url = format!("{}/v2/{repository}/blobs/uploads/", self.base);
+        let url = format!("{}/v2/{repository}/blobs/uploads/", self.base()?);
         let response = self.send(
             "POST",
             &url,
@@ -402,14 +496,12 @@ impl Client {
     }
 
     fn location(&self, response: ureq::Response, url: &str) -> Result<String> {
-        response
-            .header("Location")
-            .map(|l| self.url(l))
-            .ok_or_else(|| Error::Invalid {
-                registry: self.registry.clone(),
-                what: format!("the answer to {url}"),
-                message: "it has no Location header".into(),
-            })
+        let location = response.header("Location").ok_or_else(|| Error::Invalid {
+            registry: self.registry.clone(),
+            what: format!("the answer to {url}"),
+            message: "it has no Location header".into(),
+        })?;
+        self.url(location)
     }
 
     /// Uploads `size` bytes of `path` as blob `digest` into an open session:
@@ -476,7 +568,7 @@ impl Client {
         media_type: &str,
         bytes: &[u8],
     ) -> Result<Option<String>> {
-        let url = format!("{}/v2/{repository}/manifests/{reference}", self.base);
+        let url = format!("{}/v2/{repository}/manifests/{reference}", self.base()?);
         let response = self.send(
             "PUT",
             &url,
@@ -495,7 +587,7 @@ impl Client {
         repository: &str,
         reference: &str,
     ) -> Result<(Vec<u8>, Option<String>, Option<String>)> {
-        let url = format!("{}/v2/{repository}/manifests/{reference}", self.base);
+        let url = format!("{}/v2/{repository}/manifests/{reference}", self.base()?);
         let accept = MANIFEST_TYPES.join(", ");
         let response = self.send(
             "GET",
@@ -525,7 +617,7 @@ impl Client {
 
     /// Streams a blob.
     pub(crate) fn get_blob(&self, repository: &str, digest: &str) -> Result<impl Read + Send> {
-        let url = format!("{}/v2/{repository}/blobs/{digest}", self.base);
+        let url = format!("{}/v2/{repository}/blobs/{digest}", self.base()?);
         let response = self.send(
             "GET",
             &url,

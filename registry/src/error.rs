@@ -15,6 +15,13 @@ pub enum Error {
         url: String,
         message: String,
     },
+    /// The connection broke in the middle of a transfer.
+    #[error("the connection to registry {registry} broke during {what}: {message}; run the command again: what already arrived whole is kept and skipped")]
+    Interrupted {
+        registry: String,
+        what: String,
+        message: String,
+    },
     /// The registry refused the credentials, or wants some and has none.
     #[error("authentication to {registry} failed: {detail}; run `kiln login {registry}` with valid credentials")]
     AuthFailed { registry: String, detail: String },
@@ -73,6 +80,19 @@ pub enum Error {
     /// Plain HTTP to a host that is not loopback without `--insecure`.
     #[error("registry {0} is not on the loopback interface: kiln speaks TLS to it; pass --insecure to allow plain HTTP")]
     InsecureNotAllowed(String),
+    /// The registry's TLS certificate does not verify.
+    #[error("the TLS certificate of registry {registry} is not trusted ({detail}); trust its CA by putting the CA certificate in {ca_dir}/ca.crt (Docker's layout; kiln's --certs-dir changes the root), or pass --insecure to skip verification")]
+    UntrustedCertificate {
+        registry: String,
+        detail: String,
+        ca_dir: PathBuf,
+    },
+    /// A CA certificate file that cannot be used.
+    #[error("{path}: {message}; it should hold PEM certificates (-----BEGIN CERTIFICATE-----)")]
+    Certificate { path: PathBuf, message: String },
+    /// The TLS library could not be set up.
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
     /// The docker credentials file could not be read or written.
     #[error("{path}: {message}")]
     Credentials { path: PathBuf, message: String },

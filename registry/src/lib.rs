@@ -15,11 +15,13 @@ mod cache;
 mod client;
 mod error;
 mod reference;
+mod tls;
 mod transfer;
 
 pub use auth::{load_credentials, store_credentials, Credentials};
 pub use cache::{push_cache, RegistryCache};
 pub use client::{Client, ClientOptions};
 pub use error::{Error, Result};
-pub use reference::{is_loopback, Reference, DOCKER_HUB};
+pub use reference::{is_loopback, names_registry, Reference, DOCKER_HUB};
+pub use tls::DOCKER_CERTS_DIR;
 pub use transfer::{pull, push, Progress, Pulled, PushOptions};

@@ -92,6 +92,15 @@ fn is_host(component: &str) -> bool {
     component.contains(['.', ':']) || component == "localhost"
 }
 
+/// Whether a name as the user wrote it starts with a registry host
+/// (`registry.example.com/app`, `127.0.0.1:5000/app`, `docker.io/me/app`)
+/// rather than being a short name that only defaults to Docker Hub (`app`,
+/// `me/app`).
+pub fn names_registry(text: &str) -> bool {
+    text.split_once('/')
+        .is_some_and(|(first, _)| is_host(first))
+}
+
 impl FromStr for Reference {
     type Err = Error;
 
@@ -262,6 +271,21 @@ mod tests {
         ] {
             let err = text.parse::<Reference>().unwrap_err().to_string();
             assert!(err.contains("invalid image reference"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn explicit_registries() {
+        for text in [
+            "127.0.0.1:5000/app",
+            "docker.io/me/app:1",
+            "localhost/a",
+            "r.io/a/b",
+        ] {
+            assert!(names_registry(text), "{text}");
+        }
+        for text in ["app", "me/app:1", "app:1.2", "localhost"] {
+            assert!(!names_registry(text), "{text}");
         }
     }
 

@@ -373,19 +373,29 @@ pub fn pull(
                 size: blob.size(),
             });
         } else {
-            let mut reader = client.get_blob(repository, digest.as_ref())?;
-            let size = store
-                .put_blob_verified(&mut reader, digest)
-                .map_err(|e| match e {
-                    kiln_cache::Error::DigestMismatch { expected, actual } => {
-                        Error::DigestMismatch {
-                            what: format!("blob {expected} from {registry}/{repository}"),
-                            expected,
-                            actual,
+            let mut reader = NetworkReader {
+                inner: client.get_blob(repository, digest.as_ref())?,
+                failure: None,
+            };
+            let size = store.put_blob_verified(&mut reader, digest).map_err(|e| {
+                match (e, reader.failure.take()) {
+                    (_, Some(failure)) => Error::Interrupted {
+                        registry: registry.clone(),
+                        what: format!("the download of blob {digest} of {repository}"),
+                        message: failure,
+                    },
+                    (e, None) => match e {
+                        kiln_cache::Error::DigestMismatch { expected, actual } => {
+                            Error::DigestMismatch {
+                                what: format!("blob {expected} from {registry}/{repository}"),
+                                expected,
+                                actual,
+                            }
                         }
-                    }
-                    other => other.into(),
-                })?;
+                        other => other.into(),
+                    },
+                }
+            })?;
             progress(&Progress::Downloaded {
                 digest: digest.to_string(),
                 size,
@@ -437,6 +447,21 @@ pub fn pull(
         None => None,
     };
     Ok(Pulled { image, name })
+}
+
+/// A blob download that remembers why it failed, so a broken connection is
+/// told apart from a store that cannot write.
+struct NetworkReader<R> {
+    inner: R,
+    failure: Option<String>,
+}
+
+impl<R: std::io::Read> std::io::Read for NetworkReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            self.failure.get_or_insert_with(|| e.to_string());
+        })
+    }
 }
 
 fn oci_layer_type(media_type: &MediaType) -> MediaType {

@@ -14,9 +14,14 @@ use super::{CmdResult, Global};
 /// Options shared by the registry commands.
 #[derive(Debug, clap::Args)]
 pub struct Connection {
-    /// Allow plain HTTP to a registry that is not on the loopback interface.
+    /// Do not verify the registry's TLS certificate, and fall back to plain
+    /// HTTP when it does not speak TLS (loopback registries always may).
     #[arg(long)]
     insecure: bool,
+    /// Per-registry CA certificates, as Docker keeps them: DIR/HOST[:PORT]/*.crt
+    /// [default: /etc/docker/certs.d]
+    #[arg(long, value_name = "DIR", env = "KILN_CERTS_DIR")]
+    certs_dir: Option<PathBuf>,
     /// The Docker credentials file [default: $DOCKER_CONFIG/config.json, else
     /// ~/.docker/config.json]
     #[arg(long, value_name = "FILE")]
@@ -40,15 +45,27 @@ impl Connection {
         }
     }
 
-    fn client(&self, reference: &Reference) -> anyhow::Result<Client> {
+    /// A client for the registry `reference` names, with its credentials.
+    pub(crate) fn client(&self, reference: &Reference) -> anyhow::Result<Client> {
+        self.client_for(reference, false)
+    }
+
+    /// A client for `reference`; `insecure` adds to `--insecure` for this
+    /// one registry (a `--cache-*` location's `insecure=true`).
+    pub(crate) fn client_for(
+        &self,
+        reference: &Reference,
+        insecure: bool,
+    ) -> anyhow::Result<Client> {
         let auth_file = self.auth_file()?;
         let credentials = kiln_registry::load_credentials(&auth_file, &reference.registry)?;
         Ok(Client::new(
             reference.api_host(),
             &reference.registry,
             ClientOptions {
-                insecure: self.insecure,
+                insecure: self.insecure || insecure,
                 credentials,
+                certs_dir: self.certs_dir.clone(),
             },
         )?)
     }
@@ -119,19 +136,26 @@ fn parse_size(text: &str) -> Result<u64, String> {
         })
 }
 
-fn report(progress: &Progress) {
+/// One line about a transfer's progress, for stderr.
+pub(crate) fn describe(progress: &Progress) -> Option<String> {
     let short = |digest: &str| digest.chars().skip(7).take(12).collect::<String>();
-    match progress {
-        Progress::Exists { digest, .. } => eprintln!("{}: already there", short(digest)),
-        Progress::Mounted { digest, from } => eprintln!("{}: mounted from {from}", short(digest)),
+    Some(match progress {
+        Progress::Exists { digest, .. } => format!("{}: already there", short(digest)),
+        Progress::Mounted { digest, from } => format!("{}: mounted from {from}", short(digest)),
         Progress::Uploaded { digest, size } => {
-            eprintln!("{}: uploaded {} bytes", short(digest), size)
+            format!("{}: uploaded {} bytes", short(digest), size)
         }
         Progress::Downloaded { digest, size } => {
-            eprintln!("{}: downloaded {} bytes", short(digest), size)
+            format!("{}: downloaded {} bytes", short(digest), size)
         }
-        Progress::Manifest { digest } => eprintln!("manifest {digest}"),
-        _ => {}
+        Progress::Manifest { digest } => format!("manifest {digest}"),
+        _ => return None,
+    })
+}
+
+pub(crate) fn report(progress: &Progress) {
+    if let Some(line) = describe(progress) {
+        eprintln!("{line}");
     }
 }
 
@@ -204,6 +228,7 @@ pub fn login(_global: &Global, args: LoginArgs) -> CmdResult {
         ClientOptions {
             insecure: args.connection.insecure,
             credentials: Some(credentials.clone()),
+            certs_dir: args.connection.certs_dir.clone(),
         },
     )?;
     client.ping()?;

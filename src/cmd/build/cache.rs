@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use kiln_cache::{CacheConfig, CacheDir, CacheSource, Store, DEFAULT_CACHE_TAG};
-use kiln_registry::{Client, ClientOptions, PushOptions, Reference, RegistryCache};
+use kiln_registry::{PushOptions, Reference, RegistryCache};
+
+use super::Connection;
 use kiln_solver::Built;
 
 /// Where a build cache lives.
@@ -141,37 +143,16 @@ pub(super) fn parse_to(text: &str) -> anyhow::Result<Export> {
     parse("--cache-to", text)
 }
 
-/// Where docker keeps credentials: $DOCKER_CONFIG/config.json, else
-/// ~/.docker/config.json (as `kiln push` reads them).
-fn auth_file() -> Option<PathBuf> {
-    let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-    non_empty("DOCKER_CONFIG")
-        .map(|dir| PathBuf::from(dir).join("config.json"))
-        .or_else(|| non_empty("HOME").map(|home| PathBuf::from(home).join(".docker/config.json")))
-}
-
-fn client(reference: &Reference, insecure: bool) -> anyhow::Result<Client> {
-    let credentials = match auth_file() {
-        Some(path) => kiln_registry::load_credentials(&path, &reference.registry)?,
-        None => None,
-    };
-    Ok(Client::new(
-        reference.api_host(),
-        &reference.registry,
-        ClientOptions {
-            insecure,
-            credentials,
-        },
-    )?)
-}
-
-fn open(location: &Location) -> anyhow::Result<Option<Arc<dyn CacheSource>>> {
+fn open(
+    location: &Location,
+    connection: &Connection,
+) -> anyhow::Result<Option<Arc<dyn CacheSource>>> {
     Ok(match location {
         Location::Registry {
             reference,
             insecure,
         } => {
-            let client = client(reference, *insecure)?;
+            let client = connection.client_for(reference, *insecure)?;
             match RegistryCache::open(client, reference.clone()) {
                 Ok(cache) => {
                     eprintln!("importing build cache {location}: {} records", cache.len());
@@ -193,10 +174,10 @@ fn open(location: &Location) -> anyhow::Result<Option<Arc<dyn CacheSource>>> {
 
 /// Opens every `--cache-from`. One that is missing or cannot be read is a
 /// warning, as with BuildKit: the build runs without it.
-pub(super) fn import(locations: &[Location]) -> Vec<Arc<dyn CacheSource>> {
+pub(super) fn import(locations: &[Location], connection: &Connection) -> Vec<Arc<dyn CacheSource>> {
     let mut sources = Vec::new();
     for location in locations {
-        match open(location) {
+        match open(location, connection) {
             Ok(Some(source)) => sources.push(source),
             Ok(None) => {
                 eprintln!("warning: --cache-from {location}: not found; building without it")
@@ -215,6 +196,7 @@ pub(super) fn export(
     built: &Built,
     sources: &[Arc<dyn CacheSource>],
     export: &Export,
+    connection: &Connection,
 ) -> anyhow::Result<()> {
     let result = (|| -> anyhow::Result<()> {
         let config = CacheConfig::from_records(
@@ -232,7 +214,7 @@ pub(super) fn export(
                 reference,
                 insecure,
             } => {
-                let client = client(reference, *insecure)?;
+                let client = connection.client_for(reference, *insecure)?;
                 kiln_registry::push_cache(
                     store,
                     sources,

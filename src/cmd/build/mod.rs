@@ -10,11 +10,15 @@ use anyhow::{bail, Context};
 use kiln_cache::{Compression, Platform};
 use kiln_executor::CancelToken;
 use kiln_frontend::{CompileOptions, Network};
-use kiln_solver::{BuildContext, IgnoreRules, SolveOptions, StoreResolver};
+use kiln_solver::{BuildContext, IgnoreRules, SolveOptions};
 
+use super::registry::Connection;
 use super::{CmdResult, Global};
+use pull::{PullPolicy, RegistryResolver};
 
 mod cache;
+mod pull;
+mod push;
 mod render;
 
 /// `kiln build` arguments, as `docker build` takes them.
@@ -23,6 +27,11 @@ pub struct Args {
     /// Name the image NAME[:TAG]; may be repeated.
     #[arg(short = 't', long = "tag", value_name = "NAME[:TAG]")]
     tags: Vec<String>,
+    /// After the build, push every -t name (each REGISTRY/REPO[:TAG]).
+    #[arg(long)]
+    push: bool,
+    #[command(flatten)]
+    connection: Connection,
     /// The Dockerfile [default: CONTEXT/Dockerfile]; `-` reads it from stdin.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<String>,
@@ -35,6 +44,10 @@ pub struct Args {
     /// The platform to build for, e.g. linux/amd64 or linux/mips64le.
     #[arg(long, value_name = "OS/ARCH")]
     platform: Option<String>,
+    /// When to pull FROM and --from images from their registry: always,
+    /// missing (not in the store for the platform) or never.
+    #[arg(long, value_enum, default_value = "missing", value_name = "WHEN")]
+    pull: PullPolicy,
     /// Do not use cached results.
     #[arg(long)]
     no_cache: bool,
@@ -195,6 +208,11 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         "none" | "uncompressed" => Compression::None,
         other => bail!("--compression {other}: expected gzip, zstd or none"),
     };
+    let push_targets = if args.push {
+        push::targets(&args.tags)?
+    } else {
+        Vec::new()
+    };
     let network = match args.network.as_deref() {
         None => None,
         Some("default") => Some(Network::Default),
@@ -230,7 +248,8 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         target_platform: args.platform.clone().unwrap_or_else(|| host.clone()),
         build_platform: host,
     };
-    let resolver = StoreResolver::new(&store);
+    let renderer = render::Renderer::new(&args.progress)?;
+    let resolver = RegistryResolver::new(&store, args.pull, &args.connection, &renderer);
     let graph = kiln_frontend::compile(&dockerfile, &options, &resolver)?;
     let context = if no_context {
         BuildContext::empty()?
@@ -263,7 +282,7 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         cache_sources: if args.no_cache {
             Vec::new()
         } else {
-            cache::import(&cache_from)
+            cache::import(&cache_from, &args.connection)
         },
         compression,
         source_date_epoch,
@@ -277,7 +296,6 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
             pids: args.pids_limit,
         },
     };
-    let renderer = render::Renderer::new(&args.progress)?;
     let cancel = CancelToken::new();
     cancel_on_interrupt(&cancel);
     let result = kiln_solver::solve(&store, &context, &graph, &solve_options, &renderer, &cancel);
@@ -289,7 +307,13 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
             .with_context(|| format!("cannot tag the image as {tag}"))?;
     }
     if let Some(export) = &cache_to {
-        cache::export(&store, &built, &solve_options.cache_sources, export)?;
+        cache::export(
+            &store,
+            &built,
+            &solve_options.cache_sources,
+            export,
+            &args.connection,
+        )?;
     }
     let id = built.image.id().to_string();
     if let Some(path) = &args.iidfile {
@@ -307,6 +331,13 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
             write_archive(&store, &name, &built.image, format, &dest)?;
         }
     }
+    push::push_all(
+        &store,
+        &built.image,
+        &push_targets,
+        &args.connection,
+        &renderer,
+    )?;
     println!("{id}");
     Ok(ExitCode::SUCCESS)
 }

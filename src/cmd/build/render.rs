@@ -65,6 +65,28 @@ impl Renderer {
         })
     }
 
+    /// A line about work that is not a step (pulling a base image, pushing
+    /// the result): `#0 ...` in plain mode, above the live view on a TTY, a
+    /// `{"Message": ...}` object in JSON mode.
+    pub fn message(&self, text: &str) {
+        let Ok(state) = self.state.lock() else {
+            return;
+        };
+        match &state.0 {
+            Mode::Quiet => {}
+            Mode::Json => {
+                let line = serde_json::json!({ "Message": { "text": text } });
+                eprintln!("{line}");
+            }
+            Mode::Plain => eprintln!("#0 {text}"),
+            Mode::Tty { multi, .. } => {
+                if multi.println(text).is_err() {
+                    eprintln!("{text}");
+                }
+            }
+        }
+    }
+
     /// Clears the live view.
     pub fn finish(&self) {
         if let Ok(mut state) = self.state.lock() {

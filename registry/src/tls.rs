@@ -1,0 +1,180 @@
+//! TLS settings for a registry, the way Docker decides them: the Mozilla root
+//! certificates plus the CA certificates Docker keeps per registry
+//! (`/etc/docker/certs.d/HOST[:PORT]/*.crt`), or, for an insecure registry,
+//! no certificate verification at all (the connection is still encrypted).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::error::{Error, Result};
+
+/// Where Docker keeps per-registry CA certificates.
+pub const DOCKER_CERTS_DIR: &str = "/etc/docker/certs.d";
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>> {
+    ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))
+}
+
+/// The directory of `api_host`'s own CA certificates under `certs_dir`.
+pub(crate) fn registry_certs(certs_dir: &Path, api_host: &str) -> PathBuf {
+    certs_dir.join(api_host)
+}
+
+/// A configuration that trusts the public roots and every `*.crt` in the
+/// registry's directory under `certs_dir`.
+pub(crate) fn verifying(certs_dir: &Path, api_host: &str) -> Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let dir = registry_certs(certs_dir, api_host);
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "crt"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let bad = |message: String| Error::Certificate {
+                path: path.clone(),
+                message,
+            };
+            let mut found = false;
+            for cert in CertificateDer::pem_file_iter(&path).map_err(|e| bad(e.to_string()))? {
+                let cert = cert.map_err(|e| bad(e.to_string()))?;
+                roots.add(cert).map_err(|e| bad(e.to_string()))?;
+                found = true;
+            }
+            if !found {
+                return Err(bad("it holds no PEM certificate".into()));
+            }
+        }
+    }
+    Ok(Arc::new(
+        builder()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
+/// A configuration that accepts any certificate, for `--insecure`.
+pub(crate) fn unverified() -> Result<Arc<ClientConfig>> {
+    Ok(Arc::new(
+        builder()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
+            .with_no_client_auth(),
+    ))
+}
+
+/// Skips the certificate check but still checks the handshake's signatures,
+/// so the connection is encrypted with the key the server showed.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// What is wrong with the server's certificate, when that is why a
+/// connection failed (as opposed to the server not speaking TLS at all).
+pub(crate) fn certificate_problem(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(rustls::Error::InvalidCertificate(problem)) =
+            error.downcast_ref::<rustls::Error>()
+        {
+            return Some(format!("{problem:?}"));
+        }
+        // io::Error hides a custom error from source(); look inside.
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if let Some(rustls::Error::InvalidCertificate(problem)) =
+                io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
+            {
+                return Some(format!("{problem:?}"));
+            }
+        }
+        current = error.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_problems_are_found_inside_io_errors() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        assert_eq!(certificate_problem(&io).as_deref(), Some("UnknownIssuer"));
+        let other = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+        );
+        assert_eq!(certificate_problem(&other), None);
+    }
+
+    #[test]
+    fn a_certs_dir_file_without_certificates_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let host_dir = dir.path().join("registry.test:5000");
+        std::fs::create_dir_all(&host_dir).unwrap();
+        std::fs::write(host_dir.join("ca.crt"), "not a certificate\n").unwrap();
+        let err = verifying(dir.path(), "registry.test:5000").unwrap_err();
+        assert!(err.to_string().contains("ca.crt"), "{err}");
+        // Other registries are unaffected.
+        assert!(verifying(dir.path(), "other.test").is_ok());
+    }
+}
