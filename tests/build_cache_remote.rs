@@ -198,6 +198,47 @@ fn a_cache_directory_serves_a_second_runner_with_an_empty_store() {
     );
 }
 
+/// The CI case end to end: runner B starts with nothing at all, pulls
+/// the base image named in FROM, and takes every step from the registry
+/// cache, ending with the same image as runner A.
+#[test]
+fn a_runner_with_nothing_in_its_store_pulls_the_base_and_takes_every_step_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("registry"), None);
+    let base = registry.reference("base/busybox:1");
+    let cache = format!("type=registry,ref={}", registry.reference("app/cache:main"));
+    let dockerfile = format!(
+        "FROM {base}\nCOPY a.txt /a.txt\nRUN cat /a.txt > /copied && echo ran >> /copied\n"
+    );
+    let files = [("Dockerfile", dockerfile.as_str()), ("a.txt", "from a\n")];
+
+    let runner_a = Env::new();
+    let pushed = runner_a.kiln(&["push", "busybox:latest", &base]);
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    let context_a = runner_a.context("ctx", &files);
+    let (id_a, ran, cached, _) = build(&runner_a, &context_a, &["--cache-to", &cache]);
+    assert_eq!((ran, cached), (2, 0));
+
+    let runner_b = Env::empty();
+    let context_b = runner_b.context("ctx", &files);
+    let (id_b, ran, cached, stderr) = build(&runner_b, &context_b, &["--cache-from", &cache]);
+    assert_eq!((ran, cached), (0, 2), "{stderr}");
+    assert_eq!(id_a, id_b, "{stderr}");
+    for digest in image_layers(&runner_b, &id_b) {
+        assert!(has_blob(&runner_b, &digest), "{digest} is missing");
+    }
+    let out = runner_b.kiln(&["fsck"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn mode_min_exports_only_the_image_steps() {
     let runner_a = Env::new();

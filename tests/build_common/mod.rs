@@ -25,6 +25,13 @@ impl Env {
         env
     }
 
+    /// A store with nothing in it (a fresh CI runner).
+    pub fn empty() -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
     pub fn root(&self) -> PathBuf {
         self.dir.path().join("store")
     }
