@@ -10,10 +10,10 @@ use kiln_cache::{
     CacheConfig, CacheRecord, CacheSource, ContentStore, Descriptor, Digest, ImageManifest, Store,
 };
 
-use crate::client::{Client, Mount};
+use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::reference::Reference;
-use crate::transfer::{known_source, parallel, remember_source, Progress, PushOptions};
+use crate::transfer::{push_blobs, put_manifest_checked, remember_source, Progress, PushOptions};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -133,61 +133,6 @@ impl CacheSource for RegistryCache {
     }
 }
 
-/// Uploads blobs the repository lacks: skipped when there, mounted from
-/// another repository of the registry when one is known to have them, else
-/// uploaded from the store (fetched from `sources` first if an imported
-/// record named them and nothing read them yet), in parallel.
-fn push_blobs(
-    store: &Store,
-    sources: &[Arc<dyn CacheSource>],
-    client: &Client,
-    repository: &str,
-    blobs: &[Descriptor],
-    options: &PushOptions,
-    progress: &(dyn Fn(&Progress) + Sync),
-) -> Result<()> {
-    let registry = client.registry();
-    parallel(blobs, options.parallel, |blob| {
-        let digest = blob.digest();
-        let text = digest.to_string();
-        if client.blob_exists(repository, &text)? {
-            remember_source(store, registry, repository, digest);
-            progress(&Progress::Exists {
-                digest: text,
-                size: blob.size(),
-            });
-            return Ok(());
-        }
-        let location = match known_source(store, registry, repository, digest) {
-            Some(from) => match client.mount_blob(repository, &text, &from)? {
-                Mount::Mounted => {
-                    remember_source(store, registry, repository, digest);
-                    progress(&Progress::Mounted { digest: text, from });
-                    return Ok(());
-                }
-                Mount::Started(location) => location,
-            },
-            None => client.start_upload(repository)?,
-        };
-        kiln_cache::ensure_blob(store, sources, blob)?;
-        let path = store.blob_path(digest)?;
-        client.upload_blob(
-            repository,
-            location,
-            &text,
-            &path,
-            blob.size(),
-            options.chunk_size,
-        )?;
-        remember_source(store, registry, repository, digest);
-        progress(&Progress::Uploaded {
-            digest: text,
-            size: blob.size(),
-        });
-        Ok(())
-    })
-}
-
 /// Pushes `config` and the blobs its records name to `target` as a cache
 /// manifest, replacing what the tag named. Blobs the repository has are not
 /// read at all (so re-exporting an imported cache downloads nothing); the
@@ -210,8 +155,16 @@ pub fn push_cache(
     let mut blobs = vec![manifest.config().clone()];
     blobs.extend(manifest.layers().iter().cloned());
     let repository = target.repository.as_str();
+    // Blobs of imported records nothing read yet are fetched only when the
+    // registry lacks them.
     push_blobs(
-        store, sources, client, repository, &blobs, options, progress,
+        store,
+        client,
+        repository,
+        &blobs,
+        options,
+        progress,
+        &|blob: &Descriptor| Ok(kiln_cache::ensure_blob(store, sources, blob)?),
     )?;
     let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| Error::Invalid {
         registry: client.registry().to_owned(),
@@ -219,21 +172,14 @@ pub fn push_cache(
         message: e.to_string(),
     })?;
     let digest = kiln_cache::sha256_digest(&manifest_bytes);
-    let announced = client.put_manifest(
-        repository,
-        target.manifest_reference(),
+    put_manifest_checked(
+        client,
+        target,
         OCI_MANIFEST,
         &manifest_bytes,
+        &digest,
+        "the cache manifest",
     )?;
-    if let Some(announced) = announced {
-        if announced != digest.to_string() {
-            return Err(Error::DigestMismatch {
-                what: format!("the cache manifest pushed to {target}"),
-                expected: digest.to_string(),
-                actual: announced,
-            });
-        }
-    }
     progress(&Progress::Manifest {
         digest: digest.to_string(),
     });

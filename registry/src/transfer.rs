@@ -54,7 +54,7 @@ const PULL_PARALLEL: usize = 4;
 
 /// Runs `work` over `items` on up to `threads` threads; returns the first
 /// error (the others finish what they started).
-pub(crate) fn parallel<T: Sync>(
+fn parallel<T: Sync>(
     items: &[T],
     threads: usize,
     work: impl Fn(&T) -> Result<()> + Sync,
@@ -119,7 +119,7 @@ pub(crate) fn remember_source(store: &Store, registry: &str, repository: &str, d
 }
 
 /// Another repository of `registry` known to have `digest`.
-pub(crate) fn known_source(
+fn known_source(
     store: &Store,
     registry: &str,
     repository: &str,
@@ -146,14 +146,64 @@ pub fn push(
     progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<Digest> {
     let repository = target.repository.as_str();
-    let registry = client.registry();
     let mut blobs: Vec<Descriptor> = vec![image.manifest.config().clone()];
     for layer in image.manifest.layers() {
         if !blobs.iter().any(|b| b.digest() == layer.digest()) {
             blobs.push(layer.clone());
         }
     }
-    parallel(&blobs, options.parallel, |blob| {
+    push_blobs(
+        store,
+        client,
+        repository,
+        &blobs,
+        options,
+        progress,
+        &|blob: &Descriptor| {
+            if store.blob_path(blob.digest())?.is_file() {
+                Ok(())
+            } else {
+                Err(kiln_cache::Error::MissingBlob(blob.digest().to_string()).into())
+            }
+        },
+    )?;
+    let manifest_bytes = store.read_blob(image.id())?;
+    let media_type = image
+        .manifest
+        .media_type()
+        .clone()
+        .unwrap_or(MediaType::ImageManifest)
+        .to_string();
+    put_manifest_checked(
+        client,
+        target,
+        &media_type,
+        &manifest_bytes,
+        image.id(),
+        "the manifest",
+    )?;
+    progress(&Progress::Manifest {
+        digest: image.id().to_string(),
+    });
+    Ok(image.id().clone())
+}
+
+/// Uploads the blobs the repository lacks, in parallel: skipped when there,
+/// mounted from another repository of the registry when one is known to
+/// have them, else uploaded from the store. `before_upload` runs just before
+/// a blob is read from the store (to check it is there, or to fetch it), so
+/// nothing is read for a blob the registry already has.
+pub(crate) fn push_blobs(
+    store: &Store,
+    client: &Client,
+    repository: &str,
+    blobs: &[Descriptor],
+    options: &PushOptions,
+    progress: &(dyn Fn(&Progress) + Sync),
+    before_upload: &(dyn Fn(&Descriptor) -> Result<()> + Sync),
+) -> Result<()> {
+    let registry = client.registry();
+    parallel(blobs, options.parallel, |blob| {
         let digest = blob.digest();
         let text = digest.to_string();
         if client.blob_exists(repository, &text)? {
@@ -163,10 +213,6 @@ pub fn push(
                 size: blob.size(),
             });
             return Ok(());
-        }
-        let path = store.blob_path(digest)?;
-        if !path.is_file() {
-            return Err(kiln_cache::Error::MissingBlob(text).into());
         }
         let location = match known_source(store, registry, repository, digest) {
             Some(from) => match client.mount_blob(repository, &text, &from)? {
@@ -179,6 +225,8 @@ pub fn push(
             },
             None => client.start_upload(repository)?,
         };
+        before_upload(blob)?;
+        let path = store.blob_path(digest)?;
         client.upload_blob(
             repository,
             location,
@@ -193,33 +241,33 @@ pub fn push(
             size: blob.size(),
         });
         Ok(())
-    })?;
-    let manifest_bytes = store.read_blob(image.id())?;
-    let media_type = image
-        .manifest
-        .media_type()
-        .clone()
-        .unwrap_or(MediaType::ImageManifest)
-        .to_string();
+    })
+}
+
+/// Puts a manifest under `target`'s tag or digest and checks that the
+/// registry names it by the digest kiln computed.
+pub(crate) fn put_manifest_checked(
+    client: &Client,
+    target: &Reference,
+    media_type: &str,
+    bytes: &[u8],
+    expected: &Digest,
+    what: &str,
+) -> Result<()> {
     let announced = client.put_manifest(
-        repository,
+        target.repository.as_str(),
         target.manifest_reference(),
-        &media_type,
-        &manifest_bytes,
+        media_type,
+        bytes,
     )?;
-    if let Some(announced) = announced {
-        if announced != image.id().to_string() {
-            return Err(Error::DigestMismatch {
-                what: format!("the manifest pushed to {target}"),
-                expected: image.id().to_string(),
-                actual: announced,
-            });
-        }
+    match announced {
+        Some(announced) if announced != expected.to_string() => Err(Error::DigestMismatch {
+            what: format!("{what} pushed to {target}"),
+            expected: expected.to_string(),
+            actual: announced,
+        }),
+        _ => Ok(()),
     }
-    progress(&Progress::Manifest {
-        digest: image.id().to_string(),
-    });
-    Ok(image.id().clone())
 }
 
 /// A pulled image and the name it was given in the store (none for a pull
