@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use build_common::{cached_steps, run_steps, Env};
-use registry_common::Registry;
+use registry_common::{skopeo_inspect, Registry};
 
 /// Two stages: RUN steps, a COPY from the context, a COPY --from.
 const DOCKERFILE: &str = "\
@@ -167,17 +167,7 @@ fn a_registry_cache_serves_a_second_runner_with_an_empty_store() {
         &format!("type=registry,ref={reference},mode=max"),
         &format!("type=registry,ref={reference}"),
         || {
-            let out = std::process::Command::new("skopeo")
-                .args(["inspect", "--tls-verify=false", "--raw"])
-                .arg(format!("docker://{reference}"))
-                .output()
-                .expect("run skopeo");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let manifest = skopeo_inspect(&reference);
             assert_eq!(
                 manifest["config"]["mediaType"],
                 "application/vnd.kiln.cache.config.v1+json"

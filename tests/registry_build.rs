@@ -10,7 +10,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use registry_common::Registry;
+use registry_common::{skopeo_inspect, Registry};
 use support::Store;
 
 /// A build context with these files in a fresh directory under `dir`.
@@ -181,24 +181,10 @@ fn build_push_sends_every_tag_and_a_pull_gives_the_same_digest() {
         "{stderr}"
     );
     for target in [&first, &second] {
-        let inspected = skopeo_inspect_plain(target);
+        let inspected = skopeo_inspect(target);
         assert_eq!(inspected["layers"].as_array().unwrap().len(), 2);
         assert_eq!(Store::new().ok(&["pull", target]).trim(), id);
     }
-}
-
-fn skopeo_inspect_plain(reference: &str) -> serde_json::Value {
-    let out = Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", "--raw"])
-        .arg(format!("docker://{reference}"))
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo inspect {reference}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("skopeo prints JSON")
 }
 
 #[test]

@@ -9,7 +9,7 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use registry_common::Registry;
+use registry_common::{skopeo_inspect, Registry};
 use support::{fixture, Store};
 
 /// A store with the amd64 busybox fixture imported as `busybox:1`; returns its id.
@@ -27,20 +27,6 @@ fn kiln_with_auth(store: &Store, docker_config: &Path, args: &[&str]) -> std::pr
         .env("DOCKER_CONFIG", docker_config)
         .output()
         .expect("run kiln")
-}
-
-fn skopeo_inspect(reference: &str) -> serde_json::Value {
-    let out = Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", "--raw"])
-        .arg(format!("docker://{reference}"))
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo inspect {reference}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("skopeo prints JSON")
 }
 
 #[test]

@@ -256,3 +256,18 @@ pub fn push_index(store_root: &Path, layout: &Path, images: &[(&str, &str)], tar
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The raw manifest skopeo reads at `reference` (a loopback registry).
+pub fn skopeo_inspect(reference: &str) -> serde_json::Value {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--raw"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo inspect {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("skopeo prints JSON")
+}
