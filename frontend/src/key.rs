@@ -31,7 +31,10 @@ impl std::fmt::Display for Key {
 
 /// Builds a [`Key`] from tagged, length-prefixed fields.
 pub struct KeyEncoder {
-    hasher: blake3::Hasher,
+    /// Made only when a key outgrows `pending`: most keys are a few hundred
+    /// bytes, hashed in one call at `finish`, and a hasher is large to make
+    /// and to copy.
+    hasher: Option<Box<blake3::Hasher>>,
     /// Small fields gathered before they reach the hasher: each
     /// `Hasher::update` call has a fixed cost far above that of copying a
     /// few bytes, and most fields are a few bytes. The hashed byte stream is
@@ -46,7 +49,7 @@ impl KeyEncoder {
     /// Starts a key of one kind; `domain` names the kind (e.g. `"kiln.run.v1"`).
     pub fn new(domain: &str) -> Self {
         let mut encoder = KeyEncoder {
-            hasher: blake3::Hasher::new(),
+            hasher: None,
             pending: Vec::with_capacity(512),
         };
         encoder.raw(domain.as_bytes());
@@ -57,16 +60,22 @@ impl KeyEncoder {
         self.pending
             .extend_from_slice(&(bytes.len() as u64).to_le_bytes());
         if bytes.len() >= DIRECT {
-            self.hasher.update(&self.pending);
-            self.pending.clear();
-            self.hasher.update(bytes);
+            self.flush();
+            self.hasher.get_or_insert_with(Box::default).update(bytes);
         } else {
             self.pending.extend_from_slice(bytes);
             if self.pending.len() >= 4 * DIRECT {
-                self.hasher.update(&self.pending);
-                self.pending.clear();
+                self.flush();
             }
         }
+    }
+
+    /// Moves the gathered fields into the hasher.
+    fn flush(&mut self) {
+        self.hasher
+            .get_or_insert_with(Box::default)
+            .update(&self.pending);
+        self.pending.clear();
     }
 
     /// Adds one field of bytes.
@@ -127,9 +136,15 @@ impl KeyEncoder {
 
     /// The finished key.
     pub fn finish(&self) -> Key {
-        let mut hasher = self.hasher.clone();
-        hasher.update(&self.pending);
-        Key(*hasher.finalize().as_bytes())
+        let pending = &self.pending;
+        match &self.hasher {
+            None => Key(*blake3::hash(pending).as_bytes()),
+            Some(hasher) => {
+                let mut hasher = hasher.clone();
+                hasher.update(pending);
+                Key(*hasher.finalize().as_bytes())
+            }
+        }
     }
 }
 

@@ -23,9 +23,13 @@ pub(crate) fn process_word(
     escape: char,
     vars: Option<&dyn Vars>,
 ) -> Result<String, String> {
-    let chars: Vec<char> = word.chars().collect();
+    // Nothing to unquote, unescape or expand: the common case, and far
+    // cheaper than the lexer.
+    if !word.contains(['$', '\'', '"', escape]) {
+        return Ok(word.to_string());
+    }
     let mut lexer = Lexer {
-        chars: &chars,
+        text: word,
         pos: 0,
         escape,
         vars,
@@ -35,7 +39,8 @@ pub(crate) fn process_word(
 }
 
 struct Lexer<'a> {
-    chars: &'a [char],
+    text: &'a str,
+    /// Byte offset of the next character in `text`.
     pos: usize,
     escape: char,
     vars: Option<&'a dyn Vars>,
@@ -48,15 +53,13 @@ const MAX_DEPTH: usize = 64;
 
 impl Lexer<'_> {
     fn peek(&self) -> Option<char> {
-        self.chars.get(self.pos).copied()
+        self.text.get(self.pos..)?.chars().next()
     }
 
     fn next(&mut self) -> Option<char> {
-        let c = self.peek();
-        if c.is_some() {
-            self.pos += 1;
-        }
-        c
+        let c = self.peek()?;
+        self.pos += c.len_utf8();
+        Some(c)
     }
 
     /// Reads until the end, or until an unquoted, unescaped `stop`.
@@ -66,7 +69,7 @@ impl Lexer<'_> {
             if Some(c) == stop {
                 return Ok(out);
             }
-            self.pos += 1;
+            self.pos += c.len_utf8();
             if c == self.escape {
                 match self.next() {
                     None => break,
@@ -120,7 +123,7 @@ impl Lexer<'_> {
                 Some(c) if c == self.escape => match self.peek() {
                     None => {}
                     Some(next) if next == '"' || next == '$' || next == self.escape => {
-                        self.pos += 1;
+                        self.pos += next.len_utf8();
                         if self.vars.is_none() && next == '$' {
                             out.push(self.escape);
                         }
@@ -150,7 +153,7 @@ impl Lexer<'_> {
                 break;
             }
             name.push(c);
-            self.pos += 1;
+            self.pos += c.len_utf8();
         }
         name
     }
@@ -165,7 +168,7 @@ impl Lexer<'_> {
                 return Ok(());
             }
             match self.vars {
-                None => out.extend(&self.chars[start..self.pos]),
+                None => out.push_str(self.text.get(start..self.pos).unwrap_or_default()),
                 Some(vars) => out.push_str(&vars.get(&name).unwrap_or_default()),
             }
             return Ok(());
@@ -237,7 +240,7 @@ impl Lexer<'_> {
             }
         };
         match self.vars {
-            None => out.extend(&self.chars[start..self.pos]),
+            None => out.push_str(self.text.get(start..self.pos).unwrap_or_default()),
             Some(_) => out.push_str(&result),
         }
         Ok(())
@@ -329,9 +332,8 @@ pub(crate) fn expand_heredoc(
     escape: char,
     vars: &dyn Vars,
 ) -> Result<String, String> {
-    let chars: Vec<char> = content.chars().collect();
     let mut lexer = Lexer {
-        chars: &chars,
+        text: content,
         pos: 0,
         escape,
         vars: Some(vars),

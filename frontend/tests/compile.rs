@@ -690,9 +690,9 @@ fn many_env_names_keep_docker_order_and_in_place_redefinition() {
     text.push_str("ENV LANG=other V0=again\nRUN true\n");
     let graph = build(&text);
     let run = runs(target(&graph))[0];
-    assert_eq!(run.env[0], "PATH=/usr/bin:/bin");
-    assert_eq!(run.env[1], "LANG=other");
-    assert_eq!(run.env[2], "V0=again");
+    assert_eq!(&*run.env[0], "PATH=/usr/bin:/bin");
+    assert_eq!(&*run.env[1], "LANG=other");
+    assert_eq!(&*run.env[2], "V0=again");
     assert_eq!(env_of(run, "V1"), Some("startxx"));
     assert_eq!(env_of(run, "V499").map(str::len), Some(5 + 500));
     assert_eq!(run.env.len(), 502);
