@@ -125,7 +125,8 @@ struct Compiler<'a> {
     /// ARGs before the first FROM, with their values (None = no value).
     global_args: Vec<(String, Option<String>)>,
     heads: Vec<StageHead<'a>>,
-    images: BTreeMap<(String, String), BaseImage>,
+    /// Resolved images, shared by every step that reads them.
+    images: BTreeMap<(String, String), Arc<BaseImage>>,
 }
 
 fn platform_parts(platform: &str) -> (String, String, String) {
@@ -451,14 +452,20 @@ impl<'a> Compiler<'a> {
         Ok(order)
     }
 
-    fn resolve_image(&mut self, reference: &str, platform: &str, span: &Span) -> Result<BaseImage> {
+    fn resolve_image(
+        &mut self,
+        reference: &str,
+        platform: &str,
+        span: &Span,
+    ) -> Result<Arc<BaseImage>> {
         let key = (reference.to_string(), platform.to_string());
         if let Some(image) = self.images.get(&key) {
             return Ok(image.clone());
         }
         match self.resolver.resolve(reference, platform) {
             Ok(Some(image)) => {
-                self.images.insert(key, image.clone());
+                let image = Arc::new(image);
+                self.images.insert(key, Arc::clone(&image));
                 Ok(image)
             }
             Ok(None) => Err(Error::compile(
@@ -534,9 +541,11 @@ impl<'a> Compiler<'a> {
                 .str("platform", &platform)
                 .finish();
             let config = image.config.clone();
+            let image = Arc::unwrap_or_clone(image);
             (Base::Image { reference, image }, config, digest)
         };
         let mut state = StageState::new(config, base_digest);
+        state.steps.reserve(instructions.len());
         if state.env_get("PATH").is_none() {
             state.env_set("PATH", DEFAULT_PATH);
         }
@@ -750,9 +759,11 @@ impl<'a> Compiler<'a> {
             mounts.push(spec.into_mount(from));
         }
         let user = state.config.user.clone().filter(|u| !u.is_empty());
-        let env_key = state.env_key;
+        let env_key = state.env_key();
         let run_env = state.run_env(&self.options.build_args);
-        let mut created_by = String::from("RUN ");
+        let argv_len: usize = argv.iter().map(|a| a.len() + 1).sum();
+        let mut created_by = String::with_capacity(4 + run_env.history_args.len() + argv_len + 11);
+        created_by.push_str("RUN ");
         created_by.push_str(&run_env.history_args);
         push_joined(&mut created_by, &argv, " ");
         created_by.push_str(" # buildkit");
@@ -922,13 +933,20 @@ impl<'a> Compiler<'a> {
             }
             None => (CopyFrom::Context, String::new()),
         };
-        let mut created_by = format!("{}{from_text}", instruction.keyword);
+        let keyword = instruction.keyword.as_str();
+        let words: usize = sources.iter().map(|s| s.len() + 1).sum::<usize>()
+            + heredocs.iter().map(|(n, _)| n.len() + 3).sum::<usize>();
+        let mut created_by =
+            String::with_capacity(keyword.len() + from_text.len() + words + dest.len() + 12);
+        created_by.push_str(keyword);
+        created_by.push_str(&from_text);
         for source in &sources {
             created_by.push(' ');
             created_by.push_str(source);
         }
         for (name, _) in &heredocs {
-            created_by.push_str(&format!(" <<{name}"));
+            created_by.push_str(" <<");
+            created_by.push_str(name);
         }
         created_by.push(' ');
         created_by.push_str(&dest);
@@ -1189,11 +1207,15 @@ struct StageState {
     /// ARGs declared in the stage, in order, with their values.
     args: Vec<StageArg>,
     /// Digest of everything RUN's environment is made of: the stage's first
-    /// Env list, then every ENV and ARG change in order. Chained per change
-    /// rather than hashed over the whole list for every RUN, which made a
-    /// long Dockerfile's compile time quadratic in practice; equal keys still
-    /// mean equal environments.
+    /// Env list, then every ENV and ARG change in order. Chained over the
+    /// changes rather than hashed over the whole list for every RUN, which
+    /// made a long Dockerfile's compile time quadratic in practice; equal
+    /// keys still mean equal environments. Up to date only with
+    /// `env_changes` folded in (`env_key()`).
     env_key: Key,
+    /// The changes since `env_key`, on top of it; hashed when a RUN needs the
+    /// key, so a run of ENV lines costs one hash, not one per variable.
+    env_changes: Option<KeyEncoder>,
     /// RUN's environment and history prefix, built at the first RUN after a
     /// change and shared by the RUNs up to the next ENV or ARG.
     run_env: Option<RunEnv>,
@@ -1256,6 +1278,7 @@ impl StageState {
             env_at,
             args: Vec::new(),
             env_key,
+            env_changes: None,
             run_env: None,
             cmd_set: false,
             digest,
@@ -1314,15 +1337,27 @@ impl StageState {
         });
     }
 
-    /// Chains one change into `env_key` and drops the shared RUN environment.
+    /// Records one change for `env_key` and drops the shared RUN environment.
     fn env_changed(&mut self, kind: &str, name: &str, value: Option<&str>) {
-        self.env_key = KeyEncoder::new("kiln.env.change.v1")
-            .key("previous", &self.env_key)
+        let previous = self.env_key;
+        self.env_changes
+            .get_or_insert_with(|| {
+                let mut changes = KeyEncoder::new("kiln.env.changes.v1");
+                changes.key("previous", &previous);
+                changes
+            })
             .str("kind", kind)
             .str("name", name)
-            .opt_str("value", value)
-            .finish();
+            .opt_str("value", value);
         self.run_env = None;
+    }
+
+    /// The digest of RUN's environment as it is now.
+    fn env_key(&mut self) -> Key {
+        if let Some(changes) = self.env_changes.take() {
+            self.env_key = changes.finish();
+        }
+        self.env_key
     }
 
     /// A variable as instructions see it: ENV wins over ARG.
@@ -1546,8 +1581,9 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
                     "USER expands to nothing".to_string(),
                 ));
             }
-            state.config.user = Some(user.clone());
-            format!("USER {user}")
+            let text = format!("USER {user}");
+            state.config.user = Some(user);
+            text
         }
         Keyword::Workdir => {
             let dir = expand(state, &instruction.text)?;

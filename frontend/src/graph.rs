@@ -458,8 +458,9 @@ pub enum CopyFrom {
     Image {
         /// The reference as written (expanded).
         reference: String,
-        /// What the resolver found.
-        image: BaseImage,
+        /// What the resolver found, shared by every step that reads the
+        /// image (a config is large, and steps are many).
+        image: Arc<BaseImage>,
     },
 }
 

@@ -1,7 +1,9 @@
 //! The one canonical encoder for definition digests and cache keys.
 //!
 //! Every field is written as a length-prefixed tag followed by a length-prefixed
-//! value, and lists carry their element count, so no two different sequences of
+//! value, and lists carry their element count (lengths and counts as LEB128
+//! varints: self-delimiting, and one byte for the short fields most keys are
+//! made of, which keeps the hashed bytes, the cost of a key, small), so no two different sequences of
 //! fields encode to the same bytes: `["ab", "c"]` and `["a", "bc"]` differ, as do
 //! an absent option and an empty one. A domain string starts every key, so keys of
 //! different kinds (a RUN definition, a COPY content digest) never collide either.
@@ -56,9 +58,18 @@ impl KeyEncoder {
         encoder
     }
 
+    /// Appends `n` as an unsigned LEB128 varint.
+    fn length(&mut self, n: usize) {
+        let mut n = n as u64;
+        while n >= 0x80 {
+            self.pending.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        self.pending.push(n as u8);
+    }
+
     fn raw(&mut self, bytes: &[u8]) {
-        self.pending
-            .extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        self.length(bytes.len());
         if bytes.len() >= DIRECT {
             self.flush();
             self.hasher.get_or_insert_with(Box::default).update(bytes);
@@ -126,8 +137,7 @@ impl KeyEncoder {
     {
         let items: Vec<T> = items.into_iter().collect();
         self.raw(tag.as_bytes());
-        self.pending
-            .extend_from_slice(&(items.len() as u64).to_le_bytes());
+        self.length(items.len());
         for item in &items {
             self.raw(item.as_ref());
         }
@@ -185,12 +195,33 @@ mod tests {
     }
 
     #[test]
+    fn lengths_are_leb128_varints() {
+        let value = "v".repeat(300);
+        let key = KeyEncoder::new("d").str("t", &value).finish();
+        // "d", "t", then 300 = 0b10_0101100: 0xAC 0x02.
+        let mut expected = vec![1, b'd', 1, b't', 0xAC, 0x02];
+        expected.extend_from_slice(value.as_bytes());
+        assert_eq!(key.0, *blake3::hash(&expected).as_bytes());
+        let list = KeyEncoder::new("d").list("l", ["a"; 128]).finish();
+        let mut expected = vec![1, b'd', 1, b'l', 0x80, 0x01];
+        for _ in 0..128 {
+            expected.extend_from_slice(&[1, b'a']);
+        }
+        assert_eq!(list.0, *blake3::hash(&expected).as_bytes());
+    }
+
+    #[test]
     fn gathering_fields_does_not_change_the_hashed_bytes() {
         let big = "x".repeat(3 * DIRECT);
         let mut encoder = KeyEncoder::new("t");
         let mut expected = Vec::new();
         let mut field = |bytes: &[u8]| {
-            expected.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            let mut n = bytes.len();
+            while n >= 0x80 {
+                expected.push((n as u8) | 0x80);
+                n >>= 7;
+            }
+            expected.push(n as u8);
             expected.extend_from_slice(bytes);
         };
         field(b"t");

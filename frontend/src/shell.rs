@@ -64,7 +64,7 @@ impl Lexer<'_> {
 
     /// Reads until the end, or until an unquoted, unescaped `stop`.
     fn word(&mut self, stop: Option<char>) -> Result<String, String> {
-        let mut out = String::new();
+        let mut out = String::with_capacity(self.text.len() - self.pos.min(self.text.len()));
         while let Some(c) = self.peek() {
             if Some(c) == stop {
                 return Ok(out);
