@@ -335,9 +335,10 @@ fn pattern_regex(pattern: &str, longest: bool, anchored: bool) -> Result<Regex, 
                         ))
                     }
                     None => {
-                        return Err(format!(
+                        return Err(
                             "invalid escape at the end of a pattern: write \\\\ for a backslash"
-                        ))
+                                .to_string(),
+                        )
                     }
                 }
             }
