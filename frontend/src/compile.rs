@@ -1567,11 +1567,16 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
                     ports.extend(expose_ports(word).map_err(|m| Error::compile(span.clone(), m))?);
                 }
             }
-            let exposed = state.config.exposed_ports.get_or_insert_with(BTreeMap::new);
+            let mut text = String::from("EXPOSE");
             for port in &ports {
-                exposed.insert(port.clone(), Empty {});
+                text.push(' ');
+                text.push_str(port);
             }
-            format!("EXPOSE {}", ports.join(" "))
+            let exposed = state.config.exposed_ports.get_or_insert_with(BTreeMap::new);
+            for port in ports {
+                exposed.insert(port, Empty {});
+            }
+            text
         }
         Keyword::User => {
             let user = expand(state, &instruction.text)?;

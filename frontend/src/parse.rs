@@ -750,7 +750,7 @@ struct InstructionParts<'t> {
     keyword: &'t str,
     keyword_offset: usize,
     /// Each flag's offset and its text with quotes and escapes removed.
-    flags: Vec<(usize, String)>,
+    flags: Vec<(usize, Cow<'t, str>)>,
     rest: &'t str,
     rest_offset: usize,
 }
@@ -775,7 +775,7 @@ fn grammar_instruction(
             }
             Rule::flag => parts
                 .flags
-                .push((part.as_span().start(), unquote_flag(part.as_str()))),
+                .push((part.as_span().start(), Cow::Owned(unquote_flag(part.as_str())))),
             Rule::rest => {
                 parts.rest = part.as_str();
                 parts.rest_offset = part.as_span().start();
@@ -817,7 +817,7 @@ fn simple_instruction(text: &str) -> Option<InstructionParts<'_>> {
         if word.contains(['"', '\'', '\\']) {
             return None;
         }
-        flags.push((start, word.to_string()));
+        flags.push((start, Cow::Borrowed(word)));
         pos = end;
     };
     Some(InstructionParts {
