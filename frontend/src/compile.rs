@@ -1164,6 +1164,24 @@ fn valid_chmod(mode: &str) -> bool {
 /// Joins `path` to the directory `base` and cleans the result like Go's
 /// `path.Clean`.
 pub(crate) fn join_path(base: &str, path: &str) -> String {
+    // Already clean (the common case): nothing to resolve.
+    if is_clean_absolute(path) {
+        return path.to_string();
+    }
+    if !path.starts_with('/') && is_clean_absolute(base) && clean_components(path) {
+        let mut out = String::with_capacity(base.len() + path.len() + 1);
+        out.push_str(base);
+        if base != "/" {
+            out.push('/');
+        }
+        out.push_str(path);
+        return out;
+    }
+    clean_join(base, path)
+}
+
+/// `join_path` without the shortcuts.
+fn clean_join(base: &str, path: &str) -> String {
     let parts = if path.starts_with('/') {
         path.split('/').chain("".split('/'))
     } else {
@@ -1188,6 +1206,21 @@ pub(crate) fn join_path(base: &str, path: &str) -> String {
         out.push_str(part);
     }
     out
+}
+
+/// Whether `path` is absolute and what Go's `path.Clean` returns for it.
+fn is_clean_absolute(path: &str) -> bool {
+    match path.strip_prefix('/') {
+        Some("") => true,
+        Some(rest) => clean_components(rest),
+        None => false,
+    }
+}
+
+/// Whether `path` is `/`-separated names that are neither empty, `.` nor `..`.
+fn clean_components(path: &str) -> bool {
+    path.split('/')
+        .all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 /// A stage as it is being compiled.
@@ -1728,4 +1761,38 @@ fn mount_from(spec: &str) -> Option<String> {
     crate::mount::csv_fields(spec)
         .into_iter()
         .find_map(|field| field.strip_prefix("from=").map(str::to_string))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_shortcuts_match_the_general_join() {
+        const PIECES: &[&str] = &["/", "a", "b", ".", "..", "//", "é"];
+        let mut state: u64 = 0x0DDB_1A5E_5BAD_5EED;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut random =
+            |len: usize| -> String { (0..len).map(|_| PIECES[next(PIECES.len())]).collect() };
+        for _ in 0..20_000 {
+            let base = random(4);
+            let path = random(5);
+            for base in [base.clone(), format!("/{base}"), clean_join("/", &base)] {
+                assert_eq!(
+                    join_path(&base, &path),
+                    clean_join(&base, &path),
+                    "{base:?} {path:?}"
+                );
+            }
+        }
+        assert_eq!(join_path("/work", "a/b"), "/work/a/b");
+        assert_eq!(join_path("/", "a"), "/a");
+        assert_eq!(join_path("/work", "/abs/x"), "/abs/x");
+        assert_eq!(join_path("/work", "../x/./y/"), "/x/y");
+    }
 }

@@ -773,9 +773,10 @@ fn grammar_instruction(
                 parts.keyword = part.as_str();
                 parts.keyword_offset = part.as_span().start();
             }
-            Rule::flag => parts
-                .flags
-                .push((part.as_span().start(), Cow::Owned(unquote_flag(part.as_str())))),
+            Rule::flag => parts.flags.push((
+                part.as_span().start(),
+                Cow::Owned(unquote_flag(part.as_str())),
+            )),
             Rule::rest => {
                 parts.rest = part.as_str();
                 parts.rest_offset = part.as_span().start();
