@@ -1208,6 +1208,15 @@ fn clean_join(base: &str, path: &str) -> String {
     out
 }
 
+/// `name=value` as an environment entry.
+fn env_entry(name: &str, value: &str) -> Arc<str> {
+    let mut entry = String::with_capacity(name.len() + value.len() + 1);
+    entry.push_str(name);
+    entry.push('=');
+    entry.push_str(value);
+    Arc::from(entry)
+}
+
 /// Whether `path` is absolute and what Go's `path.Clean` returns for it.
 fn is_clean_absolute(path: &str) -> bool {
     match path.strip_prefix('/') {
@@ -1338,7 +1347,7 @@ impl StageState {
     fn env_set(&mut self, name: &str, value: &str) {
         self.env_present = true;
         self.env_changed("env", name, Some(value));
-        let entry: Arc<str> = Arc::from(format!("{name}={value}"));
+        let entry = env_entry(name, value);
         match self.env_at.get(name).and_then(|&i| self.env.get_mut(i)) {
             Some(existing) => *existing = entry,
             None => {
@@ -1350,10 +1359,10 @@ impl StageState {
 
     /// Declares an ARG (a re-declared one moves to the end, as in BuildKit).
     fn arg_set(&mut self, name: &str, value: Option<String>) {
-        let had_value = self
-            .args
-            .iter()
-            .any(|arg| arg.name == name && arg.value.is_some());
+        let previous = self.args.iter().position(|arg| arg.name == name);
+        let had_value = previous
+            .and_then(|i| self.args.get(i))
+            .is_some_and(|arg| arg.value.is_some());
         if value.is_some() || had_value {
             self.env_changed("arg", name, value.as_deref());
         } else {
@@ -1361,8 +1370,12 @@ impl StageState {
             // never reaches RUN's environment.
             self.run_env = None;
         }
-        self.args.retain(|arg| arg.name != name);
-        let entry = value.as_ref().map(|v| Arc::from(format!("{name}={v}")));
+        // Names are unique in the list, so the earlier declaration is the
+        // only one to drop.
+        if let Some(i) = previous {
+            self.args.remove(i);
+        }
+        let entry = value.as_deref().map(|v| env_entry(name, v));
         self.args.push(StageArg {
             name: name.to_string(),
             value,
