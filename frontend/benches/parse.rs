@@ -1,7 +1,9 @@
 //! Parse + compile of a generated 10,000-instruction Dockerfile (target: < 20 ms),
 //! and how parse time scales: each input at 1x, 10x and 100x its size, so
 //! linear growth shows as a constant throughput (elements/s) across sizes.
-//! (Timing lives here, never in pass/fail tests.)
+//! (Timing lives here, never in pass/fail tests.) For counts that do not
+//! depend on machine load, run `examples/parse_compile_once.rs` (the same
+//! input) under `valgrind --tool=callgrind`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kiln_frontend::{compile, parse, CompileOptions, NoImages};
