@@ -57,7 +57,7 @@ struct Lexer<'a> {
 /// How deeply `${V:-${W:-...}}` may nest.
 const MAX_DEPTH: usize = 64;
 
-impl Lexer<'_> {
+impl<'a> Lexer<'a> {
     fn peek(&self) -> Option<char> {
         self.text.get(self.pos..)?.chars().next()
     }
@@ -152,25 +152,23 @@ impl Lexer<'_> {
         }
     }
 
-    fn name(&mut self) -> String {
-        let mut name = String::new();
-        if let Some(c) = self.peek() {
-            if c.is_ascii_digit() {
-                while let Some(d) = self.peek().filter(char::is_ascii_digit) {
-                    name.push(d);
-                    self.pos += 1;
+    /// A variable name (letters, digits and `_`, or only digits), borrowed
+    /// from the text.
+    fn name(&mut self) -> &'a str {
+        let start = self.pos;
+        if self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+                self.pos += 1;
+            }
+        } else {
+            while let Some(c) = self.peek() {
+                if !(c.is_alphanumeric() || c == '_') {
+                    break;
                 }
-                return name;
+                self.pos += c.len_utf8();
             }
         }
-        while let Some(c) = self.peek() {
-            if !(c.is_alphanumeric() || c == '_') {
-                break;
-            }
-            name.push(c);
-            self.pos += c.len_utf8();
-        }
-        name
+        self.text.get(start..self.pos).unwrap_or_default()
     }
 
     /// The word of a `${V<modifier>word}` up to `stop`, which is consumed;
