@@ -196,7 +196,7 @@ impl<'a> Lexer<'a> {
             }
             match self.vars {
                 None => out.push_str(self.text.get(start..self.pos).unwrap_or_default()),
-                Some(vars) => out.push_str(&vars.get(&name).unwrap_or_default()),
+                Some(vars) => out.push_str(&vars.get(name).unwrap_or_default()),
             }
             return Ok(());
         }
@@ -210,7 +210,7 @@ impl<'a> Lexer<'a> {
         if name.is_empty() {
             return Err("bad substitution: a variable name must follow \"${\"".into());
         }
-        let value = self.vars.and_then(|vars| vars.get(&name));
+        let value = self.vars.and_then(|vars| vars.get(name));
         let next = self.next();
         let modifier = if next == Some(':') { self.next() } else { next };
         // With a colon an empty value counts as unset (for - + ?; BuildKit
