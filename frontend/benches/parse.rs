@@ -1,50 +1,15 @@
 //! Parse + compile of a generated 10,000-instruction Dockerfile (target: < 20 ms),
 //! and how parse time scales: each input at 1x, 10x and 100x its size, so
 //! linear growth shows as a constant throughput (elements/s) across sizes.
-//! (Timing lives here, never in pass/fail tests.)
+//! (Timing lives here, never in pass/fail tests.) For counts that do not
+//! depend on machine load, run `examples/parse_compile_once.rs` (the same
+//! input) under `valgrind --tool=callgrind`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kiln_frontend::{compile, parse, CompileOptions, NoImages};
 
-/// A Dockerfile of `instructions` instructions mixing every common kind, in
-/// several stages, with continuations, heredocs and variables.
-fn generate(instructions: usize) -> String {
-    let mut text =
-        String::from("# syntax=docker/dockerfile:1\nARG BASE=debian:12\nFROM $BASE AS stage0\n");
-    let mut count = 2;
-    let mut stage = 0;
-    while count < instructions {
-        let i = count;
-        let line = match i % 10 {
-            0 => format!("RUN --mount=type=cache,target=/var/cache/apt apt-get update && \\\n    apt-get install -y pkg{i}\n"),
-            1 => format!(
-                "ENV VAR{}=value{i} OTHER{}=\"${{VAR{}}}/bin\"\n",
-                i % 20,
-                i % 20,
-                i % 20
-            ),
-            2 => format!("COPY --chown=app:app src{i}/ ./dst{i}/\n"),
-            3 => format!("WORKDIR /work/${{VAR{}}}\n", (i - 2) % 20),
-            4 => format!("LABEL org.example.k{i}=\"v {i}\"\n"),
-            5 => format!("RUN [\"/bin/echo\", \"exec {i}\"]\n"),
-            6 => format!("ARG A{}=default{i}\n", i % 30),
-            7 => format!("RUN <<EOF\necho heredoc {i}\necho $A{}\nEOF\n", (i - 1) % 30),
-            8 => format!("EXPOSE {}/tcp\n", 1000 + i % 5000),
-            _ => {
-                if i % 1000 == 9 {
-                    stage += 1;
-                    format!("FROM stage{} AS stage{stage}\n", stage - 1)
-                } else {
-                    format!("USER user{i}\n")
-                }
-            }
-        };
-        text.push_str(&line);
-        count += 1;
-    }
-    text.push_str("COPY --from=stage0 /a /b\nCMD [\"/bin/sh\"]\n");
-    text
-}
+mod common;
+use common::generate;
 
 /// One RUN continued over `lines` physical lines, with comments inside.
 fn continuation_file(lines: usize) -> String {

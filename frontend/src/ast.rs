@@ -230,10 +230,21 @@ impl Instruction {
 
     /// The instruction as a single line: keyword, flags, and text.
     pub fn original(&self) -> String {
-        let mut out = self.keyword.as_str().to_string();
+        let keyword = self.keyword.as_str();
+        let flags: usize = self
+            .flags
+            .iter()
+            .map(|f| f.name.len() + f.value.as_ref().map_or(0, |v| v.len() + 1) + 3)
+            .sum();
+        let mut out = String::with_capacity(keyword.len() + flags + self.text.len() + 1);
+        out.push_str(keyword);
         for flag in &self.flags {
-            out.push(' ');
-            out.push_str(&flag.text());
+            out.push_str(" --");
+            out.push_str(&flag.name);
+            if let Some(value) = &flag.value {
+                out.push('=');
+                out.push_str(value);
+            }
         }
         if !self.text.is_empty() {
             out.push(' ');

@@ -2,14 +2,15 @@
 //! multi-stage references, the image config of every stage, RUN and COPY
 //! steps with everything resolved, and definition digests.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::ast::{Dockerfile, Instruction, Keyword};
 use crate::config::{Empty, Healthcheck, ImageConfig};
 use crate::error::{Error, Result, Span};
 use crate::graph::{
-    Base, BaseImage, BaseImageResolver, BuildGraph, CompileOptions, CopyFrom, CopyStep, Network,
-    RunFile, RunStep, Security, Stage, Step, StepKind,
+    Base, BaseImage, BaseImageResolver, BuildGraph, CacheSharing, CompileOptions, CopyFrom,
+    CopyStep, Network, RunFile, RunMount, RunStep, Security, Stage, Step, StepKind,
 };
 use crate::key::{Key, KeyEncoder};
 use crate::mount::parse_mount;
@@ -96,6 +97,7 @@ pub fn apply_changes(config: ImageConfig, changes: &[String]) -> Result<ImageCon
         }
         apply_config(&mut state, &instruction, '\\').map_err(|e| fail(e.to_string()))?;
     }
+    state.finish_config();
     Ok(state.config)
 }
 
@@ -123,7 +125,8 @@ struct Compiler<'a> {
     /// ARGs before the first FROM, with their values (None = no value).
     global_args: Vec<(String, Option<String>)>,
     heads: Vec<StageHead<'a>>,
-    images: BTreeMap<(String, String), BaseImage>,
+    /// Resolved images, shared by every step that reads them.
+    images: BTreeMap<(String, String), Arc<BaseImage>>,
 }
 
 fn platform_parts(platform: &str) -> (String, String, String) {
@@ -449,14 +452,20 @@ impl<'a> Compiler<'a> {
         Ok(order)
     }
 
-    fn resolve_image(&mut self, reference: &str, platform: &str, span: &Span) -> Result<BaseImage> {
+    fn resolve_image(
+        &mut self,
+        reference: &str,
+        platform: &str,
+        span: &Span,
+    ) -> Result<Arc<BaseImage>> {
         let key = (reference.to_string(), platform.to_string());
         if let Some(image) = self.images.get(&key) {
             return Ok(image.clone());
         }
         match self.resolver.resolve(reference, platform) {
             Ok(Some(image)) => {
-                self.images.insert(key, image.clone());
+                let image = Arc::new(image);
+                self.images.insert(key, Arc::clone(&image));
                 Ok(image)
             }
             Ok(None) => Err(Error::compile(
@@ -532,9 +541,11 @@ impl<'a> Compiler<'a> {
                 .str("platform", &platform)
                 .finish();
             let config = image.config.clone();
+            let image = Arc::unwrap_or_clone(image);
             (Base::Image { reference, image }, config, digest)
         };
         let mut state = StageState::new(config, base_digest);
+        state.steps.reserve(instructions.len());
         if state.env_get("PATH").is_none() {
             state.env_set("PATH", DEFAULT_PATH);
         }
@@ -563,6 +574,7 @@ impl<'a> Compiler<'a> {
         for instruction in instructions {
             self.dispatch(&mut state, instruction, &platform, done)?;
         }
+        state.finish_config();
         Ok(Stage {
             index,
             name,
@@ -595,8 +607,7 @@ impl<'a> Compiler<'a> {
                         Some(v) => format!("{}={v}", pair.key),
                         None => pair.key.clone(),
                     });
-                    state.args.retain(|(k, _)| k != &pair.key);
-                    state.args.push((pair.key.clone(), value));
+                    state.arg_set(&pair.key, value);
                 }
                 let created_by = format!("ARG {}", shown.join(" "));
                 state.config_step(instruction, created_by);
@@ -658,7 +669,7 @@ impl<'a> Compiler<'a> {
 
     fn run_step(
         &mut self,
-        state: &StageState,
+        state: &mut StageState,
         instruction: &Instruction,
         platform: &str,
         done: &BTreeMap<usize, Stage>,
@@ -747,11 +758,18 @@ impl<'a> Compiler<'a> {
             };
             mounts.push(spec.into_mount(from));
         }
-        let (env, proxies) = state.run_env(&self.options.build_args);
         let user = state.config.user.clone().filter(|u| !u.is_empty());
+        let env_key = state.env_key();
+        let run_env = state.run_env(&self.options.build_args);
+        let argv_len: usize = argv.iter().map(|a| a.len() + 1).sum();
+        let mut created_by = String::with_capacity(4 + run_env.history_args.len() + argv_len + 11);
+        created_by.push_str("RUN ");
+        created_by.push_str(&run_env.history_args);
+        push_joined(&mut created_by, &argv, " ");
+        created_by.push_str(" # buildkit");
         let run = RunStep {
             argv,
-            env,
+            env: run_env.env.clone(),
             user,
             workdir,
             network,
@@ -759,21 +777,30 @@ impl<'a> Compiler<'a> {
             mounts,
             files,
         };
-        let created_by = format!("RUN {} # buildkit", state.run_history(&run.argv));
-        let mut enc = KeyEncoder::new("kiln.run.v1");
+        let mut enc = KeyEncoder::new("kiln.run.v2");
         enc.key("parent", &state.digest)
             .list("argv", &run.argv)
-            .list(
-                "env",
-                run.env.iter().filter(|e| !proxies.contains(e.as_str())),
-            )
+            .key("env", &env_key)
             .opt_str("user", run.user.as_deref())
             .str("workdir", &run.workdir)
-            .str("network", &format!("{:?}", run.network))
-            .str("security", &format!("{:?}", run.security))
+            .opt_str(
+                "network",
+                run.network.map(|network| match network {
+                    Network::Default => "default",
+                    Network::None => "none",
+                    Network::Host => "host",
+                }),
+            )
+            .str(
+                "security",
+                match run.security {
+                    Security::Sandbox => "sandbox",
+                    Security::Insecure => "insecure",
+                },
+            )
             .u64("mounts", run.mounts.len() as u64);
         for mount in &run.mounts {
-            enc.str("mount", &format!("{mount:?}"));
+            encode_mount(&mut enc, mount);
         }
         enc.list("inputs", inputs.iter().map(|k| k.0));
         enc.u64("files", run.files.len() as u64);
@@ -906,13 +933,20 @@ impl<'a> Compiler<'a> {
             }
             None => (CopyFrom::Context, String::new()),
         };
-        let mut created_by = format!("{}{from_text}", instruction.keyword);
+        let keyword = instruction.keyword.as_str();
+        let words: usize = sources.iter().map(|s| s.len() + 1).sum::<usize>()
+            + heredocs.iter().map(|(n, _)| n.len() + 3).sum::<usize>();
+        let mut created_by =
+            String::with_capacity(keyword.len() + from_text.len() + words + dest.len() + 12);
+        created_by.push_str(keyword);
+        created_by.push_str(&from_text);
         for source in &sources {
             created_by.push(' ');
             created_by.push_str(source);
         }
         for (name, _) in &heredocs {
-            created_by.push_str(&format!(" <<{name}"));
+            created_by.push_str(" <<");
+            created_by.push_str(name);
         }
         created_by.push(' ');
         created_by.push_str(&dest);
@@ -934,6 +968,118 @@ impl<'a> Compiler<'a> {
             workdir,
         };
         Ok((copy, inputs, created_by))
+    }
+}
+
+/// Adds a RUN mount's definition to a key. Where a mount reads from is
+/// only its kind here: the source's own digest is among the step's inputs.
+fn encode_mount(enc: &mut KeyEncoder, mount: &RunMount) {
+    let from_kind = |from: &CopyFrom| match from {
+        CopyFrom::Context => "context",
+        CopyFrom::Stage(_) => "stage",
+        CopyFrom::Image { .. } => "image",
+    };
+    match mount {
+        RunMount::Bind {
+            target,
+            from,
+            source,
+            rw,
+        } => {
+            enc.str("mount", "bind")
+                .str("target", target)
+                .str("from", from_kind(from))
+                .str("source", source)
+                .bool("rw", *rw);
+        }
+        RunMount::Cache {
+            id,
+            target,
+            sharing,
+            readonly,
+            from,
+            source,
+            mode,
+            uid,
+            gid,
+        } => {
+            enc.str("mount", "cache")
+                .str("id", id)
+                .str("target", target)
+                .str(
+                    "sharing",
+                    match sharing {
+                        CacheSharing::Shared => "shared",
+                        CacheSharing::Private => "private",
+                        CacheSharing::Locked => "locked",
+                    },
+                )
+                .bool("readonly", *readonly)
+                .opt_str("from", from.as_ref().map(from_kind))
+                .str("source", source)
+                .u64("mode", u64::from(*mode))
+                .u64("uid", u64::from(*uid))
+                .u64("gid", u64::from(*gid));
+        }
+        RunMount::Tmpfs { target, size } => {
+            enc.str("mount", "tmpfs")
+                .str("target", target)
+                .bool("sized", size.is_some())
+                .u64("size", size.unwrap_or_default());
+        }
+        RunMount::Secret {
+            id,
+            target,
+            env,
+            required,
+            mode,
+            uid,
+            gid,
+        } => {
+            enc.str("mount", "secret")
+                .str("id", id)
+                .opt_str("target", target.as_deref())
+                .opt_str("env", env.as_deref())
+                .bool("required", *required)
+                .u64("mode", u64::from(*mode))
+                .u64("uid", u64::from(*uid))
+                .u64("gid", u64::from(*gid));
+        }
+        RunMount::Ssh {
+            id,
+            target,
+            required,
+            mode,
+            uid,
+            gid,
+        } => {
+            enc.str("mount", "ssh")
+                .str("id", id)
+                .str("target", target)
+                .bool("required", *required)
+                .u64("mode", u64::from(*mode))
+                .u64("uid", u64::from(*uid))
+                .u64("gid", u64::from(*gid));
+        }
+    }
+}
+
+/// Appends ` key=value` to a history text.
+fn push_pair(text: &mut String, key: &str, value: &str) {
+    text.reserve(key.len() + value.len() + 2);
+    text.push(' ');
+    text.push_str(key);
+    text.push('=');
+    text.push_str(value);
+}
+
+/// Appends `items` to `out` with `separator` between them.
+fn push_joined(out: &mut String, items: &[String], separator: &str) {
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(separator);
+        }
+        out.push_str(item);
     }
 }
 
@@ -1018,29 +1164,103 @@ fn valid_chmod(mode: &str) -> bool {
 /// Joins `path` to the directory `base` and cleans the result like Go's
 /// `path.Clean`.
 pub(crate) fn join_path(base: &str, path: &str) -> String {
-    let full = if path.starts_with('/') {
-        path.to_string()
+    // Already clean (the common case): nothing to resolve.
+    if is_clean_absolute(path) {
+        return path.to_string();
+    }
+    if !path.starts_with('/') && is_clean_absolute(base) && clean_components(path) {
+        let mut out = String::with_capacity(base.len() + path.len() + 1);
+        out.push_str(base);
+        if base != "/" {
+            out.push('/');
+        }
+        out.push_str(path);
+        return out;
+    }
+    clean_join(base, path)
+}
+
+/// `join_path` without the shortcuts.
+fn clean_join(base: &str, path: &str) -> String {
+    let parts = if path.starts_with('/') {
+        path.split('/').chain("".split('/'))
     } else {
-        format!("{base}/{path}")
+        base.split('/').chain(path.split('/'))
     };
-    let mut parts: Vec<&str> = Vec::new();
-    for part in full.split('/') {
+    let mut kept: Vec<&str> = Vec::new();
+    for part in parts {
         match part {
             "" | "." => {}
             ".." => {
-                parts.pop();
+                kept.pop();
             }
-            other => parts.push(other),
+            other => kept.push(other),
         }
     }
-    format!("/{}", parts.join("/"))
+    let mut out = String::with_capacity(base.len() + path.len() + 1);
+    if kept.is_empty() {
+        out.push('/');
+    }
+    for part in kept {
+        out.push('/');
+        out.push_str(part);
+    }
+    out
+}
+
+/// `name=value` as an environment entry.
+fn env_entry(name: &str, value: &str) -> Arc<str> {
+    let mut entry = String::with_capacity(name.len() + value.len() + 1);
+    entry.push_str(name);
+    entry.push('=');
+    entry.push_str(value);
+    Arc::from(entry)
+}
+
+/// Whether `path` is absolute and what Go's `path.Clean` returns for it.
+fn is_clean_absolute(path: &str) -> bool {
+    match path.strip_prefix('/') {
+        Some("") => true,
+        Some(rest) => clean_components(rest),
+        None => false,
+    }
+}
+
+/// Whether `path` is `/`-separated names that are neither empty, `.` nor `..`.
+fn clean_components(path: &str) -> bool {
+    path.split('/')
+        .all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 /// A stage as it is being compiled.
 struct StageState {
+    /// The config; its `env` is kept in `env` while the stage compiles and
+    /// written back by `finish_config`.
     config: ImageConfig,
+    /// The image's Env entries (`K=V`), shared with every RUN that sees them.
+    env: Vec<Arc<str>>,
+    /// Whether the config has an Env list at all (absent and empty differ in
+    /// the config JSON).
+    env_present: bool,
+    /// Where each name's first entry is in `env`: variables are looked up for
+    /// every expansion, and a scan of the list would make a file with many
+    /// ENVs quadratic. Kept in step by `env_set`.
+    env_at: HashMap<String, usize>,
     /// ARGs declared in the stage, in order, with their values.
-    args: Vec<(String, Option<String>)>,
+    args: Vec<StageArg>,
+    /// Digest of everything RUN's environment is made of: the stage's first
+    /// Env list, then every ENV and ARG change in order. Chained over the
+    /// changes rather than hashed over the whole list for every RUN, which
+    /// made a long Dockerfile's compile time quadratic in practice; equal
+    /// keys still mean equal environments. Up to date only with
+    /// `env_changes` folded in (`env_key()`).
+    env_key: Key,
+    /// The changes since `env_key`, on top of it; hashed when a RUN needs the
+    /// key, so a run of ENV lines costs one hash, not one per variable.
+    env_changes: Option<KeyEncoder>,
+    /// RUN's environment and history prefix, built at the first RUN after a
+    /// change and shared by the RUNs up to the next ENV or ARG.
+    run_env: Option<RunEnv>,
     /// Whether CMD was set in this stage (ENTRYPOINT then keeps it).
     cmd_set: bool,
     /// The last filesystem step's digest (the base's at first): the parent of
@@ -1049,10 +1269,6 @@ struct StageState {
     /// a config change does to a filesystem step (env, user, workdir, shell)
     /// is in that step's own definition.
     digest: Key,
-    /// Where each name's first entry is in `config.env`: variables are
-    /// looked up for every expansion, and a scan of the list would make a
-    /// file with many ENVs quadratic. Kept in step by `env_set`.
-    env_at: HashMap<String, usize>,
     /// The last step's digest, whatever its kind: the parent of a config
     /// step's own digest, so that no two steps of a stage share a digest.
     last_step: Key,
@@ -1060,17 +1276,52 @@ struct StageState {
     author: Option<String>,
 }
 
+/// An ARG in a stage's scope.
+struct StageArg {
+    name: String,
+    value: Option<String>,
+    /// `name=value` when there is a value: RUN's environment entry.
+    entry: Option<Arc<str>>,
+}
+
+/// What RUN steps between two ENV/ARG changes share.
+struct RunEnv {
+    /// The environment: Env, then ARGs no ENV overrides, then proxy build
+    /// args.
+    env: Arc<[Arc<str>]>,
+    /// BuildKit's history prefix of ARGs in scope, `|N K=V ... ` (empty
+    /// without ARGs).
+    history_args: String,
+}
+
 impl StageState {
-    fn new(config: ImageConfig, digest: Key) -> Self {
+    fn new(mut config: ImageConfig, digest: Key) -> Self {
+        let env_present = config.env.is_some();
+        let env: Vec<Arc<str>> = config
+            .env
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(Arc::from)
+            .collect();
         let mut env_at = HashMap::new();
-        for (i, entry) in config.env.iter().flatten().enumerate() {
-            let name = entry.split_once('=').map_or(entry.as_str(), |(k, _)| k);
+        for (i, entry) in env.iter().enumerate() {
+            let name = entry.split_once('=').map_or(&**entry, |(k, _)| k);
             env_at.entry(name.to_string()).or_insert(i);
         }
+        let env_key = KeyEncoder::new("kiln.env.base.v1")
+            .bool("present", env_present)
+            .list("env", env.iter().map(|e| e.as_bytes()))
+            .finish();
         StageState {
-            env_at,
             config,
+            env,
+            env_present,
+            env_at,
             args: Vec::new(),
+            env_key,
+            env_changes: None,
+            run_env: None,
             cmd_set: false,
             digest,
             last_step: digest,
@@ -1079,23 +1330,80 @@ impl StageState {
         }
     }
 
+    /// Writes the Env list back into the config.
+    fn finish_config(&mut self) {
+        self.config.env = self
+            .env_present
+            .then(|| self.env.iter().map(|e| e.to_string()).collect());
+    }
+
     /// `ImageConfig::env_get` through the index.
     fn env_get(&self, name: &str) -> Option<&str> {
-        let entry = self.config.env.as_ref()?.get(*self.env_at.get(name)?)?;
+        let entry = self.env.get(*self.env_at.get(name)?)?;
         Some(entry.split_once('=').map_or("", |(_, v)| v))
     }
 
     /// `ImageConfig::env_set` through the index.
     fn env_set(&mut self, name: &str, value: &str) {
-        let env = self.config.env.get_or_insert_with(Vec::new);
-        let entry = format!("{name}={value}");
-        match self.env_at.get(name).and_then(|&i| env.get_mut(i)) {
+        self.env_present = true;
+        self.env_changed("env", name, Some(value));
+        let entry = env_entry(name, value);
+        match self.env_at.get(name).and_then(|&i| self.env.get_mut(i)) {
             Some(existing) => *existing = entry,
             None => {
-                self.env_at.insert(name.to_string(), env.len());
-                env.push(entry);
+                self.env_at.insert(name.to_string(), self.env.len());
+                self.env.push(entry);
             }
         }
+    }
+
+    /// Declares an ARG (a re-declared one moves to the end, as in BuildKit).
+    fn arg_set(&mut self, name: &str, value: Option<String>) {
+        let previous = self.args.iter().position(|arg| arg.name == name);
+        let had_value = previous
+            .and_then(|i| self.args.get(i))
+            .is_some_and(|arg| arg.value.is_some());
+        if value.is_some() || had_value {
+            self.env_changed("arg", name, value.as_deref());
+        } else {
+            // Only the history text can change: an ARG without a value
+            // never reaches RUN's environment.
+            self.run_env = None;
+        }
+        // Names are unique in the list, so the earlier declaration is the
+        // only one to drop.
+        if let Some(i) = previous {
+            self.args.remove(i);
+        }
+        let entry = value.as_deref().map(|v| env_entry(name, v));
+        self.args.push(StageArg {
+            name: name.to_string(),
+            value,
+            entry,
+        });
+    }
+
+    /// Records one change for `env_key` and drops the shared RUN environment.
+    fn env_changed(&mut self, kind: &str, name: &str, value: Option<&str>) {
+        let previous = self.env_key;
+        self.env_changes
+            .get_or_insert_with(|| {
+                let mut changes = KeyEncoder::new("kiln.env.changes.v1");
+                changes.key("previous", &previous);
+                changes
+            })
+            .str("kind", kind)
+            .str("name", name)
+            .opt_str("value", value);
+        self.run_env = None;
+    }
+
+    /// The digest of RUN's environment as it is now.
+    fn env_key(&mut self) -> Key {
+        if let Some(changes) = self.env_changes.take() {
+            self.env_key = changes.finish();
+        }
+        self.env_key
     }
 
     /// A variable as instructions see it: ENV wins over ARG.
@@ -1106,8 +1414,8 @@ impl StageState {
         self.args
             .iter()
             .rev()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.clone())
+            .find(|arg| arg.name == name)
+            .and_then(|arg| arg.value.clone())
     }
 
     fn workdir(&self) -> String {
@@ -1124,47 +1432,49 @@ impl StageState {
         }
     }
 
-    /// RUN's environment, and which of its entries are proxy settings.
-    fn run_env(&self, build_args: &BTreeMap<String, String>) -> (Vec<String>, BTreeSet<String>) {
-        let mut env = self.config.env.clone().unwrap_or_default();
-        for (key, value) in &self.args {
-            if let Some(value) = value {
-                if self.env_get(key).is_none() {
-                    env.push(format!("{key}={value}"));
-                }
-            }
-        }
-        let mut proxies = BTreeSet::new();
-        for name in PROXY_ARGS {
-            if let Some(value) = build_args.get(name) {
-                let declared = self.args.iter().any(|(k, _)| k == name);
-                if !declared && self.env_get(name).is_none() {
-                    let entry = format!("{name}={value}");
-                    proxies.insert(entry.clone());
-                    env.push(entry);
-                }
-            }
-        }
-        (env, proxies)
+    /// RUN's environment and history prefix, built once per ENV/ARG change.
+    fn run_env(&mut self, build_args: &BTreeMap<String, String>) -> &RunEnv {
+        let run_env = match self.run_env.take() {
+            Some(run_env) => run_env,
+            None => self.build_run_env(build_args),
+        };
+        self.run_env.insert(run_env)
     }
 
-    /// BuildKit's history text for RUN: `|N K=V ... argv`.
-    fn run_history(&self, argv: &[String]) -> String {
-        let args: Vec<String> = self
-            .args
-            .iter()
-            .filter_map(|(k, v)| {
-                let value = self.env_get(k).map(str::to_string).or(v.clone())?;
-                Some(format!("{k}={value}"))
-            })
-            .collect();
-        let mut parts = Vec::new();
-        if !args.is_empty() {
-            parts.push(format!("|{}", args.len()));
-            parts.extend(args);
+    fn build_run_env(&self, build_args: &BTreeMap<String, String>) -> RunEnv {
+        let mut env = Vec::with_capacity(self.env.len() + self.args.len());
+        env.extend(self.env.iter().cloned());
+        let mut history_args = String::new();
+        let mut shown = 0;
+        for arg in &self.args {
+            let overridden = self.env_get(&arg.name);
+            if overridden.is_none() {
+                env.extend(arg.entry.clone());
+            }
+            // History shows the value the command sees.
+            if let Some(value) = overridden.or(arg.value.as_deref()) {
+                shown += 1;
+                history_args.push(' ');
+                history_args.push_str(&arg.name);
+                history_args.push('=');
+                history_args.push_str(value);
+            }
         }
-        parts.extend(argv.iter().cloned());
-        parts.join(" ")
+        if shown > 0 {
+            history_args = format!("|{shown}{history_args} ");
+        }
+        for name in PROXY_ARGS {
+            if let Some(value) = build_args.get(name) {
+                let declared = self.args.iter().any(|arg| arg.name == name);
+                if !declared && self.env_get(name).is_none() {
+                    env.push(Arc::from(format!("{name}={value}")));
+                }
+            }
+        }
+        RunEnv {
+            env: Arc::from(env),
+            history_args,
+        }
     }
 
     fn push_with_digest(
@@ -1275,7 +1585,7 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
             }
             let mut text = String::from("ENV");
             for (key, value) in expanded {
-                text.push_str(&format!(" {key}={value}"));
+                push_pair(&mut text, &key, &value);
                 state.env_set(&key, &value);
             }
             text
@@ -1290,7 +1600,7 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
             let mut text = String::from("LABEL");
             let labels = state.config.labels.get_or_insert_with(BTreeMap::new);
             for (key, value) in expanded {
-                text.push_str(&format!(" {key}={value}"));
+                push_pair(&mut text, &key, &value);
                 labels.insert(key, value);
             }
             text
@@ -1303,11 +1613,16 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
                     ports.extend(expose_ports(word).map_err(|m| Error::compile(span.clone(), m))?);
                 }
             }
-            let exposed = state.config.exposed_ports.get_or_insert_with(BTreeMap::new);
+            let mut text = String::from("EXPOSE");
             for port in &ports {
-                exposed.insert(port.clone(), Empty {});
+                text.push(' ');
+                text.push_str(port);
             }
-            format!("EXPOSE {}", ports.join(" "))
+            let exposed = state.config.exposed_ports.get_or_insert_with(BTreeMap::new);
+            for port in ports {
+                exposed.insert(port, Empty {});
+            }
+            text
         }
         Keyword::User => {
             let user = expand(state, &instruction.text)?;
@@ -1317,8 +1632,9 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
                     "USER expands to nothing".to_string(),
                 ));
             }
-            state.config.user = Some(user.clone());
-            format!("USER {user}")
+            let text = format!("USER {user}");
+            state.config.user = Some(user);
+            text
         }
         Keyword::Workdir => {
             let dir = expand(state, &instruction.text)?;
@@ -1458,4 +1774,38 @@ fn mount_from(spec: &str) -> Option<String> {
     crate::mount::csv_fields(spec)
         .into_iter()
         .find_map(|field| field.strip_prefix("from=").map(str::to_string))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_shortcuts_match_the_general_join() {
+        const PIECES: &[&str] = &["/", "a", "b", ".", "..", "//", "é"];
+        let mut state: u64 = 0x0DDB_1A5E_5BAD_5EED;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut random =
+            |len: usize| -> String { (0..len).map(|_| PIECES[next(PIECES.len())]).collect() };
+        for _ in 0..20_000 {
+            let base = random(4);
+            let path = random(5);
+            for base in [base.clone(), format!("/{base}"), clean_join("/", &base)] {
+                assert_eq!(
+                    join_path(&base, &path),
+                    clean_join(&base, &path),
+                    "{base:?} {path:?}"
+                );
+            }
+        }
+        assert_eq!(join_path("/work", "a/b"), "/work/a/b");
+        assert_eq!(join_path("/", "a"), "/a");
+        assert_eq!(join_path("/work", "/abs/x"), "/abs/x");
+        assert_eq!(join_path("/work", "../x/./y/"), "/x/y");
+    }
 }

@@ -3,6 +3,7 @@
 //! complete), and every step carries a definition digest.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::config::ImageConfig;
 use crate::error::{Error, Result, Span};
@@ -282,8 +283,10 @@ pub struct RunStep {
     /// The command: exec form as written, shell form wrapped in SHELL.
     pub argv: Vec<String>,
     /// `K=V`: the image's Env (after ENV instructions), then the ARGs in scope
-    /// that no ENV overrides, then proxy build args.
-    pub env: Vec<String>,
+    /// that no ENV overrides, then proxy build args. Shared by the RUN steps
+    /// between two ENV/ARG changes (and its entries by every list that has
+    /// them), so a long Dockerfile does not copy its environment per step.
+    pub env: Arc<[Arc<str>]>,
     /// USER in effect (`user[:group]`), `None` for root.
     pub user: Option<String>,
     /// WORKDIR in effect, absolute (`/` by default).
@@ -455,8 +458,9 @@ pub enum CopyFrom {
     Image {
         /// The reference as written (expanded).
         reference: String,
-        /// What the resolver found.
-        image: BaseImage,
+        /// What the resolver found, shared by every step that reads the
+        /// image (a config is large, and steps are many).
+        image: Arc<BaseImage>,
     },
 }
 

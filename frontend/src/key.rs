@@ -1,7 +1,9 @@
 //! The one canonical encoder for definition digests and cache keys.
 //!
 //! Every field is written as a length-prefixed tag followed by a length-prefixed
-//! value, and lists carry their element count, so no two different sequences of
+//! value, and lists carry their element count (lengths and counts as LEB128
+//! varints: self-delimiting, and one byte for the short fields most keys are
+//! made of, which keeps the hashed bytes, the cost of a key, small), so no two different sequences of
 //! fields encode to the same bytes: `["ab", "c"]` and `["a", "bc"]` differ, as do
 //! an absent option and an empty one. A domain string starts every key, so keys of
 //! different kinds (a RUN definition, a COPY content digest) never collide either.
@@ -31,7 +33,10 @@ impl std::fmt::Display for Key {
 
 /// Builds a [`Key`] from tagged, length-prefixed fields.
 pub struct KeyEncoder {
-    hasher: blake3::Hasher,
+    /// Made only when a key outgrows `pending`: most keys are a few hundred
+    /// bytes, hashed in one call at `finish`, and a hasher is large to make
+    /// and to copy.
+    hasher: Option<Box<blake3::Hasher>>,
     /// Small fields gathered before they reach the hasher: each
     /// `Hasher::update` call has a fixed cost far above that of copying a
     /// few bytes, and most fields are a few bytes. The hashed byte stream is
@@ -46,27 +51,42 @@ impl KeyEncoder {
     /// Starts a key of one kind; `domain` names the kind (e.g. `"kiln.run.v1"`).
     pub fn new(domain: &str) -> Self {
         let mut encoder = KeyEncoder {
-            hasher: blake3::Hasher::new(),
+            hasher: None,
             pending: Vec::with_capacity(512),
         };
         encoder.raw(domain.as_bytes());
         encoder
     }
 
+    /// Appends `n` as an unsigned LEB128 varint.
+    fn length(&mut self, n: usize) {
+        let mut n = n as u64;
+        while n >= 0x80 {
+            self.pending.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        self.pending.push(n as u8);
+    }
+
     fn raw(&mut self, bytes: &[u8]) {
-        self.pending
-            .extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        self.length(bytes.len());
         if bytes.len() >= DIRECT {
-            self.hasher.update(&self.pending);
-            self.pending.clear();
-            self.hasher.update(bytes);
+            self.flush();
+            self.hasher.get_or_insert_with(Box::default).update(bytes);
         } else {
             self.pending.extend_from_slice(bytes);
             if self.pending.len() >= 4 * DIRECT {
-                self.hasher.update(&self.pending);
-                self.pending.clear();
+                self.flush();
             }
         }
+    }
+
+    /// Moves the gathered fields into the hasher.
+    fn flush(&mut self) {
+        self.hasher
+            .get_or_insert_with(Box::default)
+            .update(&self.pending);
+        self.pending.clear();
     }
 
     /// Adds one field of bytes.
@@ -117,8 +137,7 @@ impl KeyEncoder {
     {
         let items: Vec<T> = items.into_iter().collect();
         self.raw(tag.as_bytes());
-        self.pending
-            .extend_from_slice(&(items.len() as u64).to_le_bytes());
+        self.length(items.len());
         for item in &items {
             self.raw(item.as_ref());
         }
@@ -127,9 +146,15 @@ impl KeyEncoder {
 
     /// The finished key.
     pub fn finish(&self) -> Key {
-        let mut hasher = self.hasher.clone();
-        hasher.update(&self.pending);
-        Key(*hasher.finalize().as_bytes())
+        let pending = &self.pending;
+        match &self.hasher {
+            None => Key(*blake3::hash(pending).as_bytes()),
+            Some(hasher) => {
+                let mut hasher = hasher.clone();
+                hasher.update(pending);
+                Key(*hasher.finalize().as_bytes())
+            }
+        }
     }
 }
 
@@ -170,12 +195,33 @@ mod tests {
     }
 
     #[test]
+    fn lengths_are_leb128_varints() {
+        let value = "v".repeat(300);
+        let key = KeyEncoder::new("d").str("t", &value).finish();
+        // "d", "t", then 300 = 0b10_0101100: 0xAC 0x02.
+        let mut expected = vec![1, b'd', 1, b't', 0xAC, 0x02];
+        expected.extend_from_slice(value.as_bytes());
+        assert_eq!(key.0, *blake3::hash(&expected).as_bytes());
+        let list = KeyEncoder::new("d").list("l", ["a"; 128]).finish();
+        let mut expected = vec![1, b'd', 1, b'l', 0x80, 0x01];
+        for _ in 0..128 {
+            expected.extend_from_slice(&[1, b'a']);
+        }
+        assert_eq!(list.0, *blake3::hash(&expected).as_bytes());
+    }
+
+    #[test]
     fn gathering_fields_does_not_change_the_hashed_bytes() {
         let big = "x".repeat(3 * DIRECT);
         let mut encoder = KeyEncoder::new("t");
         let mut expected = Vec::new();
         let mut field = |bytes: &[u8]| {
-            expected.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            let mut n = bytes.len();
+            while n >= 0x80 {
+                expected.push((n as u8) | 0x80);
+                n >>= 7;
+            }
+            expected.push(n as u8);
             expected.extend_from_slice(bytes);
         };
         field(b"t");

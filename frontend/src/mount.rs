@@ -1,11 +1,17 @@
 //! `RUN --mount=type=...,key=value,...` (a CSV record, as BuildKit reads it).
 
+use std::borrow::Cow;
+
 use crate::compile::join_path;
 use crate::graph::{CacheSharing, CopyFrom, RunMount};
 
 /// Splits a CSV record into fields: commas separate, a field may be quoted
-/// with `"` (and `""` inside quotes is one quote).
-pub(crate) fn csv_fields(record: &str) -> Vec<String> {
+/// with `"` (and `""` inside quotes is one quote). Fields of a record without
+/// quotes are borrowed from it (the common case).
+pub(crate) fn csv_fields(record: &str) -> Vec<Cow<'_, str>> {
+    if !record.contains('"') {
+        return record.split(',').map(Cow::Borrowed).collect();
+    }
     let mut fields = Vec::new();
     let mut field = String::new();
     let mut quoted = false;
@@ -17,11 +23,11 @@ pub(crate) fn csv_fields(record: &str) -> Vec<String> {
                 field.push('"');
             }
             '"' => quoted = !quoted,
-            ',' if !quoted => fields.push(std::mem::take(&mut field)),
+            ',' if !quoted => fields.push(Cow::Owned(std::mem::take(&mut field))),
             other => field.push(other),
         }
     }
-    fields.push(field);
+    fields.push(Cow::Owned(field));
     fields
 }
 
@@ -127,8 +133,13 @@ pub(crate) fn parse_mount(
             continue;
         }
         let (key, raw_value) = match field.split_once('=') {
-            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v)),
-            None => (field.to_ascii_lowercase(), None),
+            Some((k, v)) => (k.trim(), Some(v)),
+            None => (field, None),
+        };
+        let key: Cow<'_, str> = if key.contains(|c: char| c.is_ascii_uppercase()) {
+            Cow::Owned(key.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(key)
         };
         let value = raw_value.map(expand).transpose()?;
         let need = || {
@@ -136,7 +147,7 @@ pub(crate) fn parse_mount(
                 .clone()
                 .ok_or_else(|| format!("{key} needs a value: {key}=<value>"))
         };
-        match key.as_str() {
+        match &*key {
             "type" => {
                 mount.kind = match need()?.as_str() {
                     "bind" => MountType::Bind,
@@ -420,6 +431,14 @@ mod tests {
         assert!(mount("type=tmpfs,target=/x,from=a")
             .unwrap_err()
             .contains("from"));
+    }
+
+    #[test]
+    fn csv_without_quotes_splits_at_every_comma() {
+        assert_eq!(csv_fields("a=1,,b"), ["a=1", "", "b"]);
+        assert_eq!(csv_fields(""), [""]);
+        // The same record through the quoted path splits alike.
+        assert_eq!(csv_fields("a=1,,b,\"\""), ["a=1", "", "b", ""]);
     }
 
     #[test]

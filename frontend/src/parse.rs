@@ -2,6 +2,7 @@
 //! character, continuations, comments, heredoc bodies) and, per logical line,
 //! the pest grammar.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use pest::Parser as _;
@@ -107,10 +108,14 @@ struct Line<'a> {
 }
 
 /// Consecutive physical lines joined into one instruction's text.
-struct Logical {
-    text: String,
-    /// Where each piece of `text` came from, in order.
-    segments: Vec<Segment>,
+struct Logical<'a> {
+    /// Borrowed from the line for the common one-line instruction.
+    text: Cow<'a, str>,
+    /// Where `text` starts.
+    first: Segment,
+    /// Where each further piece of `text` came from, in order (continuation
+    /// lines only, so a one-line instruction allocates nothing here).
+    more: Vec<Segment>,
 }
 
 struct Segment {
@@ -151,7 +156,7 @@ fn trim_continuation(body: &str, escape: char) -> (&str, bool) {
     }
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn span(&self, line: usize, column: usize, end_line: usize) -> Span {
         Span {
             file: self.file.clone(),
@@ -164,13 +169,10 @@ impl Reader<'_> {
     /// The position of byte `offset` of a logical line.
     fn position(&self, logical: &Logical, offset: usize) -> (usize, usize) {
         // Binary search: a logical line may have very many segments.
-        let after = logical.segments.partition_point(|s| s.start <= offset);
-        let segment = logical
-            .segments
-            .get(after.saturating_sub(1))
-            .or(logical.segments.first());
-        let Some(segment) = segment else {
-            return (1, 1);
+        let after = logical.more.partition_point(|s| s.start <= offset);
+        let segment = match after.checked_sub(1) {
+            Some(i) => logical.more.get(i).unwrap_or(&logical.first),
+            None => &logical.first,
         };
         let body = self.lines.get(segment.line).map_or("", |l| l.body);
         let byte = segment.column_byte + (offset - segment.start.min(offset));
@@ -245,7 +247,7 @@ impl Reader<'_> {
 
     /// The next instruction's text, continuations joined and comment lines
     /// inside it dropped; `None` at the end of the file.
-    fn logical_line(&mut self) -> Option<Logical> {
+    fn logical_line(&mut self) -> Option<Logical<'a>> {
         loop {
             let index = self.next;
             let line = self.lines.get(index)?;
@@ -256,12 +258,13 @@ impl Reader<'_> {
             }
             let (first, mut ended) = trim_continuation(body, self.escape);
             let mut logical = Logical {
-                text: first.to_string(),
-                segments: vec![Segment {
+                text: Cow::Borrowed(first),
+                first: Segment {
                     start: 0,
                     line: index,
                     column_byte: line.body.len() - body.len(),
-                }],
+                },
+                more: Vec::new(),
             };
             while !ended {
                 let Some(next) = self.lines.get(self.next) else {
@@ -273,12 +276,12 @@ impl Reader<'_> {
                     continue;
                 }
                 let (part, end) = trim_continuation(next.body, self.escape);
-                logical.segments.push(Segment {
+                logical.more.push(Segment {
                     start: logical.text.len(),
                     line: index,
                     column_byte: 0,
                 });
-                logical.text.push_str(part);
+                logical.text.to_mut().push_str(part);
                 ended = end;
             }
             if logical.text.trim().is_empty() {
@@ -354,19 +357,9 @@ impl Reader<'_> {
             if !word.contains("<<") {
                 continue;
             }
-            let Ok(mut pairs) = Grammar::parse(Rule::heredoc_marker, word) else {
+            let Some((strip_tabs, raw_name)) = heredoc_marker(word) else {
                 continue;
             };
-            let Some(marker) = pairs.next() else { continue };
-            let mut strip_tabs = false;
-            let mut raw_name = "";
-            for part in marker.into_inner() {
-                match part.as_rule() {
-                    Rule::strip_tabs => strip_tabs = true,
-                    Rule::heredoc_name => raw_name = part.as_str(),
-                    _ => {}
-                }
-            }
             let span = self.span_at(logical, text_offset + start, self.next);
             // The delimiter must be one word; `<<"a b"` is, `<<a b` is not.
             if split_words(raw_name, '\\').len() != 1 {
@@ -457,11 +450,12 @@ impl Reader<'_> {
             pairs: None,
             heredocs: Vec::new(),
             onbuild: None,
-            text: args_text,
+            // Filled in at the end: the arguments are parsed from `rest`.
+            text: String::new(),
             text_span,
         };
         check_flags(&instruction)?;
-        let rest = instruction.text.clone();
+        let rest = args_text;
         let fail = |message: String| Err(Error::syntax(instruction.text_span.clone(), message));
         match keyword {
             Keyword::Run | Keyword::Cmd | Keyword::Entrypoint | Keyword::Shell => {
@@ -662,6 +656,7 @@ impl Reader<'_> {
                 }
             }
         }
+        instruction.text = rest;
         Ok(instruction)
     }
 
@@ -736,12 +731,26 @@ fn simple_json_strings(text: &str) -> Option<Vec<String>> {
     }
 }
 
+/// The grammar's `heredoc_marker` rule as a scan (the grammar costs far
+/// more per word; `heredoc_scan_matches_the_rule` checks that both agree):
+/// optional digits, `<<`, an optional `-` (strip tabs), then a delimiter of
+/// at least one character and no `<`. Returns (strip_tabs, raw delimiter).
+fn heredoc_marker(word: &str) -> Option<(bool, &str)> {
+    let rest = word.trim_start_matches(|c: char| c.is_ascii_digit());
+    let rest = rest.strip_prefix("<<")?;
+    let (strip_tabs, name) = match rest.strip_prefix('-') {
+        Some(name) => (true, name),
+        None => (false, rest),
+    };
+    (!name.is_empty() && !name.contains('<')).then_some((strip_tabs, name))
+}
+
 /// An instruction line split as the grammar's `instruction` rule splits it.
 struct InstructionParts<'t> {
     keyword: &'t str,
     keyword_offset: usize,
     /// Each flag's offset and its text with quotes and escapes removed.
-    flags: Vec<(usize, String)>,
+    flags: Vec<(usize, Cow<'t, str>)>,
     rest: &'t str,
     rest_offset: usize,
 }
@@ -764,9 +773,10 @@ fn grammar_instruction(
                 parts.keyword = part.as_str();
                 parts.keyword_offset = part.as_span().start();
             }
-            Rule::flag => parts
-                .flags
-                .push((part.as_span().start(), unquote_flag(part.as_str()))),
+            Rule::flag => parts.flags.push((
+                part.as_span().start(),
+                Cow::Owned(unquote_flag(part.as_str())),
+            )),
             Rule::rest => {
                 parts.rest = part.as_str();
                 parts.rest_offset = part.as_span().start();
@@ -808,7 +818,7 @@ fn simple_instruction(text: &str) -> Option<InstructionParts<'_>> {
         if word.contains(['"', '\'', '\\']) {
             return None;
         }
-        flags.push((start, word.to_string()));
+        flags.push((start, Cow::Borrowed(word)));
         pos = end;
     };
     Some(InstructionParts {
@@ -1512,6 +1522,45 @@ mod grammar_details {
         assert_eq!(simple_json_strings("[]"), Some(vec![]));
         assert_eq!(simple_json_strings("[\"a\",]"), None);
         assert_eq!(simple_json_strings("[\"a\"] x"), None);
+    }
+
+    #[test]
+    fn heredoc_scan_matches_the_rule() {
+        fn by_grammar(word: &str) -> Option<(bool, &str)> {
+            let marker = Grammar::parse(Rule::heredoc_marker, word).ok()?.next()?;
+            let mut strip_tabs = false;
+            let mut name = "";
+            for part in marker.into_inner() {
+                match part.as_rule() {
+                    Rule::strip_tabs => strip_tabs = true,
+                    Rule::heredoc_name => name = part.as_str(),
+                    _ => {}
+                }
+            }
+            Some((strip_tabs, name))
+        }
+        const PIECES: &[&str] = &["<", "<<", "-", "1", "E", "'", "\"", "é", " ", "<<-"];
+        let mut state: u64 = 0x1234_5678_9ABC_DEF1;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut markers = 0;
+        for _ in 0..20_000 {
+            let mut word = String::new();
+            for _ in 0..next(7) {
+                word.push_str(PIECES[next(PIECES.len())]);
+            }
+            let fast = heredoc_marker(&word);
+            markers += usize::from(fast.is_some());
+            assert_eq!(fast, by_grammar(&word), "{word:?}");
+        }
+        assert!(markers > 1000, "only {markers} markers generated");
+        for word in ["<<EOF", "2<<-'E O'", "<<-", "<<", "<<a<b", "x<<EOF"] {
+            assert_eq!(heredoc_marker(word), by_grammar(word), "{word:?}");
+        }
     }
 
     #[test]

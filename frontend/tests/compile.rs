@@ -690,9 +690,9 @@ fn many_env_names_keep_docker_order_and_in_place_redefinition() {
     text.push_str("ENV LANG=other V0=again\nRUN true\n");
     let graph = build(&text);
     let run = runs(target(&graph))[0];
-    assert_eq!(run.env[0], "PATH=/usr/bin:/bin");
-    assert_eq!(run.env[1], "LANG=other");
-    assert_eq!(run.env[2], "V0=again");
+    assert_eq!(&*run.env[0], "PATH=/usr/bin:/bin");
+    assert_eq!(&*run.env[1], "LANG=other");
+    assert_eq!(&*run.env[2], "V0=again");
     assert_eq!(env_of(run, "V1"), Some("startxx"));
     assert_eq!(env_of(run, "V499").map(str::len), Some(5 + 500));
     assert_eq!(run.env.len(), 502);
@@ -756,4 +756,36 @@ fn apply_changes_edits_a_config() {
     assert!(
         kiln_frontend::apply_changes(ImageConfig::default(), &["BOGUS x".to_string()]).is_err()
     );
+}
+
+#[test]
+fn runs_share_their_environment_until_env_or_arg_changes_it() {
+    let graph = build(
+        "FROM debian\nENV A=1\nRUN a\nLABEL x=y\nUSER app\nRUN b\nENV B=2\nRUN c\nARG C=3\nRUN d\nARG UNSET\nRUN e\n",
+    );
+    let runs = runs(target(&graph));
+    assert!(std::sync::Arc::ptr_eq(&runs[0].env, &runs[1].env));
+    assert!(!std::sync::Arc::ptr_eq(&runs[1].env, &runs[2].env));
+    assert_eq!(env_of(runs[2], "B"), Some("2"));
+    assert_eq!(env_of(runs[3], "C"), Some("3"));
+    assert_eq!(runs[3].env, runs[4].env);
+}
+
+#[test]
+fn the_environment_digest_follows_every_change_in_order() {
+    // The same variables set in another order are another environment
+    // (Docker keeps Env in order), and a value set and then replaced is
+    // not the value set directly only if the lists differ.
+    let digest = |lines: &str| last_run_digest(&format!("FROM debian\n{lines}RUN make\n"));
+    assert_ne!(digest("ENV A=1\nENV B=2\n"), digest("ENV B=2\nENV A=1\n"));
+    assert_ne!(digest("ENV A=1\n"), digest("ENV A=12\n"));
+    assert_ne!(digest("ARG A=1\n"), digest("ENV A=1\n"));
+    assert_ne!(digest("ENV A=1 B=2\n"), digest("ENV A=1B=2\n"));
+    assert_eq!(digest("ENV A=1\nENV B=2\n"), digest("ENV A=1\nENV B=2\n"));
+    assert_eq!(
+        digest("ENV A=1 B=2\n"),
+        digest("ENV A=1\nLABEL x=y\nENV B=2\n")
+    );
+    // An ARG re-declared without a value drops the value it had.
+    assert_ne!(digest("ARG A=1\n"), digest("ARG A=1\nARG A\n"));
 }

@@ -893,7 +893,7 @@ impl Runner<'_> {
     ) -> Result<Option<LayerBlob>> {
         let lowers = self.lowers(&vertex.parent_layers)?;
         let scratch = self.scratch()?;
-        let mut env = run.env.clone();
+        let mut env: Vec<String> = run.env.iter().map(|entry| entry.to_string()).collect();
         let mut mounts = Vec::new();
         let mut locks = Vec::new();
         // Heredoc scripts: one read-only directory per target directory.

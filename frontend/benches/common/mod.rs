@@ -1,0 +1,42 @@
+//! The generated Dockerfile the benchmark and the instruction-count example
+//! share, so both measure the same input.
+
+/// A Dockerfile of `instructions` instructions mixing every common kind, in
+/// several stages, with continuations, heredocs and variables.
+pub fn generate(instructions: usize) -> String {
+    let mut text =
+        String::from("# syntax=docker/dockerfile:1\nARG BASE=debian:12\nFROM $BASE AS stage0\n");
+    let mut count = 2;
+    let mut stage = 0;
+    while count < instructions {
+        let i = count;
+        let line = match i % 10 {
+            0 => format!("RUN --mount=type=cache,target=/var/cache/apt apt-get update && \\\n    apt-get install -y pkg{i}\n"),
+            1 => format!(
+                "ENV VAR{}=value{i} OTHER{}=\"${{VAR{}}}/bin\"\n",
+                i % 20,
+                i % 20,
+                i % 20
+            ),
+            2 => format!("COPY --chown=app:app src{i}/ ./dst{i}/\n"),
+            3 => format!("WORKDIR /work/${{VAR{}}}\n", (i - 2) % 20),
+            4 => format!("LABEL org.example.k{i}=\"v {i}\"\n"),
+            5 => format!("RUN [\"/bin/echo\", \"exec {i}\"]\n"),
+            6 => format!("ARG A{}=default{i}\n", i % 30),
+            7 => format!("RUN <<EOF\necho heredoc {i}\necho $A{}\nEOF\n", (i - 1) % 30),
+            8 => format!("EXPOSE {}/tcp\n", 1000 + i % 5000),
+            _ => {
+                if i % 1000 == 9 {
+                    stage += 1;
+                    format!("FROM stage{} AS stage{stage}\n", stage - 1)
+                } else {
+                    format!("USER user{i}\n")
+                }
+            }
+        };
+        text.push_str(&line);
+        count += 1;
+    }
+    text.push_str("COPY --from=stage0 /a /b\nCMD [\"/bin/sh\"]\n");
+    text
+}
