@@ -7,6 +7,12 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 
+// A build allocates many small, short-lived strings (the frontend's words,
+// keys and configs; the solver's paths): mimalloc serves them at a third of
+// glibc malloc's instructions (see frontend/benches/parse.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A daemonless OCI image builder with a Dockerfile compiler.
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, about, max_term_width = 100)]

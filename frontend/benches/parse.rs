@@ -8,6 +8,10 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kiln_frontend::{compile, parse, CompileOptions, NoImages};
 
+// The allocator the kiln binary runs the frontend with (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod common;
 use common::generate;
 

@@ -5,6 +5,10 @@
 
 use kiln_frontend::{compile, parse, CompileOptions, NoImages};
 
+// The allocator the kiln binary runs the frontend with (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "../benches/common/mod.rs"]
 mod common;
 
