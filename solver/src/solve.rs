@@ -31,7 +31,11 @@ use crate::views::{export_tree, ViewDest, ViewSource};
 /// How to build, beyond the graph itself.
 #[derive(Debug, Clone)]
 pub struct SolveOptions {
-    /// Steps run at once.
+    /// Steps run at once; [`SolveOptions::UNLIMITED_JOBS`] (the default)
+    /// runs every step whose inputs are ready, as BuildKit does: steps that
+    /// wait (sleep, network, disk) overlap, while kiln's own CPU work
+    /// (context hashing, layer compression) runs on pools of one thread per
+    /// CPU however many steps run.
     pub jobs: usize,
     /// Ignore cache records (new results are still recorded).
     pub no_cache: bool,
@@ -51,12 +55,15 @@ pub struct SolveOptions {
     pub limits: kiln_executor::Limits,
 }
 
+impl SolveOptions {
+    /// `jobs` without a limit.
+    pub const UNLIMITED_JOBS: usize = usize::MAX;
+}
+
 impl Default for SolveOptions {
     fn default() -> Self {
         SolveOptions {
-            jobs: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            jobs: SolveOptions::UNLIMITED_JOBS,
             no_cache: false,
             compression: Compression::Gzip,
             source_date_epoch: None,
