@@ -454,8 +454,8 @@ pub(crate) fn select(fs: &dyn SourceFs, source: &str) -> Result<Vec<SourceEntry>
     Ok(found)
 }
 
-/// Every entry under a selected source (itself first), in path order,
-/// excluded paths left out. The directories of each depth are listed in
+/// Every entry under a selected source: itself first, then what is below
+/// it in path order, excluded paths left out. The directories of each depth are listed in
 /// parallel.
 pub(crate) fn walk(fs: &dyn SourceFs, top: &SourceEntry) -> Result<Vec<SourceEntry>> {
     let mut out = vec![top.clone()];
@@ -476,7 +476,11 @@ pub(crate) fn walk(fs: &dyn SourceFs, top: &SourceEntry) -> Result<Vec<SourceEnt
             .collect();
         out.extend(listed.into_iter().flatten());
     }
-    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    // The top stays first even when a name sorts before it (`#a` or `-a`
+    // before `.`): callers skip it to get what is below.
+    if let Some(below) = out.get_mut(1..) {
+        below.sort_by(|a, b| a.rel.cmp(&b.rel));
+    }
     Ok(out)
 }
 
@@ -760,5 +764,15 @@ mod tests {
                 assert_eq!(entry.meta.file_type(), looked_up.meta.file_type());
             }
         }
+    }
+
+    #[test]
+    fn walk_puts_the_top_first_even_before_names_that_sort_lower() {
+        let (_d, ctx) = context(&[("#autosave#", "1"), ("-flag", "2"), ("a", "3")], "");
+        let root = ctx.entry(".", false).unwrap().unwrap();
+        assert_eq!(
+            rels(&walk(&ctx, &root).unwrap()),
+            [".", "#autosave#", "-flag", "a"]
+        );
     }
 }
