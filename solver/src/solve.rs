@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -797,11 +798,37 @@ impl Runner<'_> {
                 };
                 let scratch = self.scratch()?;
                 let tree = scratch.0.join("tree");
-                let (resolved, _) = view.resolve_for_create(path).map_err(exec_err)?;
-                let dir = tree.join(clean_relative(&resolved));
-                fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-                std::os::unix::fs::chown(&dir, Some(owner.0), Some(owner.1))
-                    .map_err(io_err(&dir))?;
+                fs::create_dir(&tree).map_err(io_err(&tree))?;
+                let (resolved, missing) = view.resolve_for_create(path).map_err(exec_err)?;
+                // Like BuildKit's `mkdir -p` as the USER: every directory made
+                // belongs to the user; the existing ones on the way keep what
+                // they have in the image.
+                let resolved = clean_relative(&resolved);
+                let components: Vec<&str> = resolved.split('/').collect();
+                let first_missing = components.len().saturating_sub(missing);
+                let mut made = Vec::new();
+                let mut host = tree.clone();
+                let mut image_path = String::new();
+                for (index, component) in components.iter().enumerate() {
+                    host.push(component);
+                    image_path.push('/');
+                    image_path.push_str(component);
+                    fs::create_dir(&host).map_err(io_err(&host))?;
+                    let (mode, uid, gid) = match view.lookup(&image_path, false) {
+                        Ok(Some(existing)) if index < first_missing => (
+                            existing.metadata.mode() & 0o7777,
+                            existing.metadata.uid(),
+                            existing.metadata.gid(),
+                        ),
+                        _ => (0o755, owner.0, owner.1),
+                    };
+                    made.push((host.clone(), mode, uid, gid));
+                }
+                // Modes last: a read-only directory must not stop its child.
+                for (dir, mode, uid, gid) in made.iter().rev() {
+                    std::os::unix::fs::chown(dir, Some(*uid), Some(*gid)).map_err(io_err(dir))?;
+                    set_mode(dir, *mode)?;
+                }
                 let options = self.diff_options();
                 self.write_layer_from(|w| kiln_executor::write_dir_layer(&tree, w, &options))
             }
