@@ -12,6 +12,7 @@
 //! `--chmod` sets the mode of everything copied; ADD unpacks local tar archives
 //! (plain, gzip, bzip2, xz or zstd, recognised by content, not name).
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{BufReader, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -260,6 +261,7 @@ pub(crate) fn build_tree(
         chmod: chmod.as_ref(),
         keep_owner,
         created_dirs: Vec::new(),
+        made: Some(HashMap::new()),
     };
     let dest_path = step.dest.clone();
     let wants_dir = step.dest_is_dir || dest_path.ends_with('/');
@@ -454,11 +456,44 @@ struct TreeWriter<'a> {
     /// Directories made here, with the metadata they get once everything is
     /// written (a read-only mode set early would block writing inside).
     created_dirs: Vec<(PathBuf, u32, u32, u32, Option<std::time::SystemTime>)>,
+    /// Every path put in the tree so far, and whether it is a directory. The
+    /// tree starts empty, so this answers "what is there" without a path
+    /// lookup per file of a large COPY (and never follows a copied symlink
+    /// out of the tree). `None` once an archive was unpacked into the tree:
+    /// then the filesystem is asked.
+    made: Option<HashMap<PathBuf, bool>>,
 }
 
 impl TreeWriter<'_> {
     fn host(&self, image_path: &str) -> PathBuf {
         self.out.join(clean_relative(image_path))
+    }
+
+    /// Whether `host` is in the tree: `Some(is_dir)` or `None`.
+    fn in_tree(&self, host: &Path) -> Option<bool> {
+        match &self.made {
+            Some(made) => made.get(host).copied(),
+            None => fs::symlink_metadata(host).ok().map(|m| m.is_dir()),
+        }
+    }
+
+    fn note(&mut self, host: &Path, is_dir: bool) {
+        if let Some(made) = &mut self.made {
+            made.insert(host.to_path_buf(), is_dir);
+        }
+    }
+
+    /// Removes what an earlier source put at `host`, so a later one wins.
+    fn remove_existing(&mut self, host: &Path) -> Result<()> {
+        match self.in_tree(host) {
+            Some(true) => fs::remove_dir_all(host).map_err(io_err(host))?,
+            Some(false) => fs::remove_file(host).map_err(io_err(host))?,
+            None => return Ok(()),
+        }
+        if let Some(made) = &mut self.made {
+            made.retain(|path, _| !path.starts_with(host));
+        }
+        Ok(())
     }
 
     /// Makes the parents of `image_path` in the tree, each with the metadata it
@@ -471,7 +506,7 @@ impl TreeWriter<'_> {
         for component in components.iter().take(components.len().saturating_sub(1)) {
             prefix = join_abs(if prefix.is_empty() { "/" } else { &prefix }, component);
             let host = self.host(&prefix);
-            if host.is_dir() {
+            if self.in_tree(&host) == Some(true) {
                 continue;
             }
             let meta = self.dest.dir_meta(&prefix)?.unwrap_or(DirMeta {
@@ -492,14 +527,15 @@ impl TreeWriter<'_> {
         gid: u32,
         mtime: Option<std::time::SystemTime>,
     ) -> Result<()> {
-        match fs::symlink_metadata(host) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => {
+        match self.in_tree(host) {
+            Some(true) => {}
+            Some(false) => {
                 fs::remove_file(host).map_err(io_err(host))?;
                 fs::create_dir(host).map_err(io_err(host))?;
             }
-            Err(_) => fs::create_dir(host).map_err(io_err(host))?,
+            None => fs::create_dir(host).map_err(io_err(host))?,
         }
+        self.note(host, true);
         self.created_dirs
             .retain(|(path, ..)| path.as_path() != host);
         self.created_dirs
@@ -556,10 +592,11 @@ impl TreeWriter<'_> {
             let mode = self.chmod.map(|c| c.apply(mode, true)).unwrap_or(mode);
             return self.make_dir(&host, mode, uid, gid, entry.meta.modified().ok());
         }
-        remove_existing(&host)?;
+        self.remove_existing(&host)?;
         if kind.is_symlink() {
             let target = fs::read_link(&entry.host).map_err(io_err(&entry.host))?;
             std::os::unix::fs::symlink(&target, &host).map_err(io_err(&host))?;
+            self.note(&host, false);
             std::os::unix::fs::lchown(&host, Some(uid), Some(gid)).map_err(io_err(&host))?;
             return Ok(());
         }
@@ -576,9 +613,11 @@ impl TreeWriter<'_> {
             && (uid, gid) == (entry.meta.uid(), entry.meta.gid())
             && fs::hard_link(&entry.host, &host).is_ok()
         {
+            self.note(&host, false);
             return Ok(());
         }
         fs::copy(&entry.host, &host).map_err(io_err(&host))?;
+        self.note(&host, false);
         let mode = self.chmod.map(|c| c.apply(mode, false)).unwrap_or(mode);
         finish_file(&host, mode, uid, gid, entry.meta.modified().ok())
     }
@@ -586,8 +625,9 @@ impl TreeWriter<'_> {
     fn write_inline(&mut self, image_path: &str, content: &str) -> Result<()> {
         self.ensure_parents(image_path)?;
         let host = self.host(image_path);
-        remove_existing(&host)?;
+        self.remove_existing(&host)?;
         fs::write(&host, content).map_err(io_err(&host))?;
+        self.note(&host, false);
         let (uid, gid) = self.owner.unwrap_or((0, 0));
         let mode = self.chmod.map(|c| c.apply(0o644, false)).unwrap_or(0o644);
         finish_file(&host, mode, uid, gid, None)
@@ -598,8 +638,9 @@ impl TreeWriter<'_> {
     fn write_download(&mut self, image_path: &str, downloaded: &Path) -> Result<()> {
         self.ensure_parents(image_path)?;
         let host = self.host(image_path);
-        remove_existing(&host)?;
+        self.remove_existing(&host)?;
         fs::copy(downloaded, &host).map_err(io_err(&host))?;
+        self.note(&host, false);
         let (uid, gid) = self.owner.unwrap_or((0, 0));
         let mode = self.chmod.map(|c| c.apply(0o600, false)).unwrap_or(0o600);
         finish_file(&host, mode, uid, gid, None)
@@ -610,6 +651,8 @@ impl TreeWriter<'_> {
             return Err(Error::Copy(format!("{}: not an archive", entry.rel)));
         };
         let host = self.host(image_dir);
+        // What the archive holds is only known to the filesystem from here.
+        self.made = None;
         let mut archive = tar::Archive::new(stream);
         archive.set_preserve_permissions(true);
         archive.set_preserve_ownerships(true);
@@ -645,14 +688,6 @@ impl TreeWriter<'_> {
             }
         }
         Ok(())
-    }
-}
-
-fn remove_existing(host: &Path) -> Result<()> {
-    match fs::symlink_metadata(host) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(host).map_err(io_err(host)),
-        Ok(_) => fs::remove_file(host).map_err(io_err(host)),
-        Err(_) => Ok(()),
     }
 }
 
