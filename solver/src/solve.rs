@@ -767,7 +767,7 @@ impl Runner<'_> {
                     Some(view) => view,
                     None => &NoParent,
                 };
-                match &copy.from {
+                let extra = match &copy.from {
                     CopyFrom::Context => {
                         build_tree(copy, self.context, dest, false, Some(self.downloads), &tree)?
                     }
@@ -775,9 +775,11 @@ impl Runner<'_> {
                         let source = ViewSource(self.source_view(vertex, from)?);
                         build_tree(copy, &source, dest, true, None, &tree)?
                     }
-                }
+                };
                 let options = self.diff_options();
-                self.write_layer_from(|w| kiln_executor::write_dir_layer(&tree, w, &options))
+                self.write_layer_from(|w| {
+                    kiln_executor::write_dir_layer_with(&tree, &extra, w, &options)
+                })
             }
             StepKind::Workdir { path, user } => {
                 let lowers = self.lowers(&vertex.parent_layers)?;
