@@ -78,7 +78,7 @@ impl LayerWriter {
                 let worker = std::thread::Builder::new()
                     .name("kiln-layer-compress".to_owned())
                     .spawn(move || -> io::Result<CompressedBlob> {
-                        let file = temp.reopen()?;
+                        let file = EarlySync::new(temp.reopen()?);
                         let sink = HashingWriter::new(BufWriter::with_capacity(CHUNK, file));
                         let mut encoder = Encoder::new(compression, sink)?;
                         for chunk in receiver {
@@ -86,7 +86,7 @@ impl LayerWriter {
                         }
                         let (buffered, digest, size) = encoder.finish()?.finish();
                         let file = buffered.into_inner().map_err(|e| e.into_error())?;
-                        file.sync_all()?;
+                        file.finish()?.sync_all()?;
                         Ok(CompressedBlob { temp, digest, size })
                     })
                     .during("starting the layer compression thread")?;
@@ -282,7 +282,7 @@ impl ParallelGzip {
         let writer = std::thread::Builder::new()
             .name("kiln-gzip-writer".to_owned())
             .spawn(move || -> io::Result<CompressedBlob> {
-                let file = temp.reopen()?;
+                let file = EarlySync::new(temp.reopen()?);
                 let mut sink = HashingWriter::new(BufWriter::with_capacity(CHUNK, file));
                 let mut pending = std::collections::BTreeMap::new();
                 let mut next = 0u64;
@@ -308,7 +308,7 @@ impl ParallelGzip {
                 }
                 let (buffered, digest, size) = sink.finish();
                 let file = buffered.into_inner().map_err(|e| e.into_error())?;
-                file.sync_all()?;
+                file.finish()?.sync_all()?;
                 Ok(CompressedBlob { temp, digest, size })
             })
             .during("starting the gzip writer thread")?;
@@ -420,7 +420,82 @@ impl GzipCompressor {
     }
 }
 
-type Sink = HashingWriter<BufWriter<File>>;
+/// How far the blob file may run ahead of the disk before a background
+/// `fdatasync` is started.
+const EARLY_SYNC_EVERY: u64 = 16 << 20;
+
+/// The blob file, synced to disk in the background while it is written: a
+/// large layer's final fsync then waits for its last few MiB instead of all
+/// of it (256 MB took ~0.5 s to fsync here). Small layers never start the
+/// thread.
+struct EarlySync {
+    file: File,
+    written: u64,
+    requested: u64,
+    syncer: Option<(SyncSender<()>, JoinHandle<io::Result<()>>)>,
+}
+
+impl EarlySync {
+    fn new(file: File) -> EarlySync {
+        EarlySync {
+            file,
+            written: 0,
+            requested: 0,
+            syncer: None,
+        }
+    }
+
+    fn request_sync(&mut self) -> io::Result<()> {
+        if self.syncer.is_none() {
+            let file = self.file.try_clone()?;
+            // One pending request is enough: a sync started later covers
+            // everything written before it.
+            let (requests, pending) = sync_channel::<()>(1);
+            let worker = std::thread::Builder::new()
+                .name("kiln-layer-sync".to_owned())
+                .spawn(move || -> io::Result<()> {
+                    for () in pending {
+                        file.sync_data()?;
+                    }
+                    Ok(())
+                })?;
+            self.syncer = Some((requests, worker));
+        }
+        if let Some((requests, _)) = &self.syncer {
+            // Full: a sync is already queued and will cover this write.
+            let _ = requests.try_send(());
+        }
+        Ok(())
+    }
+
+    /// Waits for the background syncs and returns the file for its final
+    /// fsync.
+    fn finish(mut self) -> io::Result<File> {
+        if let Some((requests, worker)) = self.syncer.take() {
+            drop(requests);
+            join(Some(worker))?;
+        }
+        Ok(self.file)
+    }
+}
+
+impl Write for EarlySync {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.requested >= EARLY_SYNC_EVERY {
+            self.requested = self.written;
+            self.request_sync()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+type Sink = HashingWriter<BufWriter<EarlySync>>;
 
 /// The compressor of one blob. Settings are fixed so the same tar always gives
 /// the same blob digest.
@@ -558,5 +633,27 @@ mod tests {
             .read_to_end(&mut decoded)
             .unwrap();
         assert!(decoded == random, "stored member round trip differs");
+    }
+
+    #[test]
+    fn large_blobs_are_synced_in_the_background_and_stay_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        let mut early = EarlySync::new(File::create(&path).unwrap());
+        let piece = noise(CHUNK, 7);
+        early.write_all(&piece).unwrap();
+        assert!(early.syncer.is_none(), "small files need no sync thread");
+        for _ in 0..(EARLY_SYNC_EVERY as usize / CHUNK + 3) {
+            early.write_all(&piece).unwrap();
+        }
+        assert!(early.syncer.is_some());
+        let file = early.finish().unwrap();
+        file.sync_all().unwrap();
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(
+            written.len(),
+            (EARLY_SYNC_EVERY as usize / CHUNK + 4) * CHUNK
+        );
+        assert!(written.chunks(CHUNK).all(|c| c == piece.as_slice()));
     }
 }
