@@ -1,7 +1,8 @@
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, Sender, SyncSender};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use oci_spec::image::{Descriptor, Digest};
@@ -77,7 +78,7 @@ impl LayerWriter {
                 let worker = std::thread::Builder::new()
                     .name("kiln-layer-compress".to_owned())
                     .spawn(move || -> io::Result<CompressedBlob> {
-                        let file = temp.reopen()?;
+                        let file = EarlySync::new(temp.reopen()?);
                         let sink = HashingWriter::new(BufWriter::with_capacity(CHUNK, file));
                         let mut encoder = Encoder::new(compression, sink)?;
                         for chunk in receiver {
@@ -85,7 +86,7 @@ impl LayerWriter {
                         }
                         let (buffered, digest, size) = encoder.finish()?.finish();
                         let file = buffered.into_inner().map_err(|e| e.into_error())?;
-                        file.sync_all()?;
+                        file.finish()?.sync_all()?;
                         Ok(CompressedBlob { temp, digest, size })
                     })
                     .during("starting the layer compression thread")?;
@@ -194,17 +195,19 @@ fn join<T>(handle: Option<JoinHandle<io::Result<T>>>) -> io::Result<T> {
 /// Gzip on every core: each 1 MiB chunk becomes a complete gzip member of
 /// its own, made by libdeflate (several times faster than zlib at a similar
 /// ratio, but whole-buffer only, so it cannot sync-flush chunks into one
-/// deflate stream). A writer thread puts the members in order. Concatenated
-/// members are one standard gzip file (RFC 1952 section 2.2), read whole by
-/// Go's gzip.Reader (multistream by default: docker, containerd, skopeo,
-/// umoci), Python's gzip, GNU gunzip and flate2's MultiGzDecoder. Chunks are
-/// compressed independently with fixed settings and libdeflate's header has
-/// no name or time, so the blob does not depend on the number of threads or
-/// their timing.
+/// deflate stream) on the process-wide [`GzipPool`]. A writer thread per
+/// layer puts the members in order. Concatenated members are one standard
+/// gzip file (RFC 1952 section 2.2), read whole by Go's gzip.Reader
+/// (multistream by default: docker, containerd, skopeo, umoci), Python's
+/// gzip, GNU gunzip and flate2's MultiGzDecoder. Chunks are compressed
+/// independently with fixed settings and libdeflate's header has no name or
+/// time, so the blob does not depend on the number of threads or their timing.
 struct ParallelGzip {
-    jobs: Option<SyncSender<(u64, Vec<u8>)>>,
-    results: Option<std::sync::mpsc::Sender<GzipMessage>>,
-    workers: Vec<JoinHandle<io::Result<()>>>,
+    results: Option<Sender<GzipMessage>>,
+    /// One slot per chunk in flight, freed by the writer thread as it writes
+    /// the chunk's member: bounds the memory of a layer whose file writes
+    /// are slower than the compression.
+    in_flight: Option<SyncSender<()>>,
     writer: Option<JoinHandle<io::Result<CompressedBlob>>>,
     next_index: u64,
 }
@@ -212,45 +215,74 @@ struct ParallelGzip {
 enum GzipMessage {
     /// One chunk as a complete gzip member.
     Member(u64, Vec<u8>),
+    /// A chunk could not be compressed.
+    Failed(io::Error),
     /// No more chunks after this many.
     Done(u64),
 }
 
+struct GzipJob {
+    index: u64,
+    chunk: Vec<u8>,
+    results: Sender<GzipMessage>,
+}
+
+/// The threads that compress gzip chunks for every layer the process
+/// writes, one per CPU: however many steps write layers at once, kiln's
+/// compression never runs more threads than there are CPUs.
+struct GzipPool {
+    jobs: Sender<GzipJob>,
+    threads: usize,
+}
+
+static GZIP_POOL: OnceLock<io::Result<GzipPool>> = OnceLock::new();
+
+impl GzipPool {
+    fn get() -> io::Result<&'static GzipPool> {
+        GZIP_POOL
+            .get_or_init(GzipPool::start)
+            .as_ref()
+            .map_err(|e| io::Error::new(e.kind(), e.to_string()))
+    }
+
+    fn start() -> io::Result<GzipPool> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
+        let (jobs, job_receiver) = std::sync::mpsc::channel::<GzipJob>();
+        let job_receiver = Arc::new(Mutex::new(job_receiver));
+        for _ in 0..threads {
+            let job_receiver = Arc::clone(&job_receiver);
+            std::thread::Builder::new()
+                .name("kiln-gzip".to_owned())
+                .spawn(move || {
+                    let mut compressor = GzipCompressor::new();
+                    loop {
+                        let job = match job_receiver.lock() {
+                            Ok(receiver) => receiver.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        let message = match compressor.member(&job.chunk) {
+                            Ok(member) => GzipMessage::Member(job.index, member),
+                            Err(e) => GzipMessage::Failed(e),
+                        };
+                        // A layer writer that gave up no longer listens.
+                        let _ = job.results.send(message);
+                    }
+                })?;
+        }
+        Ok(GzipPool { jobs, threads })
+    }
+}
+
 impl ParallelGzip {
     fn start(temp: tempfile::NamedTempFile) -> Result<ParallelGzip> {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
-        let (jobs, job_receiver) = sync_channel::<(u64, Vec<u8>)>(threads * 2);
-        let job_receiver = std::sync::Arc::new(std::sync::Mutex::new(job_receiver));
+        let pool = GzipPool::get().during("starting the gzip threads")?;
         let (results, result_receiver) = std::sync::mpsc::channel::<GzipMessage>();
-        let mut workers = Vec::with_capacity(threads);
-        for _ in 0..threads {
-            let job_receiver = std::sync::Arc::clone(&job_receiver);
-            let results = results.clone();
-            let worker = std::thread::Builder::new()
-                .name("kiln-gzip".to_owned())
-                .spawn(move || -> io::Result<()> {
-                    let mut compressor = gzip_compressor();
-                    loop {
-                        let job = job_receiver
-                            .lock()
-                            .map_err(|_| io::Error::other("a gzip worker panicked"))?
-                            .recv();
-                        let Ok((index, chunk)) = job else {
-                            return Ok(());
-                        };
-                        let member = gzip_member(&mut compressor, &chunk)?;
-                        if results.send(GzipMessage::Member(index, member)).is_err() {
-                            return Ok(());
-                        }
-                    }
-                })
-                .during("starting the gzip threads")?;
-            workers.push(worker);
-        }
+        let (in_flight, slots) = sync_channel::<()>(pool.threads * 2);
         let writer = std::thread::Builder::new()
             .name("kiln-gzip-writer".to_owned())
             .spawn(move || -> io::Result<CompressedBlob> {
-                let file = temp.reopen()?;
+                let file = EarlySync::new(temp.reopen()?);
                 let mut sink = HashingWriter::new(BufWriter::with_capacity(CHUNK, file));
                 let mut pending = std::collections::BTreeMap::new();
                 let mut next = 0u64;
@@ -260,28 +292,29 @@ impl ParallelGzip {
                         Ok(GzipMessage::Member(index, bytes)) => {
                             pending.insert(index, bytes);
                         }
+                        Ok(GzipMessage::Failed(e)) => return Err(e),
                         Ok(GzipMessage::Done(count)) => total = Some(count),
                         Err(_) => return Err(io::Error::other("the gzip workers stopped early")),
                     }
                     while let Some(bytes) = pending.remove(&next) {
                         sink.write_all(&bytes)?;
                         next += 1;
+                        let _ = slots.try_recv();
                     }
                 }
                 if next == 0 {
                     // An empty layer is still a gzip file: one empty member.
-                    sink.write_all(&gzip_member(&mut gzip_compressor(), &[])?)?;
+                    sink.write_all(&GzipCompressor::new().member(&[])?)?;
                 }
                 let (buffered, digest, size) = sink.finish();
                 let file = buffered.into_inner().map_err(|e| e.into_error())?;
-                file.sync_all()?;
+                file.finish()?.sync_all()?;
                 Ok(CompressedBlob { temp, digest, size })
             })
             .during("starting the gzip writer thread")?;
         Ok(ParallelGzip {
-            jobs: Some(jobs),
             results: Some(results),
-            workers,
+            in_flight: Some(in_flight),
             writer: Some(writer),
             next_index: 0,
         })
@@ -290,57 +323,179 @@ impl ParallelGzip {
     fn send(&mut self, chunk: Vec<u8>) -> io::Result<()> {
         let index = self.next_index;
         self.next_index += 1;
-        let sent = self.jobs.as_ref().map(|jobs| jobs.send((index, chunk)));
-        match sent {
-            Some(Ok(())) => Ok(()),
-            _ => Err(self
-                .finish()
-                .err()
-                .unwrap_or_else(|| io::Error::other("the gzip workers stopped"))),
+        let queued = match (&self.in_flight, &self.results) {
+            // Waits for a free slot; fails when the writer thread stopped.
+            (Some(in_flight), Some(results)) if in_flight.send(()).is_ok() => GzipPool::get()
+                .and_then(|pool| {
+                    pool.jobs
+                        .send(GzipJob {
+                            index,
+                            chunk,
+                            results: results.clone(),
+                        })
+                        .map_err(|_| io::Error::other("the gzip threads stopped"))
+                }),
+            _ => Err(io::Error::other("the gzip writer stopped")),
+        };
+        match queued {
+            Ok(()) => Ok(()),
+            // The writer thread's error says why it stopped.
+            Err(e) => Err(self.finish().err().unwrap_or(e)),
         }
     }
 
     fn finish(&mut self) -> io::Result<CompressedBlob> {
-        self.jobs = None;
-        let mut worker_error = None;
-        for worker in self.workers.drain(..) {
-            if let Err(e) = join(Some(worker)) {
-                worker_error.get_or_insert(e);
-            }
-        }
+        self.in_flight = None;
         if let Some(results) = self.results.take() {
-            // Workers are done: every chunk sent is in the channel already.
+            // Members still being compressed arrive after this; the writer
+            // waits for all of them.
             let _ = results.send(GzipMessage::Done(self.next_index));
         }
-        let written = join(self.writer.take());
-        match worker_error {
-            Some(e) => Err(e),
-            None => written,
-        }
+        join(self.writer.take())
     }
 }
 
-fn gzip_compressor() -> libdeflater::Compressor {
-    libdeflater::Compressor::new(
-        libdeflater::CompressionLvl::new(GZIP_LEVEL).unwrap_or_else(|_| Default::default()),
-    )
+/// A gzip chunk compressor: libdeflate at [`GZIP_LEVEL`], except for chunks
+/// whose samples show they would not shrink (random, encrypted or already
+/// compressed data), which are written as stored deflate blocks at the cost
+/// of a copy and a CRC. Still standard gzip; the choice depends only on the
+/// chunk's bytes, so the blob stays reproducible.
+struct GzipCompressor {
+    compressor: libdeflater::Compressor,
+    store_only: libdeflater::Compressor,
+    sample_out: Vec<u8>,
 }
 
-/// Compresses `input` into one complete gzip member (header, deflate stream,
-/// CRC-32 and size trailer).
-pub(crate) fn gzip_member(
-    compressor: &mut libdeflater::Compressor,
-    input: &[u8],
-) -> io::Result<Vec<u8>> {
-    let mut out = vec![0; compressor.gzip_compress_bound(input.len())];
-    let size = compressor
-        .gzip_compress(input, &mut out)
-        .map_err(|e| io::Error::other(format!("gzip compression failed: {e}")))?;
-    out.truncate(size);
-    Ok(out)
+/// Bytes per sample and samples per chunk that decide whether a chunk is
+/// compressed: 64 KiB of a 1 MiB chunk, taken at its start, end and between.
+const SAMPLE: usize = 16 * 1024;
+const SAMPLES: usize = 4;
+/// A chunk is stored when its samples compress to more than this share (in
+/// percent) of their size: saving less than 5% is not worth compressing
+/// the chunk at ~100-200 MB/s per core instead of copying it.
+const STORE_ABOVE_PERCENT: usize = 95;
+
+impl GzipCompressor {
+    fn new() -> GzipCompressor {
+        let level = |n| libdeflater::CompressionLvl::new(n).unwrap_or_default();
+        GzipCompressor {
+            compressor: libdeflater::Compressor::new(level(GZIP_LEVEL)),
+            store_only: libdeflater::Compressor::new(level(0)),
+            sample_out: Vec::new(),
+        }
+    }
+
+    /// Compresses `input` into one complete gzip member (header, deflate
+    /// stream, CRC-32 and size trailer).
+    fn member(&mut self, input: &[u8]) -> io::Result<Vec<u8>> {
+        let compressor = if self.is_incompressible(input)? {
+            &mut self.store_only
+        } else {
+            &mut self.compressor
+        };
+        let mut out = vec![0; compressor.gzip_compress_bound(input.len())];
+        let size = compressor
+            .gzip_compress(input, &mut out)
+            .map_err(|e| io::Error::other(format!("gzip compression failed: {e}")))?;
+        out.truncate(size);
+        Ok(out)
+    }
+
+    fn is_incompressible(&mut self, input: &[u8]) -> io::Result<bool> {
+        if input.len() < SAMPLE * SAMPLES {
+            return Ok(false);
+        }
+        self.sample_out
+            .resize(self.compressor.deflate_compress_bound(SAMPLE), 0);
+        let mut compressed = 0;
+        for i in 0..SAMPLES {
+            let start = (input.len() - SAMPLE) * i / (SAMPLES - 1);
+            let sample = input.get(start..start + SAMPLE).unwrap_or_default();
+            compressed += self
+                .compressor
+                .deflate_compress(sample, &mut self.sample_out)
+                .map_err(|e| io::Error::other(format!("gzip compression failed: {e}")))?;
+        }
+        Ok(compressed * 100 > SAMPLE * SAMPLES * STORE_ABOVE_PERCENT)
+    }
 }
 
-type Sink = HashingWriter<BufWriter<File>>;
+/// How far the blob file may run ahead of the disk before a background
+/// `fdatasync` is started.
+const EARLY_SYNC_EVERY: u64 = 16 << 20;
+
+/// The blob file, synced to disk in the background while it is written: a
+/// large layer's final fsync then waits for its last few MiB instead of all
+/// of it (256 MB took ~0.5 s to fsync here). Small layers never start the
+/// thread.
+struct EarlySync {
+    file: File,
+    written: u64,
+    requested: u64,
+    syncer: Option<(SyncSender<()>, JoinHandle<io::Result<()>>)>,
+}
+
+impl EarlySync {
+    fn new(file: File) -> EarlySync {
+        EarlySync {
+            file,
+            written: 0,
+            requested: 0,
+            syncer: None,
+        }
+    }
+
+    fn request_sync(&mut self) -> io::Result<()> {
+        if self.syncer.is_none() {
+            let file = self.file.try_clone()?;
+            // One pending request is enough: a sync started later covers
+            // everything written before it.
+            let (requests, pending) = sync_channel::<()>(1);
+            let worker = std::thread::Builder::new()
+                .name("kiln-layer-sync".to_owned())
+                .spawn(move || -> io::Result<()> {
+                    for () in pending {
+                        file.sync_data()?;
+                    }
+                    Ok(())
+                })?;
+            self.syncer = Some((requests, worker));
+        }
+        if let Some((requests, _)) = &self.syncer {
+            // Full: a sync is already queued and will cover this write.
+            let _ = requests.try_send(());
+        }
+        Ok(())
+    }
+
+    /// Waits for the background syncs and returns the file for its final
+    /// fsync.
+    fn finish(mut self) -> io::Result<File> {
+        if let Some((requests, worker)) = self.syncer.take() {
+            drop(requests);
+            join(Some(worker))?;
+        }
+        Ok(self.file)
+    }
+}
+
+impl Write for EarlySync {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.requested >= EARLY_SYNC_EVERY {
+            self.requested = self.written;
+            self.request_sync()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+type Sink = HashingWriter<BufWriter<EarlySync>>;
 
 /// The compressor of one blob. Settings are fixed so the same tar always gives
 /// the same blob digest.
@@ -441,5 +596,64 @@ mod tests {
             .read_to_end(&mut decoded)
             .unwrap();
         assert!(decoded.is_empty());
+    }
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ seed;
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            out.extend_from_slice(&state.to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    #[test]
+    fn only_chunks_that_would_not_shrink_are_stored() {
+        let mut compressor = GzipCompressor::new();
+        let random = noise(CHUNK, 0);
+        assert!(compressor.is_incompressible(&random).unwrap());
+        let text = b"usr/share/doc/kiln/copyright ".repeat(CHUNK / 29);
+        assert!(!compressor.is_incompressible(&text).unwrap());
+        // Tar headers between small random files still save ~10%: compressed.
+        let mut small_files = Vec::new();
+        while small_files.len() < CHUNK {
+            small_files.extend_from_slice(&[0u8; 512]);
+            small_files.extend_from_slice(&noise(4096, small_files.len() as u64));
+        }
+        assert!(!compressor.is_incompressible(&small_files).unwrap());
+        // A stored member is a copy plus framing, and still reads back.
+        let member = compressor.member(&random).unwrap();
+        assert!(member.len() < random.len() + random.len() / 1000 + 64);
+        let mut decoded = Vec::new();
+        flate2::read::GzDecoder::new(&member[..])
+            .read_to_end(&mut decoded)
+            .unwrap();
+        assert!(decoded == random, "stored member round trip differs");
+    }
+
+    #[test]
+    fn large_blobs_are_synced_in_the_background_and_stay_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        let mut early = EarlySync::new(File::create(&path).unwrap());
+        let piece = noise(CHUNK, 7);
+        early.write_all(&piece).unwrap();
+        assert!(early.syncer.is_none(), "small files need no sync thread");
+        for _ in 0..(EARLY_SYNC_EVERY as usize / CHUNK + 3) {
+            early.write_all(&piece).unwrap();
+        }
+        assert!(early.syncer.is_some());
+        let file = early.finish().unwrap();
+        file.sync_all().unwrap();
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(
+            written.len(),
+            (EARLY_SYNC_EVERY as usize / CHUNK + 4) * CHUNK
+        );
+        assert!(written.chunks(CHUNK).all(|c| c == piece.as_slice()));
     }
 }

@@ -1,7 +1,7 @@
 //! Directory trees to OCI layer tars: the overlay upper dir of a step (with
 //! whiteouts) or a plain directory (for COPY).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fs::{self, File, Metadata};
 use std::io::{self, Write};
@@ -80,9 +80,45 @@ pub fn write_dir_layer<W: Write>(
     sink: W,
     options: &DiffOptions,
 ) -> Result<LayerSummary> {
+    write_dir_layer_with(dir, &BTreeMap::new(), sink, options)
+}
+
+/// A regular file that belongs in a directory layer without being in the
+/// directory: its bytes are read from `source` and its mode, owner and mtime
+/// are `metadata`'s (`lstat` of `source`). A large COPY of files that keep
+/// their owner and mode saves creating and removing one link per file.
+#[derive(Debug, Clone)]
+pub struct ExtraFile {
+    pub source: PathBuf,
+    pub metadata: Metadata,
+}
+
+/// [`write_dir_layer`] of `dir` plus `extra` regular files, by tar path
+/// (relative, no trailing slash); their parent directories must be in `dir`,
+/// and nothing in `dir` may have the same path.
+pub fn write_dir_layer_with<W: Write>(
+    dir: &Path,
+    extra: &BTreeMap<String, ExtraFile>,
+    sink: W,
+    options: &DiffOptions,
+) -> Result<LayerSummary> {
     let walker = Walker { overlay: None };
     let mut entries = Vec::new();
     walker.collect(dir, "", &mut entries)?;
+    for (path, file) in extra {
+        if !file.metadata.is_file() {
+            return Err(Error::Io {
+                action: "write layer entry",
+                path: file.source.clone(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+            });
+        }
+        entries.push(Entry {
+            path: path.clone(),
+            kind: Kind::Object(file.metadata.clone()),
+            source: Some(file.source.clone()),
+        });
+    }
     entries.sort_by(|a, b| tar_order(&a.path, &b.path));
     write_entries(dir, &entries, sink, options)
 }
@@ -100,6 +136,8 @@ struct Entry {
     /// Tar path, relative, without trailing slash.
     path: String,
     kind: Kind,
+    /// Where the object is read when not at `path` under the root.
+    source: Option<PathBuf>,
 }
 
 struct Walker<'a> {
@@ -139,6 +177,7 @@ impl Walker<'_> {
                 out.push(Entry {
                     path: whiteout,
                     kind: Kind::Whiteout,
+                    source: None,
                 });
                 continue;
             }
@@ -146,6 +185,7 @@ impl Walker<'_> {
                 out.push(Entry {
                     path,
                     kind: Kind::Object(meta),
+                    source: None,
                 });
                 continue;
             }
@@ -154,11 +194,13 @@ impl Walker<'_> {
             out.push(Entry {
                 path: path.clone(),
                 kind: Kind::Object(meta),
+                source: None,
             });
             if opaque {
                 out.push(Entry {
                     path: format!("{path}/{OPAQUE_MARKER}"),
                     kind: Kind::OpaqueMarker,
+                    source: None,
                 });
             }
             let changed_inside = self.collect(&host, &path, out)?;
@@ -256,7 +298,10 @@ fn write_entries<W: Write>(
                     .map_err(tar_err(&entry.path))?;
             }
             Kind::Object(meta) => {
-                let host = root.join(&entry.path);
+                let host = entry
+                    .source
+                    .clone()
+                    .unwrap_or_else(|| root.join(&entry.path));
                 let xattrs = read_xattrs(&host)?;
                 if !xattrs.is_empty() {
                     let records: Vec<(String, &[u8])> = xattrs
@@ -300,6 +345,15 @@ fn write_entries<W: Write>(
                     header.set_entry_type(tar::EntryType::Regular);
                     header.set_size(meta.len());
                     let file = File::open(&host).map_err(io_err("read", &host))?;
+                    // The tar writer copies through an 8 KiB buffer: reading
+                    // the file in up to 1 MiB pieces saves a large file's
+                    // tens of thousands of read calls.
+                    let file = io::BufReader::with_capacity(
+                        usize::try_from(meta.len())
+                            .unwrap_or(usize::MAX)
+                            .clamp(512, 1 << 20),
+                        file,
+                    );
                     // A file that changes size while being archived would corrupt the tar.
                     let reader = io::Read::take(file, meta.len());
                     builder

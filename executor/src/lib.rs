@@ -64,7 +64,9 @@ mod view;
 use std::path::Path;
 
 pub use binfmt::{check_binfmt, host_arch, is_native, qemu_name, setup_binfmt, BinfmtSetup};
-pub use diff::{write_dir_layer, DiffOptions, LayerSummary, Upper};
+pub use diff::{
+    write_dir_layer, write_dir_layer_with, DiffOptions, ExtraFile, LayerSummary, Upper,
+};
 pub use error::{Error, Result};
 pub use snapshot::{remove_tree, Snapshotter};
 pub use spec::{CancelToken, Limits, Mount, Network, OutputLine, RunSpec, Stream};

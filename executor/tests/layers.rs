@@ -272,3 +272,61 @@ fn copying_fallback_gives_the_same_layer_as_overlayfs() {
     assert_eq!(overlay.layer_entries(), expected);
     assert_eq!(copied.layer_entries(), expected);
 }
+
+#[test]
+fn extra_files_are_written_from_their_source_in_tar_order() {
+    let dir = scratch();
+    let root = dir.path().join("tree");
+    fs::create_dir_all(root.join("app/sub")).unwrap();
+    fs::write(root.join("app/sub/in-tree"), "tree").unwrap();
+    let source = dir.path().join("elsewhere");
+    fs::write(&source, "from the source").unwrap();
+    std::os::unix::fs::chown(&source, Some(7), Some(8)).unwrap();
+    fs::set_permissions(&source, fs::Permissions::from_mode(0o751)).unwrap();
+    let extra_file = |path: &std::path::Path| kiln_executor::ExtraFile {
+        source: path.to_path_buf(),
+        metadata: fs::symlink_metadata(path).unwrap(),
+    };
+    let extra = [
+        ("app/b-extra".to_owned(), extra_file(&source)),
+        ("app/sub/a-extra".to_owned(), extra_file(&source)),
+    ]
+    .into();
+    let mut tar = Vec::new();
+    let summary =
+        kiln_executor::write_dir_layer_with(&root, &extra, &mut tar, &DiffOptions::default())
+            .unwrap();
+    assert_eq!(summary.entries, 5);
+    let all = entries(&tar);
+    assert_eq!(
+        all.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+        vec![
+            "app/",
+            "app/b-extra",
+            "app/sub/",
+            "app/sub/a-extra",
+            "app/sub/in-tree"
+        ]
+    );
+    // Two entries from one source file are two files, not a hard link.
+    for extra in [&all[1], &all[3]] {
+        assert_eq!(
+            (extra.kind, extra.mode, extra.uid),
+            (tar::EntryType::Regular, 0o751, 7)
+        );
+    }
+    let mut archive = tar::Archive::new(&tar[..]);
+    let mut content = String::new();
+    let mut found = archive.entries().unwrap().nth(1).unwrap().unwrap();
+    std::io::Read::read_to_string(&mut found, &mut content).unwrap();
+    assert_eq!(content, "from the source");
+    // Only regular files can be extra.
+    let not_a_file = [("app/dir".to_owned(), extra_file(&root.join("app/sub")))].into();
+    assert!(kiln_executor::write_dir_layer_with(
+        &root,
+        &not_a_file,
+        &mut Vec::new(),
+        &DiffOptions::default()
+    )
+    .is_err());
+}

@@ -12,11 +12,13 @@
 //! `--chmod` sets the mode of everything copied; ADD unpacks local tar archives
 //! (plain, gzip, bzip2, xz or zstd, recognised by content, not name).
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{BufReader, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use kiln_executor::ExtraFile;
 use kiln_frontend::CopyStep;
 
 use crate::dockerignore::matches_self_or_parent;
@@ -188,6 +190,8 @@ enum Item {
 /// Builds the result of `step` under `out` (the layer's root), reading sources
 /// from `source` and resolving the destination against `dest`. `keep_owner`
 /// keeps the sources' uid/gid (COPY --from a stage or image) instead of root.
+/// Returns the files that belong in the layer without being under `out`
+/// (see [`ExtraFile`]), by path relative to `out`.
 pub(crate) fn build_tree(
     step: &CopyStep,
     source: &dyn SourceFs,
@@ -195,7 +199,7 @@ pub(crate) fn build_tree(
     keep_owner: bool,
     downloads: Option<&Downloads>,
     out: &Path,
-) -> Result<()> {
+) -> Result<BTreeMap<String, ExtraFile>> {
     let owner = match &step.chown {
         Some(spec) => {
             let (user, group) = match spec.split_once(':') {
@@ -260,6 +264,8 @@ pub(crate) fn build_tree(
         chmod: chmod.as_ref(),
         keep_owner,
         created_dirs: Vec::new(),
+        made: Some(HashMap::new()),
+        extra: HashMap::new(),
     };
     let dest_path = step.dest.clone();
     let wants_dir = step.dest_is_dir || dest_path.ends_with('/');
@@ -336,7 +342,8 @@ pub(crate) fn build_tree(
             }
         }
     }
-    writer.finish_dirs()
+    writer.finish_dirs()?;
+    Ok(writer.into_extra())
 }
 
 /// With `--parents`, the part of a source path that is kept: all of it, or
@@ -454,11 +461,77 @@ struct TreeWriter<'a> {
     /// Directories made here, with the metadata they get once everything is
     /// written (a read-only mode set early would block writing inside).
     created_dirs: Vec<(PathBuf, u32, u32, u32, Option<std::time::SystemTime>)>,
+    /// Every path put in the tree so far, and whether it is a directory. The
+    /// tree starts empty, so this answers "what is there" without a path
+    /// lookup per file of a large COPY (and never follows a copied symlink
+    /// out of the tree). `None` once an archive was unpacked into the tree:
+    /// then the filesystem is asked.
+    made: Option<HashMap<PathBuf, bool>>,
+    /// Files that keep their source's owner and mode: not put in the tree but
+    /// written into the layer straight from the source, by tree path.
+    extra: HashMap<PathBuf, ExtraFile>,
 }
 
 impl TreeWriter<'_> {
     fn host(&self, image_path: &str) -> PathBuf {
         self.out.join(clean_relative(image_path))
+    }
+
+    /// Whether `host` is in the tree: `Some(is_dir)` or `None`.
+    fn in_tree(&self, host: &Path) -> Option<bool> {
+        match &self.made {
+            Some(made) => made.get(host).copied(),
+            None => fs::symlink_metadata(host).ok().map(|m| m.is_dir()),
+        }
+    }
+
+    fn note(&mut self, host: &Path, is_dir: bool) {
+        if let Some(made) = &mut self.made {
+            made.insert(host.to_path_buf(), is_dir);
+        }
+    }
+
+    /// Removes what an earlier source put at `host`, so a later one wins.
+    fn remove_existing(&mut self, host: &Path) -> Result<()> {
+        match self.in_tree(host) {
+            Some(true) => {
+                fs::remove_dir_all(host).map_err(io_err(host))?;
+                self.extra.retain(|path, _| !path.starts_with(host));
+            }
+            Some(false) => {
+                if self.extra.remove(host).is_none() {
+                    fs::remove_file(host).map_err(io_err(host))?;
+                }
+            }
+            None => return Ok(()),
+        }
+        if let Some(made) = &mut self.made {
+            made.retain(|path, _| !path.starts_with(host));
+        }
+        Ok(())
+    }
+
+    /// Puts the extra files in the tree for real (as hard links, or copies
+    /// across filesystems), before something that only the filesystem tracks.
+    fn materialize_extra(&mut self) -> Result<()> {
+        for (host, file) in std::mem::take(&mut self.extra) {
+            if fs::hard_link(&file.source, &host).is_err() {
+                fs::copy(&file.source, &host).map_err(io_err(&host))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The extra files by tar path (relative to the tree).
+    fn into_extra(self) -> BTreeMap<String, ExtraFile> {
+        let out = self.out;
+        self.extra
+            .into_iter()
+            .filter_map(|(host, file)| {
+                let rel = host.strip_prefix(out).ok()?.to_str()?.to_owned();
+                Some((rel, file))
+            })
+            .collect()
     }
 
     /// Makes the parents of `image_path` in the tree, each with the metadata it
@@ -471,7 +544,7 @@ impl TreeWriter<'_> {
         for component in components.iter().take(components.len().saturating_sub(1)) {
             prefix = join_abs(if prefix.is_empty() { "/" } else { &prefix }, component);
             let host = self.host(&prefix);
-            if host.is_dir() {
+            if self.in_tree(&host) == Some(true) {
                 continue;
             }
             let meta = self.dest.dir_meta(&prefix)?.unwrap_or(DirMeta {
@@ -492,14 +565,17 @@ impl TreeWriter<'_> {
         gid: u32,
         mtime: Option<std::time::SystemTime>,
     ) -> Result<()> {
-        match fs::symlink_metadata(host) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => {
-                fs::remove_file(host).map_err(io_err(host))?;
+        match self.in_tree(host) {
+            Some(true) => {}
+            Some(false) => {
+                if self.extra.remove(host).is_none() {
+                    fs::remove_file(host).map_err(io_err(host))?;
+                }
                 fs::create_dir(host).map_err(io_err(host))?;
             }
-            Err(_) => fs::create_dir(host).map_err(io_err(host))?,
+            None => fs::create_dir(host).map_err(io_err(host))?,
         }
+        self.note(host, true);
         self.created_dirs
             .retain(|(path, ..)| path.as_path() != host);
         self.created_dirs
@@ -556,10 +632,11 @@ impl TreeWriter<'_> {
             let mode = self.chmod.map(|c| c.apply(mode, true)).unwrap_or(mode);
             return self.make_dir(&host, mode, uid, gid, entry.meta.modified().ok());
         }
-        remove_existing(&host)?;
+        self.remove_existing(&host)?;
         if kind.is_symlink() {
             let target = fs::read_link(&entry.host).map_err(io_err(&entry.host))?;
             std::os::unix::fs::symlink(&target, &host).map_err(io_err(&host))?;
+            self.note(&host, false);
             std::os::unix::fs::lchown(&host, Some(uid), Some(gid)).map_err(io_err(&host))?;
             return Ok(());
         }
@@ -568,17 +645,30 @@ impl TreeWriter<'_> {
             // from the context; a stage's device nodes would need mknod.
             return Ok(());
         }
-        // A file whose owner and mode stay as they are is hard-linked rather
-        // than copied: the tree is only read (by the layer writer) and then
-        // unlinked, and creating tens of thousands of inodes is what makes a
-        // large COPY slow. Another filesystem (EXDEV) falls back to copying.
-        if self.chmod.is_none()
-            && (uid, gid) == (entry.meta.uid(), entry.meta.gid())
-            && fs::hard_link(&entry.host, &host).is_ok()
-        {
-            return Ok(());
+        // A file whose owner and mode stay as they are is not put in the
+        // tree at all: the layer writer reads it from the source. Creating
+        // and removing tens of thousands of links or copies is what makes a
+        // large COPY slow. Once the filesystem is the record (after an
+        // archive), it is hard-linked; another filesystem (EXDEV) falls
+        // back to copying.
+        if self.chmod.is_none() && (uid, gid) == (entry.meta.uid(), entry.meta.gid()) {
+            if self.made.is_some() {
+                self.extra.insert(
+                    host.clone(),
+                    ExtraFile {
+                        source: entry.host.clone(),
+                        metadata: entry.meta.clone(),
+                    },
+                );
+                self.note(&host, false);
+                return Ok(());
+            }
+            if fs::hard_link(&entry.host, &host).is_ok() {
+                return Ok(());
+            }
         }
         fs::copy(&entry.host, &host).map_err(io_err(&host))?;
+        self.note(&host, false);
         let mode = self.chmod.map(|c| c.apply(mode, false)).unwrap_or(mode);
         finish_file(&host, mode, uid, gid, entry.meta.modified().ok())
     }
@@ -586,8 +676,9 @@ impl TreeWriter<'_> {
     fn write_inline(&mut self, image_path: &str, content: &str) -> Result<()> {
         self.ensure_parents(image_path)?;
         let host = self.host(image_path);
-        remove_existing(&host)?;
+        self.remove_existing(&host)?;
         fs::write(&host, content).map_err(io_err(&host))?;
+        self.note(&host, false);
         let (uid, gid) = self.owner.unwrap_or((0, 0));
         let mode = self.chmod.map(|c| c.apply(0o644, false)).unwrap_or(0o644);
         finish_file(&host, mode, uid, gid, None)
@@ -598,8 +689,9 @@ impl TreeWriter<'_> {
     fn write_download(&mut self, image_path: &str, downloaded: &Path) -> Result<()> {
         self.ensure_parents(image_path)?;
         let host = self.host(image_path);
-        remove_existing(&host)?;
+        self.remove_existing(&host)?;
         fs::copy(downloaded, &host).map_err(io_err(&host))?;
+        self.note(&host, false);
         let (uid, gid) = self.owner.unwrap_or((0, 0));
         let mode = self.chmod.map(|c| c.apply(0o600, false)).unwrap_or(0o600);
         finish_file(&host, mode, uid, gid, None)
@@ -610,6 +702,9 @@ impl TreeWriter<'_> {
             return Err(Error::Copy(format!("{}: not an archive", entry.rel)));
         };
         let host = self.host(image_dir);
+        // What the archive holds is only known to the filesystem from here.
+        self.materialize_extra()?;
+        self.made = None;
         let mut archive = tar::Archive::new(stream);
         archive.set_preserve_permissions(true);
         archive.set_preserve_ownerships(true);
@@ -645,14 +740,6 @@ impl TreeWriter<'_> {
             }
         }
         Ok(())
-    }
-}
-
-fn remove_existing(host: &Path) -> Result<()> {
-    match fs::symlink_metadata(host) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(host).map_err(io_err(host)),
-        Ok(_) => fs::remove_file(host).map_err(io_err(host)),
-        Err(_) => Ok(()),
     }
 }
 
@@ -794,8 +881,17 @@ mod tests {
             .collect()
     }
 
+    /// build_tree, with the extra files then linked into the tree, as the
+    /// layer will have them.
+    fn build(s: &CopyStep, source: &dyn SourceFs, keep_owner: bool, out: &Path) -> Result<()> {
+        for (rel, file) in build_tree(s, source, &FakeParent, keep_owner, None, out)? {
+            fs::hard_link(&file.source, out.join(rel)).unwrap();
+        }
+        Ok(())
+    }
+
     fn run(f: &Fixture, s: &CopyStep) -> Result<BTreeMap<String, (u32, u32, u32, String)>> {
-        build_tree(s, &f.ctx, &FakeParent, false, None, f.out.path())?;
+        build(s, &f.ctx, false, f.out.path())?;
         Ok(tree(f.out.path()))
     }
 
@@ -973,20 +1069,12 @@ mod tests {
             let out = tempfile::tempdir().unwrap();
             let mut s = step(&[name], "/dst");
             s.add = true;
-            build_tree(&s, &ctx, &FakeParent, false, None, out.path()).unwrap();
+            build(&s, &ctx, false, out.path()).unwrap();
             let t = tree(out.path());
             assert_eq!(t["dst/inner/file"], (0o600, 7, 8, "hello".into()), "{name}");
             // COPY never unpacks.
             let out = tempfile::tempdir().unwrap();
-            build_tree(
-                &step(&[name], "/dst"),
-                &ctx,
-                &FakeParent,
-                false,
-                None,
-                out.path(),
-            )
-            .unwrap();
+            build(&step(&[name], "/dst"), &ctx, false, out.path()).unwrap();
             assert!(out.path().join("dst").is_file(), "{name}");
         }
         // A gzip file that is not a tar is copied as it is.

@@ -8,6 +8,8 @@
 
 mod copy;
 mod dockerignore;
+#[cfg(test)]
+mod dockerignore_golden;
 mod error;
 mod fetch;
 mod pattern;

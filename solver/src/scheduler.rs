@@ -158,6 +158,28 @@ mod tests {
     }
 
     #[test]
+    fn without_a_limit_every_ready_vertex_runs_at_once() {
+        // Each vertex waits until all four are running: only possible when
+        // none waits for a free worker.
+        let deps = vec![vec![]; 4];
+        let arrived = Mutex::new(0);
+        let all_here = Condvar::new();
+        run_dag(&deps, usize::MAX, &CancelToken::new(), |_| {
+            let mut count = arrived.lock().unwrap();
+            *count += 1;
+            all_here.notify_all();
+            let (count, timeout) = all_here
+                .wait_timeout_while(count, Duration::from_secs(20), |c| *c < 4)
+                .unwrap();
+            if timeout.timed_out() {
+                return Err(Error::Step(format!("only {} ran at once", *count)));
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
     fn first_failure_cancels_the_rest_and_is_reported() {
         // 0 fails quickly; 1 runs long and watches the token; 2 depends on 0.
         let deps = vec![vec![], vec![], vec![0]];

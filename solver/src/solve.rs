@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -31,7 +32,11 @@ use crate::views::{export_tree, ViewDest, ViewSource};
 /// How to build, beyond the graph itself.
 #[derive(Debug, Clone)]
 pub struct SolveOptions {
-    /// Steps run at once.
+    /// Steps run at once; [`SolveOptions::UNLIMITED_JOBS`] (the default)
+    /// runs every step whose inputs are ready, as BuildKit does: steps that
+    /// wait (sleep, network, disk) overlap, while kiln's own CPU work
+    /// (context hashing, layer compression) runs on pools of one thread per
+    /// CPU however many steps run.
     pub jobs: usize,
     /// Ignore cache records, local and imported (new results are still
     /// recorded).
@@ -57,12 +62,15 @@ pub struct SolveOptions {
     pub limits: kiln_executor::Limits,
 }
 
+impl SolveOptions {
+    /// `jobs` without a limit.
+    pub const UNLIMITED_JOBS: usize = usize::MAX;
+}
+
 impl Default for SolveOptions {
     fn default() -> Self {
         SolveOptions {
-            jobs: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            jobs: SolveOptions::UNLIMITED_JOBS,
             no_cache: false,
             cache_sources: Vec::new(),
             compression: Compression::Gzip,
@@ -842,7 +850,7 @@ impl Runner<'_> {
                     Some(view) => view,
                     None => &NoParent,
                 };
-                match &copy.from {
+                let extra = match &copy.from {
                     CopyFrom::Context => {
                         build_tree(copy, self.context, dest, false, Some(self.downloads), &tree)?
                     }
@@ -850,9 +858,11 @@ impl Runner<'_> {
                         let source = ViewSource(self.source_view(vertex, from)?);
                         build_tree(copy, &source, dest, true, None, &tree)?
                     }
-                }
+                };
                 let options = self.diff_options();
-                self.write_layer_from(|w| kiln_executor::write_dir_layer(&tree, w, &options))
+                self.write_layer_from(|w| {
+                    kiln_executor::write_dir_layer_with(&tree, &extra, w, &options)
+                })
             }
             StepKind::Workdir { path, user } => {
                 let lowers = self.lowers(&vertex.parent_layers)?;
@@ -873,11 +883,37 @@ impl Runner<'_> {
                 };
                 let scratch = self.scratch()?;
                 let tree = scratch.0.join("tree");
-                let (resolved, _) = view.resolve_for_create(path).map_err(exec_err)?;
-                let dir = tree.join(clean_relative(&resolved));
-                fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-                std::os::unix::fs::chown(&dir, Some(owner.0), Some(owner.1))
-                    .map_err(io_err(&dir))?;
+                fs::create_dir(&tree).map_err(io_err(&tree))?;
+                let (resolved, missing) = view.resolve_for_create(path).map_err(exec_err)?;
+                // Like BuildKit's `mkdir -p` as the USER: every directory made
+                // belongs to the user; the existing ones on the way keep what
+                // they have in the image.
+                let resolved = clean_relative(&resolved);
+                let components: Vec<&str> = resolved.split('/').collect();
+                let first_missing = components.len().saturating_sub(missing);
+                let mut made = Vec::new();
+                let mut host = tree.clone();
+                let mut image_path = String::new();
+                for (index, component) in components.iter().enumerate() {
+                    host.push(component);
+                    image_path.push('/');
+                    image_path.push_str(component);
+                    fs::create_dir(&host).map_err(io_err(&host))?;
+                    let (mode, uid, gid) = match view.lookup(&image_path, false) {
+                        Ok(Some(existing)) if index < first_missing => (
+                            existing.metadata.mode() & 0o7777,
+                            existing.metadata.uid(),
+                            existing.metadata.gid(),
+                        ),
+                        _ => (0o755, owner.0, owner.1),
+                    };
+                    made.push((host.clone(), mode, uid, gid));
+                }
+                // Modes last: a read-only directory must not stop its child.
+                for (dir, mode, uid, gid) in made.iter().rev() {
+                    std::os::unix::fs::chown(dir, Some(*uid), Some(*gid)).map_err(io_err(dir))?;
+                    set_mode(dir, *mode)?;
+                }
                 let options = self.diff_options();
                 self.write_layer_from(|w| kiln_executor::write_dir_layer(&tree, w, &options))
             }

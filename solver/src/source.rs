@@ -12,7 +12,6 @@ use std::sync::Mutex;
 
 use kiln_frontend::{Key, KeyEncoder};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use crate::dockerignore::IgnoreRules;
 use crate::error::{io_err, Error, Result};
@@ -36,6 +35,17 @@ pub(crate) trait SourceFs: Sync {
     fn entry(&self, rel: &str, follow: bool) -> Result<Option<SourceEntry>>;
     /// The names in directory `rel` that are not excluded, sorted.
     fn children(&self, rel: &str) -> Result<Vec<String>>;
+    /// The entries in directory `rel` that are not excluded, sorted by name,
+    /// symlinks not followed.
+    fn list_dir(&self, rel: &str) -> Result<Vec<SourceEntry>> {
+        let mut entries = Vec::new();
+        for name in self.children(rel)? {
+            if let Some(entry) = self.entry(&join_rel(rel, &name), false)? {
+                entries.push(entry);
+            }
+        }
+        Ok(entries)
+    }
     /// A digest of one regular file's bytes.
     fn file_digest(&self, entry: &SourceEntry) -> Result<[u8; 32]> {
         hash_file(&entry.host)
@@ -51,18 +61,26 @@ pub(crate) fn join_rel(dir: &str, name: &str) -> String {
     }
 }
 
+thread_local! {
+    /// One read buffer per hashing thread: zeroing a fresh 256 KiB buffer
+    /// for each of 20,000 small files cost more than hashing them.
+    static HASH_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn hash_file(path: &Path) -> Result<[u8; 32]> {
     let mut file = std::fs::File::open(path).map_err(io_err(path))?;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            break;
+    HASH_BUFFER.with_borrow_mut(|buf| {
+        buf.resize(256 * 1024, 0);
+        loop {
+            let n = file.read(buf).map_err(io_err(path))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(buf.get(..n).unwrap_or_default());
         }
-        hasher.update(&buf[..n]);
-    }
-    Ok(*hasher.finalize().as_bytes())
+        Ok(*hasher.finalize().as_bytes())
+    })
 }
 
 /// The build context: a directory, `.dockerignore` rules and a stat cache.
@@ -70,27 +88,89 @@ fn hash_file(path: &Path) -> Result<[u8; 32]> {
 pub struct BuildContext {
     root: PathBuf,
     ignore: IgnoreRules,
-    stat_cache: Mutex<StatCache>,
+    /// What earlier builds learned, read once; never changed, so the many
+    /// hashing threads read it without a lock.
+    known: HashMap<String, StatRecord>,
+    /// What this build learned, saved with `known` when not empty.
+    learned: Mutex<HashMap<String, StatRecord>>,
     stat_cache_file: Option<PathBuf>,
 }
 
 /// What a previous build learned about a context file: if size, mtime, ctime
 /// and inode are unchanged, its digest is too.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct StatRecord {
     size: u64,
     mtime_ns: i128,
     ctime_ns: i128,
     inode: u64,
-    digest: String,
+    digest: [u8; 32],
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct StatCache {
-    root: String,
-    files: HashMap<String, StatRecord>,
-    #[serde(skip)]
-    dirty: bool,
+/// The stat cache file: this magic line, the context root, then one record
+/// per file (path, size, mtime, ctime, inode, digest), little-endian with
+/// u32-length-prefixed strings. Binary because a warm build of a large
+/// context reads it whole before anything else: parsing 20,000 JSON records
+/// and their hex digests cost more than stat-ing the files.
+const STAT_CACHE_MAGIC: &[u8] = b"kiln stat cache v2\n";
+
+fn encode_stat_cache<'a>(
+    root: &str,
+    records: impl Iterator<Item = (&'a String, &'a StatRecord)>,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let put_str = |out: &mut Vec<u8>, text: &str| {
+        out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        out.extend_from_slice(text.as_bytes());
+    };
+    out.extend_from_slice(STAT_CACHE_MAGIC);
+    put_str(&mut out, root);
+    for (path, record) in records {
+        put_str(&mut out, path);
+        out.extend_from_slice(&record.size.to_le_bytes());
+        out.extend_from_slice(&record.mtime_ns.to_le_bytes());
+        out.extend_from_slice(&record.ctime_ns.to_le_bytes());
+        out.extend_from_slice(&record.inode.to_le_bytes());
+        out.extend_from_slice(&record.digest);
+    }
+    out
+}
+
+/// The records of a stat cache file made for `root`; `None` when the file
+/// is damaged, of another format or of another root.
+fn decode_stat_cache(bytes: &[u8], root: &str) -> Option<HashMap<String, StatRecord>> {
+    struct Cursor<'a>(&'a [u8]);
+    impl<'a> Cursor<'a> {
+        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+            let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+            self.0 = rest;
+            Some(head)
+        }
+        fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+            self.take(N)?.try_into().ok()
+        }
+        fn string(&mut self) -> Option<&'a str> {
+            let len = u32::from_le_bytes(self.array()?) as usize;
+            std::str::from_utf8(self.take(len)?).ok()
+        }
+    }
+    let mut cursor = Cursor(bytes.strip_prefix(STAT_CACHE_MAGIC)?);
+    if cursor.string()? != root {
+        return None;
+    }
+    let mut records = HashMap::new();
+    while !cursor.0.is_empty() {
+        let path = cursor.string()?.to_owned();
+        let record = StatRecord {
+            size: u64::from_le_bytes(cursor.array()?),
+            mtime_ns: i128::from_le_bytes(cursor.array()?),
+            ctime_ns: i128::from_le_bytes(cursor.array()?),
+            inode: u64::from_le_bytes(cursor.array()?),
+            digest: cursor.array()?,
+        };
+        records.insert(path, record);
+    }
+    Some(records)
 }
 
 fn stat_fields(meta: &Metadata) -> (u64, i128, i128, u64) {
@@ -114,24 +194,19 @@ impl BuildContext {
         let root = root.canonicalize().map_err(io_err(&root))?;
         let stat_cache_file = stat_cache_dir.map(|dir| {
             let name = blake3::hash(root.as_os_str().as_encoded_bytes()).to_hex();
-            dir.join(format!("context-{}.json", &name[..32]))
+            dir.join(format!("context-{}.bin", &name[..32]))
         });
-        let mut cache = StatCache::default();
-        if let Some(file) = &stat_cache_file {
-            // A damaged or foreign cache file only costs re-reading files.
-            if let Ok(bytes) = std::fs::read(file) {
-                if let Ok(loaded) = serde_json::from_slice::<StatCache>(&bytes) {
-                    if loaded.root == root.to_string_lossy() {
-                        cache = loaded;
-                    }
-                }
-            }
-        }
-        cache.root = root.to_string_lossy().into_owned();
+        // A damaged or foreign cache file only costs re-reading files.
+        let known = stat_cache_file
+            .as_ref()
+            .and_then(|file| std::fs::read(file).ok())
+            .and_then(|bytes| decode_stat_cache(&bytes, &root.to_string_lossy()))
+            .unwrap_or_default();
         Ok(BuildContext {
             root,
             ignore,
-            stat_cache: Mutex::new(cache),
+            known,
+            learned: Mutex::new(HashMap::new()),
             stat_cache_file,
         })
     }
@@ -154,13 +229,18 @@ impl BuildContext {
         let Some(file) = &self.stat_cache_file else {
             return Ok(());
         };
-        let cache = self.stat_cache.lock().map_err(|_| Error::Cancelled)?;
-        if !cache.dirty {
+        let learned = self.learned.lock().map_err(|_| Error::Cancelled)?;
+        if learned.is_empty() {
             return Ok(());
         }
         let dir = file.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let bytes = serde_json::to_vec(&*cache).map_err(|e| Error::Invalid(e.to_string()))?;
+        let records = self
+            .known
+            .iter()
+            .filter(|(path, _)| !learned.contains_key(*path))
+            .chain(learned.iter());
+        let bytes = encode_stat_cache(&self.root.to_string_lossy(), records);
         let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
         std::io::Write::write_all(&mut temp, &bytes).map_err(io_err(file))?;
         temp.persist(file).map_err(|e| Error::Io {
@@ -259,23 +339,48 @@ impl SourceFs for BuildContext {
         Ok(names)
     }
 
+    fn list_dir(&self, rel: &str) -> Result<Vec<SourceEntry>> {
+        let dir = if rel == "." {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        };
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let child = join_rel(rel, &name);
+            // lstat relative to the open directory: no walk from the root
+            // for each of many thousand files.
+            let host = entry.path();
+            let meta = entry.metadata().map_err(io_err(&host))?;
+            if self.is_excluded(&child)
+                && !(meta.is_dir() && self.has_included_descendant(&child)?)
+            {
+                continue;
+            }
+            entries.push(SourceEntry {
+                rel: child,
+                host,
+                meta,
+            });
+        }
+        entries.sort_by(|a, b| a.rel.cmp(&b.rel));
+        Ok(entries)
+    }
+
     fn file_digest(&self, entry: &SourceEntry) -> Result<[u8; 32]> {
         let (size, mtime_ns, ctime_ns, inode) = stat_fields(&entry.meta);
-        let key = entry.rel.clone();
-        {
-            let cache = self.stat_cache.lock().map_err(|_| Error::Cancelled)?;
-            if let Some(record) = cache.files.get(&key) {
-                if record.size == size
-                    && record.mtime_ns == mtime_ns
-                    && record.ctime_ns == ctime_ns
-                    && record.inode == inode
-                {
-                    if let Ok(bytes) = hex_decode(&record.digest) {
-                        return Ok(bytes);
-                    }
-                }
-            }
+        let unchanged = |record: &StatRecord| {
+            record.size == size
+                && record.mtime_ns == mtime_ns
+                && record.ctime_ns == ctime_ns
+                && record.inode == inode
+        };
+        if let Some(record) = self.known.get(&entry.rel).filter(|r| unchanged(r)) {
+            return Ok(record.digest);
         }
+        let key = entry.rel.clone();
         let digest = hash_file(&entry.host)?;
         // A file changed within the timestamp granularity of now could change
         // again without its ctime moving: do not trust such a record later.
@@ -284,27 +389,20 @@ impl SourceFs for BuildContext {
             .map(|d| d.as_nanos() as i128)
             .unwrap_or(0);
         if now_ns - ctime_ns > 2_000_000_000 {
-            let mut cache = self.stat_cache.lock().map_err(|_| Error::Cancelled)?;
-            cache.files.insert(
+            let mut learned = self.learned.lock().map_err(|_| Error::Cancelled)?;
+            learned.insert(
                 key,
                 StatRecord {
                     size,
                     mtime_ns,
                     ctime_ns,
                     inode,
-                    digest: blake3::Hash::from(digest).to_hex().to_string(),
+                    digest,
                 },
             );
-            cache.dirty = true;
         }
         Ok(digest)
     }
-}
-
-fn hex_decode(text: &str) -> std::result::Result<[u8; 32], ()> {
-    blake3::Hash::from_hex(text)
-        .map(|h| *h.as_bytes())
-        .map_err(|_| ())
 }
 
 /// The entries a COPY source names: the literal path, or what a wildcard
@@ -364,29 +462,33 @@ pub(crate) fn select(fs: &dyn SourceFs, source: &str) -> Result<Vec<SourceEntry>
     Ok(found)
 }
 
-/// Every entry under a selected source (itself first), in path order,
-/// excluded paths left out.
+/// Every entry under a selected source: itself first, then what is below
+/// it in path order, excluded paths left out. The directories of each depth are listed in
+/// parallel.
 pub(crate) fn walk(fs: &dyn SourceFs, top: &SourceEntry) -> Result<Vec<SourceEntry>> {
     let mut out = vec![top.clone()];
     if !top.meta.is_dir() {
         return Ok(out);
     }
-    let mut stack = vec![top.rel.clone()];
-    let mut dirs_in_order = Vec::new();
-    while let Some(dir) = stack.pop() {
-        dirs_in_order.push(dir.clone());
-        let children = fs.children(&dir)?;
-        for name in children.iter().rev() {
-            let rel = join_rel(&dir, name);
-            if let Some(entry) = fs.entry(&rel, false)? {
-                if entry.meta.is_dir() {
-                    stack.push(rel.clone());
-                }
-                out.push(entry);
-            }
-        }
+    let mut dirs = vec![top.rel.clone()];
+    while !dirs.is_empty() {
+        let listed: Vec<Vec<SourceEntry>> = dirs
+            .par_iter()
+            .map(|dir| fs.list_dir(dir))
+            .collect::<Result<_>>()?;
+        dirs = listed
+            .iter()
+            .flatten()
+            .filter(|e| e.meta.is_dir())
+            .map(|e| e.rel.clone())
+            .collect();
+        out.extend(listed.into_iter().flatten());
     }
-    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    // The top stays first even when a name sorts before it (`#a` or `-a`
+    // before `.`): callers skip it to get what is below.
+    if let Some(below) = out.get_mut(1..) {
+        below.sort_by(|a, b| a.rel.cmp(&b.rel));
+    }
     Ok(out)
 }
 
@@ -582,20 +684,16 @@ mod tests {
         let entry = ctx.entry("f", false).unwrap().unwrap();
         let (size, mtime_ns, ctime_ns, inode) = stat_fields(&entry.meta);
         // Plant a record with a digest no file has: a hit must return it.
-        {
-            let mut cache = ctx.stat_cache.lock().unwrap();
-            cache.files.insert(
-                "f".into(),
-                StatRecord {
-                    size,
-                    mtime_ns,
-                    ctime_ns,
-                    inode,
-                    digest: blake3::hash(b"planted").to_hex().to_string(),
-                },
-            );
-            cache.dirty = true;
-        }
+        ctx.learned.lock().unwrap().insert(
+            "f".into(),
+            StatRecord {
+                size,
+                mtime_ns,
+                ctime_ns,
+                inode,
+                digest: *blake3::hash(b"planted").as_bytes(),
+            },
+        );
         ctx.save_stat_cache().unwrap();
         let ctx =
             BuildContext::new(dir.path(), IgnoreRules::default(), Some(state.path())).unwrap();
@@ -610,6 +708,96 @@ mod tests {
         assert_eq!(
             ctx.file_digest(&entry).unwrap(),
             *blake3::hash(b"changed").as_bytes()
+        );
+    }
+
+    #[test]
+    fn stat_cache_file_round_trips_and_rejects_damage() {
+        let record = StatRecord {
+            size: 4096,
+            mtime_ns: -5,
+            ctime_ns: 1_700_000_000_000_000_001,
+            inode: 77,
+            digest: *blake3::hash(b"x").as_bytes(),
+        };
+        let records: HashMap<String, StatRecord> = [
+            ("dir/a file".to_string(), record.clone()),
+            ("b".to_string(), record),
+        ]
+        .into();
+        let bytes = encode_stat_cache("/ctx", records.iter());
+        assert_eq!(decode_stat_cache(&bytes, "/ctx"), Some(records));
+        assert_eq!(decode_stat_cache(&bytes, "/other"), None);
+        for cut in [1, 10, bytes.len() - 1] {
+            assert_eq!(decode_stat_cache(&bytes[..cut], "/ctx"), None);
+        }
+        // The JSON files of earlier versions are not read as records.
+        assert_eq!(
+            decode_stat_cache(br#"{"root":"/ctx","files":{}}"#, "/ctx"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_record_of_another_inode_or_ctime_is_not_trusted() {
+        let (_dir, ctx) = context(&[("f", "real")], "");
+        let entry = ctx.entry("f", false).unwrap().unwrap();
+        let (size, mtime_ns, ctime_ns, inode) = stat_fields(&entry.meta);
+        let planted = *blake3::hash(b"planted").as_bytes();
+        for (ctime_ns, inode) in [(ctime_ns, inode + 1), (ctime_ns + 1, inode)] {
+            let known = [(
+                "f".to_string(),
+                StatRecord {
+                    size,
+                    mtime_ns,
+                    ctime_ns,
+                    inode,
+                    digest: planted,
+                },
+            )];
+            let ctx = BuildContext {
+                known: known.into(),
+                ..BuildContext::new(ctx.root(), IgnoreRules::default(), None).unwrap()
+            };
+            assert_eq!(
+                ctx.file_digest(&entry).unwrap(),
+                *blake3::hash(b"real").as_bytes()
+            );
+        }
+    }
+
+    #[test]
+    fn listing_a_directory_matches_children_and_entry() {
+        let (_d, ctx) = context(
+            &[("a", "1"), ("b/c", "2"), ("b/skip.o", "3"), ("x.o", "4")],
+            "**/*.o\n",
+        );
+        symlink("a", ctx.root().join("link")).unwrap();
+        for dir in [".", "b"] {
+            let listed = ctx.list_dir(dir).unwrap();
+            let expected: Vec<String> = ctx
+                .children(dir)
+                .unwrap()
+                .iter()
+                .map(|name| join_rel(dir, name))
+                .collect();
+            assert_eq!(rels(&listed), expected);
+            for entry in listed {
+                let looked_up = ctx.entry(&entry.rel, false).unwrap().unwrap();
+                assert_eq!(entry.host, looked_up.host);
+                assert_eq!(entry.meta.ino(), looked_up.meta.ino());
+                assert_eq!(entry.meta.file_type(), looked_up.meta.file_type());
+            }
+        }
+    }
+
+    #[test]
+    fn walk_puts_the_top_first_even_before_names_that_sort_lower() {
+        let (_d, ctx) = context(&[("#autosave#", "1"), ("-flag", "2"), ("a", "3")], "");
+        let root = ctx.entry(".", false).unwrap().unwrap();
+        assert_eq!(
+            rels(&walk(&ctx, &root).unwrap()),
+            [".", "#autosave#", "-flag", "a"]
         );
     }
 }

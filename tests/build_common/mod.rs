@@ -60,15 +60,20 @@ impl Env {
     }
 
     pub fn kiln(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kiln"))
+        self.command(args).output().expect("run kiln")
+    }
+
+    /// `kiln --root STORE ARGS` with no SOURCE_DATE_EPOCH, colour or stdin.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        command
             .arg("--root")
             .arg(self.root())
             .args(args)
             .env_remove("SOURCE_DATE_EPOCH")
             .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run kiln")
+            .stdin(Stdio::null());
+        command
     }
 
     /// Builds `context` with extra args; panics with stderr when it fails.

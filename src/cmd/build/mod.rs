@@ -66,9 +66,10 @@ pub struct Args {
     /// Write the image id to this file.
     #[arg(long, value_name = "FILE")]
     iidfile: Option<PathBuf>,
-    /// Steps to run at once [default: the number of CPUs].
-    #[arg(long, value_name = "N")]
-    jobs: Option<usize>,
+    /// Steps to run at once [default: every step whose inputs are ready;
+    /// kiln's own hashing and compression use at most one thread per CPU].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    jobs: Option<u64>,
     /// Where the result goes besides the store: type=local,dest=DIR (the
     /// filesystem) or type=oci|docker,dest=FILE[,name=NAME] (an archive).
     #[arg(long, value_name = "type=TYPE,dest=PATH")]
@@ -270,14 +271,9 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         _ => None,
     };
     let solve_options = SolveOptions {
-        jobs: args
-            .jobs
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            })
-            .max(1),
+        jobs: args.jobs.map_or(SolveOptions::UNLIMITED_JOBS, |n| {
+            usize::try_from(n).unwrap_or(SolveOptions::UNLIMITED_JOBS)
+        }),
         no_cache: args.no_cache,
         cache_sources: if args.no_cache {
             Vec::new()
