@@ -3,6 +3,8 @@
 # build) and, when installed and working, BuildKit (docker build) and buildah.
 # Prints one row per scenario with each tool's seconds and the ratio peer/kiln.
 # Usage: scripts/bench-build.sh [RUNS]   (median of RUNS timings, default 3)
+# DOCKER=/usr/bin/docker picks the docker client: Debian's docker.io 20.10 client
+# builds with its daemon's BuildKit; a newer client without buildx fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
@@ -17,7 +19,8 @@ work=$(mktemp -d /var/tmp/kiln-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
 have_docker=0
-if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+docker() { command "${DOCKER:-docker}" "$@"; }
+if command -v "${DOCKER:-docker}" >/dev/null && docker info >/dev/null 2>&1; then
   have_docker=1
   docker image inspect kiln-bench-busybox >/dev/null 2>&1 || docker import "$base_tar" kiln-bench-busybox >/dev/null
 fi

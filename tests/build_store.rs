@@ -196,3 +196,34 @@ fn output_archives_are_read_by_skopeo() {
         );
     }
 }
+
+/// `--root store` relative to the working directory: RUN steps bind files
+/// from the store into a sandbox that has changed directory, so the store
+/// must hand out absolute paths.
+#[test]
+fn a_relative_store_root_builds_run_steps() {
+    let env = Env::empty();
+    let context = env.context(
+        "ctx",
+        &[("Dockerfile", "FROM busybox\nRUN echo hi > /hi\n")],
+    );
+    let fixture = build_common::fixture("busybox-amd64.tar");
+    let kiln = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .current_dir(env.dir.path())
+            .args(["--root", "relative-store"])
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run kiln");
+        assert!(
+            out.status.success(),
+            "kiln {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    kiln(&["import", fixture.to_str().unwrap(), "busybox"]);
+    kiln(&["build", "--progress", "plain", context.to_str().unwrap()]);
+    assert!(env.dir.path().join("relative-store/index.json").is_file());
+}

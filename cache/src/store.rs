@@ -108,9 +108,12 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the store at `root`, creating it on first use.
+    /// Opens the store at `root`, creating it on first use. A relative root
+    /// is made absolute first: the paths the store hands out (snapshots,
+    /// mount sources) must stay valid in a sandbox that changed directory.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
+        let root = std::path::absolute(&root).at(&root)?;
         let kiln = root.join("kiln");
         for dir in [
             root.join("blobs/sha256"),
