@@ -1,40 +1,21 @@
 //! Generates one unit test per golden case folder under
 //! testdata/dockerignore/<case>/, so each case passes or fails by name.
 
-use std::fmt::Write as _;
+#[allow(dead_code)]
+#[path = "../testsupport/golden.rs"]
+mod golden;
+
 use std::path::Path;
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/dockerignore");
-    println!("cargo:rerun-if-changed={}", dir.display());
-    let mut cases: Vec<String> = std::fs::read_dir(&dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("files.txt").is_file())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
-    cases.sort();
-    let mut out = String::new();
-    for case in cases {
-        let ident: String = case
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let _ = writeln!(
-            out,
-            "#[test]\nfn dockerignore_{ident}() {{\n    check_case({case:?});\n}}\n"
-        );
-    }
-    let dest =
-        Path::new(&std::env::var("OUT_DIR").unwrap_or_default()).join("dockerignore_cases.rs");
-    if let Err(e) = std::fs::write(&dest, out) {
-        panic!("cannot write {}: {e}", dest.display());
-    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    golden::write_case_tests(
+        &[golden::CaseFolder {
+            dir: root.join("testdata/dockerignore"),
+            marker: "files.txt",
+            prefix: "dockerignore",
+            check: "check_case",
+        }],
+        "dockerignore_cases.rs",
+    );
 }

@@ -11,6 +11,9 @@
 //! what COPY sees does not depend on the checkout's umask.
 
 mod build_common;
+#[allow(dead_code)]
+#[path = "../testsupport/golden.rs"]
+mod golden;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -187,22 +190,7 @@ fn check_case(case: &str) {
         .expect("kiln inspect prints the image id")
         .to_string();
     let actual = render(&env, &manifest_digest, &base_digest);
-    let expected_path = dir.join("expected.txt");
-    if std::env::var_os("UPDATE_EXPECT").is_some() {
-        fs::write(&expected_path, &actual).unwrap();
-        return;
-    }
-    let expected = fs::read_to_string(&expected_path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run with UPDATE_EXPECT=1 to create it",
-            expected_path.display()
-        )
-    });
-    assert!(
-        expected == actual,
-        "{} differs (rerun with UPDATE_EXPECT=1 to accept):\n--- expected\n{expected}\n--- actual\n{actual}",
-        expected_path.display()
-    );
+    golden::expect_file(&dir.join("expected.txt"), &actual);
 }
 
 include!(concat!(env!("OUT_DIR"), "/build_golden_cases.rs"));

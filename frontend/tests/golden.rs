@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 
 use kiln_frontend::{compile, parse, CompileOptions, NoImages};
 
+#[allow(dead_code)]
+#[path = "../../testsupport/golden.rs"]
+mod golden;
+
 fn case_dir(folder: &str, case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../testdata")
@@ -36,36 +40,16 @@ fn options(dir: &Path) -> CompileOptions {
     }
 }
 
-/// Compares `actual` with the file, or rewrites it under UPDATE_EXPECT.
-fn expect(path: &Path, actual: &str) {
-    if std::env::var_os("UPDATE_EXPECT").is_some() {
-        std::fs::write(path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run with UPDATE_EXPECT=1 to create it",
-            path.display()
-        )
-    });
-    if expected != actual {
-        panic!(
-            "{} differs (rerun with UPDATE_EXPECT=1 to accept):\n--- expected\n{expected}\n--- actual\n{actual}",
-            path.display()
-        );
-    }
-}
-
 fn check_valid(case: &str) {
     let dir = case_dir("dockerfile", case);
     let text = std::fs::read_to_string(dir.join("Dockerfile")).unwrap();
     let dockerfile = parse(&text, "Dockerfile").unwrap_or_else(|e| panic!("{}", e.render(&text)));
     let mut json = serde_json::to_string_pretty(&dockerfile).unwrap();
     json.push('\n');
-    expect(&dir.join("expected.json"), &json);
+    golden::expect_file(&dir.join("expected.json"), &json);
     let graph = compile(&dockerfile, &options(&dir), &NoImages)
         .unwrap_or_else(|e| panic!("{}", e.render(&text)));
-    expect(&dir.join("expected-graph.txt"), &graph.to_text());
+    golden::expect_file(&dir.join("expected-graph.txt"), &graph.to_text());
 }
 
 fn check_invalid(case: &str) {
@@ -80,7 +64,7 @@ fn check_invalid(case: &str) {
     };
     let mut rendered = error.render(&text);
     rendered.push('\n');
-    expect(&dir.join("expected-error.txt"), &rendered);
+    golden::expect_file(&dir.join("expected-error.txt"), &rendered);
 }
 
 include!(concat!(env!("OUT_DIR"), "/golden_cases.rs"));

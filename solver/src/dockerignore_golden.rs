@@ -10,6 +10,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+#[allow(dead_code)]
+#[path = "../../testsupport/golden.rs"]
+mod golden;
+
 use crate::dockerignore::IgnoreRules;
 use crate::source::{walk, BuildContext, SourceFs};
 
@@ -56,22 +60,7 @@ fn check_case(case: &str) {
         }
         actual.push('\n');
     }
-    let expected_path = dir.join("expected.txt");
-    if std::env::var_os("UPDATE_EXPECT").is_some() {
-        fs::write(&expected_path, &actual).unwrap();
-        return;
-    }
-    let expected = fs::read_to_string(&expected_path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run with UPDATE_EXPECT=1 to create it",
-            expected_path.display()
-        )
-    });
-    assert!(
-        expected == actual,
-        "{} differs (rerun with UPDATE_EXPECT=1 to accept):\n--- expected\n{expected}\n--- actual\n{actual}",
-        expected_path.display()
-    );
+    golden::expect_file(&dir.join("expected.txt"), &actual);
 }
 
 include!(concat!(env!("OUT_DIR"), "/dockerignore_cases.rs"));
