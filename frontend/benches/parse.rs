@@ -13,40 +13,7 @@ use kiln_frontend::{compile, parse, CompileOptions, NoImages};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod common;
-use common::generate;
-
-/// One RUN continued over `lines` physical lines, with comments inside.
-fn continuation_file(lines: usize) -> String {
-    let mut text = String::from("FROM scratch\nRUN echo start \\\n");
-    for i in 0..lines {
-        text.push_str(&format!("  --flag{i} x{i} \\\n"));
-        if i % 7 == 0 {
-            text.push_str("# a comment inside\n\n");
-        }
-    }
-    text.push_str("  end\n");
-    text
-}
-
-/// A COPY with one heredoc of `lines` lines.
-fn heredoc_file(lines: usize) -> String {
-    let mut text = String::from("FROM scratch\nCOPY <<EOF /big\n");
-    for i in 0..lines {
-        text.push_str(&format!("line {i} with $VAR and ${{OTHER:-x}} \\ text\n"));
-    }
-    text.push_str("EOF\n");
-    text
-}
-
-/// A RUN naming `count` heredocs, none terminated (an error).
-fn heredoc_markers_file(count: usize) -> String {
-    let mut text = String::from("FROM scratch\nRUN cat");
-    for i in 0..count {
-        text.push_str(&format!(" <<x{i} \\\n"));
-    }
-    text.push_str("\nbody\n");
-    text
-}
+use common::{continuation_file, generate, heredoc_file, heredoc_markers_file};
 
 fn options() -> CompileOptions {
     CompileOptions {

@@ -9,6 +9,7 @@ use kiln_frontend::{compile, parse, CompileOptions, NoImages};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[allow(dead_code)]
 #[path = "../benches/common/mod.rs"]
 mod common;
 

@@ -4,6 +4,11 @@
 
 use kiln_frontend::{compile, parse, CompileOptions, NoImages};
 
+#[allow(dead_code)]
+#[path = "../benches/common/mod.rs"]
+mod common;
+use common::{continuation_file, heredoc_file, heredoc_markers_file};
+
 fn options() -> CompileOptions {
     CompileOptions {
         target_platform: "linux/amd64".into(),
@@ -160,38 +165,6 @@ fn deep_nesting_is_an_error_not_a_crash() {
     assert!(parse(&onbuild, "Dockerfile").is_err());
     let quotes = format!("FROM scratch\nENV A={}\n", "\"'".repeat(depth));
     exercise(&quotes);
-}
-
-fn continuation_file(lines: usize) -> String {
-    let mut text = String::from("FROM scratch\nRUN echo start \\\n");
-    for i in 0..lines {
-        text.push_str(&format!("  --flag{i} x{i} \\\n"));
-        if i % 7 == 0 {
-            text.push_str("# a comment inside\n\n");
-        }
-    }
-    text.push_str("  end\n");
-    text
-}
-
-/// A RUN line naming very many heredocs (none terminated: an error, found
-/// in linear time).
-fn heredoc_markers_file(count: usize) -> String {
-    let mut text = String::from("FROM scratch\nRUN cat");
-    for i in 0..count {
-        text.push_str(&format!(" <<x{i} \\\n"));
-    }
-    text.push_str("\nbody\n");
-    text
-}
-
-fn heredoc_file(lines: usize) -> String {
-    let mut text = String::from("FROM scratch\nCOPY <<EOF /big\n");
-    for i in 0..lines {
-        text.push_str(&format!("line {i} with $VAR and ${{OTHER:-x}} \\ text\n"));
-    }
-    text.push_str("EOF\n");
-    text
 }
 
 fn many_instructions(count: usize) -> String {

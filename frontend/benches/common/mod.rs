@@ -1,5 +1,7 @@
-//! The generated Dockerfile the benchmark and the instruction-count example
-//! share, so both measure the same input.
+//! Generated Dockerfiles: the benchmark and the instruction-count example
+//! share `generate`, so both measure the same input; the benchmark (how parse
+//! time scales) and the pathological tests (nothing panics at size) share the
+//! others.
 
 /// A Dockerfile of `instructions` instructions mixing every common kind, in
 /// several stages, with continuations, heredocs and variables.
@@ -38,5 +40,38 @@ pub fn generate(instructions: usize) -> String {
         count += 1;
     }
     text.push_str("COPY --from=stage0 /a /b\nCMD [\"/bin/sh\"]\n");
+    text
+}
+
+/// One RUN continued over `lines` physical lines, with comments inside.
+pub fn continuation_file(lines: usize) -> String {
+    let mut text = String::from("FROM scratch\nRUN echo start \\\n");
+    for i in 0..lines {
+        text.push_str(&format!("  --flag{i} x{i} \\\n"));
+        if i % 7 == 0 {
+            text.push_str("# a comment inside\n\n");
+        }
+    }
+    text.push_str("  end\n");
+    text
+}
+
+/// A COPY with one heredoc of `lines` lines.
+pub fn heredoc_file(lines: usize) -> String {
+    let mut text = String::from("FROM scratch\nCOPY <<EOF /big\n");
+    for i in 0..lines {
+        text.push_str(&format!("line {i} with $VAR and ${{OTHER:-x}} \\ text\n"));
+    }
+    text.push_str("EOF\n");
+    text
+}
+
+/// A RUN naming `count` heredocs, none terminated (an error).
+pub fn heredoc_markers_file(count: usize) -> String {
+    let mut text = String::from("FROM scratch\nRUN cat");
+    for i in 0..count {
+        text.push_str(&format!(" <<x{i} \\\n"));
+    }
+    text.push_str("\nbody\n");
     text
 }
