@@ -99,6 +99,29 @@ pub struct NamedImage {
     pub image: StoredImage,
 }
 
+/// Docker's rule for a tag: 1 to 128 of `[A-Za-z0-9_.-]`, not starting with
+/// `.` or `-`. The store's names and registry references share it.
+pub fn is_valid_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= 128
+        && !tag.starts_with(['.', '-'])
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// Docker's rule for a repository path component (between slashes):
+/// lowercase letters, digits and `._-`, starting and ending with a letter or
+/// digit.
+pub fn is_valid_path_component(component: &str) -> bool {
+    !component.is_empty()
+        && component
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+        && component.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && component.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
 /// Normalises an image reference `NAME[:TAG]`: adds `:latest` when there is
 /// no tag and checks Docker's rules (lowercase path components of `[a-z0-9._-]`,
 /// an optional `host[:port]/` first, a tag of `[A-Za-z0-9_.-]`, at most 128).
@@ -117,13 +140,7 @@ pub fn normalize_name(name: &str) -> Result<String> {
         Some(i) => (&name[..last_slash + i], &name[last_slash + i + 1..]),
         None => (name, "latest"),
     };
-    if tag.is_empty()
-        || tag.len() > 128
-        || tag.starts_with(['.', '-'])
-        || !tag
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-    {
+    if !is_valid_tag(tag) {
         return Err(bad(
             "a tag is 1 to 128 of A-Z a-z 0-9 _ . - and does not start with . or -",
         ));
@@ -142,12 +159,7 @@ pub fn normalize_name(name: &str) -> Result<String> {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c))
         } else {
-            !component.is_empty()
-                && component
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
-                && component.starts_with(|c: char| c.is_ascii_alphanumeric())
-                && component.ends_with(|c: char| c.is_ascii_alphanumeric())
+            is_valid_path_component(component)
         };
         if !valid {
             return Err(bad(

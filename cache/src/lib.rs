@@ -28,7 +28,10 @@ pub use cache_dir::{export_cache_dir, CacheDir, DEFAULT_CACHE_TAG};
 pub use compression::{decompress_detected, Compression, InputCompression};
 pub use error::{Error, Result};
 pub use fsutil::{parse_sha256, sha256_digest};
-pub use image::{normalize_name, rfc3339_utc, NamedImage, NewImage, StoredImage};
+pub use image::{
+    is_valid_path_component, is_valid_tag, normalize_name, rfc3339_utc, NamedImage, NewImage,
+    StoredImage,
+};
 pub use import::{import_directory, import_tar, DetectedPlatform, ImportedLayer};
 pub use layer::{LayerBlob, LayerWriter};
 pub use platform::Platform;

@@ -136,13 +136,7 @@ impl FromStr for Reference {
             None => (name, None),
         };
         if let Some(tag) = &tag {
-            if tag.is_empty()
-                || tag.len() > 128
-                || tag.starts_with(['.', '-'])
-                || !tag
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-            {
+            if !kiln_cache::is_valid_tag(tag) {
                 return Err(bad(
                     "a tag is 1 to 128 of A-Z a-z 0-9 _ . - and does not start with . or -",
                 ));
@@ -171,14 +165,11 @@ impl FromStr for Reference {
         } else {
             repository
         };
-        let valid_component = |c: &str| {
-            !c.is_empty()
-                && c.chars()
-                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
-                && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
-                && c.ends_with(|ch: char| ch.is_ascii_alphanumeric())
-        };
-        if repository.len() > 255 || !repository.split('/').all(valid_component) {
+        if repository.len() > 255
+            || !repository
+                .split('/')
+                .all(kiln_cache::is_valid_path_component)
+        {
             return Err(bad(
                 "each part of the repository between slashes is lowercase letters, digits and . _ -, starting and ending with a letter or digit",
             ));
