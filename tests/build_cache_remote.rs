@@ -356,14 +356,10 @@ fn kiln_with_credentials(
     stdin: &str,
 ) -> std::process::Output {
     use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("--root")
-        .arg(env.root())
-        .args(args)
+    use std::process::Stdio;
+    let mut child = env
+        .command(args)
         .env("DOCKER_CONFIG", docker_config)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .env("NO_COLOR", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -421,38 +417,25 @@ fn a_registry_cache_uses_kiln_login_credentials_and_says_when_they_are_missing()
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let runner_b = Env::new();
-    let ctx_b = context(&runner_b).to_string_lossy().into_owned();
-    let args = [
-        "build",
-        "--progress",
-        "plain",
-        "--cache-from",
-        &from,
-        &ctx_b,
-    ];
-    let out = kiln_with_credentials(&runner_b, &no_credentials, &args, "");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    // A fresh runner importing the cache with these credentials; returns
+    // its stderr (the build must succeed either way).
+    let import_on_fresh_runner = |docker_config: &Path| {
+        let runner = Env::new();
+        let ctx = context(&runner).to_string_lossy().into_owned();
+        let args = ["build", "--progress", "plain", "--cache-from", &from, &ctx];
+        let out = kiln_with_credentials(&runner, docker_config, &args, "");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    let stderr = import_on_fresh_runner(&no_credentials);
     assert!(
         stderr.contains("warning: --cache-from") && stderr.contains("authentication"),
         "{stderr}"
     );
     assert_eq!(cached_steps(&stderr), 0, "{stderr}");
 
-    let runner_c = Env::new();
-    let ctx_c = context(&runner_c).to_string_lossy().into_owned();
-    let args = [
-        "build",
-        "--progress",
-        "plain",
-        "--cache-from",
-        &from,
-        &ctx_c,
-    ];
-    let out = kiln_with_credentials(&runner_c, &credentials, &args, "");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let stderr = import_on_fresh_runner(&credentials);
     assert_eq!(
         (run_steps(&stderr), cached_steps(&stderr)),
         (0, 6),

@@ -6,9 +6,8 @@ mod registry_common;
 #[path = "store_support.rs"]
 mod support;
 
-use std::process::Command;
 
-use registry_common::Registry;
+use registry_common::{skopeo_inspect, Registry};
 use support::Store;
 
 #[test]
@@ -41,16 +40,7 @@ fn a_self_signed_registry_needs_its_ca_or_insecure() {
     // else), and skopeo reads what was pushed.
     args.push("--insecure");
     assert_eq!(store.ok(&args).trim(), id);
-    let out = Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", "--raw"])
-        .arg(format!("docker://{target}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    skopeo_inspect(&target);
 
     // The CA in Docker's layout makes it trusted: pull and build without
     // --insecure.
