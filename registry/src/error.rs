@@ -77,9 +77,6 @@ pub enum Error {
         reference: String,
         media_type: String,
     },
-    /// Plain HTTP to a host that is not loopback without `--insecure`.
-    #[error("registry {0} is not on the loopback interface: kiln speaks TLS to it; pass --insecure to allow plain HTTP")]
-    InsecureNotAllowed(String),
     /// The registry's TLS certificate does not verify.
     #[error("the TLS certificate of registry {registry} is not trusted ({detail}); trust its CA by putting the CA certificate in {ca_dir}/ca.crt (Docker's layout; kiln's --certs-dir changes the root), or pass --insecure to skip verification")]
     UntrustedCertificate {
