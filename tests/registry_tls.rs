@@ -6,7 +6,6 @@ mod registry_common;
 #[path = "store_support.rs"]
 mod support;
 
-
 use registry_common::{skopeo_inspect, Registry};
 use support::Store;
 
