@@ -57,7 +57,11 @@ pub(crate) fn join_rel(dir: &str, name: &str) -> String {
     if dir == "." || dir.is_empty() {
         name.to_string()
     } else {
-        format!("{dir}/{name}")
+        let mut joined = String::with_capacity(dir.len() + 1 + name.len());
+        joined.push_str(dir);
+        joined.push('/');
+        joined.push_str(name);
+        joined
     }
 }
 
@@ -90,7 +94,7 @@ pub struct BuildContext {
     ignore: IgnoreRules,
     /// What earlier builds learned, read once; never changed, so the many
     /// hashing threads read it without a lock.
-    known: HashMap<String, StatRecord>,
+    known: StatCache,
     /// What this build learned, saved with `known` when not empty.
     learned: Mutex<HashMap<String, StatRecord>>,
     stat_cache_file: Option<PathBuf>,
@@ -109,14 +113,42 @@ struct StatRecord {
 
 /// The stat cache file: this magic line, the context root, then one record
 /// per file (path, size, mtime, ctime, inode, digest), little-endian with
-/// u32-length-prefixed strings. Binary because a warm build of a large
-/// context reads it whole before anything else: parsing 20,000 JSON records
-/// and their hex digests cost more than stat-ing the files.
+/// u32-length-prefixed strings, written in path order. Binary because a warm
+/// build of a large context reads it whole before anything else: parsing
+/// 20,000 JSON records and their hex digests cost more than stat-ing the
+/// files.
 const STAT_CACHE_MAGIC: &[u8] = b"kiln stat cache v2\n";
+
+/// The records of a stat cache file, sorted by path for binary search:
+/// decoding into a hash map (hashing and inserting 20,000 paths) was the
+/// largest serial part of a warm build of a large context.
+#[derive(Debug, Default)]
+struct StatCache {
+    records: Vec<(Box<str>, StatRecord)>,
+}
+
+impl StatCache {
+    fn from_unsorted(mut records: Vec<(Box<str>, StatRecord)>) -> StatCache {
+        if !records.is_sorted_by(|a, b| a.0 < b.0) {
+            // Files written before records were sorted, or damaged ones.
+            records.sort_by(|a, b| a.0.cmp(&b.0));
+            records.dedup_by(|later, earlier| later.0 == earlier.0);
+        }
+        StatCache { records }
+    }
+
+    fn get(&self, path: &str) -> Option<&StatRecord> {
+        let found = self
+            .records
+            .binary_search_by(|(known, _)| known.as_ref().cmp(path))
+            .ok()?;
+        self.records.get(found).map(|(_, record)| record)
+    }
+}
 
 fn encode_stat_cache<'a>(
     root: &str,
-    records: impl Iterator<Item = (&'a String, &'a StatRecord)>,
+    records: impl Iterator<Item = (&'a str, &'a StatRecord)>,
 ) -> Vec<u8> {
     let mut out = Vec::new();
     let put_str = |out: &mut Vec<u8>, text: &str| {
@@ -138,7 +170,7 @@ fn encode_stat_cache<'a>(
 
 /// The records of a stat cache file made for `root`; `None` when the file
 /// is damaged, of another format or of another root.
-fn decode_stat_cache(bytes: &[u8], root: &str) -> Option<HashMap<String, StatRecord>> {
+fn decode_stat_cache(bytes: &[u8], root: &str) -> Option<StatCache> {
     struct Cursor<'a>(&'a [u8]);
     impl<'a> Cursor<'a> {
         fn take(&mut self, n: usize) -> Option<&'a [u8]> {
@@ -158,9 +190,10 @@ fn decode_stat_cache(bytes: &[u8], root: &str) -> Option<HashMap<String, StatRec
     if cursor.string()? != root {
         return None;
     }
-    let mut records = HashMap::new();
+    // Each record takes at least 84 bytes: a length, the numbers, the digest.
+    let mut records = Vec::with_capacity(cursor.0.len() / 84);
     while !cursor.0.is_empty() {
-        let path = cursor.string()?.to_owned();
+        let path = Box::<str>::from(cursor.string()?);
         let record = StatRecord {
             size: u64::from_le_bytes(cursor.array()?),
             mtime_ns: i128::from_le_bytes(cursor.array()?),
@@ -168,9 +201,9 @@ fn decode_stat_cache(bytes: &[u8], root: &str) -> Option<HashMap<String, StatRec
             inode: u64::from_le_bytes(cursor.array()?),
             digest: cursor.array()?,
         };
-        records.insert(path, record);
+        records.push((path, record));
     }
-    Some(records)
+    Some(StatCache::from_unsorted(records))
 }
 
 fn stat_fields(meta: &Metadata) -> (u64, i128, i128, u64) {
@@ -235,12 +268,16 @@ impl BuildContext {
         }
         let dir = file.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let records = self
+        let mut records: Vec<(&str, &StatRecord)> = self
             .known
+            .records
             .iter()
+            .map(|(path, record)| (path.as_ref(), record))
             .filter(|(path, _)| !learned.contains_key(*path))
-            .chain(learned.iter());
-        let bytes = encode_stat_cache(&self.root.to_string_lossy(), records);
+            .chain(learned.iter().map(|(path, record)| (path.as_str(), record)))
+            .collect();
+        records.sort_unstable_by_key(|(path, _)| *path);
+        let bytes = encode_stat_cache(&self.root.to_string_lossy(), records.into_iter());
         let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
         std::io::Write::write_all(&mut temp, &bytes).map_err(io_err(file))?;
         temp.persist(file).map_err(|e| Error::Io {
@@ -345,14 +382,23 @@ impl SourceFs for BuildContext {
         } else {
             self.root.join(rel)
         };
-        let mut entries = Vec::new();
+        // Sorted by name before the entries grow their (large) metadata.
+        let mut named = Vec::with_capacity(64);
         for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
             let entry = entry.map_err(io_err(&dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+            let raw_name = entry.file_name();
+            let name = raw_name.to_string_lossy().into_owned();
+            named.push((name, raw_name, entry));
+        }
+        named.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut entries = Vec::with_capacity(named.len());
+        for (name, raw_name, entry) in named {
             let child = join_rel(rel, &name);
+            let mut host = PathBuf::with_capacity(dir.as_os_str().len() + 1 + raw_name.len());
+            host.push(&dir);
+            host.push(&raw_name);
             // lstat relative to the open directory: no walk from the root
             // for each of many thousand files.
-            let host = entry.path();
             let meta = entry.metadata().map_err(io_err(&host))?;
             if self.is_excluded(&child)
                 && !(meta.is_dir() && self.has_included_descendant(&child)?)
@@ -365,7 +411,6 @@ impl SourceFs for BuildContext {
                 meta,
             });
         }
-        entries.sort_by(|a, b| a.rel.cmp(&b.rel));
         Ok(entries)
     }
 
@@ -482,14 +527,23 @@ pub(crate) fn walk(fs: &dyn SourceFs, top: &SourceEntry) -> Result<Vec<SourceEnt
             .filter(|e| e.meta.is_dir())
             .map(|e| e.rel.clone())
             .collect();
+        out.reserve(listed.iter().map(Vec::len).sum());
         out.extend(listed.into_iter().flatten());
     }
     // The top stays first even when a name sorts before it (`#a` or `-a`
-    // before `.`): callers skip it to get what is below.
-    if let Some(below) = out.get_mut(1..) {
-        below.sort_by(|a, b| a.rel.cmp(&b.rel));
-    }
-    Ok(out)
+    // before `.`): callers skip it to get what is below. Sorting positions,
+    // not the entries themselves, moves each (large) entry once.
+    // (Stable: each directory's entries are already a sorted run.)
+    let mut order: Vec<usize> = (1..out.len()).collect();
+    order.sort_by(|&a, &b| out[a].rel.cmp(&out[b].rel));
+    let mut slots: Vec<Option<SourceEntry>> = out.into_iter().map(Some).collect();
+    let mut sorted = Vec::with_capacity(slots.len());
+    sorted.extend(
+        std::iter::once(0)
+            .chain(order)
+            .filter_map(|index| slots.get_mut(index).and_then(Option::take)),
+    );
+    Ok(sorted)
 }
 
 /// A digest of what a COPY source selects, for cache keys: for every entry its
@@ -720,22 +774,22 @@ mod tests {
             inode: 77,
             digest: *blake3::hash(b"x").as_bytes(),
         };
-        let records: HashMap<String, StatRecord> = [
-            ("dir/a file".to_string(), record.clone()),
-            ("b".to_string(), record),
-        ]
-        .into();
-        let bytes = encode_stat_cache("/ctx", records.iter());
-        assert_eq!(decode_stat_cache(&bytes, "/ctx"), Some(records));
-        assert_eq!(decode_stat_cache(&bytes, "/other"), None);
+        let mut other = record.clone();
+        other.inode = 78;
+        // Out of order, as files written before records were sorted are.
+        let records = [("dir/a file", &record), ("b", &other)];
+        let bytes = encode_stat_cache("/ctx", records.into_iter());
+        let decoded = decode_stat_cache(&bytes, "/ctx").unwrap();
+        assert_eq!(decoded.get("dir/a file"), Some(&record));
+        assert_eq!(decoded.get("b"), Some(&other));
+        assert_eq!(decoded.get("c"), None);
+        assert_eq!(decoded.get("dir"), None);
+        assert!(decode_stat_cache(&bytes, "/other").is_none());
         for cut in [1, 10, bytes.len() - 1] {
-            assert_eq!(decode_stat_cache(&bytes[..cut], "/ctx"), None);
+            assert!(decode_stat_cache(&bytes[..cut], "/ctx").is_none());
         }
         // The JSON files of earlier versions are not read as records.
-        assert_eq!(
-            decode_stat_cache(br#"{"root":"/ctx","files":{}}"#, "/ctx"),
-            None
-        );
+        assert!(decode_stat_cache(br#"{"root":"/ctx","files":{}}"#, "/ctx").is_none());
     }
 
     #[test]
@@ -745,8 +799,8 @@ mod tests {
         let (size, mtime_ns, ctime_ns, inode) = stat_fields(&entry.meta);
         let planted = *blake3::hash(b"planted").as_bytes();
         for (ctime_ns, inode) in [(ctime_ns, inode + 1), (ctime_ns + 1, inode)] {
-            let known = [(
-                "f".to_string(),
+            let known = vec![(
+                Box::<str>::from("f"),
                 StatRecord {
                     size,
                     mtime_ns,
@@ -756,7 +810,7 @@ mod tests {
                 },
             )];
             let ctx = BuildContext {
-                known: known.into(),
+                known: StatCache::from_unsorted(known),
                 ..BuildContext::new(ctx.root(), IgnoreRules::default(), None).unwrap()
             };
             assert_eq!(
