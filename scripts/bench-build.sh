@@ -105,5 +105,13 @@ row "COPY 20,000 files / 80 MB, cold" "$work/ctx/copy" cold
 row "COPY 20,000 files / 80 MB, warm" "$work/ctx/copy" warm
 row "4 stages of sleep 2 + COPY --from each" "$work/ctx/stages" cold
 row "RUN writing 256 MB of random data" "$work/ctx/random" cold
+# The floor under the last row: the same command on the host, with the base
+# image's own busybox and no builder at all.
+tar -xf "$base_tar" -C "$work" bin/busybox 2>/dev/null || tar -xf "$base_tar" -C "$work" ./bin/busybox
+floor=$(for i in $(seq 1 "$runs"); do
+  t0=$(now); "$work/bin/busybox" head -c 268435456 /dev/urandom > "$work/random"; t1=$(now)
+  rm -f "$work/random"; echo "$t1 - $t0" | bc -l
+done | median)
+printf '%-44s %8.3fs   (the command alone on the host, no builder)\n' "  floor: busybox head -c 256M on the host" "$floor"
 [ $have_docker = 1 ] || echo "(BuildKit: docker is not installed or dockerd is not running)"
 [ $have_buildah = 1 ] || echo "(buildah: not installed)"
