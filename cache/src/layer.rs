@@ -463,7 +463,7 @@ impl GzipCompressor {
             &mut out,
             flate2::FlushCompress::Finish,
         )?;
-        let mut crc = flate2::Crc::new();
+        let mut crc = libdeflater::Crc::new();
         crc.update(input);
         out.extend_from_slice(&crc.sum().to_le_bytes());
         out.extend_from_slice(&(input.len() as u32).to_le_bytes());
