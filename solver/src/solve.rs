@@ -27,7 +27,7 @@ use crate::pattern::clean_relative;
 use crate::progress::{Event, Progress};
 use crate::scheduler::run_dag;
 use crate::source::{content_digest, BuildContext};
-use crate::views::{export_tree, ViewDest, ViewSource};
+use crate::views::{export_tree, ExportOwner, ViewDest, ViewSource};
 
 /// How to build, beyond the graph itself.
 #[derive(Debug, Clone)]
@@ -965,24 +965,18 @@ impl Runner<'_> {
                     source,
                     rw,
                 } => {
+                    // Always a copy: a context bind shows what Docker's
+                    // builder sees (no .dockerignore'd files, root's
+                    // files), and the step must not change its source.
+                    let copy = scratch.0.join(format!("bind-{index}"));
                     let host = match from {
                         CopyFrom::Context => {
-                            let rel = clean_relative(source);
-                            let inside = self.context.root().join(&rel);
-                            if *rw {
-                                let copy = scratch.0.join(format!("bind-{index}"));
-                                let ctx: &dyn crate::source::SourceFs = self.context;
-                                export_tree(ctx, &rel, &copy)?;
-                                copy
-                            } else {
-                                inside
-                            }
+                            let ctx: &dyn crate::source::SourceFs = self.context;
+                            export_tree(ctx, &clean_relative(source), &copy, ExportOwner::Root)?
                         }
                         other => {
                             let view = ViewSource(self.source_view(vertex, other)?);
-                            let copy = scratch.0.join(format!("bind-{index}"));
-                            export_tree(&view, source, &copy)?;
-                            copy
+                            export_tree(&view, source, &copy, ExportOwner::Keep)?
                         }
                     };
                     mounts.push(Mount::Bind {
@@ -1157,7 +1151,13 @@ pub fn export_filesystem(store: &Store, layers: &[LayerBlob], dest: &Path) -> Re
     if lowers.is_empty() {
         return fs::create_dir_all(dest).map_err(io_err(dest));
     }
-    export_tree(&ViewSource(RootfsView::new(&lowers)), ".", dest)
+    export_tree(
+        &ViewSource(RootfsView::new(&lowers)),
+        ".",
+        dest,
+        ExportOwner::Keep,
+    )
+    .map(drop)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use kiln_executor::{resolve_user, RootfsView};
 
@@ -101,10 +101,31 @@ impl DestFs for ViewDest {
     }
 }
 
+/// Who owns what [`export_tree`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExportOwner {
+    /// The source's owners (a stage's or image's files).
+    Keep,
+    /// root:root for everything, as a build context reaches Docker's
+    /// builder: the client resets every context file's uid and gid to 0.
+    Root,
+}
+
 /// Copies `rel` of a source (a directory's contents, or one file) to `dest`,
-/// keeping modes, owners, symlinks and mtimes: for `--output type=local` and
-/// for bind mounts of a stage.
-pub(crate) fn export_tree(source: &dyn SourceFs, rel: &str, dest: &Path) -> Result<()> {
+/// keeping modes, symlinks and mtimes, and owners as `owner` says: for
+/// `--output type=local` and for bind mounts of a stage or of the context.
+/// Returns what stands for `rel` under `dest`: `dest` itself for a
+/// directory, `dest/NAME` for a file or symlink.
+pub(crate) fn export_tree(
+    source: &dyn SourceFs,
+    rel: &str,
+    dest: &Path,
+    owner: ExportOwner,
+) -> Result<PathBuf> {
+    let owner_of = |meta: &std::fs::Metadata| match owner {
+        ExportOwner::Keep => (meta.uid(), meta.gid()),
+        ExportOwner::Root => (0, 0),
+    };
     let Some(top) = source.entry(rel, true)? else {
         return Err(Error::Invalid(format!("{rel}: not found")));
     };
@@ -143,12 +164,12 @@ pub(crate) fn export_tree(source: &dyn SourceFs, rel: &str, dest: &Path) -> Resu
         if kind.is_symlink() {
             let link = fs::read_link(&entry.host).map_err(io_err(&entry.host))?;
             std::os::unix::fs::symlink(&link, &target).map_err(io_err(&target))?;
-            std::os::unix::fs::lchown(&target, Some(meta.uid()), Some(meta.gid()))
-                .map_err(io_err(&target))?;
+            let (uid, gid) = owner_of(meta);
+            std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(io_err(&target))?;
         } else if kind.is_file() {
             fs::copy(&entry.host, &target).map_err(io_err(&target))?;
-            std::os::unix::fs::chown(&target, Some(meta.uid()), Some(meta.gid()))
-                .map_err(io_err(&target))?;
+            let (uid, gid) = owner_of(meta);
+            std::os::unix::fs::chown(&target, Some(uid), Some(gid)).map_err(io_err(&target))?;
             fs::set_permissions(&target, meta.permissions()).map_err(io_err(&target))?;
             if let Ok(mtime) = meta.modified() {
                 let file = fs::File::options()
@@ -160,7 +181,8 @@ pub(crate) fn export_tree(source: &dyn SourceFs, rel: &str, dest: &Path) -> Resu
         }
     }
     for (dir, meta) in dirs.iter().rev() {
-        std::os::unix::fs::chown(dir, Some(meta.uid()), Some(meta.gid())).map_err(io_err(dir))?;
+        let (uid, gid) = owner_of(meta);
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(io_err(dir))?;
         fs::set_permissions(dir, meta.permissions()).map_err(io_err(dir))?;
         if let Ok(mtime) = meta.modified() {
             if let Ok(handle) = fs::File::open(dir) {
@@ -168,5 +190,9 @@ pub(crate) fn export_tree(source: &dyn SourceFs, rel: &str, dest: &Path) -> Resu
             }
         }
     }
-    Ok(())
+    Ok(if top.meta.is_dir() {
+        dest.to_path_buf()
+    } else {
+        dest.join(top.rel.rsplit('/').next().unwrap_or("file"))
+    })
 }
