@@ -87,6 +87,9 @@ pub enum Error {
     /// A CA certificate file that cannot be used.
     #[error("{path}: {message}; it should hold PEM certificates (-----BEGIN CERTIFICATE-----)")]
     Certificate { path: PathBuf, message: String },
+    /// A client certificate or key of certs.d that cannot be used.
+    #[error("{path}: {message}")]
+    ClientCertificate { path: PathBuf, message: String },
     /// The TLS library could not be set up.
     #[error("cannot set up TLS: {0}")]
     Tls(String),

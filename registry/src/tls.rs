@@ -1,7 +1,9 @@
 //! TLS settings for a registry, the way Docker decides them: the Mozilla root
 //! certificates plus the CA certificates Docker keeps per registry
-//! (`/etc/docker/certs.d/HOST[:PORT]/*.crt`), or, for an insecure registry,
-//! no certificate verification at all (the connection is still encrypted).
+//! (`/etc/docker/certs.d/HOST[:PORT]/*.crt`) and the client certificate it
+//! presents there (`NAME.cert` with its key `NAME.key`), or, for an insecure
+//! registry, no certificate verification at all (the connection is still
+//! encrypted, and, as with Docker, no client certificate is sent).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::error::{Error, Result};
@@ -33,38 +35,110 @@ pub(crate) fn registry_certs(certs_dir: &Path, api_host: &str) -> PathBuf {
 }
 
 /// A configuration that trusts the public roots and every `*.crt` in the
-/// registry's directory under `certs_dir`.
+/// registry's directory under `certs_dir`, and presents the client
+/// certificate found there.
 pub(crate) fn verifying(certs_dir: &Path, api_host: &str) -> Result<Arc<ClientConfig>> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let dir = registry_certs(certs_dir, api_host);
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "crt"))
-            .collect();
-        paths.sort();
-        for path in paths {
-            let bad = |message: String| Error::Certificate {
-                path: path.clone(),
-                message,
-            };
-            let mut found = false;
-            for cert in CertificateDer::pem_file_iter(&path).map_err(|e| bad(e.to_string()))? {
-                let cert = cert.map_err(|e| bad(e.to_string()))?;
-                roots.add(cert).map_err(|e| bad(e.to_string()))?;
-                found = true;
-            }
-            if !found {
-                return Err(bad("it holds no PEM certificate".into()));
-            }
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    paths.sort();
+    let with_extension = |extension: &'static str| {
+        paths
+            .iter()
+            .filter(move |p| p.extension().is_some_and(|e| e == extension))
+    };
+    for path in with_extension("crt") {
+        let bad = |message: String| Error::Certificate {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut found = false;
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+            let cert = cert.map_err(|e| bad(e.to_string()))?;
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+            found = true;
+        }
+        if !found {
+            return Err(bad("it holds no PEM certificate".into()));
         }
     }
-    Ok(Arc::new(
-        builder()?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    ))
+    let builder = builder()?.with_root_certificates(roots);
+    let config = match client_certificate(with_extension("cert"), with_extension("key"))? {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| Error::Tls(e.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// The client certificate of a registry's certs.d directory: Docker pairs
+/// each `NAME.cert` (PEM certificate chain) with `NAME.key` (its PEM private
+/// key), and a certificate or key without its partner is an error. When
+/// there are several pairs the first by name is used.
+fn client_certificate<'a>(
+    certs: impl Iterator<Item = &'a PathBuf>,
+    keys: impl Iterator<Item = &'a PathBuf>,
+) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>> {
+    let bad = |path: &Path, message: String| Error::ClientCertificate {
+        path: path.to_path_buf(),
+        message,
+    };
+    for key in keys {
+        let cert = key.with_extension("cert");
+        if !cert.exists() {
+            return Err(bad(
+                key,
+                format!(
+                    "a client key needs its certificate beside it as {} (CA certificates use the extension .crt)",
+                    cert.display()
+                ),
+            ));
+        }
+    }
+    let mut first = None;
+    for cert in certs {
+        let key = cert.with_extension("key");
+        if !key.exists() {
+            return Err(bad(
+                cert,
+                format!(
+                    "a client certificate needs its private key beside it as {} (CA certificates use the extension .crt)",
+                    key.display()
+                ),
+            ));
+        }
+        if first.is_none() {
+            first = Some((cert.clone(), key));
+        }
+    }
+    let Some((cert, key)) = first else {
+        return Ok(None);
+    };
+    let chain = CertificateDer::pem_file_iter(&cert)
+        .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|e| {
+            bad(
+                &cert,
+                format!("{e}; it should hold the PEM client certificate"),
+            )
+        })?;
+    if chain.is_empty() {
+        return Err(bad(&cert, "it holds no PEM certificate".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(&key).map_err(|e| {
+        bad(
+            &key,
+            format!(
+                "{e}; it should hold the PEM private key of {}",
+                cert.display()
+            ),
+        )
+    })?;
+    Ok(Some((chain, key_der)))
 }
 
 /// A configuration that accepts any certificate, for `--insecure`.
@@ -176,5 +250,32 @@ mod tests {
         assert!(err.to_string().contains("ca.crt"), "{err}");
         // Other registries are unaffected.
         assert!(verifying(dir.path(), "other.test").is_ok());
+    }
+
+    #[test]
+    fn a_client_certificate_or_key_without_its_partner_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let host_dir = dir.path().join("registry.test");
+        std::fs::create_dir_all(&host_dir).unwrap();
+        std::fs::write(host_dir.join("client.key"), "key\n").unwrap();
+        let err = verifying(dir.path(), "registry.test")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("client.key") && err.contains("client.cert") && err.contains(".crt"),
+            "{err}"
+        );
+        std::fs::remove_file(host_dir.join("client.key")).unwrap();
+        std::fs::write(host_dir.join("client.cert"), "cert\n").unwrap();
+        let err = verifying(dir.path(), "registry.test")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs its private key"), "{err}");
+        // Both present, but not PEM: the certificate file is named.
+        std::fs::write(host_dir.join("client.key"), "key\n").unwrap();
+        let err = verifying(dir.path(), "registry.test")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("client.cert") && err.contains("PEM"), "{err}");
     }
 }
