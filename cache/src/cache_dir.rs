@@ -7,6 +7,9 @@
 //! renamed into place, and index.json is replaced last, so an interrupted
 //! export leaves the previous index naming blobs that are all there. Blobs
 //! already in the directory are kept and reused; nothing is ever deleted.
+//! Concurrent exports (parallel CI jobs sharing a directory) each keep their
+//! tag: index.json is read, changed and replaced under a lock on the
+//! directory.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -199,7 +202,6 @@ pub fn export_cache_dir(
     if !layout.is_file() {
         fsutil::write_atomic(dir, &layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     }
-    let index = read_index(dir)?;
     for blob in config.blobs() {
         write_blob(store, sources, &blobs_dir, &blob)?;
     }
@@ -215,6 +217,8 @@ pub fn export_cache_dir(
         manifest_digest.clone(),
     );
     entry.set_annotations(Some([(REF_NAME.to_owned(), tag.to_owned())].into()));
+    let _lock = fsutil::FileLock::exclusive_dir(dir)?;
+    let index = read_index(dir)?;
     let mut entries: Vec<Descriptor> = index
         .map(|i| i.manifests().clone())
         .unwrap_or_default()
@@ -314,6 +318,22 @@ mod tests {
         export_cache_dir(&other, &[], &broken, &second, "t").unwrap_err();
         assert_eq!(fs::read(second.join("index.json")).unwrap(), before);
         assert_eq!(CacheDir::open(&second, "t").unwrap().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn concurrent_exports_to_one_directory_keep_every_tag() {
+        let (temp, store, config, _) = setup();
+        let dir = temp.path().join("cache");
+        let tags: Vec<String> = (0..16).map(|n| format!("job-{n}")).collect();
+        std::thread::scope(|scope| {
+            for tag in &tags {
+                let (store, config, dir) = (&store, &config, &dir);
+                scope.spawn(move || export_cache_dir(store, &[], config, dir, tag).unwrap());
+            }
+        });
+        for tag in &tags {
+            assert!(CacheDir::open(&dir, tag).unwrap().is_some(), "{tag} lost");
+        }
     }
 
     #[test]

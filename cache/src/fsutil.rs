@@ -50,6 +50,14 @@ impl FileLock {
         file.lock().at(path)?;
         Ok(FileLock { _file: file })
     }
+
+    /// Locks a directory itself, for a layout that must hold no files of
+    /// kiln's own (flock works on a directory's descriptor).
+    pub(crate) fn exclusive_dir(dir: &Path) -> Result<FileLock> {
+        let file = File::open(dir).at(dir)?;
+        file.lock().at(dir)?;
+        Ok(FileLock { _file: file })
+    }
 }
 
 pub(crate) fn open_lock_file(path: &Path) -> Result<File> {
