@@ -5,6 +5,7 @@
 # Usage: scripts/bench-build.sh [RUNS]   (median of RUNS timings, default 3)
 # DOCKER=/usr/bin/docker picks the docker client: Debian's docker.io 20.10 client
 # builds with its daemon's BuildKit; a newer client without buildx fails.
+# KILN_ONLY=1 times kiln alone (peers' figures change only with the machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
@@ -20,12 +21,12 @@ trap 'rm -rf "$work"' EXIT
 
 have_docker=0
 docker() { command "${DOCKER:-docker}" "$@"; }
-if command -v "${DOCKER:-docker}" >/dev/null && docker info >/dev/null 2>&1; then
+if [ "${KILN_ONLY:-0}" != 1 ] && command -v "${DOCKER:-docker}" >/dev/null && docker info >/dev/null 2>&1; then
   have_docker=1
   docker image inspect kiln-bench-busybox >/dev/null 2>&1 || docker import "$base_tar" kiln-bench-busybox >/dev/null
 fi
 have_buildah=0
-if command -v buildah >/dev/null; then
+if [ "${KILN_ONLY:-0}" != 1 ] && command -v buildah >/dev/null; then
   if ! buildah inspect --type image kiln-bench-busybox >/dev/null 2>&1; then
     ctr=$(buildah from scratch 2>/dev/null) && buildah add "$ctr" "$base_tar" / >/dev/null 2>&1 \
       && buildah commit "$ctr" kiln-bench-busybox >/dev/null 2>&1; buildah rm "${ctr:-none}" >/dev/null 2>&1 || true
