@@ -63,3 +63,53 @@ fn a_self_signed_registry_needs_its_ca_or_insecure() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id);
 }
+
+#[test]
+fn a_registry_that_wants_a_client_certificate_gets_the_one_in_certs_d() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, ca) = Registry::start_mutual_tls(&dir.path().join("registry"));
+    let store = Store::new();
+    let id = store.import("busybox-amd64.tar", "busybox:1");
+    let target = registry.reference("kiln/mtls:1");
+    let certs = dir.path().join("certs.d");
+    let host_dir = certs.join(registry.host());
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::copy(&ca.certificate, host_dir.join("ca.crt")).unwrap();
+    let push = [
+        "push",
+        "busybox:1",
+        &target,
+        "--certs-dir",
+        certs.to_str().unwrap(),
+    ];
+
+    // Trusted server, but no client certificate: the registry refuses, and
+    // kiln says where the certificate goes (no fall back to plain HTTP).
+    let err = store.fails(&push);
+    assert!(
+        err.contains("wants a client certificate")
+            && err.contains(&format!("{}/client.cert", host_dir.display())),
+        "{err}"
+    );
+
+    // A key without its certificate is refused before connecting, naming both.
+    let (client_cert, client_key) = ca.issue(
+        "client",
+        "/CN=kiln test client",
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+    );
+    std::fs::copy(&client_key, host_dir.join("client.key")).unwrap();
+    let err = store.fails(&push);
+    assert!(
+        err.contains("client.key") && err.contains("client.cert"),
+        "{err}"
+    );
+
+    // The pair in Docker's layout: push, then pull into an empty store.
+    std::fs::copy(&client_cert, host_dir.join("client.cert")).unwrap();
+    assert_eq!(store.ok(&push).trim(), id);
+    let empty = Store::new();
+    let pull = ["pull", &target, "--certs-dir", certs.to_str().unwrap()];
+    assert_eq!(empty.ok(&pull).trim(), id);
+    empty.assert_fsck_clean();
+}

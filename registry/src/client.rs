@@ -150,6 +150,13 @@ impl Client {
                         ca_dir: tls::registry_certs(&self.certs_dir, &self.api_host),
                     });
                 }
+                if let Some(alert) = tls::client_certificate_refusal(&*transport) {
+                    return Err(Error::ClientCertificateRefused {
+                        registry: self.registry.clone(),
+                        alert,
+                        dir: tls::registry_certs(&self.certs_dir, &self.api_host),
+                    });
+                }
                 let unreachable = |message: String| Error::Unreachable {
                     registry: self.registry.clone(),
                     url: format!("{https}/v2/"),

@@ -87,6 +87,14 @@ pub enum Error {
     /// A CA certificate file that cannot be used.
     #[error("{path}: {message}; it should hold PEM certificates (-----BEGIN CERTIFICATE-----)")]
     Certificate { path: PathBuf, message: String },
+    /// The registry refused the connection for want of a (trusted) client
+    /// certificate.
+    #[error("registry {registry} refused the TLS connection ({alert}): it wants a client certificate it trusts; put the certificate in {dir}/client.cert and its key in {dir}/client.key (Docker's layout; kiln's --certs-dir changes the root)", dir = dir.display())]
+    ClientCertificateRefused {
+        registry: String,
+        alert: String,
+        dir: PathBuf,
+    },
     /// A client certificate or key of certs.d that cannot be used.
     #[error("{path}: {message}")]
     ClientCertificate { path: PathBuf, message: String },

@@ -201,27 +201,54 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
-/// What is wrong with the server's certificate, when that is why a
-/// connection failed (as opposed to the server not speaking TLS at all).
-pub(crate) fn certificate_problem(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+/// The TLS error somewhere in an error's chain, if any.
+fn tls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut current = Some(error);
     while let Some(error) = current {
-        if let Some(rustls::Error::InvalidCertificate(problem)) =
-            error.downcast_ref::<rustls::Error>()
-        {
-            return Some(format!("{problem:?}"));
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls);
         }
         // io::Error hides a custom error from source(); look inside.
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            if let Some(rustls::Error::InvalidCertificate(problem)) =
-                io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
-            {
-                return Some(format!("{problem:?}"));
-            }
+        if let Some(tls) = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
         }
         current = error.source();
     }
     None
+}
+
+/// What is wrong with the server's certificate, when that is why a
+/// connection failed (as opposed to the server not speaking TLS at all).
+pub(crate) fn certificate_problem(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    match tls_error(error)? {
+        rustls::Error::InvalidCertificate(problem) => Some(format!("{problem:?}")),
+        _ => None,
+    }
+}
+
+/// The alert with which the server refused our (missing or untrusted)
+/// client certificate, when that is why a connection failed.
+pub(crate) fn client_certificate_refusal(
+    error: &(dyn std::error::Error + 'static),
+) -> Option<String> {
+    use rustls::AlertDescription as Alert;
+    match tls_error(error)? {
+        rustls::Error::AlertReceived(
+            alert @ (Alert::CertificateRequired
+            | Alert::BadCertificate
+            | Alert::UnknownCA
+            | Alert::CertificateUnknown
+            | Alert::UnsupportedCertificate
+            | Alert::CertificateExpired
+            | Alert::CertificateRevoked
+            | Alert::AccessDenied),
+        ) => Some(format!("{alert:?}")),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -238,6 +265,16 @@ mod tests {
             rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
         );
         assert_eq!(certificate_problem(&other), None);
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired),
+        );
+        assert_eq!(
+            client_certificate_refusal(&refused).as_deref(),
+            Some("CertificateRequired")
+        );
+        assert_eq!(certificate_problem(&refused), None);
+        assert_eq!(client_certificate_refusal(&io), None);
     }
 
     #[test]

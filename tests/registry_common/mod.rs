@@ -19,6 +19,83 @@ pub struct Registry {
     htpasswd: Option<PathBuf>,
     /// Certificate and key files when it serves HTTPS.
     tls: Option<(PathBuf, PathBuf)>,
+    /// The CA whose client certificates it requires, if any.
+    client_ca: Option<PathBuf>,
+}
+
+/// A test certificate authority made with openssl, issuing P-256 keys.
+pub struct TestCa {
+    dir: PathBuf,
+    pub certificate: PathBuf,
+    key: PathBuf,
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl (install it with scripts/install-deps.sh)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+impl TestCa {
+    pub fn new(dir: &Path) -> TestCa {
+        std::fs::create_dir_all(dir).unwrap();
+        let (key, certificate) = (dir.join("ca.key"), dir.join("ca.crt"));
+        let mut args = vec!["req", "-x509", "-days", "2", "-subj", "/CN=kiln test CA"];
+        args.extend(EC_KEY);
+        args.extend(["-keyout", key.to_str().unwrap()]);
+        args.extend(["-out", certificate.to_str().unwrap()]);
+        openssl(&args);
+        TestCa {
+            dir: dir.to_owned(),
+            certificate,
+            key,
+        }
+    }
+
+    /// A certificate and key named `name.crt` and `name.key` for `subject`,
+    /// with the given X.509 extensions.
+    pub fn issue(&self, name: &str, subject: &str, extensions: &str) -> (PathBuf, PathBuf) {
+        let file = |extension: &str| self.dir.join(format!("{name}.{extension}"));
+        let (key, csr, certificate, ext) = (file("key"), file("csr"), file("crt"), file("ext"));
+        let mut request = vec!["req", "-subj", subject];
+        request.extend(["-keyout", key.to_str().unwrap()]);
+        request.extend(["-out", csr.to_str().unwrap()]);
+        request.extend(EC_KEY);
+        openssl(&request);
+        std::fs::write(&ext, extensions).unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            csr.to_str().unwrap(),
+            "-CA",
+            self.certificate.to_str().unwrap(),
+            "-CAkey",
+            self.key.to_str().unwrap(),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            ext.to_str().unwrap(),
+            "-out",
+            certificate.to_str().unwrap(),
+        ]);
+        (certificate, key)
+    }
 }
 
 pub fn free_port() -> u16 {
@@ -48,6 +125,7 @@ impl Registry {
             dir: dir.to_owned(),
             htpasswd,
             tls: None,
+            client_ca: None,
         };
         registry.run();
         registry
@@ -65,6 +143,9 @@ impl Registry {
                 certificate.display(),
                 key.display()
             ));
+            if let Some(ca) = &self.client_ca {
+                config.push_str(&format!("    clientcas:\n      - {}\n", ca.display()));
+            }
         }
         if let Some(path) = &self.htpasswd {
             config.push_str(&format!(
@@ -97,79 +178,35 @@ impl Registry {
     /// A registry serving HTTPS with a certificate for 127.0.0.1 signed by
     /// a test CA made with openssl; returns it and the CA certificate file.
     pub fn start_tls(dir: &Path) -> (Registry, PathBuf) {
-        std::fs::create_dir_all(dir).unwrap();
-        let file = |name: &str| dir.join(name).to_str().unwrap().to_owned();
-        let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .output()
-                .expect("run openssl (install it with scripts/install-deps.sh)");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=kiln test CA"];
-        ca.extend(ec);
-        let (ca_key, ca_crt) = (file("ca.key"), file("ca.crt"));
-        ca.extend(["-keyout", &ca_key, "-out", &ca_crt]);
-        openssl(&ca);
-        let (key, csr, crt, ext) = (
-            file("server.key"),
-            file("server.csr"),
-            file("server.crt"),
-            file("server.ext"),
-        );
-        let mut request = vec![
-            "req",
-            "-subj",
+        let ca = TestCa::new(dir);
+        let registry = Registry::serve_tls(dir, &ca, None);
+        (registry, ca.certificate)
+    }
+
+    /// Like [`Registry::start_tls`], but the registry also requires a
+    /// client certificate signed by the returned CA (which `issue`s one).
+    pub fn start_mutual_tls(dir: &Path) -> (Registry, TestCa) {
+        let ca = TestCa::new(dir);
+        let registry = Registry::serve_tls(dir, &ca, Some(ca.certificate.clone()));
+        (registry, ca)
+    }
+
+    fn serve_tls(dir: &Path, ca: &TestCa, client_ca: Option<PathBuf>) -> Registry {
+        let (certificate, key) = ca.issue(
+            "server",
             "/CN=127.0.0.1",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ];
-        request.extend(ec);
-        openssl(&request);
-        std::fs::write(
-            &ext,
             "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_crt,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-            "-out",
-            &crt,
-        ]);
+        );
         let mut registry = Registry {
             child: None,
             port: free_port(),
             dir: dir.to_owned(),
             htpasswd: None,
-            tls: Some((PathBuf::from(crt), PathBuf::from(key))),
+            tls: Some((certificate, key)),
+            client_ca,
         };
         registry.run();
-        (registry, PathBuf::from(ca_crt))
+        registry
     }
 
     pub fn stop(&mut self) {
