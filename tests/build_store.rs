@@ -14,7 +14,10 @@ fn umoci_and_skopeo_read_built_images() {
     let ctx = env.context(
         "ctx",
         &[
-            ("Dockerfile", "FROM busybox\nRUN echo made > /made\nRUN rm /etc/group\nENV GREETING=hi\nCMD [\"cat\", \"/made\"]\n"),
+            ("Dockerfile", "FROM busybox\nRUN echo made > /made\nRUN rm /etc/group\nENV GREETING=hi\nCMD [\"cat\", \"/made\"]\n\
+                # Small random files between tar headers: gzip chunks mixing stored\n\
+                # and compressed blocks, which Go's gzip (umoci) must read back.\n\
+                RUN mkdir /noise && for i in $(seq 1 400); do head -c 4096 /dev/urandom > /noise/$i; done && cd / && sha256sum noise/* > /noise.sums\n"),
         ],
     );
     env.build(&ctx, &["-t", "made:v1", "--label", "k=v"]);
@@ -60,6 +63,16 @@ fn umoci_and_skopeo_read_built_images() {
         "the whiteout was not applied"
     );
     assert!(bundle.join("rootfs/etc/passwd").exists());
+    let out = Command::new("sha256sum")
+        .args(["--check", "--quiet", "noise.sums"])
+        .current_dir(bundle.join("rootfs"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "umoci unpacked other bytes: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
