@@ -576,9 +576,12 @@ impl Store {
             report.bytes_freed += tree_size(&entry.path());
             remove_dir_all_writable(&entry.path())?;
             report.snapshots_removed += 1;
-            let lock = snapshots.join(".locks").join(&name);
-            if lock.exists() {
-                fs::remove_file(&lock).at(&lock)?;
+            // The executor's lock and boot marker of the snapshot.
+            for private in [".locks", ".boot"] {
+                let file = snapshots.join(private).join(&name);
+                if file.exists() {
+                    fs::remove_file(&file).at(&file)?;
+                }
             }
         }
         let tmp = self.tmp_dir();
@@ -1026,7 +1029,17 @@ mod tests {
             fs::create_dir_all(dir.join("etc")).unwrap();
             fs::write(dir.join("etc/hello"), b"unpacked").unwrap();
         }
+        // The executor's boot markers go with their snapshots.
+        let marker_of = |snapshot: &std::path::Path| {
+            let markers = store.snapshots_dir().join(".boot");
+            fs::create_dir_all(&markers).unwrap();
+            let marker = markers.join(snapshot.file_name().unwrap());
+            fs::write(&marker, "boot").unwrap();
+            marker
+        };
+        let (kept_marker, orphan_marker) = (marker_of(&kept_snapshot), marker_of(&orphan_snapshot));
         let report = store.prune().unwrap();
+        assert!(kept_marker.exists() && !orphan_marker.exists());
         assert_eq!(report.blobs_removed, 3, "orphan manifest, config and layer");
         assert_eq!(report.temp_files_removed, 1);
         assert_eq!(report.snapshots_removed, 2);

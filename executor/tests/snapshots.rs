@@ -162,7 +162,9 @@ fn hostile_layers_cannot_write_outside_the_snapshot() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(
-        names.iter().all(|n| n == ".locks" || n == "sha256_climb"),
+        names
+            .iter()
+            .all(|n| n == ".locks" || n == ".boot" || n == "sha256_climb"),
         "{names:?}"
     );
 }
@@ -217,6 +219,51 @@ fn prepare_unpacks_once_under_concurrency() {
         fs::read_to_string(paths[0].join("file")).unwrap(),
         "content"
     );
+}
+
+#[test]
+fn a_snapshot_made_in_an_earlier_boot_is_unpacked_again() {
+    let dir = scratch();
+    let root = dir.path().join("s");
+    let snapshots = Snapshotter::new(&root).unwrap();
+    let tar = tar_of(&[("file", tar::EntryType::Regular, "content")]);
+    let opened = AtomicUsize::new(0);
+    let prepare = || {
+        snapshots
+            .prepare("sha256:layer", || {
+                opened.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, io::Error>(io::Cursor::new(tar.clone()))
+            })
+            .unwrap()
+    };
+    let path = prepare();
+    prepare();
+    assert_eq!(opened.load(Ordering::SeqCst), 1, "same boot: unpacked once");
+    assert!(snapshots.exists("sha256:layer").unwrap());
+
+    // As if the machine had crashed after unpacking: another boot's marker,
+    // and a file that lost its data.
+    let marker = root.join(".boot").join(path.file_name().unwrap());
+    let this_boot = fs::read_to_string(&marker).unwrap();
+    fs::write(&marker, "an-earlier-boot").unwrap();
+    fs::write(path.join("file"), "").unwrap();
+    assert!(!snapshots.exists("sha256:layer").unwrap());
+    assert_eq!(prepare(), path);
+    assert_eq!(opened.load(Ordering::SeqCst), 2, "unpacked again");
+    assert_eq!(fs::read_to_string(path.join("file")).unwrap(), "content");
+    assert_eq!(fs::read_to_string(&marker).unwrap(), this_boot);
+
+    // Snapshots from before markers were synced when made: trusted.
+    fs::remove_file(&marker).unwrap();
+    prepare();
+    assert_eq!(opened.load(Ordering::SeqCst), 2);
+    // Leftovers of the replacement are gone.
+    let leftovers: Vec<_> = fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 #[test]
