@@ -87,30 +87,27 @@ fn client_certificate<'a>(
         path: path.to_path_buf(),
         message,
     };
-    for key in keys {
-        let cert = key.with_extension("cert");
-        if !cert.exists() {
-            return Err(bad(
-                key,
+    // Docker's rule: every certificate has its key beside it, and the reverse.
+    let partner = |path: &Path, extension: &str, what: &str, needs: &str| {
+        let partner = path.with_extension(extension);
+        if partner.exists() {
+            Ok(partner)
+        } else {
+            Err(bad(
+                path,
                 format!(
-                    "a client key needs its certificate beside it as {} (CA certificates use the extension .crt)",
-                    cert.display()
+                    "a client {what} needs its {needs} beside it as {} (CA certificates use the extension .crt)",
+                    partner.display()
                 ),
-            ));
+            ))
         }
+    };
+    for key in keys {
+        partner(key, "cert", "key", "certificate")?;
     }
     let mut first = None;
     for cert in certs {
-        let key = cert.with_extension("key");
-        if !key.exists() {
-            return Err(bad(
-                cert,
-                format!(
-                    "a client certificate needs its private key beside it as {} (CA certificates use the extension .crt)",
-                    key.display()
-                ),
-            ));
-        }
+        let key = partner(cert, "key", "certificate", "private key")?;
         if first.is_none() {
             first = Some((cert.clone(), key));
         }
