@@ -3,7 +3,7 @@
 
 mod build_common;
 
-use build_common::{cached_steps, run_steps, Env};
+use build_common::{cached_steps, run_ok, run_steps, Env};
 
 #[test]
 fn run_and_copy_then_everything_cached() {
@@ -243,18 +243,13 @@ fn two_clean_builds_give_one_digest() {
     let build = || {
         let env = Env::new();
         let ctx = env.context("ctx", &files);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .arg("--root")
-            .arg(env.root())
-            .args(["build", "--progress", "quiet"])
-            .arg(&ctx)
-            .env("SOURCE_DATE_EPOCH", "1700000000")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+                .arg("--root")
+                .arg(env.root())
+                .args(["build", "--progress", "quiet"])
+                .arg(&ctx)
+                .env("SOURCE_DATE_EPOCH", "1700000000"),
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };

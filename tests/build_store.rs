@@ -6,7 +6,7 @@ mod build_common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use build_common::{run_steps, Env};
+use build_common::{run_ok, run_steps, Env};
 
 #[test]
 fn umoci_and_skopeo_read_built_images() {
@@ -23,15 +23,7 @@ fn umoci_and_skopeo_read_built_images() {
     env.build(&ctx, &["-t", "made:v1", "--label", "k=v"]);
     let layout = env.root();
     let reference = format!("oci:{}:made:v1", layout.display());
-    let out = Command::new("skopeo")
-        .args(["inspect", "--config", &reference])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(Command::new("skopeo").args(["inspect", "--config", &reference]));
     let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(config["config"]["Cmd"], serde_json::json!(["cat", "/made"]));
     assert_eq!(config["config"]["Labels"]["k"], "v");
@@ -44,15 +36,10 @@ fn umoci_and_skopeo_read_built_images() {
 
     let bundle = env.dir.path().join("bundle");
     let image = format!("{}:made:v1", layout.display());
-    let out = Command::new("umoci")
-        .args(["unpack", "--image", &image])
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("umoci")
+            .args(["unpack", "--image", &image])
+            .arg(&bundle),
     );
     assert_eq!(
         std::fs::read_to_string(bundle.join("rootfs/made")).unwrap(),

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use registry_common::{skopeo_inspect, Registry};
-use support::{fixture, Store};
+use support::{fixture, run_ok, Store};
 
 /// A store with the amd64 busybox fixture imported as `busybox:1`; returns its id.
 fn store_with_busybox() -> (Store, String) {
@@ -47,16 +47,11 @@ fn push_then_pull_into_an_empty_store_keeps_the_digest_and_skopeo_reads_it() {
     let manifest = skopeo_inspect(&target);
     assert_eq!(manifest["layers"].as_array().unwrap().len(), 1);
     let copy = dir.path().join("copy");
-    let out = Command::new("skopeo")
-        .args(["copy", "--src-tls-verify=false"])
-        .arg(format!("docker://{target}"))
-        .arg(format!("oci:{}:copy", copy.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--src-tls-verify=false"])
+            .arg(format!("docker://{target}"))
+            .arg(format!("oci:{}:copy", copy.display())),
     );
 
     // Everything is there now: a second push uploads nothing.

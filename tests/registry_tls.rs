@@ -7,7 +7,7 @@ mod registry_common;
 mod support;
 
 use registry_common::{skopeo_inspect, Registry};
-use support::Store;
+use support::{run_ok, Store};
 
 #[test]
 fn a_self_signed_registry_needs_its_ca_or_insecure() {
@@ -51,15 +51,10 @@ fn a_self_signed_registry_needs_its_ca_or_insecure() {
     assert_eq!(empty.ok(&pull).trim(), id);
     empty.assert_fsck_clean();
     // The environment variable does the same for every command.
-    let out = Store::new()
-        .command(&["pull", &target])
-        .env("KILN_CERTS_DIR", &certs)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Store::new()
+            .command(&["pull", &target])
+            .env("KILN_CERTS_DIR", &certs),
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id);
 }

@@ -3,7 +3,7 @@
 #[path = "store_support.rs"]
 mod support;
 
-use support::{client, skopeo_inspect, Store};
+use support::{client, run_ok, skopeo_inspect, Store};
 
 #[test]
 fn oci_archives_open_in_skopeo_and_umoci_and_load_back() {
@@ -124,15 +124,10 @@ fn archives_made_by_skopeo_load_from_stdin_too() {
         ],
     );
     let other = Store::new();
-    let out = other
-        .command(&["load"])
-        .stdin(std::fs::File::open(&docker_archive).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        other
+            .command(&["load"])
+            .stdin(std::fs::File::open(&docker_archive).unwrap()),
     );
     let inspect: serde_json::Value =
         serde_json::from_str(&other.ok(&["inspect", "busybox:musl"])).unwrap();

@@ -6,6 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+#[path = "../testsupport/run.rs"]
+mod run;
+#[allow(unused_imports)]
+pub use run::run_ok;
+
 /// Where the fixtures are: $KILN_FIXTURES, else <workspace>/target/fixtures.
 pub fn fixture(name: &str) -> PathBuf {
     let dir = std::env::var_os("KILN_FIXTURES")
@@ -67,12 +72,7 @@ impl Store {
 
     /// Runs kiln, asserts success, returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.kiln(args);
-        assert!(
-            out.status.success(),
-            "kiln {args:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run_ok(&mut self.command(args));
         String::from_utf8(out.stdout).expect("utf-8 stdout")
     }
 
@@ -109,17 +109,7 @@ impl Store {
 
 /// Runs a real client (skopeo, umoci, tar), asserting success; returns stdout.
 pub fn client(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program} (install it with scripts/install-deps.sh): {e}")
-        });
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(Command::new(program).args(args));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

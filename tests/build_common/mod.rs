@@ -10,6 +10,8 @@ use std::process::{Command, Output, Stdio};
 mod store_support;
 
 pub use store_support::fixture;
+#[allow(unused_imports)]
+pub use store_support::run_ok;
 
 /// A store in a temporary directory with `busybox` (amd64) and
 /// `busybox-mips64el` imported.
@@ -39,12 +41,7 @@ impl Env {
     /// Imports a fixture rootfs tar with `kiln import`.
     pub fn import(&self, fixture_name: &str, name: &str) {
         let tar = fixture(fixture_name);
-        let out = self.kiln(&["import", &tar.to_string_lossy(), name]);
-        assert!(
-            out.status.success(),
-            "kiln import {fixture_name} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(&mut self.command(&["import", &tar.to_string_lossy(), name]));
     }
 
     /// A context directory with these files.
