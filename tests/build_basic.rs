@@ -286,3 +286,42 @@ fn resource_limits_bound_run_steps() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("512m"));
 }
+
+#[test]
+fn context_binds_share_one_exported_tree_per_content() {
+    let env = Env::new();
+    let dockerfile = "FROM busybox\n\
+        RUN --mount=type=bind,target=/c cat /c/data > /one\n\
+        RUN --mount=type=bind,target=/c,source=data cat /c > /file\n\
+        RUN --mount=type=bind,target=/c cat /c/data > /two\n";
+    let ctx = env.context("ctx", &[("Dockerfile", dockerfile), ("data", "v1\n")]);
+    let trees = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(env.root().join("kiln/snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("context_"))
+            .collect();
+        names.sort();
+        names
+    };
+    let rootfs = env.dir.path().join("rootfs");
+    let output = format!("type=local,dest={}", rootfs.display());
+    env.build(&ctx, &["--output", &output]);
+    // One tree for the whole context (both steps), one for the single file.
+    assert_eq!(trees().len(), 2, "{:?}", trees());
+    for file in ["one", "file", "two"] {
+        assert_eq!(std::fs::read_to_string(rootfs.join(file)).unwrap(), "v1\n");
+    }
+
+    // Changed content: new trees, and the steps see it.
+    std::fs::write(ctx.join("data"), "v2\n").unwrap();
+    std::fs::remove_dir_all(&rootfs).unwrap();
+    env.build(&ctx, &["--output", &output]);
+    assert_eq!(trees().len(), 4, "{:?}", trees());
+    for file in ["one", "file", "two"] {
+        assert_eq!(std::fs::read_to_string(rootfs.join(file)).unwrap(), "v2\n");
+    }
+    // prune drops them all; they are made again on demand.
+    run_ok(&mut env.command(&["prune"]));
+    assert!(trees().is_empty());
+}

@@ -562,14 +562,16 @@ impl Store {
         }
         fsutil::sync_dir(&blobs)?;
         // Snapshots are unpacked layers, named by chain id with `:` as `_`
-        // (the executor's naming); those of no kept image, and unfinished
-        // ones (`.tmp-*`), go. A removed snapshot is unpacked again on demand.
+        // (the executor's naming); those of no kept image, unfinished ones
+        // (`.tmp-*`) and exported context trees (`context_*`, which RUN bind
+        // mounts share) go. A removed snapshot is made again on demand.
         let snapshots = self.snapshots_dir();
         for entry in fs::read_dir(&snapshots).at(&snapshots)? {
             let entry = entry.at(&snapshots)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let unfinished = name.starts_with(".tmp-");
-            let stale = name.starts_with("sha256_") && !live.snapshots.contains(&name);
+            let stale = (name.starts_with("sha256_") && !live.snapshots.contains(&name))
+                || name.starts_with("context_");
             if !(unfinished || stale) || !entry.file_type().at(entry.path())?.is_dir() {
                 continue;
             }
@@ -1025,7 +1027,8 @@ mod tests {
         let kept_snapshot = snapshot_of(&tagged);
         let orphan_snapshot = snapshot_of(&orphan);
         let unfinished = store.snapshots_dir().join(".tmp-sha256_00-1-2");
-        for dir in [&kept_snapshot, &orphan_snapshot, &unfinished] {
+        let context_tree = store.snapshots_dir().join("context_0123abcd");
+        for dir in [&kept_snapshot, &orphan_snapshot, &unfinished, &context_tree] {
             fs::create_dir_all(dir.join("etc")).unwrap();
             fs::write(dir.join("etc/hello"), b"unpacked").unwrap();
         }
@@ -1042,8 +1045,9 @@ mod tests {
         assert!(kept_marker.exists() && !orphan_marker.exists());
         assert_eq!(report.blobs_removed, 3, "orphan manifest, config and layer");
         assert_eq!(report.temp_files_removed, 1);
-        assert_eq!(report.snapshots_removed, 2);
+        assert_eq!(report.snapshots_removed, 3);
         assert!(kept_snapshot.exists() && !orphan_snapshot.exists() && !unfinished.exists());
+        assert!(!context_tree.exists());
         assert!(report.bytes_freed > 0);
         assert!(!store.has_blob(orphan.id()));
         assert!(store.resolve("kept").unwrap().is_some());

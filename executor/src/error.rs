@@ -21,6 +21,13 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The callback that fills a tree snapshot failed.
+    #[error("could not fill snapshot {id}: {source}")]
+    FillTree {
+        id: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A layer tar is malformed or tries to escape its snapshot directory.
     #[error("layer for snapshot {chain_id}: entry {entry:?}: {reason}; the layer is corrupt or hostile, rebuild or re-import the image it belongs to")]
     BadLayer {

@@ -118,7 +118,35 @@ impl Snapshotter {
         R: Read,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let name = snapshot_name(chain_id)?;
+        self.prepare_with(chain_id, |temp| {
+            let reader = open_layer().map_err(|e| Error::OpenLayer {
+                chain_id: chain_id.to_owned(),
+                source: e.into(),
+            })?;
+            unpack_layer(reader, temp, chain_id)
+        })
+    }
+
+    /// Returns the snapshot directory named `id` (`kind:hex`, e.g. a content
+    /// digest), filling it with `fill` first if it is not there yet: a tree
+    /// that is not a layer but is as costly to make and as immutable (the
+    /// build context as RUN bind mounts show it). Same guarantees as
+    /// [`Snapshotter::prepare`].
+    pub fn prepare_tree<E, F>(&self, id: &str, fill: F) -> Result<PathBuf>
+    where
+        F: FnOnce(&Path) -> std::result::Result<(), E>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.prepare_with(id, |temp| {
+            fill(temp).map_err(|e| Error::FillTree {
+                id: id.to_owned(),
+                source: e.into(),
+            })
+        })
+    }
+
+    fn prepare_with(&self, id: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+        let name = snapshot_name(id)?;
         let target = self.root.join(&name);
         if self.is_ready(&name) {
             return Ok(target);
@@ -153,11 +181,7 @@ impl Snapshotter {
         }
         let result = (|| {
             fs::create_dir(&temp).map_err(io_err("create", &temp))?;
-            let reader = open_layer().map_err(|e| Error::OpenLayer {
-                chain_id: chain_id.to_owned(),
-                source: e.into(),
-            })?;
-            unpack_layer(reader, &temp, chain_id)?;
+            fill(&temp)?;
             let marker = self.root.join(BOOT_MARKERS).join(&name);
             match boot_id() {
                 Some(boot) => {

@@ -758,6 +758,32 @@ impl Drop for Scratch {
 }
 
 impl Runner<'_> {
+    /// `source` of the context as a read-only bind shows it, exported once
+    /// per content (a tree snapshot named by its content digest) and shared
+    /// by every step and build that mounts the same files.
+    fn context_tree(&self, source: &str) -> Result<PathBuf> {
+        let ctx: &dyn crate::source::SourceFs = self.context;
+        let rel = clean_relative(source);
+        let Some(top) = ctx.entry(&rel, true)? else {
+            return Err(Error::Invalid(format!(
+                "{rel}: not found in the build context"
+            )));
+        };
+        let digest = content_digest(ctx, std::slice::from_ref(&rel))?;
+        let tree = self
+            .snapshotter
+            .prepare_tree(&format!("context:{}", digest.to_hex()), |dir| {
+                export_tree(ctx, &rel, dir, ExportOwner::Root).map(drop)
+            })
+            .map_err(exec_err)?;
+        // A file is exported under its own name inside the tree.
+        Ok(if top.meta.is_dir() {
+            tree
+        } else {
+            tree.join(rel.rsplit('/').next().unwrap_or(&rel))
+        })
+    }
+
     fn scratch(&self) -> Result<Scratch> {
         let dir = tempfile::Builder::new()
             .prefix("step-")
@@ -965,11 +991,12 @@ impl Runner<'_> {
                     source,
                     rw,
                 } => {
-                    // Always a copy: a context bind shows what Docker's
-                    // builder sees (no .dockerignore'd files, root's
-                    // files), and the step must not change its source.
+                    // Never the source itself: a context bind shows what
+                    // Docker's builder sees (no .dockerignore'd files,
+                    // root's files), and no step may change its source.
                     let copy = scratch.0.join(format!("bind-{index}"));
                     let host = match from {
+                        CopyFrom::Context if !rw => self.context_tree(source)?,
                         CopyFrom::Context => {
                             let ctx: &dyn crate::source::SourceFs = self.context;
                             export_tree(ctx, &clean_relative(source), &copy, ExportOwner::Root)?
