@@ -114,5 +114,9 @@ floor=$(for i in $(seq 1 "$runs"); do
   rm -f "$work/random"; echo "$t1 - $t0" | bc -l
 done | median)
 printf '%-44s %8.3fs   (the command alone on the host, no builder)\n' "  floor: busybox head -c 256M on the host" "$floor"
-[ $have_docker = 1 ] || echo "(BuildKit: docker is not installed or dockerd is not running)"
-[ $have_buildah = 1 ] || echo "(buildah: not installed)"
+if [ "${KILN_ONLY:-0}" = 1 ]; then
+  echo "(peers skipped: KILN_ONLY=1)"
+else
+  [ $have_docker = 1 ] || echo "(BuildKit: docker is not installed or dockerd is not running)"
+  [ $have_buildah = 1 ] || echo "(buildah: not installed)"
+fi
