@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../../testsupport/run.rs"]
+mod run;
+use run::run_ok;
+
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
 /// A registry process on 127.0.0.1, killed when dropped.
@@ -31,15 +35,7 @@ pub struct TestCa {
 }
 
 fn openssl(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("run openssl (install it with scripts/install-deps.sh)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(Command::new("openssl").args(args));
 }
 
 const EC_KEY: [&str; 5] = [
@@ -281,30 +277,20 @@ pub fn push_index(store_root: &Path, layout: &Path, images: &[(&str, &str)], tar
             "annotations": {"org.opencontainers.image.ref.name": "multi"}}]
     });
     std::fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
-    let out = Command::new("skopeo")
-        .args(["copy", "--all", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:multi", layout.display()))
-        .arg(format!("docker://{target}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--all", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:multi", layout.display()))
+            .arg(format!("docker://{target}")),
     );
 }
 
 /// The raw manifest skopeo reads at `reference` (a loopback registry).
 pub fn skopeo_inspect(reference: &str) -> serde_json::Value {
-    let out = Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", "--raw"])
-        .arg(format!("docker://{reference}"))
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo inspect {reference}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--raw"])
+            .arg(format!("docker://{reference}")),
     );
     serde_json::from_slice(&out.stdout).expect("skopeo prints JSON")
 }
