@@ -54,16 +54,7 @@ impl Store {
 
     /// `kiln --root STORE ARGS` with a clean environment.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
-        command
-            .arg("--root")
-            .arg(self.root())
-            .args(args)
-            .env_remove("KILN_ROOT")
-            .env_remove("SOURCE_DATE_EPOCH")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null());
-        command
+        kiln_command(&self.root(), args)
     }
 
     pub fn kiln(&self, args: &[&str]) -> Output {
@@ -105,6 +96,21 @@ impl Store {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// `kiln --root ROOT ARGS` with no KILN_ROOT, SOURCE_DATE_EPOCH, colour or
+/// stdin, so the host's settings cannot change what a test sees.
+pub fn kiln_command(root: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    command
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env_remove("KILN_ROOT")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    command
 }
 
 /// Runs a real client (skopeo, umoci, tar), asserting success; returns stdout.

@@ -4,12 +4,13 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 #[path = "../store_support.rs"]
 mod store_support;
 
 pub use store_support::fixture;
+use store_support::kiln_command;
 #[allow(unused_imports)]
 pub use store_support::run_ok;
 
@@ -60,37 +61,34 @@ impl Env {
         self.command(args).output().expect("run kiln")
     }
 
-    /// `kiln --root STORE ARGS` with no SOURCE_DATE_EPOCH, colour or stdin.
+    /// `kiln --root STORE ARGS` in a clean environment (see `kiln_command`).
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
-        command
-            .arg("--root")
-            .arg(self.root())
-            .args(args)
-            .env_remove("SOURCE_DATE_EPOCH")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null());
-        command
+        kiln_command(&self.root(), args)
     }
 
     /// Builds `context` with extra args; panics with stderr when it fails.
     /// Returns (image id, stderr).
     pub fn build(&self, context: &Path, extra: &[&str]) -> (String, String) {
-        let out = self.try_build(context, extra);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "kiln build failed:\n{stderr}");
+        let out = run_ok(&mut self.build_command(context, extra));
         (
             String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            stderr,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }
 
     pub fn try_build(&self, context: &Path, extra: &[&str]) -> Output {
+        self.build_command(context, extra)
+            .output()
+            .expect("run kiln")
+    }
+
+    /// `kiln build --progress plain EXTRA CONTEXT`.
+    fn build_command(&self, context: &Path, extra: &[&str]) -> Command {
         let mut args = vec!["build", "--progress", "plain"];
         args.extend_from_slice(extra);
         let context = context.to_string_lossy().into_owned();
         args.push(&context);
-        self.kiln(&args)
+        self.command(&args)
     }
 
     /// The merged filesystem of a built image, through `--output type=local`.
