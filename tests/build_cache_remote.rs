@@ -8,7 +8,7 @@ mod registry_common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use build_common::{cached_steps, run_steps, Env};
+use build_common::{cached_steps, run_ok, run_steps, Env};
 use registry_common::{skopeo_inspect, Registry};
 
 /// Two stages: RUN steps, a COPY from the context, a COPY --from.
@@ -129,12 +129,7 @@ fn second_runner_reuses_everything(
             "{digest} of the image is missing"
         );
     }
-    let out = runner_b.kiln(&["fsck"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&mut runner_b.command(&["fsck"]));
 
     // COPY b.txt changes: it, the RUN after it and the COPY --from re-run;
     // the COPY --from reads the builder stage, fetched now.
@@ -203,12 +198,7 @@ fn a_runner_with_nothing_in_its_store_pulls_the_base_and_takes_every_step_from_t
     let files = [("Dockerfile", dockerfile.as_str()), ("a.txt", "from a\n")];
 
     let runner_a = Env::new();
-    let pushed = runner_a.kiln(&["push", "busybox:latest", &base]);
-    assert!(
-        pushed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pushed.stderr)
-    );
+    run_ok(&mut runner_a.command(&["push", "busybox:latest", &base]));
     let context_a = runner_a.context("ctx", &files);
     let (id_a, ran, cached, _) = build(&runner_a, &context_a, &["--cache-to", &cache]);
     assert_eq!((ran, cached), (2, 0));
@@ -221,12 +211,7 @@ fn a_runner_with_nothing_in_its_store_pulls_the_base_and_takes_every_step_from_t
     for digest in image_layers(&runner_b, &id_b) {
         assert!(has_blob(&runner_b, &digest), "{digest} is missing");
     }
-    let out = runner_b.kiln(&["fsck"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&mut runner_b.command(&["fsck"]));
 }
 
 #[test]

@@ -24,7 +24,7 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use build_common::Env;
+use build_common::{run_ok, Env};
 
 const SOURCE_DATE_EPOCH: &str = "1700000000";
 /// Regular files up to this size have their text in the rendering.
@@ -185,8 +185,8 @@ fn check_case(case: &str) {
     let context = env.dir.path().join("context");
     copy_context(&dir.join("context"), &context);
     let dockerfile = dir.join("Dockerfile");
-    let out = env
-        .command(&[
+    let out = run_ok(
+        env.command(&[
             "build",
             "--progress",
             "plain",
@@ -194,13 +194,7 @@ fn check_case(case: &str) {
             &dockerfile.to_string_lossy(),
             &context.to_string_lossy(),
         ])
-        .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{case}: kiln build failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH),
     );
     let manifest_digest = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let base = env.kiln(&["inspect", "busybox:latest"]);

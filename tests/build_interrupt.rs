@@ -8,7 +8,7 @@ use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use build_common::{cached_steps, run_steps, Env};
+use build_common::{cached_steps, run_ok, run_steps, Env};
 
 /// The slow step is slow only the first time: its cache mount remembers that
 /// it ran, and cache mount contents are not part of the step's cache key, so
@@ -73,10 +73,5 @@ fn ctrl_c_cancels_the_build_and_the_next_build_works() {
         (1, 1),
         "{stderr}"
     );
-    let out = env.kiln(&["fsck"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&mut env.command(&["fsck"]));
 }

@@ -102,12 +102,7 @@ fn a_killed_build_leaves_nothing_half_done() {
     let (_, stderr) = env.build(&ctx, &["-t", "k"]);
     assert!(stderr.contains("CACHED"), "{stderr}");
     assert_eq!(run_steps(&stderr), 1, "{stderr}");
-    let out = env.kiln(&["fsck"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&mut env.command(&["fsck"]));
 }
 
 #[test]
@@ -185,14 +180,8 @@ fn output_archives_are_read_by_skopeo() {
         let dest = env.dir.path().join(format!("out-{kind}.tar"));
         let output = format!("type={kind},dest={}", dest.display());
         env.build(&ctx, &["-t", "arch:v1", "--output", &output]);
-        let out = Command::new("skopeo")
-            .args(["inspect", &format!("{transport}:{}", dest.display())])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{kind}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            Command::new("skopeo").args(["inspect", &format!("{transport}:{}", dest.display())]),
         );
     }
 }
@@ -209,18 +198,13 @@ fn a_relative_store_root_builds_run_steps() {
     );
     let fixture = build_common::fixture("busybox-amd64.tar");
     let kiln = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .current_dir(env.dir.path())
-            .args(["--root", "relative-store"])
-            .args(args)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run kiln");
-        assert!(
-            out.status.success(),
-            "kiln {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            Command::new(env!("CARGO_BIN_EXE_kiln"))
+                .current_dir(env.dir.path())
+                .args(["--root", "relative-store"])
+                .args(args)
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null()),
         );
     };
     kiln(&["import", fixture.to_str().unwrap(), "busybox"]);
