@@ -197,17 +197,15 @@ fn credentials_come_from_kiln_login_and_failures_say_so() {
     let saved = std::fs::read_to_string(docker_config.join("config.json")).unwrap();
     assert!(saved.contains(&registry.host()), "{saved}");
 
-    let out = kiln_with_auth(&store, &docker_config, &["push", "busybox:1", &target]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        store
+            .command(&["push", "busybox:1", &target])
+            .env("DOCKER_CONFIG", &docker_config),
     );
-    let out = kiln_with_auth(&Store::new(), &docker_config, &["pull", &target]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Store::new()
+            .command(&["pull", &target])
+            .env("DOCKER_CONFIG", &docker_config),
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id);
 }

@@ -1,24 +1,22 @@
 //! `kiln setup-binfmt`: registers qemu-user handlers and reports what it did as
 //! JSON on stdout; bad architectures fail with a message naming them. Needs root.
 
+#[path = "../testsupport/run.rs"]
+mod run;
+
 use std::process::Command;
 
-fn kiln(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
+use run::run_ok;
+
+fn kiln(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    command.args(args).env("NO_COLOR", "1");
+    command
 }
 
 #[test]
 fn registers_and_reports_as_json() {
-    let out = kiln(&["setup-binfmt", "mips64le", "amd64"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(&mut kiln(&["setup-binfmt", "mips64le", "amd64"]));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report[0]["arch"], "mips64le");
     assert!(
@@ -34,7 +32,7 @@ fn registers_and_reports_as_json() {
 
 #[test]
 fn unknown_architectures_are_named() {
-    let out = kiln(&["setup-binfmt", "vax"]);
+    let out = kiln(&["setup-binfmt", "vax"]).output().unwrap();
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&out.stderr);
