@@ -8,7 +8,7 @@ mod registry_common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use build_common::{cached_steps, run_ok, run_steps, Env};
+use build_common::{cached_steps, output_with_stdin, run_ok, run_steps, Env};
 use registry_common::{skopeo_inspect, Registry};
 
 /// Two stages: RUN steps, a COPY from the context, a COPY --from.
@@ -340,23 +340,10 @@ fn kiln_with_credentials(
     args: &[&str],
     stdin: &str,
 ) -> std::process::Output {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut child = env
-        .command(args)
-        .env("DOCKER_CONFIG", docker_config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kiln");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    output_with_stdin(
+        env.command(args).env("DOCKER_CONFIG", docker_config),
+        stdin.as_bytes(),
+    )
 }
 
 #[test]

@@ -4,10 +4,7 @@
 #[path = "store_support.rs"]
 mod support;
 
-use std::io::Write;
-use std::process::Stdio;
-
-use support::{client, fixture, skopeo_inspect, Store};
+use support::{client, fixture, output_with_stdin, skopeo_inspect, Store};
 
 #[test]
 fn mips64el_rootfs_is_detected_and_skopeo_and_umoci_read_it() {
@@ -198,20 +195,11 @@ fn every_input_compression_stdin_and_directories_give_the_same_layer() {
         assert!(id.starts_with("sha256:"));
     }
     // stdin
-    let mut child = store
-        .command(&["import", "-", "from-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&std::fs::read(&tar).unwrap())
-        .unwrap();
-    assert!(child.wait_with_output().unwrap().status.success());
+    let out = output_with_stdin(
+        &mut store.command(&["import", "-", "from-stdin"]),
+        &std::fs::read(&tar).unwrap(),
+    );
+    assert!(out.status.success());
     // a directory: unpacked with tar, imported, unpacked again by umoci
     let dir = store.path("rootfs-dir");
     std::fs::create_dir(&dir).unwrap();

@@ -7,10 +7,10 @@ mod registry_common;
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use registry_common::{skopeo_inspect, Registry};
-use support::{fixture, run_ok, Store};
+use support::{fixture, output_with_stdin, run_ok, Store};
 
 /// A store with the amd64 busybox fixture imported as `busybox:1`; returns its id.
 fn store_with_busybox() -> (Store, String) {
@@ -163,21 +163,12 @@ fn credentials_come_from_kiln_login_and_failures_say_so() {
     );
 
     let login = |password: &str| {
-        let mut child = store
-            .command(&["login", &registry.host(), "-u", "ci", "--password-stdin"])
-            .env("DOCKER_CONFIG", &docker_config)
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{password}\n").as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        output_with_stdin(
+            store
+                .command(&["login", &registry.host(), "-u", "ci", "--password-stdin"])
+                .env("DOCKER_CONFIG", &docker_config),
+            format!("{password}\n").as_bytes(),
+        )
     };
     let out = login("wrong");
     assert!(!out.status.success());

@@ -113,6 +113,25 @@ pub fn kiln_command(root: &Path, args: &[&str]) -> Command {
     command
 }
 
+/// Runs `command` with `input` on its stdin; returns its output, whatever its
+/// exit status.
+pub fn output_with_stdin(command: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input)
+        .expect("write stdin");
+    child.wait_with_output().expect("wait for the command")
+}
+
 /// Runs a real client (skopeo, umoci, tar), asserting success; returns stdout.
 pub fn client(program: &str, args: &[&str]) -> String {
     let out = run_ok(Command::new(program).args(args));

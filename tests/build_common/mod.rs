@@ -12,7 +12,7 @@ mod store_support;
 pub use store_support::fixture;
 use store_support::kiln_command;
 #[allow(unused_imports)]
-pub use store_support::run_ok;
+pub use store_support::{output_with_stdin, run_ok};
 
 /// A store in a temporary directory with `busybox` (amd64) and
 /// `busybox-mips64el` imported.
