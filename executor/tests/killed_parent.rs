@@ -23,16 +23,6 @@ fn sandbox_sleepers(marker: &str) -> usize {
         .count()
 }
 
-fn mountinfo() -> Vec<String> {
-    let mut lines: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    lines.sort();
-    lines
-}
-
 /// Not a test on its own: the process `sandbox_dies_with_a_killed_parent` starts
 /// and kills. It runs a step that sleeps and says when it is running.
 #[test]
@@ -56,7 +46,7 @@ fn helper_long_step() {
 #[test]
 fn sandbox_dies_with_a_killed_parent() {
     busybox("amd64");
-    let before = mountinfo();
+    let before = host_mounts();
     let marker = format!("{}", 100_000 + std::process::id());
     let mut helper = Command::new(std::env::current_exe().unwrap())
         .args([
@@ -95,5 +85,5 @@ fn sandbox_dies_with_a_killed_parent() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(before, mountinfo());
+    assert_eq!(before, host_mounts());
 }

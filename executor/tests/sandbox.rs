@@ -387,18 +387,7 @@ fn proc_dev_sys_do_not_leak_into_layers() {
 
 #[test]
 fn host_mounts_are_unchanged_after_runs() {
-    fn mounts() -> Vec<String> {
-        // Mount ids and the rest of each line, without optional fields that
-        // change on their own (none on this line format): compare whole lines.
-        let mut lines: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        lines.sort();
-        lines
-    }
-    let before = mounts();
+    let before = host_mounts();
     for _ in 0..3 {
         let mut s = shell("echo x > /f");
         s.mounts = vec![Mount::Tmpfs {
@@ -409,7 +398,7 @@ fn host_mounts_are_unchanged_after_runs() {
     }
     let out = run(&shell("exit 1"));
     assert!(out.result.is_err());
-    assert_eq!(before, mounts());
+    assert_eq!(before, host_mounts());
 }
 
 #[test]

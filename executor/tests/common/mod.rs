@@ -145,3 +145,15 @@ pub fn list_tar(bytes: &[u8]) -> Vec<String> {
         .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
         .collect()
 }
+
+/// This process's mount table, sorted: whole lines of /proc/self/mountinfo
+/// (no field on them changes on its own), to compare before and after runs.
+pub fn host_mounts() -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
