@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use registry_common::{skopeo_inspect, Registry};
-use support::Store;
+use support::{run_ok, Store};
 
 /// A build context with these files in a fresh directory under `dir`.
 fn context(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {

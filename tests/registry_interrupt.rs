@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use registry_common::Registry;
-use support::{client, Store};
+use support::{client, run_ok, Store};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Direction {
