@@ -636,10 +636,8 @@ impl<'a> Compiler<'a> {
                 let created_by = apply_config(state, instruction, self.escape)?;
                 let path = state.workdir();
                 let user = state.config.user.clone().filter(|u| !u.is_empty());
-                let mut enc = KeyEncoder::new("kiln.workdir.v1");
-                enc.key("parent", &state.digest)
-                    .str("path", &path)
-                    .opt_str("user", user.as_deref());
+                let mut enc = KeyEncoder::chained("kiln.workdir.v2", &state.digest);
+                enc.str("path", &path).opt_str("user", user.as_deref());
                 let digest = enc.finish();
                 state.push_with_digest(
                     instruction,
@@ -777,9 +775,8 @@ impl<'a> Compiler<'a> {
             mounts,
             files,
         };
-        let mut enc = KeyEncoder::new("kiln.run.v2");
-        enc.key("parent", &state.digest)
-            .list("argv", &run.argv)
+        let mut enc = KeyEncoder::chained("kiln.run.v3", &state.digest);
+        enc.list("argv", &run.argv)
             .key("env", &env_key)
             .opt_str("user", run.user.as_deref())
             .str("workdir", &run.workdir)
@@ -1091,9 +1088,8 @@ fn find_arg(args: &[(String, Option<String>)], name: &str) -> Option<String> {
 }
 
 fn digest_copy(parent: &Key, copy: &CopyStep, inputs: &[Key]) -> Key {
-    let mut enc = KeyEncoder::new("kiln.copy.v1");
-    enc.key("parent", parent)
-        .bool("add", copy.add)
+    let mut enc = KeyEncoder::chained("kiln.copy.v2", parent);
+    enc.bool("add", copy.add)
         .list("sources", &copy.sources)
         .u64("heredocs", copy.heredocs.len() as u64);
     for (name, content) in &copy.heredocs {
@@ -1387,11 +1383,7 @@ impl StageState {
     fn env_changed(&mut self, kind: &str, name: &str, value: Option<&str>) {
         let previous = self.env_key;
         self.env_changes
-            .get_or_insert_with(|| {
-                let mut changes = KeyEncoder::new("kiln.env.changes.v1");
-                changes.key("previous", &previous);
-                changes
-            })
+            .get_or_insert_with(|| KeyEncoder::chained("kiln.env.changes.v2", &previous))
             .str("kind", kind)
             .str("name", name)
             .opt_str("value", value);
@@ -1501,8 +1493,7 @@ impl StageState {
 
     /// A step that changes only the config.
     fn config_step(&mut self, instruction: &Instruction, created_by: String) {
-        let digest = KeyEncoder::new("kiln.config.v2")
-            .key("parent", &self.last_step)
+        let digest = KeyEncoder::chained("kiln.config.v3", &self.last_step)
             .str("change", &created_by)
             .finish();
         self.push_with_digest(instruction, created_by, true, StepKind::Config, digest);
