@@ -597,19 +597,21 @@ impl<'a> Compiler<'a> {
     ) -> Result<()> {
         match instruction.keyword {
             Keyword::Arg => {
-                let mut shown = Vec::new();
+                let mut created_by = String::from("ARG");
                 for pair in instruction.pairs.iter().flatten() {
                     let value = {
                         let lookup = |n: &str| state.lookup(n);
                         self.arg_value(pair, &instruction.text_span, &lookup)?
                     };
-                    shown.push(match &value {
-                        Some(v) => format!("{}={v}", pair.key),
-                        None => pair.key.clone(),
-                    });
+                    match &value {
+                        Some(v) => push_pair(&mut created_by, &pair.key, v),
+                        None => {
+                            created_by.push(' ');
+                            created_by.push_str(&pair.key);
+                        }
+                    }
                     state.arg_set(&pair.key, value);
                 }
-                let created_by = format!("ARG {}", shown.join(" "));
                 state.config_step(instruction, created_by);
                 Ok(())
             }
@@ -650,7 +652,7 @@ impl<'a> Compiler<'a> {
             }
             Keyword::Maintainer => {
                 state.author = Some(instruction.text.clone());
-                state.config_step(instruction, format!("MAINTAINER {}", instruction.text));
+                state.config_step(instruction, history("MAINTAINER", &instruction.text));
                 Ok(())
             }
             Keyword::From => Err(Error::compile(
@@ -1070,6 +1072,15 @@ fn push_pair(text: &mut String, key: &str, value: &str) {
     text.push_str(value);
 }
 
+/// `KEYWORD text`, a history entry.
+fn history(keyword: &str, text: &str) -> String {
+    let mut out = String::with_capacity(keyword.len() + 1 + text.len());
+    out.push_str(keyword);
+    out.push(' ');
+    out.push_str(text);
+    out
+}
+
 /// Appends `items` to `out` with `separator` between them.
 fn push_joined(out: &mut String, items: &[String], separator: &str) {
     for (i, item) in items.iter().enumerate() {
@@ -1436,8 +1447,8 @@ impl StageState {
     fn build_run_env(&self, build_args: &BTreeMap<String, String>) -> RunEnv {
         let mut env = Vec::with_capacity(self.env.len() + self.args.len());
         env.extend(self.env.iter().cloned());
-        let mut history_args = String::new();
-        let mut shown = 0;
+        let mut pairs = String::new();
+        let mut shown: usize = 0;
         for arg in &self.args {
             let overridden = self.env_get(&arg.name);
             if overridden.is_none() {
@@ -1446,15 +1457,20 @@ impl StageState {
             // History shows the value the command sees.
             if let Some(value) = overridden.or(arg.value.as_deref()) {
                 shown += 1;
-                history_args.push(' ');
-                history_args.push_str(&arg.name);
-                history_args.push('=');
-                history_args.push_str(value);
+                push_pair(&mut pairs, &arg.name, value);
             }
         }
-        if shown > 0 {
-            history_args = format!("|{shown}{history_args} ");
-        }
+        let history_args = if shown > 0 {
+            let count = shown.to_string();
+            let mut text = String::with_capacity(2 + count.len() + pairs.len());
+            text.push('|');
+            text.push_str(&count);
+            text.push_str(&pairs);
+            text.push(' ');
+            text
+        } else {
+            String::new()
+        };
         for name in PROXY_ARGS {
             if let Some(value) = build_args.get(name) {
                 let declared = self.args.iter().any(|arg| arg.name == name);
@@ -1623,7 +1639,7 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
                     "USER expands to nothing".to_string(),
                 ));
             }
-            let text = format!("USER {user}");
+            let text = history("USER", &user);
             state.config.user = Some(user);
             text
         }
@@ -1637,7 +1653,7 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
             }
             let path = join_path(&state.workdir(), &dir);
             state.config.working_dir = Some(path.clone());
-            format!("WORKDIR {path}")
+            history("WORKDIR", &path)
         }
         Keyword::Volume => {
             let mut volumes = Vec::new();
@@ -1672,7 +1688,7 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
                 ));
             }
             state.config.stop_signal = Some(signal.clone());
-            format!("STOPSIGNAL {signal}")
+            history("STOPSIGNAL", &signal)
         }
         Keyword::Cmd => {
             let argv = config_args(state);

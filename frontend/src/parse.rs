@@ -30,7 +30,9 @@ pub fn parse(text: &str, file_name: &str) -> Result<Dockerfile> {
         escape: '\\',
     };
     let (syntax, check) = reader.directives()?;
-    let mut instructions = Vec::new();
+    // At most one instruction per line: growing the list would copy every
+    // instruction read so far, several times over.
+    let mut instructions = Vec::with_capacity(lines.len() - reader.next);
     let mut seen_from = false;
     while let Some(logical) = reader.logical_line() {
         let instruction = reader.instruction(&logical)?;
@@ -45,6 +47,11 @@ pub fn parse(text: &str, file_name: &str) -> Result<Dockerfile> {
         }
         seen_from |= instruction.keyword == Keyword::From;
         instructions.push(instruction);
+    }
+    // Heredoc bodies and continuations make lines that are no instruction;
+    // a file mostly made of them should not keep the room.
+    if instructions.capacity() > 2 * instructions.len() {
+        instructions.shrink_to_fit();
     }
     if instructions.is_empty() {
         return Err(Error::Empty {
