@@ -636,7 +636,7 @@ impl<'a> Compiler<'a> {
             }
             Keyword::Workdir => {
                 let created_by = apply_config(state, instruction, self.escape)?;
-                let path = state.workdir();
+                let path = state.workdir().to_string();
                 let user = state.config.user.clone().filter(|u| !u.is_empty());
                 let mut enc = KeyEncoder::chained("kiln.workdir.v2", &state.digest);
                 enc.str("path", &path).opt_str("user", user.as_deref());
@@ -737,7 +737,7 @@ impl<'a> Compiler<'a> {
             Some("insecure") => Security::Insecure,
             _ => Security::Sandbox,
         };
-        let workdir = state.workdir();
+        let workdir = state.workdir().to_string();
         let mut mounts = Vec::new();
         let mut inputs = Vec::new();
         let mut ssh_count = 0;
@@ -857,7 +857,7 @@ impl<'a> Compiler<'a> {
             sources.push(source);
         }
         let dest_expanded = self.expand(dest_raw, span, &lookup)?;
-        let workdir = state.workdir();
+        let workdir = state.workdir().to_string();
         let dest = if dest_expanded.starts_with('/') {
             dest_expanded.clone()
         } else {
@@ -1421,10 +1421,10 @@ impl StageState {
             .and_then(|arg| arg.value.clone())
     }
 
-    fn workdir(&self) -> String {
+    fn workdir(&self) -> &str {
         match self.config.working_dir.as_deref() {
-            Some(dir) if !dir.is_empty() => dir.to_string(),
-            _ => "/".to_string(),
+            Some(dir) if !dir.is_empty() => dir,
+            _ => "/",
         }
     }
 
@@ -1528,14 +1528,18 @@ fn go_quote_list(items: &[String]) -> String {
 /// `EXPOSE` values to `port/proto` keys (ranges expanded).
 fn expose_ports(spec: &str) -> std::result::Result<Vec<String>, String> {
     let (ports, proto) = match spec.split_once('/') {
-        Some((p, proto)) => (p, proto.to_ascii_lowercase()),
-        None => (spec, "tcp".to_string()),
+        Some((p, proto)) => (p, proto),
+        None => (spec, "tcp"),
     };
-    if !["tcp", "udp", "sctp"].contains(&proto.as_str()) {
+    let Some(proto) = ["tcp", "udp", "sctp"]
+        .into_iter()
+        .find(|known| known.eq_ignore_ascii_case(proto))
+    else {
         return Err(format!(
-            "invalid protocol {proto:?} in {spec:?}: use tcp, udp or sctp"
+            "invalid protocol {:?} in {spec:?}: use tcp, udp or sctp",
+            proto.to_ascii_lowercase()
         ));
-    }
+    };
     let bad = || {
         format!("invalid port {spec:?}: use a number from 1 to 65535, or a range like 8000-8010")
     };
@@ -1552,7 +1556,16 @@ fn expose_ports(spec: &str) -> std::result::Result<Vec<String>, String> {
     if low == 0 || high < low {
         return Err(bad());
     }
-    Ok((low..=high).map(|p| format!("{p}/{proto}")).collect())
+    Ok((low..=high)
+        .map(|port| {
+            let port = port.to_string();
+            let mut key = String::with_capacity(port.len() + 1 + proto.len());
+            key.push_str(&port);
+            key.push('/');
+            key.push_str(proto);
+            key
+        })
+        .collect())
 }
 
 /// Applies an instruction that only changes the config; returns its history
@@ -1651,7 +1664,7 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
                     "WORKDIR expands to nothing".to_string(),
                 ));
             }
-            let path = join_path(&state.workdir(), &dir);
+            let path = join_path(state.workdir(), &dir);
             state.config.working_dir = Some(path.clone());
             history("WORKDIR", &path)
         }
