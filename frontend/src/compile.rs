@@ -1072,6 +1072,14 @@ fn push_pair(text: &mut String, key: &str, value: &str) {
     text.push_str(value);
 }
 
+/// `KEYWORD`, sized for `pairs` to be added with `push_pair`.
+fn history_with_pairs(keyword: &str, pairs: &[(String, String)]) -> String {
+    let len: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let mut text = String::with_capacity(keyword.len() + len);
+    text.push_str(keyword);
+    text
+}
+
 /// `KEYWORD text`, a history entry.
 fn history(keyword: &str, text: &str) -> String {
     let mut out = String::with_capacity(keyword.len() + 1 + text.len());
@@ -1270,6 +1278,8 @@ struct StageState {
     run_env: Option<RunEnv>,
     /// Whether CMD was set in this stage (ENTRYPOINT then keeps it).
     cmd_set: bool,
+    /// The length of the last RUN history prefix built, to size the next.
+    history_len_hint: usize,
     /// The last filesystem step's digest (the base's at first): the parent of
     /// the next RUN, COPY/ADD or WORKDIR. Config-only steps never change it,
     /// so editing a LABEL or CMD does not invalidate the RUNs after it; what
@@ -1330,6 +1340,7 @@ impl StageState {
             env_changes: None,
             run_env: None,
             cmd_set: false,
+            history_len_hint: 0,
             digest,
             last_step: digest,
             steps: Vec::new(),
@@ -1444,10 +1455,11 @@ impl StageState {
         self.run_env.insert(run_env)
     }
 
-    fn build_run_env(&self, build_args: &BTreeMap<String, String>) -> RunEnv {
+    fn build_run_env(&mut self, build_args: &BTreeMap<String, String>) -> RunEnv {
         let mut env = Vec::with_capacity(self.env.len() + self.args.len());
         env.extend(self.env.iter().cloned());
-        let mut pairs = String::new();
+        // Sized like the last prefix: consecutive ones differ by a variable.
+        let mut pairs = String::with_capacity(self.history_len_hint);
         let mut shown: usize = 0;
         for arg in &self.args {
             let overridden = self.env_get(&arg.name);
@@ -1460,6 +1472,7 @@ impl StageState {
                 push_pair(&mut pairs, &arg.name, value);
             }
         }
+        self.history_len_hint = pairs.len();
         let history_args = if shown > 0 {
             let count = shown.to_string();
             let mut text = String::with_capacity(2 + count.len() + pairs.len());
@@ -1603,7 +1616,7 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
                 }
                 expanded.push((key, value));
             }
-            let mut text = String::from("ENV");
+            let mut text = history_with_pairs("ENV", &expanded);
             for (key, value) in expanded {
                 push_pair(&mut text, &key, &value);
                 state.env_set(&key, &value);
@@ -1617,7 +1630,7 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
                 let value = expand(state, pair.raw_value.as_deref().unwrap_or_default())?;
                 expanded.push((key, value));
             }
-            let mut text = String::from("LABEL");
+            let mut text = history_with_pairs("LABEL", &expanded);
             let labels = state.config.labels.get_or_insert_with(BTreeMap::new);
             for (key, value) in expanded {
                 push_pair(&mut text, &key, &value);

@@ -562,7 +562,7 @@ impl<'a> Reader<'a> {
                 if words.is_empty() {
                     return fail(format!("{keyword} requires at least one key=value pair"));
                 }
-                let mut pairs = Vec::new();
+                let mut pairs = Vec::with_capacity(words.len());
                 if !words[0].contains('=') {
                     // The old form: `ENV key the rest of the line`.
                     let split = rest.find(is_ws);
@@ -593,7 +593,7 @@ impl<'a> Reader<'a> {
                 if words.is_empty() {
                     return fail("ARG requires a name, optionally with =default".into());
                 }
-                let mut pairs = Vec::new();
+                let mut pairs = Vec::with_capacity(words.len());
                 for word in &words {
                     let (key, value) = match word.split_once('=') {
                         Some((k, v)) => (k, Some(v)),
