@@ -674,7 +674,6 @@ impl<'a> Compiler<'a> {
         platform: &str,
         done: &BTreeMap<usize, Stage>,
     ) -> Result<(RunStep, Key, String)> {
-        let shell = state.shell();
         let mut files = Vec::new();
         let argv = if instruction.exec {
             if !instruction.heredocs.is_empty() {
@@ -720,9 +719,7 @@ impl<'a> Compiler<'a> {
                 }
                 full
             };
-            let mut argv = shell.clone();
-            argv.push(script);
-            argv
+            state.shell_with(script)
         };
         let network = match instruction.flag("network").and_then(|f| f.value.as_deref()) {
             Some("none") => Some(Network::None),
@@ -1225,7 +1222,22 @@ fn clean_join(base: &str, path: &str) -> String {
 
 /// `name=value` as an environment entry.
 fn env_entry(name: &str, value: &str) -> Arc<str> {
-    let mut entry = String::with_capacity(name.len() + value.len() + 1);
+    // An Arc<str> copies its text into an allocation of its own: short
+    // entries are put together on the stack rather than in a String.
+    let mut stack = [0u8; 256];
+    let len = name.len() + 1 + value.len();
+    if let Some(buf) = stack.get_mut(..len) {
+        let (name_part, rest) = buf.split_at_mut(name.len());
+        name_part.copy_from_slice(name.as_bytes());
+        if let Some((equals, value_part)) = rest.split_first_mut() {
+            *equals = b'=';
+            value_part.copy_from_slice(value.as_bytes());
+        }
+        if let Ok(entry) = std::str::from_utf8(buf) {
+            return Arc::from(entry);
+        }
+    }
+    let mut entry = String::with_capacity(len);
     entry.push_str(name);
     entry.push('=');
     entry.push_str(value);
@@ -1439,11 +1451,20 @@ impl StageState {
         }
     }
 
-    fn shell(&self) -> Vec<String> {
-        match &self.config.shell {
-            Some(shell) if !shell.is_empty() => shell.clone(),
-            _ => DEFAULT_SHELL.iter().map(|s| s.to_string()).collect(),
+    /// The shell (SHELL, else `/bin/sh -c`) with `command` after it.
+    fn shell_with(&self, command: String) -> Vec<String> {
+        let shell: &[String] = match &self.config.shell {
+            Some(shell) if !shell.is_empty() => shell,
+            _ => &[],
+        };
+        let mut argv = Vec::with_capacity(shell.len().max(DEFAULT_SHELL.len()) + 1);
+        if shell.is_empty() {
+            argv.extend(DEFAULT_SHELL.iter().map(|s| s.to_string()));
+        } else {
+            argv.extend(shell.iter().cloned());
         }
+        argv.push(command);
+        argv
     }
 
     /// RUN's environment and history prefix, built once per ENV/ARG change.
@@ -1596,9 +1617,7 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
         } else if instruction.args.is_empty() {
             Vec::new()
         } else {
-            let mut argv = state.shell();
-            argv.push(instruction.args.join(" "));
-            argv
+            state.shell_with(instruction.args.join(" "))
         }
     };
     let text = match instruction.keyword {
