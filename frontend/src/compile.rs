@@ -1144,6 +1144,10 @@ fn is_heredoc_marker(word: &str, name: &str) -> bool {
     }
     let rest = &word[at + 2..];
     let rest = rest.strip_prefix('-').unwrap_or(rest);
+    // Without quotes or escapes the delimiter is the word as written.
+    if !rest.contains(['\'', '"', '\\']) {
+        return rest == name;
+    }
     process_word(rest, '\\', None).is_ok_and(|n| n == name)
 }
 
@@ -1180,8 +1184,13 @@ pub(crate) fn join_path(base: &str, path: &str) -> String {
     if is_clean_absolute(path) {
         return path.to_string();
     }
-    if !path.starts_with('/') && is_clean_absolute(base) && clean_components(path) {
-        let mut out = String::with_capacity(base.len() + path.len() + 1);
+    // `./a/b/` names what `a/b` does (a trailing slash is the caller's to keep).
+    let relative = path.strip_suffix('/').unwrap_or(path);
+    let relative = relative.strip_prefix("./").unwrap_or(relative);
+    if !relative.starts_with('/') && clean_components(relative) && is_clean_absolute(base) {
+        let path = relative;
+        // Room for the trailing slash a directory destination gets back.
+        let mut out = String::with_capacity(base.len() + path.len() + 2);
         out.push_str(base);
         if base != "/" {
             out.push('/');
