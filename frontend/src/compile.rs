@@ -179,17 +179,17 @@ impl<'a> Compiler<'a> {
         Ok(compiler)
     }
 
-    fn global_lookup(&self, name: &str) -> Option<String> {
+    fn global_lookup(&self, name: &str) -> Option<&str> {
         if let Some((_, value)) = self.global_args.iter().rev().find(|(n, _)| n == name) {
-            return value.clone();
+            return value.as_deref();
         }
         self.platform_args
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.as_str())
     }
 
-    fn expand(&self, raw: &str, span: &Span, vars: &dyn Vars) -> Result<String> {
+    fn expand(&self, raw: &str, span: &Span, vars: &dyn Vars<'_>) -> Result<String> {
         process_word(raw, self.escape, Some(vars))
             .map_err(|e| Error::compile(span.clone(), format!("cannot expand {raw:?}: {e}")))
     }
@@ -333,7 +333,7 @@ impl<'a> Compiler<'a> {
         &self,
         pair: &crate::ast::Pair,
         span: &Span,
-        vars: &dyn Vars,
+        vars: &dyn Vars<'_>,
     ) -> Result<Option<String>> {
         if let Some(value) = self.options.build_args.get(&pair.key) {
             return Ok(Some(value.clone()));
@@ -341,7 +341,7 @@ impl<'a> Compiler<'a> {
         if let Some(raw) = &pair.raw_value {
             return self.expand(raw, span, vars).map(Some);
         }
-        Ok(self.global_lookup(&pair.key))
+        Ok(self.global_lookup(&pair.key).map(str::to_string))
     }
 
     /// A stage called (or numbered) `name`; `Ok(None)` when `name` is no
@@ -1096,11 +1096,11 @@ fn push_joined(out: &mut String, items: &[String], separator: &str) {
     }
 }
 
-fn find_arg(args: &[(String, Option<String>)], name: &str) -> Option<String> {
+fn find_arg<'a>(args: &'a [(String, Option<String>)], name: &str) -> Option<&'a str> {
     args.iter()
         .rev()
         .find(|(k, _)| k == name)
-        .and_then(|(_, v)| v.clone())
+        .and_then(|(_, v)| v.as_deref())
 }
 
 fn digest_copy(parent: &Key, copy: &CopyStep, inputs: &[Key]) -> Key {
@@ -1442,15 +1442,15 @@ impl StageState {
     }
 
     /// A variable as instructions see it: ENV wins over ARG.
-    fn lookup(&self, name: &str) -> Option<String> {
+    fn lookup(&self, name: &str) -> Option<&str> {
         if let Some(value) = self.env_get(name) {
-            return Some(value.to_string());
+            return Some(value);
         }
         self.args
             .iter()
             .rev()
             .find(|arg| arg.name == name)
-            .and_then(|arg| arg.value.clone())
+            .and_then(|arg| arg.value.as_deref())
     }
 
     fn workdir(&self) -> &str {
