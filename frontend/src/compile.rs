@@ -1264,8 +1264,11 @@ fn is_clean_absolute(path: &str) -> bool {
 
 /// Whether `path` is `/`-separated names that are neither empty, `.` nor `..`.
 fn clean_components(path: &str) -> bool {
-    path.split('/')
-        .all(|c| !c.is_empty() && c != "." && c != "..")
+    // A byte scan ('/' and '.' are ASCII, so never part of a wider
+    // character): paths are checked for every WORKDIR, COPY and mount.
+    path.as_bytes()
+        .split(|&b| b == b'/')
+        .all(|c| !matches!(c, b"" | b"." | b".."))
 }
 
 /// A stage as it is being compiled.
