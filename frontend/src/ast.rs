@@ -111,9 +111,15 @@ impl Keyword {
 
     /// The keyword for `word`, ignoring case.
     pub fn from_word(word: &str) -> Option<Keyword> {
-        Keyword::ALL
-            .into_iter()
-            .find(|k| k.as_str().eq_ignore_ascii_case(word))
+        // Compared only with the keywords of the same length and first
+        // letter: this runs once per instruction.
+        let first = word.as_bytes().first()?.to_ascii_uppercase();
+        Keyword::ALL.into_iter().find(|k| {
+            let name = k.as_str();
+            name.len() == word.len()
+                && name.as_bytes().first() == Some(&first)
+                && name.eq_ignore_ascii_case(word)
+        })
     }
 
     /// Whether the instruction may carry heredocs (`<<EOF`).

@@ -179,17 +179,17 @@ impl<'a> Compiler<'a> {
         Ok(compiler)
     }
 
-    fn global_lookup(&self, name: &str) -> Option<String> {
+    fn global_lookup(&self, name: &str) -> Option<&str> {
         if let Some((_, value)) = self.global_args.iter().rev().find(|(n, _)| n == name) {
-            return value.clone();
+            return value.as_deref();
         }
         self.platform_args
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.as_str())
     }
 
-    fn expand(&self, raw: &str, span: &Span, vars: &dyn Vars) -> Result<String> {
+    fn expand(&self, raw: &str, span: &Span, vars: &dyn Vars<'_>) -> Result<String> {
         process_word(raw, self.escape, Some(vars))
             .map_err(|e| Error::compile(span.clone(), format!("cannot expand {raw:?}: {e}")))
     }
@@ -333,7 +333,7 @@ impl<'a> Compiler<'a> {
         &self,
         pair: &crate::ast::Pair,
         span: &Span,
-        vars: &dyn Vars,
+        vars: &dyn Vars<'_>,
     ) -> Result<Option<String>> {
         if let Some(value) = self.options.build_args.get(&pair.key) {
             return Ok(Some(value.clone()));
@@ -341,7 +341,7 @@ impl<'a> Compiler<'a> {
         if let Some(raw) = &pair.raw_value {
             return self.expand(raw, span, vars).map(Some);
         }
-        Ok(self.global_lookup(&pair.key))
+        Ok(self.global_lookup(&pair.key).map(str::to_string))
     }
 
     /// A stage called (or numbered) `name`; `Ok(None)` when `name` is no
@@ -597,19 +597,21 @@ impl<'a> Compiler<'a> {
     ) -> Result<()> {
         match instruction.keyword {
             Keyword::Arg => {
-                let mut shown = Vec::new();
+                let mut created_by = String::from("ARG");
                 for pair in instruction.pairs.iter().flatten() {
                     let value = {
                         let lookup = |n: &str| state.lookup(n);
                         self.arg_value(pair, &instruction.text_span, &lookup)?
                     };
-                    shown.push(match &value {
-                        Some(v) => format!("{}={v}", pair.key),
-                        None => pair.key.clone(),
-                    });
+                    match &value {
+                        Some(v) => push_pair(&mut created_by, &pair.key, v),
+                        None => {
+                            created_by.push(' ');
+                            created_by.push_str(&pair.key);
+                        }
+                    }
                     state.arg_set(&pair.key, value);
                 }
-                let created_by = format!("ARG {}", shown.join(" "));
                 state.config_step(instruction, created_by);
                 Ok(())
             }
@@ -634,12 +636,10 @@ impl<'a> Compiler<'a> {
             }
             Keyword::Workdir => {
                 let created_by = apply_config(state, instruction, self.escape)?;
-                let path = state.workdir();
+                let path = state.workdir().to_string();
                 let user = state.config.user.clone().filter(|u| !u.is_empty());
-                let mut enc = KeyEncoder::new("kiln.workdir.v1");
-                enc.key("parent", &state.digest)
-                    .str("path", &path)
-                    .opt_str("user", user.as_deref());
+                let mut enc = KeyEncoder::chained("kiln.workdir.v2", &state.digest);
+                enc.str("path", &path).opt_str("user", user.as_deref());
                 let digest = enc.finish();
                 state.push_with_digest(
                     instruction,
@@ -652,7 +652,7 @@ impl<'a> Compiler<'a> {
             }
             Keyword::Maintainer => {
                 state.author = Some(instruction.text.clone());
-                state.config_step(instruction, format!("MAINTAINER {}", instruction.text));
+                state.config_step(instruction, history("MAINTAINER", &instruction.text));
                 Ok(())
             }
             Keyword::From => Err(Error::compile(
@@ -674,7 +674,6 @@ impl<'a> Compiler<'a> {
         platform: &str,
         done: &BTreeMap<usize, Stage>,
     ) -> Result<(RunStep, Key, String)> {
-        let shell = state.shell();
         let mut files = Vec::new();
         let argv = if instruction.exec {
             if !instruction.heredocs.is_empty() {
@@ -720,9 +719,7 @@ impl<'a> Compiler<'a> {
                 }
                 full
             };
-            let mut argv = shell.clone();
-            argv.push(script);
-            argv
+            state.shell_with(script)
         };
         let network = match instruction.flag("network").and_then(|f| f.value.as_deref()) {
             Some("none") => Some(Network::None),
@@ -737,7 +734,7 @@ impl<'a> Compiler<'a> {
             Some("insecure") => Security::Insecure,
             _ => Security::Sandbox,
         };
-        let workdir = state.workdir();
+        let workdir = state.workdir().to_string();
         let mut mounts = Vec::new();
         let mut inputs = Vec::new();
         let mut ssh_count = 0;
@@ -777,9 +774,8 @@ impl<'a> Compiler<'a> {
             mounts,
             files,
         };
-        let mut enc = KeyEncoder::new("kiln.run.v2");
-        enc.key("parent", &state.digest)
-            .list("argv", &run.argv)
+        let mut enc = KeyEncoder::chained("kiln.run.v3", &state.digest);
+        enc.list("argv", &run.argv)
             .key("env", &env_key)
             .opt_str("user", run.user.as_deref())
             .str("workdir", &run.workdir)
@@ -858,7 +854,7 @@ impl<'a> Compiler<'a> {
             sources.push(source);
         }
         let dest_expanded = self.expand(dest_raw, span, &lookup)?;
-        let workdir = state.workdir();
+        let workdir = state.workdir().to_string();
         let dest = if dest_expanded.starts_with('/') {
             dest_expanded.clone()
         } else {
@@ -1073,6 +1069,23 @@ fn push_pair(text: &mut String, key: &str, value: &str) {
     text.push_str(value);
 }
 
+/// `KEYWORD`, sized for `pairs` to be added with `push_pair`.
+fn history_with_pairs(keyword: &str, pairs: &[(String, String)]) -> String {
+    let len: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let mut text = String::with_capacity(keyword.len() + len);
+    text.push_str(keyword);
+    text
+}
+
+/// `KEYWORD text`, a history entry.
+fn history(keyword: &str, text: &str) -> String {
+    let mut out = String::with_capacity(keyword.len() + 1 + text.len());
+    out.push_str(keyword);
+    out.push(' ');
+    out.push_str(text);
+    out
+}
+
 /// Appends `items` to `out` with `separator` between them.
 fn push_joined(out: &mut String, items: &[String], separator: &str) {
     for (i, item) in items.iter().enumerate() {
@@ -1083,17 +1096,16 @@ fn push_joined(out: &mut String, items: &[String], separator: &str) {
     }
 }
 
-fn find_arg(args: &[(String, Option<String>)], name: &str) -> Option<String> {
+fn find_arg<'a>(args: &'a [(String, Option<String>)], name: &str) -> Option<&'a str> {
     args.iter()
         .rev()
         .find(|(k, _)| k == name)
-        .and_then(|(_, v)| v.clone())
+        .and_then(|(_, v)| v.as_deref())
 }
 
 fn digest_copy(parent: &Key, copy: &CopyStep, inputs: &[Key]) -> Key {
-    let mut enc = KeyEncoder::new("kiln.copy.v1");
-    enc.key("parent", parent)
-        .bool("add", copy.add)
+    let mut enc = KeyEncoder::chained("kiln.copy.v2", parent);
+    enc.bool("add", copy.add)
         .list("sources", &copy.sources)
         .u64("heredocs", copy.heredocs.len() as u64);
     for (name, content) in &copy.heredocs {
@@ -1132,6 +1144,10 @@ fn is_heredoc_marker(word: &str, name: &str) -> bool {
     }
     let rest = &word[at + 2..];
     let rest = rest.strip_prefix('-').unwrap_or(rest);
+    // Without quotes or escapes the delimiter is the word as written.
+    if !rest.contains(['\'', '"', '\\']) {
+        return rest == name;
+    }
     process_word(rest, '\\', None).is_ok_and(|n| n == name)
 }
 
@@ -1168,8 +1184,13 @@ pub(crate) fn join_path(base: &str, path: &str) -> String {
     if is_clean_absolute(path) {
         return path.to_string();
     }
-    if !path.starts_with('/') && is_clean_absolute(base) && clean_components(path) {
-        let mut out = String::with_capacity(base.len() + path.len() + 1);
+    // `./a/b/` names what `a/b` does (a trailing slash is the caller's to keep).
+    let relative = path.strip_suffix('/').unwrap_or(path);
+    let relative = relative.strip_prefix("./").unwrap_or(relative);
+    if !relative.starts_with('/') && clean_components(relative) && is_clean_absolute(base) {
+        let path = relative;
+        // Room for the trailing slash a directory destination gets back.
+        let mut out = String::with_capacity(base.len() + path.len() + 2);
         out.push_str(base);
         if base != "/" {
             out.push('/');
@@ -1210,7 +1231,22 @@ fn clean_join(base: &str, path: &str) -> String {
 
 /// `name=value` as an environment entry.
 fn env_entry(name: &str, value: &str) -> Arc<str> {
-    let mut entry = String::with_capacity(name.len() + value.len() + 1);
+    // An Arc<str> copies its text into an allocation of its own: short
+    // entries are put together on the stack rather than in a String.
+    let mut stack = [0u8; 256];
+    let len = name.len() + 1 + value.len();
+    if let Some(buf) = stack.get_mut(..len) {
+        let (name_part, rest) = buf.split_at_mut(name.len());
+        name_part.copy_from_slice(name.as_bytes());
+        if let Some((equals, value_part)) = rest.split_first_mut() {
+            *equals = b'=';
+            value_part.copy_from_slice(value.as_bytes());
+        }
+        if let Ok(entry) = std::str::from_utf8(buf) {
+            return Arc::from(entry);
+        }
+    }
+    let mut entry = String::with_capacity(len);
     entry.push_str(name);
     entry.push('=');
     entry.push_str(value);
@@ -1228,8 +1264,11 @@ fn is_clean_absolute(path: &str) -> bool {
 
 /// Whether `path` is `/`-separated names that are neither empty, `.` nor `..`.
 fn clean_components(path: &str) -> bool {
-    path.split('/')
-        .all(|c| !c.is_empty() && c != "." && c != "..")
+    // A byte scan ('/' and '.' are ASCII, so never part of a wider
+    // character): paths are checked for every WORKDIR, COPY and mount.
+    path.as_bytes()
+        .split(|&b| b == b'/')
+        .all(|c| !matches!(c, b"" | b"." | b".."))
 }
 
 /// A stage as it is being compiled.
@@ -1263,6 +1302,8 @@ struct StageState {
     run_env: Option<RunEnv>,
     /// Whether CMD was set in this stage (ENTRYPOINT then keeps it).
     cmd_set: bool,
+    /// The length of the last RUN history prefix built, to size the next.
+    history_len_hint: usize,
     /// The last filesystem step's digest (the base's at first): the parent of
     /// the next RUN, COPY/ADD or WORKDIR. Config-only steps never change it,
     /// so editing a LABEL or CMD does not invalidate the RUNs after it; what
@@ -1323,6 +1364,7 @@ impl StageState {
             env_changes: None,
             run_env: None,
             cmd_set: false,
+            history_len_hint: 0,
             digest,
             last_step: digest,
             steps: Vec::new(),
@@ -1387,11 +1429,7 @@ impl StageState {
     fn env_changed(&mut self, kind: &str, name: &str, value: Option<&str>) {
         let previous = self.env_key;
         self.env_changes
-            .get_or_insert_with(|| {
-                let mut changes = KeyEncoder::new("kiln.env.changes.v1");
-                changes.key("previous", &previous);
-                changes
-            })
+            .get_or_insert_with(|| KeyEncoder::chained("kiln.env.changes.v2", &previous))
             .str("kind", kind)
             .str("name", name)
             .opt_str("value", value);
@@ -1407,29 +1445,38 @@ impl StageState {
     }
 
     /// A variable as instructions see it: ENV wins over ARG.
-    fn lookup(&self, name: &str) -> Option<String> {
+    fn lookup(&self, name: &str) -> Option<&str> {
         if let Some(value) = self.env_get(name) {
-            return Some(value.to_string());
+            return Some(value);
         }
         self.args
             .iter()
             .rev()
             .find(|arg| arg.name == name)
-            .and_then(|arg| arg.value.clone())
+            .and_then(|arg| arg.value.as_deref())
     }
 
-    fn workdir(&self) -> String {
+    fn workdir(&self) -> &str {
         match self.config.working_dir.as_deref() {
-            Some(dir) if !dir.is_empty() => dir.to_string(),
-            _ => "/".to_string(),
+            Some(dir) if !dir.is_empty() => dir,
+            _ => "/",
         }
     }
 
-    fn shell(&self) -> Vec<String> {
-        match &self.config.shell {
-            Some(shell) if !shell.is_empty() => shell.clone(),
-            _ => DEFAULT_SHELL.iter().map(|s| s.to_string()).collect(),
+    /// The shell (SHELL, else `/bin/sh -c`) with `command` after it.
+    fn shell_with(&self, command: String) -> Vec<String> {
+        let shell: &[String] = match &self.config.shell {
+            Some(shell) if !shell.is_empty() => shell,
+            _ => &[],
+        };
+        let mut argv = Vec::with_capacity(shell.len().max(DEFAULT_SHELL.len()) + 1);
+        if shell.is_empty() {
+            argv.extend(DEFAULT_SHELL.iter().map(|s| s.to_string()));
+        } else {
+            argv.extend(shell.iter().cloned());
         }
+        argv.push(command);
+        argv
     }
 
     /// RUN's environment and history prefix, built once per ENV/ARG change.
@@ -1441,11 +1488,12 @@ impl StageState {
         self.run_env.insert(run_env)
     }
 
-    fn build_run_env(&self, build_args: &BTreeMap<String, String>) -> RunEnv {
+    fn build_run_env(&mut self, build_args: &BTreeMap<String, String>) -> RunEnv {
         let mut env = Vec::with_capacity(self.env.len() + self.args.len());
         env.extend(self.env.iter().cloned());
-        let mut history_args = String::new();
-        let mut shown = 0;
+        // Sized like the last prefix: consecutive ones differ by a variable.
+        let mut pairs = String::with_capacity(self.history_len_hint);
+        let mut shown: usize = 0;
         for arg in &self.args {
             let overridden = self.env_get(&arg.name);
             if overridden.is_none() {
@@ -1454,15 +1502,21 @@ impl StageState {
             // History shows the value the command sees.
             if let Some(value) = overridden.or(arg.value.as_deref()) {
                 shown += 1;
-                history_args.push(' ');
-                history_args.push_str(&arg.name);
-                history_args.push('=');
-                history_args.push_str(value);
+                push_pair(&mut pairs, &arg.name, value);
             }
         }
-        if shown > 0 {
-            history_args = format!("|{shown}{history_args} ");
-        }
+        self.history_len_hint = pairs.len();
+        let history_args = if shown > 0 {
+            let count = shown.to_string();
+            let mut text = String::with_capacity(2 + count.len() + pairs.len());
+            text.push('|');
+            text.push_str(&count);
+            text.push_str(&pairs);
+            text.push(' ');
+            text
+        } else {
+            String::new()
+        };
         for name in PROXY_ARGS {
             if let Some(value) = build_args.get(name) {
                 let declared = self.args.iter().any(|arg| arg.name == name);
@@ -1501,8 +1555,7 @@ impl StageState {
 
     /// A step that changes only the config.
     fn config_step(&mut self, instruction: &Instruction, created_by: String) {
-        let digest = KeyEncoder::new("kiln.config.v2")
-            .key("parent", &self.last_step)
+        let digest = KeyEncoder::chained("kiln.config.v3", &self.last_step)
             .str("change", &created_by)
             .finish();
         self.push_with_digest(instruction, created_by, true, StepKind::Config, digest);
@@ -1521,14 +1574,18 @@ fn go_quote_list(items: &[String]) -> String {
 /// `EXPOSE` values to `port/proto` keys (ranges expanded).
 fn expose_ports(spec: &str) -> std::result::Result<Vec<String>, String> {
     let (ports, proto) = match spec.split_once('/') {
-        Some((p, proto)) => (p, proto.to_ascii_lowercase()),
-        None => (spec, "tcp".to_string()),
+        Some((p, proto)) => (p, proto),
+        None => (spec, "tcp"),
     };
-    if !["tcp", "udp", "sctp"].contains(&proto.as_str()) {
+    let Some(proto) = ["tcp", "udp", "sctp"]
+        .into_iter()
+        .find(|known| known.eq_ignore_ascii_case(proto))
+    else {
         return Err(format!(
-            "invalid protocol {proto:?} in {spec:?}: use tcp, udp or sctp"
+            "invalid protocol {:?} in {spec:?}: use tcp, udp or sctp",
+            proto.to_ascii_lowercase()
         ));
-    }
+    };
     let bad = || {
         format!("invalid port {spec:?}: use a number from 1 to 65535, or a range like 8000-8010")
     };
@@ -1545,7 +1602,16 @@ fn expose_ports(spec: &str) -> std::result::Result<Vec<String>, String> {
     if low == 0 || high < low {
         return Err(bad());
     }
-    Ok((low..=high).map(|p| format!("{p}/{proto}")).collect())
+    Ok((low..=high)
+        .map(|port| {
+            let port = port.to_string();
+            let mut key = String::with_capacity(port.len() + 1 + proto.len());
+            key.push_str(&port);
+            key.push('/');
+            key.push_str(proto);
+            key
+        })
+        .collect())
 }
 
 /// Applies an instruction that only changes the config; returns its history
@@ -1563,9 +1629,7 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
         } else if instruction.args.is_empty() {
             Vec::new()
         } else {
-            let mut argv = state.shell();
-            argv.push(instruction.args.join(" "));
-            argv
+            state.shell_with(instruction.args.join(" "))
         }
     };
     let text = match instruction.keyword {
@@ -1583,7 +1647,7 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
                 }
                 expanded.push((key, value));
             }
-            let mut text = String::from("ENV");
+            let mut text = history_with_pairs("ENV", &expanded);
             for (key, value) in expanded {
                 push_pair(&mut text, &key, &value);
                 state.env_set(&key, &value);
@@ -1597,7 +1661,7 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
                 let value = expand(state, pair.raw_value.as_deref().unwrap_or_default())?;
                 expanded.push((key, value));
             }
-            let mut text = String::from("LABEL");
+            let mut text = history_with_pairs("LABEL", &expanded);
             let labels = state.config.labels.get_or_insert_with(BTreeMap::new);
             for (key, value) in expanded {
                 push_pair(&mut text, &key, &value);
@@ -1632,7 +1696,7 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
                     "USER expands to nothing".to_string(),
                 ));
             }
-            let text = format!("USER {user}");
+            let text = history("USER", &user);
             state.config.user = Some(user);
             text
         }
@@ -1644,9 +1708,9 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
                     "WORKDIR expands to nothing".to_string(),
                 ));
             }
-            let path = join_path(&state.workdir(), &dir);
+            let path = join_path(state.workdir(), &dir);
             state.config.working_dir = Some(path.clone());
-            format!("WORKDIR {path}")
+            history("WORKDIR", &path)
         }
         Keyword::Volume => {
             let mut volumes = Vec::new();
@@ -1681,7 +1745,7 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
                 ));
             }
             state.config.stop_signal = Some(signal.clone());
-            format!("STOPSIGNAL {signal}")
+            history("STOPSIGNAL", &signal)
         }
         Keyword::Cmd => {
             let argv = config_args(state);

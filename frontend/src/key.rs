@@ -33,6 +33,9 @@ impl std::fmt::Display for Key {
 
 /// Builds a [`Key`] from tagged, length-prefixed fields.
 pub struct KeyEncoder {
+    /// The parent of a chained key ([`KeyEncoder::chained`]): blake3's keyed
+    /// mode hashes the fields under it, so the parent costs no hashed bytes.
+    parent: Option<[u8; 32]>,
     /// Made only when a key outgrows `pending`: most keys are a few hundred
     /// bytes, hashed in one call at `finish`, and a hasher is large to make
     /// and to copy.
@@ -50,12 +53,36 @@ const DIRECT: usize = 1024;
 impl KeyEncoder {
     /// Starts a key of one kind; `domain` names the kind (e.g. `"kiln.run.v1"`).
     pub fn new(domain: &str) -> Self {
+        Self::start(domain, None)
+    }
+
+    /// Starts a key that extends `parent` (the step before, the previous
+    /// state): the same fields as [`KeyEncoder::new`], hashed in blake3's
+    /// keyed mode with `parent` as the key. Keys chained from different
+    /// parents differ as surely as keys of different fields, and never equal
+    /// an unchained key (keyed mode is its own blake3 domain).
+    pub fn chained(domain: &str, parent: &Key) -> Self {
+        Self::start(domain, Some(parent.0))
+    }
+
+    fn start(domain: &str, parent: Option<[u8; 32]>) -> Self {
         let mut encoder = KeyEncoder {
+            parent,
             hasher: None,
             pending: Vec::with_capacity(512),
         };
         encoder.raw(domain.as_bytes());
         encoder
+    }
+
+    fn hasher(&mut self) -> &mut blake3::Hasher {
+        let parent = self.parent;
+        self.hasher.get_or_insert_with(|| {
+            Box::new(match &parent {
+                Some(key) => blake3::Hasher::new_keyed(key),
+                None => blake3::Hasher::new(),
+            })
+        })
     }
 
     /// Appends `n` as an unsigned LEB128 varint.
@@ -72,7 +99,7 @@ impl KeyEncoder {
         self.length(bytes.len());
         if bytes.len() >= DIRECT {
             self.flush();
-            self.hasher.get_or_insert_with(Box::default).update(bytes);
+            self.hasher().update(bytes);
         } else {
             self.pending.extend_from_slice(bytes);
             if self.pending.len() >= 4 * DIRECT {
@@ -83,9 +110,9 @@ impl KeyEncoder {
 
     /// Moves the gathered fields into the hasher.
     fn flush(&mut self) {
-        self.hasher
-            .get_or_insert_with(Box::default)
-            .update(&self.pending);
+        let pending = std::mem::take(&mut self.pending);
+        self.hasher().update(&pending);
+        self.pending = pending;
         self.pending.clear();
     }
 
@@ -133,12 +160,13 @@ impl KeyEncoder {
     pub fn list<I, T>(&mut self, tag: &str, items: I) -> &mut Self
     where
         I: IntoIterator<Item = T>,
+        I::IntoIter: ExactSizeIterator,
         T: AsRef<[u8]>,
     {
-        let items: Vec<T> = items.into_iter().collect();
+        let items = items.into_iter();
         self.raw(tag.as_bytes());
         self.length(items.len());
-        for item in &items {
+        for item in items {
             self.raw(item.as_ref());
         }
         self
@@ -147,14 +175,16 @@ impl KeyEncoder {
     /// The finished key.
     pub fn finish(&self) -> Key {
         let pending = &self.pending;
-        match &self.hasher {
-            None => Key(*blake3::hash(pending).as_bytes()),
-            Some(hasher) => {
+        let hash = match (&self.hasher, &self.parent) {
+            (None, None) => blake3::hash(pending),
+            (None, Some(parent)) => blake3::keyed_hash(parent, pending),
+            (Some(hasher), _) => {
                 let mut hasher = hasher.clone();
                 hasher.update(pending);
-                Key(*hasher.finalize().as_bytes())
+                hasher.finalize()
             }
-        }
+        };
+        Key(*hash.as_bytes())
     }
 }
 
@@ -236,6 +266,31 @@ mod tests {
             field(value.as_bytes());
         }
         assert_eq!(encoder.finish().0, *blake3::hash(&expected).as_bytes());
+    }
+
+    #[test]
+    fn chained_keys_hash_the_same_fields_under_the_parent() {
+        let parent = KeyEncoder::new("p").str("x", "1").finish();
+        let other = KeyEncoder::new("p").str("x", "2").finish();
+        let chained = KeyEncoder::chained("d", &parent).str("t", "v").finish();
+        let expected = [1, b'd', 1, b't', 1, b'v'];
+        assert_eq!(
+            chained.0,
+            *blake3::keyed_hash(&parent.0, &expected).as_bytes()
+        );
+        assert_ne!(
+            chained,
+            KeyEncoder::chained("d", &other).str("t", "v").finish()
+        );
+        assert_ne!(chained, KeyEncoder::new("d").str("t", "v").finish());
+        // Long keys go through the keyed hasher and keep the same bytes.
+        let long = "l".repeat(5 * 512);
+        let mut bytes = vec![1, b'd', 1, b't', 0x80, 0x14];
+        bytes.extend_from_slice(long.as_bytes());
+        assert_eq!(
+            KeyEncoder::chained("d", &parent).str("t", &long).finish().0,
+            *blake3::keyed_hash(&parent.0, &bytes).as_bytes()
+        );
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub fn parse(text: &str, file_name: &str) -> Result<Dockerfile> {
         escape: '\\',
     };
     let (syntax, check) = reader.directives()?;
-    let mut instructions = Vec::new();
+    // At most one instruction per line: growing the list would copy every
+    // instruction read so far, several times over.
+    let mut instructions = Vec::with_capacity(lines.len() - reader.next);
     let mut seen_from = false;
     while let Some(logical) = reader.logical_line() {
         let instruction = reader.instruction(&logical)?;
@@ -45,6 +47,11 @@ pub fn parse(text: &str, file_name: &str) -> Result<Dockerfile> {
         }
         seen_from |= instruction.keyword == Keyword::From;
         instructions.push(instruction);
+    }
+    // Heredoc bodies and continuations make lines that are no instruction;
+    // a file mostly made of them should not keep the room.
+    if instructions.capacity() > 2 * instructions.len() {
+        instructions.shrink_to_fit();
     }
     if instructions.is_empty() {
         return Err(Error::Empty {
@@ -132,6 +139,11 @@ struct Reader<'a> {
     lines: &'a [Line<'a>],
     next: usize,
     escape: char,
+}
+
+/// `is_ws` for a byte of UTF-8 text.
+fn is_ws_byte(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | 0x0B | 0x0C | b'\r')
 }
 
 fn is_ws(c: char) -> bool {
@@ -555,7 +567,7 @@ impl<'a> Reader<'a> {
                 if words.is_empty() {
                     return fail(format!("{keyword} requires at least one key=value pair"));
                 }
-                let mut pairs = Vec::new();
+                let mut pairs = Vec::with_capacity(words.len());
                 if !words[0].contains('=') {
                     // The old form: `ENV key the rest of the line`.
                     let split = rest.find(is_ws);
@@ -586,7 +598,7 @@ impl<'a> Reader<'a> {
                 if words.is_empty() {
                     return fail("ARG requires a name, optionally with =default".into());
                 }
-                let mut pairs = Vec::new();
+                let mut pairs = Vec::with_capacity(words.len());
                 for word in &words {
                     let (key, value) = match word.split_once('=') {
                         Some((k, v)) => (k, Some(v)),
@@ -792,12 +804,20 @@ fn grammar_instruction(
 /// line than this scan; the same split as `grammar_instruction`, or `None`
 /// to leave the line to it.
 fn simple_instruction(text: &str) -> Option<InstructionParts<'_>> {
+    // Byte scans: the blanks are ASCII, so the cuts are character boundaries.
+    let bytes = text.as_bytes();
     let skip_ws = |from: usize| {
-        text[from..]
-            .find(|c: char| !is_ws(c))
+        bytes
+            .get(from..)
+            .and_then(|rest| rest.iter().position(|&b| !is_ws_byte(b)))
             .map_or(text.len(), |i| from + i)
     };
-    let word_end = |from: usize| text[from..].find(is_ws).map_or(text.len(), |i| from + i);
+    let word_end = |from: usize| {
+        bytes
+            .get(from..)
+            .and_then(|rest| rest.iter().position(|&b| is_ws_byte(b)))
+            .map_or(text.len(), |i| from + i)
+    };
     let keyword_offset = skip_ws(0);
     let keyword_end = word_end(keyword_offset);
     if keyword_end == keyword_offset {
@@ -924,17 +944,19 @@ fn grammar_words(text: &str, escape: char) -> Vec<(usize, &str)> {
 fn split_plain_offsets(text: &str) -> Vec<(usize, &str)> {
     let mut out = Vec::new();
     let mut start = None;
-    for (i, c) in text.char_indices() {
-        if is_ws(c) {
+    // Bytes, not characters: the blanks are ASCII, and an ASCII byte never
+    // occurs inside a wider character, so every cut is a character boundary.
+    for (i, &b) in text.as_bytes().iter().enumerate() {
+        if is_ws_byte(b) {
             if let Some(s) = start.take() {
-                out.push((s, &text[s..i]));
+                out.extend(text.get(s..i).map(|word| (s, word)));
             }
         } else if start.is_none() {
             start = Some(i);
         }
     }
     if let Some(s) = start {
-        out.push((s, &text[s..]));
+        out.extend(text.get(s..).map(|word| (s, word)));
     }
     out
 }

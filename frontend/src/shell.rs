@@ -5,14 +5,15 @@
 
 use regex::Regex;
 
-/// Where variable values come from.
-pub(crate) trait Vars {
+/// Where variable values come from. Values are lent, not copied: most are
+/// pasted into the result as they are.
+pub(crate) trait Vars<'v> {
     /// The value of `name`, `None` when unset.
-    fn get(&self, name: &str) -> Option<String>;
+    fn get(&self, name: &str) -> Option<&'v str>;
 }
 
-impl<F: Fn(&str) -> Option<String>> Vars for F {
-    fn get(&self, name: &str) -> Option<String> {
+impl<'v, F: Fn(&str) -> Option<&'v str>> Vars<'v> for F {
+    fn get(&self, name: &str) -> Option<&'v str> {
         self(name)
     }
 }
@@ -24,7 +25,7 @@ impl<F: Fn(&str) -> Option<String>> Vars for F {
 pub(crate) fn process_word(
     word: &str,
     escape: char,
-    vars: Option<&dyn Vars>,
+    vars: Option<&dyn Vars<'_>>,
 ) -> Result<String, String> {
     // Nothing to unquote, unescape or expand: the common case, and far
     // cheaper than the lexer.
@@ -42,12 +43,12 @@ pub(crate) fn process_word(
     lexer.word(None)
 }
 
-struct Lexer<'a> {
+struct Lexer<'a, 'v> {
     text: &'a str,
     /// Byte offset of the next character in `text`.
     pos: usize,
     escape: char,
-    vars: Option<&'a dyn Vars>,
+    vars: Option<&'a dyn Vars<'v>>,
     /// Nesting of `${...:-${...}}`, bounded so that input cannot exhaust the stack.
     depth: usize,
     /// Keep escape characters in the output (inside patterns).
@@ -57,7 +58,7 @@ struct Lexer<'a> {
 /// How deeply `${V:-${W:-...}}` may nest.
 const MAX_DEPTH: usize = 64;
 
-impl<'a> Lexer<'a> {
+impl<'a, 'v> Lexer<'a, 'v> {
     fn peek(&self) -> Option<char> {
         self.text.get(self.pos..)?.chars().next()
     }
@@ -196,7 +197,7 @@ impl<'a> Lexer<'a> {
             }
             match self.vars {
                 None => out.push_str(self.text.get(start..self.pos).unwrap_or_default()),
-                Some(vars) => out.push_str(&vars.get(name).unwrap_or_default()),
+                Some(vars) => out.push_str(vars.get(name).unwrap_or_default()),
             }
             return Ok(());
         }
@@ -216,17 +217,23 @@ impl<'a> Lexer<'a> {
         // With a colon an empty value counts as unset (for - + ?; BuildKit
         // reads `${V:#p}` and `${V:%p}` as `${V#p}` and `${V%p}`).
         let colon = next == Some(':');
-        let set = match &value {
+        let set = match value {
             Some(v) => !(colon && v.is_empty()),
             None => false,
         };
         let result = match modifier {
             None => return Err(format!("missing '}}' in substitution of {name}")),
-            Some('}') if !colon => value.unwrap_or_default(),
+            Some('}') if !colon => {
+                match self.vars {
+                    None => out.push_str(self.text.get(start..self.pos).unwrap_or_default()),
+                    Some(_) => out.push_str(value.unwrap_or_default()),
+                }
+                return Ok(());
+            }
             Some('-') => {
                 let word = self.nested_word('}', false)?;
                 if set {
-                    value.unwrap_or_default()
+                    value.unwrap_or_default().to_string()
                 } else {
                     word
                 }
@@ -242,7 +249,7 @@ impl<'a> Lexer<'a> {
             Some('?') => {
                 let word = self.nested_word('}', false)?;
                 if set || self.vars.is_none() {
-                    value.unwrap_or_default()
+                    value.unwrap_or_default().to_string()
                 } else if word.is_empty() {
                     return Err(format!("{name}: parameter is not set"));
                 } else {
@@ -259,11 +266,11 @@ impl<'a> Lexer<'a> {
                 };
                 let value = value.unwrap_or_default();
                 if self.vars.is_none() {
-                    value
+                    value.to_string()
                 } else if kind == '#' {
-                    trim_prefix(&value, pattern, longest)?
+                    trim_prefix(value, pattern, longest)?
                 } else {
-                    trim_suffix(&value, pattern, longest)?
+                    trim_suffix(value, pattern, longest)?
                 }
             }
             Some('/') if !colon => {
@@ -277,9 +284,9 @@ impl<'a> Lexer<'a> {
                 let replacement = self.nested_word('}', true)?;
                 let value = value.unwrap_or_default();
                 if self.vars.is_none() {
-                    value
+                    value.to_string()
                 } else {
-                    replace(&value, &pattern, &replacement, all)?
+                    replace(value, &pattern, &replacement, all)?
                 }
             }
             Some(other) => {
@@ -406,9 +413,9 @@ mod tests {
 
     fn expand(word: &str) -> Result<String, String> {
         let vars = |name: &str| match name {
-            "SET" => Some("value".to_string()),
-            "EMPTY" => Some(String::new()),
-            "SPACE" => Some("a b".to_string()),
+            "SET" => Some("value"),
+            "EMPTY" => Some(""),
+            "SPACE" => Some("a b"),
             _ => None,
         };
         process_word(word, '\\', Some(&vars))
@@ -454,7 +461,7 @@ mod tests {
         assert_eq!(expand("a\\ b").unwrap(), "a b");
         assert_eq!(expand("'it'\"'\"'s'").unwrap(), "it's");
         assert_eq!(
-            process_word("`$SET", '`', Some(&|_: &str| Some("x".to_string()))).unwrap(),
+            process_word("`$SET", '`', Some(&|_: &str| Some("x"))).unwrap(),
             "$SET"
         );
     }
@@ -482,7 +489,7 @@ mod tests {
                 "EMPTY" => "",
                 _ => return None,
             };
-            Some(value.to_string())
+            Some(value)
         };
         process_word(word, '\\', Some(&vars))
     }
@@ -583,7 +590,7 @@ mod tests {
 pub(crate) fn expand_heredoc(
     content: &str,
     escape: char,
-    vars: &dyn Vars,
+    vars: &dyn Vars<'_>,
 ) -> Result<String, String> {
     let mut lexer = Lexer {
         text: content,
@@ -613,7 +620,7 @@ mod heredoc_tests {
 
     #[test]
     fn heredoc_expansion_keeps_quotes() {
-        let vars = |name: &str| (name == "A").then(|| "1".to_string());
+        let vars = |name: &str| (name == "A").then_some("1");
         let out = expand_heredoc("'$A' \"${A}\" \\$A \\n $B.\n", '\\', &vars).unwrap();
         assert_eq!(out, "'1' \"1\" $A \\n .\n");
     }
