@@ -916,7 +916,7 @@ impl<'a> Compiler<'a> {
             )?);
         }
         let mut inputs = Vec::new();
-        let (from, from_text) = match instruction.flag("from") {
+        let from = match instruction.flag("from") {
             Some(flag) => {
                 let name = self.expand(
                     flag.value.as_deref().unwrap_or_default(),
@@ -925,17 +925,38 @@ impl<'a> Compiler<'a> {
                 )?;
                 let (from, key) = self.copy_source(&name, &flag.span, platform, done)?;
                 inputs.push(key);
-                (from, format!(" --from={name}"))
+                from
             }
-            None => (CopyFrom::Context, String::new()),
+            None => CopyFrom::Context,
         };
+        // BuildKit's history text: the keyword, --parents, --chown and
+        // --chmod (not --from), the sources, heredoc names and the
+        // destination as written, after expansion.
+        let parents = bool_flag("parents");
+        let shown_flags = [
+            ("--chown=", chown.as_deref().unwrap_or_default()),
+            ("--chmod=", chmod.as_deref().unwrap_or_default()),
+        ];
         let keyword = instruction.keyword.as_str();
         let words: usize = sources.iter().map(|s| s.len() + 1).sum::<usize>()
-            + heredocs.iter().map(|(n, _)| n.len() + 3).sum::<usize>();
+            + heredocs.iter().map(|(n, _)| n.len() + 3).sum::<usize>()
+            + shown_flags
+                .iter()
+                .map(|(f, v)| f.len() + v.len() + 1)
+                .sum::<usize>();
         let mut created_by =
-            String::with_capacity(keyword.len() + from_text.len() + words + dest.len() + 12);
+            String::with_capacity(keyword.len() + 10 + words + dest_expanded.len() + 12);
         created_by.push_str(keyword);
-        created_by.push_str(&from_text);
+        if parents {
+            created_by.push_str(" --parents");
+        }
+        for (flag, value) in shown_flags {
+            if !value.is_empty() {
+                created_by.push(' ');
+                created_by.push_str(flag);
+                created_by.push_str(value);
+            }
+        }
         for source in &sources {
             created_by.push(' ');
             created_by.push_str(source);
@@ -945,7 +966,7 @@ impl<'a> Compiler<'a> {
             created_by.push_str(name);
         }
         created_by.push(' ');
-        created_by.push_str(&dest);
+        created_by.push_str(&dest_expanded);
         created_by.push_str(" # buildkit");
         let copy = CopyStep {
             add,
@@ -958,7 +979,7 @@ impl<'a> Compiler<'a> {
             chmod,
             link: bool_flag("link"),
             exclude,
-            parents: bool_flag("parents"),
+            parents,
             checksum,
             keep_git_dir: bool_flag("keep-git-dir"),
             workdir,
@@ -1547,6 +1568,7 @@ impl StageState {
             span: instruction.span.clone(),
             text: instruction.original(),
             created_by,
+            in_history: instruction.keyword != Keyword::Onbuild,
             empty_layer,
             kind,
             digest,
@@ -1569,6 +1591,37 @@ fn go_quote_list(items: &[String]) -> String {
         .map(|s| serde_json::to_string(s).unwrap_or_default())
         .collect();
     format!("[{}]", quoted.join(" "))
+}
+
+/// A duration in nanoseconds as Go's `time.Duration` prints it (`1m30s`,
+/// `1.5s`, `500ms`, `0s`).
+fn go_duration(nanos: u64) -> String {
+    // The fraction of `value / 10^digits`, without trailing zeros or a lone '.'.
+    let fraction = |value: u64, digits: u32| -> String {
+        let remainder = value % 10u64.pow(digits);
+        if remainder == 0 {
+            return String::new();
+        }
+        let text = format!(".{remainder:0width$}", width = digits as usize);
+        text.trim_end_matches('0').to_string()
+    };
+    if nanos < 1_000_000_000 {
+        let (unit, digits) = match nanos {
+            0 => return "0s".to_string(),
+            1..=999 => ("ns", 0),
+            1_000..=999_999 => ("µs", 3),
+            _ => ("ms", 6),
+        };
+        let whole = nanos / 10u64.pow(digits);
+        return format!("{whole}{}{unit}", fraction(nanos, digits));
+    }
+    let frac = fraction(nanos, 9);
+    let seconds = nanos / 1_000_000_000;
+    match (seconds / 3600, seconds / 60 % 60, seconds % 60) {
+        (0, 0, s) => format!("{s}{frac}s"),
+        (0, m, s) => format!("{m}m{s}{frac}s"),
+        (h, m, s) => format!("{h}h{m}m{s}{frac}s"),
+    }
 }
 
 /// `EXPOSE` values to `port/proto` keys (ranges expanded).
@@ -1677,11 +1730,15 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
                     ports.extend(expose_ports(word).map_err(|m| Error::compile(span.clone(), m))?);
                 }
             }
-            let mut text = String::from("EXPOSE");
-            for port in &ports {
-                text.push(' ');
+            // BuildKit prints the list as Go does: `EXPOSE [80/tcp 53/udp]`.
+            let mut text = String::from("EXPOSE [");
+            for (index, port) in ports.iter().enumerate() {
+                if index > 0 {
+                    text.push(' ');
+                }
                 text.push_str(port);
             }
+            text.push(']');
             let exposed = state.config.exposed_ports.get_or_insert_with(BTreeMap::new);
             for port in ports {
                 exposed.insert(port, Empty {});
@@ -1751,6 +1808,8 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
             let argv = config_args(state);
             let text = format!("CMD {}", go_quote_list(&argv));
             state.config.cmd = Some(argv);
+            // BuildKit sets it on every CMD (its meaning is Windows-only).
+            state.config.args_escaped = Some(true);
             state.cmd_set = true;
             text
         }
@@ -1803,7 +1862,16 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
                     }
                 }
             }
-            let text = format!("HEALTHCHECK {}", go_quote_list(&check.test));
+            // BuildKit prints the config struct with Go's `%+v`.
+            let text = format!(
+                "HEALTHCHECK {{Test:[{}] Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
+                check.test.join(" "),
+                go_duration(check.interval),
+                go_duration(check.timeout),
+                go_duration(check.start_period),
+                go_duration(check.start_interval),
+                check.retries
+            );
             state.config.healthcheck = Some(check);
             text
         }
@@ -1843,6 +1911,25 @@ fn mount_from(spec: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_print_as_go_prints_them() {
+        for (nanos, go) in [
+            (0, "0s"),
+            (1, "1ns"),
+            (1_100, "1.1µs"),
+            (2_200_000, "2.2ms"),
+            (1_000_000, "1ms"),
+            (999_999_999, "999.999999ms"),
+            (3_300_000_000, "3.3s"),
+            (5_000_000_000, "5s"),
+            (90_000_000_000, "1m30s"),
+            (3_600_000_000_000, "1h0m0s"),
+            (4_000_005_000_000, "1h6m40.005s"),
+        ] {
+            assert_eq!(go_duration(nanos), go, "{nanos} ns");
+        }
+    }
 
     #[test]
     fn join_shortcuts_match_the_general_join() {

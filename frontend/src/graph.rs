@@ -248,6 +248,9 @@ pub struct Step {
     pub text: String,
     /// The history entry, BuildKit style (`RUN /bin/sh -c make # buildkit`).
     pub created_by: String,
+    /// Whether the image's history records the step: BuildKit records every
+    /// instruction but ONBUILD.
+    pub in_history: bool,
     /// Whether the step leaves the filesystem alone (no layer in history).
     pub empty_layer: bool,
     /// What to do.

@@ -120,7 +120,11 @@ impl BuildGraph {
                     }
                     StepKind::Config => {}
                 }
-                let _ = writeln!(out, "         history {}", shorten(&step.created_by, 120));
+                if step.in_history {
+                    let _ = writeln!(out, "         history {}", shorten(&step.created_by, 120));
+                } else {
+                    let _ = writeln!(out, "         (no history entry)");
+                }
             }
             let config = serde_json::to_string(&stage.config).unwrap_or_default();
             let _ = writeln!(out, "  config {config}");

@@ -331,9 +331,11 @@ pub fn solve(
                 // editing one does not re-run the steps after it. What a later
                 // step does see (ENV, USER, WORKDIR, SHELL) is in its own
                 // definition digest.
-                plan.history.push(HistoryRef::Empty {
-                    created_by: step.created_by.clone(),
-                });
+                if step.in_history {
+                    plan.history.push(HistoryRef::Empty {
+                        created_by: step.created_by.clone(),
+                    });
+                }
                 continue;
             }
             plan.key = key;
