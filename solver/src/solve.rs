@@ -180,6 +180,8 @@ struct Vertex<'g> {
     /// Layers of the stage or image COPY --from reads, per Dockerfile stage
     /// index or image digest.
     from_layers: HashMap<String, Vec<LayerRef>>,
+    /// Content digests of the context sources RUN binds, as the key has them.
+    context_mounts: HashMap<String, Key>,
     platform: Platform,
     deps: Vec<usize>,
 }
@@ -247,6 +249,7 @@ pub fn solve(
                 .str("platform", &plan.platform.to_string());
             let mut deps: Vec<usize> = plan.last_vertex.into_iter().collect();
             let mut from_layers = HashMap::new();
+            let mut context_mounts = HashMap::new();
             let add_from = |from: &CopyFrom,
                             key: &mut KeyEncoder,
                             deps: &mut Vec<usize>,
@@ -316,6 +319,7 @@ pub fn solve(
                                 let digest = content_digest(context, std::slice::from_ref(source))
                                     .map_err(|e| located(step, e))?;
                                 key.key("mount-content", &digest);
+                                context_mounts.insert(source.clone(), digest);
                             }
                             add_from(from, &mut key, &mut deps, &mut from_layers)?;
                         }
@@ -350,6 +354,7 @@ pub fn solve(
                         stage,
                         parent_layers: plan.layers.clone(),
                         from_layers,
+                        context_mounts,
                         platform: plan.platform.clone(),
                         deps,
                     });
@@ -761,9 +766,10 @@ impl Drop for Scratch {
 
 impl Runner<'_> {
     /// `source` of the context as a read-only bind shows it, exported once
-    /// per content (a tree snapshot named by its content digest) and shared
+    /// per content (a tree snapshot named by the content digest in the
+    /// step's key) and shared
     /// by every step and build that mounts the same files.
-    fn context_tree(&self, source: &str) -> Result<PathBuf> {
+    fn context_tree(&self, vertex: &Vertex<'_>, source: &str) -> Result<PathBuf> {
         let ctx: &dyn crate::source::SourceFs = self.context;
         let rel = clean_relative(source);
         let Some(top) = ctx.entry(&rel, true)? else {
@@ -771,7 +777,10 @@ impl Runner<'_> {
                 "{rel}: not found in the build context"
             )));
         };
-        let digest = content_digest(ctx, std::slice::from_ref(&rel))?;
+        // Planning digested every context source a step binds, for its key.
+        let digest = vertex.context_mounts.get(source).ok_or_else(|| {
+            Error::Invalid(format!("{source}: no content digest for this bind mount"))
+        })?;
         let tree = self
             .snapshotter
             .prepare_tree(&format!("context:{}", digest.to_hex()), |dir| {
@@ -998,7 +1007,7 @@ impl Runner<'_> {
                     // root's files), and no step may change its source.
                     let copy = scratch.0.join(format!("bind-{index}"));
                     let host = match from {
-                        CopyFrom::Context if !rw => self.context_tree(source)?,
+                        CopyFrom::Context if !rw => self.context_tree(vertex, source)?,
                         CopyFrom::Context => {
                             let ctx: &dyn crate::source::SourceFs = self.context;
                             export_tree(ctx, &clean_relative(source), &copy, ExportOwner::Root)?
