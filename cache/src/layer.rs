@@ -363,11 +363,11 @@ impl ParallelGzip {
 /// - a chunk that is all incompressible (random, encrypted or already
 ///   compressed data) is written as stored deflate blocks, a copy plus CRC;
 /// - a chunk that is mostly incompressible with compressible parts (tar
-///   headers between compressed or random files) becomes one member whose deflate stream alternates compressed blocks
-///   for the headers and stored blocks for the data, so the headers
-///   still shrink while the data costs a copy instead of a futile match
-///   search (which made libdeflate the largest cost of a COPY of
-///   incompressible files).
+///   headers between compressed or random files) becomes one member whose
+///   deflate stream alternates compressed blocks for the headers and stored
+///   blocks for the data, so the headers still shrink while the data costs a
+///   copy instead of a futile match search (which made libdeflate the
+///   largest cost of a COPY of incompressible files).
 ///
 /// Still standard gzip, and every choice depends only on the chunk's bytes
 /// (integer statistics, fixed settings), so the blob stays reproducible
@@ -504,14 +504,24 @@ fn deflate_all(
 /// shorter than [`MIN_STORED_RUN`] count as compressible.
 fn find_regions(input: &[u8], regions: &mut Vec<Region>) {
     regions.clear();
+    // Extends the last region or starts one; empty regions are dropped.
     let mut push = |end: usize, stored: bool| match regions.last_mut() {
+        Some(last) if last.end == end => {}
         Some(last) if last.stored == stored => last.end = end,
+        None if end == 0 => {}
         _ => regions.push(Region { end, stored }),
     };
+    let judged = input
+        .chunks(RECORD)
+        .map(|record| {
+            let incompressible = record.len() == RECORD && is_incompressible_record(record);
+            (record.len(), incompressible)
+        })
+        // A compressible end marker closes a run that reaches the end.
+        .chain(std::iter::once((0, false)));
     let mut run_start = None;
     let mut offset = 0;
-    for record in input.chunks(RECORD) {
-        let incompressible = record.len() == RECORD && is_incompressible_record(record);
+    for (len, incompressible) in judged {
         match (incompressible, run_start) {
             (true, None) => run_start = Some(offset),
             (false, Some(start)) => {
@@ -523,17 +533,9 @@ fn find_regions(input: &[u8], regions: &mut Vec<Region>) {
             }
             _ => {}
         }
-        offset += record.len();
+        offset += len;
     }
-    match run_start {
-        Some(start) if offset - start >= MIN_STORED_RUN => {
-            push(start, false);
-            push(offset, true);
-        }
-        _ => push(offset, false),
-    }
-    // An empty leading region comes from a run that starts at offset 0.
-    regions.retain(|region| region.end > 0);
+    push(offset, false);
 }
 
 fn stored_bytes(regions: &[Region]) -> usize {
