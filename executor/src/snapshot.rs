@@ -81,7 +81,7 @@ impl Snapshotter {
     /// new one is complete, so a concurrent reader never takes a directory
     /// that is about to go.
     fn is_ready(&self, name: &str) -> bool {
-        let trusted = match fs::read_to_string(self.root.join(BOOT_MARKERS).join(name)) {
+        let trusted = match fs::read_to_string(self.marker(name)) {
             Ok(made_in) => boot_id() == Some(made_in.trim()),
             Err(_) => true,
         };
@@ -182,29 +182,7 @@ impl Snapshotter {
         let result = (|| {
             fs::create_dir(&temp).map_err(io_err("create", &temp))?;
             fill(&temp)?;
-            let marker = self.root.join(BOOT_MARKERS).join(&name);
-            match boot_id() {
-                Some(boot) => {
-                    let mut file = File::create(&marker).map_err(io_err("create", &marker))?;
-                    std::io::Write::write_all(&mut file, boot.as_bytes())
-                        .and_then(|()| file.sync_all())
-                        .map_err(io_err("write", &marker))?;
-                }
-                None => {
-                    let dir = File::open(&temp).map_err(io_err("open", &temp))?;
-                    nix::unistd::syncfs(&dir).map_err(|e| Error::Io {
-                        action: "sync",
-                        path: temp.clone(),
-                        source: e.into(),
-                    })?;
-                    match fs::remove_file(&marker) {
-                        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                            return Err(io_err("remove", &marker)(e))
-                        }
-                        _ => {}
-                    }
-                }
-            }
+            self.make_durable(&name, &temp)?;
             fs::rename(&temp, &target).map_err(io_err("rename into place", &target))
         })();
         if result.is_err() {
@@ -223,10 +201,42 @@ impl Snapshotter {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("inspect", &path)(e)),
         }
-        let marker = self.root.join(BOOT_MARKERS).join(&name);
+        self.remove_marker(&name)
+    }
+
+    fn marker(&self, name: &str) -> PathBuf {
+        self.root.join(BOOT_MARKERS).join(name)
+    }
+
+    fn remove_marker(&self, name: &str) -> Result<()> {
+        let marker = self.marker(name);
         match fs::remove_file(&marker) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", &marker)(e)),
             _ => Ok(()),
+        }
+    }
+
+    /// Readies the filled directory `temp` of snapshot `name` for its rename
+    /// into place: a fsynced marker of this boot or, where the boot is
+    /// unknown, a sync of the whole filesystem (and no marker).
+    fn make_durable(&self, name: &str, temp: &Path) -> Result<()> {
+        match boot_id() {
+            Some(boot) => {
+                let marker = self.marker(name);
+                let mut file = File::create(&marker).map_err(io_err("create", &marker))?;
+                std::io::Write::write_all(&mut file, boot.as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .map_err(io_err("write", &marker))
+            }
+            None => {
+                let dir = File::open(temp).map_err(io_err("open", temp))?;
+                nix::unistd::syncfs(&dir).map_err(|e| Error::Io {
+                    action: "sync",
+                    path: temp.to_path_buf(),
+                    source: e.into(),
+                })?;
+                self.remove_marker(name)
+            }
         }
     }
 }
