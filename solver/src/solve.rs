@@ -27,7 +27,7 @@ use crate::pattern::clean_relative;
 use crate::progress::{Event, Progress};
 use crate::scheduler::run_dag;
 use crate::source::{content_digest, BuildContext};
-use crate::views::{export_tree, ExportOwner, ViewDest, ViewSource};
+use crate::views::{export_tree, exported_top, ExportOwner, ViewDest, ViewSource};
 
 /// How to build, beyond the graph itself.
 #[derive(Debug, Clone)]
@@ -787,12 +787,7 @@ impl Runner<'_> {
                 export_tree(ctx, &rel, dir, ExportOwner::Root).map(drop)
             })
             .map_err(exec_err)?;
-        // A file is exported under its own name inside the tree.
-        Ok(if top.meta.is_dir() {
-            tree
-        } else {
-            tree.join(rel.rsplit('/').next().unwrap_or(&rel))
-        })
+        Ok(exported_top(&tree, &top))
     }
 
     fn scratch(&self) -> Result<Scratch> {

@@ -114,8 +114,7 @@ pub(crate) enum ExportOwner {
 /// Copies `rel` of a source (a directory's contents, or one file) to `dest`,
 /// keeping modes, symlinks and mtimes, and owners as `owner` says: for
 /// `--output type=local` and for bind mounts of a stage or of the context.
-/// Returns what stands for `rel` under `dest`: `dest` itself for a
-/// directory, `dest/NAME` for a file or symlink.
+/// Returns what stands for `rel` under `dest` (see [`exported_top`]).
 pub(crate) fn export_tree(
     source: &dyn SourceFs,
     rel: &str,
@@ -142,8 +141,8 @@ pub(crate) fn export_tree(
                 .or_else(|| (top.rel == ".").then_some(entry.rel.as_str()))
                 .unwrap_or(&entry.rel)
         };
-        let target = if below == "." && !top.meta.is_dir() {
-            dest.join(top.rel.rsplit('/').next().unwrap_or("file"))
+        let target = if below == "." {
+            exported_top(dest, &top)
         } else {
             dest.join(below)
         };
@@ -190,9 +189,15 @@ pub(crate) fn export_tree(
             }
         }
     }
-    Ok(if top.meta.is_dir() {
+    Ok(exported_top(dest, &top))
+}
+
+/// Where [`export_tree`] puts the entry it was asked for: `dest` itself for
+/// a directory, `dest/NAME` for a file or symlink.
+pub(crate) fn exported_top(dest: &Path, top: &SourceEntry) -> PathBuf {
+    if top.meta.is_dir() {
         dest.to_path_buf()
     } else {
         dest.join(top.rel.rsplit('/').next().unwrap_or("file"))
-    })
+    }
 }
