@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# kiln build benchmarks: the six scenarios of issue 5, timed with kiln (release
+# kiln build benchmarks: the six scenarios of issue 5 and apt-get on Debian 12, timed with kiln (release
 # build) and, when installed and working, BuildKit (docker build) and buildah.
 # Prints one row per scenario with each tool's seconds and the ratio peer/kiln.
 # Usage: scripts/bench-build.sh [RUNS]   (median of RUNS timings, default 3)
@@ -18,12 +18,21 @@ base_tar=$fixtures/busybox-amd64.tar
 
 work=$(mktemp -d /var/tmp/kiln-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+# Debian 12 minbase for the apt-get row (scripts/make-fixtures.sh makes it), as a plain tar for docker import.
+debian_tar=""
+if [ -s "$fixtures/debian12-minbase-amd64.tar.zst" ]; then
+  debian_tar=$work/debian12-minbase-amd64.tar
+  zstd -d -q "$fixtures/debian12-minbase-amd64.tar.zst" -o "$debian_tar"
+fi
 
 have_docker=0
 docker() { command "${DOCKER:-docker}" "$@"; }
 if [ "${KILN_ONLY:-0}" != 1 ] && command -v "${DOCKER:-docker}" >/dev/null && docker info >/dev/null 2>&1; then
   have_docker=1
   docker image inspect kiln-bench-busybox >/dev/null 2>&1 || docker import "$base_tar" kiln-bench-busybox >/dev/null
+  if [ -n "$debian_tar" ]; then
+    docker image inspect kiln-bench-debian >/dev/null 2>&1 || docker import "$debian_tar" kiln-bench-debian >/dev/null
+  fi
 fi
 have_buildah=0
 if [ "${KILN_ONLY:-0}" != 1 ] && command -v buildah >/dev/null; then
@@ -56,12 +65,17 @@ stages+="FROM kiln-bench-busybox"$'\n'
 for s in 1 2 3 4; do stages+="COPY --from=s$s /out$s /out$s"$'\n'; done
 mk stages "$stages"
 mk random $'FROM kiln-bench-busybox\nRUN head -c 268435456 /dev/urandom > /random'
+# The most common line of real Dockerfiles; apt drops to its _apt user. Debian's archive over the network.
+mk apt $'FROM kiln-bench-debian\nRUN apt-get update && apt-get install -y --no-install-recommends file python3-minimal'
 
 # --- timing -------------------------------------------------------------------
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-kiln_store() { rm -rf "$work/store"; "$kiln" --root "$work/store" import "$base_tar" kiln-bench-busybox >/dev/null 2>&1; }
+kiln_store() {
+  rm -rf "$work/store"; "$kiln" --root "$work/store" import "$base_tar" kiln-bench-busybox >/dev/null 2>&1
+  if [ "${1:-}" = "$work/ctx/apt" ]; then "$kiln" --root "$work/store" import "$debian_tar" kiln-bench-debian >/dev/null 2>&1; fi
+}
 kiln_build() { "$kiln" --root "$work/store" build --progress quiet "$@" >/dev/null; }
 # A failing peer build makes its column read "fail" rather than a bogus time.
 docker_build() { DOCKER_BUILDKIT=1 docker build -q "$@" >/dev/null 2>&1 || echo fail >"$work/failed"; }
@@ -73,7 +87,7 @@ time_tool() {
   for i in $(seq 1 "$runs"); do
     case $tool in
       kiln)
-        if [ "$warm" = warm ]; then [ -d "$work/store" ] || kiln_store; kiln_build "$ctx"; else kiln_store; fi
+        if [ "$warm" = warm ]; then [ -d "$work/store" ] || kiln_store "$ctx"; kiln_build "$ctx"; else kiln_store "$ctx"; fi
         t0=$(now); kiln_build "$ctx"; t1=$(now) ;;
       docker)
         if [ "$warm" = warm ]; then docker_build "$ctx"; else docker builder prune -af >/dev/null 2>&1 || true; fi
@@ -114,6 +128,11 @@ floor=$(for i in $(seq 1 "$runs"); do
   rm -f "$work/random"; echo "$t1 - $t0" | bc -l
 done | median)
 printf '%-44s %8.3fs   (the command alone on the host, no builder)\n' "  floor: busybox head -c 256M on the host" "$floor"
+if [ -n "$debian_tar" ]; then
+  row "Debian 12: apt-get update + install, cold" "$work/ctx/apt" cold
+else
+  echo "(apt-get row skipped: $fixtures/debian12-minbase-amd64.tar.zst is missing; run scripts/make-fixtures.sh)"
+fi
 if [ "${KILN_ONLY:-0}" = 1 ]; then
   echo "(peers skipped: KILN_ONLY=1)"
 else

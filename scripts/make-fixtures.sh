@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Makes the rootfs tarballs the tests build on, from Debian's busybox-static packages:
-#   target/fixtures/busybox-amd64.tar, target/fixtures/busybox-mips64el.tar
+# Makes the rootfs tarballs the tests build on:
+#   target/fixtures/busybox-{amd64,mips64el}.tar   from Debian's busybox-static packages
+#   target/fixtures/debian12-minbase-{amd64,mips64el}.tar.zst   Debian 12 minbase roots (debootstrap;
+#     the foreign one's second stage under qemu-user). A ready-made copy in $KILN_SHARED_ROOTFS
+#     (default: ../shared/rootfs beside the checkout) is used instead when there is one.
 # Tests read them from $KILN_FIXTURES (default: target/fixtures). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +33,34 @@ for arch in amd64 mips64el; do
   printf 'root:x:0:\nnogroup:x:65534:\napp:x:1000:\n' > "$root/etc/group"
   chmod 1777 "$root/tmp" "$root/var/tmp"; chmod 700 "$root/root"
   tar --sort=name --mtime='2024-01-01 00:00:00Z' --owner=0 --group=0 --numeric-owner -C "$root" -cf "$tarball.tmp" .
+  mv "$tarball.tmp" "$tarball"
+  rm -rf "$work"
+  echo "made $tarball" >&2
+done
+
+# Debian 12 minbase roots, for the tests that run apt-get in a RUN step.
+shared=${KILN_SHARED_ROOTFS:-$PWD/../shared/rootfs}
+for arch in amd64 mips64el; do
+  tarball=$out/debian12-minbase-$arch.tar.zst
+  [ -s "$tarball" ] && continue
+  if [ -s "$shared/debian12-minbase-$arch.tar.zst" ]; then
+    cp "$shared/debian12-minbase-$arch.tar.zst" "$tarball.tmp"; chmod 644 "$tarball.tmp"
+    mv "$tarball.tmp" "$tarball"
+    echo "copied $tarball from $shared" >&2
+    continue
+  fi
+  work=$(mktemp -d); chmod 755 "$work"
+  root=$work/root
+  if [ "$arch" = "$(dpkg --print-architecture)" ]; then
+    debootstrap --variant=minbase bookworm "$root" >"$work/log" 2>&1 || { tail -20 "$work/log" >&2; exit 1; }
+  else
+    # the second stage runs the foreign dpkg under qemu-user (install-deps registered the handler)
+    debootstrap --variant=minbase --foreign --arch="$arch" bookworm "$root" >"$work/log" 2>&1 \
+      && chroot "$root" /debootstrap/debootstrap --second-stage >>"$work/log" 2>&1 \
+      || { tail -20 "$work/log" >&2; exit 1; }
+  fi
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/debootstrap
+  tar --sort=name --numeric-owner -C "$root" -cf - . | zstd -10 -T0 -q -o "$tarball.tmp"
   mv "$tarball.tmp" "$tarball"
   rm -rf "$work"
   echo "made $tarball" >&2
