@@ -21,8 +21,7 @@ pub(crate) const REPORT_FD: RawFd = 3;
 pub(crate) const GO_FD: RawFd = 4;
 
 /// What the step sees as its pid 1's command line and name.
-const INIT_NAME: &[u8] = b"kiln-init";
-const INIT_COMM: &CStr = c"kiln-init";
+const INIT_NAME: &CStr = c"kiln-init";
 
 /// Record kinds on the report pipe: `[kind: u32][value: i32]`, native endian.
 /// Kinds below `REPORT_EXEC` are the index of the failed [`Op`].
@@ -180,6 +179,7 @@ fn run_op(op: &Op) -> Result<(), Errno> {
     }
 }
 
+/// [`Op::Mask`].
 fn mask(path: &CString, null: &CString) -> Result<(), Errno> {
     let none: Option<&CStr> = None;
     match nix::mount::mount(
@@ -202,6 +202,7 @@ fn mask(path: &CString, null: &CString) -> Result<(), Errno> {
     }
 }
 
+/// [`Op::ReadOnly`].
 fn read_only(path: &CString, flags: MsFlags) -> Result<(), Errno> {
     let none: Option<&CStr> = None;
     let path = path.as_c_str();
@@ -228,9 +229,10 @@ fn read_only(path: &CString, flags: MsFlags) -> Result<(), Errno> {
 /// step's leftovers and writes the report pipe. Not dumpable, so the step
 /// cannot ptrace it or read its /proc/1/environ, mem or fds.
 fn drop_init_privileges(plan: &Plan) -> Result<(), Errno> {
-    nix::sys::prctl::set_dumpable(false)?;
+    sys::restrict_capabilities(0, plan.init_caps, plan.last_cap)?;
     nix::sys::prctl::set_no_new_privs()?;
-    sys::restrict_capabilities(0, plan.init_caps, plan.last_cap)
+    // Last: a change of credentials may reset dumpability.
+    nix::sys::prctl::set_dumpable(false)
 }
 
 /// The sandbox's init (pid 1 of the new pid namespace): sets the sandbox up,
@@ -251,8 +253,8 @@ pub(crate) fn init_main(plan: &Plan) -> ! {
     sys::close_fd(GO_FD);
     // kiln's command line (build arguments) and environment must not show in
     // the step's /proc/1/cmdline or environ.
-    sys::replace_process_strings(&plan.process_strings, INIT_NAME);
-    let _ = nix::sys::prctl::set_name(INIT_COMM);
+    sys::replace_process_strings(&plan.process_strings, INIT_NAME.to_bytes());
+    let _ = nix::sys::prctl::set_name(INIT_NAME);
     // The setup ops create exactly the modes the plan names (Docker's 0666
     // devices), whatever umask kiln was started with.
     nix::sys::stat::umask(Mode::empty());
