@@ -26,7 +26,7 @@ fn with_umask_077(command: &Command) -> Command {
 }
 
 #[test]
-fn undeclared_build_args_and_kilns_environment_stay_out_of_steps() {
+fn undeclared_build_args_secrets_and_kilns_environment_stay_out_of_steps() {
     let env = Env::new();
     // The step assembles the value from pieces: no command line of its own
     // holds it, so any match is a leak from kiln. The same search finds the
@@ -52,6 +52,9 @@ fn undeclared_build_args_and_kilns_environment_stay_out_of_steps() {
         "TOKEN=s3cr3t-value",
         "--build-arg",
         "DECLARED=visible",
+        // A secret the step does not mount, from kiln's environment.
+        "--secret",
+        "id=tok,env=KILN_TEST_TOKEN",
         "--output",
         &output,
         &ctx.to_string_lossy(),
