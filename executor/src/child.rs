@@ -4,7 +4,7 @@
 //! made before cloning, and nothing here allocates, locks or panics (see the
 //! crate docs for why).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
 
 use nix::errno::Errno;
@@ -19,6 +19,9 @@ use crate::sys::{self, ExecArray};
 /// Descriptor numbers inside the sandbox's init (0, 1, 2 are the step's stdio).
 pub(crate) const REPORT_FD: RawFd = 3;
 pub(crate) const GO_FD: RawFd = 4;
+
+/// What the step sees as its pid 1's command line and name.
+const INIT_NAME: &CStr = c"kiln-init";
 
 /// Record kinds on the report pipe: `[kind: u32][value: i32]`, native endian.
 /// Kinds below `REPORT_EXEC` are the index of the failed [`Op`].
@@ -43,10 +46,23 @@ pub(crate) enum Op {
     Mkdir(CString, u32),
     /// Creates an empty file as a mountpoint, tolerating an existing one.
     Touch(CString),
+    /// A character device node; init's umask is 0, so the mode is exact.
     Mknod(CString, u32, u64),
     Symlink {
         target: CString,
         path: CString,
+    },
+    /// Hides a kernel path as runc does: a file under a bind of `null`, a
+    /// directory under an empty read-only tmpfs; a missing path is skipped.
+    Mask {
+        path: CString,
+        null: CString,
+    },
+    /// Makes a kernel path a read-only bind of itself (keeping `flags`, the
+    /// nosuid/nodev/noexec of its filesystem); a missing path is skipped.
+    ReadOnly {
+        path: CString,
+        flags: MsFlags,
     },
     PivotRootHere,
     Hostname(CString),
@@ -64,6 +80,11 @@ pub(crate) struct Plan {
     pub groups: Vec<libc::gid_t>,
     pub keep_caps: u64,
     pub last_cap: u32,
+    /// kiln's argument and environment strings, which init blanks in its copy.
+    pub process_strings: sys::ProcessStrings,
+    /// The capabilities init keeps once the main process runs (to kill what
+    /// the step leaves behind); its bounding set is emptied.
+    pub init_caps: u64,
     /// Descriptors as numbered in the parent: stdin, stdout, stderr, report, go.
     pub fds: [RawFd; 5],
     pub wait_for_go: bool,
@@ -143,6 +164,8 @@ fn run_op(op: &Op) -> Result<(), Errno> {
         Op::Symlink { target, path } => {
             nix::unistd::symlinkat(target.as_c_str(), nix::fcntl::AT_FDCWD, path.as_c_str())
         }
+        Op::Mask { path, null } => mask(path, null),
+        Op::ReadOnly { path, flags } => read_only(path, *flags),
         Op::PivotRootHere => {
             nix::unistd::pivot_root(c".", c".")?;
             nix::mount::umount2(c".", MntFlags::MNT_DETACH)?;
@@ -154,6 +177,62 @@ fn run_op(op: &Op) -> Result<(), Errno> {
         )),
         Op::LoopbackUp => sys::loopback_up(),
     }
+}
+
+/// [`Op::Mask`].
+fn mask(path: &CString, null: &CString) -> Result<(), Errno> {
+    let none: Option<&CStr> = None;
+    match nix::mount::mount(
+        Some(null.as_c_str()),
+        path.as_c_str(),
+        none,
+        MsFlags::MS_BIND,
+        none,
+    ) {
+        Err(Errno::ENOENT) => Ok(()),
+        // A directory: cover it with an empty read-only tmpfs.
+        Err(Errno::ENOTDIR) => nix::mount::mount(
+            Some(c"tmpfs"),
+            path.as_c_str(),
+            Some(c"tmpfs"),
+            MsFlags::MS_RDONLY,
+            none,
+        ),
+        other => other,
+    }
+}
+
+/// [`Op::ReadOnly`].
+fn read_only(path: &CString, flags: MsFlags) -> Result<(), Errno> {
+    let none: Option<&CStr> = None;
+    let path = path.as_c_str();
+    match nix::mount::mount(
+        Some(path),
+        path,
+        none,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none,
+    ) {
+        Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e),
+        Ok(()) => nix::mount::mount(
+            none,
+            path,
+            none,
+            flags | MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            none,
+        ),
+    }
+}
+
+/// What init gives up once the main process runs: it only waits, kills the
+/// step's leftovers and writes the report pipe. Not dumpable, so the step
+/// cannot ptrace it or read its /proc/1/environ, mem or fds.
+fn drop_init_privileges(plan: &Plan) -> Result<(), Errno> {
+    sys::restrict_capabilities(0, plan.init_caps, plan.last_cap)?;
+    nix::sys::prctl::set_no_new_privs()?;
+    // Last: a change of credentials may reset dumpability.
+    nix::sys::prctl::set_dumpable(false)
 }
 
 /// The sandbox's init (pid 1 of the new pid namespace): sets the sandbox up,
@@ -172,6 +251,13 @@ pub(crate) fn init_main(plan: &Plan) -> ! {
         sys::exit_now(125);
     }
     sys::close_fd(GO_FD);
+    // kiln's command line (build arguments) and environment must not show in
+    // the step's /proc/1/cmdline or environ.
+    sys::replace_process_strings(&plan.process_strings, INIT_NAME.to_bytes());
+    let _ = nix::sys::prctl::set_name(INIT_NAME);
+    // The setup ops create exactly the modes the plan names (Docker's 0666
+    // devices), whatever umask kiln was started with.
+    nix::sys::stat::umask(Mode::empty());
     for (index, op) in plan.ops.iter().enumerate() {
         if let Err(errno) = run_op(op) {
             fail(index as u32, errno);
@@ -182,6 +268,10 @@ pub(crate) fn init_main(plan: &Plan) -> ! {
         Ok(None) => exec_main(plan),
         Err(errno) => fail(REPORT_FORK, errno),
     };
+    if let Err(errno) = drop_init_privileges(plan) {
+        // Exiting takes the main process down with the pid namespace.
+        fail(REPORT_CAPS, errno);
+    }
     // Only the main process and what it starts may hold the output pipes.
     sys::close_fd(0);
     sys::close_fd(1);

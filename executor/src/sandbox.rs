@@ -55,6 +55,10 @@ const DEFAULT_CAPS: &[u32] = &[
     31, // SETFCAP
 ];
 
+/// CAP_KILL: the sandbox's init kills what the step leaves behind, whatever
+/// user it runs as (pid 1 of a namespace is no exception to kill(2)'s checks).
+const INIT_CAP_KILL: u32 = 5;
+
 /// Root filesystem strategy for one attempt.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum RootMode {
@@ -384,6 +388,193 @@ fn last_cap() -> u32 {
         .min(63)
 }
 
+/// How one of [`KERNEL_PATHS`] is guarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Guard {
+    /// Hidden: a file reads as /dev/null, a directory as an empty read-only tmpfs.
+    Mask,
+    ReadOnly,
+}
+
+/// Docker's read-only and masked paths (runc applies them in this order),
+/// each guarded where the sandbox's /proc or /sys has it.
+const KERNEL_PATHS: &[(&str, Guard)] = &[
+    ("/proc/bus", Guard::ReadOnly),
+    ("/proc/fs", Guard::ReadOnly),
+    ("/proc/irq", Guard::ReadOnly),
+    ("/proc/sys", Guard::ReadOnly),
+    ("/proc/sysrq-trigger", Guard::ReadOnly),
+    ("/proc/acpi", Guard::Mask),
+    ("/proc/asound", Guard::Mask),
+    ("/proc/interrupts", Guard::Mask),
+    ("/proc/kcore", Guard::Mask),
+    ("/proc/keys", Guard::Mask),
+    ("/proc/latency_stats", Guard::Mask),
+    ("/proc/timer_list", Guard::Mask),
+    ("/proc/timer_stats", Guard::Mask),
+    ("/proc/sched_debug", Guard::Mask),
+    ("/proc/scsi", Guard::Mask),
+    ("/sys/firmware", Guard::Mask),
+    ("/sys/devices/virtual/powercap", Guard::Mask),
+];
+
+/// Guards [`KERNEL_PATHS`] in the sandbox's own /proc and /sys mounts (at
+/// `proc_dir` and `sys_dir`); masked files become binds of `null`, the
+/// sandbox's /dev/null. Whether a path exists is decided in the sandbox.
+fn guard_kernel_paths(
+    b: &mut PlanBuilder,
+    proc_dir: &Path,
+    sys_dir: &Path,
+    null: &Path,
+) -> Result<()> {
+    for (path, guard) in KERNEL_PATHS {
+        let host = [("/proc/", proc_dir), ("/sys/", sys_dir)]
+            .into_iter()
+            .find_map(|(prefix, dir)| path.strip_prefix(prefix).map(|rest| dir.join(rest)))
+            .ok_or_else(|| Error::InvalidSpec(format!("{path} is not in /proc or /sys")))?;
+        match guard {
+            Guard::Mask => b.push(
+                Op::Mask {
+                    path: path_c(&host)?,
+                    null: path_c(null)?,
+                },
+                format!("mask {path}"),
+            ),
+            Guard::ReadOnly => b.push(
+                Op::ReadOnly {
+                    path: path_c(&host)?,
+                    // Both filesystems are mounted nosuid, nodev, noexec.
+                    flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                },
+                format!("make {path} read-only"),
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// The device nodes runc creates for a container without a terminal:
+/// (name, major, minor), each a 0666 character device owned by root.
+const DEVICES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// Docker's /dev at `dev`: a tmpfs with [`DEVICES`], devpts, shm, mqueue
+/// and the standard links.
+fn docker_dev(b: &mut PlanBuilder, dev: &Path) -> Result<()> {
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    b.mount(
+        Some("tmpfs"),
+        dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+        "mount /dev".into(),
+    )?;
+    for (name, major, minor) in DEVICES {
+        b.push(
+            Op::Mknod(
+                path_c(&dev.join(name))?,
+                0o666,
+                nix::sys::stat::makedev(*major, *minor),
+            ),
+            format!("create /dev/{name}"),
+        );
+    }
+    // (name, source, type, flags, options)
+    let filesystems = [
+        (
+            "pts",
+            "devpts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        ),
+        (
+            "shm",
+            "shm",
+            "tmpfs",
+            nosuid_nodev_noexec,
+            Some("mode=1777,size=65536k"),
+        ),
+        // The message queues of the sandbox's own ipc namespace.
+        ("mqueue", "mqueue", "mqueue", nosuid_nodev_noexec, None),
+    ];
+    for (name, source, fstype, flags, data) in filesystems {
+        let dir = dev.join(name);
+        b.push(
+            Op::Mkdir(path_c(&dir)?, 0o755),
+            format!("create /dev/{name}"),
+        );
+        b.mount(
+            Some(source),
+            &dir,
+            Some(fstype),
+            flags,
+            data,
+            format!("mount /dev/{name}"),
+        )?;
+    }
+    let mut links = vec![
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ];
+    // As runc: only where the kernel has /proc/kcore (it is masked anyway).
+    if Path::new("/proc/kcore").exists() {
+        links.push(("core", "/proc/kcore"));
+    }
+    for (name, target) in links {
+        b.push(
+            Op::Symlink {
+                target: cstring(target)?,
+                path: path_c(&dev.join(name))?,
+            },
+            format!("create /dev/{name}"),
+        );
+    }
+    Ok(())
+}
+
+/// kiln's argument and environment strings as the kernel locates them, read
+/// once per process.
+fn process_strings() -> Result<sys::ProcessStrings> {
+    static STRINGS: std::sync::OnceLock<Option<sys::ProcessStrings>> = std::sync::OnceLock::new();
+    let strings = STRINGS.get_or_init(|| {
+        fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|stat| parse_process_strings(&stat))
+    });
+    strings.ok_or_else(|| {
+        Error::InvalidSpec(
+            "cannot locate kiln's arguments in /proc/self/stat (is /proc mounted?)".into(),
+        )
+    })
+}
+
+/// Fields 48 to 51 of a `/proc/PID/stat` line (`comm`, field 2, may hold
+/// spaces and parentheses: fields are counted after its last `)`).
+fn parse_process_strings(stat: &str) -> Option<sys::ProcessStrings> {
+    let (_, after_comm) = stat.rsplit_once(')')?;
+    // The first field after comm is field 3.
+    let mut fields = after_comm.split_whitespace().skip(48 - 3);
+    let mut next = || fields.next()?.parse::<usize>().ok();
+    let strings = sys::ProcessStrings {
+        arg_start: next()?,
+        arg_end: next()?,
+        env_start: next()?,
+        env_end: next()?,
+    };
+    (strings.arg_start != 0 && strings.arg_end > strings.arg_start).then_some(strings)
+}
+
 struct Prepared {
     plan: Plan,
     descriptions: Vec<String>,
@@ -422,95 +613,8 @@ fn build_plan(
         None,
         "mount /proc".into(),
     )?;
-    // As Docker: kernel knobs read-only, kernel memory and keys hidden.
-    for name in ["sys", "sysrq-trigger", "irq", "bus", "fs"] {
-        let path = proc_dir.join(name);
-        if Path::new("/proc").join(name).exists() {
-            b.bind(&path, &path, true, &format!("/proc/{name}"))?;
-        }
-    }
-    for name in [
-        "kcore",
-        "keys",
-        "timer_list",
-        "sched_debug",
-        "latency_stats",
-    ] {
-        if Path::new("/proc").join(name).is_file() {
-            b.bind(
-                Path::new("/dev/null"),
-                &proc_dir.join(name),
-                true,
-                &format!("/proc/{name}"),
-            )?;
-        }
-    }
     let (_, dev) = b.mountpoint(view, merged, "/dev", false)?;
-    b.mount(
-        Some("tmpfs"),
-        &dev,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
-        "mount /dev".into(),
-    )?;
-    for (name, minor_major) in [
-        ("null", (1, 3)),
-        ("zero", (1, 5)),
-        ("full", (1, 7)),
-        ("random", (1, 8)),
-        ("urandom", (1, 9)),
-        ("tty", (5, 0)),
-    ] {
-        let (major, minor) = minor_major;
-        b.push(
-            Op::Mknod(
-                path_c(&dev.join(name))?,
-                0o666,
-                nix::sys::stat::makedev(major, minor),
-            ),
-            format!("create /dev/{name}"),
-        );
-    }
-    b.push(
-        Op::Mkdir(path_c(&dev.join("pts"))?, 0o755),
-        "create /dev/pts".into(),
-    );
-    b.mount(
-        Some("devpts"),
-        &dev.join("pts"),
-        Some("devpts"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-        "mount /dev/pts".into(),
-    )?;
-    b.push(
-        Op::Mkdir(path_c(&dev.join("shm"))?, 0o1777),
-        "create /dev/shm".into(),
-    );
-    b.mount(
-        Some("shm"),
-        &dev.join("shm"),
-        Some("tmpfs"),
-        nosuid_nodev_noexec,
-        Some("mode=1777,size=65536k"),
-        "mount /dev/shm".into(),
-    )?;
-    for (name, target) in [
-        ("ptmx", "pts/ptmx"),
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        b.push(
-            Op::Symlink {
-                target: cstring(target)?,
-                path: path_c(&dev.join(name))?,
-            },
-            format!("create /dev/{name}"),
-        );
-    }
+    docker_dev(&mut b, &dev)?;
     let (_, sys_dir) = b.mountpoint(view, merged, "/sys", false)?;
     b.mount(
         Some("sysfs"),
@@ -520,6 +624,7 @@ fn build_plan(
         None,
         "mount /sys read-only".into(),
     )?;
+    guard_kernel_paths(&mut b, &proc_dir, &sys_dir, &dev.join("null"))?;
 
     let hostname = if spec.hostname.is_empty() {
         "kiln"
@@ -701,6 +806,8 @@ fn build_plan(
             .iter()
             .fold(0u64, |acc, cap| acc | (1u64 << cap)),
         last_cap: last_cap(),
+        process_strings: process_strings()?,
+        init_caps: 1u64 << INIT_CAP_KILL,
         fds,
         wait_for_go,
     };
@@ -1105,5 +1212,118 @@ impl Drop for InitGuard {
             self.kill();
             self.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builder() -> PlanBuilder {
+        PlanBuilder {
+            ops: Vec::new(),
+            descriptions: Vec::new(),
+            stubs: Vec::new(),
+            stubs_in_lower: false,
+        }
+    }
+
+    #[test]
+    fn kernel_paths_are_guarded_in_the_sandbox_mounts() {
+        let mut b = builder();
+        guard_kernel_paths(
+            &mut b,
+            Path::new("/m/proc"),
+            Path::new("/m/sys"),
+            Path::new("/m/dev/null"),
+        )
+        .unwrap();
+        assert_eq!(b.ops.len(), KERNEL_PATHS.len());
+        for ((path, guard), op) in KERNEL_PATHS.iter().zip(&b.ops) {
+            let expected = format!("/m{path}");
+            match (guard, op) {
+                (Guard::Mask, Op::Mask { path, null }) => {
+                    assert_eq!(path.to_str(), Ok(expected.as_str()));
+                    assert_eq!(null.to_str(), Ok("/m/dev/null"));
+                }
+                (Guard::ReadOnly, Op::ReadOnly { path, flags }) => {
+                    assert_eq!(path.to_str(), Ok(expected.as_str()));
+                    assert_eq!(
+                        *flags,
+                        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC
+                    );
+                }
+                _ => panic!("{path}: wrong kind of op"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_plan_guards_proc_and_sys_once_dev_and_sys_are_mounted() {
+        let lower = tempfile::tempdir().unwrap();
+        for dir in ["proc", "dev", "sys"] {
+            fs::create_dir(lower.path().join(dir)).unwrap();
+        }
+        let scratch_dir = tempfile::tempdir().unwrap();
+        let scratch = prepare_scratch(scratch_dir.path()).unwrap();
+        let spec = RunSpec {
+            lowers: vec![lower.path().to_path_buf()],
+            argv: vec!["true".into()],
+            network: Network::None,
+            ..RunSpec::default()
+        };
+        let view = RootfsView::new(&spec.lowers);
+        let prepared = build_plan(&spec, &scratch, RootMode::Copy, &view, [0; 5], false).unwrap();
+        let position = |what: &str| {
+            prepared
+                .descriptions
+                .iter()
+                .position(|d| d == what)
+                .unwrap_or_else(|| panic!("no {what:?} in {:#?}", prepared.descriptions))
+        };
+        let first_guard = position("make /proc/bus read-only");
+        for before in [
+            "mount /proc",
+            "mount /dev",
+            "create /dev/null",
+            "mount /sys read-only",
+        ] {
+            assert!(position(before) < first_guard, "{before}");
+        }
+        for (path, guard) in KERNEL_PATHS {
+            let what = match guard {
+                Guard::Mask => format!("mask {path}"),
+                Guard::ReadOnly => format!("make {path} read-only"),
+            };
+            assert!(position(&what) < position("pivot_root"));
+        }
+        for name in ["pts", "shm", "mqueue"] {
+            position(&format!("mount /dev/{name}"));
+        }
+        for (name, _, _) in DEVICES {
+            let index = position(&format!("create /dev/{name}"));
+            assert!(matches!(prepared.plan.ops[index], Op::Mknod(_, 0o666, _)));
+        }
+        assert_eq!(prepared.plan.init_caps, 1 << 5);
+        assert_eq!(prepared.plan.process_strings, process_strings().unwrap());
+    }
+
+    #[test]
+    fn process_strings_are_counted_after_the_command_name() {
+        // Fields 3 to 52, each its own number; comm holds a space and a ')'.
+        let fields: Vec<String> = (3..=52).map(|n| n.to_string()).collect();
+        let stat = format!("42 (a) b) {}\n", fields.join(" "));
+        assert_eq!(
+            parse_process_strings(&stat),
+            Some(sys::ProcessStrings {
+                arg_start: 48,
+                arg_end: 49,
+                env_start: 50,
+                env_end: 51,
+            })
+        );
+        assert_eq!(parse_process_strings("42 (kiln) S 1 2"), None);
+        let this = process_strings().unwrap();
+        assert!(this.arg_end > this.arg_start && this.env_end >= this.env_start);
     }
 }

@@ -133,8 +133,14 @@ pub(crate) fn set_identity(uid: u32, gid: u32, groups: &[libc::gid_t]) -> Result
 /// Restricts the capability bounding set, ambient set and the current sets to
 /// `keep` (a bit mask of capability numbers up to `last_cap`).
 pub(crate) fn limit_capabilities(keep: u64, last_cap: u32) -> Result<(), Errno> {
+    restrict_capabilities(keep, keep, last_cap)
+}
+
+/// Restricts the bounding set to `bounding`, clears the ambient set, and sets
+/// the effective and permitted sets to `caps` (bit masks up to `last_cap`).
+pub(crate) fn restrict_capabilities(bounding: u64, caps: u64, last_cap: u32) -> Result<(), Errno> {
     for cap in 0..=last_cap {
-        if keep & (1u64 << cap) == 0 {
+        if bounding & (1u64 << cap) == 0 {
             // SAFETY: integer-only prctl.
             let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
             Errno::result(ret)?;
@@ -151,7 +157,7 @@ pub(crate) fn limit_capabilities(keep: u64, last_cap: u32) -> Result<(), Errno> 
         )
     };
     Errno::result(ret)?;
-    set_capabilities(keep)
+    set_capabilities(caps)
 }
 
 /// capset(2) with effective = permitted = `caps`, inheritable empty.
@@ -263,5 +269,60 @@ pub(crate) fn reset_signals() {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
+    }
+}
+
+/// Where a process' argument and environment strings are (the `arg_start`,
+/// `arg_end`, `env_start`, `env_end` fields of `/proc/self/stat`): the memory
+/// `/proc/PID/cmdline` and `environ` read. All zero when unknown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ProcessStrings {
+    pub arg_start: usize,
+    pub arg_end: usize,
+    pub env_start: usize,
+    pub env_end: usize,
+}
+
+/// Blanks this process' copy of its argument and environment strings and
+/// writes `title` as its only argument, so `/proc/PID/cmdline` reads
+/// `title` and a NUL. Only ever called in a cloned child: the pages are
+/// copy-on-write, the parent's are untouched.
+pub(crate) fn replace_process_strings(area: &ProcessStrings, title: &[u8]) {
+    let ProcessStrings {
+        arg_start,
+        arg_end,
+        env_start,
+        env_end,
+    } = *area;
+    if arg_start == 0 || arg_end <= arg_start || env_end < env_start {
+        return;
+    }
+    // SAFETY: the kernel reported both ranges for this very process (the
+    // parent read them before cloning, and a clone keeps the address space
+    // layout); they lie in the writable initial stack mapping. Nothing in the
+    // child reads argv or environ after this (it only runs this module's
+    // functions on the prepared plan), so no live reference observes the writes.
+    unsafe {
+        ptr::write_bytes(arg_start as *mut u8, 0, arg_end - arg_start);
+        if env_start != 0 {
+            ptr::write_bytes(env_start as *mut u8, 0, env_end - env_start);
+        }
+    }
+    // The title may run into the environment area when that follows the
+    // arguments (as setproctitle does); it keeps one NUL after it.
+    let room = if env_start == arg_end {
+        env_end - arg_start
+    } else {
+        arg_end - arg_start
+    };
+    let len = title.len().min(room.saturating_sub(1));
+    // SAFETY: `len` bytes from `arg_start` lie within the blanked ranges above.
+    unsafe { ptr::copy_nonoverlapping(title.as_ptr(), arg_start as *mut u8, len) };
+    if arg_end - 1 > arg_start + len {
+        // A non-NUL last argument byte tells the kernel the strings were
+        // rewritten: cmdline then ends at the title's NUL instead of showing
+        // the whole (blank) argument area.
+        // SAFETY: the last byte of the argument range, blanked above.
+        unsafe { ptr::write((arg_end - 1) as *mut u8, b' ') };
     }
 }

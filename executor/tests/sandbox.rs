@@ -501,3 +501,164 @@ fn supplementary_groups_come_from_the_image() {
     out.upper();
     assert_eq!(out.stdout, vec!["1000 10 50"]);
 }
+
+#[test]
+fn dev_is_dockers_and_writable_by_any_user() {
+    let mut s = shell(
+        "echo x > /dev/null && echo null-ok; head -c 4 /dev/zero | wc -c; \
+         for n in null zero full random urandom tty; do stat -c '%n %F %a %u:%g %t,%T' /dev/$n; done; \
+         stat -c '%n %a %u:%g' /dev /dev/shm /dev/mqueue; \
+         for l in ptmx fd stdin stdout stderr; do echo $l $(readlink /dev/$l); done; \
+         awk '$2 ~ \"^/dev\" { print $2, $1, $3, $4 }' /proc/mounts",
+    );
+    s.user = "nobody".into();
+    let out = run(&s);
+    out.upper();
+    let lines: Vec<&str> = out.stdout.iter().map(String::as_str).collect();
+    assert_eq!(
+        lines[..16],
+        [
+            "null-ok",
+            "4",
+            "/dev/null character special file 666 0:0 1,3",
+            "/dev/zero character special file 666 0:0 1,5",
+            "/dev/full character special file 666 0:0 1,7",
+            "/dev/random character special file 666 0:0 1,8",
+            "/dev/urandom character special file 666 0:0 1,9",
+            "/dev/tty character special file 666 0:0 5,0",
+            "/dev 755 0:0",
+            "/dev/shm 1777 0:0",
+            "/dev/mqueue 1777 0:0",
+            "ptmx pts/ptmx",
+            "fd /proc/self/fd",
+            "stdin /proc/self/fd/0",
+            "stdout /proc/self/fd/1",
+            "stderr /proc/self/fd/2",
+        ],
+        "{lines:#?}"
+    );
+    let mounts = &lines[16..];
+    let mount = |target: &str| {
+        mounts
+            .iter()
+            .find(|m| m.split(' ').next() == Some(target))
+            .unwrap_or_else(|| panic!("{target} is not mounted: {mounts:#?}"))
+            .to_string()
+    };
+    let has = |line: &str, parts: &[&str]| {
+        let options: Vec<&str> = line.split([' ', ',']).collect();
+        parts.iter().all(|p| options.contains(p))
+    };
+    let dev = mount("/dev");
+    assert!(
+        has(&dev, &["tmpfs", "nosuid", "size=65536k", "mode=755"]),
+        "{dev}"
+    );
+    let pts = mount("/dev/pts");
+    assert!(
+        has(
+            &pts,
+            &[
+                "devpts",
+                "nosuid",
+                "noexec",
+                "gid=5",
+                "mode=620",
+                "ptmxmode=666"
+            ]
+        ),
+        "{pts}"
+    );
+    let shm = mount("/dev/shm");
+    assert!(
+        has(&shm, &["tmpfs", "nosuid", "nodev", "noexec", "size=65536k"]),
+        "{shm}"
+    );
+    let mqueue = mount("/dev/mqueue");
+    assert!(
+        has(&mqueue, &["mqueue", "nosuid", "nodev", "noexec"]),
+        "{mqueue}"
+    );
+}
+
+#[test]
+fn kernel_paths_are_masked_or_read_only() {
+    let out = run(&shell(
+        "ls -A /sys/firmware /proc/acpi | grep -v ':$' | grep -c . ; \
+         cat /proc/interrupts /proc/keys /proc/timer_list 2>/dev/null | wc -c; \
+         touch /sys/firmware/x 2>/dev/null && echo firmware-writable; \
+         echo x > /proc/sysrq-trigger 2>/dev/null && echo sysrq-writable; \
+         awk '$2 ~ \"^/(proc|sys)/\" { print $2, $3, $4 }' /proc/mounts; true",
+    ));
+    out.upper();
+    assert_eq!(out.stdout[..2], ["0", "0"], "{:#?}", out.stdout);
+    let mounts = &out.stdout[2..];
+    let mount = |target: &str| {
+        mounts
+            .iter()
+            .find(|m| m.split(' ').next() == Some(target))
+            .unwrap_or_else(|| panic!("{target} is not guarded: {mounts:#?}"))
+            .clone()
+    };
+    // A masked directory is an empty read-only tmpfs, a masked file /dev/null.
+    assert!(mount("/sys/firmware").starts_with("/sys/firmware tmpfs ro,"));
+    let exists = |path: &str| std::path::Path::new(path).exists();
+    if exists("/proc/acpi") {
+        assert!(mount("/proc/acpi").starts_with("/proc/acpi tmpfs ro,"));
+    }
+    if exists("/proc/interrupts") {
+        assert!(mount("/proc/interrupts").starts_with("/proc/interrupts tmpfs rw,"));
+    }
+    for read_only in ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"] {
+        if !exists(read_only) {
+            continue;
+        }
+        let line = mount(read_only);
+        assert!(
+            line.starts_with(&format!("{read_only} proc ro,nosuid,nodev,noexec")),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn init_shows_no_arguments_and_keeps_only_cap_kill() {
+    let out = run(&shell(
+        "tr '\\0' '|' < /proc/1/cmdline; echo; cat /proc/1/comm; \
+         grep -E '^(CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs)' /proc/1/status; \
+         cat /proc/1/environ 2>/dev/null | wc -c; \
+         readlink /proc/1/fd/3 || echo x > /proc/1/fd/3 || echo no-report-pipe",
+    ));
+    out.upper();
+    assert_eq!(
+        out.stdout,
+        [
+            "kiln-init|",
+            "kiln-init",
+            // CAP_KILL only, for the leftovers of any user.
+            "CapPrm:\t0000000000000020",
+            "CapEff:\t0000000000000020",
+            "CapBnd:\t0000000000000000",
+            "CapAmb:\t0000000000000000",
+            "NoNewPrivs:\t1",
+            // Not dumpable: its environment and report pipe are out of reach.
+            "0",
+            "no-report-pipe",
+        ]
+    );
+}
+
+#[test]
+fn leftovers_of_an_unprivileged_step_are_killed() {
+    let started = Instant::now();
+    // 38 s: a duration no other test uses (see the test above for root).
+    let mut s = shell("sleep 38 & echo started");
+    s.user = "app".into();
+    let out = run(&s);
+    out.upper();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "run waited for leftovers: {:?}",
+        started.elapsed()
+    );
+}
