@@ -53,8 +53,11 @@ enum Command {
     Push(cmd::registry::PushArgs),
     /// Pull an image from a registry into the store.
     Pull(cmd::registry::PullArgs),
-    /// Save credentials for a registry in Docker's config.json.
+    /// Save credentials for a registry in Docker's config.json (or the
+    /// credential helper it names).
     Login(cmd::registry::LoginArgs),
+    /// Forget the credentials for a registry.
+    Logout(cmd::registry::LogoutArgs),
     /// Register qemu-user handlers in binfmt_misc for foreign architectures.
     SetupBinfmt(cmd::setup_binfmt::Args),
 }
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Push(args) => cmd::registry::push(&cli.global, args),
         Command::Pull(args) => cmd::registry::pull(&cli.global, args),
         Command::Login(args) => cmd::registry::login(&cli.global, args),
+        Command::Logout(args) => cmd::registry::logout(&cli.global, args),
         Command::SetupBinfmt(args) => cmd::setup_binfmt::run(&cli.global, args),
     };
     match result {

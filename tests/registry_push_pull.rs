@@ -261,3 +261,106 @@ fn a_push_to_a_stopped_registry_fails_cleanly_and_a_retry_completes() {
     store.ok(&["push", "busybox:1", &target]);
     assert_eq!(Store::new().ok(&["pull", &target]).trim(), id);
 }
+
+/// A credential helper that speaks Docker's protocol (`get`/`store`/`erase`
+/// on stdin and stdout), keeping one file per server in `$KILN_TEST_CREDS`.
+const TEST_HELPER: &str = r#"#!/bin/sh
+file() { printf '%s/%s' "$KILN_TEST_CREDS" "$(printf '%s' "$1" | tr '/:' '__')"; }
+case "$1" in
+  get) read -r server; f=$(file "$server")
+       if [ -f "$f" ]; then cat "$f"; else echo "credentials not found in native keychain"; exit 1; fi ;;
+  store) payload=$(cat)
+         server=$(printf '%s' "$payload" | sed -n 's/.*"ServerURL":"\([^"]*\)".*/\1/p')
+         printf '%s' "$payload" > "$(file "$server")" ;;
+  erase) read -r server; rm -f "$(file "$server")" ;;
+  *) echo "unknown action $1" >&2; exit 2 ;;
+esac
+"#;
+
+#[test]
+fn credential_helpers_keep_the_credentials_for_login_push_pull_and_logout() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("registry"), Some(("ci", "s3cret")));
+    let (store, id) = store_with_busybox();
+    let bin = dir.path().join("bin");
+    let creds = dir.path().join("creds");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&creds).unwrap();
+    let helper = bin.join("docker-credential-kilntest");
+    std::fs::write(&helper, TEST_HELPER).unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let docker_config = dir.path().join("docker");
+    std::fs::create_dir_all(&docker_config).unwrap();
+    let config = docker_config.join("config.json");
+    std::fs::write(&config, r#"{"credsStore":"kilntest"}"#).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let kiln = |args: &[&str]| {
+        let mut command = store.command(args);
+        command
+            .env("DOCKER_CONFIG", &docker_config)
+            .env("PATH", &path)
+            .env("KILN_TEST_CREDS", &creds);
+        command
+    };
+    let target = registry.reference("private/busybox:1");
+
+    // The helper has nothing yet: the registry's refusal is the error.
+    let out = kiln(&["push", "busybox:1", &target]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("authentication"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // login stores through the helper; config.json only lists the registry.
+    let out = output_with_stdin(
+        &mut kiln(&["login", &registry.host(), "-u", "ci", "--password-stdin"]),
+        b"s3cret\n",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("docker-credential-kilntest"), "{stderr}");
+    let saved = std::fs::read_to_string(&config).unwrap();
+    assert!(!saved.contains("\"auth\""), "{saved}");
+    let kept: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    assert_eq!(kept["auths"][registry.host()], serde_json::json!({}));
+    assert_eq!(kept["credsStore"], "kilntest");
+    let entries: Vec<_> = std::fs::read_dir(&creds).unwrap().collect();
+    assert_eq!(entries.len(), 1);
+
+    run_ok(&mut kiln(&["push", "busybox:1", &target]));
+    let fresh = Store::new();
+    let out = run_ok(
+        fresh
+            .command(&["pull", &target])
+            .env("DOCKER_CONFIG", &docker_config)
+            .env("PATH", &path)
+            .env("KILN_TEST_CREDS", &creds),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id);
+
+    // logout erases it from the helper and the file.
+    run_ok(&mut kiln(&["logout", &registry.host()]));
+    assert_eq!(std::fs::read_dir(&creds).unwrap().count(), 0);
+    let saved = std::fs::read_to_string(&config).unwrap();
+    assert!(!saved.contains(&registry.host()), "{saved}");
+
+    // A helper named for this registry that is not installed is a clear error.
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"credHelpers":{{"{}":"nosuchhelper"}}}}"#,
+            registry.host()
+        ),
+    )
+    .unwrap();
+    let out = kiln(&["push", "busybox:1", &target]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("docker-credential-nosuchhelper") && stderr.contains("credHelpers"),
+        "{stderr}"
+    );
+}

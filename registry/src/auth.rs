@@ -1,12 +1,14 @@
 //! Credentials: Docker's `config.json` (`auths.<registry>.auth` holds
-//! base64 of `user:password`) and the `WWW-Authenticate` challenges registries
-//! answer with.
+//! base64 of `user:password`, unless `credHelpers`/`credsStore` name a
+//! credential helper that keeps them) and the `WWW-Authenticate` challenges
+//! registries answer with.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use base64::Engine;
 
+use crate::credhelper::helper_for;
 use crate::error::{Error, Result};
 use crate::reference::DOCKER_HUB;
 
@@ -91,13 +93,19 @@ fn read_config(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>
 }
 
 /// The credentials stored for `registry` (`host[:port]`, or `docker.io`) in a
-/// Docker `config.json`, if any. A missing file means no credentials.
+/// Docker `config.json`, if any. A missing file means no credentials. As with
+/// Docker, a credential helper the file names for the registry (`credHelpers`,
+/// else `credsStore`) is asked instead of `auths`.
 pub fn load_credentials(config_path: &Path, registry: &str) -> Result<Option<Credentials>> {
     let config = read_config(config_path)?;
+    let keys = auths_keys(registry);
+    if let Some(helper) = helper_for(&config, &keys, config_path) {
+        return helper.get(&keys[0]);
+    }
     let Some(auths) = config.get("auths").and_then(|a| a.as_object()) else {
         return Ok(None);
     };
-    for key in auths_keys(registry) {
+    for key in keys {
         let Some(entry) = auths.get(&key) else {
             continue;
         };
@@ -135,36 +143,86 @@ pub fn load_credentials(config_path: &Path, registry: &str) -> Result<Option<Cre
     Ok(None)
 }
 
-/// Records credentials for `registry` in a Docker `config.json`, keeping
-/// every other field, written atomically with mode 0600.
+/// Where [`store_credentials`] put the credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// In the file's `auths`.
+    File,
+    /// With this credential helper (`docker-credential-NAME`).
+    Helper(String),
+}
+
+/// Records credentials for `registry` as Docker does: with the credential
+/// helper the file names for the registry, if any (the file then only lists
+/// the registry in `auths`, with no secret), else in the file's `auths`.
+/// Every other field is kept; the file is written atomically with mode 0600.
 pub fn store_credentials(
     config_path: &Path,
     registry: &str,
     credentials: &Credentials,
-) -> Result<()> {
-    let io_err = |e: std::io::Error| Error::Credentials {
-        path: config_path.to_owned(),
-        message: e.to_string(),
-    };
+) -> Result<Stored> {
     let mut config = read_config(config_path)?;
+    let keys = auths_keys(registry);
+    let (entry, stored) = match helper_for(&config, &keys, config_path) {
+        Some(helper) => {
+            helper.store(&keys[0], credentials)?;
+            (serde_json::json!({}), Stored::Helper(helper.name))
+        }
+        None => {
+            let pair = format!("{}:{}", credentials.username, credentials.password);
+            let auth = base64::engine::general_purpose::STANDARD.encode(pair);
+            (serde_json::json!({ "auth": auth }), Stored::File)
+        }
+    };
+    auths_mut(&mut config).insert(keys[0].clone(), entry);
+    write_config(config_path, config)?;
+    Ok(stored)
+}
+
+/// Forgets the credentials for `registry` (`kiln logout`): erased from the
+/// credential helper the file names for it, if any, and removed from `auths`.
+/// Returns whether the file had an entry for the registry.
+pub fn erase_credentials(config_path: &Path, registry: &str) -> Result<bool> {
+    let mut config = read_config(config_path)?;
+    let keys = auths_keys(registry);
+    if let Some(helper) = helper_for(&config, &keys, config_path) {
+        helper.erase(&keys[0])?;
+    }
+    let auths = auths_mut(&mut config);
+    let mut had = false;
+    for key in &keys {
+        had |= auths.remove(key).is_some();
+    }
+    if had {
+        write_config(config_path, config)?;
+    }
+    Ok(had)
+}
+
+/// The `auths` object of a config, made one if it is missing or not an object.
+fn auths_mut(
+    config: &mut serde_json::Map<String, serde_json::Value>,
+) -> &mut serde_json::Map<String, serde_json::Value> {
     let auths = config
         .entry("auths")
         .or_insert_with(|| serde_json::Value::Object(Default::default()));
     if !auths.is_object() {
         *auths = serde_json::Value::Object(Default::default());
     }
-    let key = if registry == DOCKER_HUB {
-        DOCKER_HUB_KEYS[0]
-    } else {
-        registry
+    auths
+        .as_object_mut()
+        .expect("auths was made an object above")
+}
+
+/// Writes `config` to `config_path` atomically, mode 0600.
+fn write_config(
+    config_path: &Path,
+    config: serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    let io_err = |e: std::io::Error| Error::Credentials {
+        path: config_path.to_owned(),
+        message: e.to_string(),
     };
-    let pair = format!("{}:{}", credentials.username, credentials.password);
-    if let Some(auths) = auths.as_object_mut() {
-        auths.insert(
-            key.to_owned(),
-            serde_json::json!({ "auth": base64::engine::general_purpose::STANDARD.encode(pair) }),
-        );
-    }
     let dir = config_path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io_err)?;
     let mut bytes = serde_json::to_vec_pretty(&serde_json::Value::Object(config))
@@ -267,7 +325,7 @@ mod tests {
         let path = dir.path().join("docker/config.json");
         assert_eq!(load_credentials(&path, "127.0.0.1:5000").unwrap(), None);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, r#"{"credsStore":"none","auths":{"https://index.docker.io/v1/":{"auth":"aHViOnNlY3JldA=="}}}"#).unwrap();
+        std::fs::write(&path, r#"{"psFormat":"table","auths":{"https://index.docker.io/v1/":{"auth":"aHViOnNlY3JldA=="}}}"#).unwrap();
         let hub = load_credentials(&path, "docker.io").unwrap().unwrap();
         assert_eq!(
             (hub.username.as_str(), hub.password.as_str()),
@@ -284,7 +342,7 @@ mod tests {
         );
         assert!(load_credentials(&path, "docker.io").unwrap().is_some());
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains("credsStore"), "{text}");
+        assert!(text.contains("psFormat"), "{text}");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

@@ -104,6 +104,14 @@ pub enum Error {
     /// The docker credentials file could not be read or written.
     #[error("{path}: {message}")]
     Credentials { path: PathBuf, message: String },
+    /// A Docker credential helper (`credsStore`, `credHelpers`) failed.
+    #[error("credential helper {program} ({named_by}) could not {action}: {message}")]
+    CredentialHelper {
+        program: String,
+        action: String,
+        named_by: String,
+        message: String,
+    },
     /// A store operation failed.
     #[error(transparent)]
     Store(#[from] kiln_cache::Error),

@@ -1,5 +1,5 @@
 //! kiln's OCI distribution client: image references, credentials (Docker's
-//! `config.json`), authentication (anonymous, basic, bearer tokens), and push
+//! `config.json` and the credential helpers it names), authentication (anonymous, basic, bearer tokens), and push
 //! and pull between kiln's store and a registry.
 //!
 //! Transfers are safe to interrupt: the store publishes a blob only once its
@@ -13,12 +13,13 @@
 mod auth;
 mod cache;
 mod client;
+mod credhelper;
 mod error;
 mod reference;
 mod tls;
 mod transfer;
 
-pub use auth::{load_credentials, store_credentials, Credentials};
+pub use auth::{erase_credentials, load_credentials, store_credentials, Credentials, Stored};
 pub use cache::{push_cache, RegistryCache};
 pub use client::{Client, ClientOptions};
 pub use error::{Error, Result};

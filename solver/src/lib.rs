@@ -17,6 +17,7 @@ mod progress;
 mod scheduler;
 mod solve;
 mod source;
+mod tar_export;
 mod views;
 
 pub use dockerignore::IgnoreRules;
@@ -24,3 +25,4 @@ pub use error::{Error, Result};
 pub use progress::{Event, Progress};
 pub use solve::{export_filesystem, solve, Built, BuiltRecord, SolveOptions, StoreResolver};
 pub use source::BuildContext;
+pub use tar_export::export_filesystem_tar;

@@ -165,6 +165,7 @@ pub(crate) fn export_tree(
             std::os::unix::fs::symlink(&link, &target).map_err(io_err(&target))?;
             let (uid, gid) = owner_of(meta);
             std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(io_err(&target))?;
+            set_link_mtime(&target, meta)?;
         } else if kind.is_file() {
             fs::copy(&entry.host, &target).map_err(io_err(&target))?;
             let (uid, gid) = owner_of(meta);
@@ -190,6 +191,24 @@ pub(crate) fn export_tree(
         }
     }
     Ok(exported_top(dest, &top))
+}
+
+/// Gives a symbolic link (not its target) the modification time in `meta`.
+fn set_link_mtime(link: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    let mtime = TimeSpec::new(meta.mtime(), meta.mtime_nsec());
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        link,
+        &mtime,
+        &mtime,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|errno| Error::Io {
+        path: link.to_path_buf(),
+        source: errno.into(),
+    })
 }
 
 /// Where [`export_tree`] puts the entry it was asked for: `dest` itself for

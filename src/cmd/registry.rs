@@ -114,6 +114,15 @@ pub struct LoginArgs {
     connection: Connection,
 }
 
+/// `kiln logout` arguments, as `docker logout` takes them.
+#[derive(Debug, clap::Args)]
+pub struct LogoutArgs {
+    /// The registry, host[:port] (docker.io for Docker Hub).
+    registry: String,
+    #[command(flatten)]
+    connection: Connection,
+}
+
 /// `4096`, `256K`, `64M`, `1G` (powers of 1024).
 fn parse_size(text: &str) -> Result<u64, String> {
     let (digits, shift) = match text.strip_suffix(['K', 'k']) {
@@ -233,12 +242,31 @@ pub fn login(_global: &Global, args: LoginArgs) -> CmdResult {
     )?;
     client.ping()?;
     let auth_file = args.connection.auth_file()?;
-    kiln_registry::store_credentials(&auth_file, &reference.registry, &credentials)?;
+    let stored = kiln_registry::store_credentials(&auth_file, &reference.registry, &credentials)?;
+    let place = match stored {
+        kiln_registry::Stored::File => auth_file.display().to_string(),
+        kiln_registry::Stored::Helper(name) => format!("docker-credential-{name}"),
+    };
     eprintln!(
-        "logged in to {} as {}; credentials saved in {}",
-        reference.registry,
-        credentials.username,
-        auth_file.display()
+        "logged in to {} as {}; credentials saved in {place}",
+        reference.registry, credentials.username,
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn logout(_global: &Global, args: LogoutArgs) -> CmdResult {
+    let reference: Reference = format!("{}/kiln-logout", args.registry)
+        .parse()
+        .with_context(|| format!("registry {:?}", args.registry))?;
+    let auth_file = args.connection.auth_file()?;
+    if kiln_registry::erase_credentials(&auth_file, &reference.registry)? {
+        eprintln!("removed the credentials for {}", reference.registry);
+    } else {
+        eprintln!(
+            "not logged in to {} ({} has no entry for it)",
+            reference.registry,
+            auth_file.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

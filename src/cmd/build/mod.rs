@@ -71,9 +71,17 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     jobs: Option<u64>,
     /// Where the result goes besides the store: type=local,dest=DIR (the
-    /// filesystem) or type=oci|docker,dest=FILE[,name=NAME] (an archive).
-    #[arg(long, value_name = "type=TYPE,dest=PATH")]
+    /// filesystem), type=tar,dest=FILE|- (the filesystem as a tar) or
+    /// type=oci|docker,dest=FILE|-[,name=NAME] (an image archive). A bare DIR
+    /// is type=local, a bare `-` a tar on stdout.
+    #[arg(short = 'o', long, value_name = "type=TYPE,dest=PATH")]
     output: Option<String>,
+    /// Print only the image id: no progress (errors still go to stderr).
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Accepted for docker's sake: the image is always in kiln's store.
+    #[arg(long)]
+    load: bool,
     /// Import build cache: type=registry,ref=REG/REPO:TAG or
     /// type=local,src=DIR[,tag=TAG]; may be repeated. A missing one is a warning.
     #[arg(long = "cache-from", value_name = "type=TYPE,...")]
@@ -106,14 +114,40 @@ pub struct Args {
 enum Output {
     Image,
     Local(PathBuf),
+    /// The final filesystem as a tar (BuildKit's tar exporter).
+    Tar(Dest),
     Archive {
         format: kiln_cache::ArchiveFormat,
-        dest: PathBuf,
+        dest: Dest,
         name: Option<String>,
     },
 }
 
+/// Where an archive goes: a file (written beside and renamed), or stdout.
+enum Dest {
+    File(PathBuf),
+    Stdout,
+}
+
+impl Dest {
+    fn new(path: PathBuf) -> Dest {
+        if path.as_os_str() == "-" {
+            Dest::Stdout
+        } else {
+            Dest::File(path)
+        }
+    }
+}
+
 fn parse_output(text: &str) -> anyhow::Result<Output> {
+    // buildx's shorthands: a bare path is the local exporter, `-` a tar on stdout.
+    if !text.contains('=') && !text.contains(',') {
+        return Ok(match text {
+            "-" => Output::Tar(Dest::Stdout),
+            "" => bail!("--output: expected a directory, -, or type=TYPE,dest=PATH"),
+            dir => Output::Local(PathBuf::from(dir)),
+        });
+    }
     let mut kind = None;
     let mut dest = None;
     let mut name = None;
@@ -124,7 +158,7 @@ fn parse_output(text: &str) -> anyhow::Result<Output> {
             Some(("name", v)) => name = Some(v.to_string()),
             _ if !part.contains('=') && kind.is_none() => kind = Some(part.to_string()),
             _ => bail!(
-                "--output {text}: expected type=image, type=local,dest=DIR or type=oci|docker,dest=FILE[,name=NAME]"
+                "--output {text}: expected type=image, type=local,dest=DIR, type=tar,dest=FILE or type=oci|docker,dest=FILE[,name=NAME]"
             ),
         }
     }
@@ -134,12 +168,22 @@ fn parse_output(text: &str) -> anyhow::Result<Output> {
             let dest = dest.ok_or_else(|| anyhow::anyhow!("--output type=local needs dest=DIR"))?;
             return Ok(Output::Local(dest));
         }
+        Some("tar") => {
+            let dest = dest.ok_or_else(|| {
+                anyhow::anyhow!("--output type=tar needs dest=FILE (or dest=- for stdout)")
+            })?;
+            return Ok(Output::Tar(Dest::new(dest)));
+        }
         Some("oci") => kiln_cache::ArchiveFormat::Oci,
-        Some("docker" | "tar") => kiln_cache::ArchiveFormat::Docker,
-        Some(other) => bail!("--output type={other}: expected image, local, oci or docker"),
+        Some("docker") => kiln_cache::ArchiveFormat::Docker,
+        Some(other) => bail!("--output type={other}: expected image, local, tar, oci or docker"),
     };
     let dest = dest.ok_or_else(|| anyhow::anyhow!("--output {text}: say where with dest=FILE"))?;
-    Ok(Output::Archive { format, dest, name })
+    Ok(Output::Archive {
+        format,
+        dest: Dest::new(dest),
+        name,
+    })
 }
 
 fn parse_key_values(values: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -241,6 +285,9 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         }
     };
     let dockerfile = kiln_frontend::parse(&text, &file_name)?;
+    if let Some(syntax) = &dockerfile.syntax {
+        check_syntax(syntax, &text, &file_name, args.quiet)?;
+    }
     let store = global.open_store()?;
     let host = Platform::host().to_string();
     let options = CompileOptions {
@@ -249,7 +296,15 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         target_platform: args.platform.clone().unwrap_or_else(|| host.clone()),
         build_platform: host,
     };
-    let renderer = render::Renderer::new(&args.progress)?;
+    let progress = match (args.quiet, args.progress.as_str()) {
+        (false, progress) => progress,
+        (true, "auto" | "quiet") => "quiet",
+        (true, other) => bail!("-q prints only the image id: it cannot go with --progress {other}"),
+    };
+    if args.load && !args.quiet {
+        eprintln!("note: --load does nothing: kiln's images are always in its store");
+    }
+    let renderer = render::Renderer::new(progress)?;
     let resolver = RegistryResolver::new(&store, args.pull, &args.connection, &renderer);
     let graph = kiln_frontend::compile(&dockerfile, &options, &resolver)?;
     let context = if no_context {
@@ -315,16 +370,39 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
     if let Some(path) = &args.iidfile {
         std::fs::write(path, &id).with_context(|| format!("cannot write {}", path.display()))?;
     }
+    // An archive on stdout is the only thing there: the id is not printed.
+    let stdout_is_archive = matches!(
+        output,
+        Output::Tar(Dest::Stdout)
+            | Output::Archive {
+                dest: Dest::Stdout,
+                ..
+            }
+    );
     match output {
         Output::Image => {}
         Output::Local(dest) => kiln_solver::export_filesystem(&store, &built.layers, &dest)?,
+        Output::Tar(dest) => write_to(&dest, |out| {
+            Ok(kiln_solver::export_filesystem_tar(
+                &store,
+                &built.layers,
+                out,
+            )?)
+        })?,
         Output::Archive { format, dest, name } => {
             let name = name.or_else(|| args.tags.first().cloned()).ok_or_else(|| {
                 anyhow::anyhow!(
                     "name the image in the archive with -t NAME or --output ...,name=NAME"
                 )
             })?;
-            write_archive(&store, &name, &built.image, format, &dest)?;
+            write_to(&dest, |out| {
+                Ok(kiln_cache::save_archive(
+                    &store,
+                    &[(name.clone(), built.image.clone())],
+                    format,
+                    out,
+                )?)
+            })?;
         }
     }
     push::push_all(
@@ -334,20 +412,32 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         &args.connection,
         &renderer,
     )?;
-    println!("{id}");
+    if !stdout_is_archive {
+        println!("{id}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes the archive beside `dest` and renames it, so a failure leaves no
-/// half-written file.
-fn write_archive(
-    store: &kiln_cache::Store,
-    name: &str,
-    image: &kiln_cache::StoredImage,
-    format: kiln_cache::ArchiveFormat,
-    dest: &Path,
+/// Writes an archive to stdout, or beside its file and renamed into place, so
+/// a failure leaves no half-written file.
+fn write_to(
+    dest: &Dest,
+    write: impl FnOnce(&mut dyn std::io::Write) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    use std::io::Write;
+    use std::io::{IsTerminal, Write};
+    let dest = match dest {
+        Dest::Stdout => {
+            let stdout = std::io::stdout();
+            if stdout.is_terminal() {
+                bail!("--output ...,dest=- writes an archive to stdout, which is a terminal: redirect it to a file or a pipe");
+            }
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            write(&mut out)?;
+            out.flush().context("cannot write the archive to stdout")?;
+            return Ok(());
+        }
+        Dest::File(path) => path,
+    };
     let mut temp_name = dest.as_os_str().to_owned();
     temp_name.push(format!(".kiln-{}.tmp", std::process::id()));
     let temp = PathBuf::from(temp_name);
@@ -355,12 +445,7 @@ fn write_archive(
         let file = std::fs::File::create(&temp)
             .with_context(|| format!("cannot create {}", temp.display()))?;
         let mut writer = std::io::BufWriter::new(&file);
-        kiln_cache::save_archive(
-            store,
-            &[(name.to_string(), image.clone())],
-            format,
-            &mut writer,
-        )?;
+        write(&mut writer)?;
         writer.flush()?;
         drop(writer);
         file.sync_all()?;
@@ -370,6 +455,44 @@ fn write_archive(
         let _ = std::fs::remove_file(&temp);
     }
     written
+}
+
+/// The `# syntax=` directive: kiln's Dockerfile frontend is built in, so
+/// Docker's own frontend images are served by it (with a note) and any other
+/// frontend image is an error rather than a build of something else.
+fn check_syntax(syntax: &str, text: &str, file_name: &str, quiet: bool) -> anyhow::Result<()> {
+    let image = syntax.split('@').next().unwrap_or(syntax);
+    let repository = image
+        .rsplit_once(':')
+        .filter(|(_, tag)| !tag.contains('/'))
+        .map_or(image, |(repo, _)| repo);
+    let repository = repository
+        .strip_prefix("docker.io/")
+        .or_else(|| repository.strip_prefix("index.docker.io/"))
+        .unwrap_or(repository);
+    if matches!(
+        repository,
+        "docker/dockerfile" | "docker/dockerfile-upstream"
+    ) {
+        if !quiet {
+            eprintln!("note: # syntax={syntax}: using kiln's built-in Dockerfile frontend");
+        }
+        return Ok(());
+    }
+    let line = text
+        .lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.starts_with('#')
+                && l[1..]
+                    .trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("syntax")
+        })
+        .map_or(1, |i| i + 1);
+    bail!(
+        "{file_name}:{line}: # syntax={syntax} asks for another frontend image, which kiln cannot run (its Dockerfile frontend is built in); remove the line or name docker/dockerfile:1"
+    )
 }
 
 fn read_stdin() -> anyhow::Result<String> {
@@ -456,6 +579,53 @@ mod tests {
         assert!(parse_memory("12x").is_err());
         assert!(parse_memory("m").is_err());
         assert!(parse_memory("99999999999999g").is_err());
+    }
+
+    #[test]
+    fn output_shorthands_as_buildx_takes_them() {
+        assert!(
+            matches!(parse_output("out/dir").unwrap(), Output::Local(p) if p == Path::new("out/dir"))
+        );
+        assert!(matches!(
+            parse_output("-").unwrap(),
+            Output::Tar(Dest::Stdout)
+        ));
+        assert!(matches!(
+            parse_output("type=tar,dest=fs.tar").unwrap(),
+            Output::Tar(Dest::File(p)) if p == Path::new("fs.tar")
+        ));
+        assert!(matches!(
+            parse_output("type=docker,dest=-").unwrap(),
+            Output::Archive {
+                dest: Dest::Stdout,
+                ..
+            }
+        ));
+        assert!(parse_output("type=tar").is_err());
+        assert!(parse_output("type=nope,dest=x").is_err());
+    }
+
+    #[test]
+    fn syntax_directives_for_docker_frontends_are_served_and_others_refused() {
+        for ok in [
+            "docker/dockerfile:1",
+            "docker/dockerfile:1.7-labs",
+            "docker.io/docker/dockerfile:1@sha256:abc",
+            "docker/dockerfile-upstream:master",
+            "docker/dockerfile",
+        ] {
+            check_syntax(ok, "", "Dockerfile", true).unwrap();
+        }
+        let text = "# escape=\\\n#  syntax = example.com/frontend:2\nFROM scratch\n";
+        let err = check_syntax("example.com/frontend:2", text, "Dockerfile", true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("Dockerfile:2: # syntax=example.com/frontend:2")
+                && err.contains("remove the line"),
+            "{err}"
+        );
+        assert!(check_syntax("localhost:5000/docker/dockerfile:1", "", "D", true).is_err());
     }
 
     #[test]
