@@ -96,7 +96,8 @@ impl Downloads {
     }
 }
 
-fn fetch(url: &str, dir: &Path) -> Result<Download> {
+/// Downloads `url` into a new file in `dir`, hashing it on the way.
+pub(crate) fn fetch(url: &str, dir: &Path) -> Result<Download> {
     let response = ureq::get(url).call().map_err(|err| match err {
         ureq::Error::Status(code, _) => Error::Copy(format!(
             "cannot download {url}: the server answered HTTP {code}; check the URL"

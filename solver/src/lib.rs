@@ -14,6 +14,7 @@ mod error;
 mod fetch;
 mod pattern;
 mod progress;
+mod remote_context;
 mod scheduler;
 mod solve;
 mod source;
@@ -23,6 +24,9 @@ mod views;
 pub use dockerignore::IgnoreRules;
 pub use error::{Error, Result};
 pub use progress::{Event, Progress};
+pub use remote_context::{
+    fetch_url_context, looks_like_archive, unpack_context_tar, ContextSource, Fetched, GitSource,
+};
 pub use solve::{export_filesystem, solve, Built, BuiltRecord, SolveOptions, StoreResolver};
 pub use source::BuildContext;
 pub use tar_export::export_filesystem_tar;

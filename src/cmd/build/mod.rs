@@ -2,8 +2,7 @@
 //! image and print its id on stdout. Progress goes to stderr.
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -17,6 +16,7 @@ use super::{CmdResult, Global};
 use pull::{PullPolicy, RegistryResolver};
 
 mod cache;
+mod context;
 mod pull;
 mod push;
 mod render;
@@ -33,6 +33,7 @@ pub struct Args {
     #[command(flatten)]
     connection: Connection,
     /// The Dockerfile [default: CONTEXT/Dockerfile]; `-` reads it from stdin.
+    /// With a context from stdin or a URL, a path inside that context.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<String>,
     /// Set a build argument (`K=V`, or `K` to take it from the environment).
@@ -106,7 +107,10 @@ pub struct Args {
     /// Maximum number of processes in a RUN step.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pids_limit: Option<u64>,
-    /// The build context directory, or `-` for none (the Dockerfile on stdin).
+    /// The build context: a directory; `-` for stdin (a tar is the context,
+    /// anything else the Dockerfile with no context); an http(s) URL of a
+    /// tarball (or of a Dockerfile); or a git URL (`https://HOST/REPO.git`,
+    /// `git://`, `git@HOST:REPO`, `ssh://`) with `#REF[:DIR]`.
     #[arg(value_name = "CONTEXT")]
     context: String,
 }
@@ -271,27 +275,22 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         .map(|text| cache::parse_from(text))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let cache_to = args.cache_to.as_deref().map(cache::parse_to).transpose()?;
-    let no_context = args.context == "-";
-    let (text, file_name, dockerfile_path) = match args.file.as_deref() {
-        Some("-") => (read_stdin()?, "Dockerfile".to_string(), None),
-        None if no_context => (read_stdin()?, "Dockerfile".to_string(), None),
-        Some(path) => {
-            let path = PathBuf::from(path);
-            (read_file(&path)?, path.display().to_string(), Some(path))
-        }
-        None => {
-            let path = Path::new(&args.context).join("Dockerfile");
-            (read_file(&path)?, "Dockerfile".to_string(), Some(path))
-        }
-    };
-    let dockerfile = kiln_frontend::parse(&text, &file_name)?;
-    if let Some(syntax) = &dockerfile.syntax {
-        check_syntax(syntax, &text, &file_name, args.quiet)?;
-    }
+    let build_args = parse_key_values(&args.build_args, "--build-arg")?;
     let store = global.open_store()?;
+    let inputs = context::resolve(
+        &args.context,
+        args.file.as_deref(),
+        &build_args,
+        &store.tmp_dir(),
+    )?;
+    let (text, file_name) = (&inputs.dockerfile, &inputs.file_name);
+    let dockerfile = kiln_frontend::parse(text, file_name)?;
+    if let Some(syntax) = &dockerfile.syntax {
+        check_syntax(syntax, text, file_name, args.quiet)?;
+    }
     let host = Platform::host().to_string();
     let options = CompileOptions {
-        build_args: parse_key_values(&args.build_args, "--build-arg")?,
+        build_args,
         target: args.target.clone(),
         target_platform: args.platform.clone().unwrap_or_else(|| host.clone()),
         build_platform: host,
@@ -307,16 +306,17 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
     let renderer = render::Renderer::new(progress)?;
     let resolver = RegistryResolver::new(&store, args.pull, &args.connection, &renderer);
     let graph = kiln_frontend::compile(&dockerfile, &options, &resolver)?;
-    let context = if no_context {
-        BuildContext::empty()?
-    } else {
-        let root = PathBuf::from(&args.context);
-        if !root.is_dir() {
-            bail!("the build context {} is not a directory", root.display());
+    let context = match &inputs.root {
+        None => BuildContext::empty()?,
+        Some(root) => {
+            let ignore = IgnoreRules::for_build(root, inputs.dockerfile_path.as_deref())?;
+            // Fetched contexts are new directories every build: no stat cache.
+            let state = match inputs.local {
+                true => Some(store.state_dir("context")?),
+                false => None,
+            };
+            BuildContext::new(root, ignore, state.as_deref())?
         }
-        let ignore = IgnoreRules::for_build(&root, dockerfile_path.as_deref())?;
-        let state = store.state_dir("context")?;
-        BuildContext::new(&root, ignore, Some(&state))?
     };
     let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.is_empty() => Some(
@@ -495,23 +495,6 @@ fn check_syntax(syntax: &str, text: &str, file_name: &str, quiet: bool) -> anyho
     )
 }
 
-fn read_stdin() -> anyhow::Result<String> {
-    let mut text = String::new();
-    std::io::stdin()
-        .read_to_string(&mut text)
-        .context("cannot read the Dockerfile from stdin")?;
-    Ok(text)
-}
-
-fn read_file(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "cannot read the Dockerfile {}; name another with -f FILE",
-            path.display()
-        )
-    })
-}
-
 /// Ctrl-C (or SIGTERM) cancels the build: running steps are killed, queued ones
 /// never start, and nothing half-done enters the store or the cache. A second
 /// signal exits at once.
@@ -567,6 +550,7 @@ fn parse_cpus(text: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn memory_sizes_as_docker_takes_them() {

@@ -1,0 +1,294 @@
+//! Contexts from anywhere, as `docker build` takes them: a tar on stdin, a
+//! tarball (or a Dockerfile) at an http URL, a git repository served by
+//! `git daemon`. Every server is started here on 127.0.0.1 and stopped after.
+
+mod build_common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use build_common::{cached_steps, output_with_stdin, run_ok, Env};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server process killed when dropped.
+struct Server(Child);
+
+impl Server {
+    fn start(command: &mut Command, port: u16) -> Server {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        let server = Server(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("{command:?} did not listen on 127.0.0.1:{port}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A context directory with a Dockerfile at `docker/build.Dockerfile` that
+/// copies the whole context.
+fn write_context(dir: &Path) {
+    std::fs::create_dir_all(dir.join("docker")).unwrap();
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("docker/build.Dockerfile"),
+        "FROM busybox\nCOPY src /src\nRUN cat /src/hello > /copied\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("src/hello"), "hello from the archive\n").unwrap();
+}
+
+fn tar_czf(dir: &Path, out: &Path) {
+    run_ok(Command::new("tar").args([
+        "-C",
+        &dir.to_string_lossy(),
+        "-czf",
+        &out.to_string_lossy(),
+        ".",
+    ]));
+}
+
+#[test]
+fn a_tar_on_stdin_is_the_context_and_anything_else_the_dockerfile() {
+    let env = Env::new();
+    let src = env.dir.path().join("src-ctx");
+    write_context(&src);
+    let archive = env.dir.path().join("ctx.tgz");
+    tar_czf(&src, &archive);
+    let bytes = std::fs::read(&archive).unwrap();
+    let dest = env.dir.path().join("out");
+    let out_arg = format!("type=local,dest={}", dest.display());
+    let build = |input: &[u8], extra: &[&str]| {
+        let mut args = vec!["build", "--progress", "plain", "--output", &out_arg];
+        args.extend_from_slice(extra);
+        args.push("-");
+        output_with_stdin(&mut env.command(&args), input)
+    };
+    let out = build(&bytes, &["-f", "docker/build.Dockerfile"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.join("copied")).unwrap(),
+        "hello from the archive\n"
+    );
+    // The same archive again: its files are keyed by content, so all cached.
+    let out = build(&bytes, &["-f", "docker/build.Dockerfile"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(cached_steps(&stderr), 2, "{stderr}");
+
+    // Without -f the archive must hold a Dockerfile at its top.
+    let out = build(&bytes, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("the context has no Dockerfile"), "{stderr}");
+
+    // Plain text on stdin is the Dockerfile, with no context.
+    let out = build(b"FROM busybox\nRUN echo text > /copied\n", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.join("copied")).unwrap(),
+        "text\n"
+    );
+}
+
+#[test]
+fn a_tarball_or_a_dockerfile_at_an_http_url() {
+    let env = Env::new();
+    let served = env.dir.path().join("www");
+    std::fs::create_dir_all(&served).unwrap();
+    let src = env.dir.path().join("src-ctx");
+    write_context(&src);
+    std::fs::rename(src.join("docker/build.Dockerfile"), src.join("Dockerfile")).unwrap();
+    tar_czf(&src, &served.join("ctx.tar.gz"));
+    std::fs::write(
+        served.join("Dockerfile"),
+        "FROM busybox\nRUN echo plain > /copied\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let _httpd = Server::start(
+        Command::new("busybox").args([
+            "httpd",
+            "-f",
+            "-p",
+            &format!("127.0.0.1:{port}"),
+            "-h",
+            &served.to_string_lossy(),
+        ]),
+        port,
+    );
+    let dest = env.dir.path().join("out");
+    let out_arg = format!("type=local,dest={}", dest.display());
+    let url = format!("http://127.0.0.1:{port}/ctx.tar.gz");
+    run_ok(&mut env.command(&["build", "-q", "--output", &out_arg, &url]));
+    assert_eq!(
+        std::fs::read_to_string(dest.join("copied")).unwrap(),
+        "hello from the archive\n"
+    );
+    let url = format!("http://127.0.0.1:{port}/Dockerfile");
+    run_ok(&mut env.command(&["build", "-q", "--output", &out_arg, &url]));
+    assert_eq!(
+        std::fs::read_to_string(dest.join("copied")).unwrap(),
+        "plain\n"
+    );
+
+    let url = format!("http://127.0.0.1:{port}/missing.tar.gz");
+    let out = env.kiln(&["build", "-q", &url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("HTTP 404"), "{stderr}");
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    run_ok(
+        Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "kiln")
+            .env("GIT_AUTHOR_EMAIL", "kiln@example.invalid")
+            .env("GIT_COMMITTER_NAME", "kiln")
+            .env("GIT_COMMITTER_EMAIL", "kiln@example.invalid")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", dir),
+    );
+}
+
+/// Two repositories under `base`: `lib.git` and `app.git`, whose `v1` tag
+/// has `app/Dockerfile`, `app/version` and the submodule `app/lib`.
+fn make_repositories(base: &Path, port: u16) {
+    let lib = base.join("lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    git(&lib, &["init", "-q", "-b", "main"]);
+    std::fs::write(lib.join("lib.txt"), "from the submodule\n").unwrap();
+    git(&lib, &["add", "."]);
+    git(&lib, &["commit", "-q", "-m", "lib"]);
+    git(base, &["clone", "-q", "--bare", "lib", "lib.git"]);
+
+    let app = base.join("work");
+    std::fs::create_dir_all(app.join("app")).unwrap();
+    git(&app, &["init", "-q", "-b", "main"]);
+    std::fs::write(
+        app.join("app/Dockerfile"),
+        "FROM busybox\nCOPY . /app\nRUN cat /app/version /app/lib/lib.txt > /out && ls -a /app /app/lib > /listing\n",
+    )
+    .unwrap();
+    std::fs::write(app.join("app/version"), "v1\n").unwrap();
+    git(
+        &app,
+        &[
+            "submodule",
+            "add",
+            "-q",
+            &format!("git://127.0.0.1:{port}/lib.git"),
+            "app/lib",
+        ],
+    );
+    git(&app, &["add", "."]);
+    git(&app, &["commit", "-q", "-m", "v1"]);
+    git(&app, &["tag", "v1"]);
+    std::fs::write(app.join("app/version"), "v2\n").unwrap();
+    git(&app, &["commit", "-q", "-am", "v2"]);
+    git(base, &["clone", "-q", "--bare", "work", "app.git"]);
+}
+
+#[test]
+fn git_contexts_at_a_ref_and_subdirectory_with_submodules() {
+    let env = Env::new();
+    let base = env.dir.path().join("git");
+    std::fs::create_dir_all(&base).unwrap();
+    let port = free_port();
+    // git-daemon itself, not `git daemon`: git would run it as a child that
+    // outlives the kill.
+    let exec_path = run_ok(Command::new("git").arg("--exec-path")).stdout;
+    let daemon = Path::new(String::from_utf8_lossy(&exec_path).trim()).join("git-daemon");
+    let _daemon = Server::start(
+        Command::new(daemon).args([
+            "--reuseaddr",
+            "--export-all",
+            &format!("--base-path={}", base.display()),
+            "--listen=127.0.0.1",
+            &format!("--port={port}"),
+            &base.to_string_lossy(),
+        ]),
+        port,
+    );
+    make_repositories(&base, port);
+    let dest = env.dir.path().join("out");
+    let out_arg = format!("type=local,dest={}", dest.display());
+    let url = format!("git://127.0.0.1:{port}/app.git#v1:app");
+
+    let (_, stderr) = env.build(Path::new(&url), &["--output", &out_arg]);
+    assert_eq!(
+        std::fs::read_to_string(dest.join("out")).unwrap(),
+        "v1\nfrom the submodule\n",
+        "{stderr}"
+    );
+    let listing = std::fs::read_to_string(dest.join("listing")).unwrap();
+    assert!(!listing.contains(".git"), "{listing}");
+
+    // The same commit again is a cache hit.
+    let (_, stderr) = env.build(Path::new(&url), &[]);
+    assert_eq!(cached_steps(&stderr), 2, "{stderr}");
+
+    // The branch has v2; BUILDKIT_CONTEXT_KEEP_GIT_DIR keeps .git (here the
+    // submodule's, the one inside the context directory).
+    let url = format!("git://127.0.0.1:{port}/app.git#main:app");
+    env.build(
+        Path::new(&url),
+        &[
+            "--output",
+            &out_arg,
+            "--build-arg",
+            "BUILDKIT_CONTEXT_KEEP_GIT_DIR=1",
+        ],
+    );
+    assert!(std::fs::read_to_string(dest.join("out"))
+        .unwrap()
+        .starts_with("v2\n"));
+    assert!(std::fs::read_to_string(dest.join("listing"))
+        .unwrap()
+        .contains(".git"));
+
+    // A ref the repository lacks: a clear error, and the store keeps no more images.
+    let images_before = run_ok(&mut env.command(&["images", "--format", "json"])).stdout;
+    let url = format!("git://127.0.0.1:{port}/app.git#nosuchref");
+    let out = env.try_build(Path::new(&url), &["-t", "never"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("git context git://127.0.0.1") && stderr.contains("nosuchref"),
+        "{stderr}"
+    );
+    assert_eq!(
+        run_ok(&mut env.command(&["images", "--format", "json"])).stdout,
+        images_before
+    );
+}
