@@ -55,6 +55,7 @@ mod diff;
 mod error;
 mod mountpoints;
 mod sandbox;
+mod seccomp;
 mod snapshot;
 mod spec;
 mod sys;
@@ -68,6 +69,7 @@ pub use diff::{
     write_dir_layer, write_dir_layer_with, DiffOptions, ExtraFile, LayerSummary, Upper,
 };
 pub use error::{Error, Result};
+pub use seccomp::{Profile, ProfileError, Seccomp};
 pub use snapshot::{remove_tree, Snapshotter};
 pub use spec::{CancelToken, Limits, Mount, Network, OutputLine, RunSpec, Stream};
 pub use user::{resolve_user, User};

@@ -1,0 +1,294 @@
+//! A profile resolved for one step and compiled to a BPF program, in the parent.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::{Arc, Mutex};
+
+use libseccomp::{
+    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+};
+
+use super::{
+    docker_arch_name, Action, Arch, Arches, CompareOp, Profile, ProfileError, Rule, Seccomp, Target,
+};
+
+/// A compiled seccomp filter: what the step's main process hands the kernel.
+#[derive(Clone)]
+pub struct Filter {
+    pub(crate) program: Vec<libc::sock_filter>,
+    /// `SECCOMP_FILTER_FLAG_*` bits.
+    pub(crate) flags: u32,
+}
+
+impl fmt::Debug for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Filter({} instructions, flags {:#x})",
+            self.program.len(),
+            self.flags
+        )
+    }
+}
+
+/// Filters already compiled in this process, by profile and capabilities: a
+/// build compiles Docker's default once, not once per step. Holding the
+/// profile keeps its address from being reused.
+type Compiled = Vec<(Option<Arc<Profile>>, u64, Arc<Filter>)>;
+static COMPILED: Mutex<Compiled> = Mutex::new(Vec::new());
+const COMPILED_KEPT: usize = 16;
+
+/// The filter a step with capability set `caps` runs under, `None` when unconfined.
+pub(crate) fn filter_for(
+    seccomp: &Seccomp,
+    caps: u64,
+) -> Result<Option<Arc<Filter>>, ProfileError> {
+    let (key, profile) = match seccomp {
+        Seccomp::Unconfined => return Ok(None),
+        Seccomp::Default => (None, Profile::docker_default()),
+        Seccomp::Profile(profile) => (Some(profile.clone()), &**profile),
+    };
+    let same = |entry: &(Option<Arc<Profile>>, u64, Arc<Filter>)| {
+        entry.1 == caps
+            && match (&entry.0, &key) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    };
+    if let Some(found) = lock().iter().find(|e| same(e)) {
+        return Ok(Some(found.2.clone()));
+    }
+    let (major, minor) = kernel_version();
+    let target = Target {
+        caps,
+        arch: docker_arch_name(crate::binfmt::host_arch()).map_or("", |(name, _)| name),
+        kernel: (major, minor),
+    };
+    let filter = Arc::new(compile(profile, &target)?);
+    let mut compiled = lock();
+    if compiled.len() >= COMPILED_KEPT {
+        compiled.remove(0);
+    }
+    compiled.push((key, caps, filter.clone()));
+    Ok(Some(filter))
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Compiled> {
+    COMPILED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The running kernel's `<kernel>.<major>`, as Docker compares `minKernel`.
+fn kernel_version() -> (u32, u32) {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+fn compile_err(
+    what: impl Into<String>,
+) -> impl FnOnce(libseccomp::error::SeccompError) -> ProfileError {
+    let what = what.into();
+    move |source| ProfileError::Compile { what, source }
+}
+
+/// Compiles `profile` for `target` with libseccomp and reads the BPF back.
+pub(crate) fn compile(profile: &Profile, target: &Target<'_>) -> Result<Filter, ProfileError> {
+    let default = scmp_action(profile.default_action);
+    let mut ctx = ScmpFilterContext::new(default).map_err(compile_err("create the filter"))?;
+    for arch in extra_arches(profile, ScmpArch::native()) {
+        let present = ctx
+            .is_arch_present(arch)
+            .map_err(compile_err(format!("look up architecture {arch:?}")))?;
+        if !present {
+            ctx.add_arch(arch)
+                .map_err(compile_err(format!("add architecture {arch:?}")))?;
+        }
+    }
+    for rule in profile.rules_for(target) {
+        add_rule(&mut ctx, rule, profile.default_action)?;
+    }
+    let program = export(&ctx)?;
+    Ok(Filter {
+        program,
+        flags: profile.flags,
+    })
+}
+
+/// The architectures the filter covers besides the native one: Docker's
+/// `archMap` entry for the native architecture, or the `architectures` list.
+/// Architectures this libseccomp does not know are left out.
+fn extra_arches(profile: &Profile, native: ScmpArch) -> Vec<ScmpArch> {
+    let arches: Vec<Arch> = match &profile.arches {
+        Arches::Map(map) => map
+            .iter()
+            .find(|(main, _)| scmp_arch(*main) == Some(native))
+            .map(|(main, subs)| std::iter::once(*main).chain(subs.iter().copied()).collect())
+            .unwrap_or_default(),
+        Arches::List(list) => list.clone(),
+    };
+    arches.into_iter().filter_map(scmp_arch).collect()
+}
+
+/// Adds one rule for each of its names, as runc does: names libseccomp does
+/// not know are skipped, a rule whose action is the default one is
+/// redundant, and several conditions on the same argument are alternatives
+/// (one rule each) where conditions on different arguments all must hold.
+fn add_rule(ctx: &mut ScmpFilterContext, rule: &Rule, default: Action) -> Result<(), ProfileError> {
+    if rule.action == default {
+        return Ok(());
+    }
+    let action = scmp_action(rule.action);
+    let conditions: Vec<ScmpArgCompare> = rule
+        .args
+        .iter()
+        .map(|a| {
+            let op = match a.op {
+                CompareOp::NotEqual => ScmpCompareOp::NotEqual,
+                CompareOp::Less => ScmpCompareOp::Less,
+                CompareOp::LessOrEqual => ScmpCompareOp::LessOrEqual,
+                CompareOp::Equal => ScmpCompareOp::Equal,
+                CompareOp::GreaterOrEqual => ScmpCompareOp::GreaterEqual,
+                CompareOp::Greater => ScmpCompareOp::Greater,
+                CompareOp::MaskedEqual => ScmpCompareOp::MaskedEqual(a.value),
+            };
+            let datum = if a.op == CompareOp::MaskedEqual {
+                a.value_two
+            } else {
+                a.value
+            };
+            ScmpArgCompare::new(a.index, op, datum)
+        })
+        .collect();
+    let alternatives = rule
+        .args
+        .iter()
+        .enumerate()
+        .any(|(i, a)| rule.args[..i].iter().any(|b| b.index == a.index));
+    for name in &rule.names {
+        let Ok(syscall) = ScmpSyscall::from_name(name) else {
+            continue;
+        };
+        let what = || format!("rule for {name} ({})", rule.action);
+        if conditions.is_empty() {
+            ctx.add_rule(action, syscall).map_err(compile_err(what()))?;
+        } else if alternatives {
+            for condition in &conditions {
+                ctx.add_rule_conditional(action, syscall, std::slice::from_ref(condition))
+                    .map_err(compile_err(what()))?;
+            }
+        } else {
+            ctx.add_rule_conditional(action, syscall, &conditions)
+                .map_err(compile_err(what()))?;
+        }
+    }
+    Ok(())
+}
+
+/// libseccomp writes the program to a descriptor: a memfd, read back whole.
+fn export(ctx: &ScmpFilterContext) -> Result<Vec<libc::sock_filter>, ProfileError> {
+    let io = |what: &str, e: std::io::Error| {
+        ProfileError::Invalid(format!("cannot {what} the compiled seccomp filter: {e}"))
+    };
+    let fd = nix::sys::memfd::memfd_create(c"kiln-seccomp", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .map_err(|e| io("hold", e.into()))?;
+    let mut file = File::from(fd);
+    ctx.export_bpf(&file)
+        .map_err(compile_err("export the program"))?;
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(0)).map_err(|e| io("read", e))?;
+    file.read_to_end(&mut bytes).map_err(|e| io("read", e))?;
+    if bytes.is_empty() || bytes.len() % 8 != 0 {
+        return Err(ProfileError::Invalid(format!(
+            "the compiled seccomp filter has {} bytes, not a whole number of instructions",
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|i| libc::sock_filter {
+            code: u16::from_ne_bytes([i[0], i[1]]),
+            jt: i[2],
+            jf: i[3],
+            k: u32::from_ne_bytes([i[4], i[5], i[6], i[7]]),
+        })
+        .collect())
+}
+
+fn scmp_action(action: Action) -> ScmpAction {
+    match action {
+        Action::Allow => ScmpAction::Allow,
+        Action::Errno(errno) => ScmpAction::Errno(errno.into()),
+        Action::KillThread => ScmpAction::KillThread,
+        Action::KillProcess => ScmpAction::KillProcess,
+        Action::Trap => ScmpAction::Trap,
+        Action::Trace(value) => ScmpAction::Trace(value),
+        Action::Log => ScmpAction::Log,
+    }
+}
+
+fn scmp_arch(arch: Arch) -> Option<ScmpArch> {
+    Some(match arch {
+        Arch::X86 => ScmpArch::X86,
+        Arch::X8664 => ScmpArch::X8664,
+        Arch::X32 => ScmpArch::X32,
+        Arch::Arm => ScmpArch::Arm,
+        Arch::Aarch64 => ScmpArch::Aarch64,
+        Arch::Mips => ScmpArch::Mips,
+        Arch::Mips64 => ScmpArch::Mips64,
+        Arch::Mips64N32 => ScmpArch::Mips64N32,
+        Arch::Mipsel => ScmpArch::Mipsel,
+        Arch::Mipsel64 => ScmpArch::Mipsel64,
+        Arch::Mipsel64N32 => ScmpArch::Mipsel64N32,
+        Arch::Ppc => ScmpArch::Ppc,
+        Arch::Ppc64 => ScmpArch::Ppc64,
+        Arch::Ppc64Le => ScmpArch::Ppc64Le,
+        Arch::S390 => ScmpArch::S390,
+        Arch::S390X => ScmpArch::S390X,
+        Arch::Parisc => ScmpArch::Parisc,
+        Arch::Parisc64 => ScmpArch::Parisc64,
+        Arch::Riscv64 => ScmpArch::Riscv64,
+        Arch::Loongarch64 => ScmpArch::Loongarch64,
+        Arch::M68k => ScmpArch::M68k,
+        Arch::Sh => ScmpArch::Sh,
+        Arch::Sheb => ScmpArch::Sheb,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT_CAPS: u64 = 0xa80425fb;
+
+    #[test]
+    fn default_profile_compiles_for_this_host() {
+        let filter = filter_for(&Seccomp::Default, DEFAULT_CAPS)
+            .unwrap()
+            .unwrap();
+        assert!(filter.program.len() > 100, "{filter:?}");
+        // The second step of the build gets the same program without compiling.
+        let again = filter_for(&Seccomp::Default, DEFAULT_CAPS)
+            .unwrap()
+            .unwrap();
+        assert!(Arc::ptr_eq(&filter, &again));
+        assert!(filter_for(&Seccomp::Unconfined, DEFAULT_CAPS)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn x86_64_covers_x86_and_x32() {
+        let arches = extra_arches(Profile::docker_default(), ScmpArch::X8664);
+        assert_eq!(arches, vec![ScmpArch::X8664, ScmpArch::X86, ScmpArch::X32]);
+        let arches = extra_arches(Profile::docker_default(), ScmpArch::Aarch64);
+        assert_eq!(arches, vec![ScmpArch::Aarch64, ScmpArch::Arm]);
+    }
+}
