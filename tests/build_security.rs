@@ -9,7 +9,10 @@ const PROBE: &str = "FROM busybox\nRUN grep '^Seccomp:' /proc/self/status > /sec
     (unshare -U true 2>/dev/null && echo allowed || echo refused) > /userns\n";
 
 fn read(fs: &std::path::Path, name: &str) -> String {
-    std::fs::read_to_string(fs.join(name)).unwrap().trim().to_string()
+    std::fs::read_to_string(fs.join(name))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 #[test]

@@ -106,6 +106,7 @@ fn dangerous_calls_fail_with_eperm() {
             "perf_event_open",
             "personality_bsd",
             "socket_vsock",
+            "socket_alg",
         ],
     );
     for (call, errno) in &results {

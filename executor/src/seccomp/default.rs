@@ -386,12 +386,9 @@ const ALLOWED: &[&str] = &[
     "pipe2",
 ];
 
-/// Address families `socket` may create: every one below AF_DECnet (12) and
-/// these; AF_VSOCK, AF_ALG and a few obsolete families are refused.
-const SOCKET_FAMILIES: &[u64] = &[
-    13, 14, 15, 16, 17, 18, 21, 22, 24, 26, 27, 28, 29, 30, 31, 32, 33, 35, 36, 39, 41, 42, 43, 44,
-    45,
-];
+/// Address families `socket` refuses: AF_ALG (38) and AF_VSOCK (40).
+const AF_ALG: u64 = 38;
+const AF_VSOCK: u64 = 40;
 
 /// `personality` values allowed: PER_LINUX, PER_LINUX32, UNAME26,
 /// UNAME26|PER_LINUX32 and the query 0xffffffff.
@@ -548,12 +545,14 @@ fn build() -> Profile {
     );
     ptrace.includes.min_kernel = Some((4, 8));
     rules.push(ptrace);
-    let mut socket = rule(&["socket"], Action::Allow);
-    socket.args = vec![arg(0, CompareOp::Less, 12)];
-    rules.push(socket);
-    for family in SOCKET_FAMILIES {
+    // socket: every address family but AF_ALG and AF_VSOCK.
+    for condition in [
+        arg(0, CompareOp::Less, AF_ALG),
+        arg(0, CompareOp::Equal, AF_ALG + 1),
+        arg(0, CompareOp::Greater, AF_VSOCK),
+    ] {
         let mut socket = rule(&["socket"], Action::Allow);
-        socket.args = vec![arg(0, CompareOp::Equal, *family)];
+        socket.args = vec![condition];
         rules.push(socket);
     }
     for persona in PERSONALITIES {

@@ -180,13 +180,19 @@ impl Seccomp {
         let mut deserializer = serde_json::Deserializer::from_slice(bytes);
         let json: JsonProfile =
             serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+                let path = e.path().to_string();
                 ProfileError::Json {
-                    path: e.path().to_string(),
+                    // Syntax errors are not at a field: their line and column say where.
+                    at: if path == "." || path == "?" {
+                        String::new()
+                    } else {
+                        format!("at {path}: ")
+                    },
                     message: e.inner().to_string(),
                 }
             })?;
         deserializer.end().map_err(|e| ProfileError::Json {
-            path: ".".into(),
+            at: String::new(),
             message: e.to_string(),
         })?;
         let syscalls = json.syscalls.unwrap_or_default();
@@ -398,7 +404,7 @@ mod tests {
         let message = error(r#"{"defaultAction": 1}"#);
         assert!(message.starts_with("at defaultAction: "), "{message}");
         assert!(
-            error("{").starts_with("at .: EOF while parsing"),
+            error("{").starts_with("EOF while parsing an object at line 1 column 1"),
             "{}",
             error("{")
         );

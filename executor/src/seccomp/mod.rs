@@ -181,9 +181,11 @@ pub(crate) enum CompareOp {
 /// A profile that is not valid, or a filter that cannot be built from it.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    /// The JSON is malformed or a field has the wrong shape; `path` is where.
-    #[error("at {path}: {message}")]
-    Json { path: String, message: String },
+    /// The JSON is malformed or a field has the wrong shape; `at` says
+    /// where (`at syscalls[2].action: `, empty for syntax errors, whose
+    /// message has the line and column).
+    #[error("{at}{message}")]
+    Json { at: String, message: String },
     /// The JSON is well formed but says something kiln cannot apply.
     #[error("{0}")]
     Invalid(String),

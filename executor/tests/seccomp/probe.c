@@ -43,6 +43,7 @@ static long call(const char *name) {
     if (!strcmp(name, "personality_bsd")) return personality(PER_BSD);
     if (!strcmp(name, "personality_query")) return personality(0xffffffff);
     if (!strcmp(name, "socket_vsock")) return socket(40, SOCK_STREAM, 0);
+    if (!strcmp(name, "socket_alg")) return socket(38, SOCK_SEQPACKET, 0);
     if (!strcmp(name, "socket_inet")) return socket(AF_INET, SOCK_STREAM, 0);
     if (!strcmp(name, "ptrace_traceme")) return ptrace(PTRACE_TRACEME, 0, NULL, NULL);
     if (!strcmp(name, "getpid")) return getpid();
