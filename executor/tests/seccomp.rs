@@ -142,6 +142,28 @@ fn ordinary_calls_still_work() {
 }
 
 #[test]
+fn calls_newer_than_the_profile_fail_with_enosys() {
+    // EPERM would stop libc from falling back to an older call.
+    let results = probe_calls(Seccomp::Default, &["nr_1000", "keyctl"]);
+    assert_eq!(errno_of(&results, "nr_1000"), "38", "{results:?}");
+    assert_eq!(errno_of(&results, "keyctl"), EPERM, "{results:?}");
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn i386_calls_are_filtered_too() {
+    let results = probe_calls(Seccomp::Default, &["i386_getpid", "i386_unshare_user"]);
+    assert_eq!(errno_of(&results, "i386_getpid"), "0", "{results:?}");
+    assert_eq!(
+        errno_of(&results, "i386_unshare_user"),
+        EPERM,
+        "{results:?}"
+    );
+    let results = probe_calls(Seccomp::Unconfined, &["i386_unshare_user"]);
+    assert_eq!(errno_of(&results, "i386_unshare_user"), "0", "{results:?}");
+}
+
+#[test]
 fn busybox_workloads_run() {
     let out = run(&shell(
         "set -e; mkdir -p /work/a; cd /work; seq 1 200 | sort -rn | head -3 | tr '\\n' ' ' > a/top; \
@@ -209,12 +231,10 @@ fn a_profile_that_refuses_execve_names_the_program() {
     let mut s = spec(&["/bin/true"]);
     s.seccomp = profile;
     let out = run(&s);
-    let message = out
-        .result
-        .as_ref()
-        .err()
-        .expect("execve refused")
-        .to_string();
+    let Err(error) = &out.result else {
+        panic!("execve was not refused");
+    };
+    let message = error.to_string();
     assert!(
         message.contains("/bin/true") && message.contains("Operation not permitted"),
         "{message}"

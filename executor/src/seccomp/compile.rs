@@ -103,7 +103,12 @@ fn compile_err(
 pub(crate) fn compile(profile: &Profile, target: &Target<'_>) -> Result<Filter, ProfileError> {
     let default = scmp_action(profile.default_action);
     let mut ctx = ScmpFilterContext::new(default).map_err(compile_err("create the filter"))?;
-    for arch in extra_arches(profile, ScmpArch::native()) {
+    let native = ScmpArch::native();
+    let mut arches = vec![native];
+    for arch in extra_arches(profile, native) {
+        if !arches.contains(&arch) {
+            arches.push(arch);
+        }
         let present = ctx
             .is_arch_present(arch)
             .map_err(compile_err(format!("look up architecture {arch:?}")))?;
@@ -112,10 +117,15 @@ pub(crate) fn compile(profile: &Profile, target: &Target<'_>) -> Result<Filter, 
                 .map_err(compile_err(format!("add architecture {arch:?}")))?;
         }
     }
-    for rule in profile.rules_for(target) {
+    let rules = profile.rules_for(target);
+    for rule in &rules {
         add_rule(&mut ctx, rule, profile.default_action)?;
     }
-    let program = export(&ctx)?;
+    let mut program = match profile.default_action {
+        Action::Allow | Action::Log => Vec::new(),
+        _ => enosys_prefix(&rules, &arches),
+    };
+    program.extend(export(&ctx)?);
     Ok(Filter {
         program,
         flags: profile.flags,
@@ -190,6 +200,103 @@ fn add_rule(ctx: &mut ScmpFilterContext, rule: &Rule, default: Action) -> Result
         }
     }
     Ok(())
+}
+
+/// `AUDIT_ARCH_*` of the architectures the ENOSYS prefix knows; x32 calls
+/// arrive as x86_64 ones with bit 30 set in their number.
+const AUDIT_ARCHES: &[(ScmpArch, u32)] = &[
+    (ScmpArch::X8664, 0xc000_003e),
+    (ScmpArch::X86, 0x4000_0003),
+    (ScmpArch::Aarch64, 0xc000_00b7),
+    (ScmpArch::Arm, 0x4000_0028),
+];
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// A program that answers ENOSYS, before the profile is consulted, to every
+/// system call newer than all those the profile names (per architecture),
+/// as runc does: a call the profile cannot know of is one the kernel might
+/// not have, and libc falls back from ENOSYS where EPERM is an error
+/// (glibc's fchmodat2, util-linux's statmount, ...). Everything else jumps to
+/// the start of libseccomp's program.
+fn enosys_prefix(rules: &[&Rule], arches: &[ScmpArch]) -> Vec<libc::sock_filter> {
+    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JGT: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
+    const JGE: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+    const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    const NR: u32 = 0; // offsetof(struct seccomp_data, nr)
+    const ARCH: u32 = 4; // offsetof(struct seccomp_data, arch)
+    let newest = |arch: ScmpArch| -> Option<u32> {
+        rules
+            .iter()
+            .flat_map(|rule| rule.names.iter())
+            .filter_map(|name| ScmpSyscall::from_name_by_arch(name, arch).ok())
+            .map(i32::from)
+            .filter(|nr| *nr >= 0)
+            .map(|nr| nr as u32)
+            .max()
+    };
+    // One block per architecture: (audit arch, newest native call, newest x32 call).
+    let blocks: Vec<(u32, u32, Option<u32>)> = AUDIT_ARCHES
+        .iter()
+        .filter(|(arch, _)| arches.contains(arch))
+        .filter_map(|(arch, audit)| {
+            let x32 = (*arch == ScmpArch::X8664 && arches.contains(&ScmpArch::X32))
+                .then(|| newest(ScmpArch::X32))
+                .flatten();
+            Some((*audit, newest(*arch)?, x32))
+        })
+        .collect();
+    if blocks.is_empty() {
+        return Vec::new();
+    }
+    // Lay the program out first (the jumps are relative), with the ENOSYS
+    // return and the start of libseccomp's program at the end.
+    let block_len = |b: &(u32, u32, Option<u32>)| if b.0 == 0xc000_003e { 5 } else { 3 };
+    let total: usize = 1 + blocks.iter().map(block_len).sum::<usize>() + 1;
+    let enosys = total; // index of the ENOSYS return
+    let end = total + 1; // first instruction of libseccomp's program
+    let op = |code: u16, jt: usize, jf: usize, k: u32| libc::sock_filter {
+        code,
+        jt: jt as u8,
+        jf: jf as u8,
+        k,
+    };
+    let mut program = vec![op(LD_W_ABS, 0, 0, ARCH)];
+    for block in &blocks {
+        let (audit, newest_native, newest_x32) = *block;
+        let start = program.len();
+        let next = start + block_len(block);
+        program.push(op(JEQ, 0, next - start - 1, audit));
+        program.push(op(LD_W_ABS, 0, 0, NR));
+        if audit == 0xc000_003e {
+            let at = program.len();
+            // nr >= X32_SYSCALL_BIT: an x32 call, judged by the next two.
+            program.push(op(JGE, 1, 0, X32_SYSCALL_BIT));
+            let at_native = at + 1;
+            program.push(op(
+                JGT,
+                enosys - at_native - 1,
+                end - at_native - 1,
+                newest_native,
+            ));
+            let at_x32 = at + 2;
+            match newest_x32 {
+                Some(newest) => {
+                    program.push(op(JGT, enosys - at_x32 - 1, end - at_x32 - 1, newest))
+                }
+                None => program.push(op(JA, 0, 0, (end - at_x32 - 1) as u32)),
+            }
+        } else {
+            let at = program.len();
+            program.push(op(JGT, enosys - at - 1, end - at - 1, newest_native));
+        }
+    }
+    let at = program.len();
+    program.push(op(JA, 0, 0, (end - at - 1) as u32));
+    program.push(op(RET, 0, 0, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32));
+    program
 }
 
 /// libseccomp writes the program to a descriptor: a memfd, read back whole.
