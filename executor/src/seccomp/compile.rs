@@ -393,6 +393,72 @@ mod tests {
             .is_none());
     }
 
+    /// Runs a classic BPF program of the instructions the prefix uses over
+    /// (nr, arch); returns the return value, or `None` when it runs past its
+    /// end (into libseccomp's program).
+    fn run_prefix(program: &[libc::sock_filter], nr: u32, arch: u32) -> Option<u32> {
+        let mut acc = 0u32;
+        let mut pc = 0usize;
+        while let Some(i) = program.get(pc) {
+            let code = u32::from(i.code);
+            pc += 1;
+            match code {
+                c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
+                    acc = if i.k == 0 { nr } else { arch }
+                }
+                c if c == libc::BPF_RET | libc::BPF_K => return Some(i.k),
+                c if c == libc::BPF_JMP | libc::BPF_JA => pc += i.k as usize,
+                c => {
+                    let taken = match c & 0xf0 {
+                        0x10 => acc == i.k,
+                        0x20 => acc > i.k,
+                        0x30 => acc >= i.k,
+                        other => panic!("unexpected jump {other:#x}"),
+                    };
+                    pc += usize::from(if taken { i.jt } else { i.jf });
+                }
+            }
+        }
+        assert_eq!(pc, program.len(), "jumped past the end");
+        None
+    }
+
+    #[test]
+    fn newer_calls_get_enosys_per_architecture() {
+        let rules = rules_for_amd64();
+        let rules: Vec<&Rule> = rules.iter().collect();
+        let arches = [ScmpArch::X8664, ScmpArch::X86, ScmpArch::X32];
+        let prefix = enosys_prefix(&rules, &arches);
+        let enosys = Some(libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
+        let (x86_64, i386, x32) = (0xc000_003e, 0x4000_0003, X32_SYSCALL_BIT);
+        assert_eq!(run_prefix(&prefix, 0, x86_64), None);
+        assert_eq!(run_prefix(&prefix, 250, x86_64), None);
+        assert_eq!(run_prefix(&prefix, 1000, x86_64), enosys);
+        assert_eq!(run_prefix(&prefix, x32, x86_64), None);
+        assert_eq!(run_prefix(&prefix, x32 + 1000, x86_64), enosys);
+        assert_eq!(run_prefix(&prefix, 3, i386), None);
+        assert_eq!(run_prefix(&prefix, 1000, i386), enosys);
+        // Other architectures are libseccomp's to judge.
+        assert_eq!(run_prefix(&prefix, 1000, 0xc000_00b7), None);
+        // Without x32 in the filter its calls are libseccomp's too.
+        let prefix = enosys_prefix(&rules, &arches[..2]);
+        assert_eq!(run_prefix(&prefix, x32 + 1000, x86_64), None);
+        assert_eq!(run_prefix(&prefix, 1000, x86_64), enosys);
+    }
+
+    fn rules_for_amd64() -> Vec<Rule> {
+        let target = Target {
+            caps: DEFAULT_CAPS,
+            arch: "amd64",
+            kernel: (6, 1),
+        };
+        Profile::docker_default()
+            .rules_for(&target)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
     #[test]
     fn x86_64_covers_x86_and_x32() {
         let arches = extra_arches(Profile::docker_default(), ScmpArch::X8664);
