@@ -29,6 +29,7 @@ pub(crate) const REPORT_EXEC: u32 = 0xffff_0000;
 pub(crate) const REPORT_IDENTITY: u32 = 0xffff_0001;
 pub(crate) const REPORT_CAPS: u32 = 0xffff_0002;
 pub(crate) const REPORT_FORK: u32 = 0xffff_0003;
+pub(crate) const REPORT_SECCOMP: u32 = 0xffff_0004;
 /// The value is the main process' raw wait status.
 pub(crate) const REPORT_STATUS: u32 = 0xffff_0005;
 
@@ -88,6 +89,8 @@ pub(crate) struct Plan {
     /// Descriptors as numbered in the parent: stdin, stdout, stderr, report, go.
     pub fds: [RawFd; 5],
     pub wait_for_go: bool,
+    /// The step's seccomp filter, compiled by the parent; `None`: unconfined.
+    pub seccomp: Option<std::sync::Arc<crate::seccomp::Filter>>,
 }
 
 fn report(kind: u32, value: i32) {
@@ -322,6 +325,12 @@ fn exec_main(plan: &Plan) -> ! {
     }
     if let Err(errno) = nix::sys::prctl::set_no_new_privs() {
         fail(REPORT_CAPS, errno);
+    }
+    // Last: from here on only what the profile allows (execve among it).
+    if let Some(filter) = &plan.seccomp {
+        if let Err(errno) = sys::set_seccomp_filter(&filter.program, filter.flags) {
+            fail(REPORT_SECCOMP, errno);
+        }
     }
     let mut last = Errno::ENOENT;
     for candidate in &plan.exec_candidates {

@@ -84,6 +84,9 @@ pub enum Error {
     /// A foreign architecture has no usable binfmt_misc handler.
     #[error("no binfmt_misc handler with the F flag for {arch} ({reason}); install qemu-user-static (apt-get install qemu-user-static) and run `kiln setup-binfmt {arch}` as root")]
     NoBinfmt { arch: String, reason: String },
+    /// The step's seccomp profile cannot be turned into a filter.
+    #[error("seccomp profile: {0}")]
+    Seccomp(#[from] crate::seccomp::ProfileError),
     /// An architecture name kiln does not know how to emulate.
     #[error("unknown architecture {0:?}: expected an OCI architecture such as amd64, arm64, arm, 386, mips64le, ppc64le, riscv64, s390x, loong64")]
     UnknownArch(String),

@@ -39,7 +39,9 @@
 //! upper dir only ever holds the step's own changes. Where overlayfs cannot be
 //! mounted, the merged snapshots are copied and the changes found by comparing. It then clones the step's
 //! main process, which drops to Docker's default capability set, switches user,
-//! sets `no_new_privs` and executes the program. The init reaps every process
+//! sets `no_new_privs`, loads the seccomp filter the parent compiled (Docker's
+//! default profile unless the spec says otherwise) and executes the program.
+//! The init reaps every process
 //! and, when the main one exits, kills all that remain. Nothing is mounted in
 //! the host's namespace: when the init dies (also when kiln is killed:
 //! `PR_SET_PDEATHSIG`), the kernel tears the namespace and its mounts down.
@@ -55,6 +57,7 @@ mod diff;
 mod error;
 mod mountpoints;
 mod sandbox;
+mod seccomp;
 mod snapshot;
 mod spec;
 mod sys;
@@ -68,6 +71,7 @@ pub use diff::{
     write_dir_layer, write_dir_layer_with, DiffOptions, ExtraFile, LayerSummary, Upper,
 };
 pub use error::{Error, Result};
+pub use seccomp::{Profile, ProfileError, Seccomp};
 pub use snapshot::{remove_tree, Snapshotter};
 pub use spec::{CancelToken, Limits, Mount, Network, OutputLine, RunSpec, Stream};
 pub use user::{resolve_user, User};

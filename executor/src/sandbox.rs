@@ -789,6 +789,10 @@ fn build_plan(
     if spec.network == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }
+    let keep_caps = DEFAULT_CAPS
+        .iter()
+        .fold(0u64, |acc, cap| acc | (1u64 << cap));
+    let seccomp = crate::seccomp::filter_for(&spec.seccomp, keep_caps)?;
     let plan = Plan {
         ops: b.ops,
         exec_candidates: candidates.into_iter().map(cstring).collect::<Result<_>>()?,
@@ -802,14 +806,13 @@ fn build_plan(
         uid: user.uid,
         gid: user.gid,
         groups,
-        keep_caps: DEFAULT_CAPS
-            .iter()
-            .fold(0u64, |acc, cap| acc | (1u64 << cap)),
+        keep_caps,
         last_cap: last_cap(),
         process_strings: process_strings()?,
         init_caps: 1u64 << INIT_CAP_KILL,
         fds,
         wait_for_go,
+        seccomp,
     };
     Ok(Prepared {
         plan,
@@ -1157,6 +1160,7 @@ fn failure_error(kind: u32, errno: Errno, descriptions: &[String], spec: &RunSpe
         },
         child::REPORT_CAPS => Error::Sandbox { step: "drop capabilities".into(), errno },
         child::REPORT_FORK => Error::Sandbox { step: "start the step's process".into(), errno },
+        child::REPORT_SECCOMP => Error::Sandbox { step: "load the seccomp filter".into(), errno },
         index => Error::Sandbox {
             step: descriptions.get(index as usize).cloned().unwrap_or_else(|| format!("setup step {index}")),
             errno,

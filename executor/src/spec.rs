@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::seccomp::Seccomp;
+
 /// Everything one RUN step needs, fully resolved by the caller.
 #[derive(Debug, Clone, Default)]
 pub struct RunSpec {
@@ -38,6 +40,9 @@ pub struct RunSpec {
     /// happens by itself where overlayfs cannot be mounted (e.g. the scratch dir
     /// is on overlayfs); slower, same result.
     pub copy_rootfs: bool,
+    /// The seccomp filter of the step's processes: Docker's default profile
+    /// unless the caller says otherwise.
+    pub seccomp: Seccomp,
 }
 
 /// The network a step sees.

@@ -198,6 +198,27 @@ pub(crate) fn set_capabilities(caps: u64) -> Result<(), Errno> {
     Errno::result(ret).map(drop)
 }
 
+/// Installs a seccomp filter on the calling thread (`seccomp(2)` with
+/// `SECCOMP_SET_MODE_FILTER`); needs `no_new_privs` or CAP_SYS_ADMIN.
+pub(crate) fn set_seccomp_filter(program: &[libc::sock_filter], flags: u32) -> Result<(), Errno> {
+    let len = libc::c_ushort::try_from(program.len()).map_err(|_| Errno::EINVAL)?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points at a live slice of `len` instructions; the kernel
+    // copies the program and does not write through the pointer.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER as libc::c_ulong,
+            flags as libc::c_ulong,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
 /// Brings the loopback interface of the current network namespace up.
 pub(crate) fn loopback_up() -> Result<(), Errno> {
     // SAFETY: socket returns a new descriptor or -1.

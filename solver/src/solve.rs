@@ -60,6 +60,10 @@ pub struct SolveOptions {
     /// cgroup limits for every RUN step (`--memory`, `--cpus`, ...). Not part
     /// of cache keys: they bound a step, they do not define its result.
     pub limits: kiln_executor::Limits,
+    /// The seccomp filter of every RUN step (`--security-opt seccomp=...`).
+    /// Not part of cache keys either, as in Docker and BuildKit: a filter
+    /// decides whether a step can succeed, not what a successful step makes.
+    pub seccomp: kiln_executor::Seccomp,
 }
 
 impl SolveOptions {
@@ -79,6 +83,7 @@ impl Default for SolveOptions {
             secrets: BTreeMap::new(),
             labels: BTreeMap::new(),
             limits: kiln_executor::Limits::default(),
+            seccomp: kiln_executor::Seccomp::Default,
         }
     }
 }
@@ -1140,6 +1145,7 @@ impl Runner<'_> {
             mounts,
             arch: Some(vertex.platform.architecture.clone()),
             limits: self.options.limits,
+            seccomp: self.options.seccomp.clone(),
             stdin: None,
             ..Default::default()
         };

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use kiln_cache::{Compression, Platform};
-use kiln_executor::CancelToken;
+use kiln_executor::{CancelToken, Seccomp};
 use kiln_frontend::{CompileOptions, Network};
 use kiln_solver::{BuildContext, IgnoreRules, SolveOptions};
 
@@ -107,6 +107,11 @@ pub struct Args {
     /// Maximum number of processes in a RUN step.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pids_limit: Option<u64>,
+    /// Security options for RUN steps: seccomp=unconfined (no filter) or
+    /// seccomp=PROFILE.json (a profile in Docker's format) instead of
+    /// Docker's default seccomp profile.
+    #[arg(long = "security-opt", value_name = "seccomp=unconfined|PROFILE.json")]
+    security_opt: Vec<String>,
     /// The build context: a directory; `-` for stdin (a tar is the context,
     /// anything else the Dockerfile with no context); an http(s) URL of a
     /// tarball (or of a Dockerfile); or a git URL (`https://HOST/REPO.git`,
@@ -209,6 +214,39 @@ fn parse_key_values(values: &[String], what: &str) -> anyhow::Result<BTreeMap<St
     Ok(map)
 }
 
+/// `--security-opt` values; the last `seccomp=` wins.
+fn parse_security_opts(values: &[String]) -> anyhow::Result<Seccomp> {
+    let mut seccomp = Seccomp::Default;
+    for value in values {
+        match value.split_once('=') {
+            Some(("seccomp", "unconfined")) => seccomp = Seccomp::Unconfined,
+            Some(("seccomp", "")) => {
+                bail!("--security-opt {value}: expected seccomp=unconfined or seccomp=PROFILE.json")
+            }
+            Some(("seccomp", path)) => seccomp = read_seccomp_profile(Path::new(path))?,
+            _ => bail!(
+                "--security-opt {value}: unknown security option; kiln takes seccomp=unconfined or seccomp=PROFILE.json"
+            ),
+        }
+    }
+    Ok(seccomp)
+}
+
+fn read_seccomp_profile(path: &Path) -> anyhow::Result<Seccomp> {
+    let bytes = std::fs::read(path).with_context(|| {
+        format!(
+            "--security-opt seccomp={0}: cannot read the seccomp profile {0}",
+            path.display()
+        )
+    })?;
+    Seccomp::from_json(&bytes).with_context(|| {
+        format!(
+            "--security-opt seccomp={0}: the seccomp profile {0} is not valid; it takes Docker's format (defaultAction, archMap, syscalls)",
+            path.display()
+        )
+    })
+}
+
 fn parse_secrets(values: &[String]) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
     let mut secrets = BTreeMap::new();
     for value in values {
@@ -269,6 +307,7 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         Some("host") => Some(Network::Host),
         Some(other) => bail!("--network {other}: expected default, none or host"),
     };
+    let seccomp = parse_security_opts(&args.security_opt)?;
     let cache_from = args
         .cache_from
         .iter()
@@ -346,6 +385,7 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
             cpus: args.cpus,
             pids: args.pids_limit,
         },
+        seccomp,
     };
     let cancel = CancelToken::new();
     cancel_on_interrupt(&cancel);
