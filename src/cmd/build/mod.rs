@@ -2,7 +2,7 @@
 //! image and print its id on stdout. Progress goes to stderr.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -590,7 +590,6 @@ fn parse_cpus(text: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     #[test]
     fn memory_sizes_as_docker_takes_them() {
