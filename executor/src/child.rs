@@ -26,6 +26,7 @@ pub(crate) const REPORT_EXEC: u32 = 0xffff_0000;
 pub(crate) const REPORT_IDENTITY: u32 = 0xffff_0001;
 pub(crate) const REPORT_CAPS: u32 = 0xffff_0002;
 pub(crate) const REPORT_FORK: u32 = 0xffff_0003;
+pub(crate) const REPORT_NETNS: u32 = 0xffff_0004;
 /// The value is the main process' raw wait status.
 pub(crate) const REPORT_STATUS: u32 = 0xffff_0005;
 
@@ -67,6 +68,9 @@ pub(crate) struct Plan {
     /// Descriptors as numbered in the parent: stdin, stdout, stderr, report, go.
     pub fds: [RawFd; 5],
     pub wait_for_go: bool,
+    /// A network namespace to join (the build's private network), as numbered
+    /// in the parent.
+    pub netns: Option<RawFd>,
 }
 
 fn report(kind: u32, value: i32) {
@@ -163,9 +167,14 @@ pub(crate) fn init_main(plan: &Plan) -> ! {
     if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() {
         sys::exit_now(125);
     }
+    // Before arrange_fds closes the namespace's descriptor.
+    let joined = plan.netns.map_or(Ok(()), sys::join_netns);
     if let Err(e) = arrange_fds(&plan.fds) {
         // The report pipe may not be at REPORT_FD yet: nothing to tell.
         sys::exit_now(120 + (e as i32 % 5));
+    }
+    if let Err(errno) = joined {
+        fail(REPORT_NETNS, errno);
     }
     if plan.wait_for_go && !sys::read_byte(GO_FD) {
         // The parent gave up (cgroup setup failed); it reports why.

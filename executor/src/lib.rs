@@ -54,6 +54,7 @@ mod copydiff;
 mod diff;
 mod error;
 mod mountpoints;
+mod network;
 mod sandbox;
 mod snapshot;
 mod spec;
@@ -68,6 +69,7 @@ pub use diff::{
     write_dir_layer, write_dir_layer_with, DiffOptions, ExtraFile, LayerSummary, Upper,
 };
 pub use error::{Error, Result};
+pub use network::PrivateNetwork;
 pub use snapshot::{remove_tree, Snapshotter};
 pub use spec::{CancelToken, Limits, Mount, Network, OutputLine, RunSpec, Stream};
 pub use user::{resolve_user, User};

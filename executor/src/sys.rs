@@ -265,3 +265,47 @@ pub(crate) fn reset_signals() {
         libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
     }
 }
+
+/// Joins the network namespace `netns` refers to (`setns`).
+pub(crate) fn join_netns(netns: RawFd) -> Result<(), Errno> {
+    // SAFETY: integer-only syscall.
+    let ret = unsafe { libc::setns(netns, libc::CLONE_NEWNET) };
+    Errno::result(ret).map(drop)
+}
+
+/// Spawns `command` in a mount namespace of its own whose mounts are all
+/// private (so nothing it mounts or unmounts propagates to the host's), with
+/// the descriptors in `keep` left open across exec.
+pub(crate) fn spawn_with_private_mounts<const N: usize>(
+    command: &mut std::process::Command,
+    keep: [RawFd; N],
+) -> std::io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let hook = move || -> std::io::Result<()> {
+        // SAFETY: unshare, mount and fcntl are async-signal-safe syscalls on
+        // integers and a static string; nothing here allocates or locks.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNS) < 0
+                || libc::mount(
+                    ptr::null(),
+                    c"/".as_ptr(),
+                    ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    ptr::null(),
+                ) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            for fd in keep {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs between fork and exec and only issues the
+    // async-signal-safe syscalls above.
+    unsafe { command.pre_exec(hook) };
+    command.spawn()
+}
