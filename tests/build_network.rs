@@ -169,7 +169,7 @@ fn host_loopback_is_out_of_reach_unless_the_network_is_host() {
         "for a in 127.0.0.1 10.0.2.2; do nc -w 2 $a {port} </dev/null || echo unreachable; done"
     );
     let dockerfile = format!(
-        "FROM busybox\nRUN ({probe}) > /default\nRUN --network=host ({probe}) > /host\nRUN --network=none ls /sys/class/net > /none\n"
+        "FROM busybox\nRUN ({probe}) > /default\nRUN --network=host ({probe}) > /host\nRUN --network=none ls /sys/class/net > /none\nRUN --network=default ({probe}) > /explicit\n"
     );
     let ctx = env.context("ctx", &[("Dockerfile", &dockerfile)]);
     let fs = env.export(&ctx, &[]);
@@ -177,10 +177,13 @@ fn host_loopback_is_out_of_reach_unless_the_network_is_host() {
     assert_eq!(read(&fs, "default"), "unreachable\nunreachable\n");
     assert_eq!(read(&fs, "host"), "host\nunreachable\n");
     assert_eq!(read(&fs, "none"), "lo\n");
+    assert_eq!(read(&fs, "explicit"), "unreachable\nunreachable\n");
 
-    // `--network host` for the whole build reaches it from the default step.
+    // `--network host` for the whole build reaches it from the step that
+    // does not say, not from the one that asks for the default network.
     let fs = env.export(&ctx, &["--network", "host"]);
     assert_eq!(read(&fs, "default"), "host\nunreachable\n");
+    assert_eq!(read(&fs, "explicit"), "unreachable\nunreachable\n");
 }
 
 #[test]
