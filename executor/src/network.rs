@@ -33,8 +33,8 @@ const DNS_SERVER: &str = "10.0.2.3";
 const MTU: &str = "65520";
 /// How long slirp4netns may take to configure the namespace.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
-/// The interface slirp4netns creates in the namespace.
-const TAP_NAME: &str = "tap0";
+/// The tap device kiln makes in the namespace and slirp4netns attaches to.
+const TAP_NAME: &std::ffi::CStr = c"tap0";
 
 /// A private network namespace with outbound access through slirp4netns.
 /// Cheap to clone (all clones share one namespace); the namespace is released
@@ -113,6 +113,11 @@ impl fmt::Debug for PrivateNetwork {
 /// A new network namespace, held only by the returned descriptor: a
 /// short-lived thread unshares its own network namespace (which leaves the
 /// rest of the process where it was), opens it, and ends.
+///
+/// The namespace already has slirp4netns' tap device, persistent: when
+/// slirp4netns exits, the device is not unregistered in its exit (some 30 ms
+/// of waiting for the kernel at the end of every build) but later, by the
+/// kernel, with the namespace.
 fn new_netns() -> Result<OwnedFd> {
     let made = std::thread::spawn(|| -> Result<OwnedFd> {
         nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(|errno| Error::Network {
@@ -122,6 +127,10 @@ fn new_netns() -> Result<OwnedFd> {
         let file = File::open("/proc/thread-self/ns/net").map_err(|source| Error::Network {
             step: "open the new network namespace".into(),
             source,
+        })?;
+        crate::sys::create_persistent_tap(TAP_NAME).map_err(|errno| Error::Network {
+            step: "create its tap device (is /dev/net/tun there?)".into(),
+            source: errno.into(),
         })?;
         Ok(file.into())
     })
@@ -210,7 +219,7 @@ fn stack_args(netns: RawFd, ready: RawFd, exit: RawFd) -> Vec<String> {
         format!("--exit-fd={exit}"),
         "--netns-type=path".into(),
         format!("/proc/self/fd/{netns}"),
-        TAP_NAME.into(),
+        TAP_NAME.to_string_lossy().into_owned(),
     ]
 }
 

@@ -309,3 +309,30 @@ pub(crate) fn spawn_with_private_mounts<const N: usize>(
     unsafe { command.pre_exec(hook) };
     command.spawn()
 }
+
+/// Creates the persistent tap device `name` in the calling thread's network
+/// namespace (a program attaches to it later by name with `TUNSETIFF`).
+pub(crate) fn create_persistent_tap(name: &CStr) -> Result<(), Errno> {
+    let tun = nix::fcntl::open(
+        c"/dev/net/tun",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.to_bytes_with_nul();
+    if bytes.len() > request.ifr_name.len() {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    for (dst, src) in request.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tun);
+    // SAFETY: TUNSETIFF reads the ifreq we own; TUNSETPERSIST takes an integer.
+    let ret = unsafe { libc::ioctl(fd, libc::TUNSETIFF, &request) };
+    Errno::result(ret)?;
+    // SAFETY: as above.
+    let ret = unsafe { libc::ioctl(fd, libc::TUNSETPERSIST, 1 as libc::c_ulong) };
+    Errno::result(ret).map(drop)
+}
