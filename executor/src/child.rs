@@ -30,6 +30,7 @@ pub(crate) const REPORT_IDENTITY: u32 = 0xffff_0001;
 pub(crate) const REPORT_CAPS: u32 = 0xffff_0002;
 pub(crate) const REPORT_FORK: u32 = 0xffff_0003;
 pub(crate) const REPORT_SECCOMP: u32 = 0xffff_0004;
+pub(crate) const REPORT_NETNS: u32 = 0xffff_0006;
 /// The value is the main process' raw wait status.
 pub(crate) const REPORT_STATUS: u32 = 0xffff_0005;
 
@@ -91,6 +92,9 @@ pub(crate) struct Plan {
     pub wait_for_go: bool,
     /// The step's seccomp filter, compiled by the parent; `None`: unconfined.
     pub seccomp: Option<std::sync::Arc<crate::seccomp::Filter>>,
+    /// A network namespace to join (the build's private network), as numbered
+    /// in the parent.
+    pub netns: Option<RawFd>,
 }
 
 fn report(kind: u32, value: i32) {
@@ -245,9 +249,14 @@ pub(crate) fn init_main(plan: &Plan) -> ! {
     if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() {
         sys::exit_now(125);
     }
+    // Before arrange_fds closes the namespace's descriptor.
+    let joined = plan.netns.map_or(Ok(()), sys::join_netns);
     if let Err(e) = arrange_fds(&plan.fds) {
         // The report pipe may not be at REPORT_FD yet: nothing to tell.
         sys::exit_now(120 + (e as i32 % 5));
+    }
+    if let Err(errno) = joined {
+        fail(REPORT_NETNS, errno);
     }
     if plan.wait_for_go && !sys::read_byte(GO_FD) {
         // The parent gave up (cgroup setup failed); it reports why.

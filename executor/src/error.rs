@@ -87,6 +87,22 @@ pub enum Error {
     /// The step's seccomp profile cannot be turned into a filter.
     #[error("seccomp profile: {0}")]
     Seccomp(#[from] crate::seccomp::ProfileError),
+    /// slirp4netns, which the default RUN network needs, is not installed.
+    #[error("the default RUN network needs slirp4netns, which is not installed: install it (apt-get install slirp4netns) or build with --network host (the host's network, loopback included) or --network none")]
+    NetworkStackMissing,
+    /// slirp4netns did not bring the private network up.
+    #[error(
+        "cannot start the default RUN network: slirp4netns failed: {reason}{}",
+        format_log(log)
+    )]
+    NetworkStackFailed { reason: String, log: String },
+    /// Creating the private network failed; `step` says which part.
+    #[error("cannot set up the default RUN network: {step}: {source}")]
+    Network {
+        step: String,
+        #[source]
+        source: io::Error,
+    },
     /// An architecture name kiln does not know how to emulate.
     #[error("unknown architecture {0:?}: expected an OCI architecture such as amd64, arm64, arm, 386, mips64le, ppc64le, riscv64, s390x, loong64")]
     UnknownArch(String),
@@ -102,6 +118,14 @@ fn format_last_lines(lines: &[String]) -> String {
         text.push_str(line);
     }
     text
+}
+
+fn format_log(log: &str) -> String {
+    if log.is_empty() {
+        String::new()
+    } else {
+        format!("; it said: {log}")
+    }
 }
 
 /// The executor's result type.

@@ -29,7 +29,9 @@
 //! 0-4 and close every other one, so pipes of steps running concurrently in
 //! other threads are never held open by this sandbox.
 //!
-//! The init (pid 1 of its pid namespace) makes every mount private, mounts the
+//! On a [`PrivateNetwork`] the init joins the build's network namespace with
+//! `setns` just before that (its descriptor is part of the plan), instead of
+//! a `CLONE_NEWNET`. The init (pid 1 of its pid namespace) makes every mount private, mounts the
 //! overlay on the scratch dir (snapshots as lower dirs, a fresh upper dir, the
 //! `volatile` option since the upper dir is thrown away), a fresh /proc (its
 //! kernel knobs read-only), a minimal /dev, read-only /sys, the requested
@@ -56,6 +58,7 @@ mod copydiff;
 mod diff;
 mod error;
 mod mountpoints;
+mod network;
 mod sandbox;
 mod seccomp;
 mod snapshot;
@@ -71,6 +74,7 @@ pub use diff::{
     write_dir_layer, write_dir_layer_with, DiffOptions, ExtraFile, LayerSummary, Upper,
 };
 pub use error::{Error, Result};
+pub use network::PrivateNetwork;
 pub use seccomp::{Profile, ProfileError, Seccomp};
 pub use snapshot::{remove_tree, Snapshotter};
 pub use spec::{CancelToken, Limits, Mount, Network, OutputLine, RunSpec, Stream};

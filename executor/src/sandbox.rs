@@ -575,6 +575,15 @@ fn parse_process_strings(stat: &str) -> Option<sys::ProcessStrings> {
     (strings.arg_start != 0 && strings.arg_end > strings.arg_start).then_some(strings)
 }
 
+/// The resolv.conf a step on `network` sees; `None` without a network.
+fn resolv_conf(network: &Network) -> Option<Vec<u8>> {
+    match network {
+        Network::Private(private) => Some(private.resolv_conf().to_vec()),
+        Network::Host => Some(fs::read("/etc/resolv.conf").unwrap_or_default()),
+        Network::None => None,
+    }
+}
+
 struct Prepared {
     plan: Plan,
     descriptions: Vec<String>,
@@ -631,11 +640,10 @@ fn build_plan(
     } else {
         spec.hostname.as_str()
     };
-    if spec.network != Network::None {
-        // Copies of the host's resolv.conf and a hosts file naming the sandbox:
+    if let Some(resolv_content) = resolv_conf(&spec.network) {
+        // The network's resolv.conf and a hosts file naming the sandbox:
         // shared read-only files (as BuildKit binds them) where there is a
         // snapshot root, else per-step writable copies in the scratch dir.
-        let resolv_content = fs::read("/etc/resolv.conf").unwrap_or_default();
         let hosts_content = format!(
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
         );
@@ -786,6 +794,7 @@ fn build_plan(
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC;
+    // The private network is joined with setns: no namespace made per step.
     if spec.network == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }
@@ -813,6 +822,10 @@ fn build_plan(
         fds,
         wait_for_go,
         seccomp,
+        netns: match &spec.network {
+            Network::Private(network) => Some(network.netns_fd()),
+            Network::None | Network::Host => None,
+        },
     };
     Ok(Prepared {
         plan,
@@ -1161,6 +1174,7 @@ fn failure_error(kind: u32, errno: Errno, descriptions: &[String], spec: &RunSpe
         child::REPORT_CAPS => Error::Sandbox { step: "drop capabilities".into(), errno },
         child::REPORT_FORK => Error::Sandbox { step: "start the step's process".into(), errno },
         child::REPORT_SECCOMP => Error::Sandbox { step: "load the seccomp filter".into(), errno },
+        child::REPORT_NETNS => Error::Sandbox { step: "join the build's network namespace".into(), errno },
         index => Error::Sandbox {
             step: descriptions.get(index as usize).cloned().unwrap_or_else(|| format!("setup step {index}")),
             errno,

@@ -46,15 +46,19 @@ pub struct RunSpec {
 }
 
 /// The network a step sees.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Network {
-    /// The host's network with the host's resolv.conf and a generated hosts file
-    /// (what Docker's `default` means for RUN), so package managers work.
-    #[default]
-    Default,
+    /// A build's private network namespace, shared by its steps, with outbound
+    /// access through slirp4netns and slirp4netns' DNS forwarder in resolv.conf
+    /// (what Docker's `default` means for RUN); the host's loopback is out of
+    /// reach.
+    Private(crate::PrivateNetwork),
     /// A network namespace of its own with only loopback up.
     None,
-    /// The host's network, like `Default`.
+    /// The host's network with the host's resolv.conf and a generated hosts
+    /// file. The default of a bare [`RunSpec`] (benchmarks, tests); `kiln
+    /// build` always says which network a step gets.
+    #[default]
     Host,
 }
 

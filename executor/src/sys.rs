@@ -347,3 +347,74 @@ pub(crate) fn replace_process_strings(area: &ProcessStrings, title: &[u8]) {
         unsafe { ptr::write((arg_end - 1) as *mut u8, b' ') };
     }
 }
+
+/// Joins the network namespace `netns` refers to (`setns`).
+pub(crate) fn join_netns(netns: RawFd) -> Result<(), Errno> {
+    // SAFETY: integer-only syscall.
+    let ret = unsafe { libc::setns(netns, libc::CLONE_NEWNET) };
+    Errno::result(ret).map(drop)
+}
+
+/// Spawns `command` in a mount namespace of its own whose mounts are all
+/// private (so nothing it mounts or unmounts propagates to the host's), with
+/// the descriptors in `keep` left open across exec.
+pub(crate) fn spawn_with_private_mounts<const N: usize>(
+    command: &mut std::process::Command,
+    keep: [RawFd; N],
+) -> std::io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let hook = move || -> std::io::Result<()> {
+        // SAFETY: unshare, mount and fcntl are async-signal-safe syscalls on
+        // integers and a static string; nothing here allocates or locks.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNS) < 0
+                || libc::mount(
+                    ptr::null(),
+                    c"/".as_ptr(),
+                    ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    ptr::null(),
+                ) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            for fd in keep {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs between fork and exec and only issues the
+    // async-signal-safe syscalls above.
+    unsafe { command.pre_exec(hook) };
+    command.spawn()
+}
+
+/// Creates the persistent tap device `name` in the calling thread's network
+/// namespace (a program attaches to it later by name with `TUNSETIFF`).
+pub(crate) fn create_persistent_tap(name: &CStr) -> Result<(), Errno> {
+    let tun = nix::fcntl::open(
+        c"/dev/net/tun",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.to_bytes_with_nul();
+    if bytes.len() > request.ifr_name.len() {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    for (dst, src) in request.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tun);
+    // SAFETY: TUNSETIFF reads the ifreq we own; TUNSETPERSIST takes an integer.
+    let ret = unsafe { libc::ioctl(fd, libc::TUNSETIFF, &request) };
+    Errno::result(ret)?;
+    // SAFETY: as above.
+    let ret = unsafe { libc::ioctl(fd, libc::TUNSETPERSIST, 1 as libc::c_ulong) };
+    Errno::result(ret).map(drop)
+}

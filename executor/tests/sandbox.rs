@@ -185,11 +185,11 @@ fn network_none_has_only_loopback() {
 }
 
 #[test]
-fn default_network_sees_host_interfaces_and_resolv_conf() {
+fn host_network_sees_host_interfaces_and_resolv_conf() {
     let host_interfaces = fs::read_dir("/sys/class/net").unwrap().count();
-    let out = run(&shell(
-        "ls /sys/class/net | wc -l; test -f /etc/resolv.conf && echo resolv",
-    ));
+    let mut s = shell("ls /sys/class/net | wc -l; test -f /etc/resolv.conf && echo resolv");
+    s.network = Network::Host;
+    let out = run(&s);
     out.upper();
     assert_eq!(
         out.stdout,

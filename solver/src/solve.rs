@@ -406,12 +406,16 @@ pub fn solve(
     let made_at: Mutex<HashMap<usize, i64>> = Mutex::new(HashMap::new());
     let counts = Mutex::new((0usize, 0usize));
     let records: Mutex<HashMap<usize, CacheRecord>> = Mutex::new(HashMap::new());
+    // Declared before the runner so it outlives every step: dropping it at the
+    // end of the build (also on errors and cancellation) stops the network.
+    let network = BuildNetwork::default();
     let runner = Runner {
         store,
         context,
         options,
         progress,
         cancel,
+        network: &network,
         snapshotter: &snapshotter,
         results: &results,
         downloads: &downloads,
@@ -754,10 +758,31 @@ struct Runner<'a> {
     options: &'a SolveOptions,
     progress: &'a dyn Progress,
     cancel: &'a CancelToken,
+    network: &'a BuildNetwork,
     snapshotter: &'a Snapshotter,
     results: &'a Mutex<HashMap<usize, Option<LayerBlob>>>,
     downloads: &'a Downloads,
     sources: &'a [Arc<dyn CacheSource>],
+}
+
+/// The build's private RUN network: started by the first step on the default
+/// network, shared by the others, stopped when the build ends (dropped).
+#[derive(Default)]
+struct BuildNetwork(Mutex<Option<kiln_executor::PrivateNetwork>>);
+
+impl BuildNetwork {
+    fn get(&self) -> Result<kiln_executor::PrivateNetwork> {
+        let mut slot = self
+            .0
+            .lock()
+            .map_err(|_| Error::Step("the build's network is unusable".into()))?;
+        if let Some(network) = slot.as_ref() {
+            return Ok(network.clone());
+        }
+        let network = kiln_executor::PrivateNetwork::start().map_err(exec_err)?;
+        *slot = Some(network.clone());
+        Ok(network)
+    }
 }
 
 /// A scratch directory in the store, removed when dropped.
@@ -1132,7 +1157,7 @@ impl Runner<'_> {
         let network = match run.network.or(self.options.network) {
             Some(kiln_frontend::Network::None) => kiln_executor::Network::None,
             Some(kiln_frontend::Network::Host) => kiln_executor::Network::Host,
-            _ => kiln_executor::Network::Default,
+            _ => kiln_executor::Network::Private(self.network.get()?),
         };
         let spec = RunSpec {
             lowers: lowers.clone(),

@@ -52,7 +52,10 @@ pub struct Args {
     /// Do not use cached results.
     #[arg(long)]
     no_cache: bool,
-    /// Network for RUN steps: default, none or host.
+    /// Network for RUN steps. default: a network namespace of the build's
+    /// own, shared by its steps, with outbound access through slirp4netns
+    /// (DNS through its forwarder 10.0.2.3; the host's loopback is not
+    /// reachable); none: only a loopback interface; host: the host's network.
     #[arg(long, value_name = "MODE")]
     network: Option<String>,
     /// A secret for RUN --mount=type=secret: id=ID,src=PATH or id=ID,env=VAR.
