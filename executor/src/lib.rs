@@ -7,6 +7,9 @@
 //!   directories as `trusted.overlay.opaque=y`); hostile paths cannot escape it.
 //! - [`RootfsView`] reads the merged filesystem of a snapshot stack without
 //!   mounting; [`resolve_user`] resolves `USER` against its /etc/passwd and /etc/group.
+//! - [`resolve`] is the one path resolver of kiln: symlinks followed inside a
+//!   [`ScopedTree`]'s root (a rootfs view, the solver's build context), never
+//!   into the host; [`open_resolved`] opens what it found without following links.
 //! - [`run`] runs a [`RunSpec`] over the snapshots and returns the [`Upper`] dir,
 //!   which [`Upper::write_layer`] turns into a layer tar; [`write_dir_layer`]
 //!   does the same for a plain directory (COPY).
@@ -54,6 +57,7 @@ mod copydiff;
 mod diff;
 mod error;
 mod mountpoints;
+mod resolve;
 mod sandbox;
 mod snapshot;
 mod spec;
@@ -68,6 +72,10 @@ pub use diff::{
     write_dir_layer, write_dir_layer_with, DiffOptions, ExtraFile, LayerSummary, Upper,
 };
 pub use error::{Error, Result};
+pub use resolve::{
+    copy_resolved, link_resolved, lstat_child, open_resolved, resolve, HostDir, Node, Resolved,
+    ScopedTree,
+};
 pub use snapshot::{remove_tree, Snapshotter};
 pub use spec::{CancelToken, Limits, Mount, Network, OutputLine, RunSpec, Stream};
 pub use user::{resolve_user, User};

@@ -18,7 +18,7 @@ use std::io::{BufReader, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use kiln_executor::ExtraFile;
+use kiln_executor::{copy_resolved, link_resolved, ExtraFile};
 use kiln_frontend::CopyStep;
 
 use crate::dockerignore::matches_self_or_parent;
@@ -236,17 +236,17 @@ pub(crate) fn build_tree(
         let selected = select(source, src)?;
         let selected: Vec<_> = selected.into_iter().filter(|e| !excluded(&e.rel)).collect();
         if selected.is_empty() {
+            let root = if keep_owner {
+                "source stage's root"
+            } else {
+                "build context"
+            };
             return Err(Error::Copy(format!(
-                "{src}: not found{}; check the path (it is relative to the {}) and .dockerignore",
+                "{src}: not found in the {root}{}; check the path (it is relative to the {root}, whose symlinks are followed inside it only) and .dockerignore",
                 if src.contains(['*', '?', '[']) {
                     " (the wildcard matched nothing)"
                 } else {
                     ""
-                },
-                if keep_owner {
-                    "source stage's root"
-                } else {
-                    "build context"
                 },
             )));
         }
@@ -515,8 +515,8 @@ impl TreeWriter<'_> {
     /// across filesystems), before something that only the filesystem tracks.
     fn materialize_extra(&mut self) -> Result<()> {
         for (host, file) in std::mem::take(&mut self.extra) {
-            if fs::hard_link(&file.source, &host).is_err() {
-                fs::copy(&file.source, &host).map_err(io_err(&host))?;
+            if link_resolved(&file.source, &file.metadata, &host).is_err() {
+                copy_resolved(&file.source, &file.metadata, &host).map_err(io_err(&host))?;
             }
         }
         Ok(())
@@ -663,11 +663,11 @@ impl TreeWriter<'_> {
                 self.note(&host, false);
                 return Ok(());
             }
-            if fs::hard_link(&entry.host, &host).is_ok() {
+            if link_resolved(&entry.host, &entry.meta, &host).is_ok() {
                 return Ok(());
             }
         }
-        fs::copy(&entry.host, &host).map_err(io_err(&host))?;
+        copy_resolved(&entry.host, &entry.meta, &host).map_err(io_err(&host))?;
         self.note(&host, false);
         let mode = self.chmod.map(|c| c.apply(mode, false)).unwrap_or(mode);
         finish_file(&host, mode, uid, gid, entry.meta.modified().ok())

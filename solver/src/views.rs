@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use kiln_executor::{resolve_user, RootfsView};
+use kiln_executor::{copy_resolved, resolve_user, RootfsView};
 
 use crate::copy::{DestFs, DirMeta};
 use crate::error::{io_err, Error, Result};
@@ -166,7 +166,7 @@ pub(crate) fn export_tree(
             let (uid, gid) = owner_of(meta);
             std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(io_err(&target))?;
         } else if kind.is_file() {
-            fs::copy(&entry.host, &target).map_err(io_err(&target))?;
+            copy_resolved(&entry.host, meta, &target).map_err(io_err(&target))?;
             let (uid, gid) = owner_of(meta);
             std::os::unix::fs::chown(&target, Some(uid), Some(gid)).map_err(io_err(&target))?;
             fs::set_permissions(&target, meta.permissions()).map_err(io_err(&target))?;
