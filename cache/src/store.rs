@@ -126,6 +126,7 @@ impl Store {
             fsutil::ensure_dir(&dir)?;
         }
         let gc_lock = fsutil::open_lock_file(&kiln.join("gc.lock"))?;
+        remove_dead_temp_files(&gc_lock, &kiln)?;
         gc_lock.lock_shared().at(kiln.join("gc.lock"))?;
         let store = Store { root, gc_lock };
         let _index_lock = store.lock_index()?;
@@ -803,6 +804,30 @@ struct Marks {
 }
 
 /// Bytes of the regular files under a directory (for prune's report).
+/// Every live `Store` holds `gc.lock` shared: when the exclusive lock is
+/// free, no other kiln process has the store open, so what is in `tmp/` was
+/// left by one that was killed, and goes. Otherwise the temporary files may
+/// be a live process' and stay (the next kiln to find the store idle, or
+/// `kiln prune`, removes them). The lock is left free for the caller to take.
+fn remove_dead_temp_files(gc_lock: &File, kiln: &Path) -> Result<()> {
+    match gc_lock.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => return Ok(()),
+        Err(fs::TryLockError::Error(e)) => return Err(Error::io(kiln.join("gc.lock"), e)),
+    }
+    // Best effort: a leftover that cannot go now must not keep the store
+    // from opening; `kiln prune` reports it.
+    let tmp = kiln.join("tmp");
+    for entry in fs::read_dir(&tmp).at(&tmp)?.flatten() {
+        let path = entry.path();
+        let _ = match entry.file_type() {
+            Ok(kind) if kind.is_dir() => remove_dir_all_writable(&path),
+            _ => fs::remove_file(&path).at(&path),
+        };
+    }
+    gc_lock.unlock().at(kiln.join("gc.lock"))
+}
+
 fn tree_size(dir: &Path) -> u64 {
     walkdir::WalkDir::new(dir)
         .into_iter()
@@ -997,6 +1022,33 @@ mod tests {
         assert!(store.untag("mips/base:latest").unwrap());
         assert!(!store.untag("mips/base:latest").unwrap());
         assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn opening_an_idle_store_removes_what_a_killed_kiln_left_in_tmp() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tmp = store.tmp_dir();
+        // A live process' temporary tree survives another opening the store.
+        let live = tmp.join("step-live");
+        fs::create_dir_all(live.join("upper/work")).unwrap();
+        fs::write(live.join("upper/file"), b"in use").unwrap();
+        let other = Store::open(dir.path()).unwrap();
+        assert!(live.join("upper/file").exists());
+        drop(other);
+        // Once no store handle is open, what is left is a dead process'.
+        drop(store);
+        let unwritable = tmp.join("step-live/upper/work");
+        fs::set_permissions(
+            &unwritable,
+            std::os::unix::fs::PermissionsExt::from_mode(0o000),
+        )
+        .unwrap();
+        fs::write(tmp.join(".tmpAbC"), b"partial blob").unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+        // And the store works on: its shared lock is held again.
+        assert!(store.try_prune().unwrap().is_some());
     }
 
     #[test]
