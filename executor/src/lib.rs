@@ -76,7 +76,7 @@ pub use resolve::{
     copy_resolved, link_resolved, lstat_child, open_resolved, resolve, HostDir, Node, Resolved,
     ScopedTree,
 };
-pub use snapshot::{remove_tree, Snapshotter};
+pub use snapshot::{remove_tree, Snapshotter, SpecialFile};
 pub use spec::{CancelToken, Limits, Mount, Network, OutputLine, RunSpec, Stream};
 pub use user::{resolve_user, User};
 pub use view::{RootfsView, ViewEntry};
