@@ -73,7 +73,7 @@ pub use diff::{
 };
 pub use error::{Error, Result};
 pub use resolve::{
-    copy_resolved, link_resolved, lstat_child, open_resolved, resolve, HostDir, Node, Resolved,
+    copy_resolved, link_resolved, open_resolved, resolve, HostDir, Node, OpenDir, Resolved,
     ScopedTree,
 };
 pub use snapshot::{remove_tree, Snapshotter, SpecialFile};

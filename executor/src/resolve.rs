@@ -6,14 +6,19 @@
 //!
 //! The tree decides what a name in one of its directories is (a plain
 //! directory, overlayfs-style layers, a context with ignored files); the
-//! resolver alone walks components and links. A resolved path holds no
-//! symlink on the host, so [`open_resolved`] opens it without following
-//! any and checks it is still the file that was resolved.
+//! resolver alone walks components and links. Host trees are walked with
+//! [`OpenDir`]: each directory is opened without following links and names
+//! are looked up relative to it (openat-style), so what was found is inside
+//! the tree when it was found; [`open_resolved`] then opens it without
+//! following a link and checks it is still that file (same inode), so a
+//! component swapped for a link in between cannot lead a read out.
 
 use std::fs::{File, Metadata};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Symlink hops allowed in one lookup, as Linux' MAXSYMLINKS.
 const MAX_SYMLINKS: usize = 40;
@@ -132,34 +137,98 @@ fn split(path: &str) -> impl DoubleEndedIterator<Item = &str> {
     path.split('/').filter(|c| !c.is_empty() && *c != ".")
 }
 
+/// A host directory held open: names are looked up in the directory itself
+/// (through `/proc/self/fd`, relative to the open descriptor), never by
+/// walking its path again, so a component of that path replaced by a link
+/// after it was resolved cannot send a lookup out of the tree.
+#[derive(Debug, Clone)]
+pub struct OpenDir {
+    path: PathBuf,
+    handle: Arc<File>,
+}
+
+impl OpenDir {
+    /// Opens the root of a tree (following links: the root is trusted).
+    pub fn open(path: &Path) -> io::Result<OpenDir> {
+        let handle = File::options()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(path)?;
+        Ok(OpenDir {
+            path: path.to_path_buf(),
+            handle: Arc::new(handle),
+        })
+    }
+
+    /// The directory's host path (for messages and for callers that open
+    /// what they found with [`open_resolved`]).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `fstat` of the directory.
+    pub fn metadata(&self) -> io::Result<Metadata> {
+        self.handle.metadata()
+    }
+
+    /// A path that reaches `name` in this directory through its descriptor,
+    /// for system calls that take paths (valid while `self` lives).
+    pub fn at(&self, name: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}/{name}", self.handle.as_raw_fd()))
+    }
+
+    /// Lists the directory through its descriptor; each entry's `metadata()`
+    /// is an `lstat` relative to it.
+    pub fn read_dir(&self) -> io::Result<std::fs::ReadDir> {
+        std::fs::read_dir(format!("/proc/self/fd/{}", self.handle.as_raw_fd()))
+    }
+
+    /// What `name` is in this directory: a directory is opened (not
+    /// following a link) and checked to be what `lstat` saw.
+    pub fn child(&self, name: &str) -> io::Result<Node<OpenDir>> {
+        let at = self.at(name);
+        let meta = match std::fs::symlink_metadata(&at) {
+            Ok(meta) => meta,
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                return Ok(Node::Missing)
+            }
+            Err(e) => return Err(e),
+        };
+        let path = self.path.join(name);
+        if !meta.is_dir() {
+            return Ok(Node::Leaf(path, meta));
+        }
+        let handle = File::options()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&at)?;
+        let opened = handle.metadata()?;
+        if opened.dev() != meta.dev() || opened.ino() != meta.ino() {
+            return Err(changed());
+        }
+        Ok(Node::Dir(OpenDir {
+            path,
+            handle: Arc::new(handle),
+        }))
+    }
+}
+
 /// A plain host directory as a [`ScopedTree`]: every entry shown.
 #[derive(Debug, Clone)]
 pub struct HostDir(pub PathBuf);
 
 impl ScopedTree for HostDir {
-    type Dir = PathBuf;
+    type Dir = OpenDir;
 
-    fn root(&self) -> io::Result<PathBuf> {
-        Ok(self.0.clone())
+    fn root(&self) -> io::Result<OpenDir> {
+        OpenDir::open(&self.0)
     }
 
-    fn child(&self, dir: &PathBuf, name: &str, _path: &[String]) -> io::Result<Node<PathBuf>> {
-        lstat_child(dir, name)
-    }
-}
-
-/// `lstat` of `dir/name` as a [`Node`] of a tree of host directories.
-pub fn lstat_child(dir: &Path, name: &str) -> io::Result<Node<PathBuf>> {
-    let host = dir.join(name);
-    match std::fs::symlink_metadata(&host) {
-        Ok(meta) if meta.is_dir() => Ok(Node::Dir(host)),
-        Ok(meta) => Ok(Node::Leaf(host, meta)),
-        Err(e)
-            if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
-        {
-            Ok(Node::Missing)
-        }
-        Err(e) => Err(e),
+    fn child(&self, dir: &OpenDir, name: &str, _path: &[String]) -> io::Result<Node<OpenDir>> {
+        dir.child(name)
     }
 }
 
@@ -271,6 +340,42 @@ mod tests {
         }
         let err = resolve(&root, "loop/x", true).err().unwrap();
         assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+    }
+
+    #[test]
+    fn an_open_directory_is_not_reached_again_through_its_path() {
+        let (dir, root) = tree();
+        let Resolved::Found {
+            node: Node::Dir(etc),
+            ..
+        } = resolve(&root, "abs", true).unwrap()
+        else {
+            panic!("a directory");
+        };
+        // The resolved directory's path now leads out of the tree.
+        fs::rename(root.0.join("etc"), root.0.join("moved")).unwrap();
+        symlink(dir.path().join("etc"), root.0.join("etc")).unwrap();
+        let Node::Leaf(host, meta) = etc.child("shadow").unwrap() else {
+            panic!("a file");
+        };
+        let mut text = String::new();
+        let mut file = open_resolved(&root.0.join("moved/shadow"), &meta).unwrap();
+        io::Read::read_to_string(&mut file, &mut text).unwrap();
+        assert_eq!(text, "inside");
+        // Its host path is where it was found; reading it there is refused.
+        assert_eq!(host, root.0.join("etc/shadow"));
+        assert!(open_resolved(&host, &meta).is_err());
+        let names: Vec<String> = etc
+            .read_dir()
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.contains(&"ssh".to_owned()), "{names:?}");
+        // A directory swapped for a link is not opened as a directory.
+        assert!(matches!(
+            root.child(&root.root().unwrap(), "etc", &[]).unwrap(),
+            Node::Leaf(..)
+        ));
     }
 
     #[test]

@@ -824,7 +824,7 @@ fn unpack_special<R: Read>(
         Resolved::Found {
             node: Node::Dir(found),
             ..
-        } => found,
+        } => found.path().to_path_buf(),
         Resolved::Missing { path, .. } => {
             let made = dir.join(path.join("/"));
             fs::create_dir_all(&made).map_err(io_err(&made))?;

@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use kiln_executor::{lstat_child, open_resolved, resolve, Node, Resolved, ScopedTree};
+use kiln_executor::{open_resolved, resolve, Node, OpenDir, Resolved, ScopedTree};
 use kiln_frontend::{Key, KeyEncoder};
 use rayon::prelude::*;
 
@@ -93,6 +93,8 @@ fn hash_file(entry: &SourceEntry) -> Result<[u8; 32]> {
 #[derive(Debug)]
 pub struct BuildContext {
     root: PathBuf,
+    /// The root held open: every path is resolved from it (see [`OpenDir`]).
+    root_dir: OpenDir,
     ignore: IgnoreRules,
     /// What earlier builds learned, read once; never changed, so the many
     /// hashing threads read it without a lock.
@@ -237,8 +239,10 @@ impl BuildContext {
             .and_then(|file| std::fs::read(file).ok())
             .and_then(|bytes| decode_stat_cache(&bytes, &root.to_string_lossy()))
             .unwrap_or_default();
+        let root_dir = OpenDir::open(&root).map_err(io_err(&root))?;
         Ok(BuildContext {
             root,
+            root_dir,
             ignore,
             known,
             learned: Mutex::new(HashMap::new()),
@@ -320,14 +324,14 @@ impl BuildContext {
 /// the path the resolver reached (a link to an ignored file is dangling, as
 /// in the context Docker's client sends).
 impl ScopedTree for BuildContext {
-    type Dir = PathBuf;
+    type Dir = OpenDir;
 
-    fn root(&self) -> std::io::Result<PathBuf> {
-        Ok(self.root.clone())
+    fn root(&self) -> std::io::Result<OpenDir> {
+        Ok(self.root_dir.clone())
     }
 
-    fn child(&self, dir: &PathBuf, name: &str, path: &[String]) -> std::io::Result<Node<PathBuf>> {
-        let node = lstat_child(dir, name)?;
+    fn child(&self, dir: &OpenDir, name: &str, path: &[String]) -> std::io::Result<Node<OpenDir>> {
+        let node = dir.child(name)?;
         let rel = path.join("/");
         if !self.is_excluded(&rel) {
             return Ok(node);
@@ -351,43 +355,41 @@ impl BuildContext {
         &self,
         rel: &str,
         follow: bool,
-    ) -> Result<Option<(PathBuf, Metadata, String)>> {
+    ) -> Result<Option<(Node<OpenDir>, String)>> {
         let resolved = resolve(self, rel, follow).map_err(io_err(self.root.join(rel)))?;
         let Resolved::Found { path, node } = resolved else {
             return Ok(None);
-        };
-        let (host, meta) = match node {
-            Node::Leaf(host, meta) => (host, meta),
-            Node::Dir(host) => {
-                let meta = std::fs::symlink_metadata(&host).map_err(io_err(&host))?;
-                (host, meta)
-            }
-            Node::Missing => return Ok(None),
         };
         let real = if path.is_empty() {
             ".".to_string()
         } else {
             path.join("/")
         };
-        Ok(Some((host, meta, real)))
+        Ok(Some((node, real)))
     }
 
-    /// Directory `rel` resolved inside the context: its host path and its
+    /// Directory `rel` resolved inside the context, held open, and its
     /// resolved path; `None` when it is not a directory.
-    fn context_dir(&self, rel: &str) -> Result<Option<(PathBuf, String)>> {
-        Ok(self
-            .resolve_in_context(rel, true)?
-            .filter(|(_, meta, _)| meta.is_dir())
-            .map(|(host, _, real)| (host, real)))
+    fn context_dir(&self, rel: &str) -> Result<Option<(OpenDir, String)>> {
+        Ok(match self.resolve_in_context(rel, true)? {
+            Some((Node::Dir(dir), real)) => Some((dir, real)),
+            _ => None,
+        })
     }
 }
 
 impl SourceFs for BuildContext {
     fn entry(&self, rel: &str, follow: bool) -> Result<Option<SourceEntry>> {
         let rel = clean_relative(rel);
-        Ok(self
-            .resolve_in_context(&rel, follow)?
-            .map(|(host, meta, _)| SourceEntry { rel, host, meta }))
+        let (host, meta) = match self.resolve_in_context(&rel, follow)? {
+            Some((Node::Leaf(host, meta), _)) => (host, meta),
+            Some((Node::Dir(dir), _)) => {
+                let meta = dir.metadata().map_err(io_err(dir.path()))?;
+                (dir.path().to_path_buf(), meta)
+            }
+            Some((Node::Missing, _)) | None => return Ok(None),
+        };
+        Ok(Some(SourceEntry { rel, host, meta }))
     }
 
     fn children(&self, rel: &str) -> Result<Vec<String>> {
@@ -395,8 +397,8 @@ impl SourceFs for BuildContext {
             return Ok(Vec::new());
         };
         let mut names = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let entry = entry.map_err(io_err(&dir))?;
+        for entry in dir.read_dir().map_err(io_err(dir.path()))? {
+            let entry = entry.map_err(io_err(dir.path()))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let child = join_rel(&real, &name);
             if self.is_excluded(&child) {
@@ -417,8 +419,8 @@ impl SourceFs for BuildContext {
         };
         // Sorted by name before the entries grow their (large) metadata.
         let mut named = Vec::with_capacity(64);
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let entry = entry.map_err(io_err(&dir))?;
+        for entry in dir.read_dir().map_err(io_err(dir.path()))? {
+            let entry = entry.map_err(io_err(dir.path()))?;
             let raw_name = entry.file_name();
             let name = raw_name.to_string_lossy().into_owned();
             named.push((name, raw_name, entry));
@@ -426,11 +428,13 @@ impl SourceFs for BuildContext {
         named.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut entries = Vec::with_capacity(named.len());
         for (name, raw_name, entry) in named {
-            let mut host = PathBuf::with_capacity(dir.as_os_str().len() + 1 + raw_name.len());
-            host.push(&dir);
+            let mut host =
+                PathBuf::with_capacity(dir.path().as_os_str().len() + 1 + raw_name.len());
+            host.push(dir.path());
             host.push(&raw_name);
             // lstat relative to the open directory: no walk from the root
-            // for each of many thousand files.
+            // for each of many thousand files, and none through a path a
+            // link could have replaced since the directory was resolved.
             let meta = entry.metadata().map_err(io_err(&host))?;
             let real_child = join_rel(&real, &name);
             if self.is_excluded(&real_child)
