@@ -126,8 +126,7 @@ impl Store {
             fsutil::ensure_dir(&dir)?;
         }
         let gc_lock = fsutil::open_lock_file(&kiln.join("gc.lock"))?;
-        remove_dead_temp_files(&gc_lock, &kiln)?;
-        gc_lock.lock_shared().at(kiln.join("gc.lock"))?;
+        lock_store(&gc_lock, &kiln)?;
         let store = Store { root, gc_lock };
         let _index_lock = store.lock_index()?;
         let layout = store.root.join("oci-layout");
@@ -804,28 +803,34 @@ struct Marks {
 }
 
 /// Bytes of the regular files under a directory (for prune's report).
-/// Every live `Store` holds `gc.lock` shared: when the exclusive lock is
-/// free, no other kiln process has the store open, so what is in `tmp/` was
-/// left by one that was killed, and goes. Otherwise the temporary files may
-/// be a live process' and stay (the next kiln to find the store idle, or
-/// `kiln prune`, removes them). The lock is left free for the caller to take.
-fn remove_dead_temp_files(gc_lock: &File, kiln: &Path) -> Result<()> {
+/// Takes the store's shared `gc.lock`, as every live `Store` holds it. When
+/// it can be taken exclusively first, no other kiln process has the store
+/// open, so what is in `tmp/` was left by one that was killed, and goes
+/// before the lock is turned shared (flock converts it). Otherwise the
+/// temporary files may be a live process' and stay: the next kiln to find
+/// the store unused, or `kiln prune`, removes them.
+fn lock_store(gc_lock: &File, kiln: &Path) -> Result<()> {
     match gc_lock.try_lock() {
-        Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => return Ok(()),
+        Ok(()) => remove_temp_files(&kiln.join("tmp")),
+        Err(fs::TryLockError::WouldBlock) => {}
         Err(fs::TryLockError::Error(e)) => return Err(Error::io(kiln.join("gc.lock"), e)),
     }
-    // Best effort: a leftover that cannot go now must not keep the store
-    // from opening; `kiln prune` reports it.
-    let tmp = kiln.join("tmp");
-    for entry in fs::read_dir(&tmp).at(&tmp)?.flatten() {
+    gc_lock.lock_shared().at(kiln.join("gc.lock"))
+}
+
+/// Removes everything in `tmp`, best effort: a leftover that cannot go now
+/// must not keep the store from opening (`kiln fsck` reports it).
+fn remove_temp_files(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
         let path = entry.path();
         let _ = match entry.file_type() {
             Ok(kind) if kind.is_dir() => remove_dir_all_writable(&path),
             _ => fs::remove_file(&path).at(&path),
         };
     }
-    gc_lock.unlock().at(kiln.join("gc.lock"))
 }
 
 fn tree_size(dir: &Path) -> u64 {
@@ -1047,7 +1052,15 @@ mod tests {
         fs::write(tmp.join(".tmpAbC"), b"partial blob").unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
-        // And the store works on: its shared lock is held again.
+        // And the store works on, its shared lock held again: prune by
+        // another process would have to wait.
+        let other = File::open(dir.path().join("kiln/gc.lock")).unwrap();
+        assert!(matches!(
+            other.try_lock(),
+            Err(fs::TryLockError::WouldBlock)
+        ));
+        assert!(other.try_lock_shared().is_ok());
+        drop(other);
         assert!(store.try_prune().unwrap().is_some());
     }
 
