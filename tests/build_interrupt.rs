@@ -75,3 +75,58 @@ fn ctrl_c_cancels_the_build_and_the_next_build_works() {
     );
     run_ok(&mut env.command(&["fsck"]));
 }
+
+/// What a killed kiln (SIGKILL: no cleanup at all) leaves in the store's tmp
+/// directory goes when the next kiln opens the store, but never while the
+/// kiln that made it is alive.
+#[test]
+fn the_next_kiln_removes_what_a_killed_one_left_in_tmp() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[("Dockerfile", "FROM busybox\nRUN echo x > /x && sleep 60\n")],
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--root")
+        .arg(env.root())
+        .args(["build", "--progress", "plain"])
+        .arg(&ctx)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("#1 [") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let tmp = env.root().join("kiln/tmp");
+    let listing = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&tmp)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let live = listing();
+    assert!(
+        live.iter().any(|name| name.starts_with("step-")),
+        "{live:?}"
+    );
+    // Another kiln on the same store leaves a live build's files alone.
+    run_ok(&mut env.command(&["images"]));
+    assert_eq!(listing(), live);
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(lines);
+    assert_eq!(listing(), live, "SIGKILL cleans nothing up");
+    run_ok(&mut env.command(&["images"]));
+    assert_eq!(listing(), Vec::<String>::new());
+    // The store is whole and builds again.
+    run_ok(&mut env.command(&["fsck"]));
+}

@@ -161,3 +161,37 @@ fn tag_rmi_and_prune_keep_what_is_named() {
     skopeo_inspect(&format!("oci:{}:mips:latest", store.root().display()));
     store.assert_fsck_clean();
 }
+
+#[test]
+fn docker_archives_without_images_or_with_broken_json_are_refused() {
+    let store = Store::new();
+    for (name, manifest, expected) in [
+        ("empty", "[]", "no images in the archive"),
+        (
+            "truncated",
+            "[{\"Config\":",
+            "manifest.json of the archive is malformed JSON",
+        ),
+        (
+            "garbage",
+            "not json at all",
+            "manifest.json of the archive is malformed JSON",
+        ),
+    ] {
+        let dir = store.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("manifest.json"), manifest).unwrap();
+        let archive = store.path(&format!("{name}.tar"));
+        let status = std::process::Command::new("tar")
+            .arg("-cf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&dir)
+            .arg("manifest.json")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let stderr = store.fails(&["load", "-i", archive.to_str().unwrap()]);
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+}

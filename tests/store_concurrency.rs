@@ -91,20 +91,17 @@ fn a_process_killed_mid_import_leaves_a_consistent_store() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     feeder.join().unwrap();
+    assert!(temp_bytes(&store) >= 8 << 20, "SIGKILL cleans nothing up");
 
+    // The next kiln to open the store (no other one has it open) removes
+    // the debris the killed one left in tmp/.
     store.assert_fsck_clean();
-    let fsck = store.kiln(&["fsck"]);
-    assert!(
-        String::from_utf8_lossy(&fsck.stderr).contains("temporary files from interrupted writes"),
-        "{}",
-        String::from_utf8_lossy(&fsck.stderr)
-    );
+    assert_eq!(temp_bytes(&store), 0);
     assert!(store.kiln(&["inspect", "never"]).status.code() != Some(0));
-    // The store still works: images read, a new import succeeds, prune clears the debris.
+    // The store still works: images read, a new import succeeds.
     skopeo_inspect(&format!("oci:{}:before:latest", store.root().display()));
     store.import("busybox-mips64el.tar", "after");
-    let freed: u64 = store.ok(&["prune"]).trim().parse().unwrap();
-    assert!(freed >= 8 << 20, "prune freed only {freed} bytes");
+    store.ok(&["prune"]);
     assert_eq!(temp_bytes(&store), 0);
     store.assert_fsck_clean();
     let images = store.ok(&["images", "--format", "json"]);

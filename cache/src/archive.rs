@@ -220,15 +220,33 @@ pub fn load_archive(store: &Store, input: impl Read + Send) -> Result<Vec<Loaded
     let staging = tempfile::tempdir_in(store.tmp_dir()).at(store.tmp_dir())?;
     let (_, reader) = decompress_detected(input)?;
     unpack_archive(reader, staging.path())?;
-    if staging.path().join("index.json").is_file() {
-        load_oci(store, staging.path())
+    let (loaded, listing) = if staging.path().join("index.json").is_file() {
+        (load_oci(store, staging.path())?, "index.json")
     } else if staging.path().join("manifest.json").is_file() {
-        load_docker(store, staging.path())
+        (load_docker(store, staging.path())?, "manifest.json")
     } else {
-        Err(Error::BadArchive(
+        return Err(Error::BadArchive(
             "the archive has neither index.json (OCI) nor manifest.json (docker); make it with `docker save`, `podman save` or `kiln save`"
                 .to_owned(),
-        ))
+        ));
+    };
+    if loaded.is_empty() {
+        return Err(Error::BadArchive(format!(
+            "no images in the archive: its {listing} lists none; save at least one image into it"
+        )));
+    }
+    Ok(loaded)
+}
+
+/// Checks that `bytes`, the archive's `what`, is JSON at all: a damaged or
+/// truncated file is said to be malformed JSON, not a document of the wrong
+/// shape.
+fn check_json(what: &str, bytes: &[u8]) -> Result<()> {
+    match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::BadArchive(format!(
+            "{what} of the archive is malformed JSON ({e}); the archive is damaged or was not made by `docker save`, `podman save` or `kiln save`"
+        ))),
     }
 }
 
@@ -351,6 +369,7 @@ fn copy_staged(store: &Store, dir: &Path, digest: &Digest) -> Result<()> {
 fn load_oci(store: &Store, dir: &Path) -> Result<Vec<LoadedImage>> {
     let index_path = dir.join("index.json");
     let bytes = fs::read(&index_path).at(&index_path)?;
+    check_json("index.json", &bytes)?;
     let index = ImageIndex::from_reader(&bytes[..])
         .map_err(|e| Error::invalid("index.json of the archive", e))?;
     let mut loaded = Vec::new();
@@ -434,6 +453,7 @@ fn pick_manifest(dir: &Path, descriptor: &Descriptor) -> Result<Digest> {
 fn load_docker(store: &Store, dir: &Path) -> Result<Vec<LoadedImage>> {
     let path = dir.join("manifest.json");
     let bytes = fs::read(&path).at(&path)?;
+    check_json("manifest.json", &bytes)?;
     let entries: Vec<DockerManifestEntry> = serde_json::from_slice(&bytes)
         .map_err(|e| Error::invalid("manifest.json of the archive", e))?;
     let mut loaded = Vec::new();

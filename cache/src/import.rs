@@ -387,8 +387,16 @@ impl Normaliser {
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 header.set_entry_type(kind);
                 header.set_size(0);
-                let major = source_device(entry.header().device_major()).map_err(&hostile)?;
-                let minor = source_device(entry.header().device_minor()).map_err(&hostile)?;
+                // A FIFO has no device number: GNU tar leaves the fields
+                // empty (NULs), which do not parse as numbers.
+                let (major, minor) = if kind == EntryType::Fifo {
+                    (0, 0)
+                } else {
+                    (
+                        source_device(entry.header().device_major()).map_err(&hostile)?,
+                        source_device(entry.header().device_minor()).map_err(&hostile)?,
+                    )
+                };
                 header.set_device_major(major).during("writing the layer")?;
                 header.set_device_minor(minor).during("writing the layer")?;
                 self.builder
@@ -677,6 +685,59 @@ mod tests {
         assert_eq!(entry.header().uid().unwrap(), 3_000_000);
         assert_eq!(entry.path().unwrap().to_str(), Some("usr/bin/ping"));
         assert!(entries.next().is_none());
+    }
+
+    /// What `tar -cf` of Debian's GNU tar (its default format, gnu) makes of
+    /// a tree with a FIFO and a character device: the FIFO's device fields
+    /// are left empty.
+    #[test]
+    fn special_files_of_gnu_tar_archives_are_imported() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("dev")).unwrap();
+        std::fs::write(tree.join("file"), "x").unwrap();
+        let run = |program: &str, args: &[&str]| {
+            let status = std::process::Command::new(program)
+                .args(args)
+                .current_dir(&tree)
+                .status()
+                .unwrap();
+            assert!(status.success(), "{program} {args:?}");
+        };
+        run("mkfifo", &["dev/pipe"]);
+        run("mknod", &["dev/null", "c", "1", "3"]);
+        let archive = dir.path().join("tree.tar");
+        run("tar", &["-cf", archive.to_str().unwrap(), "."]);
+        let input = std::fs::read(&archive).unwrap();
+
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let imported = import_tar(&store, &input[..], Compression::None).unwrap();
+        let mut layer = store.open_layer(&imported.layer.descriptor).unwrap();
+        let mut bytes = Vec::new();
+        layer.read_to_end(&mut bytes).unwrap();
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let mut specials = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            let header = entry.header();
+            let kind = header.entry_type();
+            if matches!(kind, EntryType::Fifo | EntryType::Char) {
+                specials.push((
+                    entry.path().unwrap().to_string_lossy().into_owned(),
+                    kind,
+                    header.device_major().unwrap(),
+                    header.device_minor().unwrap(),
+                ));
+            }
+        }
+        specials.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            specials,
+            vec![
+                ("dev/null".to_owned(), EntryType::Char, Some(1), Some(3)),
+                ("dev/pipe".to_owned(), EntryType::Fifo, Some(0), Some(0)),
+            ]
+        );
     }
 
     #[test]

@@ -126,7 +126,7 @@ impl Store {
             fsutil::ensure_dir(&dir)?;
         }
         let gc_lock = fsutil::open_lock_file(&kiln.join("gc.lock"))?;
-        gc_lock.lock_shared().at(kiln.join("gc.lock"))?;
+        lock_store(&gc_lock, &kiln)?;
         let store = Store { root, gc_lock };
         let _index_lock = store.lock_index()?;
         let layout = store.root.join("oci-layout");
@@ -803,6 +803,36 @@ struct Marks {
 }
 
 /// Bytes of the regular files under a directory (for prune's report).
+/// Takes the store's shared `gc.lock`, as every live `Store` holds it. When
+/// it can be taken exclusively first, no other kiln process has the store
+/// open, so what is in `tmp/` was left by one that was killed, and goes
+/// before the lock is turned shared (flock converts it). Otherwise the
+/// temporary files may be a live process' and stay: the next kiln to find
+/// the store unused, or `kiln prune`, removes them.
+fn lock_store(gc_lock: &File, kiln: &Path) -> Result<()> {
+    match gc_lock.try_lock() {
+        Ok(()) => remove_temp_files(&kiln.join("tmp")),
+        Err(fs::TryLockError::WouldBlock) => {}
+        Err(fs::TryLockError::Error(e)) => return Err(Error::io(kiln.join("gc.lock"), e)),
+    }
+    gc_lock.lock_shared().at(kiln.join("gc.lock"))
+}
+
+/// Removes everything in `tmp`, best effort: a leftover that cannot go now
+/// must not keep the store from opening (`kiln fsck` reports it).
+fn remove_temp_files(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let _ = match entry.file_type() {
+            Ok(kind) if kind.is_dir() => remove_dir_all_writable(&path),
+            _ => fs::remove_file(&path).at(&path),
+        };
+    }
+}
+
 fn tree_size(dir: &Path) -> u64 {
     walkdir::WalkDir::new(dir)
         .into_iter()
@@ -997,6 +1027,41 @@ mod tests {
         assert!(store.untag("mips/base:latest").unwrap());
         assert!(!store.untag("mips/base:latest").unwrap());
         assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn opening_an_idle_store_removes_what_a_killed_kiln_left_in_tmp() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tmp = store.tmp_dir();
+        // A live process' temporary tree survives another opening the store.
+        let live = tmp.join("step-live");
+        fs::create_dir_all(live.join("upper/work")).unwrap();
+        fs::write(live.join("upper/file"), b"in use").unwrap();
+        let other = Store::open(dir.path()).unwrap();
+        assert!(live.join("upper/file").exists());
+        drop(other);
+        // Once no store handle is open, what is left is a dead process'.
+        drop(store);
+        let unwritable = tmp.join("step-live/upper/work");
+        fs::set_permissions(
+            &unwritable,
+            std::os::unix::fs::PermissionsExt::from_mode(0o000),
+        )
+        .unwrap();
+        fs::write(tmp.join(".tmpAbC"), b"partial blob").unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+        // And the store works on, its shared lock held again: prune by
+        // another process would have to wait.
+        let other = File::open(dir.path().join("kiln/gc.lock")).unwrap();
+        assert!(matches!(
+            other.try_lock(),
+            Err(fs::TryLockError::WouldBlock)
+        ));
+        assert!(other.try_lock_shared().is_ok());
+        drop(other);
+        assert!(store.try_prune().unwrap().is_some());
     }
 
     #[test]

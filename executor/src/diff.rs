@@ -3,13 +3,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
-use std::fs::{self, File, Metadata};
+use std::fs::{self, Metadata};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{io_err, Error, Result};
+use crate::resolve::open_resolved;
 use crate::snapshot::{OPAQUE_MARKER, OVERLAY_XATTR_PREFIX, WHITEOUT_PREFIX};
 use crate::view::{is_opaque, is_whiteout, RootfsView};
 
@@ -344,7 +345,7 @@ fn write_entries<W: Write>(
                     }
                     header.set_entry_type(tar::EntryType::Regular);
                     header.set_size(meta.len());
-                    let file = File::open(&host).map_err(io_err("read", &host))?;
+                    let file = open_resolved(&host, meta).map_err(io_err("read", &host))?;
                     // The tar writer copies through an 8 KiB buffer: reading
                     // the file in up to 1 MiB pieces saves a large file's
                     // tens of thousands of read calls.

@@ -7,6 +7,9 @@
 //!   directories as `trusted.overlay.opaque=y`); hostile paths cannot escape it.
 //! - [`RootfsView`] reads the merged filesystem of a snapshot stack without
 //!   mounting; [`resolve_user`] resolves `USER` against its /etc/passwd and /etc/group.
+//! - [`resolve`] is the one path resolver of kiln: symlinks followed inside a
+//!   [`ScopedTree`]'s root (a rootfs view, the solver's build context), never
+//!   into the host; [`open_resolved`] opens what it found without following links.
 //! - [`run`] runs a [`RunSpec`] over the snapshots and returns the [`Upper`] dir,
 //!   which [`Upper::write_layer`] turns into a layer tar; [`write_dir_layer`]
 //!   does the same for a plain directory (COPY).
@@ -59,6 +62,7 @@ mod diff;
 mod error;
 mod mountpoints;
 mod network;
+mod resolve;
 mod sandbox;
 mod seccomp;
 mod snapshot;
@@ -75,8 +79,12 @@ pub use diff::{
 };
 pub use error::{Error, Result};
 pub use network::PrivateNetwork;
+pub use resolve::{
+    copy_resolved, link_resolved, open_resolved, resolve, HostDir, Node, OpenDir, Resolved,
+    ScopedTree,
+};
 pub use seccomp::{Profile, ProfileError, Seccomp};
-pub use snapshot::{remove_tree, Snapshotter};
+pub use snapshot::{remove_tree, Snapshotter, SpecialFile};
 pub use spec::{CancelToken, Limits, Mount, Network, OutputLine, RunSpec, Stream};
 pub use user::{resolve_user, User};
 pub use view::{RootfsView, ViewEntry};

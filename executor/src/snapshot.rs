@@ -543,6 +543,60 @@ impl Unpacker<'_> {
     }
 }
 
+/// A file that is neither a regular file, a directory nor a symlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecialFile {
+    Char { major: u64, minor: u64 },
+    Block { major: u64, minor: u64 },
+    Fifo,
+}
+
+impl SpecialFile {
+    /// What `meta` (an `lstat`) is, when it is a device or a FIFO.
+    pub fn of(meta: &fs::Metadata) -> Option<SpecialFile> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let kind = meta.file_type();
+        let (major, minor) = (
+            nix::sys::stat::major(meta.rdev()),
+            nix::sys::stat::minor(meta.rdev()),
+        );
+        if kind.is_char_device() {
+            Some(SpecialFile::Char { major, minor })
+        } else if kind.is_block_device() {
+            Some(SpecialFile::Block { major, minor })
+        } else if kind.is_fifo() {
+            Some(SpecialFile::Fifo)
+        } else {
+            None
+        }
+    }
+
+    /// Creates it at `path` with permission bits `mode` and modification
+    /// time `mtime` (seconds since the epoch; devices need root). Owners are
+    /// the caller's to set.
+    pub fn create(self, path: &Path, mode: u32, mtime: i64) -> Result<()> {
+        let perm = Mode::from_bits_truncate(mode & 0o7777);
+        let (flag, dev) = match self {
+            SpecialFile::Char { major, minor } => {
+                (SFlag::S_IFCHR, nix::sys::stat::makedev(major, minor))
+            }
+            SpecialFile::Block { major, minor } => {
+                (SFlag::S_IFBLK, nix::sys::stat::makedev(major, minor))
+            }
+            SpecialFile::Fifo => (SFlag::S_IFIFO, 0),
+        };
+        mknod(path, flag, perm, dev).map_err(|e| Error::Io {
+            action: "create special file",
+            path: path.to_path_buf(),
+            source: e.into(),
+        })?;
+        // mknod is subject to the umask.
+        fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(io_err("chmod", path))?;
+        set_mtime(path, mtime)
+    }
+}
+
 pub(crate) fn set_mtime(path: &Path, mtime: i64) -> Result<()> {
     let time = TimeSpec::new(mtime, 0);
     utimensat(

@@ -2,15 +2,13 @@
 //! mounting anything: what the solver needs to resolve users and paths.
 
 use std::fs::{self, Metadata};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{io_err, Result};
+use crate::resolve::{open_resolved, resolve, Node, Resolved, ScopedTree};
 use crate::snapshot::OPAQUE_XATTR;
-
-/// Symlink hops allowed in one lookup, as Linux' MAXSYMLINKS.
-const MAX_SYMLINKS: usize = 40;
 
 /// The merged view of snapshot directories, overlayfs-style: upper layers hide
 /// lower ones, whiteouts (char devices 0:0) delete, opaque directories hide
@@ -45,26 +43,27 @@ impl RootfsView {
     /// the image's root (an absolute link target means the image's root, and
     /// `..` stops at it). The last component is followed too when `follow_last`.
     pub fn lookup(&self, path: &str, follow_last: bool) -> Result<Option<ViewEntry>> {
-        match self.resolve(path, follow_last)? {
-            Resolved::Found { path, dirs, leaf } => {
-                let (host_path, metadata) = match leaf {
-                    Some(found) => *found,
-                    None => match dirs.first() {
-                        Some(dir) => {
-                            let meta = fs::symlink_metadata(dir).map_err(io_err("inspect", dir))?;
-                            (dir.clone(), meta)
-                        }
-                        None => return Ok(None),
-                    },
-                };
-                Ok(Some(ViewEntry {
-                    path: join_components(&path),
-                    host_path,
-                    metadata,
-                }))
-            }
-            Resolved::Missing { .. } => Ok(None),
-        }
+        let (path, node) = match self.resolve(path, follow_last)? {
+            Resolved::Found { path, node } => (path, node),
+            Resolved::Missing { .. } => return Ok(None),
+            Resolved::NotDir { path } => return Err(not_a_dir(&path)),
+        };
+        let (host_path, metadata) = match node {
+            Node::Leaf(host, meta) => (host, meta),
+            Node::Dir(dirs) => match dirs.first() {
+                Some(dir) => {
+                    let meta = fs::symlink_metadata(dir).map_err(io_err("inspect", dir))?;
+                    (dir.clone(), meta)
+                }
+                None => return Ok(None),
+            },
+            Node::Missing => return Ok(None),
+        };
+        Ok(Some(ViewEntry {
+            path: join_components(&path),
+            host_path,
+            metadata,
+        }))
     }
 
     /// Resolves `path` following every symlink and returns its absolute path in
@@ -75,6 +74,7 @@ impl RootfsView {
         match self.resolve(path, true)? {
             Resolved::Found { path, .. } => Ok((join_components(&path), 0)),
             Resolved::Missing { path, missing } => Ok((join_components(&path), missing)),
+            Resolved::NotDir { path } => Err(not_a_dir(&path)),
         }
     }
 
@@ -82,9 +82,16 @@ impl RootfsView {
     /// or is not a regular file.
     pub fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
         match self.lookup(path, true)? {
-            Some(entry) if entry.metadata.is_file() => fs::read(&entry.host_path)
-                .map(Some)
-                .map_err(io_err("read", &entry.host_path)),
+            Some(entry) if entry.metadata.is_file() => {
+                let read = |entry: &ViewEntry| -> io::Result<Vec<u8>> {
+                    let mut bytes = Vec::new();
+                    open_resolved(&entry.host_path, &entry.metadata)?.read_to_end(&mut bytes)?;
+                    Ok(bytes)
+                };
+                read(&entry)
+                    .map(Some)
+                    .map_err(io_err("read", &entry.host_path))
+            }
             _ => Ok(None),
         }
     }
@@ -93,7 +100,8 @@ impl RootfsView {
     /// is not a directory.
     pub fn read_dir(&self, path: &str) -> Result<Option<Vec<String>>> {
         let Resolved::Found {
-            dirs, leaf: None, ..
+            node: Node::Dir(dirs),
+            ..
         } = self.resolve(path, true)?
         else {
             return Ok(None);
@@ -116,89 +124,17 @@ impl RootfsView {
         ))
     }
 
-    fn resolve(&self, path: &str, follow_last: bool) -> Result<Resolved> {
-        let mut pending: Vec<String> = split(path).into_iter().rev().collect();
-        let mut resolved: Vec<String> = Vec::new();
-        let mut dirs: Vec<PathBuf> = self.layers.clone();
-        let mut hops = 0;
-        while let Some(name) = pending.pop() {
-            if name == ".." {
-                resolved.pop();
-                dirs = self.dirs_of(&resolved)?;
-                continue;
-            }
-            let is_last = pending.is_empty();
-            match self.step(&dirs, &name)? {
-                Step::Missing => {
-                    resolved.push(name);
-                    let rest: Vec<String> =
-                        pending.into_iter().rev().filter(|n| n != "..").collect();
-                    let missing = 1 + rest.len();
-                    resolved.extend(rest);
-                    return Ok(Resolved::Missing {
-                        path: resolved,
-                        missing,
-                    });
-                }
-                Step::Dir(next) => {
-                    resolved.push(name);
-                    dirs = next;
-                }
-                Step::Leaf(host, meta) => {
-                    if meta.file_type().is_symlink() && (!is_last || follow_last) {
-                        hops += 1;
-                        if hops > MAX_SYMLINKS {
-                            return Err(crate::Error::Io {
-                                action: "resolve",
-                                path: PathBuf::from(path),
-                                source: io::Error::from_raw_os_error(libc::ELOOP),
-                            });
-                        }
-                        let target = fs::read_link(&host).map_err(io_err("read link", &host))?;
-                        let target = target.to_string_lossy();
-                        if target.starts_with('/') {
-                            resolved.clear();
-                        }
-                        pending.extend(split(&target).into_iter().rev());
-                        dirs = self.dirs_of(&resolved)?;
-                        continue;
-                    }
-                    resolved.push(name);
-                    if !is_last {
-                        return Err(crate::Error::Io {
-                            action: "resolve",
-                            path: PathBuf::from(join_components(&resolved)),
-                            source: io::Error::from_raw_os_error(libc::ENOTDIR),
-                        });
-                    }
-                    return Ok(Resolved::Found {
-                        path: resolved,
-                        dirs: Vec::new(),
-                        leaf: Some(Box::new((host, meta))),
-                    });
-                }
-            }
-        }
-        Ok(Resolved::Found {
-            path: resolved,
-            dirs,
-            leaf: None,
+    /// [`resolve`] in this view.
+    fn resolve(&self, path: &str, follow_last: bool) -> Result<Resolved<Vec<PathBuf>>> {
+        resolve(self, path, follow_last).map_err(|source| crate::Error::Io {
+            action: "resolve",
+            path: PathBuf::from(path),
+            source,
         })
     }
 
-    fn dirs_of(&self, components: &[String]) -> Result<Vec<PathBuf>> {
-        let mut dirs = self.layers.clone();
-        for name in components {
-            match self.step(&dirs, name)? {
-                Step::Dir(next) => dirs = next,
-                _ => return Ok(Vec::new()),
-            }
-        }
-        Ok(dirs)
-    }
-
     /// Looks `name` up in the directories that make up one merged directory (top first).
-    fn step(&self, dirs: &[PathBuf], name: &str) -> Result<Step> {
+    fn step(&self, dirs: &[PathBuf], name: &str) -> io::Result<Node<Vec<PathBuf>>> {
         let mut found_dirs = Vec::new();
         for dir in dirs {
             let candidate = dir.join(name);
@@ -210,7 +146,7 @@ impl RootfsView {
                 {
                     continue
                 }
-                Err(e) => return Err(io_err("inspect", &candidate)(e)),
+                Err(e) => return Err(e),
             };
             if is_whiteout(&meta) {
                 break;
@@ -224,36 +160,42 @@ impl RootfsView {
                 continue;
             }
             if found_dirs.is_empty() {
-                return Ok(Step::Leaf(candidate, meta));
+                return Ok(Node::Leaf(candidate, meta));
             }
             // A non-directory below a directory is hidden by it.
             break;
         }
         if found_dirs.is_empty() {
-            Ok(Step::Missing)
+            Ok(Node::Missing)
         } else {
-            Ok(Step::Dir(found_dirs))
+            Ok(Node::Dir(found_dirs))
         }
     }
 }
 
-enum Step {
-    Missing,
-    Dir(Vec<PathBuf>),
-    Leaf(PathBuf, Metadata),
+impl ScopedTree for RootfsView {
+    type Dir = Vec<PathBuf>;
+
+    fn root(&self) -> io::Result<Vec<PathBuf>> {
+        Ok(self.layers.clone())
+    }
+
+    fn child(
+        &self,
+        dirs: &Vec<PathBuf>,
+        name: &str,
+        _path: &[String],
+    ) -> io::Result<Node<Vec<PathBuf>>> {
+        self.step(dirs, name)
+    }
 }
 
-enum Resolved {
-    Found {
-        path: Vec<String>,
-        /// The merged directory's layers (top first) when the path is a directory.
-        dirs: Vec<PathBuf>,
-        leaf: Option<Box<(PathBuf, Metadata)>>,
-    },
-    Missing {
-        path: Vec<String>,
-        missing: usize,
-    },
+fn not_a_dir(path: &[String]) -> crate::Error {
+    crate::Error::Io {
+        action: "resolve",
+        path: PathBuf::from(join_components(path)),
+        source: io::Error::from_raw_os_error(libc::ENOTDIR),
+    }
 }
 
 /// An overlayfs whiteout: a character device 0:0.
@@ -263,13 +205,6 @@ pub(crate) fn is_whiteout(meta: &Metadata) -> bool {
 
 pub(crate) fn is_opaque(dir: &Path) -> bool {
     matches!(xattr::get(dir, OPAQUE_XATTR), Ok(Some(value)) if value == b"y")
-}
-
-fn split(path: &str) -> Vec<String> {
-    path.split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .map(str::to_owned)
-        .collect()
 }
 
 fn join_components(parts: &[String]) -> String {

@@ -18,7 +18,9 @@ use std::io::{BufReader, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use kiln_executor::ExtraFile;
+use kiln_executor::{
+    copy_resolved, link_resolved, resolve, ExtraFile, HostDir, Node, Resolved, SpecialFile,
+};
 use kiln_frontend::CopyStep;
 
 use crate::dockerignore::matches_self_or_parent;
@@ -236,17 +238,17 @@ pub(crate) fn build_tree(
         let selected = select(source, src)?;
         let selected: Vec<_> = selected.into_iter().filter(|e| !excluded(&e.rel)).collect();
         if selected.is_empty() {
+            let root = if keep_owner {
+                "source stage's root"
+            } else {
+                "build context"
+            };
             return Err(Error::Copy(format!(
-                "{src}: not found{}; check the path (it is relative to the {}) and .dockerignore",
+                "{src}: not found in the {root}{}; check the path (it is relative to the {root}, whose symlinks are followed inside it only) and .dockerignore",
                 if src.contains(['*', '?', '[']) {
                     " (the wildcard matched nothing)"
                 } else {
                     ""
-                },
-                if keep_owner {
-                    "source stage's root"
-                } else {
-                    "build context"
                 },
             )));
         }
@@ -515,8 +517,8 @@ impl TreeWriter<'_> {
     /// across filesystems), before something that only the filesystem tracks.
     fn materialize_extra(&mut self) -> Result<()> {
         for (host, file) in std::mem::take(&mut self.extra) {
-            if fs::hard_link(&file.source, &host).is_err() {
-                fs::copy(&file.source, &host).map_err(io_err(&host))?;
+            if link_resolved(&file.source, &file.metadata, &host).is_err() {
+                copy_resolved(&file.source, &file.metadata, &host).map_err(io_err(&host))?;
             }
         }
         Ok(())
@@ -663,11 +665,11 @@ impl TreeWriter<'_> {
                 self.note(&host, false);
                 return Ok(());
             }
-            if fs::hard_link(&entry.host, &host).is_ok() {
+            if link_resolved(&entry.host, &entry.meta, &host).is_ok() {
                 return Ok(());
             }
         }
-        fs::copy(&entry.host, &host).map_err(io_err(&host))?;
+        copy_resolved(&entry.host, &entry.meta, &host).map_err(io_err(&host))?;
         self.note(&host, false);
         let mode = self.chmod.map(|c| c.apply(mode, false)).unwrap_or(mode);
         finish_file(&host, mode, uid, gid, entry.meta.modified().ok())
@@ -705,17 +707,8 @@ impl TreeWriter<'_> {
         // What the archive holds is only known to the filesystem from here.
         self.materialize_extra()?;
         self.made = None;
-        let mut archive = tar::Archive::new(stream);
-        archive.set_preserve_permissions(true);
-        archive.set_preserve_ownerships(true);
-        archive.set_preserve_mtime(true);
-        archive.set_overwrite(true);
-        archive.unpack(&host).map_err(|e| {
-            Error::Copy(format!(
-                "ADD {}: the archive cannot be unpacked: {e}; check that it is a complete tar archive",
-                entry.rel
-            ))
-        })?;
+        fs::create_dir_all(&host).map_err(io_err(&host))?;
+        unpack_archive(stream, &host, &entry.rel)?;
         if let Some((uid, gid)) = self.owner {
             for found in walkdir::WalkDir::new(&host).min_depth(1) {
                 let found = found.map_err(|e| Error::Copy(e.to_string()))?;
@@ -741,6 +734,120 @@ impl TreeWriter<'_> {
         }
         Ok(())
     }
+}
+
+/// Unpacks a tar stream into `dir` as Docker's ADD does: owners, modes and
+/// mtimes kept, device nodes and FIFOs made as such, an entry whose name
+/// climbs with `..` refused by name. Directories come last, so their modes
+/// and mtimes are not disturbed by what is written into them.
+fn unpack_archive(stream: Box<dyn Read>, dir: &Path, source: &str) -> Result<()> {
+    let unpack_err = |e: std::io::Error| {
+        Error::Copy(format!(
+            "ADD {source}: the archive cannot be unpacked: {e}; check that it is a complete tar archive"
+        ))
+    };
+    let mut archive = tar::Archive::new(stream);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(true);
+    let mut directories = Vec::new();
+    for file in archive.entries().map_err(unpack_err)? {
+        let mut file = file.map_err(unpack_err)?;
+        let name = String::from_utf8_lossy(&file.path_bytes()).into_owned();
+        if Path::new(&name)
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(Error::Copy(format!(
+                "ADD {source}: entry {name:?} of the archive contains `..`, which could point outside the destination; re-create the archive without it"
+            )));
+        }
+        let header = file.header();
+        let special = match header.entry_type() {
+            tar::EntryType::Directory => {
+                directories.push(file);
+                continue;
+            }
+            tar::EntryType::Fifo => Some(SpecialFile::Fifo),
+            kind @ (tar::EntryType::Char | tar::EntryType::Block) => {
+                let number = |n: std::io::Result<Option<u32>>| {
+                    n.map(|n| u64::from(n.unwrap_or(0))).map_err(unpack_err)
+                };
+                let (major, minor) = (
+                    number(header.device_major())?,
+                    number(header.device_minor())?,
+                );
+                Some(if kind == tar::EntryType::Char {
+                    SpecialFile::Char { major, minor }
+                } else {
+                    SpecialFile::Block { major, minor }
+                })
+            }
+            _ => None,
+        };
+        match special {
+            Some(special) => unpack_special(&file, special, dir, &name, source)?,
+            None => {
+                file.unpack_in(dir).map_err(unpack_err)?;
+            }
+        }
+    }
+    directories.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
+    for mut directory in directories {
+        directory.unpack_in(dir).map_err(unpack_err)?;
+    }
+    Ok(())
+}
+
+/// A device node or FIFO entry of an archive, created under `dir` at its
+/// name resolved inside `dir` (a link in the archive cannot lead it out).
+fn unpack_special<R: Read>(
+    file: &tar::Entry<'_, R>,
+    special: SpecialFile,
+    dir: &Path,
+    name: &str,
+    source: &str,
+) -> Result<()> {
+    let bad = |what: String| {
+        Error::Copy(format!(
+            "ADD {source}: entry {name:?} of the archive: {what}"
+        ))
+    };
+    let header = file.header();
+    let (Some(parent), Some(base)) = (Path::new(name).parent(), Path::new(name).file_name()) else {
+        return Ok(());
+    };
+    let parent = match resolve(&HostDir(dir.to_path_buf()), &parent.to_string_lossy(), true)
+        .map_err(|e| bad(e.to_string()))?
+    {
+        Resolved::Found {
+            node: Node::Dir(found),
+            ..
+        } => found.path().to_path_buf(),
+        Resolved::Missing { path, .. } => {
+            let made = dir.join(path.join("/"));
+            fs::create_dir_all(&made).map_err(io_err(&made))?;
+            made
+        }
+        _ => return Err(bad("its parent is not a directory".to_owned())),
+    };
+    let target = parent.join(base);
+    match fs::symlink_metadata(&target) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(&target).map_err(io_err(&target))?,
+        Ok(_) => fs::remove_file(&target).map_err(io_err(&target))?,
+        Err(_) => {}
+    }
+    let number = |n: std::io::Result<u64>| n.map_err(|e| bad(e.to_string()));
+    let mode = number(header.mode().map(u64::from))? as u32;
+    let mtime = number(header.mtime())? as i64;
+    special
+        .create(&target, mode, mtime)
+        .map_err(|e| bad(e.to_string()))?;
+    let (uid, gid) = (number(header.uid())?, number(header.gid())?);
+    std::os::unix::fs::lchown(&target, Some(uid as u32), Some(gid as u32))
+        .map_err(io_err(&target))?;
+    fs::set_permissions(&target, fs::Permissions::from_mode(mode & 0o7777)).map_err(io_err(&target))
 }
 
 fn finish_file(

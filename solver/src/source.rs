@@ -10,6 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use kiln_executor::{open_resolved, resolve, Node, OpenDir, Resolved, ScopedTree};
 use kiln_frontend::{Key, KeyEncoder};
 use rayon::prelude::*;
 
@@ -48,7 +49,7 @@ pub(crate) trait SourceFs: Sync {
     }
     /// A digest of one regular file's bytes.
     fn file_digest(&self, entry: &SourceEntry) -> Result<[u8; 32]> {
-        hash_file(&entry.host)
+        hash_file(entry)
     }
 }
 
@@ -71,8 +72,9 @@ thread_local! {
     static HASH_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn hash_file(path: &Path) -> Result<[u8; 32]> {
-    let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+fn hash_file(entry: &SourceEntry) -> Result<[u8; 32]> {
+    let path = &entry.host;
+    let mut file = open_resolved(path, &entry.meta).map_err(io_err(path))?;
     let mut hasher = blake3::Hasher::new();
     HASH_BUFFER.with_borrow_mut(|buf| {
         buf.resize(256 * 1024, 0);
@@ -91,6 +93,8 @@ fn hash_file(path: &Path) -> Result<[u8; 32]> {
 #[derive(Debug)]
 pub struct BuildContext {
     root: PathBuf,
+    /// The root held open: every path is resolved from it (see [`OpenDir`]).
+    root_dir: OpenDir,
     ignore: IgnoreRules,
     /// What earlier builds learned, read once; never changed, so the many
     /// hashing threads read it without a lock.
@@ -235,8 +239,10 @@ impl BuildContext {
             .and_then(|file| std::fs::read(file).ok())
             .and_then(|bytes| decode_stat_cache(&bytes, &root.to_string_lossy()))
             .unwrap_or_default();
+        let root_dir = OpenDir::open(&root).map_err(io_err(&root))?;
         Ok(BuildContext {
             root,
+            root_dir,
             ignore,
             known,
             learned: Mutex::new(HashMap::new()),
@@ -313,57 +319,88 @@ impl BuildContext {
     }
 }
 
+/// The context as the one resolver sees it: links are followed inside the
+/// context only, and what `.dockerignore` excludes is not there, matched on
+/// the path the resolver reached (a link to an ignored file is dangling, as
+/// in the context Docker's client sends).
+impl ScopedTree for BuildContext {
+    type Dir = OpenDir;
+
+    fn root(&self) -> std::io::Result<OpenDir> {
+        Ok(self.root_dir.clone())
+    }
+
+    fn child(&self, dir: &OpenDir, name: &str, path: &[String]) -> std::io::Result<Node<OpenDir>> {
+        let node = dir.child(name)?;
+        let rel = path.join("/");
+        if !self.is_excluded(&rel) {
+            return Ok(node);
+        }
+        // An excluded directory is still there when an exception brings back
+        // something below it, as Docker sends the parents of included paths.
+        let shown = matches!(node, Node::Dir(_))
+            && self
+                .has_included_descendant(&rel)
+                .map_err(std::io::Error::other)?;
+        Ok(if shown { node } else { Node::Missing })
+    }
+}
+
+impl BuildContext {
+    /// Where context path `rel` is on the host, resolved inside the context:
+    /// the host path, its `lstat` and its resolved path relative to the root.
+    /// `None` when it is missing, excluded, leads out of the context or
+    /// through a file.
+    fn resolve_in_context(
+        &self,
+        rel: &str,
+        follow: bool,
+    ) -> Result<Option<(Node<OpenDir>, String)>> {
+        let resolved = resolve(self, rel, follow).map_err(io_err(self.root.join(rel)))?;
+        let Resolved::Found { path, node } = resolved else {
+            return Ok(None);
+        };
+        let real = if path.is_empty() {
+            ".".to_string()
+        } else {
+            path.join("/")
+        };
+        Ok(Some((node, real)))
+    }
+
+    /// Directory `rel` resolved inside the context, held open, and its
+    /// resolved path; `None` when it is not a directory.
+    fn context_dir(&self, rel: &str) -> Result<Option<(OpenDir, String)>> {
+        Ok(match self.resolve_in_context(rel, true)? {
+            Some((Node::Dir(dir), real)) => Some((dir, real)),
+            _ => None,
+        })
+    }
+}
+
 impl SourceFs for BuildContext {
     fn entry(&self, rel: &str, follow: bool) -> Result<Option<SourceEntry>> {
         let rel = clean_relative(rel);
-        let host = if rel == "." {
-            self.root.clone()
-        } else {
-            self.root.join(&rel)
+        let (host, meta) = match self.resolve_in_context(&rel, follow)? {
+            Some((Node::Leaf(host, meta), _)) => (host, meta),
+            Some((Node::Dir(dir), _)) => {
+                let meta = dir.metadata().map_err(io_err(dir.path()))?;
+                (dir.path().to_path_buf(), meta)
+            }
+            Some((Node::Missing, _)) | None => return Ok(None),
         };
-        let meta = match std::fs::symlink_metadata(&host) {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(&host)(e)),
-        };
-        // An excluded directory is still there when an exception brings back
-        // something below it, as Docker sends the parents of included paths.
-        if self.is_excluded(&rel) && !(meta.is_dir() && self.has_included_descendant(&rel)?) {
-            return Ok(None);
-        }
-        if follow && meta.file_type().is_symlink() {
-            // Follow inside the context only: a link out of it is not a source.
-            let target = match host.canonicalize() {
-                Ok(target) => target,
-                Err(_) => return Ok(None),
-            };
-            let Ok(inside) = target.strip_prefix(&self.root) else {
-                return Err(Error::Copy(format!(
-                    "{rel} is a symlink that points outside the build context; copy its target instead"
-                )));
-            };
-            let inside = clean_relative(&inside.to_string_lossy());
-            return self.entry(&inside, false).map(|found| {
-                found.map(|mut e| {
-                    e.rel = rel.clone();
-                    e
-                })
-            });
-        }
         Ok(Some(SourceEntry { rel, host, meta }))
     }
 
     fn children(&self, rel: &str) -> Result<Vec<String>> {
-        let dir = if rel == "." {
-            self.root.clone()
-        } else {
-            self.root.join(rel)
+        let Some((dir, real)) = self.context_dir(rel)? else {
+            return Ok(Vec::new());
         };
         let mut names = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let entry = entry.map_err(io_err(&dir))?;
+        for entry in dir.read_dir().map_err(io_err(dir.path()))? {
+            let entry = entry.map_err(io_err(dir.path()))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let child = join_rel(rel, &name);
+            let child = join_rel(&real, &name);
             if self.is_excluded(&child) {
                 let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
                 if !(is_dir && self.has_included_descendant(&child)?) {
@@ -377,15 +414,13 @@ impl SourceFs for BuildContext {
     }
 
     fn list_dir(&self, rel: &str) -> Result<Vec<SourceEntry>> {
-        let dir = if rel == "." {
-            self.root.clone()
-        } else {
-            self.root.join(rel)
+        let Some((dir, real)) = self.context_dir(rel)? else {
+            return Ok(Vec::new());
         };
         // Sorted by name before the entries grow their (large) metadata.
         let mut named = Vec::with_capacity(64);
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let entry = entry.map_err(io_err(&dir))?;
+        for entry in dir.read_dir().map_err(io_err(dir.path()))? {
+            let entry = entry.map_err(io_err(dir.path()))?;
             let raw_name = entry.file_name();
             let name = raw_name.to_string_lossy().into_owned();
             named.push((name, raw_name, entry));
@@ -393,20 +428,22 @@ impl SourceFs for BuildContext {
         named.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut entries = Vec::with_capacity(named.len());
         for (name, raw_name, entry) in named {
-            let child = join_rel(rel, &name);
-            let mut host = PathBuf::with_capacity(dir.as_os_str().len() + 1 + raw_name.len());
-            host.push(&dir);
+            let mut host =
+                PathBuf::with_capacity(dir.path().as_os_str().len() + 1 + raw_name.len());
+            host.push(dir.path());
             host.push(&raw_name);
             // lstat relative to the open directory: no walk from the root
-            // for each of many thousand files.
+            // for each of many thousand files, and none through a path a
+            // link could have replaced since the directory was resolved.
             let meta = entry.metadata().map_err(io_err(&host))?;
-            if self.is_excluded(&child)
-                && !(meta.is_dir() && self.has_included_descendant(&child)?)
+            let real_child = join_rel(&real, &name);
+            if self.is_excluded(&real_child)
+                && !(meta.is_dir() && self.has_included_descendant(&real_child)?)
             {
                 continue;
             }
             entries.push(SourceEntry {
-                rel: child,
+                rel: join_rel(rel, &name),
                 host,
                 meta,
             });
@@ -426,7 +463,7 @@ impl SourceFs for BuildContext {
             return Ok(record.digest);
         }
         let key = entry.rel.clone();
-        let digest = hash_file(&entry.host)?;
+        let digest = hash_file(entry)?;
         // A file changed within the timestamp granularity of now could change
         // again without its ctime moving: do not trust such a record later.
         let now_ns = std::time::SystemTime::now()
@@ -843,6 +880,107 @@ mod tests {
                 assert_eq!(entry.meta.file_type(), looked_up.meta.file_type());
             }
         }
+    }
+
+    /// A context beside a directory it must never reach (`host/`), with
+    /// links out of it and links that stay inside.
+    fn linked_context() -> (tempfile::TempDir, BuildContext) {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("host");
+        fs::create_dir_all(host.join("ssh")).unwrap();
+        fs::write(host.join("shadow"), "host secret").unwrap();
+        fs::write(host.join("ssh/key"), "host key").unwrap();
+        let root = dir.path().join("ctx");
+        fs::create_dir_all(root.join("data/sub")).unwrap();
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        fs::write(root.join("data/f"), "inside").unwrap();
+        fs::write(root.join("data/sub/g"), "g").unwrap();
+        fs::write(root.join("a/b/f"), "b").unwrap();
+        fs::write(root.join("secret"), "ignored").unwrap();
+        symlink(&host, root.join("etclink")).unwrap();
+        symlink("../host", root.join("rel")).unwrap();
+        symlink("../../../../../../../host", root.join("deep")).unwrap();
+        symlink("/data", root.join("abs")).unwrap();
+        symlink("b", root.join("a/link")).unwrap();
+        symlink("data/../../host", root.join("dotdot")).unwrap();
+        symlink("secret", root.join("to-secret")).unwrap();
+        let rules = IgnoreRules::parse("secret\n", Path::new(".dockerignore")).unwrap();
+        let ctx = BuildContext::new(&root, rules, None).unwrap();
+        (dir, ctx)
+    }
+
+    fn read(entry: &SourceEntry) -> String {
+        fs::read_to_string(&entry.host).unwrap()
+    }
+
+    #[test]
+    fn links_out_of_the_context_lead_nowhere() {
+        let (_dir, ctx) = linked_context();
+        for source in [
+            "etclink/shadow",
+            "etclink/ssh",
+            "etclink/ssh/key",
+            "etclink/*",
+            "rel/shadow",
+            "deep/ssh/",
+            "dotdot/shadow",
+            "to-secret",
+        ] {
+            assert!(select(&ctx, source).unwrap().is_empty(), "{source}");
+        }
+        // Not followed, a link is itself a source (copied as a link).
+        let link = ctx.entry("etclink", false).unwrap().unwrap();
+        assert!(link.meta.file_type().is_symlink());
+        assert!(ctx.entry("etclink", true).unwrap().is_none());
+        assert!(ctx.children("etclink").unwrap().is_empty());
+        assert!(ctx.list_dir("rel").unwrap().is_empty());
+    }
+
+    #[test]
+    fn links_inside_the_context_are_followed_within_it() {
+        let (_dir, ctx) = linked_context();
+        // An absolute target is taken from the context's root.
+        let found = select(&ctx, "abs/f").unwrap();
+        assert_eq!(
+            (rels(&found), read(&found[0])),
+            (vec!["abs/f".into()], "inside".into())
+        );
+        // A link in the middle of a path.
+        let found = select(&ctx, "a/link/f").unwrap();
+        assert_eq!(read(&found[0]), "b");
+        // `..` in a link's target climbs from where the link is.
+        symlink("../data/sub", ctx.root().join("a/up")).unwrap();
+        assert_eq!(read(&select(&ctx, "a/up/g").unwrap()[0]), "g");
+        // A directory through a link lists under the name it was asked by.
+        let top = ctx.entry("abs", true).unwrap().unwrap();
+        assert!(top.meta.is_dir());
+        assert_eq!(
+            rels(&walk(&ctx, &top).unwrap()),
+            ["abs", "abs/f", "abs/sub", "abs/sub/g"]
+        );
+        assert_eq!(rels(&select(&ctx, "abs/*").unwrap()), ["abs/f", "abs/sub"]);
+    }
+
+    #[test]
+    fn ignore_rules_match_the_path_a_link_leads_to() {
+        let (_dir, ctx) = linked_context();
+        symlink("..", ctx.root().join("data/parent")).unwrap();
+        assert!(ctx.entry("data/parent/secret", true).unwrap().is_none());
+        assert!(ctx.entry("data/parent/data/f", true).unwrap().is_some());
+        let listed = ctx.list_dir("data/parent").unwrap();
+        assert!(!rels(&listed).contains(&"data/parent/secret".to_string()));
+        assert!(rels(&listed).contains(&"data/parent/data".to_string()));
+    }
+
+    #[test]
+    fn digest_of_a_link_out_of_the_context_reads_nothing_of_the_host() {
+        let (dir, ctx) = linked_context();
+        let before = content_digest(&ctx, &["etclink/shadow".to_string()]).unwrap();
+        fs::write(dir.path().join("host/shadow"), "changed").unwrap();
+        assert_eq!(
+            before,
+            content_digest(&ctx, &["etclink/shadow".to_string()]).unwrap()
+        );
     }
 
     #[test]

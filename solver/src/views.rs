@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use kiln_executor::{resolve_user, RootfsView};
+use kiln_executor::{copy_resolved, resolve_user, RootfsView, SpecialFile};
 
 use crate::copy::{DestFs, DirMeta};
 use crate::error::{io_err, Error, Result};
@@ -112,7 +112,7 @@ pub(crate) enum ExportOwner {
 }
 
 /// Copies `rel` of a source (a directory's contents, or one file) to `dest`,
-/// keeping modes, symlinks and mtimes, and owners as `owner` says: for
+/// keeping modes, symlinks, device nodes, FIFOs and mtimes, and owners as `owner` says: for
 /// `--output type=local` and for bind mounts of a stage or of the context.
 /// Returns what stands for `rel` under `dest` (see [`exported_top`]).
 pub(crate) fn export_tree(
@@ -167,7 +167,7 @@ pub(crate) fn export_tree(
             std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(io_err(&target))?;
             set_link_mtime(&target, meta)?;
         } else if kind.is_file() {
-            fs::copy(&entry.host, &target).map_err(io_err(&target))?;
+            copy_resolved(&entry.host, meta, &target).map_err(io_err(&target))?;
             let (uid, gid) = owner_of(meta);
             std::os::unix::fs::chown(&target, Some(uid), Some(gid)).map_err(io_err(&target))?;
             fs::set_permissions(&target, meta.permissions()).map_err(io_err(&target))?;
@@ -178,6 +178,14 @@ pub(crate) fn export_tree(
                     .map_err(io_err(&target))?;
                 file.set_modified(mtime).map_err(io_err(&target))?;
             }
+        } else if let Some(special) = SpecialFile::of(meta) {
+            // Device nodes (as root) and FIFOs, as the image holds them.
+            special
+                .create(&target, meta.mode(), meta.mtime())
+                .map_err(exec_err)?;
+            let (uid, gid) = owner_of(meta);
+            std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(io_err(&target))?;
+            fs::set_permissions(&target, meta.permissions()).map_err(io_err(&target))?;
         }
     }
     for (dir, meta) in dirs.iter().rev() {

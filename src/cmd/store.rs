@@ -55,7 +55,7 @@ pub fn fsck(global: &Global, args: FsckArgs) -> CmdResult {
     );
     if report.temp_files > 0 {
         eprintln!(
-            "{} temporary files from interrupted writes; `kiln prune` removes them",
+            "{} temporary files of a running kiln or from interrupted writes; the next kiln to find the store unused, or `kiln prune`, removes them",
             report.temp_files
         );
     }
