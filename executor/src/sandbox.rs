@@ -677,9 +677,10 @@ fn build_plan(
                 target,
                 readonly,
             } => {
-                let is_file = fs::metadata(source)
+                // Files, and sockets (an ssh agent's), are bound onto a file.
+                let is_file = !fs::metadata(source)
                     .map_err(io_err("inspect mount source", source))?
-                    .is_file();
+                    .is_dir();
                 let (_, host_target) = b.mountpoint(view, merged, target, is_file)?;
                 b.bind(source, &host_target, *readonly, target)?;
             }

@@ -18,6 +18,7 @@ mod remote_context;
 mod scheduler;
 mod solve;
 mod source;
+mod ssh;
 mod tar_export;
 mod views;
 

@@ -64,6 +64,10 @@ pub struct SolveOptions {
     /// Not part of cache keys either, as in Docker and BuildKit: a filter
     /// decides whether a step can succeed, not what a successful step makes.
     pub seccomp: kiln_executor::Seccomp,
+    /// `--ssh`: the host's ssh agent socket for each id that
+    /// `RUN --mount=type=ssh,id=ID` may name. Not part of cache keys: an agent
+    /// lends keys to a step, it is not an input of its result.
+    pub ssh: BTreeMap<String, PathBuf>,
 }
 
 impl SolveOptions {
@@ -84,6 +88,7 @@ impl Default for SolveOptions {
             labels: BTreeMap::new(),
             limits: kiln_executor::Limits::default(),
             seccomp: kiln_executor::Seccomp::Default,
+            ssh: BTreeMap::new(),
         }
     }
 }
@@ -994,6 +999,7 @@ impl Runner<'_> {
         let mut env: Vec<String> = run.env.iter().map(|entry| entry.to_string()).collect();
         let mut mounts = Vec::new();
         let mut locks = Vec::new();
+        let mut ssh_proxies = Vec::new();
         // Heredoc scripts: one read-only directory per target directory.
         let mut file_dirs: BTreeMap<String, PathBuf> = BTreeMap::new();
         for file in &run.files {
@@ -1143,14 +1149,34 @@ impl Runner<'_> {
                 }
                 RunMount::Ssh {
                     id: ssh_id,
+                    target,
                     required,
-                    ..
+                    mode,
+                    uid,
+                    gid,
                 } => {
-                    if *required {
-                        return Err(Error::Invalid(format!(
-                            "ssh agent {ssh_id} is required but kiln does not forward ssh agents; fetch what you need in the build context instead"
-                        )));
+                    let Some(agent) = self.options.ssh.get(ssh_id) else {
+                        if *required {
+                            return Err(Error::Invalid(format!(
+                                "ssh agent {ssh_id} is required: forward one with --ssh {ssh_id}=SOCKET_OR_KEY (--ssh {ssh_id} takes $SSH_AUTH_SOCK)"
+                            )));
+                        }
+                        continue;
+                    };
+                    let socket = scratch.0.join(format!("ssh-{index}"));
+                    let proxy = crate::ssh::SshProxy::start(agent, &socket, *uid, *gid, *mode)?;
+                    // As BuildKit: the first agent is the step's SSH_AUTH_SOCK.
+                    if ssh_proxies.is_empty()
+                        && !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK="))
+                    {
+                        env.push(format!("SSH_AUTH_SOCK={target}"));
                     }
+                    mounts.push(Mount::Bind {
+                        source: proxy.socket().to_path_buf(),
+                        target: target.clone(),
+                        readonly: false,
+                    });
+                    ssh_proxies.push(proxy);
                 }
             }
         }
@@ -1185,6 +1211,8 @@ impl Runner<'_> {
         };
         let upper =
             kiln_executor::run(&spec, &work, self.cancel, &mut on_output).map_err(exec_err)?;
+        // The agents' sockets exist only while the step runs.
+        drop(ssh_proxies);
         drop(locks);
         let options = self.diff_options();
         self.write_layer_from(|w| upper.write_layer(w, &options))

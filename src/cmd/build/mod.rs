@@ -20,6 +20,7 @@ mod context;
 mod pull;
 mod push;
 mod render;
+mod ssh;
 
 /// `kiln build` arguments, as `docker build` takes them.
 #[derive(Debug, clap::Args)]
@@ -58,6 +59,11 @@ pub struct Args {
     /// reachable); none: only a loopback interface; host: the host's network.
     #[arg(long, value_name = "MODE")]
     network: Option<String>,
+    /// An ssh agent for RUN --mount=type=ssh: default (or ID) for
+    /// $SSH_AUTH_SOCK, ID=SOCKET, or ID=KEY[,KEY...] (loaded into a
+    /// short-lived ssh-agent of the build's own).
+    #[arg(long, value_name = "default|ID[=SOCKET|KEY[,KEY]]")]
+    ssh: Vec<String>,
     /// A secret for RUN --mount=type=secret: id=ID,src=PATH or id=ID,env=VAR.
     #[arg(long, value_name = "id=ID,src=PATH|env=VAR")]
     secret: Vec<String>,
@@ -367,6 +373,7 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         ),
         _ => None,
     };
+    let ssh_agents = ssh::Agents::from_flags(&args.ssh, &store.tmp_dir())?;
     let solve_options = SolveOptions {
         jobs: args.jobs.map_or(SolveOptions::UNLIMITED_JOBS, |n| {
             usize::try_from(n).unwrap_or(SolveOptions::UNLIMITED_JOBS)
@@ -381,6 +388,7 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         source_date_epoch,
         network,
         secrets: parse_secrets(&args.secret)?,
+        ssh: ssh_agents.sockets.clone(),
         labels: parse_key_values(&args.label, "--label")?,
         limits: kiln_executor::Limits {
             memory: args.memory,
