@@ -276,8 +276,11 @@ struct Pairs<'a>(&'a [Pair]);
 impl Serialize for Pairs<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        // `[key, value, raw value]`: the value unquoted (variables not
+        // expanded), then as written, quotes kept, so that `A='$x'` (never
+        // expanded) and `A="$x"` (expanded) can be told apart.
         for pair in self.0 {
-            seq.serialize_element(&(&pair.key, &pair.value))?;
+            seq.serialize_element(&(&pair.key, &pair.value, &pair.raw_value))?;
         }
         seq.end()
     }
