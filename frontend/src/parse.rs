@@ -160,11 +160,17 @@ fn is_comment(body: &str) -> bool {
 
 /// Removes a trailing escape character (plus trailing blanks); says whether
 /// the instruction ends on this line.
+///
+/// As in current BuildKit, an escape character that is itself escaped
+/// (`COPY a C:\\dir\\`, or ``` echo a`` ``` after `` # escape=` ``) does
+/// not continue the line. Like BuildKit, only the one character before the last escape
+/// is looked at, so `foo\\\` (an escaped escape, then an escape) is no
+/// continuation either; dockerd 20.10's old frontend joined all of these.
 fn trim_continuation(body: &str, escape: char) -> (&str, bool) {
     let trimmed = body.trim_end_matches([' ', '\t']);
     match trimmed.strip_suffix(escape) {
-        Some(before) => (before, false),
-        None => (body, true),
+        Some(before) if !before.ends_with(escape) => (before, false),
+        _ => (body, true),
     }
 }
 
