@@ -503,10 +503,18 @@ fn mounts_flags_and_network() {
     assert!(
         matches!(&run.mounts[1], RunMount::Secret { env: Some(e), target: None, .. } if e == "TOKEN")
     );
+    // Without target=, a mount covers the working directory; at / that is
+    // an error, as in BuildKit.
     let e = fails("FROM scratch\nRUN --mount=type=cache true\n");
     assert!(
-        e.starts_with("Dockerfile:2:5: --mount: target is required"),
+        e.starts_with("Dockerfile:2:5: --mount: invalid mount target \"/\""),
         "{e}"
+    );
+    let graph = build("FROM scratch\nWORKDIR /src\nRUN --mount=type=cache true\n");
+    assert!(
+        matches!(&runs(target(&graph))[0].mounts[0], RunMount::Cache { target, id, .. } if target == "/src" && id == "."),
+        "{:?}",
+        runs(target(&graph))[0].mounts
     );
 }
 
