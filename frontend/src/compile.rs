@@ -982,6 +982,9 @@ impl<'a> Compiler<'a> {
             parents,
             checksum,
             keep_git_dir: bool_flag("keep-git-dir"),
+            unpack: instruction
+                .flag("unpack")
+                .map(|f| f.value.as_deref() != Some("false")),
             workdir,
         };
         Ok((copy, inputs, created_by))
@@ -1151,6 +1154,11 @@ fn digest_copy(parent: &Key, copy: &CopyStep, inputs: &[Key]) -> Key {
         .opt_str("checksum", copy.checksum.as_deref())
         .bool("keep_git_dir", copy.keep_git_dir)
         .str("workdir", &copy.workdir);
+    // Only when given, so that the digests of steps without it stay as
+    // they were (fields are tagged: its presence cannot be confused).
+    if let Some(unpack) = copy.unpack {
+        enc.bool("unpack", unpack);
+    }
     enc.finish()
 }
 

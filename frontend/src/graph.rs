@@ -499,6 +499,19 @@ pub struct CopyStep {
     pub checksum: Option<String>,
     /// ADD `--keep-git-dir`.
     pub keep_git_dir: bool,
+    /// ADD `--unpack=true|false` (Dockerfile 1.17); `None` without the flag.
+    /// See [`CopyStep::unpacks`].
+    pub unpack: Option<bool>,
     /// WORKDIR in effect.
     pub workdir: String,
+}
+
+impl CopyStep {
+    /// Whether a source that is an archive is unpacked into the destination
+    /// rather than copied: `--unpack` says so for ADD; without it, ADD
+    /// unpacks local archives and not downloads (`from_url`), as BuildKit
+    /// does; COPY never unpacks.
+    pub fn unpacks(&self, from_url: bool) -> bool {
+        self.add && self.unpack.unwrap_or(!from_url)
+    }
 }

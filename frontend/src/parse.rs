@@ -1152,6 +1152,7 @@ fn allowed_flags(keyword: Keyword) -> &'static [(&'static str, FlagKind)] {
             ("keep-git-dir", Bool),
             ("link", Bool),
             ("exclude", List),
+            ("unpack", Bool),
         ],
         Keyword::Run => &[("mount", List), ("network", String), ("security", String)],
         Keyword::From => &[("platform", String)],

@@ -588,6 +588,12 @@ fn digests_are_stable_and_sensitive() {
     assert_ne!(a, digest("FROM scratch\nWORKDIR /x\nRUN echo a\n"));
     assert_ne!(a, digest("FROM scratch\nRUN --network=none echo a\n"));
     assert_ne!(a, digest("FROM scratch\nUSER app\nRUN echo a\n"));
+    // ADD --unpack is part of the definition.
+    let add = digest("FROM scratch\nADD a.tar /x/\n");
+    let add_true = digest("FROM scratch\nADD --unpack=true a.tar /x/\n");
+    let add_false = digest("FROM scratch\nADD --unpack=false a.tar /x/\n");
+    assert!(add != add_true && add != add_false && add_true != add_false);
+    assert_eq!(add_true, digest("FROM scratch\nADD --unpack a.tar /x/\n"));
     // A --from source's digest is an input of the COPY.
     let c1 = digest("FROM scratch AS s\nRUN one\nFROM scratch\nCOPY --from=s /a /a\n");
     let c2 = digest("FROM scratch AS s\nRUN two\nFROM scratch\nCOPY --from=s /a /a\n");
