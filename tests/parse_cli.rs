@@ -6,6 +6,10 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 fn kiln(args: &[&str], stdin: Option<&str>) -> Output {
+    kiln_bytes(args, stdin.map(str::as_bytes))
+}
+
+fn kiln_bytes(args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(args)
         .env("NO_COLOR", "1")
@@ -16,7 +20,7 @@ fn kiln(args: &[&str], stdin: Option<&str>) -> Output {
         .expect("run kiln");
     let mut input = child.stdin.take().expect("stdin");
     if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).expect("write stdin");
+        input.write_all(text).expect("write stdin");
     }
     drop(input);
     child.wait_with_output().expect("wait for kiln")
@@ -125,4 +129,26 @@ fn errors_show_the_line_and_a_caret_on_stderr() {
     let out = kiln(&["parse", "-f", "/nonexistent/Dockerfile"], None);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/Dockerfile"));
+}
+
+#[test]
+fn a_latin1_dockerfile_is_read_as_docker_reads_it() {
+    // Latin-1 bytes (not UTF-8) in a comment and in a label value.
+    let text = b"# caf\xe9 cr\xe8me\nFROM scratch\nLABEL who=Jos\xe9\n";
+    let out = kiln_bytes(&["parse", "-f", "-", "--format", "text"], Some(text));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("\"who\":\"Jos\u{fffd}\""), "{listing}");
+}
+
+#[test]
+fn an_empty_or_comments_only_dockerfile_names_a_line() {
+    let out = kiln(&["parse", "-f", "-"], Some("# syntax=x\n\n# nothing\n"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("<stdin>:3:1: file with no instructions"),
+        "{stderr}"
+    );
 }

@@ -48,11 +48,12 @@ pub enum Error {
         /// What is wrong and what to do about it.
         message: String,
     },
-    /// The Dockerfile has no instructions at all.
-    #[error("{file}: the dockerfile has no instructions; it needs at least a FROM line")]
+    /// The Dockerfile has no instructions at all: it is empty, or holds only
+    /// comments and blank lines (BuildKit: "file with no instructions").
+    #[error("{span}: file with no instructions; a dockerfile needs at least a FROM line")]
     Empty {
-        /// The Dockerfile's name.
-        file: String,
+        /// The file's last line (line 1 of an empty file).
+        span: Span,
     },
     /// A `--target` that names no stage.
     #[error("target stage {name:?} is not defined; the stages are: {available}")]
@@ -79,7 +80,9 @@ impl Error {
     /// The position the error refers to, when it has one.
     pub fn span(&self) -> Option<&Span> {
         match self {
-            Error::Syntax { span, .. } | Error::Compile { span, .. } => Some(span),
+            Error::Syntax { span, .. } | Error::Compile { span, .. } | Error::Empty { span } => {
+                Some(span)
+            }
             _ => None,
         }
     }
@@ -150,11 +153,10 @@ mod tests {
 
     #[test]
     fn render_without_span_is_the_message() {
-        let err = Error::Empty {
-            file: "Dockerfile".into(),
+        let err = Error::UnknownTarget {
+            name: "x".into(),
+            available: "a".into(),
         };
-        assert!(err
-            .render("")
-            .starts_with("Dockerfile: the dockerfile has no instructions"));
+        assert_eq!(err.render("FROM a"), err.to_string());
     }
 }

@@ -31,4 +31,4 @@ pub use graph::{
     PLACEHOLDER_DIGEST,
 };
 pub use key::{Key, KeyEncoder};
-pub use parse::parse;
+pub use parse::{dockerfile_text, parse};

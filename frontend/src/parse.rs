@@ -54,9 +54,7 @@ pub fn parse(text: &str, file_name: &str) -> Result<Dockerfile> {
         instructions.shrink_to_fit();
     }
     if instructions.is_empty() {
-        return Err(Error::Empty {
-            file: file_name.to_string(),
-        });
+        return Err(reader.empty());
     }
     if !seen_from {
         let last = instructions.last().map(|i| i.span.clone());
@@ -101,9 +99,20 @@ pub(crate) fn parse_instruction(text: &str, file_name: &str) -> Result<Instructi
     };
     match reader.logical_line() {
         Some(logical) => reader.instruction(&logical),
-        None => Err(Error::Empty {
-            file: file_name.to_string(),
-        }),
+        None => Err(reader.empty()),
+    }
+}
+
+/// A Dockerfile's bytes as text. Like Docker, kiln reads a file that is not
+/// valid UTF-8 (a Latin-1 comment, say) rather than refusing it: each byte
+/// that is not part of a UTF-8 character becomes U+FFFD, which is what an
+/// image config (JSON) written by BuildKit holds for such a byte in a
+/// label, an environment value or a command. (BuildKit passes a RUN
+/// command's bytes to the shell unchanged; kiln passes U+FFFD.)
+pub fn dockerfile_text(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     }
 }
 
@@ -175,6 +184,14 @@ fn trim_continuation(body: &str, escape: char) -> (&str, bool) {
 }
 
 impl<'a> Reader<'a> {
+    /// The error for a file without instructions, at its last line.
+    fn empty(&self) -> Error {
+        let line = self.lines.len().max(1);
+        Error::Empty {
+            span: self.span(line, 1, line),
+        }
+    }
+
     fn span(&self, line: usize, column: usize, end_line: usize) -> Span {
         Span {
             file: self.file.clone(),
@@ -1407,10 +1424,11 @@ mod tests {
     #[test]
     fn rejected_files() {
         assert!(matches!(parse("", "Dockerfile"), Err(Error::Empty { .. })));
-        assert!(matches!(
-            parse("# only\n\n", "Dockerfile"),
-            Err(Error::Empty { .. })
-        ));
+        let e = err("# only\n\n  # indented\n");
+        assert!(
+            e.starts_with("Dockerfile:3:1: file with no instructions"),
+            "{e}"
+        );
         assert!(err("RUN true").contains("before the first FROM"));
         let e = err("FROM x\nFROBNICATE y");
         assert!(

@@ -373,20 +373,21 @@ fn write_archive(
 }
 
 fn read_stdin() -> anyhow::Result<String> {
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     std::io::stdin()
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .context("cannot read the Dockerfile from stdin")?;
-    Ok(text)
+    Ok(kiln_frontend::dockerfile_text(bytes))
 }
 
 fn read_file(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| {
+    let bytes = std::fs::read(path).with_context(|| {
         format!(
             "cannot read the Dockerfile {}; name another with -f FILE",
             path.display()
         )
-    })
+    })?;
+    Ok(kiln_frontend::dockerfile_text(bytes))
 }
 
 /// Ctrl-C (or SIGTERM) cancels the build: running steps are killed, queued ones
