@@ -152,3 +152,22 @@ fn an_empty_or_comments_only_dockerfile_names_a_line() {
         "{stderr}"
     );
 }
+
+#[test]
+fn warnings_go_to_stderr() {
+    let out = kiln(
+        &["parse", "-f", "-", "--format", "text"],
+        Some("FROM scratch\nEXPOSE 80:8080 0\n"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: <stdin>:2:8: EXPOSE should not give an IP address or host port, found \"80:8080\""),
+        "{stderr}"
+    );
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("\"ExposedPorts\":{\"0/tcp\":{},\"8080/tcp\":{}}"),
+        "{listing}"
+    );
+}

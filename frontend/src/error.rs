@@ -73,6 +73,22 @@ pub enum Error {
     },
 }
 
+/// Something a Dockerfile does that is accepted but probably not meant (as
+/// BuildKit's build checks report them); the build goes on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    /// Where it is.
+    pub span: Span,
+    /// What is wrong and what to write instead, lowercase.
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.span, self.message)
+    }
+}
+
 /// `Result` with the frontend's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 

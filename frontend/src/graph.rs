@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::ImageConfig;
-use crate::error::{Error, Result, Span};
+use crate::error::{Error, Result, Span, Warning};
 use crate::key::Key;
 
 /// What [`crate::compile`] needs besides the Dockerfile.
@@ -93,6 +93,9 @@ pub struct BuildGraph {
     pub stages: Vec<Stage>,
     /// The Dockerfile index of the target stage.
     pub target: usize,
+    /// What the compiled stages do that is accepted but probably not meant,
+    /// in Dockerfile order within each stage; the caller shows them.
+    pub warnings: Vec<Warning>,
 }
 
 impl BuildGraph {

@@ -1235,6 +1235,9 @@ fn check_flags(instruction: &Instruction) -> Result<()> {
         }
         if instruction.keyword == Keyword::Run {
             let value = flag.value.as_deref().unwrap_or_default();
+            if flag.name == "mount" {
+                check_mount_from(value).or_else(err)?;
+            }
             match flag.name.as_str() {
                 "network" if !["default", "none", "host"].contains(&value) => {
                     return err(format!(
@@ -1248,6 +1251,26 @@ fn check_flags(instruction: &Instruction) -> Result<()> {
                 }
                 _ => {}
             }
+        }
+    }
+    Ok(())
+}
+
+/// `--mount=...,from=<stage>` names a stage or image without variables:
+/// BuildKit must know the stages a RUN reads before expanding anything, so
+/// it refuses a `$` anywhere but last in the value, and so does kiln.
+fn check_mount_from(spec: &str) -> std::result::Result<(), String> {
+    for field in crate::mount::csv_fields(spec) {
+        let Some((key, value)) = field.split_once('=') else {
+            continue;
+        };
+        if !key.trim().eq_ignore_ascii_case("from") {
+            continue;
+        }
+        if value.find('$').is_some_and(|at| at + 1 != value.len()) {
+            return Err(format!(
+                "--mount from={value:?} cannot use variables (they are not expanded there); name the stage with FROM ... AS <name> and mount from=<name>"
+            ));
         }
     }
     Ok(())

@@ -93,6 +93,9 @@ pub fn run(_global: &Global, args: Args) -> CmdResult {
     };
     let graph =
         compile(&dockerfile, &options, &NoImages).map_err(|e| anyhow::anyhow!(e.render(&text)))?;
+    for warning in &graph.warnings {
+        eprintln!("warning: {warning}");
+    }
     let output = match args.format {
         Format::Json => {
             let mut json = serde_json::to_string_pretty(&dockerfile)?;
