@@ -153,6 +153,41 @@ fn an_empty_or_comments_only_dockerfile_names_a_line() {
     );
 }
 
+/// Each ENV doubles A: 2^40 bytes if expanded.
+fn doubling_dockerfile() -> String {
+    let mut text = String::from("FROM scratch\nENV A=aaaaaaaaaa\n");
+    for _ in 0..40 {
+        text.push_str("ENV A=$A$A\n");
+    }
+    text.push_str("RUN echo \"$A\"\n");
+    text
+}
+
+#[test]
+fn json_is_a_syntax_dump_that_expands_nothing() {
+    let text = doubling_dockerfile();
+    let out = kiln(&["parse", "-f", "-", "--format", "json"], Some(&text));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(json.contains("\"A=$A$A\""), "{json}");
+    assert!(out.stdout.len() < 64 * 1024, "{} bytes", out.stdout.len());
+}
+
+#[test]
+fn an_exponential_expansion_stops_at_the_limit_with_its_line() {
+    let text = doubling_dockerfile();
+    let out = kiln(&["parse", "-f", "-", "--format", "text"], Some(&text));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // 10 bytes doubled 17 times is more than 1 MiB: the 17th ENV A=$A$A.
+    assert!(stderr.contains("<stdin>:19:5: "), "{stderr}");
+    assert!(stderr.contains("larger than 1 MiB"), "{stderr}");
+}
+
 #[test]
 fn warnings_go_to_stderr() {
     let out = kiln(

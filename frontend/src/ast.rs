@@ -1,6 +1,6 @@
 //! The raw syntax tree: a Dockerfile as written, instruction by instruction,
 //! before any variable is expanded. This is what `kiln parse --format json`
-//! prints.
+//! prints (it expands nothing: a syntax dump).
 
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};

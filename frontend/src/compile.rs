@@ -2,6 +2,7 @@
 //! multi-stage references, the image config of every stage, RUN and COPY
 //! steps with everything resolved, and definition digests.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -16,6 +17,60 @@ use crate::key::{Key, KeyEncoder};
 use crate::mount::parse_mount;
 use crate::parse::{parse_duration, parse_instruction};
 use crate::shell::{expand_heredoc, process_word, Vars};
+
+/// The most one instruction's expansions may add to its words, in all
+/// (each word is bounded by `shell::MAX_WORD` too): an instruction of many
+/// words that each name a large variable would otherwise multiply it.
+const MAX_INSTRUCTION_GROWTH: usize = 16 << 20;
+
+/// Expands words one instruction at a time, counting what the expansions
+/// add, so that no instruction grows past `MAX_INSTRUCTION_GROWTH`.
+struct Expander {
+    escape: char,
+    /// Bytes the current instruction's expansions added so far.
+    grown: Cell<usize>,
+}
+
+impl Expander {
+    fn new(escape: char) -> Self {
+        Expander {
+            escape,
+            grown: Cell::new(0),
+        }
+    }
+
+    /// Starts counting for the next instruction.
+    fn begin(&self) {
+        self.grown.set(0);
+    }
+
+    /// Counts an expansion of `raw_len` bytes into `expanded_len`.
+    fn account(&self, raw_len: usize, expanded_len: usize) -> std::result::Result<(), String> {
+        let grown = self.grown.get() + expanded_len.saturating_sub(raw_len);
+        self.grown.set(grown);
+        if grown > MAX_INSTRUCTION_GROWTH {
+            return Err(format!(
+                "the instruction's expansions are larger than {} MiB in all; is a variable built from itself (A=$A$A)?",
+                MAX_INSTRUCTION_GROWTH >> 20
+            ));
+        }
+        Ok(())
+    }
+
+    /// `raw` with quotes removed and variables from `vars` expanded; errors
+    /// are messages without a position.
+    fn bounded(&self, raw: &str, vars: &dyn Vars<'_>) -> std::result::Result<String, String> {
+        let value = process_word(raw, self.escape, Some(vars))?;
+        self.account(raw.len(), value.len())?;
+        Ok(value)
+    }
+
+    /// `bounded`, with errors at `span`.
+    fn word(&self, raw: &str, span: &Span, vars: &dyn Vars<'_>) -> Result<String> {
+        self.bounded(raw, vars)
+            .map_err(|e| Error::compile(span.clone(), format!("cannot expand {raw:?}: {e}")))
+    }
+}
 
 /// BuildKit's PATH for RUN when the base image sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -71,7 +126,9 @@ pub fn compile(
 /// config's own Env, as they would in a Dockerfile built on that image.
 pub fn apply_changes(config: ImageConfig, changes: &[String]) -> Result<ImageConfig> {
     let mut state = StageState::new(config, Key([0; 32]));
+    let expander = Expander::new('\\');
     for change in changes {
+        expander.begin();
         let fail = |message: String| Error::Change {
             change: change.clone(),
             message,
@@ -98,7 +155,7 @@ pub fn apply_changes(config: ImageConfig, changes: &[String]) -> Result<ImageCon
                 instruction.keyword
             )));
         }
-        apply_config(&mut state, &instruction, '\\').map_err(|e| fail(e.to_string()))?;
+        apply_config(&mut state, &instruction, &expander).map_err(|e| fail(e.to_string()))?;
     }
     state.finish_config();
     Ok(state.config)
@@ -123,6 +180,8 @@ struct Compiler<'a> {
     options: &'a CompileOptions,
     resolver: &'a dyn BaseImageResolver,
     escape: char,
+    /// Expands words, bounding what one instruction's expansions may add.
+    expander: Expander,
     /// The platform ARGs, always defined in the global scope.
     platform_args: Vec<(String, String)>,
     /// ARGs before the first FROM, with their values (None = no value).
@@ -173,6 +232,7 @@ impl<'a> Compiler<'a> {
             options,
             resolver,
             escape: dockerfile.escape,
+            expander: Expander::new(dockerfile.escape),
             platform_args,
             global_args: Vec::new(),
             heads: Vec::new(),
@@ -193,8 +253,7 @@ impl<'a> Compiler<'a> {
     }
 
     fn expand(&self, raw: &str, span: &Span, vars: &dyn Vars<'_>) -> Result<String> {
-        process_word(raw, self.escape, Some(vars))
-            .map_err(|e| Error::compile(span.clone(), format!("cannot expand {raw:?}: {e}")))
+        self.expander.word(raw, span, vars)
     }
 
     /// Splits the file into global ARGs and stage heads, and finds the stages
@@ -206,6 +265,7 @@ impl<'a> Compiler<'a> {
             if instruction.keyword != Keyword::Arg {
                 break;
             }
+            self.expander.begin();
             for pair in instruction.pairs.iter().flatten() {
                 let value = match self.options.build_args.get(&pair.key) {
                     Some(v) => Some(v.clone()),
@@ -228,6 +288,7 @@ impl<'a> Compiler<'a> {
         let mut names: BTreeMap<String, usize> = BTreeMap::new();
         for (index, window) in starts.windows(2).enumerate() {
             let from = &instructions[window[0]];
+            self.expander.begin();
             let lookup = |n: &str| self.global_lookup(n);
             let reference = self.expand(
                 from.args.first().map_or("", String::as_str),
@@ -288,6 +349,7 @@ impl<'a> Compiler<'a> {
             let mut reads = Vec::new();
             let mut args: Vec<(String, Option<String>)> = Vec::new();
             for instruction in self.heads[index].instructions {
+                self.expander.begin();
                 let lookup = |n: &str| find_arg(&args, n);
                 match instruction.keyword {
                     Keyword::Arg => {
@@ -603,6 +665,7 @@ impl<'a> Compiler<'a> {
         platform: &str,
         done: &BTreeMap<usize, Stage>,
     ) -> Result<()> {
+        self.expander.begin();
         match instruction.keyword {
             Keyword::Arg => {
                 let mut created_by = String::from("ARG");
@@ -643,7 +706,7 @@ impl<'a> Compiler<'a> {
                 Ok(())
             }
             Keyword::Workdir => {
-                let created_by = apply_config(state, instruction, self.escape)?;
+                let created_by = apply_config(state, instruction, &self.expander)?;
                 let path = state.workdir().to_string();
                 let user = state.config.user.clone().filter(|u| !u.is_empty());
                 let mut enc = KeyEncoder::chained("kiln.workdir.v2", &state.digest);
@@ -668,7 +731,7 @@ impl<'a> Compiler<'a> {
                 "FROM cannot appear here".to_string(),
             )),
             _ => {
-                let created_by = apply_config(state, instruction, self.escape)?;
+                let created_by = apply_config(state, instruction, &self.expander)?;
                 state.config_step(instruction, created_by);
                 Ok(())
             }
@@ -750,7 +813,7 @@ impl<'a> Compiler<'a> {
             let lookup = |n: &str| state.lookup(n);
             let value = flag.value.as_deref().unwrap_or_default();
             let spec = parse_mount(value, &workdir, &mut ssh_count, &|raw: &str| {
-                process_word(raw, self.escape, Some(&lookup))
+                self.expander.bounded(raw, &lookup)
             })
             .map_err(|m| Error::compile(flag.span.clone(), format!("--mount: {m}")))?;
             let from = match &spec.from {
@@ -843,7 +906,12 @@ impl<'a> Compiler<'a> {
             {
                 let content = heredoc.effective_content();
                 let content = if heredoc.expand {
-                    expand_heredoc(&content, self.escape, &lookup).map_err(|e| {
+                    let expanded =
+                        expand_heredoc(&content, self.escape, &lookup).and_then(|expanded| {
+                            self.expander.account(content.len(), expanded.len())?;
+                            Ok(expanded)
+                        });
+                    expanded.map_err(|e| {
                         Error::compile(span.clone(), format!("heredoc {}: {e}", heredoc.name))
                     })?
                 } else {
@@ -1750,12 +1818,15 @@ fn port_range(text: &str) -> std::result::Result<(u32, u32), String> {
 
 /// Applies an instruction that only changes the config; returns its history
 /// text.
-fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char) -> Result<String> {
+fn apply_config(
+    state: &mut StageState,
+    instruction: &Instruction,
+    expander: &Expander,
+) -> Result<String> {
     let span = &instruction.text_span;
     let expand = |state: &StageState, raw: &str| -> Result<String> {
         let lookup = |n: &str| state.lookup(n);
-        process_word(raw, escape, Some(&lookup))
-            .map_err(|e| Error::compile(span.clone(), format!("cannot expand {raw:?}: {e}")))
+        expander.word(raw, span, &lookup)
     };
     let config_args = |state: &StageState| -> Vec<String> {
         if instruction.exec {
@@ -2063,6 +2134,26 @@ mod tests {
                 "{signal}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn one_instruction_cannot_grow_past_its_limit() {
+        let mut text = format!("FROM scratch\nENV A={}\nLABEL", "x".repeat(900_000));
+        for i in 0..20 {
+            text.push_str(&format!(" l{i}=$A"));
+        }
+        text.push('\n');
+        let error = compiled(&text).unwrap_err().to_string();
+        assert!(
+            error.starts_with("Dockerfile:3:7: cannot expand \"$A\": the instruction's expansions are larger than 16 MiB"),
+            "{error}"
+        );
+        // The same words over several instructions are fine.
+        let mut text = format!("FROM scratch\nENV A={}\n", "x".repeat(900_000));
+        for i in 0..20 {
+            text.push_str(&format!("LABEL l{i}=$A\n"));
+        }
+        assert!(compiled(&text).is_ok());
     }
 
     #[test]

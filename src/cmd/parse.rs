@@ -84,26 +84,31 @@ pub fn run(_global: &Global, args: Args) -> CmdResult {
         };
     }
     let dockerfile = parse(&text, &name).map_err(|e| anyhow::anyhow!(e.render(&text)))?;
-    let platform = args.platform.unwrap_or_else(host_platform);
-    let options = CompileOptions {
-        build_args,
-        target: args.target,
-        target_platform: platform,
-        build_platform: host_platform(),
-    };
-    let graph =
-        compile(&dockerfile, &options, &NoImages).map_err(|e| anyhow::anyhow!(e.render(&text)))?;
-    for warning in &graph.warnings {
-        eprintln!("warning: {warning}");
-    }
     let output = match args.format {
+        // A syntax dump: nothing is expanded or compiled.
         Format::Json => {
             let mut json = serde_json::to_string_pretty(&dockerfile)?;
             json.push('\n');
             json
         }
-        Format::Text => graph.to_text(),
-        Format::Dot => graph.to_dot(),
+        Format::Text | Format::Dot => {
+            let platform = args.platform.unwrap_or_else(host_platform);
+            let options = CompileOptions {
+                build_args,
+                target: args.target,
+                target_platform: platform,
+                build_platform: host_platform(),
+            };
+            let graph = compile(&dockerfile, &options, &NoImages)
+                .map_err(|e| anyhow::anyhow!(e.render(&text)))?;
+            for warning in &graph.warnings {
+                eprintln!("warning: {warning}");
+            }
+            match args.format {
+                Format::Dot => graph.to_dot(),
+                _ => graph.to_text(),
+            }
+        }
     };
     let mut stdout = std::io::stdout().lock();
     match stdout
