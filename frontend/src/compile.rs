@@ -700,7 +700,7 @@ impl<'a> Compiler<'a> {
                     instruction,
                     created_by,
                     false,
-                    StepKind::Copy(copy),
+                    StepKind::Copy(Box::new(copy)),
                     digest,
                 );
                 Ok(())

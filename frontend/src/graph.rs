@@ -269,8 +269,9 @@ pub struct Step {
 pub enum StepKind {
     /// RUN.
     Run(RunStep),
-    /// COPY or ADD.
-    Copy(CopyStep),
+    /// COPY or ADD (boxed: the largest kind, and one step in several; every
+    /// step is as large as its largest kind).
+    Copy(Box<CopyStep>),
     /// WORKDIR: the directory is created (owned by the current USER, mode
     /// 0755) if missing, as BuildKit does.
     Workdir {
