@@ -6,6 +6,10 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 fn kiln(args: &[&str], stdin: Option<&str>) -> Output {
+    kiln_bytes(args, stdin.map(str::as_bytes))
+}
+
+fn kiln_bytes(args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(args)
         .env("NO_COLOR", "1")
@@ -16,7 +20,7 @@ fn kiln(args: &[&str], stdin: Option<&str>) -> Output {
         .expect("run kiln");
     let mut input = child.stdin.take().expect("stdin");
     if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).expect("write stdin");
+        input.write_all(text).expect("write stdin");
     }
     drop(input);
     child.wait_with_output().expect("wait for kiln")
@@ -125,4 +129,80 @@ fn errors_show_the_line_and_a_caret_on_stderr() {
     let out = kiln(&["parse", "-f", "/nonexistent/Dockerfile"], None);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/Dockerfile"));
+}
+
+#[test]
+fn a_latin1_dockerfile_is_read_as_docker_reads_it() {
+    // Latin-1 bytes (not UTF-8) in a comment and in a label value.
+    let text = b"# caf\xe9 cr\xe8me\nFROM scratch\nLABEL who=Jos\xe9\n";
+    let out = kiln_bytes(&["parse", "-f", "-", "--format", "text"], Some(text));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("\"who\":\"Jos\u{fffd}\""), "{listing}");
+}
+
+#[test]
+fn an_empty_or_comments_only_dockerfile_names_a_line() {
+    let out = kiln(&["parse", "-f", "-"], Some("# syntax=x\n\n# nothing\n"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("<stdin>:3:1: file with no instructions"),
+        "{stderr}"
+    );
+}
+
+/// Each ENV doubles A: 2^40 bytes if expanded.
+fn doubling_dockerfile() -> String {
+    let mut text = String::from("FROM scratch\nENV A=aaaaaaaaaa\n");
+    for _ in 0..40 {
+        text.push_str("ENV A=$A$A\n");
+    }
+    text.push_str("RUN echo \"$A\"\n");
+    text
+}
+
+#[test]
+fn json_is_a_syntax_dump_that_expands_nothing() {
+    let text = doubling_dockerfile();
+    let out = kiln(&["parse", "-f", "-", "--format", "json"], Some(&text));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(json.contains("\"A=$A$A\""), "{json}");
+    assert!(out.stdout.len() < 64 * 1024, "{} bytes", out.stdout.len());
+}
+
+#[test]
+fn an_exponential_expansion_stops_at_the_limit_with_its_line() {
+    let text = doubling_dockerfile();
+    let out = kiln(&["parse", "-f", "-", "--format", "text"], Some(&text));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // 10 bytes doubled 17 times is more than 1 MiB: the 17th ENV A=$A$A.
+    assert!(stderr.contains("<stdin>:19:5: "), "{stderr}");
+    assert!(stderr.contains("larger than 1 MiB"), "{stderr}");
+}
+
+#[test]
+fn warnings_go_to_stderr() {
+    let out = kiln(
+        &["parse", "-f", "-", "--format", "text"],
+        Some("FROM scratch\nEXPOSE 80:8080 0\n"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: <stdin>:2:8: EXPOSE should not give an IP address or host port, found \"80:8080\""),
+        "{stderr}"
+    );
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("\"ExposedPorts\":{\"0/tcp\":{},\"8080/tcp\":{}}"),
+        "{listing}"
+    );
 }

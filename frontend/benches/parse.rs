@@ -12,6 +12,8 @@ use kiln_frontend::{compile, parse, CompileOptions, NoImages};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+// `generate_flat` is the memory example's.
+#[allow(dead_code)]
 mod common;
 use common::{continuation_file, generate, heredoc_file, heredoc_markers_file};
 

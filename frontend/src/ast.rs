@@ -1,6 +1,6 @@
 //! The raw syntax tree: a Dockerfile as written, instruction by instruction,
 //! before any variable is expanded. This is what `kiln parse --format json`
-//! prints.
+//! prints (it expands nothing: a syntax dump).
 
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};
@@ -276,8 +276,11 @@ struct Pairs<'a>(&'a [Pair]);
 impl Serialize for Pairs<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        // `[key, value, raw value]`: the value unquoted (variables not
+        // expanded), then as written, quotes kept, so that `A='$x'` (never
+        // expanded) and `A="$x"` (expanded) can be told apart.
         for pair in self.0 {
-            seq.serialize_element(&(&pair.key, &pair.value))?;
+            seq.serialize_element(&(&pair.key, &pair.value, &pair.raw_value))?;
         }
         seq.end()
     }

@@ -2,12 +2,13 @@
 //! multi-stage references, the image config of every stage, RUN and COPY
 //! steps with everything resolved, and definition digests.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::ast::{Dockerfile, Instruction, Keyword};
 use crate::config::{Empty, Healthcheck, ImageConfig};
-use crate::error::{Error, Result, Span};
+use crate::error::{Error, Result, Span, Warning};
 use crate::graph::{
     Base, BaseImage, BaseImageResolver, BuildGraph, CacheSharing, CompileOptions, CopyFrom,
     CopyStep, Network, RunFile, RunMount, RunStep, Security, Stage, Step, StepKind,
@@ -16,6 +17,60 @@ use crate::key::{Key, KeyEncoder};
 use crate::mount::parse_mount;
 use crate::parse::{parse_duration, parse_instruction};
 use crate::shell::{expand_heredoc, process_word, Vars};
+
+/// The most one instruction's expansions may add to its words, in all
+/// (each word is bounded by `shell::MAX_WORD` too): an instruction of many
+/// words that each name a large variable would otherwise multiply it.
+const MAX_INSTRUCTION_GROWTH: usize = 16 << 20;
+
+/// Expands words one instruction at a time, counting what the expansions
+/// add, so that no instruction grows past `MAX_INSTRUCTION_GROWTH`.
+struct Expander {
+    escape: char,
+    /// Bytes the current instruction's expansions added so far.
+    grown: Cell<usize>,
+}
+
+impl Expander {
+    fn new(escape: char) -> Self {
+        Expander {
+            escape,
+            grown: Cell::new(0),
+        }
+    }
+
+    /// Starts counting for the next instruction.
+    fn begin(&self) {
+        self.grown.set(0);
+    }
+
+    /// Counts an expansion of `raw_len` bytes into `expanded_len`.
+    fn account(&self, raw_len: usize, expanded_len: usize) -> std::result::Result<(), String> {
+        let grown = self.grown.get() + expanded_len.saturating_sub(raw_len);
+        self.grown.set(grown);
+        if grown > MAX_INSTRUCTION_GROWTH {
+            return Err(format!(
+                "the instruction's expansions are larger than {} MiB in all; is a variable built from itself (A=$A$A)?",
+                MAX_INSTRUCTION_GROWTH >> 20
+            ));
+        }
+        Ok(())
+    }
+
+    /// `raw` with quotes removed and variables from `vars` expanded; errors
+    /// are messages without a position.
+    fn bounded(&self, raw: &str, vars: &dyn Vars<'_>) -> std::result::Result<String, String> {
+        let value = process_word(raw, self.escape, Some(vars))?;
+        self.account(raw.len(), value.len())?;
+        Ok(value)
+    }
+
+    /// `bounded`, with errors at `span`.
+    fn word(&self, raw: &str, span: &Span, vars: &dyn Vars<'_>) -> Result<String> {
+        self.bounded(raw, vars)
+            .map_err(|e| Error::compile(span.clone(), format!("cannot expand {raw:?}: {e}")))
+    }
+}
 
 /// BuildKit's PATH for RUN when the base image sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -52,13 +107,16 @@ pub fn compile(
     let target = compiler.target()?;
     let order = compiler.order(target)?;
     let mut stages = BTreeMap::new();
+    let mut warnings = BTreeMap::new();
     for index in order {
-        let stage = compiler.compile_stage(index, &stages)?;
+        let (stage, stage_warnings) = compiler.compile_stage(index, &stages)?;
         stages.insert(index, stage);
+        warnings.insert(index, stage_warnings);
     }
     Ok(BuildGraph {
         stages: stages.into_values().collect(),
         target,
+        warnings: warnings.into_values().flatten().collect(),
     })
 }
 
@@ -68,7 +126,9 @@ pub fn compile(
 /// config's own Env, as they would in a Dockerfile built on that image.
 pub fn apply_changes(config: ImageConfig, changes: &[String]) -> Result<ImageConfig> {
     let mut state = StageState::new(config, Key([0; 32]));
+    let expander = Expander::new('\\');
     for change in changes {
+        expander.begin();
         let fail = |message: String| Error::Change {
             change: change.clone(),
             message,
@@ -95,7 +155,7 @@ pub fn apply_changes(config: ImageConfig, changes: &[String]) -> Result<ImageCon
                 instruction.keyword
             )));
         }
-        apply_config(&mut state, &instruction, '\\').map_err(|e| fail(e.to_string()))?;
+        apply_config(&mut state, &instruction, &expander).map_err(|e| fail(e.to_string()))?;
     }
     state.finish_config();
     Ok(state.config)
@@ -120,6 +180,8 @@ struct Compiler<'a> {
     options: &'a CompileOptions,
     resolver: &'a dyn BaseImageResolver,
     escape: char,
+    /// Expands words, bounding what one instruction's expansions may add.
+    expander: Expander,
     /// The platform ARGs, always defined in the global scope.
     platform_args: Vec<(String, String)>,
     /// ARGs before the first FROM, with their values (None = no value).
@@ -170,6 +232,7 @@ impl<'a> Compiler<'a> {
             options,
             resolver,
             escape: dockerfile.escape,
+            expander: Expander::new(dockerfile.escape),
             platform_args,
             global_args: Vec::new(),
             heads: Vec::new(),
@@ -190,8 +253,7 @@ impl<'a> Compiler<'a> {
     }
 
     fn expand(&self, raw: &str, span: &Span, vars: &dyn Vars<'_>) -> Result<String> {
-        process_word(raw, self.escape, Some(vars))
-            .map_err(|e| Error::compile(span.clone(), format!("cannot expand {raw:?}: {e}")))
+        self.expander.word(raw, span, vars)
     }
 
     /// Splits the file into global ARGs and stage heads, and finds the stages
@@ -203,6 +265,7 @@ impl<'a> Compiler<'a> {
             if instruction.keyword != Keyword::Arg {
                 break;
             }
+            self.expander.begin();
             for pair in instruction.pairs.iter().flatten() {
                 let value = match self.options.build_args.get(&pair.key) {
                     Some(v) => Some(v.clone()),
@@ -225,6 +288,7 @@ impl<'a> Compiler<'a> {
         let mut names: BTreeMap<String, usize> = BTreeMap::new();
         for (index, window) in starts.windows(2).enumerate() {
             let from = &instructions[window[0]];
+            self.expander.begin();
             let lookup = |n: &str| self.global_lookup(n);
             let reference = self.expand(
                 from.args.first().map_or("", String::as_str),
@@ -285,6 +349,7 @@ impl<'a> Compiler<'a> {
             let mut reads = Vec::new();
             let mut args: Vec<(String, Option<String>)> = Vec::new();
             for instruction in self.heads[index].instructions {
+                self.expander.begin();
                 let lookup = |n: &str| find_arg(&args, n);
                 match instruction.keyword {
                     Keyword::Arg => {
@@ -516,7 +581,11 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    fn compile_stage(&mut self, index: usize, done: &BTreeMap<usize, Stage>) -> Result<Stage> {
+    fn compile_stage(
+        &mut self,
+        index: usize,
+        done: &BTreeMap<usize, Stage>,
+    ) -> Result<(Stage, Vec<Warning>)> {
         let head = &self.heads[index];
         let from = head.from;
         let reference = head.reference.clone();
@@ -575,7 +644,7 @@ impl<'a> Compiler<'a> {
             self.dispatch(&mut state, instruction, &platform, done)?;
         }
         state.finish_config();
-        Ok(Stage {
+        let stage = Stage {
             index,
             name,
             span: from.span.clone(),
@@ -585,7 +654,8 @@ impl<'a> Compiler<'a> {
             config: state.config,
             author: state.author,
             digest: state.digest,
-        })
+        };
+        Ok((stage, state.warnings))
     }
 
     fn dispatch(
@@ -595,6 +665,7 @@ impl<'a> Compiler<'a> {
         platform: &str,
         done: &BTreeMap<usize, Stage>,
     ) -> Result<()> {
+        self.expander.begin();
         match instruction.keyword {
             Keyword::Arg => {
                 let mut created_by = String::from("ARG");
@@ -629,13 +700,13 @@ impl<'a> Compiler<'a> {
                     instruction,
                     created_by,
                     false,
-                    StepKind::Copy(copy),
+                    StepKind::Copy(Box::new(copy)),
                     digest,
                 );
                 Ok(())
             }
             Keyword::Workdir => {
-                let created_by = apply_config(state, instruction, self.escape)?;
+                let created_by = apply_config(state, instruction, &self.expander)?;
                 let path = state.workdir().to_string();
                 let user = state.config.user.clone().filter(|u| !u.is_empty());
                 let mut enc = KeyEncoder::chained("kiln.workdir.v2", &state.digest);
@@ -660,7 +731,7 @@ impl<'a> Compiler<'a> {
                 "FROM cannot appear here".to_string(),
             )),
             _ => {
-                let created_by = apply_config(state, instruction, self.escape)?;
+                let created_by = apply_config(state, instruction, &self.expander)?;
                 state.config_step(instruction, created_by);
                 Ok(())
             }
@@ -742,7 +813,7 @@ impl<'a> Compiler<'a> {
             let lookup = |n: &str| state.lookup(n);
             let value = flag.value.as_deref().unwrap_or_default();
             let spec = parse_mount(value, &workdir, &mut ssh_count, &|raw: &str| {
-                process_word(raw, self.escape, Some(&lookup))
+                self.expander.bounded(raw, &lookup)
             })
             .map_err(|m| Error::compile(flag.span.clone(), format!("--mount: {m}")))?;
             let from = match &spec.from {
@@ -835,7 +906,12 @@ impl<'a> Compiler<'a> {
             {
                 let content = heredoc.effective_content();
                 let content = if heredoc.expand {
-                    expand_heredoc(&content, self.escape, &lookup).map_err(|e| {
+                    let expanded =
+                        expand_heredoc(&content, self.escape, &lookup).and_then(|expanded| {
+                            self.expander.account(content.len(), expanded.len())?;
+                            Ok(expanded)
+                        });
+                    expanded.map_err(|e| {
                         Error::compile(span.clone(), format!("heredoc {}: {e}", heredoc.name))
                     })?
                 } else {
@@ -982,6 +1058,9 @@ impl<'a> Compiler<'a> {
             parents,
             checksum,
             keep_git_dir: bool_flag("keep-git-dir"),
+            unpack: instruction
+                .flag("unpack")
+                .map(|f| f.value.as_deref() != Some("false")),
             workdir,
         };
         Ok((copy, inputs, created_by))
@@ -1151,6 +1230,11 @@ fn digest_copy(parent: &Key, copy: &CopyStep, inputs: &[Key]) -> Key {
         .opt_str("checksum", copy.checksum.as_deref())
         .bool("keep_git_dir", copy.keep_git_dir)
         .str("workdir", &copy.workdir);
+    // Only when given, so that the digests of steps without it stay as
+    // they were (fields are tagged: its presence cannot be confused).
+    if let Some(unpack) = copy.unpack {
+        enc.bool("unpack", unpack);
+    }
     enc.finish()
 }
 
@@ -1336,6 +1420,8 @@ struct StageState {
     last_step: Key,
     steps: Vec<Step>,
     author: Option<String>,
+    /// What the stage's instructions do that deserves a warning.
+    warnings: Vec<Warning>,
 }
 
 /// An ARG in a stage's scope.
@@ -1390,7 +1476,15 @@ impl StageState {
             last_step: digest,
             steps: Vec::new(),
             author: None,
+            warnings: Vec::new(),
         }
+    }
+
+    fn warn(&mut self, span: &Span, message: String) {
+        self.warnings.push(Warning {
+            span: span.clone(),
+            message,
+        });
     }
 
     /// Writes the Env list back into the config.
@@ -1624,38 +1718,68 @@ fn go_duration(nanos: u64) -> String {
     }
 }
 
-/// `EXPOSE` values to `port/proto` keys (ranges expanded).
-fn expose_ports(spec: &str) -> std::result::Result<Vec<String>, String> {
-    let (ports, proto) = match spec.split_once('/') {
-        Some((p, proto)) => (p, proto),
-        None => (spec, "tcp"),
+/// One EXPOSE value as BuildKit reads it (`[[ip:]host_port:]port[-end][/proto]`):
+/// its `port/proto` keys (ranges expanded, protocol lower-cased) and the
+/// warnings it deserves. The container port may be 0; an IP address or a
+/// host port is accepted with a warning (BuildKit's ExposeInvalidFormat
+/// check; dockerd 20.10's frontend took them silently), and only the
+/// container port is exposed.
+fn expose_ports(spec: &str) -> std::result::Result<(Vec<String>, Vec<String>), String> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let n = parts.len();
+    let (ip, host, container) = match n {
+        1 => (String::new(), "", parts[0]),
+        2 => (String::new(), parts[0], parts[1]),
+        _ => (parts[..n - 2].join(":"), parts[n - 2], parts[n - 1]),
     };
-    let Some(proto) = ["tcp", "udp", "sctp"]
-        .into_iter()
-        .find(|known| known.eq_ignore_ascii_case(proto))
-    else {
+    let (port, written_proto) = container.split_once('/').unwrap_or((container, ""));
+    if port.is_empty() {
         return Err(format!(
-            "invalid protocol {:?} in {spec:?}: use tcp, udp or sctp",
-            proto.to_ascii_lowercase()
+            "invalid port {spec:?}: no port given; write a number like 80, 80/udp or a range like 8000-8010"
         ));
-    };
-    let bad = || {
-        format!("invalid port {spec:?}: use a number from 1 to 65535, or a range like 8000-8010")
-    };
-    let (low, high) = match ports.split_once('-') {
-        Some((a, b)) => (
-            a.parse::<u16>().map_err(|_| bad())?,
-            b.parse::<u16>().map_err(|_| bad())?,
-        ),
-        None => {
-            let p = ports.parse::<u16>().map_err(|_| bad())?;
-            (p, p)
+    }
+    let lower = written_proto.to_ascii_lowercase();
+    let proto = match lower.as_str() {
+        "" => "tcp",
+        "tcp" | "udp" | "sctp" => lower.as_str(),
+        _ => {
+            return Err(format!(
+                "invalid protocol {written_proto:?} in {spec:?}: use tcp, udp or sctp"
+            ))
         }
     };
-    if low == 0 || high < low {
-        return Err(bad());
+    let mut warnings = Vec::new();
+    if written_proto != lower {
+        warnings.push(format!(
+            "EXPOSE protocol should be lower case, found {spec:?} (BuildKit's ExposeProtoCasing check)"
+        ));
     }
-    Ok((low..=high)
+    if !ip.is_empty() || !host.is_empty() {
+        warnings.push(format!(
+            "EXPOSE should not give an IP address or host port, found {spec:?}; only the container port is exposed (BuildKit's ExposeInvalidFormat check)"
+        ));
+    }
+    if !ip.is_empty() {
+        let bare = match ip.strip_prefix('[') {
+            Some(rest) => rest.strip_suffix(']').unwrap_or(rest),
+            None => ip.as_str(),
+        };
+        if bare.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!("invalid IP address {ip:?} in {spec:?}"));
+        }
+    }
+    let (low, high) = port_range(port).map_err(|m| format!("invalid port {spec:?}: {m}"))?;
+    if !host.is_empty() {
+        let (host_low, host_high) =
+            port_range(host).map_err(|m| format!("invalid host port {host:?} in {spec:?}: {m}"))?;
+        // A host range is allowed with a single container port.
+        if high - low != host_high - host_low && high != low {
+            return Err(format!(
+                "invalid ranges in {spec:?}: the container ports {port} and host ports {host} differ in length"
+            ));
+        }
+    }
+    let ports = (low..=high)
         .map(|port| {
             let port = port.to_string();
             let mut key = String::with_capacity(port.len() + 1 + proto.len());
@@ -1664,17 +1788,45 @@ fn expose_ports(spec: &str) -> std::result::Result<Vec<String>, String> {
             key.push_str(proto);
             key
         })
-        .collect())
+        .collect();
+    Ok((ports, warnings))
+}
+
+/// `80` or `8000-8010` (each 0 to 65535) as a range.
+fn port_range(text: &str) -> std::result::Result<(u32, u32), String> {
+    let number = |t: &str| -> std::result::Result<u32, String> {
+        match t.parse::<i64>() {
+            Ok(n) if (0..=65535).contains(&n) => Ok(n as u32),
+            Ok(_) => Err("a port is a number from 0 to 65535".to_string()),
+            Err(_) => Err(format!(
+                "{t:?} is not a number; write a port like 80 or a range like 8000-8010"
+            )),
+        }
+    };
+    match text.split_once('-') {
+        Some((start, end)) if start != end => {
+            let (low, high) = (number(start)?, number(end)?);
+            if high < low {
+                return Err("the range ends before it starts".to_string());
+            }
+            Ok((low, high))
+        }
+        Some((start, _)) => number(start).map(|p| (p, p)),
+        None => number(text).map(|p| (p, p)),
+    }
 }
 
 /// Applies an instruction that only changes the config; returns its history
 /// text.
-fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char) -> Result<String> {
+fn apply_config(
+    state: &mut StageState,
+    instruction: &Instruction,
+    expander: &Expander,
+) -> Result<String> {
     let span = &instruction.text_span;
     let expand = |state: &StageState, raw: &str| -> Result<String> {
         let lookup = |n: &str| state.lookup(n);
-        process_word(raw, escape, Some(&lookup))
-            .map_err(|e| Error::compile(span.clone(), format!("cannot expand {raw:?}: {e}")))
+        expander.word(raw, span, &lookup)
     };
     let config_args = |state: &StageState| -> Vec<String> {
         if instruction.exec {
@@ -1727,7 +1879,12 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
             for arg in &instruction.args {
                 let value = expand(state, arg)?;
                 for word in value.split_whitespace() {
-                    ports.extend(expose_ports(word).map_err(|m| Error::compile(span.clone(), m))?);
+                    let (more, warnings) =
+                        expose_ports(word).map_err(|m| Error::compile(span.clone(), m))?;
+                    ports.extend(more);
+                    for message in warnings {
+                        state.warn(span, message);
+                    }
                 }
             }
             // BuildKit prints the list as Go does: `EXPOSE [80/tcp 53/udp]`.
@@ -1746,25 +1903,17 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
             text
         }
         Keyword::User => {
+            // A USER that expands to nothing is root, as in BuildKit (which
+            // then leaves User out of the config).
             let user = expand(state, &instruction.text)?;
-            if user.is_empty() {
-                return Err(Error::compile(
-                    span.clone(),
-                    "USER expands to nothing".to_string(),
-                ));
-            }
             let text = history("USER", &user);
-            state.config.user = Some(user);
+            state.config.user = (!user.is_empty()).then_some(user);
             text
         }
         Keyword::Workdir => {
+            // A WORKDIR that expands to nothing keeps the directory, as in
+            // BuildKit.
             let dir = expand(state, &instruction.text)?;
-            if dir.is_empty() {
-                return Err(Error::compile(
-                    span.clone(),
-                    "WORKDIR expands to nothing".to_string(),
-                ));
-            }
             let path = join_path(state.workdir(), &dir);
             state.config.working_dir = Some(path.clone());
             history("WORKDIR", &path)
@@ -1789,18 +1938,13 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
         }
         Keyword::Stopsignal => {
             let signal = expand(state, &instruction.text)?;
-            let plain = signal.strip_prefix("SIG").unwrap_or(&signal);
-            let valid = signal.parse::<u32>().is_ok_and(|n| (1..=64).contains(&n))
-                || (!plain.is_empty()
-                    && plain.chars().all(|c| {
-                        c.is_ascii_uppercase() || c.is_ascii_digit() || c == '+' || c == '-'
-                    }));
-            if !valid {
+            if !valid_signal(&signal) {
                 return Err(Error::compile(
                     span.clone(),
                     format!("invalid signal {signal:?}: use a name like SIGTERM or a number"),
                 ));
             }
+            // Kept as written (`sigterm` stays `sigterm`), as BuildKit does.
             state.config.stop_signal = Some(signal.clone());
             history("STOPSIGNAL", &signal)
         }
@@ -1901,6 +2045,34 @@ fn apply_config(state: &mut StageState, instruction: &Instruction, escape: char)
     Ok(text)
 }
 
+/// Linux's signal names, as BuildKit's signal table has them.
+const SIGNALS: [&str; 35] = [
+    "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL",
+    "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP",
+    "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ", "RTMIN",
+];
+
+/// Whether STOPSIGNAL names a signal as BuildKit reads one: a whole number
+/// other than 0, or a name from the table (`SIG` optional, any case),
+/// `RTMIN+1` to `RTMIN+15` and `RTMAX-14` to `RTMAX` included.
+fn valid_signal(signal: &str) -> bool {
+    if let Ok(number) = signal.parse::<i64>() {
+        return number != 0;
+    }
+    let upper = signal.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let offset = |prefix: &str, sign: char, max: u32| {
+        name.strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix(sign))
+            .and_then(|text| text.parse::<u32>().ok().filter(|n| n.to_string() == text))
+            .is_some_and(|n| (1..=max).contains(&n))
+    };
+    SIGNALS.contains(&name)
+        || name == "RTMAX"
+        || offset("RTMIN", '+', 15)
+        || offset("RTMAX", '-', 14)
+}
+
 /// The `from=` value of a `--mount` spec, unexpanded, if any.
 fn mount_from(spec: &str) -> Option<String> {
     crate::mount::csv_fields(spec)
@@ -1929,6 +2101,59 @@ mod tests {
         ] {
             assert_eq!(go_duration(nanos), go, "{nanos} ns");
         }
+    }
+
+    fn compiled(text: &str) -> Result<BuildGraph> {
+        let dockerfile = crate::parse(text, "Dockerfile")?;
+        compile(&dockerfile, &CompileOptions::default(), &crate::NoImages)
+    }
+
+    #[test]
+    fn stop_signals_as_buildkit_reads_them() {
+        for signal in [
+            "SIGTERM",
+            "sigterm",
+            "Term",
+            "9",
+            "-5",
+            "SIGRTMIN+15",
+            "rtmax-14",
+            "RTMAX",
+        ] {
+            let graph = compiled(&format!("FROM scratch\nSTOPSIGNAL {signal}\n")).unwrap();
+            assert_eq!(
+                graph.stages[0].config.stop_signal.as_deref(),
+                Some(signal),
+                "{signal}"
+            );
+        }
+        for signal in ["0", "SIGNOPE", "RTMIN+16", "RTMIN+01", "RTMAX-15", "SIG"] {
+            let error = compiled(&format!("FROM scratch\nSTOPSIGNAL {signal}\n")).unwrap_err();
+            assert!(
+                error.to_string().contains("invalid signal"),
+                "{signal}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_instruction_cannot_grow_past_its_limit() {
+        let mut text = format!("FROM scratch\nENV A={}\nLABEL", "x".repeat(900_000));
+        for i in 0..20 {
+            text.push_str(&format!(" l{i}=$A"));
+        }
+        text.push('\n');
+        let error = compiled(&text).unwrap_err().to_string();
+        assert!(
+            error.starts_with("Dockerfile:3:7: cannot expand \"$A\": the instruction's expansions are larger than 16 MiB"),
+            "{error}"
+        );
+        // The same words over several instructions are fine.
+        let mut text = format!("FROM scratch\nENV A={}\n", "x".repeat(900_000));
+        for i in 0..20 {
+            text.push_str(&format!("LABEL l{i}=$A\n"));
+        }
+        assert!(compiled(&text).is_ok());
     }
 
     #[test]

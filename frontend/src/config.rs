@@ -11,52 +11,39 @@ pub struct Empty {}
 
 /// The runtime configuration of an image, with Docker's field names, so that
 /// Docker's extensions to the OCI config (`Healthcheck`, `Shell`, `OnBuild`)
-/// survive. Absent fields are skipped when serialized; fields this type does
-/// not know (`Hostname`, `Image`, ...) are kept in `other` and written back.
+/// survive. Absent and empty fields (`[]`, `{}`, `""`, `false`) are skipped
+/// when serialized, as BuildKit's Go structs (`omitempty`) skip them, so that
+/// `ENTRYPOINT []` or `CMD []` give the config BuildKit writes; fields this
+/// type does not know (`Hostname`, `Image`, ...) are kept in `other` and
+/// written back.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageConfig {
     /// `USER`: user\[:group\] the container runs as.
-    #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "User", default, skip_serializing_if = "no_text")]
     pub user: Option<String>,
     /// `EXPOSE`: `"port/proto"` keys.
-    #[serde(
-        rename = "ExposedPorts",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "ExposedPorts", default, skip_serializing_if = "no_entries")]
     pub exposed_ports: Option<BTreeMap<String, Empty>>,
     /// `ENV`: `KEY=value` entries, in order.
-    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "Env", default, skip_serializing_if = "no_items")]
     pub env: Option<Vec<String>>,
     /// `ENTRYPOINT`.
-    #[serde(
-        rename = "Entrypoint",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "Entrypoint", default, skip_serializing_if = "no_items")]
     pub entrypoint: Option<Vec<String>>,
     /// `CMD`.
-    #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "Cmd", default, skip_serializing_if = "no_items")]
     pub cmd: Option<Vec<String>>,
     /// `VOLUME`: path keys.
-    #[serde(rename = "Volumes", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "Volumes", default, skip_serializing_if = "no_entries")]
     pub volumes: Option<BTreeMap<String, Empty>>,
     /// `WORKDIR`.
-    #[serde(
-        rename = "WorkingDir",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "WorkingDir", default, skip_serializing_if = "no_text")]
     pub working_dir: Option<String>,
     /// `LABEL`.
-    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "Labels", default, skip_serializing_if = "no_entries")]
     pub labels: Option<BTreeMap<String, String>>,
     /// `STOPSIGNAL`.
-    #[serde(
-        rename = "StopSignal",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "StopSignal", default, skip_serializing_if = "no_text")]
     pub stop_signal: Option<String>,
     /// `HEALTHCHECK`.
     #[serde(
@@ -66,17 +53,13 @@ pub struct ImageConfig {
     )]
     pub healthcheck: Option<Healthcheck>,
     /// `SHELL`: the shell that wraps shell-form commands.
-    #[serde(rename = "Shell", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "Shell", default, skip_serializing_if = "no_items")]
     pub shell: Option<Vec<String>>,
     /// `ONBUILD`: trigger instructions, as written after `ONBUILD`.
-    #[serde(rename = "OnBuild", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "OnBuild", default, skip_serializing_if = "no_items")]
     pub on_build: Option<Vec<String>>,
     /// Docker's `ArgsEscaped` (Windows-only meaning; kept for round trips).
-    #[serde(
-        rename = "ArgsEscaped",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "ArgsEscaped", default, skip_serializing_if = "not_true")]
     pub args_escaped: Option<bool>,
     /// Fields this type does not model, kept verbatim.
     #[serde(flatten)]
@@ -109,6 +92,22 @@ pub struct Healthcheck {
 
 fn is_zero(value: &u64) -> bool {
     *value == 0
+}
+
+fn no_text(value: &Option<String>) -> bool {
+    value.as_deref().is_none_or(str::is_empty)
+}
+
+fn no_items(value: &Option<Vec<String>>) -> bool {
+    value.as_deref().is_none_or(<[String]>::is_empty)
+}
+
+fn no_entries<V>(value: &Option<BTreeMap<String, V>>) -> bool {
+    value.as_ref().is_none_or(BTreeMap::is_empty)
+}
+
+fn not_true(value: &Option<bool>) -> bool {
+    *value != Some(true)
 }
 
 impl ImageConfig {
@@ -182,6 +181,22 @@ mod tests {
         }
         let again: ImageConfig = serde_json::from_value(written).unwrap();
         assert_eq!(again, parsed);
+    }
+
+    #[test]
+    fn empty_fields_are_left_out_as_buildkit_leaves_them_out() {
+        let config = ImageConfig {
+            user: Some(String::new()),
+            exposed_ports: Some(BTreeMap::new()),
+            entrypoint: Some(Vec::new()),
+            cmd: Some(Vec::new()),
+            volumes: Some(BTreeMap::new()),
+            labels: Some(BTreeMap::new()),
+            shell: Some(Vec::new()),
+            args_escaped: Some(false),
+            ..ImageConfig::default()
+        };
+        assert_eq!(serde_json::to_string(&config).unwrap(), "{}");
     }
 
     #[test]

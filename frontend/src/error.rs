@@ -48,11 +48,12 @@ pub enum Error {
         /// What is wrong and what to do about it.
         message: String,
     },
-    /// The Dockerfile has no instructions at all.
-    #[error("{file}: the dockerfile has no instructions; it needs at least a FROM line")]
+    /// The Dockerfile has no instructions at all: it is empty, or holds only
+    /// comments and blank lines (BuildKit: "file with no instructions").
+    #[error("{span}: file with no instructions; a dockerfile needs at least a FROM line")]
     Empty {
-        /// The Dockerfile's name.
-        file: String,
+        /// The file's last line (line 1 of an empty file).
+        span: Span,
     },
     /// A `--target` that names no stage.
     #[error("target stage {name:?} is not defined; the stages are: {available}")]
@@ -72,6 +73,22 @@ pub enum Error {
     },
 }
 
+/// Something a Dockerfile does that is accepted but probably not meant (as
+/// BuildKit's build checks report them); the build goes on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    /// Where it is.
+    pub span: Span,
+    /// What is wrong and what to write instead, lowercase.
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.span, self.message)
+    }
+}
+
 /// `Result` with the frontend's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -79,7 +96,9 @@ impl Error {
     /// The position the error refers to, when it has one.
     pub fn span(&self) -> Option<&Span> {
         match self {
-            Error::Syntax { span, .. } | Error::Compile { span, .. } => Some(span),
+            Error::Syntax { span, .. } | Error::Compile { span, .. } | Error::Empty { span } => {
+                Some(span)
+            }
             _ => None,
         }
     }
@@ -150,11 +169,10 @@ mod tests {
 
     #[test]
     fn render_without_span_is_the_message() {
-        let err = Error::Empty {
-            file: "Dockerfile".into(),
+        let err = Error::UnknownTarget {
+            name: "x".into(),
+            available: "a".into(),
         };
-        assert!(err
-            .render("")
-            .starts_with("Dockerfile: the dockerfile has no instructions"));
+        assert_eq!(err.render("FROM a"), err.to_string());
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::ImageConfig;
-use crate::error::{Error, Result, Span};
+use crate::error::{Error, Result, Span, Warning};
 use crate::key::Key;
 
 /// What [`crate::compile`] needs besides the Dockerfile.
@@ -93,6 +93,9 @@ pub struct BuildGraph {
     pub stages: Vec<Stage>,
     /// The Dockerfile index of the target stage.
     pub target: usize,
+    /// What the compiled stages do that is accepted but probably not meant,
+    /// in Dockerfile order within each stage; the caller shows them.
+    pub warnings: Vec<Warning>,
 }
 
 impl BuildGraph {
@@ -266,8 +269,9 @@ pub struct Step {
 pub enum StepKind {
     /// RUN.
     Run(RunStep),
-    /// COPY or ADD.
-    Copy(CopyStep),
+    /// COPY or ADD (boxed: the largest kind, and one step in several; every
+    /// step is as large as its largest kind).
+    Copy(Box<CopyStep>),
     /// WORKDIR: the directory is created (owned by the current USER, mode
     /// 0755) if missing, as BuildKit does.
     Workdir {
@@ -499,6 +503,19 @@ pub struct CopyStep {
     pub checksum: Option<String>,
     /// ADD `--keep-git-dir`.
     pub keep_git_dir: bool,
+    /// ADD `--unpack=true|false` (Dockerfile 1.17); `None` without the flag.
+    /// See [`CopyStep::unpacks`].
+    pub unpack: Option<bool>,
     /// WORKDIR in effect.
     pub workdir: String,
+}
+
+impl CopyStep {
+    /// Whether a source that is an archive is unpacked into the destination
+    /// rather than copied: `--unpack` says so for ADD; without it, ADD
+    /// unpacks local archives and not downloads (`from_url`), as BuildKit
+    /// does; COPY never unpacks.
+    pub fn unpacks(&self, from_url: bool) -> bool {
+        self.add && self.unpack.unwrap_or(!from_url)
+    }
 }

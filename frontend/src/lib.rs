@@ -24,11 +24,11 @@ mod shell;
 pub use ast::{Dockerfile, Flag, Heredoc, Instruction, Keyword, Pair};
 pub use compile::{apply_changes, compile};
 pub use config::{Empty, Healthcheck, ImageConfig};
-pub use error::{Error, Result, Span};
+pub use error::{Error, Result, Span, Warning};
 pub use graph::{
     Base, BaseImage, BaseImageResolver, BuildGraph, CacheSharing, CompileOptions, CopyFrom,
     CopyStep, Network, NoImages, RunFile, RunMount, RunStep, Security, Stage, Step, StepKind,
     PLACEHOLDER_DIGEST,
 };
 pub use key::{Key, KeyEncoder};
-pub use parse::parse;
+pub use parse::{dockerfile_text, parse};

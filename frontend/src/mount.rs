@@ -220,18 +220,39 @@ pub(crate) fn parse_mount(
         mount.env.is_none() || mount.kind == MountType::Secret,
         "env",
     )?;
-    if let Some(target) = &mount.target {
-        if target.is_empty() {
-            return Err("target cannot be empty".into());
-        }
-        mount.target = Some(join_path(workdir, target));
-    }
     match mount.kind {
         MountType::Bind | MountType::Cache | MountType::Tmpfs => {
-            if mount.target.is_none() {
-                return Err("target is required: add target=/path".into());
+            // As BuildKit: a missing, empty or relative target is joined to
+            // the working directory; the cache id defaults to the target as
+            // written, cleaned; only a mount over `/` is refused.
+            let written = mount.target.take().unwrap_or_default();
+            if mount.kind == MountType::Cache && mount.id.is_none() {
+                mount.id = Some(clean_path(&written));
+            }
+            let target = join_path(workdir, &written);
+            if target == "/" {
+                return Err(format!(
+                    "invalid mount target {target:?}{}: a mount cannot cover the root directory; set target= to another directory",
+                    if written.is_empty() {
+                        " (no target= given, so the working directory)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            mount.target = Some(target);
+        }
+        MountType::Secret | MountType::Ssh => {
+            if let Some(target) = &mount.target {
+                if target.is_empty() {
+                    return Err("target cannot be empty".into());
+                }
+                mount.target = Some(join_path(workdir, target));
             }
         }
+    }
+    match mount.kind {
+        MountType::Bind | MountType::Cache | MountType::Tmpfs => {}
         MountType::Secret => {
             if mount.id.is_none() {
                 let from_target = mount
@@ -259,6 +280,32 @@ pub(crate) fn parse_mount(
         }
     }
     Ok(mount)
+}
+
+/// Go's `path.Clean`: `.` for nothing, `..` and `.` resolved, no repeated or
+/// trailing slashes; a relative path stays relative.
+fn clean_path(path: &str) -> String {
+    let absolute = path.starts_with('/');
+    let mut kept: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => match kept.last() {
+                Some(&last) if last != ".." => {
+                    kept.pop();
+                }
+                _ if absolute => {}
+                _ => kept.push(".."),
+            },
+            other => kept.push(other),
+        }
+    }
+    let joined = kept.join("/");
+    match (absolute, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".to_string(),
+        (false, false) => joined,
+    }
 }
 
 impl MountSpec {
@@ -408,10 +455,42 @@ mod tests {
     }
 
     #[test]
+    fn missing_or_relative_targets_are_in_the_working_directory() {
+        let RunMount::Cache { id, target, .. } = mount("type=cache").unwrap() else {
+            panic!("not a cache mount")
+        };
+        assert_eq!((id.as_str(), target.as_str()), (".", "/work"));
+        let RunMount::Cache { id, target, .. } = mount("type=cache,target=./a/../b/").unwrap()
+        else {
+            panic!("not a cache mount")
+        };
+        assert_eq!((id.as_str(), target.as_str()), ("b", "/work/b"));
+        assert_eq!(mount("target=").unwrap().target(), Some("/work"));
+        assert_eq!(mount("type=tmpfs").unwrap().target(), Some("/work"));
+        let mut ssh = 0;
+        let vars = |s: &str| Ok(s.to_string());
+        let at_root = parse_mount("type=bind", "/", &mut ssh, &vars).unwrap_err();
+        assert!(at_root.contains("invalid mount target \"/\""), "{at_root}");
+        assert!(mount("type=cache,target=/").is_err());
+        assert!(mount("type=tmpfs,target=..").is_err());
+    }
+
+    #[test]
+    fn go_path_clean() {
+        for (path, clean) in [
+            ("", "."),
+            ("a//b/./c/", "a/b/c"),
+            ("../a/..", ".."),
+            ("a/../../b", "../b"),
+            ("/../a/", "/a"),
+            ("/", "/"),
+        ] {
+            assert_eq!(clean_path(path), clean, "{path:?}");
+        }
+    }
+
+    #[test]
     fn errors() {
-        assert!(mount("type=cache")
-            .unwrap_err()
-            .contains("target is required"));
         assert!(mount("type=nfs,target=/x")
             .unwrap_err()
             .contains("unknown mount type"));

@@ -54,9 +54,7 @@ pub fn parse(text: &str, file_name: &str) -> Result<Dockerfile> {
         instructions.shrink_to_fit();
     }
     if instructions.is_empty() {
-        return Err(Error::Empty {
-            file: file_name.to_string(),
-        });
+        return Err(reader.empty());
     }
     if !seen_from {
         let last = instructions.last().map(|i| i.span.clone());
@@ -101,9 +99,20 @@ pub(crate) fn parse_instruction(text: &str, file_name: &str) -> Result<Instructi
     };
     match reader.logical_line() {
         Some(logical) => reader.instruction(&logical),
-        None => Err(Error::Empty {
-            file: file_name.to_string(),
-        }),
+        None => Err(reader.empty()),
+    }
+}
+
+/// A Dockerfile's bytes as text. Like Docker, kiln reads a file that is not
+/// valid UTF-8 (a Latin-1 comment, say) rather than refusing it: each byte
+/// that is not part of a UTF-8 character becomes U+FFFD, which is what an
+/// image config (JSON) written by BuildKit holds for such a byte in a
+/// label, an environment value or a command. (BuildKit passes a RUN
+/// command's bytes to the shell unchanged; kiln passes U+FFFD.)
+pub fn dockerfile_text(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     }
 }
 
@@ -160,15 +169,29 @@ fn is_comment(body: &str) -> bool {
 
 /// Removes a trailing escape character (plus trailing blanks); says whether
 /// the instruction ends on this line.
+///
+/// As in current BuildKit, an escape character that is itself escaped
+/// (`COPY a C:\\dir\\`, or ``` echo a`` ``` after `` # escape=` ``) does
+/// not continue the line. Like BuildKit, only the one character before the last escape
+/// is looked at, so `foo\\\` (an escaped escape, then an escape) is no
+/// continuation either; dockerd 20.10's old frontend joined all of these.
 fn trim_continuation(body: &str, escape: char) -> (&str, bool) {
     let trimmed = body.trim_end_matches([' ', '\t']);
     match trimmed.strip_suffix(escape) {
-        Some(before) => (before, false),
-        None => (body, true),
+        Some(before) if !before.ends_with(escape) => (before, false),
+        _ => (body, true),
     }
 }
 
 impl<'a> Reader<'a> {
+    /// The error for a file without instructions, at its last line.
+    fn empty(&self) -> Error {
+        let line = self.lines.len().max(1);
+        Error::Empty {
+            span: self.span(line, 1, line),
+        }
+    }
+
     fn span(&self, line: usize, column: usize, end_line: usize) -> Span {
         Span {
             file: self.file.clone(),
@@ -1146,6 +1169,7 @@ fn allowed_flags(keyword: Keyword) -> &'static [(&'static str, FlagKind)] {
             ("keep-git-dir", Bool),
             ("link", Bool),
             ("exclude", List),
+            ("unpack", Bool),
         ],
         Keyword::Run => &[("mount", List), ("network", String), ("security", String)],
         Keyword::From => &[("platform", String)],
@@ -1211,6 +1235,9 @@ fn check_flags(instruction: &Instruction) -> Result<()> {
         }
         if instruction.keyword == Keyword::Run {
             let value = flag.value.as_deref().unwrap_or_default();
+            if flag.name == "mount" {
+                check_mount_from(value).or_else(err)?;
+            }
             match flag.name.as_str() {
                 "network" if !["default", "none", "host"].contains(&value) => {
                     return err(format!(
@@ -1224,6 +1251,26 @@ fn check_flags(instruction: &Instruction) -> Result<()> {
                 }
                 _ => {}
             }
+        }
+    }
+    Ok(())
+}
+
+/// `--mount=...,from=<stage>` names a stage or image without variables:
+/// BuildKit must know the stages a RUN reads before expanding anything, so
+/// it refuses a `$` anywhere but last in the value, and so does kiln.
+fn check_mount_from(spec: &str) -> std::result::Result<(), String> {
+    for field in crate::mount::csv_fields(spec) {
+        let Some((key, value)) = field.split_once('=') else {
+            continue;
+        };
+        if !key.trim().eq_ignore_ascii_case("from") {
+            continue;
+        }
+        if value.find('$').is_some_and(|at| at + 1 != value.len()) {
+            return Err(format!(
+                "--mount from={value:?} cannot use variables (they are not expanded there); name the stage with FROM ... AS <name> and mount from=<name>"
+            ));
         }
     }
     Ok(())
@@ -1400,10 +1447,11 @@ mod tests {
     #[test]
     fn rejected_files() {
         assert!(matches!(parse("", "Dockerfile"), Err(Error::Empty { .. })));
-        assert!(matches!(
-            parse("# only\n\n", "Dockerfile"),
-            Err(Error::Empty { .. })
-        ));
+        let e = err("# only\n\n  # indented\n");
+        assert!(
+            e.starts_with("Dockerfile:3:1: file with no instructions"),
+            "{e}"
+        );
         assert!(err("RUN true").contains("before the first FROM"));
         let e = err("FROM x\nFROBNICATE y");
         assert!(

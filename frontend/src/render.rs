@@ -107,12 +107,15 @@ impl BuildGraph {
                         sources.extend(copy.heredocs.iter().map(|(n, _)| format!("<<{n}")));
                         let _ = writeln!(
                             out,
-                            "         {} {} from {} -> {}{}",
+                            "         {} {} from {} -> {}{}{}",
                             if copy.add { "add" } else { "copy" },
                             shorten(&sources.join(" "), 80),
                             from_text(self, &copy.from),
                             copy.dest,
-                            if copy.dest_is_dir { " (dir)" } else { "" }
+                            if copy.dest_is_dir { " (dir)" } else { "" },
+                            copy.unpack
+                                .map(|unpack| format!(" unpack={unpack}"))
+                                .unwrap_or_default()
                         );
                     }
                     StepKind::Workdir { path, .. } => {

@@ -39,8 +39,21 @@ pub(crate) fn process_word(
         vars,
         depth: 0,
         raw_escapes: false,
+        limit: MAX_WORD.max(word.len()),
     };
     lexer.word(None)
+}
+
+/// The most bytes one word may expand to (or its own length, if longer):
+/// a variable built from itself (`ENV A=$A$A` line after line) doubles at
+/// each line, and would otherwise take all memory in a few dozen lines.
+pub(crate) const MAX_WORD: usize = 1 << 20;
+
+fn too_large() -> String {
+    format!(
+        "the expansion is larger than {} MiB, the most one word may expand to; is a variable built from itself (A=$A$A)?",
+        MAX_WORD >> 20
+    )
 }
 
 struct Lexer<'a, 'v> {
@@ -53,6 +66,8 @@ struct Lexer<'a, 'v> {
     depth: usize,
     /// Keep escape characters in the output (inside patterns).
     raw_escapes: bool,
+    /// The most bytes an expansion may produce.
+    limit: usize,
 }
 
 /// How deeply `${V:-${W:-...}}` may nest.
@@ -67,6 +82,15 @@ impl<'a, 'v> Lexer<'a, 'v> {
         let c = self.peek()?;
         self.pos += c.len_utf8();
         Some(c)
+    }
+
+    /// Appends what a variable expanded to, within the limit.
+    fn push_expansion(&self, out: &mut String, value: &str) -> Result<(), String> {
+        if out.len() + value.len() > self.limit {
+            return Err(too_large());
+        }
+        out.push_str(value);
+        Ok(())
     }
 
     /// Reads until the end, or until an unquoted, unescaped `stop`.
@@ -197,7 +221,7 @@ impl<'a, 'v> Lexer<'a, 'v> {
             }
             match self.vars {
                 None => out.push_str(self.text.get(start..self.pos).unwrap_or_default()),
-                Some(vars) => out.push_str(vars.get(name).unwrap_or_default()),
+                Some(vars) => self.push_expansion(out, vars.get(name).unwrap_or_default())?,
             }
             return Ok(());
         }
@@ -226,7 +250,7 @@ impl<'a, 'v> Lexer<'a, 'v> {
             Some('}') if !colon => {
                 match self.vars {
                     None => out.push_str(self.text.get(start..self.pos).unwrap_or_default()),
-                    Some(_) => out.push_str(value.unwrap_or_default()),
+                    Some(_) => self.push_expansion(out, value.unwrap_or_default())?,
                 }
                 return Ok(());
             }
@@ -286,7 +310,7 @@ impl<'a, 'v> Lexer<'a, 'v> {
                 if self.vars.is_none() {
                     value.to_string()
                 } else {
-                    replace(value, &pattern, &replacement, all)?
+                    replace(value, &pattern, &replacement, all, self.limit)?
                 }
             }
             Some(other) => {
@@ -302,7 +326,7 @@ impl<'a, 'v> Lexer<'a, 'v> {
         };
         match self.vars {
             None => out.push_str(self.text.get(start..self.pos).unwrap_or_default()),
-            Some(_) => out.push_str(&result),
+            Some(_) => self.push_expansion(out, &result)?,
         }
         Ok(())
     }
@@ -390,10 +414,32 @@ fn trim_suffix(value: &str, pattern: &str, longest: bool) -> Result<String, Stri
 /// Go's `ReplaceAllString`, `//` expands `$name` / `${name}` in the
 /// replacement as a reference to a group (the pattern has none, so they
 /// become nothing) and `$$` as `$`; `/` inserts the replacement as it is.
-fn replace(value: &str, pattern: &str, replacement: &str, all: bool) -> Result<String, String> {
+fn replace(
+    value: &str,
+    pattern: &str,
+    replacement: &str,
+    all: bool,
+    limit: usize,
+) -> Result<String, String> {
     let re = pattern_regex(pattern, true, false)?;
     if all {
-        return Ok(re.replace_all(value, replacement).into_owned());
+        // `replace_all`, checking the size as it grows: a long value of
+        // short matches times a long replacement is a product.
+        let mut out = String::new();
+        let mut last = 0;
+        for captures in re.captures_iter(value) {
+            let Some(found) = captures.get(0) else {
+                continue;
+            };
+            out.push_str(value.get(last..found.start()).unwrap_or_default());
+            captures.expand(replacement, &mut out);
+            last = found.end();
+            if out.len() > limit {
+                return Err(too_large());
+            }
+        }
+        out.push_str(value.get(last..).unwrap_or_default());
+        return Ok(out);
     }
     Ok(match re.find(value) {
         Some(found) => {
@@ -572,6 +618,30 @@ mod tests {
     }
 
     #[test]
+    fn expansions_are_bounded() {
+        let big = "x".repeat(MAX_WORD / 2 + 1);
+        let vars = |name: &str| (name == "BIG").then_some(big.as_str());
+        let expand = |word: &str| process_word(word, '\\', Some(&vars));
+        assert_eq!(expand("$BIG").unwrap().len(), big.len());
+        for word in [
+            "$BIG$BIG",
+            "${BIG}${BIG}",
+            "${UNSET:-$BIG$BIG}",
+            "${BIG:+$BIG$BIG}",
+            "${BIG//x/xx}",
+            "${BIG//?/$BIG}",
+        ] {
+            let error = expand(word).unwrap_err();
+            assert!(error.contains("larger than 1 MiB"), "{word}: {error}");
+        }
+        // A long word of its own is no expansion.
+        let long = "y".repeat(2 * MAX_WORD);
+        assert_eq!(expand(&format!("'{long}'")).unwrap(), long);
+        let heredoc = expand_heredoc("$BIG $BIG", '\\', &vars).unwrap_err();
+        assert!(heredoc.contains("larger than"), "{heredoc}");
+    }
+
+    #[test]
     fn verbatim_mode_keeps_pattern_forms() {
         let out = process_word("${A#b} ${A%%c} ${A//d/e}", '\\', None).unwrap();
         assert_eq!(out, "${A#b} ${A%%c} ${A//d/e}");
@@ -599,6 +669,7 @@ pub(crate) fn expand_heredoc(
         vars: Some(vars),
         depth: 0,
         raw_escapes: false,
+        limit: MAX_WORD.max(content.len()),
     };
     let mut out = String::with_capacity(content.len());
     while let Some(c) = lexer.next() {

@@ -503,10 +503,18 @@ fn mounts_flags_and_network() {
     assert!(
         matches!(&run.mounts[1], RunMount::Secret { env: Some(e), target: None, .. } if e == "TOKEN")
     );
+    // Without target=, a mount covers the working directory; at / that is
+    // an error, as in BuildKit.
     let e = fails("FROM scratch\nRUN --mount=type=cache true\n");
     assert!(
-        e.starts_with("Dockerfile:2:5: --mount: target is required"),
+        e.starts_with("Dockerfile:2:5: --mount: invalid mount target \"/\""),
         "{e}"
+    );
+    let graph = build("FROM scratch\nWORKDIR /src\nRUN --mount=type=cache true\n");
+    assert!(
+        matches!(&runs(target(&graph))[0].mounts[0], RunMount::Cache { target, id, .. } if target == "/src" && id == "."),
+        "{:?}",
+        runs(target(&graph))[0].mounts
     );
 }
 
@@ -580,6 +588,12 @@ fn digests_are_stable_and_sensitive() {
     assert_ne!(a, digest("FROM scratch\nWORKDIR /x\nRUN echo a\n"));
     assert_ne!(a, digest("FROM scratch\nRUN --network=none echo a\n"));
     assert_ne!(a, digest("FROM scratch\nUSER app\nRUN echo a\n"));
+    // ADD --unpack is part of the definition.
+    let add = digest("FROM scratch\nADD a.tar /x/\n");
+    let add_true = digest("FROM scratch\nADD --unpack=true a.tar /x/\n");
+    let add_false = digest("FROM scratch\nADD --unpack=false a.tar /x/\n");
+    assert!(add != add_true && add != add_false && add_true != add_false);
+    assert_eq!(add_true, digest("FROM scratch\nADD --unpack a.tar /x/\n"));
     // A --from source's digest is an input of the COPY.
     let c1 = digest("FROM scratch AS s\nRUN one\nFROM scratch\nCOPY --from=s /a /a\n");
     let c2 = digest("FROM scratch AS s\nRUN two\nFROM scratch\nCOPY --from=s /a /a\n");

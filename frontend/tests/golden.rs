@@ -49,7 +49,13 @@ fn check_valid(case: &str) {
     golden::expect_file(&dir.join("expected.json"), &json);
     let graph = compile(&dockerfile, &options(&dir), &NoImages)
         .unwrap_or_else(|e| panic!("{}", e.render(&text)));
-    golden::expect_file(&dir.join("expected-graph.txt"), &graph.to_text());
+    // Warnings follow the graph, as `kiln parse --format text` shows them
+    // (on standard error).
+    let mut text = graph.to_text();
+    for warning in &graph.warnings {
+        text.push_str(&format!("warning: {warning}\n"));
+    }
+    golden::expect_file(&dir.join("expected-graph.txt"), &text);
 }
 
 fn check_invalid(case: &str) {

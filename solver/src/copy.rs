@@ -10,7 +10,8 @@
 //! lands in `/usr/bin/x` on a merged-/usr image); files from the context belong
 //! to root unless `--chown` says otherwise, files from a stage keep their owner;
 //! `--chmod` sets the mode of everything copied; ADD unpacks local tar archives
-//! (plain, gzip, bzip2, xz or zstd, recognised by content, not name).
+//! (plain, gzip, bzip2, xz or zstd, recognised by content, not name), and
+//! downloads too with `--unpack=true` (`--unpack=false`: nothing).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -281,7 +282,8 @@ pub(crate) fn build_tree(
         && !wants_dir
         && match &items[0] {
             Item::Entry(e, _) => !e.meta.is_dir() && !is_archive_add(step, e)?,
-            Item::Inline(..) | Item::Download(..) => true,
+            Item::Download(_, path) => !is_archive_download(step, path)?,
+            Item::Inline(..) => true,
         }
         && dest.is_dir(&resolved_dest)?;
     let dest_is_dir = wants_dir || single_file_into_dir;
@@ -295,6 +297,10 @@ pub(crate) fn build_tree(
                     resolved_dest.clone()
                 };
                 writer.write_inline(&target, content)?;
+            }
+            Item::Download(name, path) if is_archive_download(step, path)? => {
+                writer.ensure_dir(&resolved_dest, None)?;
+                writer.extract_archive(path, name, &resolved_dest)?;
             }
             Item::Download(name, path) => {
                 let target = if dest_is_dir {
@@ -331,7 +337,7 @@ pub(crate) fn build_tree(
                     }
                 } else if is_archive_add(step, entry)? {
                     writer.ensure_dir(&resolved_dest, None)?;
-                    writer.extract_archive(entry, &resolved_dest)?;
+                    writer.extract_archive(&entry.host, &entry.rel, &resolved_dest)?;
                 } else {
                     let name = entry.rel.rsplit('/').next().unwrap_or(&entry.rel);
                     let target = match (&rel_under_parents, dest_is_dir) {
@@ -373,12 +379,21 @@ fn join_abs(base: &str, rel: &str) -> String {
 }
 
 /// Whether ADD should unpack this source: a regular file that is a tar
-/// archive, compressed or not.
+/// archive, compressed or not (unless `--unpack=false`).
 fn is_archive_add(step: &CopyStep, entry: &SourceEntry) -> Result<bool> {
-    if !step.add || !entry.meta.is_file() {
+    if !step.unpacks(false) || !entry.meta.is_file() {
         return Ok(false);
     }
     Ok(open_archive(&entry.host)?.is_some())
+}
+
+/// Whether ADD should unpack this download: `--unpack=true` and a tar
+/// archive, compressed or not.
+fn is_archive_download(step: &CopyStep, downloaded: &Path) -> Result<bool> {
+    if !step.unpacks(true) {
+        return Ok(false);
+    }
+    Ok(open_archive(downloaded)?.is_some())
 }
 
 /// Opens `path` as a tar stream when its content is a (compressed) tar.
@@ -687,7 +702,7 @@ impl TreeWriter<'_> {
     }
 
     /// A downloaded file: mode 0600 as Docker gives remote files, owned by
-    /// root unless --chown says otherwise; never unpacked.
+    /// root unless --chown says otherwise (unpacked only with --unpack).
     fn write_download(&mut self, image_path: &str, downloaded: &Path) -> Result<()> {
         self.ensure_parents(image_path)?;
         let host = self.host(image_path);
@@ -699,16 +714,18 @@ impl TreeWriter<'_> {
         finish_file(&host, mode, uid, gid, None)
     }
 
-    fn extract_archive(&mut self, entry: &SourceEntry, image_dir: &str) -> Result<()> {
-        let Some(stream) = open_archive(&entry.host)? else {
-            return Err(Error::Copy(format!("{}: not an archive", entry.rel)));
+    /// Unpacks the archive at `archive` (called `name` in messages) into
+    /// `image_dir`.
+    fn extract_archive(&mut self, archive: &Path, name: &str, image_dir: &str) -> Result<()> {
+        let Some(stream) = open_archive(archive)? else {
+            return Err(Error::Copy(format!("{name}: not an archive")));
         };
         let host = self.host(image_dir);
         // What the archive holds is only known to the filesystem from here.
         self.materialize_extra()?;
         self.made = None;
         fs::create_dir_all(&host).map_err(io_err(&host))?;
-        unpack_archive(stream, &host, &entry.rel)?;
+        unpack_archive(stream, &host, name)?;
         if let Some((uid, gid)) = self.owner {
             for found in walkdir::WalkDir::new(&host).min_depth(1) {
                 let found = found.map_err(|e| Error::Copy(e.to_string()))?;
@@ -937,6 +954,7 @@ mod tests {
             parents: false,
             checksum: None,
             keep_git_dir: false,
+            unpack: None,
             workdir: "/".to_string(),
         }
     }
@@ -1194,6 +1212,57 @@ mod tests {
         s.dest_is_dir = true;
         let t = run(&f, &s).unwrap();
         assert!(t.contains_key("t.gz"));
+    }
+
+    /// Serves `body` once on loopback; the URL of `/name`.
+    fn serve_once(body: Vec<u8>, name: &str) -> (String, std::thread::JoinHandle<()>) {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/{name}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request).unwrap();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            stream.write_all(&body).unwrap();
+        });
+        (url, server)
+    }
+
+    #[test]
+    fn unpack_flag_decides_for_local_archives_and_downloads() {
+        let f = fixture(&[]);
+        fs::write(f.ctx.root().join("a.tar"), tar_bytes()).unwrap();
+        let mut s = step(&["a.tar"], "/dst/");
+        s.add = true;
+        s.unpack = Some(false);
+        let t = run(&f, &s).unwrap();
+        assert!(t.contains_key("dst/a.tar"), "{t:?}");
+        assert!(!t.contains_key("dst/inner/file"), "{t:?}");
+
+        // Downloads are unpacked only with --unpack=true.
+        for (unpack, unpacked) in [(None, false), (Some(false), false), (Some(true), true)] {
+            let (url, server) = serve_once(tar_bytes(), "t.tar");
+            let tmp = tempfile::tempdir().unwrap();
+            let downloads = Downloads::new(tmp.path()).unwrap();
+            let out = tempfile::tempdir().unwrap();
+            let mut s = step(&[url.as_str()], "/opt/");
+            s.add = true;
+            s.unpack = unpack;
+            build_tree(&s, &f.ctx, &FakeParent, false, Some(&downloads), out.path()).unwrap();
+            server.join().unwrap();
+            let t = tree(out.path());
+            assert_eq!(
+                t.contains_key("opt/inner/file"),
+                unpacked,
+                "{unpack:?}: {t:?}"
+            );
+            assert_eq!(t.contains_key("opt/t.tar"), !unpacked, "{unpack:?}: {t:?}");
+        }
     }
 
     #[test]

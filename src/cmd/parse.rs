@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kiln_frontend::{compile, parse, CompileOptions, NoImages};
+use kiln_frontend::{compile, dockerfile_text, parse, CompileOptions, NoImages};
 
 use super::{CmdResult, Global};
 
@@ -60,17 +60,18 @@ fn host_platform() -> String {
 }
 
 pub fn run(_global: &Global, args: Args) -> CmdResult {
-    let (name, text) = if args.file == "-" {
-        let mut text = String::new();
+    let (name, bytes) = if args.file == "-" {
+        let mut bytes = Vec::new();
         std::io::stdin()
-            .read_to_string(&mut text)
+            .read_to_end(&mut bytes)
             .context("cannot read the Dockerfile from standard input")?;
-        ("<stdin>".to_string(), text)
+        ("<stdin>".to_string(), bytes)
     } else {
-        let text = std::fs::read_to_string(&args.file)
-            .with_context(|| format!("cannot read {}", args.file))?;
-        (args.file.clone(), text)
+        let bytes =
+            std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file))?;
+        (args.file.clone(), bytes)
     };
+    let text = dockerfile_text(bytes);
     let mut build_args = BTreeMap::new();
     for arg in &args.build_args {
         match arg.split_once('=') {
@@ -83,23 +84,31 @@ pub fn run(_global: &Global, args: Args) -> CmdResult {
         };
     }
     let dockerfile = parse(&text, &name).map_err(|e| anyhow::anyhow!(e.render(&text)))?;
-    let platform = args.platform.unwrap_or_else(host_platform);
-    let options = CompileOptions {
-        build_args,
-        target: args.target,
-        target_platform: platform,
-        build_platform: host_platform(),
-    };
-    let graph =
-        compile(&dockerfile, &options, &NoImages).map_err(|e| anyhow::anyhow!(e.render(&text)))?;
     let output = match args.format {
+        // A syntax dump: nothing is expanded or compiled.
         Format::Json => {
             let mut json = serde_json::to_string_pretty(&dockerfile)?;
             json.push('\n');
             json
         }
-        Format::Text => graph.to_text(),
-        Format::Dot => graph.to_dot(),
+        Format::Text | Format::Dot => {
+            let platform = args.platform.unwrap_or_else(host_platform);
+            let options = CompileOptions {
+                build_args,
+                target: args.target,
+                target_platform: platform,
+                build_platform: host_platform(),
+            };
+            let graph = compile(&dockerfile, &options, &NoImages)
+                .map_err(|e| anyhow::anyhow!(e.render(&text)))?;
+            for warning in &graph.warnings {
+                eprintln!("warning: {warning}");
+            }
+            match args.format {
+                Format::Dot => graph.to_dot(),
+                _ => graph.to_text(),
+            }
+        }
     };
     let mut stdout = std::io::stdout().lock();
     match stdout

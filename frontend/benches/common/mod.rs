@@ -6,6 +6,16 @@
 /// A Dockerfile of `instructions` instructions mixing every common kind, in
 /// several stages, with continuations, heredocs and variables.
 pub fn generate(instructions: usize) -> String {
+    generate_stages(instructions, true)
+}
+
+/// `generate` in one stage: no stage inherits another's labels, so memory
+/// grows with the instructions alone.
+pub fn generate_flat(instructions: usize) -> String {
+    generate_stages(instructions, false)
+}
+
+fn generate_stages(instructions: usize, stages: bool) -> String {
     let mut text =
         String::from("# syntax=docker/dockerfile:1\nARG BASE=debian:12\nFROM $BASE AS stage0\n");
     let mut count = 2;
@@ -28,7 +38,7 @@ pub fn generate(instructions: usize) -> String {
             7 => format!("RUN <<EOF\necho heredoc {i}\necho $A{}\nEOF\n", (i - 1) % 30),
             8 => format!("EXPOSE {}/tcp\n", 1000 + i % 5000),
             _ => {
-                if i % 1000 == 9 {
+                if stages && i % 1000 == 9 {
                     stage += 1;
                     format!("FROM stage{} AS stage{stage}\n", stage - 1)
                 } else {
@@ -39,7 +49,10 @@ pub fn generate(instructions: usize) -> String {
         text.push_str(&line);
         count += 1;
     }
-    text.push_str("COPY --from=stage0 /a /b\nCMD [\"/bin/sh\"]\n");
+    if stages {
+        text.push_str("COPY --from=stage0 /a /b\n");
+    }
+    text.push_str("CMD [\"/bin/sh\"]\n");
     text
 }
 

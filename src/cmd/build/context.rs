@@ -121,7 +121,7 @@ fn inside(root: PathBuf, file: Option<&str>, staging: tempfile::TempDir) -> anyh
     }
     let path = root.join(name);
     let dockerfile = std::fs::read(&path)
-        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .map(kiln_frontend::dockerfile_text)
         .with_context(|| {
             format!("the context has no {name}; name the Dockerfile inside it with -f PATH")
         })?;
@@ -138,7 +138,7 @@ fn inside(root: PathBuf, file: Option<&str>, staging: tempfile::TempDir) -> anyh
 fn dockerfile_only(bytes: Vec<u8>, file_name: String) -> Inputs {
     Inputs {
         root: None,
-        dockerfile: String::from_utf8_lossy(&bytes).into_owned(),
+        dockerfile: kiln_frontend::dockerfile_text(bytes),
         file_name,
         dockerfile_path: None,
         local: false,
@@ -163,19 +163,22 @@ fn staging(tmp_dir: &Path) -> anyhow::Result<tempfile::TempDir> {
         .with_context(|| format!("cannot create a directory in {}", tmp_dir.display()))
 }
 
+/// Dockerfiles are read as bytes, as Docker reads them (see
+/// `kiln_frontend::dockerfile_text`).
 fn read_stdin() -> anyhow::Result<String> {
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     std::io::stdin()
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .context("cannot read the Dockerfile from stdin")?;
-    Ok(text)
+    Ok(kiln_frontend::dockerfile_text(bytes))
 }
 
 fn read_file(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| {
+    let bytes = std::fs::read(path).with_context(|| {
         format!(
             "cannot read the Dockerfile {}; name another with -f FILE",
             path.display()
         )
-    })
+    })?;
+    Ok(kiln_frontend::dockerfile_text(bytes))
 }

@@ -354,6 +354,9 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
     let renderer = render::Renderer::new(progress)?;
     let resolver = RegistryResolver::new(&store, args.pull, &args.connection, &renderer);
     let graph = kiln_frontend::compile(&dockerfile, &options, &resolver)?;
+    for warning in &graph.warnings {
+        eprintln!("warning: {warning}");
+    }
     let context = match &inputs.root {
         None => BuildContext::empty()?,
         Some(root) => {
