@@ -31,6 +31,7 @@ pub(crate) const REPORT_CAPS: u32 = 0xffff_0002;
 pub(crate) const REPORT_FORK: u32 = 0xffff_0003;
 pub(crate) const REPORT_SECCOMP: u32 = 0xffff_0004;
 pub(crate) const REPORT_NETNS: u32 = 0xffff_0006;
+pub(crate) const REPORT_RLIMIT: u32 = 0xffff_0007;
 /// The value is the main process' raw wait status.
 pub(crate) const REPORT_STATUS: u32 = 0xffff_0005;
 
@@ -87,6 +88,8 @@ pub(crate) struct Plan {
     /// The capabilities init keeps once the main process runs (to kill what
     /// the step leaves behind); its bounding set is emptied.
     pub init_caps: u64,
+    /// setrlimit of the step's processes (`--ulimit`), before capabilities drop.
+    pub rlimits: Vec<crate::spec::Ulimit>,
     /// Descriptors as numbered in the parent: stdin, stdout, stderr, report, go.
     pub fds: [RawFd; 5],
     pub wait_for_go: bool,
@@ -321,6 +324,12 @@ fn exec_main(plan: &Plan) -> ! {
     // Docker's umask, whatever kiln was started with: file modes in layers must
     // not depend on the user's shell.
     nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
+    for limit in &plan.rlimits {
+        // Raising a hard limit needs CAP_SYS_RESOURCE, which goes next.
+        if let Err(errno) = nix::sys::resource::setrlimit(limit.resource, limit.soft, limit.hard) {
+            fail(REPORT_RLIMIT, errno);
+        }
+    }
     if let Err(errno) = sys::limit_capabilities(plan.keep_caps, plan.last_cap) {
         fail(REPORT_CAPS, errno);
     }

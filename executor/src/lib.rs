@@ -85,7 +85,7 @@ pub use resolve::{
 };
 pub use seccomp::{Profile, ProfileError, Seccomp};
 pub use snapshot::{remove_tree, Snapshotter, SpecialFile};
-pub use spec::{CancelToken, Limits, Mount, Network, OutputLine, RunSpec, Stream};
+pub use spec::{CancelToken, Limits, Mount, Network, OutputLine, RunSpec, Stream, Ulimit};
 pub use user::{resolve_user, User};
 pub use view::{RootfsView, ViewEntry};
 

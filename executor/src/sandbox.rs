@@ -380,6 +380,21 @@ fn exec_candidates(program: &str, env: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Every capability kiln itself holds (its permitted set): what a
+/// privileged step gets, as BuildKit gives the daemon's.
+fn own_capabilities(last_cap: u32) -> u64 {
+    let all = u64::MAX >> (63 - last_cap);
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapPrm:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .map_or(all, |held| held & all)
+}
+
 fn last_cap() -> u32 {
     fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
@@ -466,7 +481,8 @@ const DEVICES: &[(&str, u64, u64)] = &[
 
 /// Docker's /dev at `dev`: a tmpfs with [`DEVICES`], devpts, shm, mqueue
 /// and the standard links.
-fn docker_dev(b: &mut PlanBuilder, dev: &Path) -> Result<()> {
+fn docker_dev(b: &mut PlanBuilder, dev: &Path, shm_size: Option<u64>) -> Result<()> {
+    let shm_options = format!("mode=1777,size={}", shm_size.unwrap_or(64 << 20));
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     b.mount(
         Some("tmpfs"),
@@ -500,7 +516,7 @@ fn docker_dev(b: &mut PlanBuilder, dev: &Path) -> Result<()> {
             "shm",
             "tmpfs",
             nosuid_nodev_noexec,
-            Some("mode=1777,size=65536k"),
+            Some(shm_options.as_str()),
         ),
         // The message queues of the sandbox's own ipc namespace.
         ("mqueue", "mqueue", "mqueue", nosuid_nodev_noexec, None),
@@ -623,17 +639,25 @@ fn build_plan(
         "mount /proc".into(),
     )?;
     let (_, dev) = b.mountpoint(view, merged, "/dev", false)?;
-    docker_dev(&mut b, &dev)?;
+    docker_dev(&mut b, &dev, spec.shm_size)?;
     let (_, sys_dir) = b.mountpoint(view, merged, "/sys", false)?;
+    // A privileged (`--security=insecure`) step gets /sys writable and every
+    // kernel path, as BuildKit's insecure mode gives them.
+    let sys_flags = match spec.privileged {
+        true => nosuid_nodev_noexec,
+        false => nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+    };
     b.mount(
         Some("sysfs"),
         &sys_dir,
         Some("sysfs"),
-        nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+        sys_flags,
         None,
-        "mount /sys read-only".into(),
+        "mount /sys".into(),
     )?;
-    guard_kernel_paths(&mut b, &proc_dir, &sys_dir, &dev.join("null"))?;
+    if !spec.privileged {
+        guard_kernel_paths(&mut b, &proc_dir, &sys_dir, &dev.join("null"))?;
+    }
 
     let hostname = if spec.hostname.is_empty() {
         "kiln"
@@ -644,9 +668,12 @@ fn build_plan(
         // The network's resolv.conf and a hosts file naming the sandbox:
         // shared read-only files (as BuildKit binds them) where there is a
         // snapshot root, else per-step writable copies in the scratch dir.
-        let hosts_content = format!(
+        let mut hosts_content = format!(
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
         );
+        for (name, address) in &spec.extra_hosts {
+            hosts_content.push_str(&format!("{address}\t{name}\n"));
+        }
         let (resolv, hosts, readonly) = match &shared_root {
             Some(root) => {
                 let files = root.join("files");
@@ -799,10 +826,15 @@ fn build_plan(
     if spec.network == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    let keep_caps = DEFAULT_CAPS
-        .iter()
-        .fold(0u64, |acc, cap| acc | (1u64 << cap));
-    let seccomp = crate::seccomp::filter_for(&spec.seccomp, keep_caps)?;
+    let last_cap = last_cap();
+    let (keep_caps, seccomp) = if spec.privileged {
+        (own_capabilities(last_cap), None)
+    } else {
+        let caps = DEFAULT_CAPS
+            .iter()
+            .fold(0u64, |acc, cap| acc | (1u64 << cap));
+        (caps, crate::seccomp::filter_for(&spec.seccomp, caps)?)
+    };
     let plan = Plan {
         ops: b.ops,
         exec_candidates: candidates.into_iter().map(cstring).collect::<Result<_>>()?,
@@ -817,7 +849,8 @@ fn build_plan(
         gid: user.gid,
         groups,
         keep_caps,
-        last_cap: last_cap(),
+        last_cap,
+        rlimits: spec.ulimits.clone(),
         process_strings: process_strings()?,
         init_caps: 1u64 << INIT_CAP_KILL,
         fds,
@@ -1176,6 +1209,7 @@ fn failure_error(kind: u32, errno: Errno, descriptions: &[String], spec: &RunSpe
         child::REPORT_FORK => Error::Sandbox { step: "start the step's process".into(), errno },
         child::REPORT_SECCOMP => Error::Sandbox { step: "load the seccomp filter".into(), errno },
         child::REPORT_NETNS => Error::Sandbox { step: "join the build's network namespace".into(), errno },
+        child::REPORT_RLIMIT => Error::Sandbox { step: "set the --ulimit limits".into(), errno },
         index => Error::Sandbox {
             step: descriptions.get(index as usize).cloned().unwrap_or_else(|| format!("setup step {index}")),
             errno,

@@ -43,6 +43,17 @@ pub struct RunSpec {
     /// The seccomp filter of the step's processes: Docker's default profile
     /// unless the caller says otherwise.
     pub seccomp: Seccomp,
+    /// Extra `/etc/hosts` entries, `(name, address)` (`--add-host`).
+    pub extra_hosts: Vec<(String, String)>,
+    /// Resource limits of the step's processes (`--ulimit`).
+    pub ulimits: Vec<Ulimit>,
+    /// Size of `/dev/shm` in bytes (`--shm-size`); `None`: Docker's 64 MiB.
+    pub shm_size: Option<u64>,
+    /// `RUN --security=insecure`: every capability, no seccomp filter, no
+    /// masked or read-only kernel paths and a writable /sys, as BuildKit's
+    /// `security.insecure` entitlement gives. The caller decides whether a
+    /// build may ask for it.
+    pub privileged: bool,
 }
 
 /// The network a step sees.
@@ -154,5 +165,83 @@ impl CancelToken {
     /// Whether [`cancel`](Self::cancel) was called.
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// One `setrlimit` of a step's processes, as `docker run --ulimit` takes it:
+/// `NAME=SOFT[:HARD]` (`-1` for unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ulimit {
+    /// The `RLIMIT_*` resource.
+    pub resource: nix::sys::resource::Resource,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The names Docker accepts for `--ulimit`, with their resources.
+const ULIMIT_NAMES: &[(&str, nix::sys::resource::Resource)] = &[
+    ("core", nix::sys::resource::Resource::RLIMIT_CORE),
+    ("cpu", nix::sys::resource::Resource::RLIMIT_CPU),
+    ("data", nix::sys::resource::Resource::RLIMIT_DATA),
+    ("fsize", nix::sys::resource::Resource::RLIMIT_FSIZE),
+    ("locks", nix::sys::resource::Resource::RLIMIT_LOCKS),
+    ("memlock", nix::sys::resource::Resource::RLIMIT_MEMLOCK),
+    ("msgqueue", nix::sys::resource::Resource::RLIMIT_MSGQUEUE),
+    ("nice", nix::sys::resource::Resource::RLIMIT_NICE),
+    ("nofile", nix::sys::resource::Resource::RLIMIT_NOFILE),
+    ("nproc", nix::sys::resource::Resource::RLIMIT_NPROC),
+    ("rss", nix::sys::resource::Resource::RLIMIT_RSS),
+    ("rtprio", nix::sys::resource::Resource::RLIMIT_RTPRIO),
+    ("rttime", nix::sys::resource::Resource::RLIMIT_RTTIME),
+    (
+        "sigpending",
+        nix::sys::resource::Resource::RLIMIT_SIGPENDING,
+    ),
+    ("stack", nix::sys::resource::Resource::RLIMIT_STACK),
+];
+
+impl std::str::FromStr for Ulimit {
+    type Err = String;
+
+    /// `nofile=1024:2048`, `core=0`, `memlock=-1`.
+    fn from_str(text: &str) -> std::result::Result<Ulimit, String> {
+        let names = || {
+            ULIMIT_NAMES
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (name, values) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?}: expected NAME=SOFT[:HARD], e.g. nofile=1024:2048"))?;
+        let resource = ULIMIT_NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, r)| *r)
+            .ok_or_else(|| format!("{text:?}: unknown limit {name:?}; one of {}", names()))?;
+        let number = |v: &str| -> std::result::Result<u64, String> {
+            match v {
+                "-1" | "unlimited" => Ok(libc::RLIM_INFINITY),
+                v => v
+                    .parse::<u64>()
+                    .map_err(|_| format!("{text:?}: {v:?} is not a number (or -1 for unlimited)")),
+            }
+        };
+        let (soft, hard) = match values.split_once(':') {
+            Some((soft, hard)) => (number(soft)?, number(hard)?),
+            None => {
+                let both = number(values)?;
+                (both, both)
+            }
+        };
+        if soft > hard {
+            return Err(format!("{text:?}: the soft limit is above the hard limit"));
+        }
+        Ok(Ulimit {
+            resource,
+            soft,
+            hard,
+        })
     }
 }

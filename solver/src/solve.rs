@@ -68,6 +68,15 @@ pub struct SolveOptions {
     /// `RUN --mount=type=ssh,id=ID` may name. Not part of cache keys: an agent
     /// lends keys to a step, it is not an input of its result.
     pub ssh: BTreeMap<String, PathBuf>,
+    /// `--add-host` entries every RUN step's /etc/hosts gets, `(name, address)`.
+    pub extra_hosts: Vec<(String, String)>,
+    /// `--ulimit`s of every RUN step.
+    pub ulimits: Vec<kiln_executor::Ulimit>,
+    /// `--shm-size` of every RUN step's /dev/shm, in bytes.
+    pub shm_size: Option<u64>,
+    /// `--allow security.insecure`: `RUN --security=insecure` may run
+    /// privileged; without it such a step is an error.
+    pub allow_insecure: bool,
 }
 
 impl SolveOptions {
@@ -89,6 +98,10 @@ impl Default for SolveOptions {
             limits: kiln_executor::Limits::default(),
             seccomp: kiln_executor::Seccomp::Default,
             ssh: BTreeMap::new(),
+            extra_hosts: Vec::new(),
+            ulimits: Vec::new(),
+            shm_size: None,
+            allow_insecure: false,
         }
     }
 }
@@ -1185,6 +1198,12 @@ impl Runner<'_> {
             Some(kiln_frontend::Network::Host) => kiln_executor::Network::Host,
             _ => kiln_executor::Network::Private(self.network.get()?),
         };
+        let privileged = run.security == kiln_frontend::Security::Insecure;
+        if privileged && !self.options.allow_insecure {
+            return Err(Error::Invalid(
+                "RUN --security=insecure runs the step with every capability and no sandbox filters: allow it with --allow security.insecure".into(),
+            ));
+        }
         let spec = RunSpec {
             lowers: lowers.clone(),
             argv: run.argv.clone(),
@@ -1197,6 +1216,10 @@ impl Runner<'_> {
             arch: Some(vertex.platform.architecture.clone()),
             limits: self.options.limits,
             seccomp: self.options.seccomp.clone(),
+            extra_hosts: self.options.extra_hosts.clone(),
+            ulimits: self.options.ulimits.clone(),
+            shm_size: self.options.shm_size,
+            privileged,
             stdin: None,
             ..Default::default()
         };

@@ -113,6 +113,22 @@ pub struct Args {
     /// CPU quota for RUN steps, in CPUs (e.g. 1.5).
     #[arg(long, value_name = "CPUS", value_parser = parse_cpus)]
     cpus: Option<f64>,
+    /// Add NAME with ADDRESS to RUN steps' /etc/hosts (NAME:ADDRESS or
+    /// NAME=ADDRESS; `host-gateway` is this machine's address on its default
+    /// route).
+    #[arg(long = "add-host", value_name = "NAME:ADDRESS")]
+    add_host: Vec<String>,
+    /// A resource limit of RUN steps, as docker takes it: NAME=SOFT[:HARD],
+    /// e.g. nofile=1024:2048 (-1 for unlimited).
+    #[arg(long, value_name = "NAME=SOFT[:HARD]", value_parser = parse_ulimit)]
+    ulimit: Vec<kiln_executor::Ulimit>,
+    /// Size of RUN steps' /dev/shm, e.g. 128m [default: 64m].
+    #[arg(long = "shm-size", value_name = "BYTES", value_parser = parse_shm_size)]
+    shm_size: Option<u64>,
+    /// Entitlements: security.insecure lets `RUN --security=insecure` run
+    /// with every capability and no seccomp filter or masked paths.
+    #[arg(long, value_name = "security.insecure", value_parser = ["security.insecure"])]
+    allow: Vec<String>,
     /// Maximum number of processes in a RUN step.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pids_limit: Option<u64>,
@@ -392,6 +408,10 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         network,
         secrets: parse_secrets(&args.secret)?,
         ssh: ssh_agents.sockets.clone(),
+        extra_hosts: parse_add_hosts(&args.add_host)?,
+        ulimits: args.ulimit.clone(),
+        shm_size: args.shm_size,
+        allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
         labels: parse_key_values(&args.label, "--label")?,
         limits: kiln_executor::Limits {
             memory: args.memory,
@@ -591,6 +611,74 @@ fn parse_memory(text: &str) -> Result<u64, String> {
     }
 }
 
+fn parse_ulimit(text: &str) -> Result<kiln_executor::Ulimit, String> {
+    text.parse()
+}
+
+/// `--shm-size`: a size as `--memory` takes it, at least 4 KiB.
+fn parse_shm_size(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let (digits, unit) = match lower.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => lower.split_at(at),
+        None => (lower.as_str(), ""),
+    };
+    let multiplier: u64 = match unit.trim_end_matches('b') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return Err(format!("{text:?}: expected a size such as 128m or 1g")),
+    };
+    let bytes = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|v| v.checked_mul(multiplier))
+        .ok_or_else(|| format!("{text:?}: expected a size such as 128m or 1g"))?;
+    if bytes < 4096 {
+        return Err(format!("{text:?}: /dev/shm needs at least 4k"));
+    }
+    Ok(bytes)
+}
+
+/// `--add-host NAME:ADDRESS` (or `NAME=ADDRESS`); `host-gateway` becomes this
+/// machine's address on its default route, which RUN steps reach on every
+/// network but `none`.
+fn parse_add_hosts(values: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut hosts = Vec::new();
+    for value in values {
+        let (name, address) = value
+            .split_once('=')
+            .or_else(|| value.split_once(':'))
+            .filter(|(name, address)| !name.is_empty() && !address.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("--add-host {value}: expected NAME:ADDRESS"))?;
+        if name.contains(char::is_whitespace) {
+            bail!("--add-host {value}: a host name cannot contain spaces");
+        }
+        let address = if address == "host-gateway" {
+            host_gateway().with_context(|| format!("--add-host {value}"))?
+        } else {
+            address
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .with_context(|| format!("--add-host {value}: {address:?} is not an IP address"))?
+                .to_string()
+        };
+        hosts.push((name.to_string(), address));
+    }
+    Ok(hosts)
+}
+
+/// This machine's IPv4 address on its default route: the source address the
+/// kernel picks for a UDP socket "connected" to a documentation address (a
+/// connect sends nothing).
+fn host_gateway() -> anyhow::Result<String> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").context("cannot open a UDP socket")?;
+    socket
+        .connect("192.0.2.1:9")
+        .context("this machine has no default route: give the address instead of host-gateway")?;
+    Ok(socket.local_addr()?.ip().to_string())
+}
+
 /// A CPU quota such as 0.5 or 2.
 fn parse_cpus(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
@@ -663,6 +751,26 @@ mod tests {
             "{err}"
         );
         assert!(check_syntax("localhost:5000/docker/dockerfile:1", "", "D", true).is_err());
+    }
+
+    #[test]
+    fn add_hosts_ulimits_and_shm_sizes_as_docker_takes_them() {
+        let hosts = parse_add_hosts(&["db:10.1.2.3".into(), "v6=[::1]".into()]).unwrap();
+        assert_eq!(
+            hosts,
+            [
+                ("db".into(), "10.1.2.3".into()),
+                ("v6".into(), "::1".into())
+            ]
+        );
+        assert!(parse_add_hosts(&["db:notanip".into()]).is_err());
+        assert!(parse_add_hosts(&["db".into()]).is_err());
+        let limit = parse_ulimit("nofile=1024:2048").unwrap();
+        assert_eq!((limit.soft, limit.hard), (1024, 2048));
+        assert!(parse_ulimit("nofile=2048:1024").is_err());
+        assert!(parse_ulimit("files=1").unwrap_err().contains("nofile"));
+        assert_eq!(parse_shm_size("128m"), Ok(128 << 20));
+        assert!(parse_shm_size("1").is_err());
     }
 
     #[test]
