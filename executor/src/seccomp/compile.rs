@@ -105,6 +105,10 @@ fn compile_err(
 pub(crate) fn compile(profile: &Profile, target: &Target<'_>) -> Result<Filter, ProfileError> {
     let default = scmp_action(profile.default_action);
     let mut ctx = ScmpFilterContext::new(default).map_err(compile_err("create the filter"))?;
+    // A binary tree of syscall numbers instead of a list: a step's every
+    // system call walks the filter, so its depth is a per-call cost.
+    ctx.set_ctl_optimize(2)
+        .map_err(compile_err("ask for the binary-tree layout"))?;
     let native = ScmpArch::native();
     let mut arches = vec![native];
     for arch in extra_arches(profile, native) {
