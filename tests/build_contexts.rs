@@ -167,6 +167,25 @@ fn a_tarball_or_a_dockerfile_at_an_http_url() {
     assert!(stderr.contains("HTTP 404"), "{stderr}");
 }
 
+/// `git-daemon` serving the repositories under `base` on 127.0.0.1:`port`:
+/// the daemon's own binary, not `git daemon`, which would run it as a child
+/// that outlives the kill.
+fn git_daemon(base: &Path, port: u16) -> Server {
+    let exec_path = run_ok(Command::new("git").arg("--exec-path")).stdout;
+    let daemon = Path::new(String::from_utf8_lossy(&exec_path).trim()).join("git-daemon");
+    Server::start(
+        Command::new(daemon).args([
+            "--reuseaddr",
+            "--export-all",
+            &format!("--base-path={}", base.display()),
+            "--listen=127.0.0.1",
+            &format!("--port={port}"),
+            &base.to_string_lossy(),
+        ]),
+        port,
+    )
+}
+
 fn git(dir: &Path, args: &[&str]) {
     run_ok(
         Command::new("git")
@@ -225,21 +244,7 @@ fn git_contexts_at_a_ref_and_subdirectory_with_submodules() {
     let base = env.dir.path().join("git");
     std::fs::create_dir_all(&base).unwrap();
     let port = free_port();
-    // git-daemon itself, not `git daemon`: git would run it as a child that
-    // outlives the kill.
-    let exec_path = run_ok(Command::new("git").arg("--exec-path")).stdout;
-    let daemon = Path::new(String::from_utf8_lossy(&exec_path).trim()).join("git-daemon");
-    let _daemon = Server::start(
-        Command::new(daemon).args([
-            "--reuseaddr",
-            "--export-all",
-            &format!("--base-path={}", base.display()),
-            "--listen=127.0.0.1",
-            &format!("--port={port}"),
-            &base.to_string_lossy(),
-        ]),
-        port,
-    );
+    let _daemon = git_daemon(&base, port);
     make_repositories(&base, port);
     let dest = env.dir.path().join("out");
     let out_arg = format!("type=local,dest={}", dest.display());
@@ -291,4 +296,53 @@ fn git_contexts_at_a_ref_and_subdirectory_with_submodules() {
         run_ok(&mut env.command(&["images", "--format", "json"])).stdout,
         images_before
     );
+}
+
+#[test]
+fn add_of_a_git_repository_is_keyed_by_the_commit_its_ref_names() {
+    let env = Env::new();
+    let base = env.dir.path().join("git");
+    std::fs::create_dir_all(&base).unwrap();
+    let port = free_port();
+    let _daemon = git_daemon(&base, port);
+    make_repositories(&base, port);
+    let repo = format!("git://127.0.0.1:{port}/app.git");
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM busybox\n\
+                 ADD {repo}#v1 /src\n\
+                 ADD --keep-git-dir=true {repo}#main /full\n\
+                 RUN cat /src/app/version /full/app/version > /versions \
+                  && ls -a /src > /src-list && ls -a /full > /full-list\n"
+            ),
+        )],
+    );
+    let dest = env.dir.path().join("out");
+    let out_arg = format!("type=local,dest={}", dest.display());
+    env.build(&ctx, &["--output", &out_arg]);
+    let read = |p: &str| std::fs::read_to_string(dest.join(p)).unwrap();
+    assert_eq!(read("versions"), "v1\nv2\n");
+    let has_git_dir = |list: &str| read(list).lines().any(|l| l == ".git");
+    assert!(!has_git_dir("src-list"), "{}", read("src-list"));
+    assert!(has_git_dir("full-list"), "{}", read("full-list"));
+    assert_eq!(
+        std::fs::read_to_string(dest.join("src/app/lib/lib.txt")).unwrap(),
+        "from the submodule\n"
+    );
+
+    // Nothing moved: every step is cached.
+    let (_, stderr) = env.build(&ctx, &[]);
+    assert_eq!(cached_steps(&stderr), 3, "{stderr}");
+
+    // main moves on: its ADD and what follows run again, the tag's stays.
+    let work = base.join("work");
+    std::fs::write(work.join("app/version"), "v3\n").unwrap();
+    git(&work, &["commit", "-q", "-am", "v3"]);
+    git(&work, &["push", "-q", "../app.git", "main"]);
+    let (_, stderr) = env.build(&ctx, &["--output", &out_arg]);
+    assert_eq!(cached_steps(&stderr), 1, "{stderr}");
+    assert_eq!(read("versions"), "v1\nv3\n");
 }

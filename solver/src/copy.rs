@@ -186,6 +186,8 @@ enum Item {
     Entry(SourceEntry, Option<String>),
     /// A heredoc: file name and content.
     Inline(String, String),
+    /// An ADD of a git repository: its checkout, copied like a directory.
+    Git(crate::BuildContext),
     /// An ADD of a URL: file name and the downloaded file.
     Download(String, std::path::PathBuf),
 }
@@ -226,6 +228,17 @@ pub(crate) fn build_tree(
 
     let mut items = Vec::new();
     for src in &step.sources {
+        if step.add && crate::remote_context::is_git_url(src) {
+            let Some(downloads) = downloads else {
+                return Err(Error::Copy(format!(
+                    "ADD {src}: a git repository can only be added from the build context's stage"
+                )));
+            };
+            let checkout = downloads.git(src, step.keep_git_dir)?;
+            let tree = crate::BuildContext::new(&checkout.root, Default::default(), None)?;
+            items.push(Item::Git(tree));
+            continue;
+        }
         if is_url(src) {
             let Some(downloads) = downloads.filter(|_| step.add) else {
                 return Err(Error::Copy(format!(
@@ -284,6 +297,7 @@ pub(crate) fn build_tree(
             Item::Entry(e, _) => !e.meta.is_dir() && !is_archive_add(step, e)?,
             Item::Download(_, path) => !is_archive_download(step, path)?,
             Item::Inline(..) => true,
+            Item::Git(_) => false,
         }
         && dest.is_dir(&resolved_dest)?;
     let dest_is_dir = wants_dir || single_file_into_dir;
@@ -309,6 +323,16 @@ pub(crate) fn build_tree(
                     resolved_dest.clone()
                 };
                 writer.write_download(&target, path)?;
+            }
+            Item::Git(tree) => {
+                // The repository's files go into the destination directory.
+                let top = tree
+                    .entry(".", true)?
+                    .ok_or_else(|| Error::Copy("the git checkout is empty".into()))?;
+                writer.ensure_dir(&resolved_dest, Some(&top))?;
+                for inner in walk(tree, &top)?.iter().skip(1) {
+                    writer.write_entry(tree, inner, &join_abs(&resolved_dest, &inner.rel))?;
+                }
             }
             Item::Entry(entry, pivot) => {
                 let rel_under_parents = if step.parents {

@@ -44,6 +44,8 @@ pub(crate) struct Download {
 pub(crate) struct Downloads {
     dir: tempfile::TempDir,
     done: Mutex<HashMap<String, Download>>,
+    /// ADD of git repositories: checkouts by URL and --keep-git-dir.
+    checkouts: Mutex<HashMap<(String, bool), crate::remote_context::Checkout>>,
 }
 
 impl Downloads {
@@ -55,7 +57,29 @@ impl Downloads {
         Ok(Downloads {
             dir,
             done: Mutex::new(HashMap::new()),
+            checkouts: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The checkout of an ADD'ed git repository (`URL#REF[:DIR]`), made the
+    /// first time a step asks for it in this build.
+    pub(crate) fn git(
+        &self,
+        url: &str,
+        keep_git_dir: bool,
+    ) -> Result<crate::remote_context::Checkout> {
+        let key = (url.to_string(), keep_git_dir);
+        let mut checkouts = self.checkouts.lock().map_err(|_| Error::Cancelled)?;
+        if let Some(found) = checkouts.get(&key) {
+            return Ok(found.clone());
+        }
+        let crate::ContextSource::Git(git) = crate::ContextSource::parse(url) else {
+            return Err(Error::Copy(format!("ADD {url}: not a git repository URL")));
+        };
+        let dest = self.dir.path().join(format!("git-{}", checkouts.len()));
+        let checkout = git.checkout(&dest, keep_git_dir)?;
+        checkouts.insert(key, checkout.clone());
+        Ok(checkout)
     }
 
     /// The file behind `url`, downloading it the first time; with

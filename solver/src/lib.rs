@@ -26,7 +26,8 @@ pub use dockerignore::IgnoreRules;
 pub use error::{Error, Result};
 pub use progress::{Event, Progress};
 pub use remote_context::{
-    fetch_url_context, looks_like_archive, unpack_context_tar, ContextSource, Fetched, GitSource,
+    fetch_url_context, looks_like_archive, unpack_context_tar, Checkout, ContextSource, Fetched,
+    GitSource,
 };
 pub use solve::{export_filesystem, solve, Built, BuiltRecord, SolveOptions, StoreResolver};
 pub use source::BuildContext;

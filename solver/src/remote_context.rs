@@ -138,12 +138,28 @@ pub fn fetch_url_context(url: &str, dest: &Path) -> Result<Fetched> {
     Ok(fetched)
 }
 
+/// A checked-out git ref.
+#[derive(Debug, Clone)]
+pub struct Checkout {
+    /// The directory asked for (the repository, or its `#REF:DIR`).
+    pub root: PathBuf,
+    /// The commit the ref resolved to: what a cache key names.
+    pub commit: String,
+}
+
+/// Whether an ADD source names a git repository, by the same rules as a
+/// context argument.
+pub(crate) fn is_git_url(source: &str) -> bool {
+    matches!(ContextSource::parse(source), ContextSource::Git(_))
+}
+
 impl GitSource {
     /// Checks the ref out into `dest` with the real `git` client (shallow
     /// where the remote allows it, submodules included) and returns the
-    /// context directory: `dest` or its `subdir`. The `.git` directories are
-    /// removed unless `keep_git_dir` (BuildKit's BUILDKIT_CONTEXT_KEEP_GIT_DIR).
-    pub fn checkout(&self, dest: &Path, keep_git_dir: bool) -> Result<PathBuf> {
+    /// directory asked for (`dest` or its `subdir`) and the commit. The `.git`
+    /// directories are removed unless `keep_git_dir` (BuildKit's
+    /// BUILDKIT_CONTEXT_KEEP_GIT_DIR, ADD --keep-git-dir).
+    pub fn checkout(&self, dest: &Path, keep_git_dir: bool) -> Result<Checkout> {
         std::fs::create_dir_all(dest).map_err(io_err(dest))?;
         self.git(dest, &["init", "-q"])?;
         self.git(dest, &["remote", "add", "origin", &self.url])?;
@@ -174,6 +190,7 @@ impl GitSource {
                 "1",
             ],
         )?;
+        let commit = self.git(dest, &["rev-parse", "HEAD"])?.trim().to_string();
         if !keep_git_dir {
             remove_git_dirs(dest)?;
         }
@@ -192,16 +209,18 @@ impl GitSource {
             .canonicalize()
             .ok()
             .filter(|r| r.starts_with(dest.canonicalize().unwrap_or_default()) && r.is_dir());
-        inside.ok_or_else(|| {
+        let root = inside.ok_or_else(|| {
             Error::Invalid(format!(
                 "git context {}#{}: the repository has no directory {:?}",
                 self.url, self.reference, self.subdir
             ))
-        })
+        })?;
+        Ok(Checkout { root, commit })
     }
 
-    /// Runs `git ARGS` in `dir`, never asking for a password on a terminal.
-    fn git(&self, dir: &Path, args: &[&str]) -> Result<()> {
+    /// Runs `git ARGS` in `dir`, never asking for a password on a terminal;
+    /// returns what it printed.
+    fn git(&self, dir: &Path, args: &[&str]) -> Result<String> {
         let output = Command::new("git")
             .args(args)
             .current_dir(dir)
@@ -216,7 +235,7 @@ impl GitSource {
                 ))
             })?;
         if output.status.success() {
-            return Ok(());
+            return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
         }
         let stderr = String::from_utf8_lossy(&output.stderr);
         Err(Error::Invalid(format!(

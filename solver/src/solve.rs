@@ -310,12 +310,25 @@ pub fn solve(
             match &step.kind {
                 StepKind::Copy(copy) => {
                     if copy.from == CopyFrom::Context {
-                        let (urls, paths): (Vec<String>, Vec<String>) =
-                            copy.sources.iter().cloned().partition(|s| is_url(s));
+                        let is_git = |s: &str| copy.add && crate::remote_context::is_git_url(s);
+                        let (urls, paths): (Vec<String>, Vec<String>) = copy
+                            .sources
+                            .iter()
+                            .cloned()
+                            .partition(|s| is_git(s) || is_url(s));
                         let digest =
                             content_digest(context, &paths).map_err(|e| located(step, e))?;
                         key.key("content", &digest);
                         for url in &urls {
+                            if is_git(url) {
+                                // A repository is keyed by the commit its ref
+                                // resolves to: an unchanged commit is a hit.
+                                let checkout = downloads
+                                    .git(url, copy.keep_git_dir)
+                                    .map_err(|e| located(step, e))?;
+                                key.str("git", url).str("git-commit", &checkout.commit);
+                                continue;
+                            }
                             // The content is what counts: a pinned checksum
                             // names it without downloading, else the download.
                             let content = match (&copy.checksum, copy.add) {

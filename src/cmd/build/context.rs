@@ -54,8 +54,8 @@ pub(super) fn resolve(
             let keep_git_dir = build_args
                 .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
                 .is_some_and(|v| matches!(v.as_str(), "1" | "true"));
-            let root = git.checkout(&staging.path().join("git"), keep_git_dir)?;
-            inside(root, file, staging)
+            let checkout = git.checkout(&staging.path().join("git"), keep_git_dir)?;
+            inside(checkout.root, file, staging)
         }
     }
 }
