@@ -396,6 +396,110 @@ fn load_oci(store: &Store, dir: &Path) -> Result<Vec<LoadedImage>> {
     Ok(loaded)
 }
 
+/// Which image of an OCI image layout directory to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutImage<'a> {
+    /// The only image of the layout, or the one tagged `latest`.
+    Default,
+    /// The entry whose `org.opencontainers.image.ref.name` is this tag (or
+    /// a full name ending in `:TAG`).
+    Tag(&'a str),
+    /// The entry (or the manifest) with this digest.
+    Digest(&'a str),
+}
+
+/// Copies one image of an OCI image layout directory (skopeo's `oci:DIR`,
+/// an unpacked `kiln save --format oci`) into the store, verifying every
+/// blob, and returns it untagged. Nothing is stored unless the layout names
+/// the image and holds all its blobs.
+pub fn import_oci_layout(
+    store: &Store,
+    dir: &Path,
+    wanted: LayoutImage<'_>,
+) -> Result<StoredImage> {
+    let index_path = dir.join("index.json");
+    let bytes = fs::read(&index_path).at(&index_path)?;
+    check_json("index.json", &bytes)?;
+    let index = ImageIndex::from_reader(&bytes[..])
+        .map_err(|e| Error::invalid(format!("{}", index_path.display()), e))?;
+    let descriptor = layout_entry(&index, wanted, dir)?;
+    let manifest_digest = pick_manifest(dir, &descriptor)?;
+    let manifest_path = staged_blob(dir, &manifest_digest)?;
+    let manifest = ImageManifest::from_reader(File::open(&manifest_path).at(&manifest_path)?)
+        .map_err(|e| Error::invalid(format!("manifest {manifest_digest}"), e))?;
+    // Every blob is there before any is stored.
+    staged_blob(dir, manifest.config().digest())?;
+    for layer in manifest.layers() {
+        Compression::of_layer_media_type(layer.media_type())?;
+        staged_blob(dir, layer.digest())?;
+    }
+    for layer in manifest.layers() {
+        copy_staged(store, dir, layer.digest())?;
+    }
+    copy_staged(store, dir, manifest.config().digest())?;
+    copy_staged(store, dir, &manifest_digest)?;
+    let image = store.read_image(&manifest_digest)?;
+    image.layers()?;
+    Ok(image)
+}
+
+/// The index entry of a layout that `wanted` names.
+fn layout_entry(index: &ImageIndex, wanted: LayoutImage<'_>, dir: &Path) -> Result<Descriptor> {
+    let entries = index.manifests();
+    let tag_of = |d: &Descriptor| -> Option<String> {
+        let name = ref_name(d)?;
+        // A full name (kiln's and docker's archives) or a bare tag (skopeo's).
+        Some(match name.rsplit_once(':') {
+            Some((_, tag)) if !tag.contains('/') => tag.to_owned(),
+            _ if name.contains('/') => "latest".to_owned(),
+            _ => name.to_owned(),
+        })
+    };
+    let found = match wanted {
+        LayoutImage::Digest(digest) => {
+            let found = entries.iter().find(|d| d.digest().to_string() == digest);
+            match found {
+                Some(d) => Some(d.clone()),
+                None => {
+                    let parsed: Digest = digest
+                        .parse()
+                        .map_err(|_| Error::BadDigest(digest.to_owned()))?;
+                    // A manifest inside a nested index: take it directly.
+                    staged_blob(dir, &parsed)
+                        .ok()
+                        .map(|_| Descriptor::new(MediaType::ImageManifest, 0, parsed.clone()))
+                }
+            }
+        }
+        LayoutImage::Tag(tag) => entries
+            .iter()
+            .find(|d| tag_of(d).as_deref() == Some(tag))
+            .cloned(),
+        LayoutImage::Default if entries.len() == 1 => entries.first().cloned(),
+        LayoutImage::Default => entries
+            .iter()
+            .find(|d| tag_of(d).as_deref() == Some("latest"))
+            .cloned(),
+    };
+    found.ok_or_else(|| {
+        let tags: Vec<String> = entries.iter().filter_map(tag_of).collect();
+        let what = match wanted {
+            LayoutImage::Default => "several images and none tagged latest".to_owned(),
+            LayoutImage::Tag(tag) => format!("no image tagged {tag:?}"),
+            LayoutImage::Digest(digest) => format!("no image {digest}"),
+        };
+        Error::BadArchive(format!(
+            "the OCI layout {} has {what} (its tags: {}); name one with :TAG or @sha256:DIGEST",
+            dir.display(),
+            if tags.is_empty() {
+                "none".to_owned()
+            } else {
+                tags.join(", ")
+            }
+        ))
+    })
+}
+
 /// The image name an OCI archive gives an index entry: containerd's full
 /// name when present (docker's OCI archives put only the tag in ref.name),
 /// else ref.name when it is a valid name.
