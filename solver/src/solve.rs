@@ -506,6 +506,9 @@ pub fn solve(
         Ok(())
     });
     context.save_stat_cache()?;
+    for named in options.named_contexts.values() {
+        named.save_stat_cache()?;
+    }
     outcome?;
 
     let target = graph

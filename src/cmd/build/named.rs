@@ -69,6 +69,9 @@ pub(super) fn resolve(
     for (name, source) in parsed {
         contexts.frontend.remove(&name);
         contexts.directories.remove(&name);
+        // A local directory keeps its stat cache between builds, as the
+        // build context does; fetched ones are new every build.
+        let mut local = false;
         let root = match source {
             Source::Image(reference) => {
                 contexts
@@ -80,7 +83,10 @@ pub(super) fn resolve(
                 layouts.push((name, dir, pick));
                 continue;
             }
-            Source::Dir(dir) => dir,
+            Source::Dir(dir) => {
+                local = true;
+                dir
+            }
             Source::Url(url) => {
                 let staging = staging(store)?;
                 let fetched = kiln_solver::fetch_url_context(&url, staging.path())
@@ -103,7 +109,11 @@ pub(super) fn resolve(
         };
         let ignore = IgnoreRules::for_build(&root, None)
             .with_context(|| format!("--build-context {name}: reading its .dockerignore"))?;
-        let context = BuildContext::new(&root, ignore, None)
+        let state = match local {
+            true => Some(store.state_dir("context")?),
+            false => None,
+        };
+        let context = BuildContext::new(&root, ignore, state.as_deref())
             .with_context(|| format!("--build-context {name}={}", root.display()))?;
         contexts
             .frontend
