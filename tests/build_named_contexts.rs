@@ -365,5 +365,23 @@ fn bad_values_are_errors_that_name_the_flag_and_leave_the_store_alone() {
             "{value}: {stderr}"
         );
     }
+    // An image the store lacks (and may not pull) says where it came from.
+    let out = env.try_build(
+        &ctx,
+        &[
+            "--pull",
+            "never",
+            "-t",
+            "never",
+            "--build-context",
+            "src=docker-image://nosuchimage:1",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no image \"nosuchimage:1\"") && stderr.contains("--build-context src="),
+        "{stderr}"
+    );
     assert_eq!(images(&env), before);
 }

@@ -597,8 +597,10 @@ impl<'a> Compiler<'a> {
                     .finish();
                 return Ok((CopyFrom::Named(name), digest));
             }
-            Some((_, NamedContext::Image(reference))) => {
-                return self.image_source(&reference, span, platform);
+            Some((name, NamedContext::Image(reference))) => {
+                return self
+                    .image_source(&reference, span, platform)
+                    .map_err(|e| from_context(e, &name, &reference));
             }
             None => {}
         }
@@ -654,8 +656,12 @@ impl<'a> Compiler<'a> {
             (None, context) => (head.instructions, context.clone()),
         };
         let mut context_dir = None;
+        let mut context_image = None;
         match context {
-            Some((_, NamedContext::Image(image))) => reference = image,
+            Some((name, NamedContext::Image(image))) => {
+                reference = image.clone();
+                context_image = Some((name, image));
+            }
             Some((name, NamedContext::Directory)) => {
                 reference = "scratch".to_string();
                 context_dir = Some(name);
@@ -673,7 +679,12 @@ impl<'a> Compiler<'a> {
                 .finish();
             (Base::Scratch, ImageConfig::default(), digest)
         } else {
-            let image = self.resolve_image(&reference, &platform, &from.text_span)?;
+            let image = self
+                .resolve_image(&reference, &platform, &from.text_span)
+                .map_err(|e| match &context_image {
+                    Some((name, image)) => from_context(e, name, image),
+                    None => e,
+                })?;
             let digest = KeyEncoder::new("kiln.base.v1")
                 .str("image", &image.digest)
                 .str("platform", &platform)
@@ -1336,6 +1347,17 @@ fn is_heredoc_marker(word: &str, name: &str) -> bool {
 }
 
 /// Points an ONBUILD trigger's spans at the FROM line that ran it.
+/// An image lookup for a named context says which context asked for it.
+fn from_context(error: Error, name: &str, reference: &str) -> Error {
+    match error {
+        Error::Compile { span, message } => Error::Compile {
+            span,
+            message: format!("{message} (the image comes from the named context {name}, {reference}; check --build-context {name}=...)"),
+        },
+        other => other,
+    }
+}
+
 fn relocate(instruction: &mut Instruction, span: &Span) {
     instruction.span = span.clone();
     instruction.text_span = span.clone();
