@@ -385,3 +385,103 @@ fn bad_values_are_errors_that_name_the_flag_and_leave_the_store_alone() {
     );
     assert_eq!(images(&env), before);
 }
+
+fn sha256_hex(path: &Path) -> String {
+    let out = run_ok(Command::new("sha256sum").arg(path)).stdout;
+    String::from_utf8_lossy(&out)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn an_oci_layout_index_gives_the_image_of_the_build_platform() {
+    // A layout whose one entry is a multi-platform index of busybox for
+    // amd64 and mips64le.
+    let maker = Env::new();
+    maker.import("busybox-mips64el.tar", "bb-mips:latest");
+    let archive = maker.dir.path().join("both.tar");
+    run_ok(&mut maker.command(&[
+        "save",
+        "-o",
+        &archive.to_string_lossy(),
+        "busybox:latest",
+        "bb-mips:latest",
+    ]));
+    let layout = maker.dir.path().join("layout");
+    std::fs::create_dir(&layout).unwrap();
+    run_ok(Command::new("tar").args([
+        "-xf",
+        &archive.to_string_lossy(),
+        "-C",
+        &layout.to_string_lossy(),
+    ]));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let entries: Vec<serde_json::Value> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            let name = entry["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap();
+            let arch = if name.starts_with("bb-mips") {
+                "mips64le"
+            } else {
+                "amd64"
+            };
+            serde_json::json!({
+                "mediaType": entry["mediaType"],
+                "digest": entry["digest"],
+                "size": entry["size"],
+                "platform": {"architecture": arch, "os": "linux"},
+            })
+        })
+        .collect();
+    let nested = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    }))
+    .unwrap();
+    let staged = layout.join("nested.json");
+    std::fs::write(&staged, &nested).unwrap();
+    let hex = sha256_hex(&staged);
+    std::fs::rename(&staged, layout.join("blobs/sha256").join(&hex)).unwrap();
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{hex}"),
+            "size": nested.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }],
+    });
+    std::fs::write(layout.join("index.json"), top.to_string()).unwrap();
+
+    let env = Env::new();
+    let ctx = env.context("ctx", &[("Dockerfile", "FROM base\n")]);
+    let value = format!("base=oci-layout://{}:multi", layout.display());
+    for (platform, arch) in [("linux/mips64le", "mips64le"), ("linux/amd64", "amd64")] {
+        env.build(
+            &ctx,
+            &[
+                "-t",
+                "out",
+                "--platform",
+                platform,
+                "--build-context",
+                &value,
+            ],
+        );
+        let inspect = run_ok(&mut env.command(&["inspect", "out"])).stdout;
+        let inspect = String::from_utf8_lossy(&inspect);
+        assert!(
+            inspect.contains(&format!("\"{arch}\"")),
+            "{platform}: {inspect}"
+        );
+    }
+}

@@ -375,7 +375,7 @@ fn load_oci(store: &Store, dir: &Path) -> Result<Vec<LoadedImage>> {
     let mut loaded = Vec::new();
     for descriptor in index.manifests() {
         let name = archive_name(descriptor);
-        let manifest_digest = pick_manifest(dir, descriptor)?;
+        let manifest_digest = pick_manifest(dir, descriptor, &crate::platform::Platform::host())?;
         let manifest_path = staged_blob(dir, &manifest_digest)?;
         let manifest = ImageManifest::from_reader(File::open(&manifest_path).at(&manifest_path)?)
             .map_err(|e| Error::invalid(format!("manifest {manifest_digest}"), e))?;
@@ -410,12 +410,14 @@ pub enum LayoutImage<'a> {
 
 /// Copies one image of an OCI image layout directory (skopeo's `oci:DIR`,
 /// an unpacked `kiln save --format oci`) into the store, verifying every
-/// blob, and returns it untagged. Nothing is stored unless the layout names
-/// the image and holds all its blobs.
+/// blob, and returns it untagged. From a multi-platform image, `platform`'s
+/// manifest is taken (else the first). Nothing is stored unless the layout
+/// names the image and holds all its blobs.
 pub fn import_oci_layout(
     store: &Store,
     dir: &Path,
     wanted: LayoutImage<'_>,
+    platform: &crate::platform::Platform,
 ) -> Result<StoredImage> {
     let index_path = dir.join("index.json");
     let bytes = fs::read(&index_path).at(&index_path)?;
@@ -423,7 +425,7 @@ pub fn import_oci_layout(
     let index = ImageIndex::from_reader(&bytes[..])
         .map_err(|e| Error::invalid(format!("{}", index_path.display()), e))?;
     let descriptor = layout_entry(&index, wanted, dir)?;
-    let manifest_digest = pick_manifest(dir, &descriptor)?;
+    let manifest_digest = pick_manifest(dir, &descriptor, platform)?;
     let manifest_path = staged_blob(dir, &manifest_digest)?;
     let manifest = ImageManifest::from_reader(File::open(&manifest_path).at(&manifest_path)?)
         .map_err(|e| Error::invalid(format!("manifest {manifest_digest}"), e))?;
@@ -520,8 +522,12 @@ fn familiar_name(name: &str) -> String {
 }
 
 /// An index entry may be a manifest or a nested index (a multi-platform
-/// image); from an index the host platform's manifest is taken, else the first.
-fn pick_manifest(dir: &Path, descriptor: &Descriptor) -> Result<Digest> {
+/// image); from an index `platform`'s manifest is taken, else the first.
+fn pick_manifest(
+    dir: &Path,
+    descriptor: &Descriptor,
+    platform: &crate::platform::Platform,
+) -> Result<Digest> {
     let media = descriptor.media_type();
     let is_index = matches!(media, MediaType::ImageIndex)
         || media.to_string() == "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -531,7 +537,6 @@ fn pick_manifest(dir: &Path, descriptor: &Descriptor) -> Result<Digest> {
     let path = staged_blob(dir, descriptor.digest())?;
     let nested = ImageIndex::from_reader(File::open(&path).at(&path)?)
         .map_err(|e| Error::invalid(format!("index {}", descriptor.digest()), e))?;
-    let host = crate::platform::Platform::host();
     let available: Vec<&Descriptor> = nested
         .manifests()
         .iter()
@@ -541,7 +546,8 @@ fn pick_manifest(dir: &Path, descriptor: &Descriptor) -> Result<Digest> {
         .iter()
         .find(|d| {
             d.platform().as_ref().is_some_and(|p| {
-                p.architecture().to_string() == host.architecture && p.os().to_string() == host.os
+                p.architecture().to_string() == platform.architecture
+                    && p.os().to_string() == platform.os
             })
         })
         .or(available.first())
@@ -551,7 +557,7 @@ fn pick_manifest(dir: &Path, descriptor: &Descriptor) -> Result<Digest> {
                 descriptor.digest()
             ))
         })?;
-    pick_manifest(dir, chosen)
+    pick_manifest(dir, chosen, platform)
 }
 
 fn load_docker(store: &Store, dir: &Path) -> Result<Vec<LoadedImage>> {

@@ -341,7 +341,13 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
     let keep_git_dir = build_args
         .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
         .is_some_and(|v| matches!(v.as_str(), "1" | "true"));
-    let named = named::resolve(&args.build_contexts, &store, keep_git_dir)?;
+    let target_platform = match &args.platform {
+        Some(platform) => platform
+            .parse::<Platform>()
+            .with_context(|| format!("--platform {platform}"))?,
+        None => Platform::host(),
+    };
+    let named = named::resolve(&args.build_contexts, &store, keep_git_dir, &target_platform)?;
     let (text, file_name) = (&inputs.dockerfile, &inputs.file_name);
     let dockerfile = kiln_frontend::parse(text, file_name)?;
     if let Some(syntax) = &dockerfile.syntax {

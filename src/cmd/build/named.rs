@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use kiln_cache::{LayoutImage, Store};
+use kiln_cache::{LayoutImage, Platform, Store};
 use kiln_frontend::{BaseImage, BaseImageResolver, NamedContext};
 use kiln_solver::{BuildContext, ContextSource, Fetched, GitSource, IgnoreRules, StoreResolver};
 
@@ -53,6 +53,7 @@ pub(super) fn resolve(
     values: &[String],
     store: &Store,
     keep_git_dir: bool,
+    platform: &Platform,
 ) -> anyhow::Result<NamedContexts> {
     let parsed = values
         .iter()
@@ -126,12 +127,13 @@ pub(super) fn resolve(
             Pick::Tag(tag) => LayoutImage::Tag(tag),
             Pick::Digest(digest) => LayoutImage::Digest(digest),
         };
-        let image = kiln_cache::import_oci_layout(store, &dir, wanted).with_context(|| {
-            format!(
-                "--build-context {name}=oci-layout://{}: cannot read the image",
-                dir.display()
-            )
-        })?;
+        let image =
+            kiln_cache::import_oci_layout(store, &dir, wanted, platform).with_context(|| {
+                format!(
+                    "--build-context {name}=oci-layout://{}: cannot read the image",
+                    dir.display()
+                )
+            })?;
         let id = image.id().to_string();
         contexts.layout_images.insert(id.clone());
         contexts.frontend.insert(name, NamedContext::Image(id));
