@@ -375,7 +375,7 @@ fn load_oci(store: &Store, dir: &Path) -> Result<Vec<LoadedImage>> {
     let mut loaded = Vec::new();
     for descriptor in index.manifests() {
         let name = archive_name(descriptor);
-        let manifest_digest = pick_manifest(dir, descriptor)?;
+        let manifest_digest = pick_manifest(dir, descriptor, &crate::platform::Platform::host())?;
         let manifest_path = staged_blob(dir, &manifest_digest)?;
         let manifest = ImageManifest::from_reader(File::open(&manifest_path).at(&manifest_path)?)
             .map_err(|e| Error::invalid(format!("manifest {manifest_digest}"), e))?;
@@ -394,6 +394,112 @@ fn load_oci(store: &Store, dir: &Path) -> Result<Vec<LoadedImage>> {
         loaded.push(LoadedImage { name, image });
     }
     Ok(loaded)
+}
+
+/// Which image of an OCI image layout directory to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutImage<'a> {
+    /// The only image of the layout, or the one tagged `latest`.
+    Default,
+    /// The entry whose `org.opencontainers.image.ref.name` is this tag (or
+    /// a full name ending in `:TAG`).
+    Tag(&'a str),
+    /// The entry (or the manifest) with this digest.
+    Digest(&'a str),
+}
+
+/// Copies one image of an OCI image layout directory (skopeo's `oci:DIR`,
+/// an unpacked `kiln save --format oci`) into the store, verifying every
+/// blob, and returns it untagged. From a multi-platform image, `platform`'s
+/// manifest is taken (else the first). Nothing is stored unless the layout
+/// names the image and holds all its blobs.
+pub fn import_oci_layout(
+    store: &Store,
+    dir: &Path,
+    wanted: LayoutImage<'_>,
+    platform: &crate::platform::Platform,
+) -> Result<StoredImage> {
+    let index_path = dir.join("index.json");
+    let bytes = fs::read(&index_path).at(&index_path)?;
+    check_json("index.json", &bytes)?;
+    let index = ImageIndex::from_reader(&bytes[..])
+        .map_err(|e| Error::invalid(format!("{}", index_path.display()), e))?;
+    let descriptor = layout_entry(&index, wanted, dir)?;
+    let manifest_digest = pick_manifest(dir, &descriptor, platform)?;
+    let manifest_path = staged_blob(dir, &manifest_digest)?;
+    let manifest = ImageManifest::from_reader(File::open(&manifest_path).at(&manifest_path)?)
+        .map_err(|e| Error::invalid(format!("manifest {manifest_digest}"), e))?;
+    // Every blob is there before any is stored.
+    staged_blob(dir, manifest.config().digest())?;
+    for layer in manifest.layers() {
+        Compression::of_layer_media_type(layer.media_type())?;
+        staged_blob(dir, layer.digest())?;
+    }
+    for layer in manifest.layers() {
+        copy_staged(store, dir, layer.digest())?;
+    }
+    copy_staged(store, dir, manifest.config().digest())?;
+    copy_staged(store, dir, &manifest_digest)?;
+    let image = store.read_image(&manifest_digest)?;
+    image.layers()?;
+    Ok(image)
+}
+
+/// The index entry of a layout that `wanted` names.
+fn layout_entry(index: &ImageIndex, wanted: LayoutImage<'_>, dir: &Path) -> Result<Descriptor> {
+    let entries = index.manifests();
+    let tag_of = |d: &Descriptor| -> Option<String> {
+        let name = ref_name(d)?;
+        // A full name (kiln's and docker's archives) or a bare tag (skopeo's).
+        Some(match name.rsplit_once(':') {
+            Some((_, tag)) if !tag.contains('/') => tag.to_owned(),
+            _ if name.contains('/') => "latest".to_owned(),
+            _ => name.to_owned(),
+        })
+    };
+    let found = match wanted {
+        LayoutImage::Digest(digest) => {
+            let found = entries.iter().find(|d| d.digest().to_string() == digest);
+            match found {
+                Some(d) => Some(d.clone()),
+                None => {
+                    let parsed: Digest = digest
+                        .parse()
+                        .map_err(|_| Error::BadDigest(digest.to_owned()))?;
+                    // A manifest inside a nested index: take it directly.
+                    staged_blob(dir, &parsed)
+                        .ok()
+                        .map(|_| Descriptor::new(MediaType::ImageManifest, 0, parsed.clone()))
+                }
+            }
+        }
+        LayoutImage::Tag(tag) => entries
+            .iter()
+            .find(|d| tag_of(d).as_deref() == Some(tag))
+            .cloned(),
+        LayoutImage::Default if entries.len() == 1 => entries.first().cloned(),
+        LayoutImage::Default => entries
+            .iter()
+            .find(|d| tag_of(d).as_deref() == Some("latest"))
+            .cloned(),
+    };
+    found.ok_or_else(|| {
+        let tags: Vec<String> = entries.iter().filter_map(tag_of).collect();
+        let what = match wanted {
+            LayoutImage::Default => "several images and none tagged latest".to_owned(),
+            LayoutImage::Tag(tag) => format!("no image tagged {tag:?}"),
+            LayoutImage::Digest(digest) => format!("no image {digest}"),
+        };
+        Error::BadArchive(format!(
+            "the OCI layout {} has {what} (its tags: {}); name one with :TAG or @sha256:DIGEST",
+            dir.display(),
+            if tags.is_empty() {
+                "none".to_owned()
+            } else {
+                tags.join(", ")
+            }
+        ))
+    })
 }
 
 /// The image name an OCI archive gives an index entry: containerd's full
@@ -416,8 +522,12 @@ fn familiar_name(name: &str) -> String {
 }
 
 /// An index entry may be a manifest or a nested index (a multi-platform
-/// image); from an index the host platform's manifest is taken, else the first.
-fn pick_manifest(dir: &Path, descriptor: &Descriptor) -> Result<Digest> {
+/// image); from an index `platform`'s manifest is taken, else the first.
+fn pick_manifest(
+    dir: &Path,
+    descriptor: &Descriptor,
+    platform: &crate::platform::Platform,
+) -> Result<Digest> {
     let media = descriptor.media_type();
     let is_index = matches!(media, MediaType::ImageIndex)
         || media.to_string() == "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -427,7 +537,6 @@ fn pick_manifest(dir: &Path, descriptor: &Descriptor) -> Result<Digest> {
     let path = staged_blob(dir, descriptor.digest())?;
     let nested = ImageIndex::from_reader(File::open(&path).at(&path)?)
         .map_err(|e| Error::invalid(format!("index {}", descriptor.digest()), e))?;
-    let host = crate::platform::Platform::host();
     let available: Vec<&Descriptor> = nested
         .manifests()
         .iter()
@@ -437,7 +546,8 @@ fn pick_manifest(dir: &Path, descriptor: &Descriptor) -> Result<Digest> {
         .iter()
         .find(|d| {
             d.platform().as_ref().is_some_and(|p| {
-                p.architecture().to_string() == host.architecture && p.os().to_string() == host.os
+                p.architecture().to_string() == platform.architecture
+                    && p.os().to_string() == platform.os
             })
         })
         .or(available.first())
@@ -447,7 +557,7 @@ fn pick_manifest(dir: &Path, descriptor: &Descriptor) -> Result<Digest> {
                 descriptor.digest()
             ))
         })?;
-    pick_manifest(dir, chosen)
+    pick_manifest(dir, chosen, platform)
 }
 
 fn load_docker(store: &Store, dir: &Path) -> Result<Vec<LoadedImage>> {

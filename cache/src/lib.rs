@@ -23,7 +23,9 @@ mod platform;
 mod remote;
 mod store;
 
-pub use archive::{load_archive, save_archive, ArchiveFormat, LoadedImage};
+pub use archive::{
+    import_oci_layout, load_archive, save_archive, ArchiveFormat, LayoutImage, LoadedImage,
+};
 pub use cache_dir::{export_cache_dir, CacheDir, DEFAULT_CACHE_TAG};
 pub use compression::{decompress_detected, Compression, InputCompression};
 pub use error::{Error, Result};

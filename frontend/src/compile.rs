@@ -10,8 +10,9 @@ use crate::ast::{Dockerfile, Instruction, Keyword};
 use crate::config::{Empty, Healthcheck, ImageConfig};
 use crate::error::{Error, Result, Span, Warning};
 use crate::graph::{
-    Base, BaseImage, BaseImageResolver, BuildGraph, CacheSharing, CompileOptions, CopyFrom,
-    CopyStep, Network, RunFile, RunMount, RunStep, Security, Stage, Step, StepKind,
+    context_name, Base, BaseImage, BaseImageResolver, BuildGraph, CacheSharing, CompileOptions,
+    CopyFrom, CopyStep, NamedContext, Network, RunFile, RunMount, RunStep, Security, Stage, Step,
+    StepKind,
 };
 use crate::key::{Key, KeyEncoder};
 use crate::mount::parse_mount;
@@ -170,6 +171,12 @@ struct StageHead<'a> {
     platform: String,
     /// An earlier stage named by FROM.
     base_stage: Option<usize>,
+    /// A named context FROM names (by its name), which wins over a stage or
+    /// image of that name.
+    base_context: Option<(String, NamedContext)>,
+    /// A named context of the stage's own name: it replaces the stage, whose
+    /// instructions are not compiled, as BuildKit does.
+    replaced_by: Option<(String, NamedContext)>,
     instructions: &'a [Instruction],
     /// Stages read through `--from` and mounts, with the flag that reads them.
     reads: Vec<(usize, Span)>,
@@ -322,7 +329,12 @@ impl<'a> Compiler<'a> {
                 None => self.platform_args[0].1.clone(),
             };
             let name = from.args.get(2).map(|n| n.to_lowercase());
-            let base_stage = names.get(&reference.to_lowercase()).copied();
+            let base_context = self.named_context(&reference);
+            let base_stage = match base_context {
+                Some(_) => None,
+                None => names.get(&reference.to_lowercase()).copied(),
+            };
+            let replaced_by = name.as_deref().and_then(|n| self.named_context(n));
             if let Some(name) = &name {
                 if names.insert(name.clone(), index).is_some() {
                     return Err(Error::compile(
@@ -338,7 +350,9 @@ impl<'a> Compiler<'a> {
                 from,
                 reference,
                 platform,
-                base_stage,
+                base_stage: base_stage.filter(|_| replaced_by.is_none()),
+                base_context,
+                replaced_by,
                 instructions: &instructions[window[0] + 1..window[1]],
                 reads: Vec::new(),
             });
@@ -348,7 +362,11 @@ impl<'a> Compiler<'a> {
         for index in 0..self.heads.len() {
             let mut reads = Vec::new();
             let mut args: Vec<(String, Option<String>)> = Vec::new();
-            for instruction in self.heads[index].instructions {
+            let instructions = match self.heads[index].replaced_by {
+                Some(_) => &[][..],
+                None => self.heads[index].instructions,
+            };
+            for instruction in instructions {
                 self.expander.begin();
                 let lookup = |n: &str| find_arg(&args, n);
                 match instruction.keyword {
@@ -368,6 +386,9 @@ impl<'a> Compiler<'a> {
                                 &flag.span,
                                 &lookup,
                             )?;
+                            if self.named_context(&value).is_some() {
+                                continue;
+                            }
                             if let Some(stage) = self.find_stage(&value, &flag.span)? {
                                 reads.push((stage, flag.span.clone()));
                             }
@@ -378,6 +399,9 @@ impl<'a> Compiler<'a> {
                             let value = flag.value.as_deref().unwrap_or_default();
                             if let Some(from) = mount_from(value) {
                                 let from = self.expand(&from, &flag.span, &lookup)?;
+                                if self.named_context(&from).is_some() {
+                                    continue;
+                                }
                                 if let Some(stage) = self.find_stage(&from, &flag.span)? {
                                     reads.push((stage, flag.span.clone()));
                                 }
@@ -407,6 +431,17 @@ impl<'a> Compiler<'a> {
             return self.expand(raw, span, vars).map(Some);
         }
         Ok(self.global_lookup(&pair.key).map(str::to_string))
+    }
+
+    /// The named context (`--build-context`) `reference` names, if any. A
+    /// stage index is never a context name.
+    fn named_context(&self, reference: &str) -> Option<(String, NamedContext)> {
+        if self.options.named_contexts.is_empty() || reference.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let name = context_name(reference);
+        let context = self.options.named_contexts.get(&name)?.clone();
+        Some((name, context))
     }
 
     /// A stage called (or numbered) `name`; `Ok(None)` when `name` is no
@@ -555,6 +590,20 @@ impl<'a> Compiler<'a> {
         platform: &str,
         done: &BTreeMap<usize, Stage>,
     ) -> Result<(CopyFrom, Key)> {
+        match self.named_context(name) {
+            Some((name, NamedContext::Directory)) => {
+                let digest = KeyEncoder::new("kiln.context.v1")
+                    .str("name", &name)
+                    .finish();
+                return Ok((CopyFrom::Named(name), digest));
+            }
+            Some((name, NamedContext::Image(reference))) => {
+                return self
+                    .image_source(&reference, span, platform)
+                    .map_err(|e| from_context(e, &name, &reference));
+            }
+            None => {}
+        }
         match self.find_stage(name, span)? {
             Some(index) => match done.get(&index) {
                 Some(stage) => Ok((CopyFrom::Stage(index), stage.digest)),
@@ -565,20 +614,28 @@ impl<'a> Compiler<'a> {
                     ),
                 )),
             },
-            None => {
-                let image = self.resolve_image(name, platform, span)?;
-                let digest = KeyEncoder::new("kiln.image.v1")
-                    .str("digest", &image.digest)
-                    .finish();
-                Ok((
-                    CopyFrom::Image {
-                        reference: name.to_string(),
-                        image,
-                    },
-                    digest,
-                ))
-            }
+            None => self.image_source(name, span, platform),
         }
+    }
+
+    /// `--from` / mount `from=` an image.
+    fn image_source(
+        &mut self,
+        reference: &str,
+        span: &Span,
+        platform: &str,
+    ) -> Result<(CopyFrom, Key)> {
+        let image = self.resolve_image(reference, platform, span)?;
+        let digest = KeyEncoder::new("kiln.image.v1")
+            .str("digest", &image.digest)
+            .finish();
+        Ok((
+            CopyFrom::Image {
+                reference: reference.to_string(),
+                image,
+            },
+            digest,
+        ))
     }
 
     fn compile_stage(
@@ -588,11 +645,29 @@ impl<'a> Compiler<'a> {
     ) -> Result<(Stage, Vec<Warning>)> {
         let head = &self.heads[index];
         let from = head.from;
-        let reference = head.reference.clone();
+        let mut reference = head.reference.clone();
         let platform = head.platform.clone();
         let name = head.name.clone();
-        let instructions = head.instructions;
         let base_stage = head.base_stage;
+        // A stage replaced by a context is the context (no instructions); a
+        // FROM naming a context reads it instead of the image or stage.
+        let (instructions, context) = match (&head.replaced_by, &head.base_context) {
+            (Some(replaced), _) => (&[][..], Some(replaced.clone())),
+            (None, context) => (head.instructions, context.clone()),
+        };
+        let mut context_dir = None;
+        let mut context_image = None;
+        match context {
+            Some((name, NamedContext::Image(image))) => {
+                reference = image.clone();
+                context_image = Some((name, image));
+            }
+            Some((name, NamedContext::Directory)) => {
+                reference = "scratch".to_string();
+                context_dir = Some(name);
+            }
+            None => {}
+        }
         let (base, config, base_digest) = if let Some(parent) = base_stage {
             let stage = done.get(&parent).ok_or_else(|| {
                 Error::compile(from.span.clone(), "base stage is not built yet".to_string())
@@ -604,7 +679,12 @@ impl<'a> Compiler<'a> {
                 .finish();
             (Base::Scratch, ImageConfig::default(), digest)
         } else {
-            let image = self.resolve_image(&reference, &platform, &from.text_span)?;
+            let image = self
+                .resolve_image(&reference, &platform, &from.text_span)
+                .map_err(|e| match &context_image {
+                    Some((name, image)) => from_context(e, name, image),
+                    None => e,
+                })?;
             let digest = KeyEncoder::new("kiln.base.v1")
                 .str("image", &image.digest)
                 .str("platform", &platform)
@@ -614,9 +694,17 @@ impl<'a> Compiler<'a> {
             (Base::Image { reference, image }, config, digest)
         };
         let mut state = StageState::new(config, base_digest);
-        state.steps.reserve(instructions.len());
+        state.steps.reserve(instructions.len() + 1);
         if state.env_get("PATH").is_none() {
             state.env_set("PATH", DEFAULT_PATH);
+        }
+        if let Some(name) = &context_dir {
+            // A directory as a stage: its files, as `COPY --from=NAME . /`
+            // copies them, on an empty config.
+            let mut instruction =
+                parse_instruction(&format!("COPY --from={name} . /"), &from.span.file)?;
+            relocate(&mut instruction, &from.span);
+            self.dispatch(&mut state, &instruction, &platform, done)?;
         }
         // The base's ONBUILD triggers run first, and are not inherited.
         let triggers = state.config.on_build.take().unwrap_or_default();
@@ -1072,6 +1160,7 @@ impl<'a> Compiler<'a> {
 fn encode_mount(enc: &mut KeyEncoder, mount: &RunMount) {
     let from_kind = |from: &CopyFrom| match from {
         CopyFrom::Context => "context",
+        CopyFrom::Named(_) => "named-context",
         CopyFrom::Stage(_) => "stage",
         CopyFrom::Image { .. } => "image",
     };
@@ -1217,6 +1306,7 @@ fn digest_copy(parent: &Key, copy: &CopyStep, inputs: &[Key]) -> Key {
             "from",
             match copy.from {
                 CopyFrom::Context => "context",
+                CopyFrom::Named(_) => "named-context",
                 CopyFrom::Stage(_) => "stage",
                 CopyFrom::Image { .. } => "image",
             },
@@ -1257,6 +1347,17 @@ fn is_heredoc_marker(word: &str, name: &str) -> bool {
 }
 
 /// Points an ONBUILD trigger's spans at the FROM line that ran it.
+/// An image lookup for a named context says which context asked for it.
+fn from_context(error: Error, name: &str, reference: &str) -> Error {
+    match error {
+        Error::Compile { span, message } => Error::Compile {
+            span,
+            message: format!("{message} (the image comes from the named context {name}, {reference}; check --build-context {name}=...)"),
+        },
+        other => other,
+    }
+}
+
 fn relocate(instruction: &mut Instruction, span: &Span) {
     instruction.span = span.clone();
     instruction.text_span = span.clone();

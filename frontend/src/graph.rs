@@ -21,6 +21,38 @@ pub struct CompileOptions {
     pub target_platform: String,
     /// The platform the build runs on, e.g. `linux/amd64`.
     pub build_platform: String,
+    /// `--build-context NAME=...`, by [`context_name`]: `FROM NAME`,
+    /// `COPY --from=NAME` and `RUN --mount=from=NAME` read them instead of
+    /// the image or stage of that name, and a stage named NAME is replaced
+    /// by the context, as in BuildKit.
+    pub named_contexts: BTreeMap<String, NamedContext>,
+}
+
+/// What a named build context is, as the frontend needs to know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamedContext {
+    /// An image: this reference is resolved through the
+    /// [`BaseImageResolver`] in place of the name.
+    Image(String),
+    /// A directory the solver reads like the build context
+    /// ([`CopyFrom::Named`]); as a stage, its files on an empty config.
+    Directory,
+}
+
+/// The name a context (or an image reference that may name one) is known
+/// by, as BuildKit normalizes both: Docker Hub's `docker.io/library/` (or
+/// `docker.io/`) prefix and a `:latest` tag are dropped.
+pub fn context_name(reference: &str) -> String {
+    let short = ["docker.io/library/", "index.docker.io/library/"]
+        .iter()
+        .find_map(|p| reference.strip_prefix(p))
+        .or_else(|| {
+            ["docker.io/", "index.docker.io/"]
+                .iter()
+                .find_map(|p| reference.strip_prefix(p))
+        })
+        .unwrap_or(reference);
+    short.strip_suffix(":latest").unwrap_or(short).to_string()
 }
 
 /// A base image as the store knows it.
@@ -461,6 +493,8 @@ pub enum CopyFrom {
     Context,
     /// An earlier (or any other) stage, by Dockerfile index.
     Stage(usize),
+    /// A directory named context (`--build-context NAME=DIR`), by name.
+    Named(String),
     /// An image from the store.
     Image {
         /// The reference as written (expanded).

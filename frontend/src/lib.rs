@@ -26,9 +26,9 @@ pub use compile::{apply_changes, compile};
 pub use config::{Empty, Healthcheck, ImageConfig};
 pub use error::{Error, Result, Span, Warning};
 pub use graph::{
-    Base, BaseImage, BaseImageResolver, BuildGraph, CacheSharing, CompileOptions, CopyFrom,
-    CopyStep, Network, NoImages, RunFile, RunMount, RunStep, Security, Stage, Step, StepKind,
-    PLACEHOLDER_DIGEST,
+    context_name, Base, BaseImage, BaseImageResolver, BuildGraph, CacheSharing, CompileOptions,
+    CopyFrom, CopyStep, NamedContext, Network, NoImages, RunFile, RunMount, RunStep, Security,
+    Stage, Step, StepKind, PLACEHOLDER_DIGEST,
 };
 pub use key::{Key, KeyEncoder};
 pub use parse::{dockerfile_text, parse};

@@ -34,6 +34,7 @@ fn base_text(graph: &BuildGraph, stage: &Stage) -> String {
 fn from_text(graph: &BuildGraph, from: &CopyFrom) -> String {
     match from {
         CopyFrom::Context => "context".to_string(),
+        CopyFrom::Named(name) => format!("context {name}"),
         CopyFrom::Stage(index) => match graph.stage(*index) {
             Some(stage) => format!("stage {}", stage.display_name()),
             None => format!("stage {index}"),
@@ -207,7 +208,7 @@ impl BuildGraph {
                                 dot_string(reference)
                             ));
                         }
-                        CopyFrom::Context => {}
+                        CopyFrom::Context | CopyFrom::Named(_) => {}
                     }
                 }
                 previous = node;

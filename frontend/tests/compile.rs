@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use kiln_frontend::{
     compile, parse, Base, BaseImage, BaseImageResolver, BuildGraph, CompileOptions, CopyFrom,
-    Error, ImageConfig, NoImages, RunMount, RunStep, Stage, StepKind,
+    Error, ImageConfig, NamedContext, NoImages, RunMount, RunStep, Stage, StepKind,
 };
 
 /// Knows a few images by name.
@@ -802,4 +802,77 @@ fn the_environment_digest_follows_every_change_in_order() {
     );
     // An ARG re-declared without a value drops the value it had.
     assert_ne!(digest("ARG A=1\n"), digest("ARG A=1\nARG A\n"));
+}
+
+fn copies(stage: &Stage) -> Vec<&kiln_frontend::CopyStep> {
+    stage
+        .steps
+        .iter()
+        .filter_map(|s| match &s.kind {
+            StepKind::Copy(copy) => Some(&**copy),
+            _ => None,
+        })
+        .collect()
+}
+
+fn with_contexts(contexts: &[(&str, NamedContext)]) -> CompileOptions {
+    CompileOptions {
+        named_contexts: contexts
+            .iter()
+            .map(|(name, context)| (name.to_string(), context.clone()))
+            .collect(),
+        ..options()
+    }
+}
+
+#[test]
+fn named_contexts_stand_in_for_images_and_stages_of_their_name() {
+    // `alpine` is no image the resolver knows: the context makes it debian.
+    let options = with_contexts(&[("alpine", NamedContext::Image("debian".into()))]);
+    let graph = build_with(
+        "FROM docker.io/library/alpine:latest AS a\nFROM scratch\nCOPY --from=alpine / /\nCOPY --from=a / /a\n",
+        &options,
+    );
+    let first = graph.stage(0).unwrap();
+    assert!(
+        matches!(&first.base, Base::Image { reference, .. } if reference == "debian"),
+        "{:?}",
+        first.base
+    );
+    assert_eq!(first.config.cmd, Some(vec!["bash".to_string()]));
+    let copy = copies(target(&graph))[0];
+    assert!(matches!(&copy.from, CopyFrom::Image { reference, .. } if reference == "debian"));
+
+    // A stage of the context's name is replaced: its instructions (which
+    // would fail here) are not compiled, and readers get the context.
+    let options = with_contexts(&[("src", NamedContext::Directory)]);
+    let graph = build_with(
+        "FROM nosuchimage AS src\nRUN false\nFROM debian\nCOPY --from=src . /app\nRUN --mount=from=src,target=/m true\nCOPY --from=0 / /zero\n",
+        &options,
+    );
+    let stage = target(&graph);
+    assert_eq!(copies(stage)[0].from, CopyFrom::Named("src".into()));
+    assert_eq!(
+        runs(stage)[0].mounts[0].from(),
+        Some(&CopyFrom::Named("src".into()))
+    );
+    // Stage 0, by index, is the replaced stage: the directory on scratch.
+    assert_eq!(copies(stage)[1].from, CopyFrom::Stage(0));
+    let replaced = graph.stage(0).unwrap();
+    assert!(matches!(replaced.base, Base::Scratch));
+    assert_eq!(copies(replaced)[0].from, CopyFrom::Named("src".into()));
+    assert_eq!(replaced.config.cmd, None);
+
+    // FROM a directory: its files on an empty config, then the stage's own
+    // instructions; the digest follows the context's name.
+    let graph = build_with("FROM src\nENV A=1\n", &options);
+    let stage = target(&graph);
+    assert!(matches!(stage.base, Base::Scratch));
+    assert_eq!(copies(stage)[0].sources, vec![".".to_string()]);
+    assert_eq!(copies(stage)[0].dest, "/");
+    let other = build_with(
+        "FROM lib\nENV A=1\n",
+        &with_contexts(&[("lib", NamedContext::Directory)]),
+    );
+    assert_ne!(stage.digest, target(&other).digest);
 }

@@ -37,6 +37,7 @@ fn options(dir: &Path) -> CompileOptions {
         target,
         target_platform: "linux/amd64".into(),
         build_platform: "linux/amd64".into(),
+        ..CompileOptions::default()
     }
 }
 

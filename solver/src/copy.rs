@@ -252,10 +252,10 @@ pub(crate) fn build_tree(
         let selected = select(source, src)?;
         let selected: Vec<_> = selected.into_iter().filter(|e| !excluded(&e.rel)).collect();
         if selected.is_empty() {
-            let root = if keep_owner {
-                "source stage's root"
-            } else {
-                "build context"
+            let root = match &step.from {
+                _ if keep_owner => "source stage's root".to_string(),
+                kiln_frontend::CopyFrom::Named(name) => format!("build context {name}"),
+                _ => "build context".to_string(),
             };
             return Err(Error::Copy(format!(
                 "{src}: not found in the {root}{}; check the path (it is relative to the {root}, whose symlinks are followed inside it only) and .dockerignore",

@@ -77,6 +77,10 @@ pub struct SolveOptions {
     /// `--allow security.insecure`: `RUN --security=insecure` may run
     /// privileged; without it such a step is an error.
     pub allow_insecure: bool,
+    /// `--build-context NAME=DIR` directories by name, which
+    /// `CopyFrom::Named` reads as `CopyFrom::Context` reads the build
+    /// context: through the same scoped reader, keyed by content.
+    pub named_contexts: BTreeMap<String, Arc<BuildContext>>,
 }
 
 impl SolveOptions {
@@ -102,6 +106,7 @@ impl Default for SolveOptions {
             ulimits: Vec::new(),
             shm_size: None,
             allow_insecure: false,
+            named_contexts: BTreeMap::new(),
         }
     }
 }
@@ -279,7 +284,7 @@ pub fn solve(
                             from_layers: &mut HashMap<String, Vec<LayerRef>>|
              -> Result<()> {
                 match from {
-                    CopyFrom::Context => {}
+                    CopyFrom::Context | CopyFrom::Named(_) => {}
                     CopyFrom::Stage(index) => {
                         let source = plans.get(index).ok_or_else(|| {
                             Error::Invalid(format!(
@@ -309,7 +314,7 @@ pub fn solve(
             };
             match &step.kind {
                 StepKind::Copy(copy) => {
-                    if copy.from == CopyFrom::Context {
+                    if let Some(context) = directory_of(context, options, &copy.from)? {
                         let is_git = |s: &str| copy.add && crate::remote_context::is_git_url(s);
                         let (urls, paths): (Vec<String>, Vec<String>) = copy
                             .sources
@@ -349,13 +354,13 @@ pub fn solve(
                 StepKind::Run(run) => {
                     for mount in &run.mounts {
                         if let Some(from) = mount.from() {
-                            if let (CopyFrom::Context, RunMount::Bind { source, .. }) =
-                                (from, mount)
+                            if let (Some(context), RunMount::Bind { source, .. }) =
+                                (directory_of(context, options, from)?, mount)
                             {
                                 let digest = content_digest(context, std::slice::from_ref(source))
                                     .map_err(|e| located(step, e))?;
                                 key.key("mount-content", &digest);
-                                context_mounts.insert(source.clone(), digest);
+                                context_mounts.insert(mount_key(from, source), digest);
                             }
                             add_from(from, &mut key, &mut deps, &mut from_layers)?;
                         }
@@ -527,6 +532,9 @@ pub fn solve(
         Ok(())
     });
     context.save_stat_cache()?;
+    for named in options.named_contexts.values() {
+        named.save_stat_cache()?;
+    }
     outcome?;
 
     let target = graph
@@ -816,6 +824,43 @@ impl BuildNetwork {
     }
 }
 
+/// The directory `from` reads: the build context, a named context, or
+/// `None` for a stage or an image. A named context the build was not given
+/// is an error.
+fn directory_of<'c>(
+    context: &'c BuildContext,
+    options: &'c SolveOptions,
+    from: &CopyFrom,
+) -> Result<Option<&'c BuildContext>> {
+    match from {
+        CopyFrom::Context => Ok(Some(context)),
+        CopyFrom::Named(name) => match options.named_contexts.get(name) {
+            Some(named) => Ok(Some(named)),
+            None => Err(Error::Invalid(format!(
+                "the build context {name:?} was not given; pass it with --build-context {name}=DIR"
+            ))),
+        },
+        CopyFrom::Stage(_) | CopyFrom::Image { .. } => Ok(None),
+    }
+}
+
+/// How messages name a directory context.
+fn context_label(from: &CopyFrom) -> String {
+    match from {
+        CopyFrom::Named(name) => format!("build context {name}"),
+        _ => "build context".to_string(),
+    }
+}
+
+/// Which bind a context mount's content digest belongs to: the source in
+/// the build context, or in a named one.
+fn mount_key(from: &CopyFrom, source: &str) -> String {
+    match from {
+        CopyFrom::Named(name) => format!("{name}\0{source}"),
+        _ => source.to_string(),
+    }
+}
+
 /// A scratch directory in the store, removed when dropped.
 struct Scratch(PathBuf);
 
@@ -830,18 +875,22 @@ impl Runner<'_> {
     /// per content (a tree snapshot named by the content digest in the
     /// step's key) and shared
     /// by every step and build that mounts the same files.
-    fn context_tree(&self, vertex: &Vertex<'_>, source: &str) -> Result<PathBuf> {
-        let ctx: &dyn crate::source::SourceFs = self.context;
+    fn context_tree(&self, vertex: &Vertex<'_>, from: &CopyFrom, source: &str) -> Result<PathBuf> {
+        let ctx: &dyn crate::source::SourceFs = self.directory(from)?;
         let rel = clean_relative(source);
         let Some(top) = ctx.entry(&rel, true)? else {
             return Err(Error::Invalid(format!(
-                "{rel}: not found in the build context"
+                "{rel}: not found in the {}",
+                context_label(from)
             )));
         };
         // Planning digested every context source a step binds, for its key.
-        let digest = vertex.context_mounts.get(source).ok_or_else(|| {
-            Error::Invalid(format!("{source}: no content digest for this bind mount"))
-        })?;
+        let digest = vertex
+            .context_mounts
+            .get(&mount_key(from, source))
+            .ok_or_else(|| {
+                Error::Invalid(format!("{source}: no content digest for this bind mount"))
+            })?;
         let tree = self
             .snapshotter
             .prepare_tree(&format!("context:{}", digest.to_hex()), |dir| {
@@ -849,6 +898,12 @@ impl Runner<'_> {
             })
             .map_err(exec_err)?;
         Ok(exported_top(&tree, &top))
+    }
+
+    /// The directory `from` reads (the build context or a named one).
+    fn directory(&self, from: &CopyFrom) -> Result<&BuildContext> {
+        directory_of(self.context, self.options, from)?
+            .ok_or_else(|| Error::Invalid("a stage or image is not a directory context".into()))
     }
 
     fn scratch(&self) -> Result<Scratch> {
@@ -890,7 +945,12 @@ impl Runner<'_> {
         let key = match from {
             CopyFrom::Stage(index) => format!("stage:{index}"),
             CopyFrom::Image { image, .. } => format!("image:{}", image.digest),
-            CopyFrom::Context => return Err(Error::Invalid("the context is not a stage".into())),
+            CopyFrom::Context | CopyFrom::Named(_) => {
+                return Err(Error::Invalid(format!(
+                    "the {} is not a stage",
+                    context_label(from)
+                )))
+            }
         };
         let refs = vertex
             .from_layers
@@ -944,9 +1004,14 @@ impl Runner<'_> {
                     None => &NoParent,
                 };
                 let extra = match &copy.from {
-                    CopyFrom::Context => {
-                        build_tree(copy, self.context, dest, false, Some(self.downloads), &tree)?
-                    }
+                    CopyFrom::Context | CopyFrom::Named(_) => build_tree(
+                        copy,
+                        self.directory(&copy.from)?,
+                        dest,
+                        false,
+                        Some(self.downloads),
+                        &tree,
+                    )?,
                     from => {
                         let source = ViewSource(self.source_view(vertex, from)?);
                         build_tree(copy, &source, dest, true, None, &tree)?
@@ -1064,9 +1129,11 @@ impl Runner<'_> {
                     // root's files), and no step may change its source.
                     let copy = scratch.0.join(format!("bind-{index}"));
                     let host = match from {
-                        CopyFrom::Context if !rw => self.context_tree(vertex, source)?,
-                        CopyFrom::Context => {
-                            let ctx: &dyn crate::source::SourceFs = self.context;
+                        CopyFrom::Context | CopyFrom::Named(_) if !rw => {
+                            self.context_tree(vertex, from, source)?
+                        }
+                        CopyFrom::Context | CopyFrom::Named(_) => {
+                            let ctx: &dyn crate::source::SourceFs = self.directory(from)?;
                             export_tree(ctx, &clean_relative(source), &copy, ExportOwner::Root)?
                         }
                         other => {

@@ -98,6 +98,7 @@ pub fn run(_global: &Global, args: Args) -> CmdResult {
                 target: args.target,
                 target_platform: platform,
                 build_platform: host_platform(),
+                ..CompileOptions::default()
             };
             let graph = compile(&dockerfile, &options, &NoImages)
                 .map_err(|e| anyhow::anyhow!(e.render(&text)))?;

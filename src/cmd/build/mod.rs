@@ -17,6 +17,7 @@ use pull::{PullPolicy, RegistryResolver};
 
 mod cache;
 mod context;
+mod named;
 mod pull;
 mod push;
 mod render;
@@ -40,6 +41,12 @@ pub struct Args {
     /// Set a build argument (`K=V`, or `K` to take it from the environment).
     #[arg(long = "build-arg", value_name = "K=V")]
     build_args: Vec<String>,
+    /// A named context: `FROM NAME`, `COPY --from=NAME` and
+    /// `RUN --mount=from=NAME` read it instead of the image or stage NAME.
+    /// VALUE is a directory, docker-image://REF, oci-layout://DIR[:TAG], an
+    /// http(s) URL of a tarball or a git URL; may be repeated.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    build_contexts: Vec<String>,
     /// Build this stage (name or index) instead of the last.
     #[arg(long, value_name = "STAGE")]
     target: Option<String>,
@@ -347,6 +354,16 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         &build_args,
         &store.tmp_dir(),
     )?;
+    let keep_git_dir = build_args
+        .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true"));
+    let target_platform = match &args.platform {
+        Some(platform) => platform
+            .parse::<Platform>()
+            .with_context(|| format!("--platform {platform}"))?,
+        None => Platform::host(),
+    };
+    let named = named::resolve(&args.build_contexts, &store, keep_git_dir, &target_platform)?;
     let (text, file_name) = (&inputs.dockerfile, &inputs.file_name);
     let dockerfile = kiln_frontend::parse(text, file_name)?;
     if let Some(syntax) = &dockerfile.syntax {
@@ -358,6 +375,7 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         target: args.target.clone(),
         target_platform: args.platform.clone().unwrap_or_else(|| host.clone()),
         build_platform: host,
+        named_contexts: named.frontend.clone(),
     };
     let progress = match (args.quiet, args.progress.as_str()) {
         (false, progress) => progress,
@@ -369,6 +387,11 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
     }
     let renderer = render::Renderer::new(progress)?;
     let resolver = RegistryResolver::new(&store, args.pull, &args.connection, &renderer);
+    let resolver = named::WithLayouts {
+        inner: &resolver,
+        store: &store,
+        contexts: &named,
+    };
     let graph = kiln_frontend::compile(&dockerfile, &options, &resolver)?;
     for warning in &graph.warnings {
         eprintln!("warning: {warning}");
@@ -420,6 +443,7 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
             pids: args.pids_limit,
         },
         seccomp,
+        named_contexts: named.directories.clone(),
     };
     let cancel = CancelToken::new();
     cancel_on_interrupt(&cancel);
