@@ -16,6 +16,7 @@ mod config;
 mod error;
 mod graph;
 mod key;
+mod lint;
 mod mount;
 mod parse;
 mod render;
@@ -31,4 +32,5 @@ pub use graph::{
     PLACEHOLDER_DIGEST,
 };
 pub use key::{Key, KeyEncoder};
+pub use lint::{lint, CheckDirective, Finding, LintInput, LintReport, Rule};
 pub use parse::{dockerfile_text, parse};
