@@ -318,7 +318,10 @@ fn ignored_sources(
             || path.starts_with("<<")
             || path.contains("://")
             || path.starts_with("git@");
-        let clean = path.trim_start_matches("./").trim_start_matches('/');
+        let clean = path
+            .trim_start_matches("./")
+            .trim_start_matches('/')
+            .trim_end_matches('/');
         if skip || clean.is_empty() || clean == "." {
             continue;
         }
