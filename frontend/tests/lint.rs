@@ -114,3 +114,27 @@ fn invalid_base_image_platform_compares_the_store_image_with_the_stage() {
         .iter()
         .all(|f| f.rule != kiln_frontend::Rule::InvalidBaseImagePlatform));
 }
+
+#[test]
+fn the_check_build_arg_replaces_the_directive() {
+    let text = "# check=skip=FromAsCasing\nFROM scratch as base\nMAINTAINER me\n";
+    let dockerfile = parse(text, "Dockerfile").unwrap();
+    let mut options = CompileOptions::default();
+    let rules = |options: &CompileOptions| {
+        let input = LintInput {
+            source: text,
+            options: Some(options),
+            graph: None,
+            ignored: None,
+        };
+        let report = lint(&dockerfile, &input);
+        (report.rules(), report.fails())
+    };
+    use kiln_frontend::Rule::{FromAsCasing, MaintainerDeprecated};
+    assert_eq!(rules(&options), (vec![MaintainerDeprecated], false));
+    options.build_args.insert(
+        "BUILDKIT_DOCKERFILE_CHECK".into(),
+        "skip=MaintainerDeprecated;error=true".into(),
+    );
+    assert_eq!(rules(&options), (vec![FromAsCasing], true));
+}

@@ -160,8 +160,9 @@ impl fmt::Display for Finding {
 pub struct LintInput<'a> {
     /// The Dockerfile's text, for the keywords as written.
     pub source: &'a str,
-    /// The platforms (for the FROM defaults); build args are not used: the
-    /// checks judge the Dockerfile's own defaults, as BuildKit does.
+    /// The platforms (for the FROM defaults); of the build args only
+    /// `BUILDKIT_DOCKERFILE_CHECK` is used: the checks judge the
+    /// Dockerfile's own defaults, as BuildKit does.
     pub options: Option<&'a CompileOptions>,
     /// The compiled graph, when compiling worked: the base images' ENV and
     /// platforms. Without it base images are taken to set only PATH.
@@ -213,9 +214,18 @@ impl LintReport {
     }
 }
 
-/// Runs every check on `dockerfile` and applies its `# check=` directive.
+/// The build arg that replaces the `# check=` directive, as in BuildKit.
+pub const CHECK_BUILD_ARG: &str = "BUILDKIT_DOCKERFILE_CHECK";
+
+/// Runs every check on `dockerfile` and applies its `# check=` directive
+/// (or the `BUILDKIT_DOCKERFILE_CHECK` build arg, which takes its place).
 pub fn lint(dockerfile: &Dockerfile, input: &LintInput<'_>) -> LintReport {
-    let directive = CheckDirective::parse(dockerfile.check.as_deref().unwrap_or(""));
+    let from_arg = input
+        .options
+        .and_then(|o| o.build_args.get(CHECK_BUILD_ARG))
+        .map(String::as_str);
+    let text = from_arg.or(dockerfile.check.as_deref()).unwrap_or("");
+    let directive = CheckDirective::parse(text);
     let mut findings = rules::check(dockerfile, input);
     findings.extend(vars::check(dockerfile, input));
     findings.retain(|f| !directive.skips(f.rule));

@@ -127,10 +127,13 @@ fn from_variables(
         for reference in references(word, escape) {
             let declared = defaults.iter().any(|(n, _)| *n == reference.name);
             if !declared && !reference.modified && reported.insert(reference.name.clone()) {
+                let known = defaults.iter().map(|(n, _)| n.as_str());
+                let hint = suggest(&reference.name, known)
+                    .map_or(String::new(), |s| format!(" (did you mean {s}?)"));
                 out.push(finding(
                     Rule::UndefinedArgInFrom,
                     &from.span,
-                    format!("FROM argument '{}' is not declared", reference.name),
+                    format!("FROM argument '{}' is not declared{hint}", reference.name),
                 ));
             }
         }
@@ -262,10 +265,13 @@ fn stage_variables(
                 let name = &reference.name;
                 let defined = env.contains(name) || args.contains(name);
                 if !defined && !reference.modified && reported.insert(name.clone()) {
+                    let known = env.iter().chain(&args).map(String::as_str);
+                    let hint = suggest(name, known)
+                        .map_or(String::new(), |s| format!(" (did you mean ${s}?)"));
                     out.push(finding(
                         Rule::UndefinedVar,
                         &instruction.span,
-                        format!("Usage of undefined variable '${name}'"),
+                        format!("Usage of undefined variable '${name}'{hint}"),
                     ));
                 }
             }
@@ -278,6 +284,43 @@ fn stage_variables(
         }
     }
     env
+}
+
+/// The name in `known` closest to `name` (ignoring case, at most two edits
+/// away and fewer than half its letters), for a "did you mean" hint; ties go
+/// to the first in sorted order so the hint is stable.
+fn suggest<'k>(name: &str, known: impl Iterator<Item = &'k str>) -> Option<&'k str> {
+    let wanted: Vec<char> = name.to_lowercase().chars().collect();
+    let limit = 2.min(wanted.len().saturating_sub(1) / 2);
+    let mut best: Option<(usize, &str)> = None;
+    for candidate in known {
+        let distance = edit_distance(
+            &wanted,
+            &candidate.to_lowercase().chars().collect::<Vec<_>>(),
+        );
+        if distance > limit || candidate == name {
+            continue;
+        }
+        if best.is_none_or(|(d, b)| (distance, candidate) < (d, b)) {
+            best = Some((distance, candidate));
+        }
+    }
+    best.map(|(_, candidate)| candidate)
+}
+
+/// Levenshtein distance.
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// InvalidBaseImagePlatform: the store's image is not for the platform the
@@ -329,6 +372,15 @@ mod tests {
         assert_eq!(names("${A:-x}"), [("A".into(), true)]);
         assert_eq!(names("'$A'\\$B\"$C\""), [("C".into(), false)]);
         assert!(names("$ $1x").iter().all(|(n, _)| n == "1x"));
+    }
+
+    #[test]
+    fn hints_name_a_close_declared_variable() {
+        let known = ["VERSION", "PATH", "HOME_DIR"];
+        assert_eq!(suggest("VERSON", known.into_iter()), Some("VERSION"));
+        assert_eq!(suggest("home_dir", known.into_iter()), Some("HOME_DIR"));
+        assert_eq!(suggest("X", known.into_iter()), None);
+        assert_eq!(suggest("MISSING", known.into_iter()), None);
     }
 
     #[test]
