@@ -152,7 +152,7 @@ fn stage_body(body: &[Instruction], out: &mut Vec<Finding>) {
         }
     }
     let mut shell_set = false;
-    let mut workdir_absolute = false;
+    let mut workdir_set = false;
     for instruction in body {
         match instruction.keyword {
             Keyword::Shell => shell_set = true,
@@ -169,15 +169,16 @@ fn stage_body(body: &[Instruction], out: &mut Vec<Finding>) {
             Keyword::Workdir => {
                 let dir = instruction.args.first().map_or("", String::as_str);
                 let dir = dir.trim_matches(|c| c == '"' || c == '\'');
-                if dir.starts_with('/') || dir.starts_with('$') {
-                    workdir_absolute = true;
-                } else if !workdir_absolute {
+                // Relative to an earlier WORKDIR of the stage is what was meant.
+                let relative = !dir.starts_with('/') && !dir.starts_with('$');
+                if relative && !workdir_set {
                     out.push(finding(
                         Rule::WorkdirRelativePath,
                         &instruction.span,
                         format!("Relative workdir {dir:?} can have unexpected results if the base image changes"),
                     ));
                 }
+                workdir_set = true;
             }
             _ => {}
         }
@@ -242,27 +243,13 @@ fn expose(instruction: &Instruction, out: &mut Vec<Finding>) {
     }
 }
 
-/// The words a name is made of: split at `_`, `-`, `.` and where lower case
-/// turns to upper (`apiKey` -> `api`, `key`), lower-cased.
+/// The words a name is made of, as BuildKit splits them: at `_`, compared
+/// ignoring case (`apiKey` is one word, `API_KEY` two).
 fn name_words(name: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut current = String::new();
-    let mut previous_lower = false;
-    for c in name.chars() {
-        if !c.is_ascii_alphanumeric() {
-            words.push(std::mem::take(&mut current));
-            previous_lower = false;
-            continue;
-        }
-        if c.is_ascii_uppercase() && previous_lower {
-            words.push(std::mem::take(&mut current));
-        }
-        previous_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
-        current.push(c.to_ascii_lowercase());
-    }
-    words.push(current);
-    words.retain(|w| !w.is_empty());
-    words
+    name.split('_')
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect()
 }
 
 /// Words that mark a name as holding a secret, and the one that clears it.
@@ -347,8 +334,8 @@ mod tests {
     #[test]
     fn names_split_into_words() {
         assert_eq!(name_words("AWS_SECRET_KEY"), ["aws", "secret", "key"]);
-        assert_eq!(name_words("apiKey"), ["api", "key"]);
-        assert_eq!(name_words("github-token.v2"), ["github", "token", "v2"]);
+        assert_eq!(name_words("apiKey"), ["apikey"]);
+        assert_eq!(name_words("_github__Token"), ["github", "token"]);
         assert_eq!(name_words("MONKEY"), ["monkey"]);
     }
 }
