@@ -133,3 +133,25 @@ fn error_true_fails_the_build_after_printing() {
     let images = env.kiln(&["images"]);
     assert!(!String::from_utf8_lossy(&images.stdout).contains("never"));
 }
+
+#[test]
+fn build_check_compares_the_base_image_platform() {
+    let env = Env::new();
+    let ctx = env.context("ctx", &[("Dockerfile", "FROM busybox\nRUN true\n")]);
+    let out = env.try_build(
+        &ctx,
+        &["--check", "--pull", "never", "--platform", "linux/arm64"],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("Dockerfile:1:1: InvalidBaseImagePlatform: Base image busybox was pulled with platform \"linux/amd64\", expected \"linux/arm64\" for current build"),
+        "{err}"
+    );
+    // The same store image for its own platform passes.
+    let out = env.try_build(
+        &ctx,
+        &["--check", "--pull", "never", "--platform", "linux/amd64"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
