@@ -11,7 +11,7 @@
 use std::fmt;
 
 use crate::ast::{Dockerfile, Instruction, Keyword};
-use crate::error::{excerpt, Span};
+use crate::error::{excerpt, Span, Warning};
 use crate::graph::{BuildGraph, CompileOptions};
 
 mod directive;
@@ -180,8 +180,8 @@ pub struct LintReport {
     /// `# check=error=true`: the findings fail the build.
     pub error: bool,
     /// Problems with the `# check=` directive itself (an unknown rule in
-    /// `skip=`, a bad `error=` value), lowercase.
-    pub notes: Vec<String>,
+    /// `skip=`, a bad `error=` value), at the directive's line.
+    pub notes: Vec<Warning>,
 }
 
 impl LintReport {
@@ -196,7 +196,8 @@ impl LintReport {
     pub fn render(&self, source: &str) -> String {
         let mut out = String::new();
         for note in &self.notes {
-            out.push_str(&format!("warning: {note}\n"));
+            let lines = excerpt(&note.span, source).unwrap_or_default();
+            out.push_str(&format!("warning: {note}{lines}\n"));
         }
         let level = if self.error { "error" } else { "warning" };
         for finding in &self.findings {
@@ -232,10 +233,42 @@ pub fn lint(dockerfile: &Dockerfile, input: &LintInput<'_>) -> LintReport {
     // Dockerfile order; a stable sort keeps each instruction's findings in
     // rule order.
     findings.sort_by_key(|f| (f.span.line, f.span.column));
+    let span = directive_span(dockerfile, input.source);
+    let notes = directive
+        .notes
+        .into_iter()
+        .map(|message| Warning {
+            span: span.clone(),
+            message: match from_arg {
+                Some(_) => format!("--build-arg {CHECK_BUILD_ARG}: {message}"),
+                None => message,
+            },
+        })
+        .collect();
     LintReport {
         findings,
         error: directive.error,
-        notes: directive.notes,
+        notes,
+    }
+}
+
+/// Where the `# check=` directive is: the first comment line that holds
+/// it (directives come first), else line 1.
+fn directive_span(dockerfile: &Dockerfile, source: &str) -> Span {
+    let file = dockerfile
+        .instructions
+        .first()
+        .map_or_else(|| "Dockerfile".into(), |i| i.span.file.clone());
+    let line = source
+        .lines()
+        .take_while(|l| l.trim_start().starts_with('#') || l.trim().is_empty())
+        .position(|l| l.to_ascii_lowercase().contains("check"))
+        .map_or(1, |i| i + 1);
+    Span {
+        file,
+        line,
+        column: 1,
+        end_line: line,
     }
 }
 
