@@ -2,7 +2,7 @@
 //! instructions, EXPOSE values, secrets in ARG/ENV names, and files that
 //! .dockerignore excludes.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use super::{finding, split_stages, stage_name, Finding, LintInput, Rule};
 use crate::ast::{Dockerfile, Instruction, Keyword};
@@ -12,9 +12,11 @@ pub(super) fn check(dockerfile: &Dockerfile, input: &LintInput<'_>) -> Vec<Findi
     let mut out = Vec::new();
     instruction_casing(dockerfile, input.source, &mut out);
     let (_, stages) = split_stages(dockerfile);
-    let mut names: HashMap<String, ()> = HashMap::new();
+    let mut names: HashSet<String> = HashSet::new();
     for stage in stages {
-        let (from, body) = stage.split_first().expect("a stage starts with FROM");
+        let Some((from, body)) = stage.split_first() else {
+            continue;
+        };
         from_line(from, input.source, &mut names, &mut out);
         stage_body(body, &mut out);
         for instruction in body {
@@ -80,7 +82,7 @@ fn instruction_casing(dockerfile: &Dockerfile, source: &str, out: &mut Vec<Findi
 fn from_line(
     from: &Instruction,
     source: &str,
-    names: &mut HashMap<String, ()>,
+    names: &mut HashSet<String>,
     out: &mut Vec<Finding>,
 ) {
     let span = &from.span;
@@ -112,7 +114,7 @@ fn from_line(
                 format!("Stage name should not use the same name as reserved stage {lower:?}"),
             ));
         }
-        if names.insert(lower.clone(), ()).is_some() {
+        if !names.insert(lower.clone()) {
             out.push(finding(
                 Rule::DuplicateStageName,
                 span,
@@ -120,7 +122,8 @@ fn from_line(
             ));
         }
     }
-    if let Some(platform) = from.flag("platform").and_then(|f| f.value.as_deref()) {
+    let platform_flag = from.flag("platform");
+    if let Some((flag, platform)) = platform_flag.and_then(|f| Some((f, f.value.as_deref()?))) {
         // A stage named for the platform it pins (`AS build-arm64`) is
         // deliberate, as BuildKit lets it be.
         let arch = platform.split('/').nth(1).unwrap_or(platform);
@@ -129,7 +132,7 @@ fn from_line(
         if !platform.contains('$') && !named_for_it {
             out.push(finding(
                 Rule::FromPlatformFlagConstDisallowed,
-                &from.flag("platform").expect("just found").span,
+                &flag.span,
                 format!("FROM --platform flag should not use constant value {platform:?}"),
             ));
         }

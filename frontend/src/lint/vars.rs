@@ -18,7 +18,9 @@ pub(super) fn check(dockerfile: &Dockerfile, input: &LintInput<'_>) -> Vec<Findi
     let defaults = global_defaults(globals, dockerfile.escape, input);
     let mut stage_env: Vec<(Option<String>, HashSet<String>)> = Vec::new();
     for (index, stage) in stages.iter().enumerate() {
-        let (from, body) = stage.split_first().expect("a stage starts with FROM");
+        let Some((from, body)) = stage.split_first() else {
+            continue;
+        };
         from_variables(from, dockerfile.escape, &defaults, &mut out);
         let inherited = base_env(from, index, &stage_env, input.graph);
         let env = stage_variables(body, dockerfile.escape, inherited, &mut out);
