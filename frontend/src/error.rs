@@ -135,6 +135,11 @@ impl Error {
 pub(crate) fn excerpt(span: &Span, source: &str) -> Option<String> {
     let source = source.strip_prefix('\u{feff}').unwrap_or(source);
     let text = source.lines().nth(span.line.saturating_sub(1))?;
+    Some(excerpt_of_line(span, text))
+}
+
+/// `excerpt` for the line `text` (already picked out of the source).
+pub(crate) fn excerpt_of_line(span: &Span, text: &str) -> String {
     let text = text.strip_suffix('\r').unwrap_or(text);
     let number = span.line.to_string();
     let gutter = " ".repeat(number.len());
@@ -144,9 +149,7 @@ pub(crate) fn excerpt(span: &Span, source: &str) -> Option<String> {
         .take(span.column.saturating_sub(1))
         .map(|c| if c == '\t' { '\t' } else { ' ' })
         .collect();
-    Some(format!(
-        "\n{gutter} |\n{number} | {text}\n{gutter} | {pad}^"
-    ))
+    format!("\n{gutter} |\n{number} | {text}\n{gutter} | {pad}^")
 }
 
 #[cfg(test)]

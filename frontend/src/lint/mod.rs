@@ -11,7 +11,7 @@
 use std::fmt;
 
 use crate::ast::{Dockerfile, Instruction, Keyword};
-use crate::error::{excerpt, Span, Warning};
+use crate::error::{excerpt, excerpt_of_line, Span, Warning};
 use crate::graph::{BuildGraph, CompileOptions};
 
 mod directive;
@@ -194,14 +194,21 @@ impl LintReport {
     /// finding (`warning:`, or `error:` under `error=true`) with its line and
     /// a caret, one block after another; empty when all is well.
     pub fn render(&self, source: &str) -> String {
+        // One pass over the source, however many findings.
+        let lines = source_lines(source);
+        let excerpt = |span: &Span| {
+            span.line
+                .checked_sub(1)
+                .and_then(|i| lines.get(i))
+                .map_or(String::new(), |text| excerpt_of_line(span, text))
+        };
         let mut out = String::new();
         for note in &self.notes {
-            let lines = excerpt(&note.span, source).unwrap_or_default();
-            out.push_str(&format!("warning: {note}{lines}\n"));
+            out.push_str(&format!("warning: {note}{}\n", excerpt(&note.span)));
         }
         let level = if self.error { "error" } else { "warning" };
         for finding in &self.findings {
-            out.push_str(&format!("{level}: {}\n", finding.render(source)));
+            out.push_str(&format!("{level}: {finding}{}\n", excerpt(&finding.span)));
         }
         out
     }
@@ -298,6 +305,16 @@ fn split_stages(dockerfile: &Dockerfile) -> (&[Instruction], Vec<&[Instruction]>
         })
         .collect();
     (&instructions[..first], stages)
+}
+
+/// The source's lines (a byte order mark dropped), for looking lines up by
+/// number without walking the text again.
+fn source_lines(source: &str) -> Vec<&str> {
+    source
+        .strip_prefix('\u{feff}')
+        .unwrap_or(source)
+        .lines()
+        .collect()
 }
 
 /// `FROM image AS name`: the name as written.

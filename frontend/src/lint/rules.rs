@@ -4,20 +4,21 @@
 
 use std::collections::HashSet;
 
-use super::{finding, split_stages, stage_name, Finding, LintInput, Rule};
+use super::{finding, source_lines, split_stages, stage_name, Finding, LintInput, Rule};
 use crate::ast::{Dockerfile, Instruction, Keyword};
 
 /// Every syntax-tree check, in no particular order.
 pub(super) fn check(dockerfile: &Dockerfile, input: &LintInput<'_>) -> Vec<Finding> {
     let mut out = Vec::new();
-    instruction_casing(dockerfile, input.source, &mut out);
+    let lines = source_lines(input.source);
+    instruction_casing(dockerfile, &lines, &mut out);
     let (_, stages) = split_stages(dockerfile);
     let mut names: HashSet<String> = HashSet::new();
     for stage in stages {
         let Some((from, body)) = stage.split_first() else {
             continue;
         };
-        from_line(from, input.source, &mut names, &mut out);
+        from_line(from, &lines, &mut names, &mut out);
         stage_body(body, &mut out);
         for instruction in body {
             one_instruction(instruction, input, &mut out);
@@ -27,8 +28,8 @@ pub(super) fn check(dockerfile: &Dockerfile, input: &LintInput<'_>) -> Vec<Findi
 }
 
 /// The keyword as written in the source, when the span points at it.
-fn written_keyword<'s>(instruction: &Instruction, source: &'s str) -> Option<&'s str> {
-    let line = source.lines().nth(instruction.span.line.checked_sub(1)?)?;
+fn written_keyword<'s>(instruction: &Instruction, lines: &[&'s str]) -> Option<&'s str> {
+    let line = lines.get(instruction.span.line.checked_sub(1)?)?;
     let start = line
         .char_indices()
         .nth(instruction.span.column.checked_sub(1)?)?
@@ -40,11 +41,11 @@ fn written_keyword<'s>(instruction: &Instruction, source: &'s str) -> Option<&'s
 
 /// ConsistentInstructionCasing: keywords follow the file's majority casing
 /// (upper case on a tie); a mixed-case keyword never matches.
-fn instruction_casing(dockerfile: &Dockerfile, source: &str, out: &mut Vec<Finding>) {
+fn instruction_casing(dockerfile: &Dockerfile, lines: &[&str], out: &mut Vec<Finding>) {
     let written: Vec<(&Instruction, &str)> = dockerfile
         .instructions
         .iter()
-        .filter_map(|i| Some((i, written_keyword(i, source)?)))
+        .filter_map(|i| Some((i, written_keyword(i, lines)?)))
         .collect();
     let upper = written
         .iter()
@@ -81,12 +82,12 @@ fn instruction_casing(dockerfile: &Dockerfile, source: &str, out: &mut Vec<Findi
 /// The FROM line's checks: AS casing, the stage name, a constant platform.
 fn from_line(
     from: &Instruction,
-    source: &str,
+    lines: &[&str],
     names: &mut HashSet<String>,
     out: &mut Vec<Finding>,
 ) {
     let span = &from.span;
-    if let (Some(name), Some(keyword)) = (stage_name(from), written_keyword(from, source)) {
+    if let (Some(name), Some(keyword)) = (stage_name(from), written_keyword(from, lines)) {
         let as_word = &from.args[1];
         let from_upper = keyword == keyword.to_ascii_uppercase();
         let from_lower = keyword == keyword.to_ascii_lowercase();
