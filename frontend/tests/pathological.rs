@@ -34,7 +34,7 @@ fn exercise(text: &str) {
                     let _ = e.render(text);
                 }
             }
-            let ignored = |path: &str| path.len() % 2 == 0;
+            let ignored = |path: &str| path.len().is_multiple_of(2);
             let input = LintInput {
                 source: text,
                 options: Some(&options),
