@@ -1,5 +1,6 @@
 //! Generates one test per golden case folder (testdata/dockerfile/<case>/ and
-//! testdata/dockerfile-invalid/<case>/), so each case passes or fails by name.
+//! testdata/dockerfile-invalid/<case>/, and the build checks' cases in
+//! testdata/lint/<RuleName>/), so each case passes or fails by name.
 
 #[allow(dead_code)]
 #[path = "../testsupport/golden.rs"]
@@ -25,5 +26,14 @@ fn main() {
             },
         ],
         "golden_cases.rs",
+    );
+    golden::write_case_tests(
+        &[golden::CaseFolder {
+            dir: root.join("lint"),
+            marker: "Dockerfile",
+            prefix: "lint",
+            check: "check_lint",
+        }],
+        "lint_cases.rs",
     );
 }

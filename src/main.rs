@@ -29,6 +29,8 @@ enum Command {
     Parse(cmd::parse::Args),
     /// Build an image from a Dockerfile and a context directory.
     Build(Box<cmd::build::Args>),
+    /// Run BuildKit's build checks on a Dockerfile, without a store.
+    Lint(cmd::lint::Args),
     /// Make a base image from a rootfs tarball or directory.
     Import(cmd::import::Args),
     /// List the images in the store.
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Parse(args) => cmd::parse::run(&cli.global, args),
         Command::Build(args) => cmd::build::run(&cli.global, *args),
+        Command::Lint(args) => cmd::lint::run(&cli.global, args),
         Command::Import(args) => cmd::import::run(&cli.global, args),
         Command::Images(args) => cmd::images::images(&cli.global, args),
         Command::Inspect(args) => cmd::images::inspect(&cli.global, args),

@@ -197,7 +197,7 @@ fn warnings_go_to_stderr() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("warning: <stdin>:2:8: EXPOSE should not give an IP address or host port, found \"80:8080\""),
+        stderr.contains("warning: <stdin>:2:1: ExposeInvalidFormat: EXPOSE instruction should not define an IP address or host port mapping, found '80:8080'"),
         "{stderr}"
     );
     let listing = String::from_utf8_lossy(&out.stdout);

@@ -1581,13 +1581,6 @@ impl StageState {
         }
     }
 
-    fn warn(&mut self, span: &Span, message: String) {
-        self.warnings.push(Warning {
-            span: span.clone(),
-            message,
-        });
-    }
-
     /// Writes the Env list back into the config.
     fn finish_config(&mut self) {
         self.config.env = self
@@ -1820,12 +1813,11 @@ fn go_duration(nanos: u64) -> String {
 }
 
 /// One EXPOSE value as BuildKit reads it (`[[ip:]host_port:]port[-end][/proto]`):
-/// its `port/proto` keys (ranges expanded, protocol lower-cased) and the
-/// warnings it deserves. The container port may be 0; an IP address or a
-/// host port is accepted with a warning (BuildKit's ExposeInvalidFormat
-/// check; dockerd 20.10's frontend took them silently), and only the
-/// container port is exposed.
-fn expose_ports(spec: &str) -> std::result::Result<(Vec<String>, Vec<String>), String> {
+/// its `port/proto` keys (ranges expanded, protocol lower-cased). The
+/// container port may be 0; an IP address or a host port is accepted (the
+/// lint module's ExposeInvalidFormat and ExposeProtoCasing checks warn
+/// about them), and only the container port is exposed.
+fn expose_ports(spec: &str) -> std::result::Result<Vec<String>, String> {
     let parts: Vec<&str> = spec.split(':').collect();
     let n = parts.len();
     let (ip, host, container) = match n {
@@ -1849,17 +1841,6 @@ fn expose_ports(spec: &str) -> std::result::Result<(Vec<String>, Vec<String>), S
             ))
         }
     };
-    let mut warnings = Vec::new();
-    if written_proto != lower {
-        warnings.push(format!(
-            "EXPOSE protocol should be lower case, found {spec:?} (BuildKit's ExposeProtoCasing check)"
-        ));
-    }
-    if !ip.is_empty() || !host.is_empty() {
-        warnings.push(format!(
-            "EXPOSE should not give an IP address or host port, found {spec:?}; only the container port is exposed (BuildKit's ExposeInvalidFormat check)"
-        ));
-    }
     if !ip.is_empty() {
         let bare = match ip.strip_prefix('[') {
             Some(rest) => rest.strip_suffix(']').unwrap_or(rest),
@@ -1890,7 +1871,7 @@ fn expose_ports(spec: &str) -> std::result::Result<(Vec<String>, Vec<String>), S
             key
         })
         .collect();
-    Ok((ports, warnings))
+    Ok(ports)
 }
 
 /// `80` or `8000-8010` (each 0 to 65535) as a range.
@@ -1980,12 +1961,7 @@ fn apply_config(
             for arg in &instruction.args {
                 let value = expand(state, arg)?;
                 for word in value.split_whitespace() {
-                    let (more, warnings) =
-                        expose_ports(word).map_err(|m| Error::compile(span.clone(), m))?;
-                    ports.extend(more);
-                    for message in warnings {
-                        state.warn(span, message);
-                    }
+                    ports.extend(expose_ports(word).map_err(|m| Error::compile(span.clone(), m))?);
                 }
             }
             // BuildKit prints the list as Go does: `EXPOSE [80/tcp 53/udp]`.

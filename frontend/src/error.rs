@@ -122,27 +122,34 @@ impl Error {
     /// the column. Without a span, just the message.
     pub fn render(&self, source: &str) -> String {
         let mut out = self.to_string();
-        let Some(span) = self.span() else {
-            return out;
-        };
-        let source = source.strip_prefix('\u{feff}').unwrap_or(source);
-        let Some(text) = source.lines().nth(span.line.saturating_sub(1)) else {
-            return out;
-        };
-        let text = text.strip_suffix('\r').unwrap_or(text);
-        let number = span.line.to_string();
-        let gutter = " ".repeat(number.len());
-        // Tabs keep their width above the caret so it lines up in a terminal.
-        let pad: String = text
-            .chars()
-            .take(span.column.saturating_sub(1))
-            .map(|c| if c == '\t' { '\t' } else { ' ' })
-            .collect();
-        out.push_str(&format!(
-            "\n{gutter} |\n{number} | {text}\n{gutter} | {pad}^"
-        ));
+        if let Some(lines) = self.span().and_then(|span| excerpt(span, source)) {
+            out.push_str(&lines);
+        }
         out
     }
+}
+
+/// The line of `source` that `span` points at, with a caret under the
+/// column, each line after a newline; `None` when the line is not in
+/// `source`.
+pub(crate) fn excerpt(span: &Span, source: &str) -> Option<String> {
+    let source = source.strip_prefix('\u{feff}').unwrap_or(source);
+    let text = source.lines().nth(span.line.saturating_sub(1))?;
+    Some(excerpt_of_line(span, text))
+}
+
+/// `excerpt` for the line `text` (already picked out of the source).
+pub(crate) fn excerpt_of_line(span: &Span, text: &str) -> String {
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    let number = span.line.to_string();
+    let gutter = " ".repeat(number.len());
+    // Tabs keep their width above the caret so it lines up in a terminal.
+    let pad: String = text
+        .chars()
+        .take(span.column.saturating_sub(1))
+        .map(|c| if c == '\t' { '\t' } else { ' ' })
+        .collect();
+    format!("\n{gutter} |\n{number} | {text}\n{gutter} | {pad}^")
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@
 //! [`Dockerfile`]); [`compile`] validates them, expands variables with Docker's
 //! rules and turns the stages the target needs into a [`BuildGraph`] whose
 //! steps carry stable definition digests ([`Key`], built with [`KeyEncoder`]),
-//! which the solver uses as the basis of its cache keys. [`apply_changes`]
+//! which the solver uses as the basis of its cache keys. [`lint`] runs
+//! BuildKit's build checks (with the `# check=` directive) over the syntax
+//! tree and, when there is one, the build graph. [`apply_changes`]
 //! applies `kiln import --change` instructions to an [`ImageConfig`].
 #![forbid(unsafe_code)]
 
@@ -16,6 +18,7 @@ mod config;
 mod error;
 mod graph;
 mod key;
+mod lint;
 mod mount;
 mod parse;
 mod render;
@@ -31,4 +34,5 @@ pub use graph::{
     Stage, Step, StepKind, PLACEHOLDER_DIGEST,
 };
 pub use key::{Key, KeyEncoder};
+pub use lint::{lint, CheckDirective, Finding, LintInput, LintReport, Rule};
 pub use parse::{dockerfile_text, parse};

@@ -2,7 +2,7 @@
 //! heredocs. Nothing may panic or overflow the stack. (The fuzz target in fuzz/
 //! explores further; frontend/benches/parse.rs shows how parse time scales.)
 
-use kiln_frontend::{compile, parse, CompileOptions, NoImages};
+use kiln_frontend::{compile, lint, parse, CompileOptions, LintInput, NoImages};
 
 #[allow(dead_code)]
 #[path = "../benches/common/mod.rs"]
@@ -17,12 +17,15 @@ fn options() -> CompileOptions {
     }
 }
 
-/// Parses, and compiles what parses, rendering errors: none of it may panic.
+/// Parses, compiles and lints what parses, rendering errors and findings:
+/// none of it may panic.
 fn exercise(text: &str) {
     match parse(text, "Dockerfile") {
         Ok(dockerfile) => {
             let _ = debug_len(&dockerfile);
-            match compile(&dockerfile, &options(), &NoImages) {
+            let options = options();
+            let compiled = compile(&dockerfile, &options, &NoImages);
+            match &compiled {
                 Ok(graph) => {
                     let _ = graph.to_text();
                     let _ = graph.to_dot();
@@ -31,6 +34,14 @@ fn exercise(text: &str) {
                     let _ = e.render(text);
                 }
             }
+            let ignored = |path: &str| path.len().is_multiple_of(2);
+            let input = LintInput {
+                source: text,
+                options: Some(&options),
+                graph: compiled.as_ref().ok(),
+                ignored: Some(&ignored),
+            };
+            let _ = lint(&dockerfile, &input).render(text);
         }
         Err(e) => {
             let _ = e.render(text);
@@ -212,4 +223,23 @@ fn scaling_inputs_parse_or_fail_cleanly() {
     let _ = e.render(&markers);
     exercise(&heredoc_markers_file(10_000));
     exercise(&many_instructions(10_000));
+}
+
+/// Every other instruction of a long file fails a check: finding and
+/// rendering them looks each line up once (not a walk of the text per
+/// finding, which would be quadratic).
+#[test]
+fn many_findings_lint_and_render() {
+    let mut text = String::from("FROM scratch\n");
+    for _ in 0..50_000 {
+        text.push_str("RUN true\nrun true\n");
+    }
+    let dockerfile = parse(&text, "Dockerfile").unwrap();
+    let input = LintInput {
+        source: &text,
+        ..LintInput::default()
+    };
+    let report = lint(&dockerfile, &input);
+    assert_eq!(report.findings.len(), 50_000);
+    assert_eq!(report.render(&text).matches("| ^\n").count(), 50_000);
 }

@@ -8,6 +8,7 @@ pub mod archive;
 pub mod build;
 pub mod images;
 pub mod import;
+pub mod lint;
 pub mod parse;
 pub mod registry;
 pub mod setup_binfmt;

@@ -46,7 +46,7 @@ pub struct Args {
 }
 
 /// This machine as an OCI platform string.
-fn host_platform() -> String {
+pub(crate) fn host_platform() -> String {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -105,6 +105,15 @@ pub fn run(_global: &Global, args: Args) -> CmdResult {
             for warning in &graph.warnings {
                 eprintln!("warning: {warning}");
             }
+            let checks = super::lint::Checks {
+                dockerfile: &dockerfile,
+                text: &text,
+                options: &options,
+                graph: Some(&graph),
+                context: None,
+                dockerfile_path: None,
+            };
+            super::lint::print(&checks.run()?, &text);
             match args.format {
                 Format::Dot => graph.to_dot(),
                 _ => graph.to_text(),

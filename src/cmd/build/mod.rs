@@ -96,6 +96,10 @@ pub struct Args {
     /// Print only the image id: no progress (errors still go to stderr).
     #[arg(short = 'q', long)]
     quiet: bool,
+    /// Run the build checks (BuildKit's lint rules) and stop: nothing is
+    /// built; exit status 1 when any check fails.
+    #[arg(long)]
+    check: bool,
     /// Accepted for docker's sake: the image is always in kiln's store.
     #[arg(long)]
     load: bool,
@@ -392,10 +396,25 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         store: &store,
         contexts: &named,
     };
-    let graph = kiln_frontend::compile(&dockerfile, &options, &resolver)?;
+    let graph = kiln_frontend::compile(&dockerfile, &options, &resolver);
+    let checks = super::lint::Checks {
+        dockerfile: &dockerfile,
+        text,
+        options: &options,
+        graph: graph.as_ref().ok(),
+        context: inputs.root.as_deref(),
+        dockerfile_path: inputs.dockerfile_path.as_deref(),
+    };
+    let lint = checks.run()?;
+    super::lint::print(&lint, text);
+    let graph = graph?;
     for warning in &graph.warnings {
         eprintln!("warning: {warning}");
     }
+    if args.check {
+        return super::lint::check_result(&lint);
+    }
+    super::lint::fail_on_error(&lint)?;
     let context = match &inputs.root {
         None => BuildContext::empty()?,
         Some(root) => {
