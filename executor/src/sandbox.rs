@@ -643,9 +643,12 @@ fn build_plan(
     let (_, sys_dir) = b.mountpoint(view, merged, "/sys", false)?;
     // A privileged (`--security=insecure`) step gets /sys writable and every
     // kernel path, as BuildKit's insecure mode gives them.
-    let sys_flags = match spec.privileged {
-        true => nosuid_nodev_noexec,
-        false => nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+    let (sys_flags, sys_what) = match spec.privileged {
+        true => (nosuid_nodev_noexec, "mount /sys"),
+        false => (
+            nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+            "mount /sys read-only",
+        ),
     };
     b.mount(
         Some("sysfs"),
@@ -653,7 +656,7 @@ fn build_plan(
         Some("sysfs"),
         sys_flags,
         None,
-        "mount /sys".into(),
+        sys_what.into(),
     )?;
     if !spec.privileged {
         guard_kernel_paths(&mut b, &proc_dir, &sys_dir, &dev.join("null"))?;
