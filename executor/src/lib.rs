@@ -108,3 +108,12 @@ pub fn run(
 ) -> Result<Upper> {
     sandbox::run(spec, scratch_dir, cancel, on_output)
 }
+
+/// Compiles the seccomp filter steps with Docker's capabilities will get
+/// under `seccomp`, ahead of the first step (a build calls this from a
+/// thread of its own as it starts, so the compilation overlaps its other
+/// start-up work; [`run`] then finds it compiled). Errors are [`run`]'s to
+/// report.
+pub fn prepare_seccomp(seccomp: &Seccomp) {
+    sandbox::prepare_seccomp(seccomp);
+}

@@ -380,6 +380,18 @@ fn exec_candidates(program: &str, env: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Docker's default capabilities as a bit mask.
+fn default_caps() -> u64 {
+    DEFAULT_CAPS
+        .iter()
+        .fold(0u64, |acc, cap| acc | (1u64 << cap))
+}
+
+/// See [`crate::prepare_seccomp`].
+pub(crate) fn prepare_seccomp(seccomp: &crate::Seccomp) {
+    let _ = crate::seccomp::filter_for(seccomp, default_caps());
+}
+
 /// Every capability kiln itself holds (its permitted set): what a
 /// privileged step gets, as BuildKit gives the daemon's.
 fn own_capabilities(last_cap: u32) -> u64 {
@@ -833,9 +845,7 @@ fn build_plan(
     let (keep_caps, seccomp) = if spec.privileged {
         (own_capabilities(last_cap), None)
     } else {
-        let caps = DEFAULT_CAPS
-            .iter()
-            .fold(0u64, |acc, cap| acc | (1u64 << cap));
+        let caps = default_caps();
         (caps, crate::seccomp::filter_for(&spec.seccomp, caps)?)
     };
     let plan = Plan {

@@ -226,6 +226,18 @@ pub fn solve(
     let stages = graph
         .needed_stages()
         .map_err(|e| Error::Invalid(e.to_string()))?;
+    let runs_steps = stages.iter().any(|stage| {
+        stage
+            .steps
+            .iter()
+            .any(|s| matches!(s.kind, StepKind::Run(_)))
+    });
+    if runs_steps {
+        // The seccomp filter compiles while the base images and the context
+        // are read: the first RUN step need not wait for it.
+        let seccomp = options.seccomp.clone();
+        std::thread::spawn(move || kiln_executor::prepare_seccomp(&seccomp));
+    }
     let downloads = Downloads::new(&store.tmp_dir())?;
     let mut plans: HashMap<usize, StagePlan> = HashMap::new();
     let mut vertices: Vec<Vertex<'_>> = Vec::new();
