@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 scripts/install-deps.sh
-scripts/make-fixtures.sh
+scripts/make-fixtures.sh busybox
 cargo build --release --quiet
 kiln=target/release/kiln
 $kiln import target/fixtures/busybox-amd64.tar busybox:latest >/dev/null
