@@ -631,27 +631,34 @@ fn cancel_on_interrupt(cancel: &CancelToken) {
 /// A memory size as `docker run --memory` takes it: a number with an optional
 /// binary unit b, k, m or g (case-insensitive).
 fn parse_memory(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text, "512m or 2g")?;
+    // Docker refuses limits this small: the step could not even start.
+    if bytes < 6 << 20 {
+        return Err(format!("{text:?}: the minimum memory limit is 6m"));
+    }
+    Ok(bytes)
+}
+
+/// A size as docker takes them: a number with an optional binary unit b, k,
+/// m or g (case-insensitive); `example` names good values in the error.
+fn parse_size(text: &str, example: &str) -> Result<u64, String> {
     let lower = text.trim().to_ascii_lowercase();
     let (digits, unit) = match lower.find(|c: char| !c.is_ascii_digit()) {
         Some(at) => lower.split_at(at),
         None => (lower.as_str(), ""),
     };
+    let bad = || format!("{text:?}: expected a size such as {example}");
     let multiplier: u64 = match unit.trim_end_matches('b') {
         "" => 1,
         "k" => 1 << 10,
         "m" => 1 << 20,
         "g" => 1 << 30,
-        _ => return Err(format!("{text:?}: expected a size such as 512m or 2g")),
+        _ => return Err(bad()),
     };
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?}: expected a size such as 512m or 2g"))?;
-    match value.checked_mul(multiplier) {
-        // Docker refuses limits this small: the step could not even start.
-        Some(bytes) if bytes >= 6 << 20 => Ok(bytes),
-        Some(_) => Err(format!("{text:?}: the minimum memory limit is 6m")),
-        None => Err(format!("{text:?}: too large")),
-    }
+    let value: u64 = digits.parse().map_err(|_| bad())?;
+    value
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?}: too large"))
 }
 
 fn parse_ulimit(text: &str) -> Result<kiln_executor::Ulimit, String> {
@@ -660,23 +667,7 @@ fn parse_ulimit(text: &str) -> Result<kiln_executor::Ulimit, String> {
 
 /// `--shm-size`: a size as `--memory` takes it, at least 4 KiB.
 fn parse_shm_size(text: &str) -> Result<u64, String> {
-    let lower = text.trim().to_ascii_lowercase();
-    let (digits, unit) = match lower.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => lower.split_at(at),
-        None => (lower.as_str(), ""),
-    };
-    let multiplier: u64 = match unit.trim_end_matches('b') {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        _ => return Err(format!("{text:?}: expected a size such as 128m or 1g")),
-    };
-    let bytes = digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|v| v.checked_mul(multiplier))
-        .ok_or_else(|| format!("{text:?}: expected a size such as 128m or 1g"))?;
+    let bytes = parse_size(text, "128m or 1g")?;
     if bytes < 4096 {
         return Err(format!("{text:?}: /dev/shm needs at least 4k"));
     }
