@@ -314,7 +314,7 @@ pub(crate) fn build_tree(
             }
             Item::Download(name, path) if is_archive_download(step, path)? => {
                 writer.ensure_dir(&resolved_dest, None)?;
-                writer.extract_archive(path, name, &resolved_dest)?;
+                writer.extract_archive(path, None, name, &resolved_dest)?;
             }
             Item::Download(name, path) => {
                 let target = if dest_is_dir {
@@ -361,7 +361,12 @@ pub(crate) fn build_tree(
                     }
                 } else if is_archive_add(step, entry)? {
                     writer.ensure_dir(&resolved_dest, None)?;
-                    writer.extract_archive(&entry.host, &entry.rel, &resolved_dest)?;
+                    writer.extract_archive(
+                        &entry.host,
+                        Some(&entry.meta),
+                        &entry.rel,
+                        &resolved_dest,
+                    )?;
                 } else {
                     let name = entry.rel.rsplit('/').next().unwrap_or(&entry.rel);
                     let target = match (&rel_under_parents, dest_is_dir) {
@@ -408,7 +413,7 @@ fn is_archive_add(step: &CopyStep, entry: &SourceEntry) -> Result<bool> {
     if !step.unpacks(false) || !entry.meta.is_file() {
         return Ok(false);
     }
-    Ok(open_archive(&entry.host)?.is_some())
+    Ok(open_archive(&entry.host, Some(&entry.meta))?.is_some())
 }
 
 /// Whether ADD should unpack this download: `--unpack=true` and a tar
@@ -417,28 +422,33 @@ fn is_archive_download(step: &CopyStep, downloaded: &Path) -> Result<bool> {
     if !step.unpacks(true) {
         return Ok(false);
     }
-    Ok(open_archive(downloaded)?.is_some())
+    Ok(open_archive(downloaded, None)?.is_some())
 }
 
-/// Opens `path` as a tar stream when its content is a (compressed) tar.
-fn open_archive(path: &Path) -> Result<Option<Box<dyn Read>>> {
+/// Opens `path` as a tar stream when its content is a (compressed) tar. A
+/// source the resolver found (`resolved`, its metadata) is opened as every
+/// source file is: no link followed, and only the very file resolved.
+fn open_archive(path: &Path, resolved: Option<&fs::Metadata>) -> Result<Option<Box<dyn Read>>> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = match resolved {
+        Some(meta) => kiln_executor::open_resolved(path, meta),
+        None => fs::File::open(path),
+    }
+    .map_err(io_err(path))?;
     let mut head = [0u8; 6];
-    let mut file = fs::File::open(path).map_err(io_err(path))?;
     let n = read_up_to(&mut file, &mut head)?;
-    let reopen = || -> Result<BufReader<fs::File>> {
-        Ok(BufReader::new(fs::File::open(path).map_err(io_err(path))?))
-    };
+    file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+    let file = BufReader::new(file);
     let reader: Box<dyn Read> = match &head[..n] {
-        [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(reopen()?)),
-        [b'B', b'Z', b'h', ..] => Box::new(bzip2::read::MultiBzDecoder::new(reopen()?)),
+        [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(file)),
+        [b'B', b'Z', b'h', ..] => Box::new(bzip2::read::MultiBzDecoder::new(file)),
         [0xfd, b'7', b'z', b'X', b'Z', 0x00] => {
-            Box::new(xz2::read::XzDecoder::new_multi_decoder(reopen()?))
+            Box::new(xz2::read::XzDecoder::new_multi_decoder(file))
         }
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(
-            zstd::stream::read::Decoder::new(fs::File::open(path).map_err(io_err(path))?)
-                .map_err(io_err(path))?,
-        ),
-        _ => Box::new(reopen()?),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => {
+            Box::new(zstd::stream::read::Decoder::new(file).map_err(io_err(path))?)
+        }
+        _ => Box::new(file),
     };
     // A tar header has "ustar" at offset 257 (or is an old v7 header with a
     // valid checksum); anything else is copied as a plain file.
@@ -740,8 +750,14 @@ impl TreeWriter<'_> {
 
     /// Unpacks the archive at `archive` (called `name` in messages) into
     /// `image_dir`.
-    fn extract_archive(&mut self, archive: &Path, name: &str, image_dir: &str) -> Result<()> {
-        let Some(stream) = open_archive(archive)? else {
+    fn extract_archive(
+        &mut self,
+        archive: &Path,
+        resolved: Option<&fs::Metadata>,
+        name: &str,
+        image_dir: &str,
+    ) -> Result<()> {
+        let Some(stream) = open_archive(archive, resolved)? else {
             return Err(Error::Copy(format!("{name}: not an archive")));
         };
         let host = self.host(image_dir);
@@ -1190,6 +1206,19 @@ mod tests {
             .append_data(&mut header, "inner/file", &b"hello"[..])
             .unwrap();
         builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn an_archive_swapped_after_it_was_resolved_is_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let (resolved, swapped) = (dir.path().join("a.tar"), dir.path().join("b.tar"));
+        std::fs::write(&resolved, tar_bytes()).unwrap();
+        std::fs::write(&swapped, tar_bytes()).unwrap();
+        let meta = std::fs::metadata(&resolved).unwrap();
+        assert!(open_archive(&resolved, Some(&meta)).unwrap().is_some());
+        // Another inode at the resolved path, as a swap would leave it.
+        std::fs::rename(&swapped, &resolved).unwrap();
+        assert!(open_archive(&resolved, Some(&meta)).is_err());
     }
 
     #[test]
