@@ -777,7 +777,13 @@ impl<'a> Compiler<'a> {
             Keyword::Run => {
                 let (run, digest, created_by) =
                     self.run_step(state, instruction, platform, done)?;
-                state.push_with_digest(instruction, created_by, false, StepKind::Run(run), digest);
+                state.push_with_digest(
+                    instruction,
+                    created_by,
+                    false,
+                    StepKind::Run(Box::new(run)),
+                    digest,
+                );
                 Ok(())
             }
             Keyword::Copy | Keyword::Add => {

@@ -299,8 +299,9 @@ pub struct Step {
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum StepKind {
-    /// RUN.
-    Run(RunStep),
+    /// RUN (boxed, as COPY is: a step is as large as its largest kind, and
+    /// most steps of a long Dockerfile are neither).
+    Run(Box<RunStep>),
     /// COPY or ADD (boxed: the largest kind, and one step in several; every
     /// step is as large as its largest kind).
     Copy(Box<CopyStep>),

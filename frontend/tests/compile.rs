@@ -80,7 +80,7 @@ fn runs(stage: &Stage) -> Vec<&RunStep> {
         .steps
         .iter()
         .filter_map(|s| match &s.kind {
-            StepKind::Run(run) => Some(run),
+            StepKind::Run(run) => Some(&**run),
             _ => None,
         })
         .collect()
