@@ -5,45 +5,10 @@
 mod build_common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
+use build_common::servers::{free_port, git, git_daemon, httpd};
 use build_common::{cached_steps, output_with_stdin, run_ok, Env};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A server process killed when dropped.
-struct Server(Child);
-
-impl Server {
-    fn start(command: &mut Command, port: u16) -> Server {
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
-        let server = Server(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("{command:?} did not listen on 127.0.0.1:{port}");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A context directory with a Dockerfile at `docker/build.Dockerfile` that
 /// copies the whole context.
@@ -134,17 +99,7 @@ fn a_tarball_or_a_dockerfile_at_an_http_url() {
     )
     .unwrap();
     let port = free_port();
-    let _httpd = Server::start(
-        Command::new("busybox").args([
-            "httpd",
-            "-f",
-            "-p",
-            &format!("127.0.0.1:{port}"),
-            "-h",
-            &served.to_string_lossy(),
-        ]),
-        port,
-    );
+    let _httpd = httpd(&served, port);
     let dest = env.dir.path().join("out");
     let out_arg = format!("type=local,dest={}", dest.display());
     let url = format!("http://127.0.0.1:{port}/ctx.tar.gz");
@@ -165,39 +120,6 @@ fn a_tarball_or_a_dockerfile_at_an_http_url() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("HTTP 404"), "{stderr}");
-}
-
-/// `git-daemon` serving the repositories under `base` on 127.0.0.1:`port`:
-/// the daemon's own binary, not `git daemon`, which would run it as a child
-/// that outlives the kill.
-fn git_daemon(base: &Path, port: u16) -> Server {
-    let exec_path = run_ok(Command::new("git").arg("--exec-path")).stdout;
-    let daemon = Path::new(String::from_utf8_lossy(&exec_path).trim()).join("git-daemon");
-    Server::start(
-        Command::new(daemon).args([
-            "--reuseaddr",
-            "--export-all",
-            &format!("--base-path={}", base.display()),
-            "--listen=127.0.0.1",
-            &format!("--port={port}"),
-            &base.to_string_lossy(),
-        ]),
-        port,
-    )
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    run_ok(
-        Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_AUTHOR_NAME", "kiln")
-            .env("GIT_AUTHOR_EMAIL", "kiln@example.invalid")
-            .env("GIT_COMMITTER_NAME", "kiln")
-            .env("GIT_COMMITTER_EMAIL", "kiln@example.invalid")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("HOME", dir),
-    );
 }
 
 /// Two repositories under `base`: `lib.git` and `app.git`, whose `v1` tag

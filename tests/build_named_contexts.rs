@@ -8,45 +8,10 @@ mod build_common;
 
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
+use build_common::servers::{free_port, git, git_daemon, httpd};
 use build_common::{cached_steps, run_ok, run_steps, Env};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A server process killed when dropped.
-struct Server(Child);
-
-impl Server {
-    fn start(command: &mut Command, port: u16) -> Server {
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
-        let server = Server(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("{command:?} did not listen on 127.0.0.1:{port}");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn images(env: &Env) -> Vec<u8> {
     run_ok(&mut env.command(&["images", "--format", "json"])).stdout
@@ -243,20 +208,6 @@ fn oci_layout_contexts_from_kiln_save_and_skopeo() {
     );
 }
 
-fn git(dir: &Path, args: &[&str]) {
-    run_ok(
-        Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_AUTHOR_NAME", "kiln")
-            .env("GIT_AUTHOR_EMAIL", "kiln@example.invalid")
-            .env("GIT_COMMITTER_NAME", "kiln")
-            .env("GIT_COMMITTER_EMAIL", "kiln@example.invalid")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("HOME", dir),
-    );
-}
-
 #[test]
 fn tarball_and_git_url_contexts() {
     let env = Env::new();
@@ -272,19 +223,8 @@ fn tarball_and_git_url_contexts() {
         ".",
     ]));
     let http_port = free_port();
-    let _httpd = Server::start(
-        Command::new("busybox").args([
-            "httpd",
-            "-f",
-            "-p",
-            &format!("127.0.0.1:{http_port}"),
-            "-h",
-            &served.to_string_lossy(),
-        ]),
-        http_port,
-    );
-    // A repository on git-daemon (its own binary: `git daemon` would leave
-    // a child behind).
+    let _httpd = httpd(&served, http_port);
+    // A repository on git-daemon.
     let base = env.dir.path().join("git");
     let work = base.join("work");
     std::fs::create_dir_all(work.join("sub")).unwrap();
@@ -294,19 +234,7 @@ fn tarball_and_git_url_contexts() {
     git(&work, &["commit", "-q", "-m", "one"]);
     git(&base, &["clone", "-q", "--bare", "work", "repo.git"]);
     let git_port = free_port();
-    let exec_path = run_ok(Command::new("git").arg("--exec-path")).stdout;
-    let daemon = Path::new(String::from_utf8_lossy(&exec_path).trim()).join("git-daemon");
-    let _daemon = Server::start(
-        Command::new(daemon).args([
-            "--reuseaddr",
-            "--export-all",
-            &format!("--base-path={}", base.display()),
-            "--listen=127.0.0.1",
-            &format!("--port={git_port}"),
-            &base.to_string_lossy(),
-        ]),
-        git_port,
-    );
+    let _daemon = git_daemon(&base, git_port);
 
     let ctx = env.context(
         "ctx",

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod servers;
 #[path = "../store_support.rs"]
 mod store_support;
 
