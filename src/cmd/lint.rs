@@ -4,14 +4,11 @@
 //! context's .dockerignore, printing the findings, and the exit status of
 //! `--check`.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use kiln_frontend::{
-    compile, dockerfile_text, lint, parse, BuildGraph, CompileOptions, Dockerfile, LintInput,
-    LintReport, NoImages,
+    compile, lint, parse, BuildGraph, CompileOptions, Dockerfile, LintInput, LintReport, NoImages,
 };
 use kiln_solver::IgnoreRules;
 
@@ -68,19 +65,14 @@ pub fn run(_global: &Global, args: Args) -> CmdResult {
 
 fn read_dockerfile(args: &Args) -> anyhow::Result<(String, String)> {
     if args.file.as_deref() == Some("-") {
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut bytes)
-            .context("cannot read the Dockerfile from standard input")?;
-        return Ok(("<stdin>".to_string(), dockerfile_text(bytes)));
+        return Ok(("<stdin>".to_string(), super::read_dockerfile(None)?));
     }
     // Named as `kiln build` names it: as given, or `Dockerfile`.
     let (path, name) = match &args.file {
         Some(file) => (PathBuf::from(file), file.clone()),
         None => (args.context.join("Dockerfile"), "Dockerfile".to_string()),
     };
-    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok((name, dockerfile_text(bytes)))
+    Ok((name, super::read_dockerfile(Some(&path))?))
 }
 
 /// What the checks of one build read.

@@ -1,7 +1,7 @@
 //! One module per subcommand, plus what they share: global options, the store,
-//! error reporting and colour.
+//! reading a Dockerfile, error reporting and colour.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 pub mod archive;
@@ -84,4 +84,27 @@ pub fn report_error(err: &anyhow::Error) {
 pub fn stderr_color() -> bool {
     use std::io::IsTerminal;
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+}
+
+/// A Dockerfile's text, from standard input (`None`) or a file, read as bytes
+/// as Docker reads it (see `kiln_frontend::dockerfile_text`).
+pub(crate) fn read_dockerfile(path: Option<&Path>) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use std::io::Read;
+    let bytes = match path {
+        None => {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .context("cannot read the Dockerfile from standard input")?;
+            bytes
+        }
+        Some(path) => std::fs::read(path).with_context(|| {
+            format!(
+                "cannot read {}; name the Dockerfile with -f FILE",
+                path.display()
+            )
+        })?,
+    };
+    Ok(kiln_frontend::dockerfile_text(bytes))
 }

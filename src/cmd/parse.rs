@@ -2,11 +2,11 @@
 //! text or graphviz, without a store. Errors show the offending line.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kiln_frontend::{compile, dockerfile_text, parse, CompileOptions, NoImages};
+use kiln_frontend::{compile, parse, CompileOptions, NoImages};
 
 use super::{CmdResult, Global};
 
@@ -60,18 +60,12 @@ pub(crate) fn host_platform() -> String {
 }
 
 pub fn run(_global: &Global, args: Args) -> CmdResult {
-    let (name, bytes) = if args.file == "-" {
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut bytes)
-            .context("cannot read the Dockerfile from standard input")?;
-        ("<stdin>".to_string(), bytes)
+    let (name, text) = if args.file == "-" {
+        ("<stdin>".to_string(), super::read_dockerfile(None)?)
     } else {
-        let bytes =
-            std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file))?;
-        (args.file.clone(), bytes)
+        let text = super::read_dockerfile(Some(std::path::Path::new(&args.file)))?;
+        (args.file.clone(), text)
     };
-    let text = dockerfile_text(bytes);
     let mut build_args = BTreeMap::new();
     for arg in &args.build_args {
         match arg.split_once('=') {

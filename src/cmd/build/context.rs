@@ -69,14 +69,26 @@ fn local(root: PathBuf, file: Option<&str>) -> anyhow::Result<Inputs> {
         );
     }
     let (dockerfile, file_name, dockerfile_path) = match file {
-        Some("-") => (read_stdin()?, "Dockerfile".to_string(), None),
+        Some("-") => (
+            super::super::read_dockerfile(None)?,
+            "Dockerfile".to_string(),
+            None,
+        ),
         Some(path) => {
             let path = PathBuf::from(path);
-            (read_file(&path)?, path.display().to_string(), Some(path))
+            (
+                super::super::read_dockerfile(Some(&path))?,
+                path.display().to_string(),
+                Some(path),
+            )
         }
         None => {
             let path = root.join("Dockerfile");
-            (read_file(&path)?, "Dockerfile".to_string(), Some(path))
+            (
+                super::super::read_dockerfile(Some(&path))?,
+                "Dockerfile".to_string(),
+                Some(path),
+            )
         }
     };
     Ok(Inputs {
@@ -161,24 +173,4 @@ fn staging(tmp_dir: &Path) -> anyhow::Result<tempfile::TempDir> {
         .prefix("context-")
         .tempdir_in(tmp_dir)
         .with_context(|| format!("cannot create a directory in {}", tmp_dir.display()))
-}
-
-/// Dockerfiles are read as bytes, as Docker reads them (see
-/// `kiln_frontend::dockerfile_text`).
-fn read_stdin() -> anyhow::Result<String> {
-    let mut bytes = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut bytes)
-        .context("cannot read the Dockerfile from stdin")?;
-    Ok(kiln_frontend::dockerfile_text(bytes))
-}
-
-fn read_file(path: &Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path).with_context(|| {
-        format!(
-            "cannot read the Dockerfile {}; name another with -f FILE",
-            path.display()
-        )
-    })?;
-    Ok(kiln_frontend::dockerfile_text(bytes))
 }
