@@ -1342,6 +1342,15 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 /// Writes the merged filesystem of `layers` into `dest` (for
 /// `--output type=local`).
 pub fn export_filesystem(store: &Store, layers: &[LayerBlob], dest: &Path) -> Result<()> {
+    match filesystem_view(store, layers)? {
+        None => fs::create_dir_all(dest).map_err(io_err(dest)),
+        Some(view) => export_tree(&view, ".", dest, ExportOwner::Keep).map(drop),
+    }
+}
+
+/// The merged filesystem of `layers` as a source, their snapshots prepared;
+/// `None` when there are no layers (an empty filesystem).
+pub(crate) fn filesystem_view(store: &Store, layers: &[LayerBlob]) -> Result<Option<ViewSource>> {
     let snapshotter = Snapshotter::new(store.snapshots_dir()).map_err(exec_err)?;
     let mut lowers = Vec::new();
     let mut diff_ids = Vec::new();
@@ -1355,16 +1364,7 @@ pub fn export_filesystem(store: &Store, layers: &[LayerBlob], dest: &Path) -> Re
                 .map_err(exec_err)?,
         );
     }
-    if lowers.is_empty() {
-        return fs::create_dir_all(dest).map_err(io_err(dest));
-    }
-    export_tree(
-        &ViewSource(RootfsView::new(&lowers)),
-        ".",
-        dest,
-        ExportOwner::Keep,
-    )
-    .map(drop)
+    Ok((!lowers.is_empty()).then(|| ViewSource(RootfsView::new(&lowers))))
 }
 
 #[cfg(test)]

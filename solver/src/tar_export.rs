@@ -9,46 +9,45 @@ use std::path::Path;
 use kiln_cache::{LayerBlob, Store};
 
 use crate::error::{io_err, Error, Result};
+use crate::source::{walk, SourceFs};
 
 /// Writes the merged filesystem of `layers` to `out` as a tar: entries sorted
 /// by path, relative names, numeric owners, modes, modification times,
-/// symbolic links and device nodes as they are in the image.
+/// symbolic links and device nodes as they are in the image. Files are read
+/// straight from the layers' snapshots, not copied first.
 pub fn export_filesystem_tar(
     store: &Store,
     layers: &[LayerBlob],
     out: &mut dyn Write,
 ) -> Result<()> {
-    let tmp = store.tmp_dir();
-    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    let staging = tempfile::Builder::new()
-        .prefix("export-tar-")
-        .tempdir_in(&tmp)
-        .map_err(io_err(&tmp))?;
-    let root = staging.path().join("rootfs");
-    crate::export_filesystem(store, layers, &root)?;
-    tar_tree(&root, out)
+    match crate::solve::filesystem_view(store, layers)? {
+        Some(view) => tar_source(&view, out),
+        None => tar::Builder::new(out)
+            .into_inner()
+            .and_then(|out| out.flush())
+            .map_err(io_err(store.root())),
+    }
 }
 
-/// Streams the tree under `root` (not `root` itself) as a tar.
-fn tar_tree(root: &Path, out: &mut dyn Write) -> Result<()> {
+/// Streams everything below the top of `source` (not the top itself) as a tar.
+fn tar_source(source: &dyn SourceFs, out: &mut dyn Write) -> Result<()> {
+    let top = source
+        .entry(".", true)?
+        .ok_or_else(|| Error::Invalid("the image's filesystem has no root".into()))?;
     let mut builder = tar::Builder::new(out);
-    for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
-        let entry = entry.map_err(|e| {
-            let path = e.path().unwrap_or(root).to_path_buf();
-            Error::Io {
-                path,
-                source: e.into(),
-            }
-        })?;
-        let path = entry.path();
-        let name = path.strip_prefix(root).unwrap_or(path);
-        let meta = path.symlink_metadata().map_err(io_err(path))?;
-        append_entry(&mut builder, path, name, &meta).map_err(io_err(path))?;
+    for entry in walk(source, &top)?.iter().skip(1) {
+        append_entry(
+            &mut builder,
+            &entry.host,
+            Path::new(&entry.rel),
+            &entry.meta,
+        )
+        .map_err(io_err(&entry.host))?;
     }
     builder
         .into_inner()
         .and_then(|out| out.flush())
-        .map_err(io_err(root))
+        .map_err(io_err(&top.host))
 }
 
 /// One file, directory, link, FIFO or device node at `path`, named `name`.
@@ -121,7 +120,8 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(root.join("b"), std::fs::Permissions::from_mode(0o1777)).unwrap();
         let mut bytes = Vec::new();
-        tar_tree(&root, &mut bytes).unwrap();
+        let view = crate::views::ViewSource(kiln_executor::RootfsView::new(&[root]));
+        tar_source(&view, &mut bytes).unwrap();
         let mut archive = tar::Archive::new(bytes.as_slice());
         let entries: Vec<(String, tar::EntryType, u32, Option<String>)> = archive
             .entries()
