@@ -37,7 +37,7 @@ pub(super) fn resolve(
         ContextSource::Dir(root) => local(root, file),
         ContextSource::Stdin => from_stdin(file, tmp_dir),
         ContextSource::Url(url) => {
-            let staging = staging(tmp_dir)?;
+            let staging = staging(tmp_dir, "context-")?;
             match kiln_solver::fetch_url_context(&url, staging.path())? {
                 Fetched::Context => {
                     let root = staging.path().join("context");
@@ -50,7 +50,7 @@ pub(super) fn resolve(
             }
         }
         ContextSource::Git(git) => {
-            let staging = staging(tmp_dir)?;
+            let staging = staging(tmp_dir, "context-")?;
             let keep_git_dir = build_args
                 .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
                 .is_some_and(|v| matches!(v.as_str(), "1" | "true"));
@@ -111,7 +111,7 @@ fn from_stdin(file: Option<&str>, tmp_dir: &Path) -> anyhow::Result<Inputs> {
     let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
     let head = input.fill_buf().context("cannot read stdin")?;
     if kiln_solver::looks_like_archive(head) {
-        let staging = staging(tmp_dir)?;
+        let staging = staging(tmp_dir, "context-")?;
         let root = staging.path().join("context");
         kiln_solver::unpack_context_tar(input, &root)
             .context("reading the build context from stdin")?;
@@ -166,11 +166,13 @@ fn no_file_flag(file: Option<&str>, why: &str) -> anyhow::Result<()> {
     }
 }
 
-fn staging(tmp_dir: &Path) -> anyhow::Result<tempfile::TempDir> {
+/// A new directory `PREFIX…` in the store's temporary area `tmp_dir`,
+/// removed when dropped (and by the next kiln, should this one be killed).
+pub(super) fn staging(tmp_dir: &Path, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
     std::fs::create_dir_all(tmp_dir)
         .with_context(|| format!("cannot create {}", tmp_dir.display()))?;
     tempfile::Builder::new()
-        .prefix("context-")
+        .prefix(prefix)
         .tempdir_in(tmp_dir)
         .with_context(|| format!("cannot create a directory in {}", tmp_dir.display()))
 }

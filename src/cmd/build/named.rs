@@ -89,7 +89,7 @@ pub(super) fn resolve(
                 dir
             }
             Source::Url(url) => {
-                let staging = staging(store)?;
+                let staging = super::context::staging(&store.tmp_dir(), "named-context-")?;
                 let fetched = kiln_solver::fetch_url_context(&url, staging.path())
                     .with_context(|| format!("--build-context {name}={url}"))?;
                 if let Fetched::Dockerfile(_) = fetched {
@@ -100,7 +100,7 @@ pub(super) fn resolve(
                 root
             }
             Source::Git(git) => {
-                let staging = staging(store)?;
+                let staging = super::context::staging(&store.tmp_dir(), "named-context-")?;
                 let root = git
                     .checkout(&staging.path().join("git"), keep_git_dir)
                     .with_context(|| format!("--build-context {name}"))?
@@ -212,16 +212,6 @@ fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/:@".contains(c))
-}
-
-fn staging(store: &Store) -> anyhow::Result<tempfile::TempDir> {
-    let tmp_dir = store.tmp_dir();
-    std::fs::create_dir_all(&tmp_dir)
-        .with_context(|| format!("cannot create {}", tmp_dir.display()))?;
-    tempfile::Builder::new()
-        .prefix("named-context-")
-        .tempdir_in(&tmp_dir)
-        .with_context(|| format!("cannot create a directory in {}", tmp_dir.display()))
 }
 
 /// The build's resolver with the named contexts' OCI layout images: those

@@ -90,12 +90,7 @@ fn from_environment(value: &str) -> anyhow::Result<PathBuf> {
 
 /// Starts `ssh-agent` on a socket in a new directory and adds `keys` to it.
 fn start_agent(keys: &[PathBuf], tmp_dir: &Path) -> anyhow::Result<StartedAgent> {
-    std::fs::create_dir_all(tmp_dir)
-        .with_context(|| format!("cannot create {}", tmp_dir.display()))?;
-    let dir = tempfile::Builder::new()
-        .prefix("ssh-")
-        .tempdir_in(tmp_dir)
-        .with_context(|| format!("cannot create a directory in {}", tmp_dir.display()))?;
+    let dir = super::context::staging(tmp_dir, "ssh-")?;
     let socket = dir.path().join("agent.sock");
     let child = Command::new("ssh-agent")
         .arg("-D")
