@@ -2,10 +2,12 @@
 //! before any variable is expanded. This is what `kiln parse --format json`
 //! prints (it expands nothing: a syntax dump).
 
+use std::sync::Arc;
+
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};
 
-use crate::error::Span;
+use crate::error::{Position, Span};
 
 /// A parsed Dockerfile.
 #[derive(Clone, Debug, PartialEq)]
@@ -221,28 +223,70 @@ pub struct Instruction {
     pub heredocs: Vec<Heredoc>,
     /// ONBUILD: the wrapped instruction.
     pub onbuild: Option<Box<Instruction>>,
-    /// The text after the flags, continuations joined, surrounding whitespace
-    /// trimmed: what the instruction's arguments were parsed from.
-    pub text: String,
-    /// Where `text` starts.
-    pub text_span: Span,
+    /// The instruction on one line (keyword, flags, text), shared with the
+    /// build steps made from it; [`Instruction::text`] is its tail.
+    line: Arc<str>,
+    /// Where the text starts in `line`.
+    text_offset: usize,
+    /// Where `text` starts ([`Instruction::text_span`] makes it a span).
+    pub text_start: Position,
 }
 
 impl Instruction {
+    /// Where `text` starts, as a span in the instruction's file.
+    pub fn text_span(&self) -> Span {
+        self.span.at(self.text_start)
+    }
+
     /// The instruction's flag called `name`, the last one if repeated.
     pub fn flag(&self, name: &str) -> Option<&Flag> {
         self.flags.iter().rev().find(|f| f.name == name)
     }
 
-    /// The instruction as a single line: keyword, flags, and text.
-    pub fn original(&self) -> String {
+    /// The instruction as a single line: keyword, flags, and text (shared,
+    /// not copied: every step made from the instruction holds it).
+    pub fn original(&self) -> Arc<str> {
+        self.line.clone()
+    }
+
+    /// The text after the flags, continuations joined, surrounding whitespace
+    /// trimmed: what the instruction's arguments were parsed from.
+    pub fn text(&self) -> &str {
+        &self.line[self.text_offset..]
+    }
+
+    /// An instruction without arguments yet: `set_text` completes it.
+    pub(crate) fn new(
+        keyword: Keyword,
+        span: Span,
+        flags: Vec<Flag>,
+        text_start: Position,
+    ) -> Self {
+        Instruction {
+            keyword,
+            span,
+            flags,
+            exec: false,
+            args: Vec::new(),
+            pairs: None,
+            heredocs: Vec::new(),
+            onbuild: None,
+            line: Arc::from(""),
+            text_offset: 0,
+            text_start,
+        }
+    }
+
+    /// Sets the text, making the one-line form from the keyword, the flags
+    /// and `text`.
+    pub(crate) fn set_text(&mut self, text: &str) {
         let keyword = self.keyword.as_str();
         let flags: usize = self
             .flags
             .iter()
             .map(|f| f.name.len() + f.value.as_ref().map_or(0, |v| v.len() + 1) + 3)
             .sum();
-        let mut out = String::with_capacity(keyword.len() + flags + self.text.len() + 1);
+        let mut out = String::with_capacity(keyword.len() + flags + text.len() + 1);
         out.push_str(keyword);
         for flag in &self.flags {
             out.push_str(" --");
@@ -252,11 +296,12 @@ impl Instruction {
                 out.push_str(value);
             }
         }
-        if !self.text.is_empty() {
+        if !text.is_empty() {
             out.push(' ');
-            out.push_str(&self.text);
         }
-        out
+        self.text_offset = out.len();
+        out.push_str(text);
+        self.line = Arc::from(out);
     }
 }
 

@@ -12,7 +12,7 @@ use crate::error::{Error, Result, Span, Warning};
 use crate::graph::{
     context_name, Base, BaseImage, BaseImageResolver, BuildGraph, CacheSharing, CompileOptions,
     CopyFrom, CopyStep, NamedContext, Network, RunFile, RunMount, RunStep, Security, Stage, Step,
-    StepKind,
+    StepKind, WorkdirStep,
 };
 use crate::key::{Key, KeyEncoder};
 use crate::mount::parse_mount;
@@ -107,18 +107,70 @@ pub fn compile(
     let mut compiler = Compiler::new(dockerfile, options, resolver)?;
     let target = compiler.target()?;
     let order = compiler.order(target)?;
+    let mut inherited = Inherited::new(&compiler.heads, &order);
     let mut stages = BTreeMap::new();
     let mut warnings = BTreeMap::new();
+    let mut target_config = ImageConfig::default();
     for index in order {
-        let (stage, stage_warnings) = compiler.compile_stage(index, &stages)?;
+        let (stage, config, stage_warnings) =
+            compiler.compile_stage(index, &stages, &mut inherited)?;
+        if index == target {
+            target_config = config;
+        } else {
+            inherited.keep(index, config);
+        }
         stages.insert(index, stage);
         warnings.insert(index, stage_warnings);
     }
     Ok(BuildGraph {
         stages: stages.into_values().collect(),
         target,
+        config: target_config,
         warnings: warnings.into_values().flatten().collect(),
     })
+}
+
+/// The final configs of compiled stages that later stages start FROM, each
+/// kept only until the last of those has taken it: a chain of stages holds
+/// one config at a time, however many labels each inherits.
+struct Inherited {
+    /// How many stages still to compile name each stage as their base (an
+    /// upper bound: a named context may win over the stage).
+    heirs: Vec<usize>,
+    configs: BTreeMap<usize, ImageConfig>,
+}
+
+impl Inherited {
+    fn new(heads: &[StageHead<'_>], order: &[usize]) -> Self {
+        let mut heirs = vec![0; heads.len()];
+        for &index in order {
+            if let Some(base) = heads[index].base_stage {
+                heirs[base] += 1;
+            }
+        }
+        Inherited {
+            heirs,
+            configs: BTreeMap::new(),
+        }
+    }
+
+    /// Keeps a compiled stage's config if a later stage starts from it.
+    fn keep(&mut self, index: usize, config: ImageConfig) {
+        if self.heirs[index] > 0 {
+            self.configs.insert(index, config);
+        }
+    }
+
+    /// The config of `base` for a stage that starts FROM it: moved out to
+    /// the last such stage, cloned for the others.
+    fn take(&mut self, base: usize) -> Option<ImageConfig> {
+        self.heirs[base] = self.heirs[base].saturating_sub(1);
+        if self.heirs[base] == 0 {
+            self.configs.remove(&base)
+        } else {
+            self.configs.get(&base).cloned()
+        }
+    }
 }
 
 /// Applies `kiln import --change` instructions (CMD, ENTRYPOINT, ENV, EXPOSE,
@@ -279,7 +331,7 @@ impl<'a> Compiler<'a> {
                     None => match &pair.raw_value {
                         Some(raw) => {
                             let lookup = |n: &str| self.global_lookup(n);
-                            Some(self.expand(raw, &instruction.text_span, &lookup)?)
+                            Some(self.expand(raw, &instruction.text_span(), &lookup)?)
                         }
                         None => None,
                     },
@@ -299,12 +351,12 @@ impl<'a> Compiler<'a> {
             let lookup = |n: &str| self.global_lookup(n);
             let reference = self.expand(
                 from.args.first().map_or("", String::as_str),
-                &from.text_span,
+                &from.text_span(),
                 &lookup,
             )?;
             if reference.is_empty() {
                 return Err(Error::compile(
-                    from.text_span.clone(),
+                    from.text_span(),
                     format!(
                         "FROM {:?} expands to an empty image name; set the ARG it uses (--build-arg)",
                         from.args.first().map_or("", String::as_str)
@@ -340,7 +392,7 @@ impl<'a> Compiler<'a> {
                     return Err(Error::compile(
                         from.args
                             .get(2)
-                            .map_or(from.span.clone(), |_| from.text_span.clone()),
+                            .map_or(from.span.clone(), |_| from.text_span()),
                         format!("duplicate stage name {name:?}; give each stage its own name"),
                     ));
                 }
@@ -374,7 +426,7 @@ impl<'a> Compiler<'a> {
                         for pair in instruction.pairs.iter().flatten() {
                             let value = {
                                 let lookup = |n: &str| find_arg(&args, n);
-                                self.arg_value(pair, &instruction.text_span, &lookup)?
+                                self.arg_value(pair, &instruction.text_span(), &lookup)?
                             };
                             args.push((pair.key.clone(), value));
                         }
@@ -638,11 +690,13 @@ impl<'a> Compiler<'a> {
         ))
     }
 
+    /// Compiles one stage: the stage, its final config and its warnings.
     fn compile_stage(
         &mut self,
         index: usize,
         done: &BTreeMap<usize, Stage>,
-    ) -> Result<(Stage, Vec<Warning>)> {
+        inherited: &mut Inherited,
+    ) -> Result<(Stage, ImageConfig, Vec<Warning>)> {
         let head = &self.heads[index];
         let from = head.from;
         let mut reference = head.reference.clone();
@@ -669,10 +723,11 @@ impl<'a> Compiler<'a> {
             None => {}
         }
         let (base, config, base_digest) = if let Some(parent) = base_stage {
-            let stage = done.get(&parent).ok_or_else(|| {
-                Error::compile(from.span.clone(), "base stage is not built yet".to_string())
-            })?;
-            (Base::Stage(parent), stage.config.clone(), stage.digest)
+            let not_built =
+                || Error::compile(from.span.clone(), "base stage is not built yet".to_string());
+            let stage = done.get(&parent).ok_or_else(not_built)?;
+            let config = inherited.take(parent).ok_or_else(not_built)?;
+            (Base::Stage(parent), config, stage.digest)
         } else if reference == "scratch" {
             let digest = KeyEncoder::new("kiln.base.v1")
                 .str("scratch", &platform)
@@ -680,7 +735,7 @@ impl<'a> Compiler<'a> {
             (Base::Scratch, ImageConfig::default(), digest)
         } else {
             let image = self
-                .resolve_image(&reference, &platform, &from.text_span)
+                .resolve_image(&reference, &platform, &from.text_span())
                 .map_err(|e| match &context_image {
                     Some((name, image)) => from_context(e, name, image),
                     None => e,
@@ -739,11 +794,10 @@ impl<'a> Compiler<'a> {
             base,
             platform,
             steps: state.steps,
-            config: state.config,
             author: state.author,
             digest: state.digest,
         };
-        Ok((stage, state.warnings))
+        Ok((stage, state.config, state.warnings))
     }
 
     fn dispatch(
@@ -760,7 +814,7 @@ impl<'a> Compiler<'a> {
                 for pair in instruction.pairs.iter().flatten() {
                     let value = {
                         let lookup = |n: &str| state.lookup(n);
-                        self.arg_value(pair, &instruction.text_span, &lookup)?
+                        self.arg_value(pair, &instruction.text_span(), &lookup)?
                     };
                     match &value {
                         Some(v) => push_pair(&mut created_by, &pair.key, v),
@@ -810,14 +864,14 @@ impl<'a> Compiler<'a> {
                     instruction,
                     created_by,
                     false,
-                    StepKind::Workdir { path, user },
+                    StepKind::Workdir(Box::new(WorkdirStep { path, user })),
                     digest,
                 );
                 Ok(())
             }
             Keyword::Maintainer => {
-                state.author = Some(instruction.text.clone());
-                state.config_step(instruction, history("MAINTAINER", &instruction.text));
+                state.author = Some(instruction.text().to_string());
+                state.config_step(instruction, history("MAINTAINER", instruction.text()));
                 Ok(())
             }
             Keyword::From => Err(Error::compile(
@@ -843,7 +897,7 @@ impl<'a> Compiler<'a> {
         let argv = if instruction.exec {
             if !instruction.heredocs.is_empty() {
                 return Err(Error::compile(
-                    instruction.text_span.clone(),
+                    instruction.text_span(),
                     "heredocs need the shell form of RUN, not a JSON array".to_string(),
                 ));
             }
@@ -860,7 +914,7 @@ impl<'a> Compiler<'a> {
                     // runs the file.
                     if heredoc.name.contains('/') {
                         return Err(Error::compile(
-                            instruction.text_span.clone(),
+                            instruction.text_span(),
                             format!("heredoc name {:?} cannot contain '/'", heredoc.name),
                         ));
                     }
@@ -900,10 +954,13 @@ impl<'a> Compiler<'a> {
             _ => Security::Sandbox,
         };
         let workdir = state.workdir().to_string();
-        let mut mounts = Vec::new();
+        // Exactly as many as there are flags: a mount is large, and a long
+        // Dockerfile has many RUN steps with one.
+        let mount_flags = instruction.flags.iter().filter(|f| f.name == "mount");
+        let mut mounts = Vec::with_capacity(mount_flags.clone().count());
         let mut inputs = Vec::new();
         let mut ssh_count = 0;
-        for flag in instruction.flags.iter().filter(|f| f.name == "mount") {
+        for flag in mount_flags {
             let lookup = |n: &str| state.lookup(n);
             let value = flag.value.as_deref().unwrap_or_default();
             let spec = parse_mount(value, &workdir, &mut ssh_count, &|raw: &str| {
@@ -982,7 +1039,7 @@ impl<'a> Compiler<'a> {
         done: &BTreeMap<usize, Stage>,
     ) -> Result<(CopyStep, Vec<Key>, String)> {
         let lookup = |n: &str| state.lookup(n);
-        let span = &instruction.text_span;
+        let span = &instruction.text_span();
         let add = instruction.keyword == Keyword::Add;
         let Some((dest_raw, source_words)) = instruction.args.split_last() else {
             return Err(Error::compile(
@@ -1366,7 +1423,7 @@ fn from_context(error: Error, name: &str, reference: &str) -> Error {
 
 fn relocate(instruction: &mut Instruction, span: &Span) {
     instruction.span = span.clone();
-    instruction.text_span = span.clone();
+    instruction.text_start = span.position();
     for flag in &mut instruction.flags {
         flag.span = span.clone();
     }
@@ -1911,7 +1968,7 @@ fn apply_config(
     instruction: &Instruction,
     expander: &Expander,
 ) -> Result<String> {
-    let span = &instruction.text_span;
+    let span = &instruction.text_span();
     let expand = |state: &StageState, raw: &str| -> Result<String> {
         let lookup = |n: &str| state.lookup(n);
         expander.word(raw, span, &lookup)
@@ -1988,7 +2045,7 @@ fn apply_config(
         Keyword::User => {
             // A USER that expands to nothing is root, as in BuildKit (which
             // then leaves User out of the config).
-            let user = expand(state, &instruction.text)?;
+            let user = expand(state, instruction.text())?;
             let text = history("USER", &user);
             state.config.user = (!user.is_empty()).then_some(user);
             text
@@ -1996,7 +2053,7 @@ fn apply_config(
         Keyword::Workdir => {
             // A WORKDIR that expands to nothing keeps the directory, as in
             // BuildKit.
-            let dir = expand(state, &instruction.text)?;
+            let dir = expand(state, instruction.text())?;
             let path = join_path(state.workdir(), &dir);
             state.config.working_dir = Some(path.clone());
             history("WORKDIR", &path)
@@ -2020,7 +2077,7 @@ fn apply_config(
             format!("VOLUME [{}]", volumes.join(" "))
         }
         Keyword::Stopsignal => {
-            let signal = expand(state, &instruction.text)?;
+            let signal = expand(state, instruction.text())?;
             if !valid_signal(&signal) {
                 return Err(Error::compile(
                     span.clone(),
@@ -2103,7 +2160,7 @@ fn apply_config(
             text
         }
         Keyword::Onbuild => {
-            let mut trigger = instruction.text.clone();
+            let mut trigger = instruction.text().to_string();
             if let Some(inner) = &instruction.onbuild {
                 for heredoc in &inner.heredocs {
                     trigger.push('\n');
@@ -2205,7 +2262,7 @@ mod tests {
         ] {
             let graph = compiled(&format!("FROM scratch\nSTOPSIGNAL {signal}\n")).unwrap();
             assert_eq!(
-                graph.stages[0].config.stop_signal.as_deref(),
+                graph.config.stop_signal.as_deref(),
                 Some(signal),
                 "{signal}"
             );

@@ -13,11 +13,47 @@ pub struct Span {
     /// The Dockerfile's name as given to [`crate::parse`].
     pub file: Arc<str>,
     /// First line, from 1.
-    pub line: usize,
+    pub line: u32,
     /// Column on `line`, from 1, counted in characters.
-    pub column: usize,
+    pub column: u32,
     /// Last line of the instruction.
-    pub end_line: usize,
+    pub end_line: u32,
+}
+
+/// A line and column, from 1: where a part of an instruction starts, kept
+/// without the file name so an instruction carries one [`Span`] only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Position {
+    /// Line, from 1.
+    pub line: u32,
+    /// Column on `line`, from 1, counted in characters.
+    pub column: u32,
+}
+
+impl Span {
+    /// The same file and last line, starting at `position`.
+    pub fn at(&self, position: Position) -> Span {
+        Span {
+            file: self.file.clone(),
+            line: position.line,
+            column: position.column,
+            end_line: self.end_line.max(position.line),
+        }
+    }
+
+    /// Where this span starts.
+    pub fn position(&self) -> Position {
+        Position {
+            line: self.line,
+            column: self.column,
+        }
+    }
+}
+
+/// A line or column count as a [`Span`] keeps it: files past 4 billion lines
+/// (or a line past 4 billion characters) saturate rather than wrap.
+pub(crate) fn span_number(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 impl fmt::Display for Span {
@@ -134,7 +170,7 @@ impl Error {
 /// `source`.
 pub(crate) fn excerpt(span: &Span, source: &str) -> Option<String> {
     let source = source.strip_prefix('\u{feff}').unwrap_or(source);
-    let text = source.lines().nth(span.line.saturating_sub(1))?;
+    let text = source.lines().nth((span.line as usize).saturating_sub(1))?;
     Some(excerpt_of_line(span, text))
 }
 
@@ -146,7 +182,7 @@ pub(crate) fn excerpt_of_line(span: &Span, text: &str) -> String {
     // Tabs keep their width above the caret so it lines up in a terminal.
     let pad: String = text
         .chars()
-        .take(span.column.saturating_sub(1))
+        .take((span.column as usize).saturating_sub(1))
         .map(|c| if c == '\t' { '\t' } else { ' ' })
         .collect();
     format!("\n{gutter} |\n{number} | {text}\n{gutter} | {pad}^")

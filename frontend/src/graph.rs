@@ -125,6 +125,13 @@ pub struct BuildGraph {
     pub stages: Vec<Stage>,
     /// The Dockerfile index of the target stage.
     pub target: usize,
+    /// The target stage's final config: its base's config plus the effect
+    /// of every instruction (triggers included). Only the target's is kept:
+    /// an earlier stage's config lives only until the stages built FROM it
+    /// have inherited it, so a long chain of stages, each inheriting the
+    /// labels of all before it, holds one config at a time, not one per
+    /// stage.
+    pub config: ImageConfig,
     /// What the compiled stages do that is accepted but probably not meant,
     /// in Dockerfile order within each stage; the caller shows them.
     pub warnings: Vec<Warning>,
@@ -208,9 +215,6 @@ pub struct Stage {
     pub platform: String,
     /// The steps, ONBUILD triggers of the base image first.
     pub steps: Vec<Step>,
-    /// The stage's final config: the base's config plus the effect of every
-    /// instruction (triggers included).
-    pub config: ImageConfig,
     /// `MAINTAINER`, the last one.
     pub author: Option<String>,
     /// Digest of the last step, or of the base when there are no steps.
@@ -279,8 +283,9 @@ pub enum Base {
 pub struct Step {
     /// The instruction's position.
     pub span: Span,
-    /// The instruction as written, on one line, for progress output.
-    pub text: String,
+    /// The instruction as written, on one line, for progress output (shared
+    /// with the instruction).
+    pub text: Arc<str>,
     /// The history entry, BuildKit style (`RUN /bin/sh -c make # buildkit`).
     pub created_by: String,
     /// Whether the image's history records the step: BuildKit records every
@@ -305,16 +310,20 @@ pub enum StepKind {
     /// COPY or ADD (boxed: the largest kind, and one step in several; every
     /// step is as large as its largest kind).
     Copy(Box<CopyStep>),
-    /// WORKDIR: the directory is created (owned by the current USER, mode
-    /// 0755) if missing, as BuildKit does.
-    Workdir {
-        /// Absolute path.
-        path: String,
-        /// The USER in effect, for the directory's owner.
-        user: Option<String>,
-    },
+    /// WORKDIR (boxed like RUN and COPY, so a config step stays small).
+    Workdir(Box<WorkdirStep>),
     /// ENV, LABEL, CMD, ... : changes the config only, no layer.
     Config,
+}
+
+/// A WORKDIR step: the directory is created (owned by the current USER, mode
+/// 0755) if missing, as BuildKit does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkdirStep {
+    /// Absolute path.
+    pub path: String,
+    /// The USER in effect, for the directory's owner.
+    pub user: Option<String>,
 }
 
 /// A RUN step.

@@ -27,11 +27,11 @@ mod shell;
 pub use ast::{Dockerfile, Flag, Heredoc, Instruction, Keyword, Pair};
 pub use compile::{apply_changes, compile};
 pub use config::{Empty, Healthcheck, ImageConfig};
-pub use error::{Error, Result, Span, Warning};
+pub use error::{Error, Position, Result, Span, Warning};
 pub use graph::{
     context_name, Base, BaseImage, BaseImageResolver, BuildGraph, CacheSharing, CompileOptions,
     CopyFrom, CopyStep, NamedContext, Network, NoImages, RunFile, RunMount, RunStep, Security,
-    Stage, Step, StepKind, PLACEHOLDER_DIGEST,
+    Stage, Step, StepKind, WorkdirStep, PLACEHOLDER_DIGEST,
 };
 pub use key::{Key, KeyEncoder};
 pub use lint::{lint, CheckDirective, Finding, LintInput, LintReport, Rule};

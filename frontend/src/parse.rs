@@ -8,7 +8,7 @@ use std::sync::Arc;
 use pest::Parser as _;
 
 use crate::ast::{Dockerfile, Flag, Heredoc, Instruction, Keyword, Pair};
-use crate::error::{Error, Result, Span};
+use crate::error::{span_number, Error, Result, Span};
 use crate::shell::process_word;
 
 #[derive(pest_derive::Parser)]
@@ -195,9 +195,9 @@ impl<'a> Reader<'a> {
     fn span(&self, line: usize, column: usize, end_line: usize) -> Span {
         Span {
             file: self.file.clone(),
-            line,
-            column,
-            end_line,
+            line: span_number(line),
+            column: span_number(column),
+            end_line: span_number(end_line),
         }
     }
 
@@ -334,8 +334,10 @@ impl<'a> Reader<'a> {
             Some(inner) => inner,
             None => &mut instruction,
         };
-        if target.keyword.takes_heredocs() && target.text.contains("<<") {
+        if target.keyword.takes_heredocs() && target.text().contains("<<") {
             let markers = self.heredoc_markers(logical, target)?;
+            // One heredoc is the common case: no room for four.
+            target.heredocs.reserve_exact(markers.len());
             for (marker, name, expand, strip_tabs) in markers {
                 let mut content = String::new();
                 let mut terminated = false;
@@ -368,7 +370,7 @@ impl<'a> Reader<'a> {
                 });
             }
         }
-        let end_line = self.next;
+        let end_line = span_number(self.next);
         instruction.span.end_line = end_line;
         if let Some(inner) = instruction.onbuild.as_deref_mut() {
             inner.span.end_line = end_line;
@@ -384,11 +386,8 @@ impl<'a> Reader<'a> {
         instruction: &Instruction,
     ) -> Result<Vec<(Span, String, bool, bool)>> {
         let mut found = Vec::new();
-        let text_offset = logical
-            .text
-            .find(instruction.text.as_str())
-            .unwrap_or_default();
-        for (start, word) in split_words(&instruction.text, '\\') {
+        let text_offset = logical.text.find(instruction.text()).unwrap_or_default();
+        for (start, word) in split_words(instruction.text(), '\\') {
             if !word.contains("<<") {
                 continue;
             }
@@ -476,27 +475,14 @@ impl<'a> Reader<'a> {
                 span: at(start),
             });
         }
-        let mut instruction = Instruction {
-            keyword,
-            span,
-            flags,
-            exec: false,
-            args: Vec::new(),
-            pairs: None,
-            heredocs: Vec::new(),
-            onbuild: None,
-            // Filled in at the end: the arguments are parsed from `rest`.
-            text: String::new(),
-            text_span,
-        };
+        // The text is set at the end: the arguments are parsed from `rest`.
+        let mut instruction = Instruction::new(keyword, span, flags, text_span.position());
         check_flags(&instruction)?;
         let rest = args_text;
-        let fail = |message: String| Err(Error::syntax(instruction.text_span.clone(), message));
+        let fail = |message: String| Err(Error::syntax(text_span.clone(), message));
         match keyword {
             Keyword::Run | Keyword::Cmd | Keyword::Entrypoint | Keyword::Shell => {
-                match exec_form(&rest)
-                    .map_err(|m| Error::syntax(instruction.text_span.clone(), m))?
-                {
+                match exec_form(&rest).map_err(|m| Error::syntax(instruction.text_span(), m))? {
                     Some(args) => {
                         instruction.exec = true;
                         instruction.args = args;
@@ -520,9 +506,7 @@ impl<'a> Reader<'a> {
                 }
             }
             Keyword::Add | Keyword::Copy | Keyword::Volume => {
-                match exec_form(&rest)
-                    .map_err(|m| Error::syntax(instruction.text_span.clone(), m))?
-                {
+                match exec_form(&rest).map_err(|m| Error::syntax(instruction.text_span(), m))? {
                     Some(args) => {
                         instruction.exec = true;
                         instruction.args = args;
@@ -566,7 +550,7 @@ impl<'a> Reader<'a> {
                     }
                     "CMD" => {
                         match exec_form(command)
-                            .map_err(|m| Error::syntax(instruction.text_span.clone(), m))?
+                            .map_err(|m| Error::syntax(instruction.text_span(), m))?
                         {
                             Some(args) => {
                                 instruction.exec = true;
@@ -691,7 +675,7 @@ impl<'a> Reader<'a> {
                 }
             }
         }
-        instruction.text = rest;
+        instruction.set_text(&rest);
         Ok(instruction)
     }
 
@@ -706,7 +690,7 @@ impl<'a> Reader<'a> {
         let unquote = |s: &str| {
             process_word(s, self.escape, None).map_err(|e| {
                 Error::syntax(
-                    instruction.text_span.clone(),
+                    instruction.text_span(),
                     format!("{}: {e}", instruction.keyword),
                 )
             })
@@ -714,7 +698,7 @@ impl<'a> Reader<'a> {
         let unquoted_key = unquote(key)?;
         if unquoted_key.is_empty() {
             return Err(Error::syntax(
-                instruction.text_span.clone(),
+                instruction.text_span(),
                 format!("{} names cannot be empty", instruction.keyword),
             ));
         }

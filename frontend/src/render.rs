@@ -119,8 +119,8 @@ impl BuildGraph {
                                 .unwrap_or_default()
                         );
                     }
-                    StepKind::Workdir { path, .. } => {
-                        let _ = writeln!(out, "         mkdir {path}");
+                    StepKind::Workdir(workdir) => {
+                        let _ = writeln!(out, "         mkdir {}", workdir.path);
                     }
                     StepKind::Config => {}
                 }
@@ -130,8 +130,10 @@ impl BuildGraph {
                     let _ = writeln!(out, "         (no history entry)");
                 }
             }
-            let config = serde_json::to_string(&stage.config).unwrap_or_default();
-            let _ = writeln!(out, "  config {config}");
+            if stage.index == self.target {
+                let config = serde_json::to_string(&self.config).unwrap_or_default();
+                let _ = writeln!(out, "  config {config}");
+            }
         }
         out
     }

@@ -109,7 +109,7 @@ fn substitution_forms_quotes_and_escapes() {
         "ENV A=${SET:-w} B=${UNSET:-w} C=${EMPTY-w} D=${SET:+x} E=${UNSET+x} ",
         "F='$SET' G=\"$SET\" H=\\$SET I=\"${SET}s\"\n",
     ));
-    let env = &target(&graph).config;
+    let env = &graph.config;
     let get = |k: &str| env.env_get(k).map(str::to_string);
     assert_eq!(get("A").as_deref(), Some("v"));
     assert_eq!(get("B").as_deref(), Some("w"));
@@ -140,7 +140,7 @@ fn expansion_applies_to_the_listed_instructions() {
         "COPY $L /$L/\n",
     ));
     let stage = target(&graph);
-    let c = &stage.config;
+    let c = &graph.config;
     assert_eq!(c.working_dir.as_deref(), Some("/srv"));
     assert_eq!(c.user.as_deref(), Some("app"));
     assert!(c.exposed_ports.as_ref().unwrap().contains_key("8080/tcp"));
@@ -199,7 +199,7 @@ fn env_overrides_arg_of_the_same_name() {
     );
     let stage = target(&graph);
     assert_eq!(env_of(runs(stage)[0], "V"), Some("env"));
-    assert_eq!(stage.config.env_get("W"), Some("env"));
+    assert_eq!(graph.config.env_get("W"), Some("env"));
 }
 
 #[test]
@@ -280,11 +280,11 @@ fn shell_form_is_wrapped_in_shell() {
     assert_eq!(runs[2].argv, ["c", "d"]);
     // CMD set in this stage survives a later ENTRYPOINT.
     assert_eq!(
-        stage.config.cmd.as_deref().unwrap(),
+        graph.config.cmd.as_deref().unwrap(),
         ["/bin/bash", "-eu", "-c", "e"]
     );
     assert_eq!(
-        stage.config.shell.as_deref().unwrap(),
+        graph.config.shell.as_deref().unwrap(),
         ["/bin/bash", "-eu", "-c"]
     );
 }
@@ -292,11 +292,11 @@ fn shell_form_is_wrapped_in_shell() {
 #[test]
 fn entrypoint_resets_an_inherited_cmd() {
     let graph = build("FROM debian\nENTRYPOINT [\"/init\"]\n");
-    let config = &target(&graph).config;
+    let config = &graph.config;
     assert_eq!(config.cmd, None);
     assert_eq!(config.entrypoint.as_deref().unwrap(), ["/init"]);
     let graph = build("FROM debian\nLABEL a=b\n");
-    assert_eq!(target(&graph).config.cmd.as_deref().unwrap(), ["bash"]);
+    assert_eq!(graph.config.cmd.as_deref().unwrap(), ["bash"]);
 }
 
 #[test]
@@ -306,7 +306,7 @@ fn workdir_is_relative_to_the_previous_one_and_makes_paths_absolute() {
         "RUN --mount=type=cache,target=cache true\n",
     ));
     let stage = target(&graph);
-    assert_eq!(stage.config.working_dir.as_deref(), Some("/a/c"));
+    assert_eq!(graph.config.working_dir.as_deref(), Some("/a/c"));
     let copies: Vec<_> = stage
         .steps
         .iter()
@@ -323,7 +323,7 @@ fn workdir_is_relative_to_the_previous_one_and_makes_paths_absolute() {
         .steps
         .iter()
         .filter_map(|s| match &s.kind {
-            StepKind::Workdir { path, .. } => Some(path.as_str()),
+            StepKind::Workdir(workdir) => Some(workdir.path.as_str()),
             _ => None,
         })
         .collect();
@@ -436,8 +436,8 @@ fn onbuild_triggers_run_first_and_are_not_inherited() {
     assert_eq!(runs[0].argv, ["/bin/sh", "-c", "echo triggered $X"]);
     assert_eq!(runs[1].argv, ["/bin/sh", "-c", "after"]);
     assert_eq!(stage.steps[0].span.line, 1);
-    assert_eq!(stage.config.env_get("FROM_TRIGGER"), Some("yes"));
-    assert_eq!(stage.config.on_build.as_deref().unwrap(), ["RUN mine"]);
+    assert_eq!(graph.config.env_get("FROM_TRIGGER"), Some("yes"));
+    assert_eq!(graph.config.on_build.as_deref().unwrap(), ["RUN mine"]);
     // A stage built FROM this one runs its trigger.
     let graph = build("FROM scratch AS a\nONBUILD ENV T=1\nFROM a\nRUN true\n");
     assert_eq!(env_of(runs_of(&graph), "T"), Some("1"));
@@ -552,7 +552,7 @@ fn config_instructions() {
         "VOLUME [\"/v1\", \"/v2\"]\n",
     ));
     let stage = target(&graph);
-    let config = &stage.config;
+    let config = &graph.config;
     let ports: Vec<_> = config
         .exposed_ports
         .as_ref()
@@ -732,7 +732,7 @@ fn history_text() {
             ("RUN ls # buildkit", false),
         ]
     );
-    assert_eq!(target(&graph).steps[1].text, "COPY a b /d/");
+    assert_eq!(&*target(&graph).steps[1].text, "COPY a b /d/");
 }
 
 #[test]
@@ -839,7 +839,16 @@ fn named_contexts_stand_in_for_images_and_stages_of_their_name() {
         "{:?}",
         first.base
     );
-    assert_eq!(first.config.cmd, Some(vec!["bash".to_string()]));
+    // Built as the target, stage `a` has the context image's config.
+    let as_target = CompileOptions {
+        target: Some("a".into()),
+        ..options.clone()
+    };
+    let graph_a = build_with(
+        "FROM docker.io/library/alpine:latest AS a\nFROM scratch\nCOPY --from=alpine / /\nCOPY --from=a / /a\n",
+        &as_target,
+    );
+    assert_eq!(graph_a.config.cmd, Some(vec!["bash".to_string()]));
     let copy = copies(target(&graph))[0];
     assert!(matches!(&copy.from, CopyFrom::Image { reference, .. } if reference == "debian"));
 
@@ -861,7 +870,12 @@ fn named_contexts_stand_in_for_images_and_stages_of_their_name() {
     let replaced = graph.stage(0).unwrap();
     assert!(matches!(replaced.base, Base::Scratch));
     assert_eq!(copies(replaced)[0].from, CopyFrom::Named("src".into()));
-    assert_eq!(replaced.config.cmd, None);
+    let as_target = CompileOptions {
+        target: Some("src".into()),
+        ..options.clone()
+    };
+    let graph_src = build_with("FROM nosuchimage AS src\nRUN false\n", &as_target);
+    assert_eq!(graph_src.config.cmd, None);
 
     // FROM a directory: its files on an empty config, then the stage's own
     // instructions; the digest follows the context's name.
@@ -875,4 +889,23 @@ fn named_contexts_stand_in_for_images_and_stages_of_their_name() {
         &with_contexts(&[("lib", NamedContext::Directory)]),
     );
     assert_ne!(stage.digest, target(&other).digest);
+}
+
+#[test]
+fn every_stage_built_from_a_stage_inherits_its_config() {
+    // Two stages start FROM `base`: the first gets a copy of its config, the
+    // last the config itself; neither sees the other's labels.
+    let text = "FROM scratch AS base\nLABEL a=1\nFROM base AS x\nLABEL b=2\nFROM base AS y\nCOPY --from=x / /\nLABEL c=3\n";
+    let labels = |target: &str| {
+        let options = CompileOptions {
+            target: Some(target.into()),
+            ..options()
+        };
+        let graph = build_with(text, &options);
+        let labels = graph.config.labels.unwrap_or_default();
+        labels.into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>()
+    };
+    assert_eq!(labels("y"), ["a=1", "c=3"]);
+    assert_eq!(labels("x"), ["a=1", "b=2"]);
+    assert_eq!(labels("base"), ["a=1"]);
 }

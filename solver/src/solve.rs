@@ -17,7 +17,7 @@ use kiln_cache::{
 use kiln_executor::{CancelToken, DiffOptions, Mount, RootfsView, RunSpec, Snapshotter};
 use kiln_frontend::{
     Base, BaseImage, BaseImageResolver, BuildGraph, CacheSharing, CopyFrom, ImageConfig, Key,
-    KeyEncoder, RunMount, Stage, Step, StepKind,
+    KeyEncoder, RunMount, Stage, Step, StepKind, WorkdirStep,
 };
 
 use crate::copy::{build_tree, NoParent};
@@ -442,8 +442,8 @@ pub fn solve(
                 .unwrap_or_else(|| format!("stage-{}", vertex.stage.index)),
             index,
             count,
-            text: vertex.step.text.clone(),
-            line: vertex.step.span.line,
+            text: vertex.step.text.to_string(),
+            line: vertex.step.span.line as usize,
         });
     }
 
@@ -600,7 +600,7 @@ pub fn solve(
             }
         });
     }
-    let mut config = target.config.clone();
+    let mut config = graph.config.clone();
     if !options.labels.is_empty() {
         let labels = config.labels.get_or_insert_with(BTreeMap::new);
         for (k, v) in &options.labels {
@@ -1034,7 +1034,8 @@ impl Runner<'_> {
                     kiln_executor::write_dir_layer_with(&tree, &extra, w, &options)
                 })
             }
-            StepKind::Workdir { path, user } => {
+            StepKind::Workdir(workdir) => {
+                let WorkdirStep { path, user } = &**workdir;
                 let lowers = self.lowers(&vertex.parent_layers)?;
                 let view = RootfsView::new(&lowers);
                 if view

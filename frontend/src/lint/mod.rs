@@ -197,7 +197,7 @@ impl LintReport {
         // One pass over the source, however many findings.
         let lines = source_lines(source);
         let excerpt = |span: &Span| {
-            span.line
+            (span.line as usize)
                 .checked_sub(1)
                 .and_then(|i| lines.get(i))
                 .map_or(String::new(), |text| excerpt_of_line(span, text))
@@ -271,6 +271,7 @@ fn directive_span(dockerfile: &Dockerfile, source: &str) -> Span {
         .take_while(|l| l.trim_start().starts_with('#') || l.trim().is_empty())
         .position(|l| l.to_ascii_lowercase().contains("check"))
         .map_or(1, |i| i + 1);
+    let line = u32::try_from(line).unwrap_or(u32::MAX);
     Span {
         file,
         line,

@@ -29,10 +29,10 @@ pub(super) fn check(dockerfile: &Dockerfile, input: &LintInput<'_>) -> Vec<Findi
 
 /// The keyword as written in the source, when the span points at it.
 fn written_keyword<'s>(instruction: &Instruction, lines: &[&'s str]) -> Option<&'s str> {
-    let line = lines.get(instruction.span.line.checked_sub(1)?)?;
+    let line = lines.get((instruction.span.line as usize).checked_sub(1)?)?;
     let start = line
         .char_indices()
-        .nth(instruction.span.column.checked_sub(1)?)?
+        .nth((instruction.span.column as usize).checked_sub(1)?)?
         .0;
     let word = line.get(start..start + instruction.keyword.as_str().len())?;
     word.eq_ignore_ascii_case(instruction.keyword.as_str())
@@ -199,7 +199,7 @@ fn one_instruction(instruction: &Instruction, input: &LintInput<'_>, out: &mut V
             "Maintainer instruction is deprecated in favor of using label".into(),
         )),
         Keyword::Env | Keyword::Label => {
-            let first = instruction.text.split_whitespace().next().unwrap_or("");
+            let first = instruction.text().split_whitespace().next().unwrap_or("");
             if !first.contains('=') && instruction.pairs.as_ref().is_some_and(|p| !p.is_empty()) {
                 let keyword = instruction.keyword;
                 out.push(finding(
