@@ -131,6 +131,7 @@ fn spdx_id(kind: &str, label: &str, unique: &str) -> String {
             }
         })
         .collect();
+    let readable = readable.trim_matches('-');
     let hash = hex::encode(Sha256::digest(unique.as_bytes()));
     format!("SPDXRef-{kind}-{readable}-{}", &hash[..16])
 }
