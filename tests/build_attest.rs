@@ -15,8 +15,7 @@ use std::process::Command;
 use build_common::{run_ok, Env};
 use registry_common::{skopeo_inspect, Registry};
 
-const EMPTY_JSON_DIGEST: &str =
-    "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+const EMPTY_JSON_DIGEST: &str = "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
 
 fn stdout(out: std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -118,7 +117,10 @@ fn sbom_of_debian_lists_what_dpkg_query_lists_and_provenance_names_base_and_dock
 
     let provenance = json(&env, &["attest", "show", "app", "--type", "provenance"]);
     assert_eq!(provenance["_type"], "https://in-toto.io/Statement/v1");
-    assert_eq!(provenance["predicateType"], "https://slsa.dev/provenance/v1");
+    assert_eq!(
+        provenance["predicateType"],
+        "https://slsa.dev/provenance/v1"
+    );
     assert_eq!(
         provenance["subject"][0]["digest"]["sha256"],
         image.trim_start_matches("sha256:")
@@ -164,7 +166,10 @@ fn referrers_use_the_tag_schema_on_docker_registry_and_come_back_with_pull() {
 
     // docker-registry has no referrers API: the tag schema holds them.
     let index = skopeo_inspect(&registry.reference(&format!("kiln/app:sha256-{hex}")));
-    assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json");
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
     let listed = index["manifests"].as_array().unwrap();
     assert_eq!(listed.len(), 2, "{index}");
     let types: BTreeSet<&str> = listed
@@ -199,7 +204,11 @@ fn referrers_use_the_tag_schema_on_docker_registry_and_come_back_with_pull() {
     let sbom = json(&other, &["attest", "show", &name, "--type", "sbom"]);
     assert_eq!(sbom["files"][0]["fileName"], "./srv/hello.txt");
     let out = other.kiln(&["fsck"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // Without --referrers a pull brings only the image.
     let plain = Env::empty();
@@ -217,7 +226,13 @@ fn prune_keeps_attestations_while_the_image_lives_and_save_carries_them() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| m["digest"].as_str().unwrap().trim_start_matches("sha256:").to_owned())
+        .map(|m| {
+            m["digest"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("sha256:")
+                .to_owned()
+        })
         .collect();
     let blob = |hex: &str| env.root().join("blobs/sha256").join(hex);
     run_ok(&mut env.command(&["prune"]));
@@ -244,7 +259,11 @@ fn prune_keeps_attestations_while_the_image_lives_and_save_carries_them() {
     assert!(digests.iter().all(|d| !blob(d).exists()));
     assert!(!blob(EMPTY_JSON_DIGEST).exists());
     let out = env.kiln(&["fsck"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]

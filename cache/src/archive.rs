@@ -434,8 +434,9 @@ fn load_oci(store: &Store, dir: &Path) -> Result<Vec<LoadedImage>> {
     // attached to it again; others have nothing to describe here.
     for (subject, descriptor) in referrers {
         let manifest_path = staged_blob(dir, descriptor.digest())?;
-        let manifest = ImageManifest::from_reader(File::open(&manifest_path).at(&manifest_path)?)
-            .map_err(|e| Error::invalid(format!("manifest {}", descriptor.digest()), e))?;
+        let manifest =
+            ImageManifest::from_reader(File::open(&manifest_path).at(&manifest_path)?)
+                .map_err(|e| Error::invalid(format!("manifest {}", descriptor.digest()), e))?;
         if !store.has_blob(&subject) {
             continue;
         }
@@ -452,7 +453,8 @@ fn load_oci(store: &Store, dir: &Path) -> Result<Vec<LoadedImage>> {
 /// The subject a layout's index entry names when it is a referrer (an
 /// unnamed artifact manifest with `subject`), else `None`.
 fn subject_of(dir: &Path, descriptor: &Descriptor) -> Result<Option<Digest>> {
-    if ref_name(descriptor).is_some() || !matches!(descriptor.media_type(), MediaType::ImageManifest)
+    if ref_name(descriptor).is_some()
+        || !matches!(descriptor.media_type(), MediaType::ImageManifest)
     {
         return Ok(None);
     }
@@ -671,4 +673,3 @@ fn load_docker(store: &Store, dir: &Path) -> Result<Vec<LoadedImage>> {
     }
     Ok(loaded)
 }
-

@@ -171,7 +171,7 @@ impl Store {
                 .map_err(|e| Error::invalid(path.display().to_string(), e))?;
             found.push(descriptor);
         }
-        found.sort_by(|a, b| a.digest().to_string().cmp(&b.digest().to_string()));
+        found.sort_by_key(|d| d.digest().to_string());
         Ok(found)
     }
 
@@ -295,7 +295,10 @@ fn subject_dirs(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     for entry in entries {
         let entry = entry.at(dir)?;
         if entry.file_type().at(entry.path())?.is_dir() {
-            found.push((entry.file_name().to_string_lossy().into_owned(), entry.path()));
+            found.push((
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.path(),
+            ));
         }
     }
     found.sort();
@@ -405,7 +408,10 @@ mod tests {
             )
             .unwrap();
         assert_eq!(store.prune().unwrap().blobs_removed, 0);
-        assert_eq!(store.referrers(subject.id()).unwrap(), vec![referrer.clone()]);
+        assert_eq!(
+            store.referrers(subject.id()).unwrap(),
+            vec![referrer.clone()]
+        );
         assert!(store.has_blob(nested.digest()));
         assert!(store.fsck(false).unwrap().is_clean());
 

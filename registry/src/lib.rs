@@ -24,7 +24,7 @@ pub use auth::{erase_credentials, load_credentials, store_credentials, Credentia
 pub use cache::{push_cache, RegistryCache};
 pub use client::{Client, ClientOptions};
 pub use error::{Error, Result};
-pub use referrers::{pull_referrers, referrers_tag};
 pub use reference::{is_loopback, names_registry, Reference, DOCKER_HUB};
+pub use referrers::{pull_referrers, referrers_tag};
 pub use tls::DOCKER_CERTS_DIR;
 pub use transfer::{pull, push, Progress, Pulled, PushOptions};

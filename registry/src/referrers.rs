@@ -54,9 +54,15 @@ pub(crate) fn push_referrers(
             })?;
             let mut blobs = vec![manifest.config().clone()];
             blobs.extend(manifest.layers().iter().cloned());
-            push_blobs(store, client, repository, &blobs, options, progress, &|_| {
-                Ok(())
-            })?;
+            push_blobs(
+                store,
+                client,
+                repository,
+                &blobs,
+                options,
+                progress,
+                &|_| Ok(()),
+            )?;
             let answer = client.put_manifest_answer(
                 repository,
                 referrer.digest().as_ref(),
@@ -166,7 +172,10 @@ pub fn pull_referrers(
     let mut pending = vec![subject.clone()];
     while let Some(subject) = pending.pop() {
         for referrer in list_referrers(client, repository, &subject)? {
-            if pulled.iter().any(|d: &Descriptor| d.digest() == referrer.digest()) {
+            if pulled
+                .iter()
+                .any(|d: &Descriptor| d.digest() == referrer.digest())
+            {
                 continue;
             }
             let digest = referrer.digest().to_string();

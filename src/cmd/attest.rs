@@ -71,7 +71,11 @@ fn show(global: &Global, args: ShowArgs) -> CmdResult {
     let matching: Vec<Descriptor> = store
         .referrers(image.id())?
         .into_iter()
-        .filter(|r| r.artifact_type().as_ref().is_some_and(|t| t.to_string() == wanted))
+        .filter(|r| {
+            r.artifact_type()
+                .as_ref()
+                .is_some_and(|t| t.to_string() == wanted)
+        })
         .filter(|r| {
             args.digest
                 .as_deref()
@@ -111,7 +115,10 @@ fn show(global: &Global, args: ShowArgs) -> CmdResult {
 
 /// An image's referrers as the OCI referrers API answers: an image index
 /// whose manifests are the referrers' descriptors.
-pub(crate) fn referrers_index(store: &Store, image: &StoredImage) -> anyhow::Result<serde_json::Value> {
+pub(crate) fn referrers_index(
+    store: &Store,
+    image: &StoredImage,
+) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",

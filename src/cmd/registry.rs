@@ -219,13 +219,8 @@ pub fn pull(global: &Global, args: PullArgs) -> CmdResult {
         eprintln!("tagged {name}");
     }
     if args.referrers {
-        let referrers = kiln_registry::pull_referrers(
-            &store,
-            &client,
-            &reference,
-            pulled.image.id(),
-            &report,
-        )?;
+        let referrers =
+            kiln_registry::pull_referrers(&store, &client, &reference, pulled.image.id(), &report)?;
         eprintln!("pulled {} referrers", referrers.len());
     }
     println!("{}", pulled.image.id());

@@ -229,7 +229,10 @@ fn copied_files(store: &Store, view: &RootfsView, layers: &[LayerBlob]) -> Resul
             let entry = entry.map_err(io_err(what()))?;
             if entry.header().entry_type().is_file() {
                 let path = entry.path().map_err(io_err(what()))?;
-                paths.insert(format!("/{}", path.to_string_lossy().trim_start_matches("./")));
+                paths.insert(format!(
+                    "/{}",
+                    path.to_string_lossy().trim_start_matches("./")
+                ));
             }
         }
     }
@@ -289,7 +292,11 @@ fn dependencies(stages: &[&Stage], invocation: &Invocation) -> Vec<Dependency> {
         )),
     };
     for stage in stages {
-        if let Base::Image { reference, image: base } = &stage.base {
+        if let Base::Image {
+            reference,
+            image: base,
+        } = &stage.base
+        {
             add(image(reference, &base.digest, &stage.platform));
         }
         for step in &stage.steps {
@@ -318,7 +325,11 @@ fn dependencies(stages: &[&Stage], invocation: &Invocation) -> Vec<Dependency> {
                 _ => {}
             }
             for from in froms {
-                if let CopyFrom::Image { reference, image: from } = from {
+                if let CopyFrom::Image {
+                    reference,
+                    image: from,
+                } = from
+                {
                     add(image(reference, &from.digest, &stage.platform));
                 }
             }

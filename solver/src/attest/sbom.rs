@@ -234,7 +234,11 @@ pub(crate) fn document(input: &SbomInput<'_>) -> serde_json::Result<Vec<u8>> {
             spdx
         })
         .collect();
-    let scope = if input.stages.is_empty() { "" } else { "/stages" };
+    let scope = if input.stages.is_empty() {
+        ""
+    } else {
+        "/stages"
+    };
     serde_json::to_vec_pretty(&Document {
         spdx_version: "SPDX-2.3",
         data_license: "CC0-1.0",

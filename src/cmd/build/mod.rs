@@ -10,8 +10,7 @@ use kiln_cache::{Compression, Platform};
 use kiln_executor::{CancelToken, Seccomp};
 use kiln_frontend::{CompileOptions, Network};
 use kiln_solver::{
-    AttestOptions, BuildContext, IgnoreRules, Invocation, ProvenanceMode, SbomOptions,
-    SolveOptions,
+    AttestOptions, BuildContext, IgnoreRules, Invocation, ProvenanceMode, SbomOptions, SolveOptions,
 };
 
 use super::registry::Connection;
