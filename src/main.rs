@@ -60,6 +60,8 @@ enum Command {
     Login(cmd::registry::LoginArgs),
     /// Forget the credentials for a registry.
     Logout(cmd::registry::LogoutArgs),
+    /// Show the attestations (SBOM, provenance) attached to an image.
+    Attest(cmd::attest::Args),
     /// Register qemu-user handlers in binfmt_misc for foreign architectures.
     SetupBinfmt(cmd::setup_binfmt::Args),
 }
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
         Command::Pull(args) => cmd::registry::pull(&cli.global, args),
         Command::Login(args) => cmd::registry::login(&cli.global, args),
         Command::Logout(args) => cmd::registry::logout(&cli.global, args),
+        Command::Attest(args) => cmd::attest::run(&cli.global, args),
         Command::SetupBinfmt(args) => cmd::setup_binfmt::run(&cli.global, args),
     };
     match result {

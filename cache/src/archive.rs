@@ -139,6 +139,25 @@ fn save_oci<W: Write>(
         ])));
         entries.push(descriptor);
     }
+    // Referrers (SBOMs, provenance) go along as unnamed index entries: their
+    // manifests carry `subject`, so layout readers find them by scanning.
+    let mut referrers = Vec::new();
+    for (_, image) in images {
+        collect_referrers(store, image.id(), &mut referrers)?;
+    }
+    for referrer in referrers {
+        if written.contains(referrer.digest()) {
+            continue;
+        }
+        let manifest = ImageManifest::from_reader(&store.read_blob(referrer.digest())?[..])
+            .map_err(|e| Error::invalid(format!("referrer {}", referrer.digest()), e))?;
+        append_blob(store, tar, manifest.config().digest(), &mut written)?;
+        for layer in manifest.layers() {
+            append_blob(store, tar, layer.digest(), &mut written)?;
+        }
+        append_blob(store, tar, referrer.digest(), &mut written)?;
+        entries.push(referrer);
+    }
     let index = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
@@ -146,6 +165,19 @@ fn save_oci<W: Write>(
     });
     let bytes = serde_json::to_vec(&index).map_err(|e| Error::invalid("index.json", e))?;
     append_bytes(tar, "index.json", &bytes)
+}
+
+/// The referrers of `subject` and, in turn, theirs.
+fn collect_referrers(store: &Store, subject: &Digest, into: &mut Vec<Descriptor>) -> Result<()> {
+    for referrer in store.referrers(subject)? {
+        if into.iter().any(|d| d.digest() == referrer.digest()) {
+            continue;
+        }
+        let digest = referrer.digest().clone();
+        into.push(referrer);
+        collect_referrers(store, &digest, into)?;
+    }
+    Ok(())
 }
 
 fn save_docker<W: Write>(
@@ -373,7 +405,12 @@ fn load_oci(store: &Store, dir: &Path) -> Result<Vec<LoadedImage>> {
     let index = ImageIndex::from_reader(&bytes[..])
         .map_err(|e| Error::invalid("index.json of the archive", e))?;
     let mut loaded = Vec::new();
+    let mut referrers = Vec::new();
     for descriptor in index.manifests() {
+        if let Some(subject) = subject_of(dir, descriptor)? {
+            referrers.push((subject, descriptor));
+            continue;
+        }
         let name = archive_name(descriptor);
         let manifest_digest = pick_manifest(dir, descriptor, &crate::platform::Platform::host())?;
         let manifest_path = staged_blob(dir, &manifest_digest)?;
@@ -393,7 +430,38 @@ fn load_oci(store: &Store, dir: &Path) -> Result<Vec<LoadedImage>> {
         };
         loaded.push(LoadedImage { name, image });
     }
+    // Referrers whose subject came along (an SBOM of a saved image) are
+    // attached to it again; others have nothing to describe here.
+    for (subject, descriptor) in referrers {
+        let manifest_path = staged_blob(dir, descriptor.digest())?;
+        let manifest =
+            ImageManifest::from_reader(File::open(&manifest_path).at(&manifest_path)?)
+                .map_err(|e| Error::invalid(format!("manifest {}", descriptor.digest()), e))?;
+        if !store.has_blob(&subject) {
+            continue;
+        }
+        copy_staged(store, dir, manifest.config().digest())?;
+        for layer in manifest.layers() {
+            copy_staged(store, dir, layer.digest())?;
+        }
+        copy_staged(store, dir, descriptor.digest())?;
+        store.add_referrer(&subject, descriptor)?;
+    }
     Ok(loaded)
+}
+
+/// The subject a layout's index entry names when it is a referrer (an
+/// unnamed artifact manifest with `subject`), else `None`.
+fn subject_of(dir: &Path, descriptor: &Descriptor) -> Result<Option<Digest>> {
+    if ref_name(descriptor).is_some()
+        || !matches!(descriptor.media_type(), MediaType::ImageManifest)
+    {
+        return Ok(None);
+    }
+    let path = staged_blob(dir, descriptor.digest())?;
+    let manifest = ImageManifest::from_reader(File::open(&path).at(&path)?)
+        .map_err(|e| Error::invalid(format!("manifest {}", descriptor.digest()), e))?;
+    Ok(manifest.subject().as_ref().map(|s| s.digest().clone()))
 }
 
 /// Which image of an OCI image layout directory to take.

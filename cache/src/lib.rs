@@ -20,6 +20,7 @@ mod image;
 mod import;
 mod layer;
 mod platform;
+mod referrers;
 mod remote;
 mod store;
 
@@ -37,6 +38,7 @@ pub use image::{
 pub use import::{import_directory, import_tar, DetectedPlatform, ImportedLayer};
 pub use layer::{LayerBlob, LayerWriter};
 pub use platform::Platform;
+pub use referrers::{NewArtifact, StoredArtifact, EMPTY_JSON, EMPTY_MEDIA_TYPE};
 pub use remote::{ensure_blob, CacheConfig, CacheSource, CACHE_CONFIG_MEDIA_TYPE};
 pub use store::{
     chain_id, CacheRecord, ContentStore, FsckProblem, FsckReport, PruneReport, Store, REF_NAME,

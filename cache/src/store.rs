@@ -122,6 +122,7 @@ impl Store {
             kiln.join("snapshots"),
             kiln.join("cache-mounts"),
             kiln.join("state"),
+            kiln.join("referrers"),
         ] {
             fsutil::ensure_dir(&dir)?;
         }
@@ -548,6 +549,8 @@ impl Store {
                 _ => fs::remove_file(&path).at(&path)?,
             }
         }
+        // Attestations and other referrers live as long as their subject.
+        self.mark_referrers(&mut live)?;
         let blobs = self.blobs_dir();
         for entry in fs::read_dir(&blobs).at(&blobs)? {
             let entry = entry.at(&blobs)?;
@@ -602,7 +605,12 @@ impl Store {
     }
 
     /// Marks a blob live, and what it references when it is a manifest or index.
-    fn mark(&self, media_type: &MediaType, digest: &Digest, live: &mut Marks) -> Result<()> {
+    pub(crate) fn mark(
+        &self,
+        media_type: &MediaType,
+        digest: &Digest,
+        live: &mut Marks,
+    ) -> Result<()> {
         if !live.blobs.insert(digest.digest().to_owned()) {
             return Ok(());
         }
@@ -707,6 +715,7 @@ impl Store {
                 report.problems.push(FsckProblem { path, message });
             }
         }
+        self.check_referrers(&mut report.problems)?;
         report.temp_files = fs::read_dir(self.tmp_dir()).at(self.tmp_dir())?.count();
         Ok(report)
     }
@@ -797,9 +806,9 @@ impl ContentStore for Store {
 
 /// What prune keeps: blob hex digests and snapshot directory names.
 #[derive(Default)]
-struct Marks {
-    blobs: HashSet<String>,
-    snapshots: HashSet<String>,
+pub(crate) struct Marks {
+    pub(crate) blobs: HashSet<String>,
+    pub(crate) snapshots: HashSet<String>,
 }
 
 /// Bytes of the regular files under a directory (for prune's report).

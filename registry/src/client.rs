@@ -22,6 +22,13 @@ pub(crate) const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.docker.distribution.manifest.v2+json",
 ];
 
+/// A registry's answer to a manifest PUT.
+#[derive(Debug, Clone)]
+pub(crate) struct PutAnswer {
+    pub digest: Option<String>,
+    pub subject: Option<String>,
+}
+
 /// How to reach a registry.
 #[derive(Debug, Clone, Default)]
 pub struct ClientOptions {
@@ -575,6 +582,21 @@ impl Client {
         media_type: &str,
         bytes: &[u8],
     ) -> Result<Option<String>> {
+        Ok(self
+            .put_manifest_answer(repository, reference, media_type, bytes)?
+            .digest)
+    }
+
+    /// Puts a manifest and returns what the registry answered: the digest
+    /// it computed and, for a manifest with a `subject`, the `OCI-Subject`
+    /// header a registry with the referrers API sends.
+    pub(crate) fn put_manifest_answer(
+        &self,
+        repository: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<PutAnswer> {
         let url = format!("{}/v2/{repository}/manifests/{reference}", self.base()?);
         let response = self.send(
             "PUT",
@@ -584,7 +606,45 @@ impl Client {
             Body::Bytes(bytes, media_type),
             &format!("repository {repository}"),
         )?;
-        Ok(response.header("Docker-Content-Digest").map(str::to_owned))
+        Ok(PutAnswer {
+            digest: response.header("Docker-Content-Digest").map(str::to_owned),
+            subject: response.header("OCI-Subject").map(str::to_owned),
+        })
+    }
+
+    /// The referrers API (`GET /v2/<name>/referrers/<digest>`): the image
+    /// index of the manifests whose subject is `digest`, or `None` when the
+    /// registry has no such API (it answers 404).
+    pub(crate) fn get_referrers(&self, repository: &str, digest: &str) -> Result<Option<Vec<u8>>> {
+        let url = format!("{}/v2/{repository}/referrers/{digest}", self.base()?);
+        let response = match self.send(
+            "GET",
+            &url,
+            &pull_scope(repository),
+            &[("Accept", "application/vnd.oci.image.index.v1+json")],
+            Body::Empty,
+            &format!("the referrers of {repository}@{digest}"),
+        ) {
+            Ok(response) => response,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let is_index = response
+            .header("Content-Type")
+            .is_some_and(|t| t.starts_with("application/vnd.oci.image.index.v1+json"));
+        let mut bytes = Vec::new();
+        response
+            .into_reader()
+            .take(4 << 20)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::Unreachable {
+                registry: self.registry.clone(),
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
+        // Something that answers 200 with another document (an HTML page
+        // of a proxy, say) is no referrers API either.
+        Ok(is_index.then_some(bytes))
     }
 
     /// Fetches a manifest or index: its bytes, its media type, and the digest

@@ -16,6 +16,7 @@ mod client;
 mod credhelper;
 mod error;
 mod reference;
+mod referrers;
 mod tls;
 mod transfer;
 
@@ -24,5 +25,6 @@ pub use cache::{push_cache, RegistryCache};
 pub use client::{Client, ClientOptions};
 pub use error::{Error, Result};
 pub use reference::{is_loopback, names_registry, Reference, DOCKER_HUB};
+pub use referrers::{pull_referrers, referrers_tag};
 pub use tls::DOCKER_CERTS_DIR;
 pub use transfer::{pull, push, Progress, Pulled, PushOptions};

@@ -29,6 +29,8 @@ pub enum Progress {
     Downloaded { digest: String, size: u64 },
     /// The manifest was pushed or pulled.
     Manifest { digest: String },
+    /// The registry has no referrers API: the referrers tag was updated.
+    ReferrersTag { tag: String },
 }
 
 /// How to push.
@@ -136,7 +138,8 @@ fn known_source(
 /// Pushes a stored image to `target` (its tag, or its digest when the
 /// reference has only a digest). Blobs the registry has are skipped, blobs
 /// another repository of the registry has are mounted, the rest uploaded in
-/// parallel; the manifest goes last. Returns the manifest digest.
+/// parallel; the manifest goes last, then the image's referrers (its SBOM
+/// and provenance; see `referrers`). Returns the manifest digest.
 pub fn push(
     store: &Store,
     client: &Client,
@@ -185,6 +188,8 @@ pub fn push(
     progress(&Progress::Manifest {
         digest: image.id().to_string(),
     });
+    // Attestations go with the image they describe.
+    crate::referrers::push_referrers(store, client, image, target, options, progress)?;
     Ok(image.id().clone())
 }
 

@@ -6,6 +6,7 @@
 //! the store.
 #![forbid(unsafe_code)]
 
+mod attest;
 mod copy;
 mod dockerignore;
 #[cfg(test)]
@@ -22,6 +23,10 @@ mod ssh;
 mod tar_export;
 mod views;
 
+pub use attest::{
+    AttestOptions, ContextOrigin, Invocation, ProvenanceMode, SbomOptions,
+    PREDICATE_TYPE_ANNOTATION, PROVENANCE_ARTIFACT_TYPE, SBOM_ARTIFACT_TYPE,
+};
 pub use dockerignore::IgnoreRules;
 pub use error::{Error, Result};
 pub use progress::{Event, Progress};

@@ -20,6 +20,7 @@ use kiln_frontend::{
     KeyEncoder, RunMount, Stage, Step, StepKind, WorkdirStep,
 };
 
+use crate::attest::{AttestOptions, Finished};
 use crate::copy::{build_tree, NoParent};
 use crate::error::{io_err, Error, Result};
 use crate::fetch::{is_url, Downloads};
@@ -81,6 +82,9 @@ pub struct SolveOptions {
     /// `CopyFrom::Named` reads as `CopyFrom::Context` reads the build
     /// context: through the same scoped reader, keyed by content.
     pub named_contexts: BTreeMap<String, Arc<BuildContext>>,
+    /// SBOM and provenance to attach to the image as OCI referrers; none by
+    /// default, and then the build writes nothing more than the image.
+    pub attest: AttestOptions,
 }
 
 impl SolveOptions {
@@ -107,6 +111,7 @@ impl Default for SolveOptions {
             shm_size: None,
             allow_insecure: false,
             named_contexts: BTreeMap::new(),
+            attest: AttestOptions::default(),
         }
     }
 }
@@ -124,6 +129,8 @@ pub struct Built {
     pub cached: usize,
     /// The cache record of every step, for `--cache-to`.
     pub records: Vec<BuiltRecord>,
+    /// The attestations attached to the image (stored as its referrers).
+    pub attestations: Vec<Descriptor>,
 }
 
 /// A step's cache record, as a build cache export takes it.
@@ -223,6 +230,7 @@ pub fn solve(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<Built> {
+    let started = now_epoch();
     let stages = graph
         .needed_stages()
         .map_err(|e| Error::Invalid(e.to_string()))?;
@@ -643,13 +651,63 @@ pub fn solve(
             })
         })
         .collect();
+    let attestations = if options.attest.any() {
+        let finished = Finished {
+            stages: &stages,
+            image: &image,
+            layers: &layers,
+            copied: copied_layers(&plan.history, &vertices, &results),
+            other_stages: stages
+                .iter()
+                .filter(|stage| stage.index != target.index)
+                .filter_map(|stage| {
+                    let plan = plans.get(&stage.index)?;
+                    let layers = resolve_layers(&plan.layers, &results).ok()?;
+                    Some((stage.display_name(), layers))
+                })
+                .collect(),
+            context,
+            started,
+            source_date_epoch: options.source_date_epoch,
+        };
+        progress.event(Event::Exporting {
+            what: "attaching attestations".into(),
+        });
+        crate::attest::attach(store, &finished, &options.attest)?
+    } else {
+        Vec::new()
+    };
     Ok(Built {
         image,
         layers,
         ran,
         cached,
         records,
+        attestations,
     })
+}
+
+/// The layers the image's COPY and ADD steps made from a context (the
+/// files an SBOM lists).
+fn copied_layers(
+    history: &[HistoryRef],
+    vertices: &[Vertex<'_>],
+    results: &HashMap<usize, Option<LayerBlob>>,
+) -> Vec<LayerBlob> {
+    history
+        .iter()
+        .filter_map(|entry| match entry {
+            HistoryRef::Vertex { vertex, .. } => Some(*vertex),
+            _ => None,
+        })
+        .filter(|vertex| {
+            vertices.get(*vertex).is_some_and(|v| {
+                matches!(&v.step.kind, StepKind::Copy(copy)
+                    if matches!(copy.from, CopyFrom::Context | CopyFrom::Named(_)))
+            })
+        })
+        .filter_map(|vertex| results.get(&vertex).cloned().flatten())
+        .collect()
 }
 
 fn network_name(network: kiln_frontend::Network) -> &'static str {

@@ -78,6 +78,10 @@ pub struct InspectArgs {
     /// Image names or ids.
     #[arg(required = true, value_name = "NAME")]
     names: Vec<String>,
+    /// Print the image's referrers (its SBOM, provenance and other OCI 1.1
+    /// artifacts) as an OCI image index, one per name, instead.
+    #[arg(long)]
+    referrers: bool,
 }
 
 pub fn inspect(global: &Global, args: InspectArgs) -> CmdResult {
@@ -86,6 +90,11 @@ pub fn inspect(global: &Global, args: InspectArgs) -> CmdResult {
     let mut out = Vec::new();
     for name in &args.names {
         let image = find(&store, name)?;
+        if args.referrers {
+            let index = super::attest::referrers_index(&store, &image)?;
+            emit(serde_json::to_string_pretty(&index)?)?;
+            continue;
+        }
         let tags: Vec<&str> = names
             .iter()
             .filter(|(_, digest)| digest == image.id())
@@ -101,7 +110,9 @@ pub fn inspect(global: &Global, args: InspectArgs) -> CmdResult {
             "Manifest": image.manifest,
         }));
     }
-    emit(serde_json::to_string_pretty(&out)?)?;
+    if !args.referrers {
+        emit(serde_json::to_string_pretty(&out)?)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

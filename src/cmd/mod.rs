@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 pub mod archive;
+pub mod attest;
 pub mod build;
 pub mod images;
 pub mod import;

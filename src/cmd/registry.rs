@@ -95,6 +95,10 @@ pub struct PullArgs {
     /// Which image of a multi-platform index [default: this machine's]
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     platform: Option<String>,
+    /// Also pull the image's referrers (SBOM, provenance and other OCI 1.1
+    /// artifacts), through the referrers API or the referrers tag.
+    #[arg(long)]
+    referrers: bool,
     #[command(flatten)]
     connection: Connection,
 }
@@ -158,6 +162,9 @@ pub(crate) fn describe(progress: &Progress) -> Option<String> {
             format!("{}: downloaded {} bytes", short(digest), size)
         }
         Progress::Manifest { digest } => format!("manifest {digest}"),
+        Progress::ReferrersTag { tag } => {
+            format!("no referrers API: referrers listed under tag {tag}")
+        }
         _ => return None,
     })
 }
@@ -210,6 +217,11 @@ pub fn pull(global: &Global, args: PullArgs) -> CmdResult {
     let pulled = kiln_registry::pull(&store, &client, &reference, &platform, &report)?;
     if let Some(name) = &pulled.name {
         eprintln!("tagged {name}");
+    }
+    if args.referrers {
+        let referrers =
+            kiln_registry::pull_referrers(&store, &client, &reference, pulled.image.id(), &report)?;
+        eprintln!("pulled {} referrers", referrers.len());
     }
     println!("{}", pulled.image.id());
     Ok(ExitCode::SUCCESS)

@@ -21,6 +21,8 @@ pub(super) struct Inputs {
     pub dockerfile_path: Option<PathBuf>,
     /// A local directory, whose stat cache is worth keeping between builds.
     pub local: bool,
+    /// Where the context came from, for provenance.
+    pub origin: kiln_solver::ContextOrigin,
     /// Where a fetched context lives; removed when the build ends.
     _staging: Option<tempfile::TempDir>,
 }
@@ -45,9 +47,16 @@ pub(super) fn resolve(
                 }
                 Fetched::Dockerfile(bytes) => {
                     no_file_flag(file, "the URL holds a Dockerfile, not a context archive")?;
-                    Ok(dockerfile_only(bytes, url))
+                    Ok(dockerfile_only(bytes, url.clone()))
                 }
             }
+            .map(|inputs| Inputs {
+                origin: kiln_solver::ContextOrigin {
+                    uri: Some(without_credentials(&url)),
+                    git_commit: None,
+                },
+                ..inputs
+            })
         }
         ContextSource::Git(git) => {
             let staging = staging(tmp_dir, "context-")?;
@@ -55,7 +64,12 @@ pub(super) fn resolve(
                 .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
                 .is_some_and(|v| matches!(v.as_str(), "1" | "true"));
             let checkout = git.checkout(&staging.path().join("git"), keep_git_dir)?;
-            inside(checkout.root, file, staging)
+            let mut inputs = inside(checkout.root, file, staging)?;
+            inputs.origin = kiln_solver::ContextOrigin {
+                uri: Some(without_credentials(context_arg)),
+                git_commit: Some(checkout.commit),
+            };
+            Ok(inputs)
         }
     }
 }
@@ -92,6 +106,7 @@ fn local(root: PathBuf, file: Option<&str>) -> anyhow::Result<Inputs> {
         }
     };
     Ok(Inputs {
+        origin: local_git_origin(&root),
         root: Some(root),
         dockerfile,
         file_name,
@@ -99,6 +114,44 @@ fn local(root: PathBuf, file: Option<&str>) -> anyhow::Result<Inputs> {
         local: true,
         _staging: None,
     })
+}
+
+/// The commit and remote of a local context that is a git checkout (best
+/// effort: no git, no repository or no remote leaves them out).
+fn local_git_origin(root: &Path) -> kiln_solver::ContextOrigin {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            .filter(|text| !text.is_empty())
+    };
+    if !root.join(".git").exists() {
+        return kiln_solver::ContextOrigin::default();
+    }
+    kiln_solver::ContextOrigin {
+        uri: git(&["config", "--get", "remote.origin.url"]).map(|u| without_credentials(&u)),
+        git_commit: git(&["rev-parse", "HEAD"]),
+    }
+}
+
+/// A URL without the user and password it may carry
+/// (`https://TOKEN@host/repo.git`): provenance must not leak them.
+pub(super) fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
 
 /// `-`: stdin that starts like an archive is the context (its Dockerfile
@@ -143,6 +196,7 @@ fn inside(root: PathBuf, file: Option<&str>, staging: tempfile::TempDir) -> anyh
         file_name: name.to_string(),
         dockerfile_path: Some(path),
         local: false,
+        origin: Default::default(),
         _staging: Some(staging),
     })
 }
@@ -154,6 +208,7 @@ fn dockerfile_only(bytes: Vec<u8>, file_name: String) -> Inputs {
         file_name,
         dockerfile_path: None,
         local: false,
+        origin: Default::default(),
         _staging: None,
     }
 }
@@ -175,4 +230,25 @@ pub(super) fn staging(tmp_dir: &Path, prefix: &str) -> anyhow::Result<tempfile::
         .prefix(prefix)
         .tempdir_in(tmp_dir)
         .with_context(|| format!("cannot create a directory in {}", tmp_dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_taken_out_of_context_urls() {
+        assert_eq!(
+            without_credentials("https://user:token@example.com/app.git#main"),
+            "https://example.com/app.git#main"
+        );
+        assert_eq!(
+            without_credentials("https://example.com/a@b"),
+            "https://example.com/a@b"
+        );
+        assert_eq!(
+            without_credentials("git@github.com:org/app.git"),
+            "git@github.com:org/app.git"
+        );
+    }
 }

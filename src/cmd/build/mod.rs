@@ -9,7 +9,9 @@ use anyhow::{bail, Context};
 use kiln_cache::{Compression, Platform};
 use kiln_executor::{CancelToken, Seccomp};
 use kiln_frontend::{CompileOptions, Network};
-use kiln_solver::{BuildContext, IgnoreRules, SolveOptions};
+use kiln_solver::{
+    AttestOptions, BuildContext, IgnoreRules, Invocation, ProvenanceMode, SbomOptions, SolveOptions,
+};
 
 use super::registry::Connection;
 use super::{CmdResult, Global};
@@ -112,6 +114,19 @@ pub struct Args {
     /// default) or mode=max (every step), ignore-error=true.
     #[arg(long = "cache-to", value_name = "type=TYPE,...")]
     cache_to: Option<String>,
+    /// Attach a SLSA v1 provenance statement (in-toto) to the image as an
+    /// OCI referrer: mode=min (the inputs: Dockerfile, build args, base
+    /// images, context) or mode=max (each step's command too). Secrets
+    /// never appear in it.
+    #[arg(long, value_name = "mode=min|max", num_args = 0..=1, require_equals = true,
+          default_missing_value = "mode=min")]
+    provenance: Option<String>,
+    /// Attach an SPDX 2.3 SBOM to the image as an OCI referrer: the packages
+    /// of its dpkg and apk databases and the files COPYed from the context;
+    /// scan-stages=true lists the other stages' packages too.
+    #[arg(long, value_name = "scan-stages=true", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    sbom: Option<String>,
     /// Compression of new layers: gzip, zstd or none.
     #[arg(long, default_value = "gzip", value_name = "ALGO")]
     compression: String,
@@ -250,6 +265,43 @@ fn parse_key_values(values: &[String], what: &str) -> anyhow::Result<BTreeMap<St
     Ok(map)
 }
 
+/// `--provenance[=VALUE]`: `mode=min|max`, or BuildKit's `true`/`false`.
+fn parse_provenance(value: Option<&str>) -> anyhow::Result<Option<ProvenanceMode>> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let mut mode = Some(ProvenanceMode::Min);
+    for part in value.split(',') {
+        mode = match part {
+            "true" | "1" | "mode=min" | "min" => mode.map(|_| ProvenanceMode::Min),
+            "mode=max" | "max" => mode.map(|_| ProvenanceMode::Max),
+            "false" | "0" => None,
+            _ => bail!("--provenance={value}: expected mode=min, mode=max, true or false"),
+        };
+    }
+    Ok(mode)
+}
+
+/// `--sbom[=VALUE]`: `true`/`false`, `scan-stages=true|false`.
+fn parse_sbom(value: Option<&str>) -> anyhow::Result<Option<SbomOptions>> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let mut sbom = Some(SbomOptions::default());
+    for part in value.split(',') {
+        match part {
+            "true" | "1" => {}
+            "false" | "0" => sbom = None,
+            "scan-stages=true" | "scan-stages=1" => {
+                sbom = sbom.map(|_| SbomOptions { scan_stages: true })
+            }
+            "scan-stages=false" | "scan-stages=0" => {}
+            _ => bail!("--sbom={value}: expected true, false or scan-stages=true"),
+        }
+    }
+    Ok(sbom)
+}
+
 /// `--security-opt` values; the last `seccomp=` wins.
 fn parse_security_opts(values: &[String]) -> anyhow::Result<Seccomp> {
     let mut seccomp = Seccomp::Default;
@@ -351,6 +403,8 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let cache_to = args.cache_to.as_deref().map(cache::parse_to).transpose()?;
     let build_args = parse_key_values(&args.build_args, "--build-arg")?;
+    let provenance = parse_provenance(args.provenance.as_deref())?;
+    let sbom = parse_sbom(args.sbom.as_deref())?;
     let store = global.open_store()?;
     let inputs = context::resolve(
         &args.context,
@@ -374,6 +428,18 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         check_syntax(syntax, text, file_name, args.quiet)?;
     }
     let host = Platform::host().to_string();
+    let invocation = Invocation {
+        builder_version: env!("CARGO_PKG_VERSION").to_owned(),
+        image_name: args.tags.first().cloned(),
+        dockerfile_path: file_name.clone(),
+        dockerfile_sha256: kiln_cache::sha256_digest(text.as_bytes())
+            .digest()
+            .to_owned(),
+        build_args: build_args.clone(),
+        target: args.target.clone(),
+        platform: target_platform.to_string(),
+        context: inputs.origin.clone(),
+    };
     let options = CompileOptions {
         build_args,
         target: args.target.clone(),
@@ -463,6 +529,11 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         },
         seccomp,
         named_contexts: named.directories.clone(),
+        attest: AttestOptions {
+            provenance,
+            sbom,
+            invocation,
+        },
     };
     let cancel = CancelToken::new();
     cancel_on_interrupt(&cancel);
@@ -805,6 +876,31 @@ mod tests {
         assert!(parse_ulimit("files=1").unwrap_err().contains("nofile"));
         assert_eq!(parse_shm_size("128m"), Ok(128 << 20));
         assert!(parse_shm_size("1").is_err());
+    }
+
+    #[test]
+    fn attestation_flags_as_buildx_takes_them() {
+        assert_eq!(parse_provenance(None).unwrap(), None);
+        assert_eq!(
+            parse_provenance(Some("mode=min")).unwrap(),
+            Some(ProvenanceMode::Min)
+        );
+        assert_eq!(
+            parse_provenance(Some("mode=max")).unwrap(),
+            Some(ProvenanceMode::Max)
+        );
+        assert_eq!(parse_provenance(Some("false")).unwrap(), None);
+        assert!(parse_provenance(Some("mode=all")).is_err());
+        assert!(parse_sbom(None).unwrap().is_none());
+        assert!(!parse_sbom(Some("true")).unwrap().unwrap().scan_stages);
+        assert!(
+            parse_sbom(Some("scan-stages=true"))
+                .unwrap()
+                .unwrap()
+                .scan_stages
+        );
+        assert!(parse_sbom(Some("false")).unwrap().is_none());
+        assert!(parse_sbom(Some("generator=x")).is_err());
     }
 
     #[test]
