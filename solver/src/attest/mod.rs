@@ -345,8 +345,8 @@ fn step_records(stages: &[&Stage]) -> Vec<StepRecord> {
         .flat_map(|stage| {
             stage.steps.iter().map(|step| StepRecord {
                 stage: stage.display_name(),
-                line: step.span.line,
-                command: step.text.clone(),
+                line: step.span.line as usize,
+                command: step.text.to_string(),
             })
         })
         .collect()
