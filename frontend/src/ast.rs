@@ -208,7 +208,7 @@ pub struct Instruction {
     /// (continuations and heredoc bodies included).
     pub span: Span,
     /// Flags in order, a bare `--` excluded.
-    pub flags: Vec<Flag>,
+    pub flags: Box<[Flag]>,
     /// Whether the arguments were a JSON string array (exec form).
     pub exec: bool,
     /// Exec form: the array's strings. Shell form of RUN, CMD, ENTRYPOINT,
@@ -216,18 +216,19 @@ pub struct Instruction {
     /// them. HEALTHCHECK: `["NONE"]` or `["CMD", ...]` followed by the command
     /// as for CMD. Every other instruction: the whitespace-separated words as
     /// written, quotes kept.
-    pub args: Vec<String>,
+    pub args: Box<[String]>,
     /// ENV, LABEL and ARG: the pairs. `None` for every other instruction.
-    pub pairs: Option<Vec<Pair>>,
+    pub pairs: Option<Box<[Pair]>>,
     /// Here-documents, in the order their delimiters appear.
-    pub heredocs: Vec<Heredoc>,
+    pub heredocs: Box<[Heredoc]>,
     /// ONBUILD: the wrapped instruction.
     pub onbuild: Option<Box<Instruction>>,
     /// The instruction on one line (keyword, flags, text), shared with the
     /// build steps made from it; [`Instruction::text`] is its tail.
     line: Arc<str>,
-    /// Where the text starts in `line`.
-    text_offset: usize,
+    /// Where the text starts in `line` (`u32::MAX` past 4 GiB, where the
+    /// text reads as empty rather than wrong).
+    text_offset: u32,
     /// Where `text` starts ([`Instruction::text_span`] makes it a span).
     pub text_start: Position,
 }
@@ -252,7 +253,9 @@ impl Instruction {
     /// The text after the flags, continuations joined, surrounding whitespace
     /// trimmed: what the instruction's arguments were parsed from.
     pub fn text(&self) -> &str {
-        &self.line[self.text_offset..]
+        self.line
+            .get(self.text_offset as usize..)
+            .unwrap_or_default()
     }
 
     /// An instruction without arguments yet: `set_text` completes it.
@@ -265,11 +268,11 @@ impl Instruction {
         Instruction {
             keyword,
             span,
-            flags,
+            flags: flags.into_boxed_slice(),
             exec: false,
-            args: Vec::new(),
+            args: Box::default(),
             pairs: None,
-            heredocs: Vec::new(),
+            heredocs: Box::default(),
             onbuild: None,
             line: Arc::from(""),
             text_offset: 0,
@@ -299,7 +302,7 @@ impl Instruction {
         if !text.is_empty() {
             out.push(' ');
         }
-        self.text_offset = out.len();
+        self.text_offset = u32::try_from(out.len()).unwrap_or(u32::MAX);
         out.push_str(text);
         self.line = Arc::from(out);
     }

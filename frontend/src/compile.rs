@@ -901,7 +901,7 @@ impl<'a> Compiler<'a> {
                     "heredocs need the shell form of RUN, not a JSON array".to_string(),
                 ));
             }
-            instruction.args.clone()
+            instruction.args.to_vec()
         } else {
             let command = instruction.args.first().cloned().unwrap_or_default();
             let single = instruction.heredocs.len() == 1
@@ -1975,7 +1975,7 @@ fn apply_config(
     };
     let config_args = |state: &StageState| -> Vec<String> {
         if instruction.exec {
-            instruction.args.clone()
+            instruction.args.to_vec()
         } else if instruction.args.is_empty() {
             Vec::new()
         } else {
@@ -2107,7 +2107,7 @@ fn apply_config(
             text
         }
         Keyword::Shell => {
-            state.config.shell = Some(instruction.args.clone());
+            state.config.shell = Some(instruction.args.to_vec());
             format!("SHELL [{}]", instruction.args.join(" "))
         }
         Keyword::Healthcheck => {

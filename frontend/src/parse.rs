@@ -337,7 +337,7 @@ impl<'a> Reader<'a> {
         if target.keyword.takes_heredocs() && target.text().contains("<<") {
             let markers = self.heredoc_markers(logical, target)?;
             // One heredoc is the common case: no room for four.
-            target.heredocs.reserve_exact(markers.len());
+            let mut heredocs = Vec::with_capacity(markers.len());
             for (marker, name, expand, strip_tabs) in markers {
                 let mut content = String::new();
                 let mut terminated = false;
@@ -362,13 +362,14 @@ impl<'a> Reader<'a> {
                         ),
                     ));
                 }
-                target.heredocs.push(Heredoc {
+                heredocs.push(Heredoc {
                     name,
                     content,
                     expand,
                     strip_tabs,
                 });
             }
+            target.heredocs = heredocs.into();
         }
         let end_line = span_number(self.next);
         instruction.span.end_line = end_line;
@@ -485,10 +486,10 @@ impl<'a> Reader<'a> {
                 match exec_form(&rest).map_err(|m| Error::syntax(instruction.text_span(), m))? {
                     Some(args) => {
                         instruction.exec = true;
-                        instruction.args = args;
+                        instruction.args = args.into();
                     }
                     None if rest.is_empty() => {}
-                    None => instruction.args = vec![rest.clone()],
+                    None => instruction.args = Box::new([rest.clone()]),
                 }
                 if keyword == Keyword::Run && !instruction.exec && rest.is_empty() {
                     return fail("RUN requires a command".into());
@@ -509,9 +510,9 @@ impl<'a> Reader<'a> {
                 match exec_form(&rest).map_err(|m| Error::syntax(instruction.text_span(), m))? {
                     Some(args) => {
                         instruction.exec = true;
-                        instruction.args = args;
+                        instruction.args = args.into();
                     }
-                    None => instruction.args = split_plain(&rest),
+                    None => instruction.args = split_plain(&rest).into(),
                 }
                 if keyword == Keyword::Volume {
                     if instruction.args.is_empty() {
@@ -535,7 +536,7 @@ impl<'a> Reader<'a> {
                 if kind.is_empty() {
                     return fail("HEALTHCHECK requires NONE or CMD followed by a command".into());
                 }
-                instruction.args.push(kind.to_string());
+                let mut args = vec![kind.to_string()];
                 match kind.to_ascii_uppercase().as_str() {
                     "NONE" => {
                         if !command.is_empty() {
@@ -552,14 +553,14 @@ impl<'a> Reader<'a> {
                         match exec_form(command)
                             .map_err(|m| Error::syntax(instruction.text_span(), m))?
                         {
-                            Some(args) => {
+                            Some(exec_args) => {
                                 instruction.exec = true;
-                                instruction.args.extend(args);
+                                args.extend(exec_args);
                             }
                             None if command.is_empty() => {
                                 return fail("HEALTHCHECK CMD requires a command".into())
                             }
-                            None => instruction.args.push(command.to_string()),
+                            None => args.push(command.to_string()),
                         }
                     }
                     other => {
@@ -568,6 +569,7 @@ impl<'a> Reader<'a> {
                         ))
                     }
                 }
+                instruction.args = args.into();
             }
             Keyword::Env | Keyword::Label => {
                 let words = self.words(&rest);
@@ -597,8 +599,8 @@ impl<'a> Reader<'a> {
                         pairs.push(self.pair(&instruction, key, Some(value))?);
                     }
                 }
-                instruction.args = words;
-                instruction.pairs = Some(pairs);
+                instruction.args = words.into();
+                instruction.pairs = Some(pairs.into());
             }
             Keyword::Arg => {
                 let words = self.words(&rest);
@@ -613,8 +615,8 @@ impl<'a> Reader<'a> {
                     };
                     pairs.push(self.pair(&instruction, key, value)?);
                 }
-                instruction.args = words;
-                instruction.pairs = Some(pairs);
+                instruction.args = words.into();
+                instruction.pairs = Some(pairs.into());
             }
             Keyword::Onbuild => {
                 if in_onbuild {
@@ -637,11 +639,11 @@ impl<'a> Reader<'a> {
                         format!("{} is not allowed as an ONBUILD trigger", inner.keyword),
                     ));
                 }
-                instruction.args = split_plain(&rest);
+                instruction.args = split_plain(&rest).into();
                 instruction.onbuild = Some(Box::new(inner));
             }
             Keyword::From => {
-                instruction.args = split_plain(&rest);
+                instruction.args = split_plain(&rest).into();
                 let n = instruction.args.len();
                 if !(n == 1 || (n == 3 && instruction.args[1].eq_ignore_ascii_case("as"))) {
                     return fail(
@@ -663,13 +665,13 @@ impl<'a> Reader<'a> {
                 }
             }
             Keyword::Expose => {
-                instruction.args = split_plain(&rest);
+                instruction.args = split_plain(&rest).into();
                 if instruction.args.is_empty() {
                     return fail("EXPOSE requires at least one port".into());
                 }
             }
             Keyword::Maintainer | Keyword::User | Keyword::Workdir | Keyword::Stopsignal => {
-                instruction.args = split_plain(&rest);
+                instruction.args = split_plain(&rest).into();
                 if instruction.args.is_empty() {
                     return fail(format!("{keyword} requires an argument"));
                 }
@@ -1316,7 +1318,7 @@ mod tests {
     #[test]
     fn continuation_joins_as_docker_does() {
         let run = one("RUN --network=none echo one && \\\n    echo two\n");
-        assert_eq!(run.args, ["echo one &&     echo two"]);
+        assert_eq!(*run.args, ["echo one &&     echo two"]);
         assert_eq!(run.flags[0].text(), "--network=none");
         assert_eq!((run.span.line, run.span.end_line), (2, 3));
     }
@@ -1324,7 +1326,7 @@ mod tests {
     #[test]
     fn comments_and_blank_lines_inside_continuations_are_dropped() {
         let run = one("RUN a \\\n# comment\n\n  # indented comment\n b\n");
-        assert_eq!(run.args, ["a  b"]);
+        assert_eq!(*run.args, ["a  b"]);
         assert_eq!(run.span.end_line, 6);
     }
 
@@ -1332,10 +1334,10 @@ mod tests {
     fn exec_form_and_fallback() {
         let run = one("RUN [\"echo\", \"a\\u0041\\/\"]");
         assert!(run.exec);
-        assert_eq!(run.args, ["echo", "aA/"]);
+        assert_eq!(*run.args, ["echo", "aA/"]);
         let run = one("RUN [not json]");
         assert!(!run.exec);
-        assert_eq!(run.args, ["[not json]"]);
+        assert_eq!(*run.args, ["[not json]"]);
         assert!(err("FROM x\nCMD [\"a\", [\"b\"]]").contains("strings only"));
         assert!(err("FROM x\nCMD [\"a\", 1]").contains("strings only"));
         let cmd = one("CMD []");
@@ -1354,7 +1356,7 @@ mod tests {
         let copy = one("COPY --from=\"build stage\" --link -- --weird /dst");
         assert_eq!(copy.flags.len(), 2);
         assert_eq!(copy.flags[0].value.as_deref(), Some("build stage"));
-        assert_eq!(copy.args, ["--weird", "/dst"]);
+        assert_eq!(*copy.args, ["--weird", "/dst"]);
         let e = err("FROM x\nCOPY --nope a b");
         assert!(e.starts_with("Dockerfile:2:6: unknown flag --nope"), "{e}");
         assert!(err("FROM x\nCOPY --from a b").contains("needs a value"));
@@ -1419,11 +1421,11 @@ mod tests {
         .unwrap();
         assert_eq!(file.escape, '`');
         assert_eq!(file.syntax.as_deref(), Some("docker/dockerfile:1"));
-        assert_eq!(file.instructions[1].args, ["a   b"]);
+        assert_eq!(*file.instructions[1].args, ["a   b"]);
         // After the first non-directive line, `# escape=` is a comment.
         let file = parse("FROM x\n# escape=`\nRUN a \\\n b", "Dockerfile").unwrap();
         assert_eq!(file.escape, '\\');
-        assert_eq!(file.instructions[1].args, ["a  b"]);
+        assert_eq!(*file.instructions[1].args, ["a  b"]);
         assert!(err("# escape=x\nFROM x").contains("invalid escape"));
         assert!(err("# syntax=a\n# syntax=b\nFROM x").contains("only one syntax"));
     }
@@ -1452,12 +1454,12 @@ mod tests {
         let on = one("onbuild run --mount=type=cache,target=/c make");
         let inner = on.onbuild.unwrap();
         assert_eq!(inner.keyword, Keyword::Run);
-        assert_eq!(inner.args, ["make"]);
+        assert_eq!(*inner.args, ["make"]);
         assert_eq!(inner.span.column, 9);
         let hc = one("HEALTHCHECK --interval=5s CMD [\"curl\", \"-f\"]");
         assert!(hc.exec);
-        assert_eq!(hc.args, ["CMD", "curl", "-f"]);
-        assert_eq!(one("HEALTHCHECK NONE").args, ["NONE"]);
+        assert_eq!(*hc.args, ["CMD", "curl", "-f"]);
+        assert_eq!(*one("HEALTHCHECK NONE").args, ["NONE"]);
     }
 
     #[test]

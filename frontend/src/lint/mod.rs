@@ -320,7 +320,7 @@ fn source_lines(source: &str) -> Vec<&str> {
 
 /// `FROM image AS name`: the name as written.
 fn stage_name(from: &Instruction) -> Option<&str> {
-    match from.args.as_slice() {
+    match &*from.args {
         [_, as_word, name] if as_word.eq_ignore_ascii_case("as") => Some(name),
         _ => None,
     }
