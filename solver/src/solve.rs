@@ -1351,6 +1351,13 @@ pub fn export_filesystem(store: &Store, layers: &[LayerBlob], dest: &Path) -> Re
 /// The merged filesystem of `layers` as a source, their snapshots prepared;
 /// `None` when there are no layers (an empty filesystem).
 pub(crate) fn filesystem_view(store: &Store, layers: &[LayerBlob]) -> Result<Option<ViewSource>> {
+    let lowers = image_lowers(store, layers)?;
+    Ok((!lowers.is_empty()).then(|| ViewSource(RootfsView::new(&lowers))))
+}
+
+/// The snapshot directories of `layers` (bottom first), unpacked where
+/// missing: the lower dirs of a sandbox on an image (`kiln run`).
+pub fn image_lowers(store: &Store, layers: &[LayerBlob]) -> Result<Vec<PathBuf>> {
     let snapshotter = Snapshotter::new(store.snapshots_dir()).map_err(exec_err)?;
     let mut lowers = Vec::new();
     let mut diff_ids = Vec::new();
@@ -1364,7 +1371,23 @@ pub(crate) fn filesystem_view(store: &Store, layers: &[LayerBlob]) -> Result<Opt
                 .map_err(exec_err)?,
         );
     }
-    Ok((!lowers.is_empty()).then(|| ViewSource(RootfsView::new(&lowers))))
+    Ok(lowers)
+}
+
+/// Copies what `path` (absolute, in the image) holds in the filesystem of
+/// `lowers` into the directory `dest`, owners and modes kept, as Docker
+/// fills a new volume; `false` when the image has nothing there.
+pub fn export_image_path(lowers: &[PathBuf], path: &str, dest: &Path) -> Result<bool> {
+    let view = ViewSource(RootfsView::new(lowers));
+    let rel = path.trim_start_matches('/');
+    let rel = if rel.is_empty() { "." } else { rel };
+    match crate::source::SourceFs::entry(&view, rel, true)? {
+        Some(entry) if entry.meta.is_dir() => {
+            export_tree(&view, rel, dest, ExportOwner::Keep)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 #[cfg(test)]

@@ -630,7 +630,7 @@ fn cancel_on_interrupt(cancel: &CancelToken) {
 
 /// A memory size as `docker run --memory` takes it: a number with an optional
 /// binary unit b, k, m or g (case-insensitive).
-fn parse_memory(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_memory(text: &str) -> Result<u64, String> {
     let bytes = parse_size(text, "512m or 2g")?;
     // Docker refuses limits this small: the step could not even start.
     if bytes < 6 << 20 {
@@ -641,7 +641,7 @@ fn parse_memory(text: &str) -> Result<u64, String> {
 
 /// A size as docker takes them: a number with an optional binary unit b, k,
 /// m or g (case-insensitive); `example` names good values in the error.
-fn parse_size(text: &str, example: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(text: &str, example: &str) -> Result<u64, String> {
     let lower = text.trim().to_ascii_lowercase();
     let (digits, unit) = match lower.find(|c: char| !c.is_ascii_digit()) {
         Some(at) => lower.split_at(at),
@@ -714,7 +714,7 @@ fn host_gateway() -> anyhow::Result<String> {
 }
 
 /// A CPU quota such as 0.5 or 2.
-fn parse_cpus(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_cpus(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
         Ok(cpus) if cpus.is_finite() && cpus > 0.0 => Ok(cpus),
         _ => Err(format!(
