@@ -81,6 +81,34 @@ pub struct SolveOptions {
     /// `CopyFrom::Named` reads as `CopyFrom::Context` reads the build
     /// context: through the same scoped reader, keyed by content.
     pub named_contexts: BTreeMap<String, Arc<BuildContext>>,
+    /// `kiln build --debug-shell`: called when a RUN step fails, before its
+    /// error ends the build.
+    pub debug_shell: Option<Arc<dyn DebugShell>>,
+}
+
+/// Where a failed RUN step can be looked into (`kiln build --debug-shell`).
+pub trait DebugShell: Send + Sync + std::fmt::Debug {
+    /// Called on the failed step's thread while its filesystem, mounts and
+    /// network still exist; the build goes on (ends with the step's error)
+    /// when it returns.
+    fn open(&self, step: &FailedStep<'_>);
+}
+
+/// A RUN step that failed, as [`DebugShell::open`] gets it.
+#[derive(Debug)]
+pub struct FailedStep<'a> {
+    /// `Dockerfile:LINE:COL: INSTRUCTION`.
+    pub location: String,
+    /// The step as it ran: its lowers, environment, working dir, user,
+    /// network and mounts; `argv` is the step's command.
+    pub spec: &'a RunSpec,
+    /// The changes the step made before it failed (an overlay upper dir).
+    pub upper: PathBuf,
+    /// An empty directory for a sandbox of the caller's own (removed later).
+    pub scratch: PathBuf,
+    /// The stage's SHELL (`["/bin/sh", "-c"]` unless set).
+    pub shell: Vec<String>,
+    pub error: &'a kiln_executor::Error,
 }
 
 impl SolveOptions {
@@ -107,6 +135,7 @@ impl Default for SolveOptions {
             shm_size: None,
             allow_insecure: false,
             named_contexts: BTreeMap::new(),
+            debug_shell: None,
         }
     }
 }
@@ -1324,13 +1353,55 @@ impl Runner<'_> {
                 line: line.text().into_owned(),
             });
         };
-        let upper =
-            kiln_executor::run(&spec, &work, self.cancel, &mut on_output).map_err(exec_err)?;
+        let upper = match kiln_executor::run(&spec, &work, self.cancel, &mut on_output) {
+            Ok(upper) => upper,
+            Err(error) => {
+                self.open_debug_shell(vertex, &spec, &scratch.0, &work, &error);
+                return Err(exec_err(error));
+            }
+        };
         // The agents' sockets exist only while the step runs.
         drop(ssh_proxies);
         drop(locks);
         let options = self.diff_options();
         self.write_layer_from(|w| upper.write_layer(w, &options))
+    }
+}
+
+impl Runner<'_> {
+    /// Hands a failed step to the `--debug-shell` hook (not a cancelled one).
+    fn open_debug_shell(
+        &self,
+        vertex: &Vertex<'_>,
+        spec: &RunSpec,
+        scratch: &Path,
+        work: &Path,
+        error: &kiln_executor::Error,
+    ) {
+        let Some(hook) = &self.options.debug_shell else {
+            return;
+        };
+        if matches!(error, kiln_executor::Error::Cancelled) || self.cancel.is_cancelled() {
+            return;
+        }
+        let debug = scratch.join("debug");
+        if fs::create_dir(&debug).is_err() {
+            return;
+        }
+        hook.open(&FailedStep {
+            location: format!("{}: {}", vertex.step.span, vertex.step.text),
+            spec,
+            upper: work.join("upper"),
+            scratch: debug,
+            shell: vertex
+                .stage
+                .config
+                .shell
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]),
+            error,
+        });
     }
 }
 

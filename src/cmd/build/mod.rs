@@ -17,6 +17,7 @@ use pull::{PullPolicy, RegistryResolver};
 
 mod cache;
 mod context;
+mod debug_shell;
 mod named;
 mod pull;
 mod push;
@@ -93,6 +94,12 @@ pub struct Args {
     /// is type=local, a bare `-` a tar on stdout.
     #[arg(short = 'o', long, value_name = "type=TYPE,dest=PATH")]
     output: Option<String>,
+    /// When a RUN step fails, open an interactive shell (the stage's SHELL)
+    /// in its filesystem, environment, working dir and mounts; the build
+    /// ends with the step's error when the shell exits. Needs a terminal;
+    /// steps run one at a time and progress is plain.
+    #[arg(long = "debug-shell")]
+    debug_shell: bool,
     /// Print only the image id: no progress (errors still go to stderr).
     #[arg(short = 'q', long)]
     quiet: bool,
@@ -381,7 +388,12 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         build_platform: host,
         named_contexts: named.frontend.clone(),
     };
+    if args.debug_shell {
+        debug_shell::check_terminal()?;
+    }
     let progress = match (args.quiet, args.progress.as_str()) {
+        // The shell gets the terminal: no live progress drawn over it.
+        (false, "auto") if args.debug_shell => "plain",
         (false, progress) => progress,
         (true, "auto" | "quiet") => "quiet",
         (true, other) => bail!("-q prints only the image id: it cannot go with --progress {other}"),
@@ -436,9 +448,14 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
     };
     let ssh_agents = ssh::Agents::from_flags(&args.ssh, &store.tmp_dir())?;
     let solve_options = SolveOptions {
-        jobs: args.jobs.map_or(SolveOptions::UNLIMITED_JOBS, |n| {
-            usize::try_from(n).unwrap_or(SolveOptions::UNLIMITED_JOBS)
-        }),
+        // With --debug-shell one step at a time: nothing else runs (and
+        // prints) while the shell is open.
+        jobs: match (args.debug_shell, args.jobs) {
+            (true, _) => 1,
+            (false, jobs) => jobs.map_or(SolveOptions::UNLIMITED_JOBS, |n| {
+                usize::try_from(n).unwrap_or(SolveOptions::UNLIMITED_JOBS)
+            }),
+        },
         no_cache: args.no_cache,
         cache_sources: if args.no_cache {
             Vec::new()
@@ -463,6 +480,10 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         },
         seccomp,
         named_contexts: named.directories.clone(),
+        debug_shell: args.debug_shell.then(|| {
+            std::sync::Arc::new(debug_shell::TerminalShell)
+                as std::sync::Arc<dyn kiln_solver::DebugShell>
+        }),
     };
     let cancel = CancelToken::new();
     cancel_on_interrupt(&cancel);
