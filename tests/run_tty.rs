@@ -73,7 +73,10 @@ impl Tmux {
             if screen.lines().any(|l| l.trim_end() == line) {
                 return;
             }
-            assert!(Instant::now() < deadline, "{line:?} never showed:\n{screen}");
+            assert!(
+                Instant::now() < deadline,
+                "{line:?} never showed:\n{screen}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

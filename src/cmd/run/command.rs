@@ -106,7 +106,14 @@ mod tests {
     /// the Dockerfile reference, and `docker run --entrypoint`).
     #[test]
     fn entrypoint_and_cmd_combine_as_docker_combines_them() {
-        let cases: &[(&[&str], &[&str], Option<&str>, &[&str], &[&str])] = &[
+        type Case<'a> = (
+            &'a [&'a str],
+            &'a [&'a str],
+            Option<&'a str>,
+            &'a [&'a str],
+            &'a [&'a str],
+        );
+        let cases: &[Case] = &[
             // image ENTRYPOINT, image CMD, --entrypoint, command, runs
             (&[], &["/bin/sh"], None, &[], &["/bin/sh"]),
             (&[], &["/bin/sh"], None, &["echo", "hi"], &["echo", "hi"]),
