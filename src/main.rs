@@ -64,6 +64,23 @@ enum Command {
     Attest(cmd::attest::Args),
     /// Register qemu-user handlers in binfmt_misc for foreign architectures.
     SetupBinfmt(cmd::setup_binfmt::Args),
+    /// Run a command in a new container of an image.
+    Run(Box<cmd::run::Args>),
+    /// List containers.
+    Ps(cmd::run::manage::PsArgs),
+    /// Print a detached container's output.
+    Logs(cmd::run::manage::LogsArgs),
+    /// Stop running containers (their stop signal, then a kill).
+    Stop(cmd::run::manage::StopArgs),
+    /// Remove containers.
+    Rm(cmd::run::manage::RmArgs),
+    /// Wait for containers to stop and print their exit codes.
+    Wait(cmd::run::manage::WaitArgs),
+    /// Make an image of a container's changes.
+    Commit(cmd::run::commit::Args),
+    /// Runs a detached container (started by `kiln run -d`).
+    #[command(name = "__supervise", hide = true)]
+    Supervise(cmd::run::manage::SuperviseArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +105,14 @@ fn main() -> ExitCode {
         Command::Logout(args) => cmd::registry::logout(&cli.global, args),
         Command::Attest(args) => cmd::attest::run(&cli.global, args),
         Command::SetupBinfmt(args) => cmd::setup_binfmt::run(&cli.global, args),
+        Command::Run(args) => cmd::run::run(&cli.global, *args),
+        Command::Ps(args) => cmd::run::manage::ps(&cli.global, args),
+        Command::Logs(args) => cmd::run::manage::logs(&cli.global, args),
+        Command::Stop(args) => cmd::run::manage::stop(&cli.global, args),
+        Command::Rm(args) => cmd::run::manage::rm(&cli.global, args),
+        Command::Wait(args) => cmd::run::manage::wait(&cli.global, args),
+        Command::Commit(args) => cmd::run::commit::run(&cli.global, args),
+        Command::Supervise(args) => cmd::run::manage::supervise(&cli.global, args),
     };
     match result {
         Ok(code) => code,

@@ -64,6 +64,18 @@ pub enum Error {
     /// A short id that matches several images.
     #[error("image id prefix {0:?} is ambiguous; give more digits")]
     AmbiguousId(String),
+    /// No container of that name or id.
+    #[error("no container named {0:?}; `kiln ps -a` lists them")]
+    NoSuchContainer(String),
+    /// A short id that matches several containers.
+    #[error("container id prefix {0:?} is ambiguous; give more digits")]
+    AmbiguousContainer(String),
+    /// A container name that another container has.
+    #[error("the container name {name:?} is already in use by container {id}: remove that container (`kiln rm {name}`) or choose another name")]
+    ContainerNameInUse { name: String, id: String },
+    /// A container that runs, where it must not.
+    #[error("container {0} is running: stop it first (`kiln stop`) or force it (`kiln rm -f`)")]
+    ContainerRunning(String),
     /// An archive that is neither an OCI archive nor a docker-archive.
     #[error("{0}")]
     BadArchive(String),

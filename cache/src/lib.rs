@@ -13,6 +13,7 @@
 mod archive;
 mod cache_dir;
 mod compression;
+mod containers;
 mod elf;
 mod error;
 mod fsutil;
@@ -29,6 +30,10 @@ pub use archive::{
 };
 pub use cache_dir::{export_cache_dir, CacheDir, DEFAULT_CACHE_TAG};
 pub use compression::{decompress_detected, Compression, InputCompression};
+pub use containers::{
+    ContainerRecord, ContainerState, Containers, RunningLock, Status as ContainerStatus,
+    KILLED_EXIT_CODE,
+};
 pub use error::{Error, Result};
 pub use fsutil::{parse_sha256, sha256_digest};
 pub use image::{

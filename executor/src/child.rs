@@ -32,6 +32,8 @@ pub(crate) const REPORT_FORK: u32 = 0xffff_0003;
 pub(crate) const REPORT_SECCOMP: u32 = 0xffff_0004;
 pub(crate) const REPORT_NETNS: u32 = 0xffff_0006;
 pub(crate) const REPORT_RLIMIT: u32 = 0xffff_0007;
+pub(crate) const REPORT_SESSION: u32 = 0xffff_0008;
+pub(crate) const REPORT_SIGNALS: u32 = 0xffff_0009;
 /// The value is the main process' raw wait status.
 pub(crate) const REPORT_STATUS: u32 = 0xffff_0005;
 
@@ -98,6 +100,13 @@ pub(crate) struct Plan {
     /// A network namespace to join (the build's private network), as numbered
     /// in the parent.
     pub netns: Option<RawFd>,
+    /// The main process starts a session of its own (`kiln run`): signals
+    /// of kiln's terminal reach it only through kiln.
+    pub new_session: bool,
+    /// Its stdin is a terminal that becomes its controlling terminal.
+    pub controlling_terminal: bool,
+    /// Init passes the signals kiln forwards on to the main process.
+    pub forward_signals: bool,
 }
 
 fn report(kind: u32, value: i32) {
@@ -278,11 +287,19 @@ pub(crate) fn init_main(plan: &Plan) -> ! {
             fail(index as u32, errno);
         }
     }
+    if plan.forward_signals {
+        if let Err(errno) = sys::install_forwarding() {
+            fail(REPORT_SIGNALS, errno);
+        }
+    }
     let main = match sys::clone_process(0) {
         Ok(Some(pid)) => pid,
         Ok(None) => exec_main(plan),
         Err(errno) => fail(REPORT_FORK, errno),
     };
+    if plan.forward_signals {
+        sys::forward_to(main);
+    }
     if let Err(errno) = drop_init_privileges(plan) {
         // Exiting takes the main process down with the pid namespace.
         fail(REPORT_CAPS, errno);
@@ -321,6 +338,16 @@ fn raw_status(status: WaitStatus) -> i32 {
 /// The step's main process: drops privileges and executes the program.
 fn exec_main(plan: &Plan) -> ! {
     sys::reset_signals();
+    if plan.new_session {
+        if let Err(errno) = nix::unistd::setsid() {
+            fail(REPORT_SESSION, errno);
+        }
+    }
+    if plan.controlling_terminal {
+        if let Err(errno) = sys::set_controlling_terminal(0) {
+            fail(REPORT_SESSION, errno);
+        }
+    }
     // Docker's umask, whatever kiln was started with: file modes in layers must
     // not depend on the user's shell.
     nix::sys::stat::umask(Mode::from_bits_truncate(0o022));

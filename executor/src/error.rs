@@ -49,7 +49,12 @@ pub enum Error {
     InvalidSpec(String),
     /// The step's program could not be found or executed inside the sandbox.
     #[error("cannot run {program:?} in the image: {reason}")]
-    Exec { program: String, reason: String },
+    Exec {
+        program: String,
+        reason: String,
+        /// What `execve` said (`ENOENT`: not found; others: cannot be run).
+        errno: nix::errno::Errno,
+    },
     /// Setting up the sandbox failed; `step` says which part.
     #[error("sandbox setup failed: {step}: {errno}")]
     Sandbox {
@@ -103,6 +108,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A host port to publish is taken.
+    #[error("cannot publish port {port}: the port is already in use (or the address is not this machine's): choose another host port")]
+    PortInUse {
+        port: String,
+        #[source]
+        source: io::Error,
+    },
+    /// slirp4netns would not forward a port.
+    #[error("cannot publish port {port}: {reason}")]
+    PortForward { port: String, reason: String },
     /// An architecture name kiln does not know how to emulate.
     #[error("unknown architecture {0:?}: expected an OCI architecture such as amd64, arm64, arm, 386, mips64le, ppc64le, riscv64, s390x, loong64")]
     UnknownArch(String),

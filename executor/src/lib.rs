@@ -68,6 +68,7 @@ mod seccomp;
 mod snapshot;
 mod spec;
 mod sys;
+mod terminal;
 mod user;
 mod view;
 
@@ -78,14 +79,15 @@ pub use diff::{
     write_dir_layer, write_dir_layer_with, DiffOptions, ExtraFile, LayerSummary, Upper,
 };
 pub use error::{Error, Result};
-pub use network::PrivateNetwork;
+pub use network::{PrivateNetwork, PublishedPort};
 pub use resolve::{
     copy_resolved, link_resolved, open_resolved, resolve, HostDir, Node, OpenDir, Resolved,
     ScopedTree,
 };
 pub use seccomp::{Profile, ProfileError, Seccomp};
 pub use snapshot::{remove_tree, Snapshotter, SpecialFile};
-pub use spec::{CancelToken, Limits, Mount, Network, OutputLine, RunSpec, Stream, Ulimit};
+pub use spec::{CancelToken, Limits, Mount, Network, OutputLine, RunSpec, Stdio, Stream, Ulimit};
+pub use terminal::{copy_window_size, Pty, RawMode};
 pub use user::{resolve_user, User};
 pub use view::{RootfsView, ViewEntry};
 

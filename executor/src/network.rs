@@ -13,6 +13,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,8 +58,12 @@ impl PrivateNetwork {
     /// Creates the namespace and starts slirp4netns on it; returns once the
     /// namespace has its interface, address, route and loopback up. Needs root.
     pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    fn start_with(api_socket: Option<&Path>) -> Result<Self> {
         let netns = new_netns()?;
-        let (stack, exit_pipe) = start_stack(&netns)?;
+        let (stack, exit_pipe) = start_stack(&netns, api_socket)?;
         let host_resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
         Ok(Self {
             inner: Arc::new(Inner {
@@ -68,6 +73,33 @@ impl PrivateNetwork {
                 resolv_conf: resolv_conf(&host_resolv),
             }),
         })
+    }
+
+    /// [`start`](Self::start), with `ports` of the host forwarded into the
+    /// namespace (`kiln run -p`) through slirp4netns' API socket. A host
+    /// port already in use is [`Error::PortInUse`].
+    pub fn start_publishing(ports: &[PublishedPort]) -> Result<Self> {
+        if ports.is_empty() {
+            return Self::start();
+        }
+        for port in ports {
+            check_free(port)?;
+        }
+        let api = std::env::temp_dir().join(format!(
+            "kiln-slirp4netns-{}-{}.sock",
+            std::process::id(),
+            API_SOCKETS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        let network = Self::start_with(Some(&api));
+        let added = network
+            .as_ref()
+            .map_err(|_| ())
+            .map(|_| ports.iter().try_for_each(|port| add_hostfwd(&api, port)));
+        let _ = std::fs::remove_file(&api);
+        match added {
+            Ok(Err(e)) => Err(e),
+            _ => network,
+        }
     }
 
     /// The namespace's descriptor, for the sandbox's init to `setns` into.
@@ -110,6 +142,75 @@ impl fmt::Debug for PrivateNetwork {
     }
 }
 
+/// A host port forwarded to a port of the private network's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedPort {
+    /// The host address to listen on (`0.0.0.0`: all).
+    pub host_ip: String,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub udp: bool,
+}
+
+impl fmt::Display for PublishedPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = if self.udp { "udp" } else { "tcp" };
+        write!(f, "{}:{}/{proto}", self.host_ip, self.host_port)
+    }
+}
+
+/// Numbers the API sockets of one process.
+static API_SOCKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Fails with [`Error::PortInUse`] when something already listens on the
+/// port's host address (slirp4netns would only say that it failed).
+fn check_free(port: &PublishedPort) -> Result<()> {
+    let address = format!("{}:{}", port.host_ip, port.host_port);
+    let bound = if port.udp {
+        std::net::UdpSocket::bind(&address).map(drop)
+    } else {
+        std::net::TcpListener::bind(&address).map(drop)
+    };
+    bound.map_err(|source| Error::PortInUse {
+        port: port.to_string(),
+        source,
+    })
+}
+
+/// Asks slirp4netns (through its API socket at `api`) to forward `port`.
+fn add_hostfwd(api: &Path, port: &PublishedPort) -> Result<()> {
+    use std::io::Write;
+    let fail = |reason: String| Error::PortForward {
+        port: port.to_string(),
+        reason,
+    };
+    let request = serde_json::json!({
+        "execute": "add_hostfwd",
+        "arguments": {
+            "proto": if port.udp { "udp" } else { "tcp" },
+            "host_addr": port.host_ip,
+            "host_port": port.host_port,
+            "guest_port": port.container_port,
+        }
+    });
+    let mut stream = std::os::unix::net::UnixStream::connect(api)
+        .map_err(|e| fail(format!("cannot reach slirp4netns' API socket: {e}")))?;
+    stream
+        .write_all(request.to_string().as_bytes())
+        .and_then(|()| stream.shutdown(std::net::Shutdown::Write))
+        .map_err(|e| fail(format!("cannot talk to slirp4netns: {e}")))?;
+    let mut reply = String::new();
+    stream
+        .read_to_string(&mut reply)
+        .map_err(|e| fail(format!("cannot read slirp4netns' answer: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&reply).map_err(|_| fail(format!("slirp4netns said {reply:?}")))?;
+    match value.get("error") {
+        None => Ok(()),
+        Some(error) => Err(fail(format!("slirp4netns said {error}"))),
+    }
+}
+
 /// A new network namespace, held only by the returned descriptor: a
 /// short-lived thread unshares its own network namespace (which leaves the
 /// rest of the process where it was), opens it, and ends.
@@ -145,7 +246,7 @@ fn new_netns() -> Result<OwnedFd> {
 
 /// Starts slirp4netns on `netns` and waits until it has configured it.
 /// Returns the process and the write end of its exit pipe.
-fn start_stack(netns: &OwnedFd) -> Result<(Child, OwnedFd)> {
+fn start_stack(netns: &OwnedFd, api_socket: Option<&Path>) -> Result<(Child, OwnedFd)> {
     let pipe_err = |errno: nix::errno::Errno| Error::Network {
         step: "create a pipe".into(),
         source: errno.into(),
@@ -153,11 +254,14 @@ fn start_stack(netns: &OwnedFd) -> Result<(Child, OwnedFd)> {
     let (ready_read, ready_write) = pipe2(OFlag::O_CLOEXEC).map_err(pipe_err)?;
     let (exit_read, exit_write) = pipe2(OFlag::O_CLOEXEC).map_err(pipe_err)?;
     let log = stack_log()?;
-    let args = stack_args(
+    let mut args = stack_args(
         netns.as_raw_fd(),
         ready_write.as_raw_fd(),
         exit_read.as_raw_fd(),
     );
+    if let Some(api) = api_socket {
+        args.insert(0, format!("--api-socket={}", api.display()));
+    }
     let mut command = Command::new(STACK_PROGRAM);
     command
         .args(&args)

@@ -334,6 +334,11 @@ fn validate(spec: &RunSpec) -> Result<()> {
             )));
         }
     }
+    if spec.stdio.is_some() && spec.stdin.is_some() {
+        return Err(Error::InvalidSpec(
+            "stdin bytes and stdio descriptors are exclusive".into(),
+        ));
+    }
     if spec.hostname.len() > 64 || spec.hostname.contains('\0') {
         return Err(Error::InvalidSpec(format!(
             "hostname {:?} is longer than 64 bytes",
@@ -778,6 +783,16 @@ fn build_plan(
         Op::Chdir(cstring(resolved_cwd.as_str())?),
         format!("enter working directory {resolved_cwd}"),
     );
+    if spec.read_only_root {
+        b.mount(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+            "make the root filesystem read-only".into(),
+        )?;
+    }
 
     // The root filesystem comes first; its lower dirs are known now that every
     // mountpoint is.
@@ -873,6 +888,9 @@ fn build_plan(
             Network::Private(network) => Some(network.netns_fd()),
             Network::None | Network::Host => None,
         },
+        new_session: spec.stdio.is_some(),
+        controlling_terminal: spec.stdio.as_ref().is_some_and(|s| s.terminal),
+        forward_signals: spec.stdio.is_some(),
     };
     Ok(Prepared {
         plan,
@@ -1019,6 +1037,53 @@ impl From<Error> for Attempt {
     }
 }
 
+/// The step's standard streams: the ends its main process gets (as 0, 1,
+/// 2) and the ends kiln keeps (stdin to feed, output to read), which are
+/// `None` for descriptors given in [`RunSpec::stdio`].
+struct Streams {
+    child: [OwnedFd; 3],
+    stdin_w: Option<OwnedFd>,
+    out_r: Option<OwnedFd>,
+    err_r: Option<OwnedFd>,
+}
+
+impl Streams {
+    fn open(spec: &RunSpec) -> Result<Streams> {
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map_err(io_err("duplicate a descriptor of", "the step's stdio"))
+        };
+        if let Some(stdio) = &spec.stdio {
+            return Ok(Streams {
+                child: [dup(&stdio.stdin)?, dup(&stdio.stdout)?, dup(&stdio.stderr)?],
+                stdin_w: None,
+                out_r: None,
+                err_r: None,
+            });
+        }
+        let (stdin_source, stdin_w) = match &spec.stdin {
+            Some(_) => {
+                let (r, w) = pipe()?;
+                (r, Some(w))
+            }
+            None => (
+                File::open("/dev/null")
+                    .map_err(io_err("open", "/dev/null"))?
+                    .into(),
+                None,
+            ),
+        };
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        Ok(Streams {
+            child: [stdin_source, out_w, err_w],
+            stdin_w,
+            out_r: Some(out_r),
+            err_r: Some(err_r),
+        })
+    }
+}
+
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::Io {
         action: "create pipe for",
@@ -1036,25 +1101,14 @@ fn attempt(
     cancel: &CancelToken,
     on_output: &mut dyn FnMut(OutputLine),
 ) -> std::result::Result<Vec<String>, Attempt> {
-    let (stdin_r, stdin_w) = pipe()?;
-    let stdin_source: OwnedFd = match &spec.stdin {
-        Some(_) => stdin_r,
-        None => {
-            drop(stdin_r);
-            File::open("/dev/null")
-                .map_err(io_err("open", "/dev/null"))?
-                .into()
-        }
-    };
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
+    let streams = Streams::open(spec)?;
     let (report_r, report_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
     let cgroup = StepCgroup::create(&spec.limits)?;
     let fds = [
-        stdin_source.as_raw_fd(),
-        out_w.as_raw_fd(),
-        err_w.as_raw_fd(),
+        streams.child[0].as_raw_fd(),
+        streams.child[1].as_raw_fd(),
+        streams.child[2].as_raw_fd(),
         report_w.as_raw_fd(),
         go_r.as_raw_fd(),
     ];
@@ -1071,7 +1125,13 @@ fn attempt(
             }))
         }
     };
-    drop((stdin_source, out_w, err_w, report_w, go_r));
+    let Streams {
+        child: child_ends,
+        stdin_w,
+        out_r,
+        err_r,
+    } = streams;
+    drop((child_ends, report_w, go_r));
     let mut guard = InitGuard { pid: Some(init) };
     if let Some(cgroup) = &cgroup {
         cgroup.add(init)?;
@@ -1080,18 +1140,15 @@ fn attempt(
     drop(go_w);
 
     // Feed stdin from a helper thread so a step that never reads it cannot block us.
-    let feeder = match &spec.stdin {
-        Some(bytes) => {
+    let feeder = match (&spec.stdin, stdin_w) {
+        (Some(bytes), Some(stdin_w)) => {
             let bytes = bytes.clone();
             let mut file = File::from(stdin_w);
             Some(std::thread::spawn(move || {
                 let _ = file.write_all(&bytes);
             }))
         }
-        None => {
-            drop(stdin_w);
-            None
-        }
+        _ => None,
     };
 
     let mut last = VecDeque::new();
@@ -1104,13 +1161,16 @@ fn attempt(
         buffer: Vec::new(),
     };
     let mut report_bytes = Vec::new();
-    let mut open = [Some(out_r), Some(err_r), Some(report_r)];
+    let mut open = [out_r, err_r, Some(report_r)];
     let mut cancelled = false;
     let mut buffer = vec![0u8; 64 * 1024];
     while open.iter().any(Option::is_some) {
         if !cancelled && cancel.is_cancelled() {
             cancelled = true;
             guard.kill();
+        }
+        if spec.stdio.is_some() {
+            guard.forward(cancel.take_signals());
         }
         let mut poll_fds: Vec<PollFd> = Vec::new();
         let mut which = Vec::new();
@@ -1213,6 +1273,7 @@ fn failure_error(kind: u32, errno: Errno, descriptions: &[String], spec: &RunSpe
                 other => other.desc().to_owned(),
             },
             program,
+            errno,
         },
         child::REPORT_IDENTITY => Error::Sandbox {
             step: format!("switch to user {:?}", spec.user),
@@ -1223,6 +1284,8 @@ fn failure_error(kind: u32, errno: Errno, descriptions: &[String], spec: &RunSpe
         child::REPORT_SECCOMP => Error::Sandbox { step: "load the seccomp filter".into(), errno },
         child::REPORT_NETNS => Error::Sandbox { step: "join the build's network namespace".into(), errno },
         child::REPORT_RLIMIT => Error::Sandbox { step: "set the --ulimit limits".into(), errno },
+        child::REPORT_SESSION => Error::Sandbox { step: "start a session with the terminal".into(), errno },
+        child::REPORT_SIGNALS => Error::Sandbox { step: "forward signals to the process".into(), errno },
         index => Error::Sandbox {
             step: descriptions.get(index as usize).cloned().unwrap_or_else(|| format!("setup step {index}")),
             errno,
@@ -1254,6 +1317,19 @@ struct InitGuard {
 }
 
 impl InitGuard {
+    /// Sends each signal of the bit set to init, which passes it on to the
+    /// main process.
+    fn forward(&self, signals: u64) {
+        let Some(pid) = self.pid else { return };
+        for number in 1..64 {
+            if signals & (1 << number) != 0 {
+                if let Ok(signal) = Signal::try_from(number) {
+                    let _ = kill(pid, signal);
+                }
+            }
+        }
+    }
+
     fn kill(&mut self) {
         if let Some(pid) = self.pid {
             let _ = kill(pid, Signal::SIGKILL);

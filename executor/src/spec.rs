@@ -1,7 +1,8 @@
 //! What a step is: the inputs of [`run`](crate::run).
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::seccomp::Seccomp;
@@ -54,6 +55,26 @@ pub struct RunSpec {
     /// `security.insecure` entitlement gives. The caller decides whether a
     /// build may ask for it.
     pub privileged: bool,
+    /// The main process' own standard streams (`kiln run`): given as they
+    /// are instead of the captured, line-split output of a step, with the
+    /// process in a session of its own. `stdin` must be `None` with them.
+    pub stdio: Option<Stdio>,
+    /// Mount the root filesystem read-only (`kiln run --read-only`); the
+    /// mounts, /dev, /proc and the working directory made for the step stay
+    /// as they are.
+    pub read_only_root: bool,
+}
+
+/// Standard streams handed to a step's main process as descriptors (a
+/// terminal, kiln's own stdio, a log pipe): see [`RunSpec::stdio`].
+#[derive(Debug, Clone)]
+pub struct Stdio {
+    pub stdin: Arc<OwnedFd>,
+    pub stdout: Arc<OwnedFd>,
+    pub stderr: Arc<OwnedFd>,
+    /// `stdin` is a terminal (a pty's replica side) that becomes the main
+    /// process' controlling terminal, as `docker run -t` gives.
+    pub terminal: bool,
 }
 
 /// The network a step sees.
@@ -147,9 +168,15 @@ impl OutputLine {
 /// Stops running steps: cloned into every step of a build, cancelled on Ctrl-C or
 /// when a parallel step fails. A cancelled step is killed (with everything it
 /// started) within about 20 ms and [`run`](crate::run) returns
-/// [`Error::Cancelled`](crate::Error::Cancelled).
+/// [`Error::Cancelled`](crate::Error::Cancelled). It also carries signals to
+/// the main processes of steps run with [`RunSpec::stdio`]
+/// ([`forward_signal`](Self::forward_signal)).
 #[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
+pub struct CancelToken {
+    cancelled: Arc<AtomicBool>,
+    /// Signals to forward, one bit per signal number.
+    signals: Arc<AtomicU64>,
+}
 
 impl CancelToken {
     /// A token that is not cancelled.
@@ -159,12 +186,27 @@ impl CancelToken {
 
     /// Cancels every step holding a clone of this token.
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.cancelled.store(true, Ordering::SeqCst);
     }
 
     /// Whether [`cancel`](Self::cancel) was called.
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Sends `signal` (1..=63) to the main process of every running step
+    /// with [`RunSpec::stdio`] that holds a clone of this token, within about
+    /// 20 ms (the sandbox's init passes it on, as `docker run --init` does).
+    /// The same signal sent twice before it is delivered arrives once.
+    pub fn forward_signal(&self, signal: i32) {
+        if (1..64).contains(&signal) {
+            self.signals.fetch_or(1 << signal, Ordering::SeqCst);
+        }
+    }
+
+    /// The signals to deliver since the last call, as a bit set.
+    pub(crate) fn take_signals(&self) -> u64 {
+        self.signals.swap(0, Ordering::SeqCst)
     }
 }
 

@@ -418,3 +418,100 @@ pub(crate) fn create_persistent_tap(name: &CStr) -> Result<(), Errno> {
     let ret = unsafe { libc::ioctl(fd, libc::TUNSETPERSIST, 1 as libc::c_ulong) };
     Errno::result(ret).map(drop)
 }
+
+/// The signals the sandbox's init passes on to the main process of a
+/// `kiln run` container (what `docker run --init` forwards; not the ones
+/// the kernel raises for a fault, nor SIGCHLD, SIGKILL or SIGSTOP).
+pub(crate) const FORWARDED_SIGNALS: [libc::c_int; 11] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGPIPE,
+    libc::SIGALRM,
+    libc::SIGTERM,
+    libc::SIGCONT,
+    libc::SIGWINCH,
+    libc::SIGTSTP,
+];
+
+/// The main process signals go to (0: not started yet).
+static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// A signal that came before the main process existed (0: none).
+static FORWARD_PENDING: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward_signal(signal: libc::c_int) {
+    use std::sync::atomic::Ordering;
+    let target = FORWARD_TO.load(Ordering::SeqCst);
+    if target > 0 {
+        // SAFETY: kill is async-signal-safe and touches no memory.
+        unsafe { libc::kill(target, signal) };
+    } else {
+        FORWARD_PENDING.store(signal, Ordering::SeqCst);
+    }
+}
+
+/// Makes the calling process (the sandbox's init) pass [`FORWARDED_SIGNALS`]
+/// on to the process [`forward_to`] names, and unblocks them (kiln's
+/// threads may block them to wait for them synchronously).
+pub(crate) fn install_forwarding() -> Result<(), Errno> {
+    // SAFETY: sigaction with a handler that only calls kill and touches
+    // atomics; the structures are plain data on the stack.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = forward_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in FORWARDED_SIGNALS {
+            if libc::sigaction(signal, &action, ptr::null_mut()) < 0 {
+                return Err(Errno::last());
+            }
+            libc::sigaddset(&mut set, signal);
+        }
+        if libc::sigprocmask(libc::SIG_UNBLOCK, &set, ptr::null_mut()) < 0 {
+            return Err(Errno::last());
+        }
+    }
+    Ok(())
+}
+
+/// Names the process forwarded signals go to, and delivers one that came
+/// before it existed.
+pub(crate) fn forward_to(pid: Pid) {
+    use std::sync::atomic::Ordering;
+    FORWARD_TO.store(pid.as_raw(), Ordering::SeqCst);
+    let pending = FORWARD_PENDING.swap(0, Ordering::SeqCst);
+    if pending != 0 {
+        // SAFETY: integer-only syscall.
+        unsafe { libc::kill(pid.as_raw(), pending) };
+    }
+}
+
+/// Makes the terminal `fd` the calling session leader's controlling terminal
+/// (`TIOCSCTTY`).
+pub(crate) fn set_controlling_terminal(fd: RawFd) -> Result<(), Errno> {
+    // SAFETY: TIOCSCTTY takes an integer argument.
+    let ret = unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0 as libc::c_ulong) };
+    Errno::result(ret).map(drop)
+}
+
+/// The window size of the terminal `fd` (`TIOCGWINSZ`).
+pub(crate) fn window_size(fd: RawFd) -> Result<libc::winsize, Errno> {
+    // SAFETY: winsize is plain old data; TIOCGWINSZ writes the one we own.
+    unsafe {
+        let mut size: libc::winsize = std::mem::zeroed();
+        let ret = libc::ioctl(fd, libc::TIOCGWINSZ, &mut size as *mut libc::winsize);
+        Errno::result(ret).map(|_| size)
+    }
+}
+
+/// Sets the window size of the terminal `fd` (`TIOCSWINSZ`); the kernel
+/// sends SIGWINCH to its foreground process group.
+pub(crate) fn set_window_size(fd: RawFd, size: &libc::winsize) -> Result<(), Errno> {
+    // SAFETY: TIOCSWINSZ reads the winsize we own.
+    let ret = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, size as *const libc::winsize) };
+    Errno::result(ret).map(drop)
+}

@@ -979,6 +979,7 @@ impl<'a> Compiler<'a> {
         }
         let user = state.config.user.clone().filter(|u| !u.is_empty());
         let env_key = state.env_key();
+        let shell = state.shell();
         let run_env = state.run_env(&self.options.build_args);
         let argv_len: usize = argv.iter().map(|a| a.len() + 1).sum();
         let mut created_by = String::with_capacity(4 + run_env.history_args.len() + argv_len + 11);
@@ -988,6 +989,7 @@ impl<'a> Compiler<'a> {
         created_by.push_str(" # buildkit");
         let run = RunStep {
             argv,
+            shell,
             env: run_env.env.clone(),
             user,
             workdir,
@@ -1569,6 +1571,8 @@ struct StageState {
     /// RUN's environment and history prefix, built at the first RUN after a
     /// change and shared by the RUNs up to the next ENV or ARG.
     run_env: Option<RunEnv>,
+    /// The SHELL in effect as RUN steps share it, made again after a SHELL.
+    shell: Option<Arc<[String]>>,
     /// Whether CMD was set in this stage (ENTRYPOINT then keeps it).
     cmd_set: bool,
     /// The length of the last RUN history prefix built, to size the next.
@@ -1634,6 +1638,7 @@ impl StageState {
             env_key,
             env_changes: None,
             run_env: None,
+            shell: None,
             cmd_set: false,
             history_len_hint: 0,
             digest,
@@ -1733,6 +1738,18 @@ impl StageState {
             Some(dir) if !dir.is_empty() => dir,
             _ => "/",
         }
+    }
+
+    /// The shell in effect (SHELL, else `/bin/sh -c`), shared by the RUN
+    /// steps until the next SHELL.
+    fn shell(&mut self) -> Arc<[String]> {
+        let config = &self.config;
+        self.shell
+            .get_or_insert_with(|| match &config.shell {
+                Some(shell) if !shell.is_empty() => shell.as_slice().into(),
+                _ => DEFAULT_SHELL.iter().map(|s| s.to_string()).collect(),
+            })
+            .clone()
     }
 
     /// The shell (SHELL, else `/bin/sh -c`) with `command` after it.
@@ -2108,6 +2125,7 @@ fn apply_config(
         }
         Keyword::Shell => {
             state.config.shell = Some(instruction.args.to_vec());
+            state.shell = None;
             format!("SHELL [{}]", instruction.args.join(" "))
         }
         Keyword::Healthcheck => {

@@ -331,6 +331,9 @@ pub struct WorkdirStep {
 pub struct RunStep {
     /// The command: exec form as written, shell form wrapped in SHELL.
     pub argv: Vec<String>,
+    /// The SHELL in effect (`/bin/sh -c` unless set), shared by the steps
+    /// between two SHELL instructions: what a debug shell opens.
+    pub shell: Arc<[String]>,
     /// `K=V`: the image's Env (after ENV instructions), then the ARGs in scope
     /// that no ENV overrides, then proxy build args. Shared by the RUN steps
     /// between two ENV/ARG changes (and its entries by every list that has

@@ -912,3 +912,12 @@ fn every_stage_built_from_a_stage_inherits_its_config() {
     assert_eq!(labels("x"), ["a=1", "b=2"]);
     assert_eq!(labels("base"), ["a=1"]);
 }
+
+#[test]
+fn run_steps_carry_the_shell_in_effect_even_in_exec_form() {
+    let graph = build("FROM scratch\nRUN a\nSHELL [\"/bin/bash\", \"-c\"]\nRUN [\"b\"]\n");
+    let runs = runs(target(&graph));
+    assert_eq!(*runs[0].shell, ["/bin/sh", "-c"]);
+    assert_eq!(*runs[1].shell, ["/bin/bash", "-c"]);
+    assert_eq!(runs[1].argv, ["b"]);
+}

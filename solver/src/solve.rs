@@ -85,6 +85,34 @@ pub struct SolveOptions {
     /// SBOM and provenance to attach to the image as OCI referrers; none by
     /// default, and then the build writes nothing more than the image.
     pub attest: AttestOptions,
+    /// `kiln build --debug-shell`: called when a RUN step fails, before its
+    /// error ends the build.
+    pub debug_shell: Option<Arc<dyn DebugShell>>,
+}
+
+/// Where a failed RUN step can be looked into (`kiln build --debug-shell`).
+pub trait DebugShell: Send + Sync + std::fmt::Debug {
+    /// Called on the failed step's thread while its filesystem, mounts and
+    /// network still exist; the build goes on (ends with the step's error)
+    /// when it returns.
+    fn open(&self, step: &FailedStep<'_>);
+}
+
+/// A RUN step that failed, as [`DebugShell::open`] gets it.
+#[derive(Debug)]
+pub struct FailedStep<'a> {
+    /// `Dockerfile:LINE:COL: INSTRUCTION`.
+    pub location: String,
+    /// The step as it ran: its lowers, environment, working dir, user,
+    /// network and mounts; `argv` is the step's command.
+    pub spec: &'a RunSpec,
+    /// The changes the step made before it failed (an overlay upper dir).
+    pub upper: PathBuf,
+    /// An empty directory for a sandbox of the caller's own (removed later).
+    pub scratch: PathBuf,
+    /// The stage's SHELL (`["/bin/sh", "-c"]` unless set).
+    pub shell: Vec<String>,
+    pub error: &'a kiln_executor::Error,
 }
 
 impl SolveOptions {
@@ -112,6 +140,7 @@ impl Default for SolveOptions {
             allow_insecure: false,
             named_contexts: BTreeMap::new(),
             attest: AttestOptions::default(),
+            debug_shell: None,
         }
     }
 }
@@ -1383,13 +1412,52 @@ impl Runner<'_> {
                 line: line.text().into_owned(),
             });
         };
-        let upper =
-            kiln_executor::run(&spec, &work, self.cancel, &mut on_output).map_err(exec_err)?;
+        let upper = match kiln_executor::run(&spec, &work, self.cancel, &mut on_output) {
+            Ok(upper) => upper,
+            Err(error) => {
+                self.open_debug_shell(vertex, &spec, &scratch.0, &work, &error);
+                return Err(exec_err(error));
+            }
+        };
         // The agents' sockets exist only while the step runs.
         drop(ssh_proxies);
         drop(locks);
         let options = self.diff_options();
         self.write_layer_from(|w| upper.write_layer(w, &options))
+    }
+}
+
+impl Runner<'_> {
+    /// Hands a failed step to the `--debug-shell` hook (not a cancelled one).
+    fn open_debug_shell(
+        &self,
+        vertex: &Vertex<'_>,
+        spec: &RunSpec,
+        scratch: &Path,
+        work: &Path,
+        error: &kiln_executor::Error,
+    ) {
+        let Some(hook) = &self.options.debug_shell else {
+            return;
+        };
+        if matches!(error, kiln_executor::Error::Cancelled) || self.cancel.is_cancelled() {
+            return;
+        }
+        let debug = scratch.join("debug");
+        if fs::create_dir(&debug).is_err() {
+            return;
+        }
+        hook.open(&FailedStep {
+            location: format!("{}: {}", vertex.step.span, vertex.step.text),
+            spec,
+            upper: work.join("upper"),
+            scratch: debug,
+            shell: match &vertex.step.kind {
+                StepKind::Run(run) => run.shell.to_vec(),
+                _ => vec!["/bin/sh".into(), "-c".into()],
+            },
+            error,
+        });
     }
 }
 
@@ -1410,6 +1478,13 @@ pub fn export_filesystem(store: &Store, layers: &[LayerBlob], dest: &Path) -> Re
 /// The merged filesystem of `layers` as a source, their snapshots prepared;
 /// `None` when there are no layers (an empty filesystem).
 pub(crate) fn filesystem_view(store: &Store, layers: &[LayerBlob]) -> Result<Option<ViewSource>> {
+    let lowers = image_lowers(store, layers)?;
+    Ok((!lowers.is_empty()).then(|| ViewSource(RootfsView::new(&lowers))))
+}
+
+/// The snapshot directories of `layers` (bottom first), unpacked where
+/// missing: the lower dirs of a sandbox on an image (`kiln run`).
+pub fn image_lowers(store: &Store, layers: &[LayerBlob]) -> Result<Vec<PathBuf>> {
     let snapshotter = Snapshotter::new(store.snapshots_dir()).map_err(exec_err)?;
     let mut lowers = Vec::new();
     let mut diff_ids = Vec::new();
@@ -1423,7 +1498,23 @@ pub(crate) fn filesystem_view(store: &Store, layers: &[LayerBlob]) -> Result<Opt
                 .map_err(exec_err)?,
         );
     }
-    Ok((!lowers.is_empty()).then(|| ViewSource(RootfsView::new(&lowers))))
+    Ok(lowers)
+}
+
+/// Copies what `path` (absolute, in the image) holds in the filesystem of
+/// `lowers` into the directory `dest`, owners and modes kept, as Docker
+/// fills a new volume; `false` when the image has nothing there.
+pub fn export_image_path(lowers: &[PathBuf], path: &str, dest: &Path) -> Result<bool> {
+    let view = ViewSource(RootfsView::new(lowers));
+    let rel = path.trim_start_matches('/');
+    let rel = if rel.is_empty() { "." } else { rel };
+    match crate::source::SourceFs::entry(&view, rel, true)? {
+        Some(entry) if entry.meta.is_dir() => {
+            export_tree(&view, rel, dest, ExportOwner::Keep)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 #[cfg(test)]

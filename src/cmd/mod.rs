@@ -12,6 +12,7 @@ pub mod import;
 pub mod lint;
 pub mod parse;
 pub mod registry;
+pub mod run;
 pub mod setup_binfmt;
 pub mod store;
 

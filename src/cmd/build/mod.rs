@@ -19,6 +19,7 @@ use pull::{PullPolicy, RegistryResolver};
 
 mod cache;
 mod context;
+mod debug_shell;
 mod named;
 mod pull;
 mod push;
@@ -95,6 +96,12 @@ pub struct Args {
     /// is type=local, a bare `-` a tar on stdout.
     #[arg(short = 'o', long, value_name = "type=TYPE,dest=PATH")]
     output: Option<String>,
+    /// When a RUN step fails, open an interactive shell (the stage's SHELL)
+    /// in its filesystem, environment, working dir and mounts; the build
+    /// ends with the step's error when the shell exits. Needs a terminal;
+    /// steps run one at a time and progress is plain.
+    #[arg(long = "debug-shell")]
+    debug_shell: bool,
     /// Print only the image id: no progress (errors still go to stderr).
     #[arg(short = 'q', long)]
     quiet: bool,
@@ -447,7 +454,12 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         build_platform: host,
         named_contexts: named.frontend.clone(),
     };
+    if args.debug_shell {
+        debug_shell::check_terminal()?;
+    }
     let progress = match (args.quiet, args.progress.as_str()) {
+        // The shell gets the terminal: no live progress drawn over it.
+        (false, "auto") if args.debug_shell => "plain",
         (false, progress) => progress,
         (true, "auto" | "quiet") => "quiet",
         (true, other) => bail!("-q prints only the image id: it cannot go with --progress {other}"),
@@ -502,9 +514,14 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
     };
     let ssh_agents = ssh::Agents::from_flags(&args.ssh, &store.tmp_dir())?;
     let solve_options = SolveOptions {
-        jobs: args.jobs.map_or(SolveOptions::UNLIMITED_JOBS, |n| {
-            usize::try_from(n).unwrap_or(SolveOptions::UNLIMITED_JOBS)
-        }),
+        // With --debug-shell one step at a time: nothing else runs (and
+        // prints) while the shell is open.
+        jobs: match (args.debug_shell, args.jobs) {
+            (true, _) => 1,
+            (false, jobs) => jobs.map_or(SolveOptions::UNLIMITED_JOBS, |n| {
+                usize::try_from(n).unwrap_or(SolveOptions::UNLIMITED_JOBS)
+            }),
+        },
         no_cache: args.no_cache,
         cache_sources: if args.no_cache {
             Vec::new()
@@ -534,6 +551,10 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
             sbom,
             invocation,
         },
+        debug_shell: args.debug_shell.then(|| {
+            std::sync::Arc::new(debug_shell::TerminalShell)
+                as std::sync::Arc<dyn kiln_solver::DebugShell>
+        }),
     };
     let cancel = CancelToken::new();
     cancel_on_interrupt(&cancel);
@@ -701,7 +722,7 @@ fn cancel_on_interrupt(cancel: &CancelToken) {
 
 /// A memory size as `docker run --memory` takes it: a number with an optional
 /// binary unit b, k, m or g (case-insensitive).
-fn parse_memory(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_memory(text: &str) -> Result<u64, String> {
     let bytes = parse_size(text, "512m or 2g")?;
     // Docker refuses limits this small: the step could not even start.
     if bytes < 6 << 20 {
@@ -712,7 +733,7 @@ fn parse_memory(text: &str) -> Result<u64, String> {
 
 /// A size as docker takes them: a number with an optional binary unit b, k,
 /// m or g (case-insensitive); `example` names good values in the error.
-fn parse_size(text: &str, example: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(text: &str, example: &str) -> Result<u64, String> {
     let lower = text.trim().to_ascii_lowercase();
     let (digits, unit) = match lower.find(|c: char| !c.is_ascii_digit()) {
         Some(at) => lower.split_at(at),
@@ -785,7 +806,7 @@ fn host_gateway() -> anyhow::Result<String> {
 }
 
 /// A CPU quota such as 0.5 or 2.
-fn parse_cpus(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_cpus(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
         Ok(cpus) if cpus.is_finite() && cpus > 0.0 => Ok(cpus),
         _ => Err(format!(
