@@ -421,3 +421,45 @@ fn sigterm_to_kiln_reaches_the_container() {
     assert_eq!(out.status.code(), Some(42));
     assert_eq!(stdout(&out), "got TERM\n");
 }
+
+#[test]
+fn a_container_keeps_its_image_as_docker_s_rmi_and_prune_do() {
+    let env = Env::new();
+    let tar = build_common::fixture("busybox-amd64.tar");
+    // A label makes it an image of its own, not the fixture's `busybox`.
+    build_common::run_ok(&mut env.command(&[
+        "import",
+        "-c",
+        "LABEL solo=1",
+        &tar.to_string_lossy(),
+        "solo:1",
+    ]));
+    let out = env.kiln(&[
+        "run",
+        "--name",
+        "keeper",
+        "--network",
+        "none",
+        "solo:1",
+        "touch",
+        "/kept",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The image's last name: refused while the container exists.
+    let out = env.kiln(&["rmi", "solo:1"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("container keeper") && stderr(&out).contains("kiln rm"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&env.kiln(&["images"])).contains("solo"));
+    // Forced, the name goes but the container's image stays through prune.
+    let out = env.kiln(&["rmi", "-f", "solo:1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(env.kiln(&["prune"]).status.success());
+    let out = env.kiln(&["commit", "keeper", "after:1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.kiln(&["run", "--rm", "--network", "none", "after:1", "ls", "/kept"]);
+    assert_eq!(stdout(&out), "/kept\n", "{}", stderr(&out));
+}

@@ -183,6 +183,15 @@ impl Containers {
         Ok(records)
     }
 
+    /// The containers that were made from image `image_id`.
+    pub fn using_image(&self, image_id: &str) -> Result<Vec<ContainerRecord>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|c| c.image_id == image_id)
+            .collect())
+    }
+
     /// The container named `name_or_id`: its name, its id, or a prefix of
     /// its id that no other container shares.
     pub fn find(&self, name_or_id: &str) -> Result<ContainerRecord> {
@@ -358,6 +367,24 @@ fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// The image ids of the containers under `dir` (the store's
+/// `kiln/containers`), for prune: an unreadable record names nothing.
+pub(crate) fn image_ids(dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let name = entry.file_name();
+            is_id(name.to_str()?).then_some(())?;
+            let bytes = fs::read(entry.path().join("config.json")).ok()?;
+            let record: ContainerRecord = serde_json::from_slice(&bytes).ok()?;
+            Some(record.image_id)
+        })
+        .collect()
 }
 
 #[cfg(test)]

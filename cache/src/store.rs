@@ -551,6 +551,15 @@ impl Store {
         }
         // Attestations and other referrers live as long as their subject.
         self.mark_referrers(&mut live)?;
+        // A container's image lives as long as the container (`kiln run`
+        // without --rm, then `kiln commit`), named or not.
+        for image_id in crate::containers::image_ids(&self.root.join("kiln/containers")) {
+            if let Ok(digest) = image_id.parse::<Digest>() {
+                if self.has_blob(&digest) {
+                    self.mark(&MediaType::ImageManifest, &digest, &mut live)?;
+                }
+            }
+        }
         let blobs = self.blobs_dir();
         for entry in fs::read_dir(&blobs).at(&blobs)? {
             let entry = entry.at(&blobs)?;

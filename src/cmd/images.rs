@@ -205,6 +205,31 @@ pub struct RmiArgs {
     /// Names (untagged) or ids (every name of the image is removed).
     #[arg(required = true, value_name = "NAME")]
     names: Vec<String>,
+    /// Remove the names even when a container (`kiln run`) uses the image;
+    /// the image's data stays while the container does.
+    #[arg(short, long)]
+    force: bool,
+}
+
+/// Docker's refusal to remove an image a container uses: the container's
+/// name and id, when removing `names` would leave the image with no name.
+fn container_conflict(
+    store: &kiln_cache::Store,
+    image_id: &str,
+    names: &[String],
+) -> anyhow::Result<Option<String>> {
+    let others = store
+        .names()?
+        .into_iter()
+        .filter(|(name, digest)| digest.to_string() == image_id && !names.contains(name))
+        .count();
+    if others > 0 {
+        return Ok(None);
+    }
+    let containers = kiln_cache::Containers::new(store)?.using_image(image_id)?;
+    Ok(containers
+        .first()
+        .map(|c| format!("{} ({})", c.name, c.short_id())))
 }
 
 pub fn rmi(global: &Global, args: RmiArgs) -> CmdResult {
@@ -216,12 +241,34 @@ pub fn rmi(global: &Global, args: RmiArgs) -> CmdResult {
                 .names()
                 .is_ok_and(|names| names.iter().any(|(m, _)| *m == n))
         });
+        let image = store.resolve(name);
+        if let (false, Ok(Some(image))) = (args.force, &image) {
+            let image_id = image.id().to_string();
+            // A name removes itself; an id, every name of the image.
+            let removed: Vec<String> = if is_name {
+                vec![kiln_cache::normalize_name(name)?]
+            } else {
+                store
+                    .names()?
+                    .into_iter()
+                    .filter(|(_, d)| d.to_string() == image_id)
+                    .map(|(n, _)| n)
+                    .collect()
+            };
+            if let Some(container) = container_conflict(&store, &image_id, &removed)? {
+                eprintln!(
+                    "error: {name}: container {container} uses this image; remove the container first (kiln rm), or force with kiln rmi -f"
+                );
+                failed = true;
+                continue;
+            }
+        }
         if is_name {
             store.untag(name)?;
             eprintln!("untagged {}", kiln_cache::normalize_name(name)?);
             continue;
         }
-        match store.resolve(name) {
+        match image {
             Ok(Some(image)) => {
                 for (tag, digest) in store.names()? {
                     if digest == *image.id() {
