@@ -5,6 +5,8 @@
 //! - [`Snapshotter`] unpacks each layer once into a directory named after its
 //!   chain id, in overlayfs form (whiteouts as char devices 0:0, opaque
 //!   directories as `trusted.overlay.opaque=y`); hostile paths cannot escape it.
+//!   A [`SnapshotStream`] makes a snapshot from a layer tar as it is written
+//!   (an import, a step whose result a later step mounts), with no blob to read back.
 //! - [`RootfsView`] reads the merged filesystem of a snapshot stack without
 //!   mounting; [`resolve_user`] resolves `USER` against its /etc/passwd and /etc/group.
 //! - [`resolve`] is the one path resolver of kiln: symlinks followed inside a
@@ -67,6 +69,7 @@ mod sandbox;
 mod seccomp;
 mod snapshot;
 mod spec;
+mod stream;
 mod sys;
 mod user;
 mod view;
@@ -86,6 +89,7 @@ pub use resolve::{
 pub use seccomp::{Profile, ProfileError, Seccomp};
 pub use snapshot::{remove_tree, Snapshotter, SpecialFile};
 pub use spec::{CancelToken, Limits, Mount, Network, OutputLine, RunSpec, Stream, Ulimit};
+pub use stream::SnapshotStream;
 pub use user::{resolve_user, User};
 pub use view::{RootfsView, ViewEntry};
 

@@ -1,6 +1,6 @@
 //! Snapshots: each layer unpacked once into a directory named after its chain id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -15,6 +15,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, mkfifo, Gid, Uid};
 
 use crate::error::{io_err, Error, Result};
+use crate::stream::read_ahead;
 
 /// The xattr overlayfs reads to make a directory opaque (hide lower layers).
 pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
@@ -112,10 +113,13 @@ impl Snapshotter {
     /// temporary directory beside the snapshot and renamed into place, so a
     /// snapshot directory is always complete (see the type's docs for crashes).
     /// `open_layer` is not called when the snapshot exists.
+    ///
+    /// The layer is read (and so decompressed) on a thread of its own, ahead
+    /// of the files being created, so the two overlap.
     pub fn prepare<R, E, F>(&self, chain_id: &str, open_layer: F) -> Result<PathBuf>
     where
         F: FnOnce() -> std::result::Result<R, E>,
-        R: Read,
+        R: Read + Send,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         self.prepare_with(chain_id, |temp| {
@@ -123,7 +127,7 @@ impl Snapshotter {
                 chain_id: chain_id.to_owned(),
                 source: e.into(),
             })?;
-            unpack_layer(reader, temp, chain_id)
+            read_ahead(reader, |layer| unpack_layer(layer, temp, chain_id))
         })
     }
 
@@ -151,44 +155,77 @@ impl Snapshotter {
         if self.is_ready(&name) {
             return Ok(target);
         }
-        let lock_path = self.root.join(".locks").join(&name);
+        let _lock = self.lock(&name)?;
+        if self.is_ready(&name) {
+            return Ok(target);
+        }
+        let temp = self.temp_dir(&name);
+        let result = (|| {
+            fs::create_dir(&temp).map_err(io_err("create", &temp))?;
+            fill(&temp)?;
+            self.put_in_place(&name, &temp)
+        })();
+        if result.is_err() {
+            let _ = remove_tree(&temp);
+        }
+        result.map(|()| target)
+    }
+
+    /// Takes the per-snapshot lock of `name`: one process fills or replaces
+    /// a snapshot at a time.
+    fn lock(&self, name: &str) -> Result<Flock<File>> {
+        let lock_path = self.root.join(".locks").join(name);
         let lock_file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
             .map_err(io_err("open lock", &lock_path))?;
-        let _lock =
-            Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::Io {
-                action: "lock",
-                path: lock_path.clone(),
-                source: errno.into(),
-            })?;
-        if self.is_ready(&name) {
-            return Ok(target);
-        }
-        let temp = self.root.join(format!(
+        Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::Io {
+            action: "lock",
+            path: lock_path.clone(),
+            source: errno.into(),
+        })
+    }
+
+    /// A fresh temporary directory name beside the snapshots (`.tmp-*`, which
+    /// prune removes when a killed kiln left one).
+    pub(crate) fn temp_dir(&self, name: &str) -> PathBuf {
+        self.root.join(format!(
             ".tmp-{name}-{}-{}",
             std::process::id(),
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
+        ))
+    }
+
+    /// Moves the filled directory `temp` into place as snapshot `name`, with
+    /// the lock held: a stale snapshot of an earlier boot is replaced (moved
+    /// aside first so no reader finds it half removed), and the snapshot is
+    /// made durable (see the type's docs) before the rename.
+    fn put_in_place(&self, name: &str, temp: &Path) -> Result<()> {
+        let target = self.root.join(name);
         if target.is_dir() {
-            // Made in an earlier boot and never synced: unpack it again. Moved
-            // aside first so no reader finds it half removed.
             let stale = PathBuf::from(format!("{}-stale", temp.display()));
             fs::rename(&target, &stale).map_err(io_err("move aside", &target))?;
             remove_tree(&stale).map_err(io_err("remove", &stale))?;
         }
-        let result = (|| {
-            fs::create_dir(&temp).map_err(io_err("create", &temp))?;
-            fill(&temp)?;
-            self.make_durable(&name, &temp)?;
-            fs::rename(&temp, &target).map_err(io_err("rename into place", &target))
-        })();
-        if result.is_err() {
-            let _ = remove_tree(&temp);
+        self.make_durable(name, temp)?;
+        fs::rename(temp, &target).map_err(io_err("rename into place", &target))
+    }
+
+    /// Makes the directory `temp`, filled outside the lock, the snapshot of
+    /// `chain_id` (see [`crate::SnapshotStream`]); when another caller made
+    /// that snapshot meanwhile, `temp` is removed and theirs is kept.
+    pub(crate) fn adopt(&self, chain_id: &str, temp: &Path) -> Result<PathBuf> {
+        let name = snapshot_name(chain_id)?;
+        let target = self.root.join(&name);
+        let _lock = self.lock(&name)?;
+        if self.is_ready(&name) {
+            remove_tree(temp).map_err(io_err("remove", temp))?;
+            return Ok(target);
         }
-        result.map(|()| target)
+        self.put_in_place(&name, temp)?;
+        Ok(target)
     }
 
     /// Deletes the snapshot for `chain_id` if it exists (for prune). The caller
@@ -309,6 +346,11 @@ struct Unpacker<'a> {
     chain_id: &'a str,
     /// Directory mtimes to set once everything inside them is written.
     dir_times: HashMap<PathBuf, i64>,
+    /// Directories known to be real directories in the snapshot (made or
+    /// checked), so a path's parents are looked at once, not per entry.
+    dirs: HashSet<PathBuf>,
+    /// The buffer file contents are copied through.
+    buffer: Vec<u8>,
 }
 
 impl Unpacker<'_> {
@@ -323,10 +365,13 @@ impl Unpacker<'_> {
     /// Makes sure every parent of `parts` is a real directory inside the root,
     /// creating missing ones; refuses to go through symlinks or files so nothing
     /// can be written outside the snapshot.
-    fn parent_dir(&self, entry: &Path, parts: &[&OsStr]) -> Result<PathBuf> {
+    fn parent_dir(&mut self, entry: &Path, parts: &[&OsStr]) -> Result<PathBuf> {
         let mut dir = self.root.to_path_buf();
         for part in parts {
             dir.push(part);
+            if self.dirs.contains(&dir) {
+                continue;
+            }
             match fs::symlink_metadata(&dir) {
                 Ok(meta) if meta.is_dir() => {}
                 Ok(_) => {
@@ -343,6 +388,7 @@ impl Unpacker<'_> {
                 }
                 Err(e) => return Err(io_err("inspect", &dir)(e)),
             }
+            self.dirs.insert(dir.clone());
         }
         Ok(dir)
     }
@@ -395,9 +441,25 @@ impl Unpacker<'_> {
         let mtime = header.mtime().unwrap_or(0) as i64;
         let xattrs = read_xattrs(&mut entry).map_err(io_err("read xattrs of", &path))?;
 
-        let existing = fs::symlink_metadata(&path).ok();
+        if kind.is_file() || kind == tar::EntryType::Continuous || kind == tar::EntryType::GNUSparse
+        {
+            let meta = FileMeta {
+                mode,
+                uid: uid as u32,
+                gid: gid as u32,
+                mtime,
+                xattrs,
+            };
+            return self.write_file(&path, &mut entry, &meta);
+        }
+        let existing = if self.dirs.contains(&path) {
+            None
+        } else {
+            fs::symlink_metadata(&path).ok()
+        };
         if kind.is_dir() {
             match existing {
+                _ if self.dirs.contains(&path) => {}
                 Some(meta) if meta.is_dir() => {}
                 Some(_) => {
                     self.remove_existing(&path)?;
@@ -405,22 +467,12 @@ impl Unpacker<'_> {
                 }
                 None => fs::create_dir(&path).map_err(io_err("create", &path))?,
             }
+            self.dirs.insert(path.clone());
         } else {
-            if existing.is_some() {
+            if existing.is_some() || self.dirs.contains(&path) {
                 self.remove_existing(&path)?;
             }
-            if kind.is_file()
-                || kind == tar::EntryType::Continuous
-                || kind == tar::EntryType::GNUSparse
-            {
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(io_err("create", &path))?;
-                io::copy(&mut entry, &mut file).map_err(io_err("write", &path))?;
-            } else if kind.is_symlink() {
+            if kind.is_symlink() {
                 let target = entry
                     .link_name()
                     .map_err(|e| self.bad(&raw_path, format!("bad link target: {e}")))?
@@ -530,7 +582,43 @@ impl Unpacker<'_> {
         Ok(())
     }
 
+    /// Creates the regular file `path` with `data` and `meta`, replacing
+    /// what is there. Everything after the create goes through the open
+    /// descriptor: no path is looked up again.
+    fn write_file(&mut self, path: &Path, data: &mut dyn Read, meta: &FileMeta) -> Result<()> {
+        let create = || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+        };
+        let mut file = match create() {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.remove_existing(path)?;
+                create()
+            }
+            other => other,
+        }
+        .map_err(io_err("create", path))?;
+        if self.buffer.is_empty() {
+            self.buffer = vec![0; COPY_BUFFER];
+        }
+        loop {
+            let n = match data.read(&mut self.buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err("write", path)(e)),
+            };
+            io::Write::write_all(&mut file, &self.buffer[..n]).map_err(io_err("write", path))?;
+        }
+        meta.apply(&file, path)
+    }
+
     fn remove_existing(&mut self, path: &Path) -> Result<()> {
+        self.dirs.retain(|p| !p.starts_with(path));
         match fs::symlink_metadata(path) {
             Ok(meta) if meta.is_dir() => {
                 self.dir_times.retain(|p, _| !p.starts_with(path));
@@ -540,6 +628,45 @@ impl Unpacker<'_> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err("inspect", path)(e)),
         }
+    }
+}
+
+/// How many bytes of a file's data are copied at once.
+const COPY_BUFFER: usize = 256 * 1024;
+
+/// The metadata a regular file of a layer gets.
+struct FileMeta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+impl FileMeta {
+    /// Sets owner, mode (after the owner: chown clears setuid and setgid),
+    /// xattrs and times through the open `file`.
+    fn apply(&self, file: &File, path: &Path) -> Result<()> {
+        let errno = |action: &'static str| {
+            move |e: nix::errno::Errno| Error::Io {
+                action,
+                path: path.to_path_buf(),
+                source: e.into(),
+            }
+        };
+        nix::unistd::fchown(
+            file,
+            Some(Uid::from_raw(self.uid)),
+            Some(Gid::from_raw(self.gid)),
+        )
+        .map_err(errno("chown"))?;
+        nix::sys::stat::fchmod(file, Mode::from_bits_truncate(self.mode))
+            .map_err(errno("chmod"))?;
+        for (key, value) in &self.xattrs {
+            xattr::FileExt::set_xattr(file, key, value).map_err(io_err("set xattr on", path))?;
+        }
+        let time = TimeSpec::new(self.mtime, 0);
+        nix::sys::stat::futimens(file, &time, &time).map_err(errno("set mtime of"))
     }
 }
 
@@ -638,6 +765,8 @@ pub(crate) fn unpack_layer<R: Read>(reader: R, dir: &Path, chain_id: &str) -> Re
         root: dir,
         chain_id,
         dir_times: HashMap::new(),
+        dirs: HashSet::new(),
+        buffer: Vec::new(),
     };
     let entries = archive
         .entries()
