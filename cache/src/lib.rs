@@ -34,7 +34,10 @@ pub use image::{
     is_valid_path_component, is_valid_tag, normalize_name, rfc3339_utc, NamedImage, NewImage,
     StoredImage,
 };
-pub use import::{import_directory, import_tar, DetectedPlatform, ImportedLayer};
+pub use import::{
+    import_directory, import_directory_teed, import_tar, import_tar_teed, DetectedPlatform,
+    ImportedLayer,
+};
 pub use layer::{LayerBlob, LayerWriter};
 pub use platform::Platform;
 pub use remote::{ensure_blob, CacheConfig, CacheSource, CACHE_CONFIG_MEDIA_TYPE};
