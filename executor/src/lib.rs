@@ -62,6 +62,7 @@ mod child;
 mod copydiff;
 mod diff;
 mod error;
+mod files;
 mod mountpoints;
 mod network;
 mod resolve;

@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -15,6 +15,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, mkfifo, Gid, Uid};
 
 use crate::error::{io_err, Error, Result};
+use crate::files::{create_new, FileJob, FileMeta, FilePool, POOLED_MAX};
 use crate::stream::read_ahead;
 
 /// The xattr overlayfs reads to make a directory opaque (hide lower layers).
@@ -351,6 +352,13 @@ struct Unpacker<'a> {
     dirs: HashSet<PathBuf>,
     /// The buffer file contents are copied through.
     buffer: Vec<u8>,
+    /// Workers that create small regular files; `None` on one CPU.
+    pool: Option<FilePool>,
+    /// Every path made so far that is not a directory (files possibly still
+    /// being written by the pool): a later entry at one of them, or under
+    /// one, waits for the pool first. A path that is neither here nor in
+    /// `dirs` does not exist yet, the snapshot having started empty.
+    created: HashSet<PathBuf>,
 }
 
 impl Unpacker<'_> {
@@ -371,6 +379,9 @@ impl Unpacker<'_> {
             dir.push(part);
             if self.dirs.contains(&dir) {
                 continue;
+            }
+            if self.created.contains(&dir) {
+                self.settle()?;
             }
             match fs::symlink_metadata(&dir) {
                 Ok(meta) if meta.is_dir() => {}
@@ -416,12 +427,14 @@ impl Unpacker<'_> {
                 return Err(self.bad(&raw_path, "whiteout names no file"));
             }
             let path = parent.join(OsStr::from_bytes(hidden));
+            self.settle()?;
             self.remove_existing(&path)?;
             mknod(&path, SFlag::S_IFCHR, Mode::empty(), 0).map_err(|e| Error::Io {
                 action: "create whiteout",
                 path: path.clone(),
                 source: e.into(),
             })?;
+            self.created.insert(path);
             return Ok(());
         }
 
@@ -450,7 +463,26 @@ impl Unpacker<'_> {
                 mtime,
                 xattrs,
             };
+            let fresh = !self.created.contains(&path) && !self.dirs.contains(&path);
+            self.created.insert(path.clone());
+            if fresh && entry.size() <= POOLED_MAX {
+                if let Some(pool) = &mut self.pool {
+                    let mut data = Vec::with_capacity(entry.size() as usize);
+                    entry
+                        .read_to_end(&mut data)
+                        .map_err(io_err("read", &path))?;
+                    return pool.submit(FileJob { path, data, meta });
+                }
+            }
+            if !fresh {
+                self.settle()?;
+            }
             return self.write_file(&path, &mut entry, &meta);
+        }
+        // Something there may still be being written (a file, or files
+        // inside a directory that is about to be replaced).
+        if self.created.contains(&path) || (!kind.is_dir() && self.dirs.contains(&path)) {
+            self.settle()?;
         }
         let existing = if self.dirs.contains(&path) {
             None
@@ -483,6 +515,8 @@ impl Unpacker<'_> {
                     .link_name()
                     .map_err(|e| self.bad(&raw_path, format!("bad link target: {e}")))?
                     .ok_or_else(|| self.bad(&raw_path, "hard link without a target"))?;
+                // Its target may still be being written.
+                self.settle()?;
                 let target_parts = clean_components(&target);
                 let Some((target_name, target_parents)) = target_parts.split_last() else {
                     return Err(self.bad(&raw_path, "hard link to the root directory"));
@@ -511,6 +545,7 @@ impl Unpacker<'_> {
                     }
                 }
                 fs::hard_link(&source, &path).map_err(io_err("create hard link", &path))?;
+                self.created.insert(path);
                 // A hard link shares the target's inode and metadata.
                 return Ok(());
             } else if kind.is_character_special() || kind.is_block_special() {
@@ -549,6 +584,9 @@ impl Unpacker<'_> {
             }
         }
 
+        if !kind.is_dir() {
+            self.created.insert(path.clone());
+        }
         // Ownership before mode: chown clears setuid/setgid bits.
         fchownat(
             nix::fcntl::AT_FDCWD,
@@ -582,22 +620,22 @@ impl Unpacker<'_> {
         Ok(())
     }
 
+    /// Waits for the files handed to the pool (and reports their failure).
+    fn settle(&mut self) -> Result<()> {
+        match &mut self.pool {
+            Some(pool) => pool.wait(),
+            None => Ok(()),
+        }
+    }
+
     /// Creates the regular file `path` with `data` and `meta`, replacing
     /// what is there. Everything after the create goes through the open
     /// descriptor: no path is looked up again.
     fn write_file(&mut self, path: &Path, data: &mut dyn Read, meta: &FileMeta) -> Result<()> {
-        let create = || {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path)
-        };
-        let mut file = match create() {
+        let mut file = match create_new(path) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 self.remove_existing(path)?;
-                create()
+                create_new(path)
             }
             other => other,
         }
@@ -633,42 +671,6 @@ impl Unpacker<'_> {
 
 /// How many bytes of a file's data are copied at once.
 const COPY_BUFFER: usize = 256 * 1024;
-
-/// The metadata a regular file of a layer gets.
-struct FileMeta {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: i64,
-    xattrs: Vec<(String, Vec<u8>)>,
-}
-
-impl FileMeta {
-    /// Sets owner, mode (after the owner: chown clears setuid and setgid),
-    /// xattrs and times through the open `file`.
-    fn apply(&self, file: &File, path: &Path) -> Result<()> {
-        let errno = |action: &'static str| {
-            move |e: nix::errno::Errno| Error::Io {
-                action,
-                path: path.to_path_buf(),
-                source: e.into(),
-            }
-        };
-        nix::unistd::fchown(
-            file,
-            Some(Uid::from_raw(self.uid)),
-            Some(Gid::from_raw(self.gid)),
-        )
-        .map_err(errno("chown"))?;
-        nix::sys::stat::fchmod(file, Mode::from_bits_truncate(self.mode))
-            .map_err(errno("chmod"))?;
-        for (key, value) in &self.xattrs {
-            xattr::FileExt::set_xattr(file, key, value).map_err(io_err("set xattr on", path))?;
-        }
-        let time = TimeSpec::new(self.mtime, 0);
-        nix::sys::stat::futimens(file, &time, &time).map_err(errno("set mtime of"))
-    }
-}
 
 /// A file that is neither a regular file, a directory nor a symlink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -767,6 +769,8 @@ pub(crate) fn unpack_layer<R: Read>(reader: R, dir: &Path, chain_id: &str) -> Re
         dir_times: HashMap::new(),
         dirs: HashSet::new(),
         buffer: Vec::new(),
+        pool: FilePool::start(),
+        created: HashSet::new(),
     };
     let entries = archive
         .entries()
@@ -779,6 +783,8 @@ pub(crate) fn unpack_layer<R: Read>(reader: R, dir: &Path, chain_id: &str) -> Re
         })?;
         unpacker.unpack_entry(entry)?;
     }
+    // Every file is written before the directories get their times.
+    unpacker.settle()?;
     for (path, mtime) in &unpacker.dir_times {
         set_mtime(path, *mtime)?;
     }

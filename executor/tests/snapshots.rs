@@ -448,3 +448,61 @@ fn streams_that_end_early_or_lose_a_race_leave_one_snapshot_and_no_work() {
     assert!(!first.join("etc").exists());
     assert_eq!(common::temp_leftovers(&root), Vec::<String>::new());
 }
+
+#[test]
+fn later_entries_wait_for_the_files_still_being_written() {
+    let dir = scratch();
+    let snapshots = Snapshotter::new(dir.path().join("s")).unwrap();
+    let mut entries: Vec<(String, tar::EntryType, String)> =
+        vec![("gone/".into(), tar::EntryType::Directory, String::new())];
+    for n in 0..300 {
+        entries.push((format!("gone/f{n}"), tar::EntryType::Regular, n.to_string()));
+        entries.push((format!("kept/f{n}"), tar::EntryType::Regular, n.to_string()));
+    }
+    entries.extend([
+        // A directory full of files just handed out becomes a symlink.
+        ("gone".into(), tar::EntryType::Symlink, "kept".into()),
+        // A file just handed out: linked, whited out, replaced, made a parent.
+        ("link".into(), tar::EntryType::Link, "kept/f299".into()),
+        (
+            "kept/.wh.f298".into(),
+            tar::EntryType::Regular,
+            String::new(),
+        ),
+        ("kept/f297".into(), tar::EntryType::Regular, "again".into()),
+        ("kept/f296".into(), tar::EntryType::Directory, String::new()),
+        (
+            "kept/f296/inside".into(),
+            tar::EntryType::Regular,
+            "in".into(),
+        ),
+    ]);
+    let borrowed: Vec<(&str, tar::EntryType, &str)> = entries
+        .iter()
+        .map(|(p, k, d)| (p.as_str(), *k, d.as_str()))
+        .collect();
+    let snapshot = prepare(&snapshots, "sha256:races", &tar_of(&borrowed)).unwrap();
+    assert_eq!(
+        fs::read_link(snapshot.join("gone")).unwrap(),
+        Path::new("kept")
+    );
+    assert_eq!(fs::read_to_string(snapshot.join("link")).unwrap(), "299");
+    assert_eq!(
+        fs::metadata(snapshot.join("link")).unwrap().ino(),
+        fs::metadata(snapshot.join("kept/f299")).unwrap().ino()
+    );
+    assert!(fs::symlink_metadata(snapshot.join("kept/f298"))
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    assert_eq!(
+        fs::read_to_string(snapshot.join("kept/f297")).unwrap(),
+        "again"
+    );
+    assert_eq!(
+        fs::read_to_string(snapshot.join("kept/f296/inside")).unwrap(),
+        "in"
+    );
+    assert_eq!(fs::read_to_string(snapshot.join("kept/f0")).unwrap(), "0");
+    assert_eq!(fs::read_dir(snapshot.join("kept")).unwrap().count(), 300);
+}

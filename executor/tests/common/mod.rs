@@ -160,6 +160,7 @@ pub fn host_mounts() -> Vec<String> {
 
 #[path = "../../../testsupport/tree.rs"]
 mod tree;
+#[allow(unused_imports)]
 pub use tree::tree_listing;
 
 /// Temporary directories (`.tmp-*`) left in a snapshot root.
