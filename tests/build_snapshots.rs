@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use build_common::{fixture, run_ok, Env};
-use tree::tree_listing;
+use tree::{listing_diff, tree_listing};
 
 /// The layer snapshots of the store (not the exported context trees).
 fn layer_snapshots(env: &Env) -> BTreeSet<PathBuf> {
@@ -67,7 +67,11 @@ fn an_imported_image_has_its_snapshot_and_it_is_the_unpacked_one() {
     env.build(&context, &[]);
     assert!(snapshot.is_dir());
     let unpacked = tree_listing(snapshot);
-    assert!(made_by_import == unpacked, "the snapshots differ");
+    assert!(
+        made_by_import == unpacked,
+        "{}",
+        listing_diff(&made_by_import, &unpacked)
+    );
 }
 
 /// `count` files of 1 MiB that do not compress, so the layer takes a while
@@ -142,7 +146,12 @@ fn a_copy_that_a_run_mounts_is_unpacked_as_its_layer_is_written() {
     forget(snapshot);
     env.export(&context, &[]);
     assert!(snapshot.is_dir());
-    assert!(tree_listing(snapshot) == streamed, "the snapshots differ");
+    let unpacked = tree_listing(snapshot);
+    assert!(
+        unpacked == streamed,
+        "{}",
+        listing_diff(&streamed, &unpacked)
+    );
 
     // A COPY no later step mounts is left to be unpacked if ever needed.
     let before = layer_snapshots(&env);

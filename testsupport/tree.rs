@@ -65,7 +65,12 @@ pub fn tree_listing(root: &Path) -> String {
             meta.mode(),
             meta.uid(),
             meta.gid(),
-            meta.mtime(),
+            // A whiteout's time is when it was made: overlayfs reads none of it.
+            if kind.is_char_device() && meta.rdev() == 0 {
+                0
+            } else {
+                meta.mtime()
+            },
             meta.len(),
             xattrs.join(","),
         ));
@@ -78,4 +83,20 @@ fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// The lines in which two listings differ, for assertion messages.
+pub fn listing_diff(left: &str, right: &str) -> String {
+    let (l, r): (Vec<&str>, Vec<&str>) = (left.lines().collect(), right.lines().collect());
+    let only = |a: &[&str], b: &[&str]| -> Vec<String> {
+        a.iter()
+            .filter(|line| !b.contains(line))
+            .map(|line| line.to_string())
+            .collect()
+    };
+    format!(
+        "only left: {:?}\nonly right: {:?}",
+        only(&l, &r),
+        only(&r, &l)
+    )
 }

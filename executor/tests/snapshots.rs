@@ -407,7 +407,12 @@ fn a_streamed_snapshot_is_the_unpacked_one() {
     assert!(expected.contains("bin/su 0o104755 0:1"), "{expected}");
     assert!(expected.contains("user.note=kept"), "{expected}");
     assert!(expected.contains("trusted.overlay.opaque=y"), "{expected}");
-    assert_eq!(common::tree_listing(&streamed), expected);
+    let listing = common::tree_listing(&streamed);
+    assert!(
+        listing == expected,
+        "{}",
+        common::listing_diff(&listing, &expected)
+    );
     // A stream is marked for its boot like any snapshot, and nothing of
     // its work is left beside the snapshots.
     assert!(root.join(".boot/sha256_streamed").is_file());

@@ -161,7 +161,7 @@ pub fn host_mounts() -> Vec<String> {
 #[path = "../../../testsupport/tree.rs"]
 mod tree;
 #[allow(unused_imports)]
-pub use tree::tree_listing;
+pub use tree::{listing_diff, tree_listing};
 
 /// Temporary directories (`.tmp-*`) left in a snapshot root.
 pub fn temp_leftovers(root: &Path) -> Vec<String> {
