@@ -74,6 +74,10 @@ pub(crate) struct FileJob {
 /// Files at most this large are handed to the workers (with their data in
 /// memory); larger ones are written by the unpacker itself.
 pub(crate) const POOLED_MAX: u64 = 1 << 20;
+/// The unpacker writes this many files itself before it starts workers: a
+/// small layer (a RUN that wrote a file or two) is done before threads
+/// would be.
+pub(crate) const FILES_BEFORE_POOL: usize = 32;
 /// Jobs queued at most: bounds the memory of data waiting to be written.
 const QUEUED: usize = 32;
 
@@ -100,7 +104,10 @@ impl FilePool {
     /// A pool of one worker per CPU (at most 4); `None` on one CPU, where
     /// the unpacker is better off writing the files itself.
     pub fn start() -> Option<FilePool> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        // Asked once: the answer reads cgroup files.
+        static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let threads = *THREADS
+            .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)));
         if threads < 2 {
             return None;
         }

@@ -15,7 +15,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, mkfifo, Gid, Uid};
 
 use crate::error::{io_err, Error, Result};
-use crate::files::{create_new, FileJob, FileMeta, FilePool, POOLED_MAX};
+use crate::files::{create_new, FileJob, FileMeta, FilePool, FILES_BEFORE_POOL, POOLED_MAX};
 use crate::stream::read_ahead;
 
 /// The xattr overlayfs reads to make a directory opaque (hide lower layers).
@@ -352,7 +352,8 @@ struct Unpacker<'a> {
     dirs: HashSet<PathBuf>,
     /// The buffer file contents are copied through.
     buffer: Vec<u8>,
-    /// Workers that create small regular files; `None` on one CPU.
+    /// Workers that create small regular files, started once the layer has
+    /// [`FILES_BEFORE_POOL`] files; `None` before that and on one CPU.
     pool: Option<FilePool>,
     /// Every path made so far that is not a directory (files possibly still
     /// being written by the pool): a later entry at one of them, or under
@@ -465,6 +466,9 @@ impl Unpacker<'_> {
             };
             let fresh = !self.created.contains(&path) && !self.dirs.contains(&path);
             self.created.insert(path.clone());
+            if self.pool.is_none() && self.created.len() == FILES_BEFORE_POOL {
+                self.pool = FilePool::start();
+            }
             if fresh && entry.size() <= POOLED_MAX {
                 if let Some(pool) = &mut self.pool {
                     let mut data = Vec::with_capacity(entry.size() as usize);
@@ -769,7 +773,7 @@ pub(crate) fn unpack_layer<R: Read>(reader: R, dir: &Path, chain_id: &str) -> Re
         dir_times: HashMap::new(),
         dirs: HashSet::new(),
         buffer: Vec::new(),
-        pool: FilePool::start(),
+        pool: None,
         created: HashSet::new(),
     };
     let entries = archive

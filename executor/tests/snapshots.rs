@@ -511,3 +511,40 @@ fn later_entries_wait_for_the_files_still_being_written() {
     assert_eq!(fs::read_to_string(snapshot.join("kept/f0")).unwrap(), "0");
     assert_eq!(fs::read_dir(snapshot.join("kept")).unwrap().count(), 300);
 }
+
+/// Reads a layer and notes which threads read it.
+struct Watched<R> {
+    inner: R,
+    readers: Arc<std::sync::Mutex<Vec<std::thread::ThreadId>>>,
+}
+
+impl<R: io::Read> io::Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Ok(mut readers) = self.readers.lock() {
+            readers.push(std::thread::current().id());
+        }
+        self.inner.read(buf)
+    }
+}
+
+#[test]
+fn layers_are_read_on_a_thread_of_their_own() {
+    let dir = scratch();
+    let snapshots = Snapshotter::new(dir.path().join("s")).unwrap();
+    let readers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let layer = rich_layer();
+    let snapshot = snapshots
+        .prepare("sha256:ahead", || {
+            Ok::<_, io::Error>(Watched {
+                inner: io::Cursor::new(layer.clone()),
+                readers: readers.clone(),
+            })
+        })
+        .unwrap();
+    // Decompression (the reader) overlaps file creation (this thread).
+    let readers = readers.lock().unwrap();
+    assert!(!readers.is_empty());
+    assert!(readers.iter().all(|id| *id != std::thread::current().id()));
+    let listing = common::tree_listing(&snapshot);
+    assert!(listing.contains("bin/su 0o104755 0:1"), "{listing}");
+}
