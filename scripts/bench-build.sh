@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# kiln build benchmarks: the six scenarios of issue 5 and apt-get on Debian 12, timed with kiln (release
-# build) and, when installed and working, BuildKit (docker build) and buildah.
+# kiln build benchmarks: the six scenarios of issue 5, apt-get on Debian 12, a fresh store (import Debian 12
+# + a five-step build) and a RUN after a 20,000-file COPY (issue 18), timed with kiln (release build) and,
+# when installed and working, BuildKit (docker build) and buildah.
 # Prints one row per scenario with each tool's seconds and the ratio peer/kiln.
 # Usage: scripts/bench-build.sh [RUNS]   (median of RUNS timings, default 3)
+# ROWS=REGEX runs only the rows whose name matches (grep -E), e.g. ROWS='fresh|then RUN'.
+# KILN_BIN=PATH times that kiln binary instead of building this checkout (say, an older build to compare).
 # DOCKER=/usr/bin/docker picks the docker client: Debian's docker.io 20.10 client
 # builds with its daemon's BuildKit; a newer client without buildx fails.
 # KILN_ONLY=1 times kiln alone (peers' figures change only with the machine).
@@ -10,8 +13,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release --quiet --bin kiln
-kiln=${CARGO_TARGET_DIR:-$PWD/target}/release/kiln
+if [ -n "${KILN_BIN:-}" ]; then
+  kiln=$KILN_BIN
+else
+  cargo build --release --quiet --bin kiln
+  kiln=${CARGO_TARGET_DIR:-$PWD/target}/release/kiln
+fi
+rows=${ROWS:-.}
+wanted() { printf '%s\n' "$1" | grep -Eq -- "$rows"; }
 fixtures=${KILN_FIXTURES:-$PWD/target/fixtures}
 base_tar=$fixtures/busybox-amd64.tar
 [ -f "$base_tar" ] || { echo "missing $base_tar: run scripts/make-fixtures.sh" >&2; exit 1; }
@@ -65,6 +74,16 @@ stages+="FROM kiln-bench-busybox"$'\n'
 for s in 1 2 3 4; do stages+="COPY --from=s$s /out$s /out$s"$'\n'; done
 mk stages "$stages"
 mk random $'FROM kiln-bench-busybox\nRUN head -c 268435456 /dev/urandom > /random'
+# RUN after a large COPY: the RUN mounts the COPY's 20,000 files.
+mk copyrun $'FROM kiln-bench-busybox\nCOPY files /data\nRUN ls /data > /listing'
+cp -al "$work/ctx/copy/files" "$work/ctx/copyrun/files"
+# A fresh store (an ephemeral CI runner): the base image is imported, then five steps build on it.
+mk fresh $'FROM kiln-bench-debfresh\nRUN useradd -m app\nCOPY files /home/app/files\nRUN chown -R app:app /home/app/files\nRUN su app -c \'ls -l /home/app/files/d1 | wc -l\' > /count'
+mkdir -p "$work/ctx/fresh/files"
+for d in $(seq 1 3); do
+  mkdir -p "$work/ctx/fresh/files/d$d"
+  for f in $(seq 1 100); do echo "file $d/$f" > "$work/ctx/fresh/files/d$d/f$f"; done
+done
 # The most common line of real Dockerfiles; apt drops to its _apt user. Debian's archive over the network.
 mk apt $'FROM kiln-bench-debian\nRUN apt-get update && apt-get install -y --no-install-recommends file python3-minimal'
 
@@ -77,6 +96,7 @@ kiln_store() {
   if [ "${1:-}" = "$work/ctx/apt" ]; then "$kiln" --root "$work/store" import "$debian_tar" kiln-bench-debian >/dev/null 2>&1; fi
 }
 kiln_build() { "$kiln" --root "$work/store" build --progress quiet "$@" >/dev/null; }
+kiln_import_debian() { "$kiln" --root "$work/store" import "$debian_tar" kiln-bench-debfresh >/dev/null 2>&1; }
 # A failing peer build makes its column read "fail" rather than a bogus time.
 docker_build() { DOCKER_BUILDKIT=1 docker build -q "$@" >/dev/null 2>&1 || echo fail >"$work/failed"; }
 buildah_build() { buildah bud --layers -q "$@" >/dev/null 2>&1 || echo fail >"$work/failed"; }
@@ -87,9 +107,23 @@ time_tool() {
   for i in $(seq 1 "$runs"); do
     case $tool in
       kiln)
+        if [ "$warm" = fresh ]; then
+          # An empty store: the import of the base image is timed with the build.
+          rm -rf "$work/store"
+          t0=$(now); kiln_import_debian; kiln_build "$ctx"; t1=$(now)
+          echo "$t1 - $t0" | bc -l; continue
+        fi
         if [ "$warm" = warm ]; then [ -d "$work/store" ] || kiln_store "$ctx"; kiln_build "$ctx"; else kiln_store "$ctx"; fi
         t0=$(now); kiln_build "$ctx"; t1=$(now) ;;
       docker)
+        if [ "$warm" = fresh ]; then
+          docker rmi -f kiln-bench-debfresh >/dev/null 2>&1 || true
+          docker builder prune -af >/dev/null 2>&1 || true
+          t0=$(now)
+          docker import "$debian_tar" kiln-bench-debfresh >/dev/null 2>&1 || echo fail >"$work/failed"
+          docker_build "$ctx"; t1=$(now)
+          echo "$t1 - $t0" | bc -l; continue
+        fi
         if [ "$warm" = warm ]; then docker_build "$ctx"; else docker builder prune -af >/dev/null 2>&1 || true; fi
         t0=$(now); docker_build "$ctx"; t1=$(now) ;;
       buildah)
@@ -103,12 +137,14 @@ time_tool() {
 printf '%-44s %9s %9s %7s %9s %7s\n' scenario kiln BuildKit ratio buildah ratio
 row() {
   local name=$1 ctx=$2 warm=$3 k d="-" dr="-" b="-" br="-"
+  wanted "$name" || return 0
   k=$(time_tool kiln "$ctx" "$warm")
   if [ $have_docker = 1 ]; then
     rm -f "$work/failed"; d=$(time_tool docker "$ctx" "$warm")
     if [ -e "$work/failed" ]; then d=fail; else dr=$(printf '%.1fx' "$(echo "$d / $k" | bc -l)"); d=$(printf '%.2f' "$d"); fi
   fi
-  if [ $have_buildah = 1 ]; then
+  # buildah has no import step to time for a fresh store.
+  if [ $have_buildah = 1 ] && [ "$warm" != fresh ]; then
     rm -f "$work/failed"; b=$(time_tool buildah "$ctx" "$warm")
     if [ -e "$work/failed" ]; then b=fail; else br=$(printf '%.1fx' "$(echo "$b / $k" | bc -l)"); b=$(printf '%.2f' "$b"); fi
   fi
@@ -122,16 +158,31 @@ row "4 stages of sleep 2 + COPY --from each" "$work/ctx/stages" cold
 row "RUN writing 256 MB of random data" "$work/ctx/random" cold
 # The floor under the last row: the same command on the host, with the base
 # image's own busybox and no builder at all.
-tar -xf "$base_tar" -C "$work" bin/busybox 2>/dev/null || tar -xf "$base_tar" -C "$work" ./bin/busybox
-floor=$(for i in $(seq 1 "$runs"); do
-  t0=$(now); "$work/bin/busybox" head -c 268435456 /dev/urandom > "$work/random"; t1=$(now)
-  rm -f "$work/random"; echo "$t1 - $t0" | bc -l
-done | median)
-printf '%-44s %8.3fs   (the command alone on the host, no builder)\n' "  floor: busybox head -c 256M on the host" "$floor"
+if wanted "RUN writing 256 MB of random data"; then
+  tar -xf "$base_tar" -C "$work" bin/busybox 2>/dev/null || tar -xf "$base_tar" -C "$work" ./bin/busybox
+  floor=$(for i in $(seq 1 "$runs"); do
+    t0=$(now); "$work/bin/busybox" head -c 268435456 /dev/urandom > "$work/random"; t1=$(now)
+    rm -f "$work/random"; echo "$t1 - $t0" | bc -l
+  done | median)
+  printf '%-44s %8.3fs   (the command alone on the host, no builder)\n' "  floor: busybox head -c 256M on the host" "$floor"
+fi
+row "COPY 20,000 files then RUN, cold" "$work/ctx/copyrun" cold
+# The floor under the last row: one copy of the same tree, no builder.
+if wanted "COPY 20,000 files then RUN, cold"; then
+  floor=$(for i in $(seq 1 "$runs"); do
+    rm -rf "$work/cp-floor"
+    t0=$(now); cp -a "$work/ctx/copy/files" "$work/cp-floor"; t1=$(now)
+    echo "$t1 - $t0" | bc -l
+  done | median)
+  rm -rf "$work/cp-floor"
+  printf '%-44s %8.3fs   (one copy of the tree on the host, no builder)\n' "  floor: cp -a of the 20,000 files" "$floor"
+fi
 if [ -n "$debian_tar" ]; then
   row "Debian 12: apt-get update + install, cold" "$work/ctx/apt" cold
+  # BuildKit's column is docker import + build.
+  row "fresh store: import Debian 12 + 5 steps" "$work/ctx/fresh" fresh
 else
-  echo "(apt-get row skipped: $fixtures/debian12-minbase-amd64.tar.zst is missing; run scripts/make-fixtures.sh)"
+  echo "(apt-get and fresh store rows skipped: $fixtures/debian12-minbase-amd64.tar.zst is missing; run scripts/make-fixtures.sh)"
 fi
 if [ "${KILN_ONLY:-0}" = 1 ]; then
   echo "(peers skipped: KILN_ONLY=1)"

@@ -5,6 +5,8 @@
 //! - [`Snapshotter`] unpacks each layer once into a directory named after its
 //!   chain id, in overlayfs form (whiteouts as char devices 0:0, opaque
 //!   directories as `trusted.overlay.opaque=y`); hostile paths cannot escape it.
+//!   A [`SnapshotStream`] makes a snapshot from a layer tar as it is written
+//!   (an import, a step whose result a later step mounts), with no blob to read back.
 //! - [`RootfsView`] reads the merged filesystem of a snapshot stack without
 //!   mounting; [`resolve_user`] resolves `USER` against its /etc/passwd and /etc/group.
 //! - [`resolve`] is the one path resolver of kiln: symlinks followed inside a
@@ -60,6 +62,7 @@ mod child;
 mod copydiff;
 mod diff;
 mod error;
+mod files;
 mod mountpoints;
 mod network;
 mod resolve;
@@ -67,6 +70,7 @@ mod sandbox;
 mod seccomp;
 mod snapshot;
 mod spec;
+mod stream;
 mod sys;
 mod terminal;
 mod user;
@@ -87,6 +91,7 @@ pub use resolve::{
 pub use seccomp::{Profile, ProfileError, Seccomp};
 pub use snapshot::{remove_tree, Snapshotter, SpecialFile};
 pub use spec::{CancelToken, Limits, Mount, Network, OutputLine, RunSpec, Stdio, Stream, Ulimit};
+pub use stream::SnapshotStream;
 pub use terminal::{copy_window_size, Pty, RawMode};
 pub use user::{resolve_user, User};
 pub use view::{RootfsView, ViewEntry};

@@ -1,11 +1,11 @@
 //! Snapshots: each layer unpacked once into a directory named after its chain id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -15,6 +15,8 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, mkfifo, Gid, Uid};
 
 use crate::error::{io_err, Error, Result};
+use crate::files::{create_new, FileJob, FileMeta, FilePool, FILES_BEFORE_POOL, POOLED_MAX};
+use crate::stream::read_ahead;
 
 /// The xattr overlayfs reads to make a directory opaque (hide lower layers).
 pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
@@ -112,10 +114,13 @@ impl Snapshotter {
     /// temporary directory beside the snapshot and renamed into place, so a
     /// snapshot directory is always complete (see the type's docs for crashes).
     /// `open_layer` is not called when the snapshot exists.
+    ///
+    /// The layer is read (and so decompressed) on a thread of its own, ahead
+    /// of the files being created, so the two overlap.
     pub fn prepare<R, E, F>(&self, chain_id: &str, open_layer: F) -> Result<PathBuf>
     where
         F: FnOnce() -> std::result::Result<R, E>,
-        R: Read,
+        R: Read + Send,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         self.prepare_with(chain_id, |temp| {
@@ -123,7 +128,7 @@ impl Snapshotter {
                 chain_id: chain_id.to_owned(),
                 source: e.into(),
             })?;
-            unpack_layer(reader, temp, chain_id)
+            read_ahead(reader, |layer| unpack_layer(layer, temp, chain_id))
         })
     }
 
@@ -151,44 +156,77 @@ impl Snapshotter {
         if self.is_ready(&name) {
             return Ok(target);
         }
-        let lock_path = self.root.join(".locks").join(&name);
+        let _lock = self.lock(&name)?;
+        if self.is_ready(&name) {
+            return Ok(target);
+        }
+        let temp = self.temp_dir(&name);
+        let result = (|| {
+            fs::create_dir(&temp).map_err(io_err("create", &temp))?;
+            fill(&temp)?;
+            self.put_in_place(&name, &temp)
+        })();
+        if result.is_err() {
+            let _ = remove_tree(&temp);
+        }
+        result.map(|()| target)
+    }
+
+    /// Takes the per-snapshot lock of `name`: one process fills or replaces
+    /// a snapshot at a time.
+    fn lock(&self, name: &str) -> Result<Flock<File>> {
+        let lock_path = self.root.join(".locks").join(name);
         let lock_file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
             .map_err(io_err("open lock", &lock_path))?;
-        let _lock =
-            Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::Io {
-                action: "lock",
-                path: lock_path.clone(),
-                source: errno.into(),
-            })?;
-        if self.is_ready(&name) {
-            return Ok(target);
-        }
-        let temp = self.root.join(format!(
+        Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::Io {
+            action: "lock",
+            path: lock_path.clone(),
+            source: errno.into(),
+        })
+    }
+
+    /// A fresh temporary directory name beside the snapshots (`.tmp-*`, which
+    /// prune removes when a killed kiln left one).
+    pub(crate) fn temp_dir(&self, name: &str) -> PathBuf {
+        self.root.join(format!(
             ".tmp-{name}-{}-{}",
             std::process::id(),
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
+        ))
+    }
+
+    /// Moves the filled directory `temp` into place as snapshot `name`, with
+    /// the lock held: a stale snapshot of an earlier boot is replaced (moved
+    /// aside first so no reader finds it half removed), and the snapshot is
+    /// made durable (see the type's docs) before the rename.
+    fn put_in_place(&self, name: &str, temp: &Path) -> Result<()> {
+        let target = self.root.join(name);
         if target.is_dir() {
-            // Made in an earlier boot and never synced: unpack it again. Moved
-            // aside first so no reader finds it half removed.
             let stale = PathBuf::from(format!("{}-stale", temp.display()));
             fs::rename(&target, &stale).map_err(io_err("move aside", &target))?;
             remove_tree(&stale).map_err(io_err("remove", &stale))?;
         }
-        let result = (|| {
-            fs::create_dir(&temp).map_err(io_err("create", &temp))?;
-            fill(&temp)?;
-            self.make_durable(&name, &temp)?;
-            fs::rename(&temp, &target).map_err(io_err("rename into place", &target))
-        })();
-        if result.is_err() {
-            let _ = remove_tree(&temp);
+        self.make_durable(name, temp)?;
+        fs::rename(temp, &target).map_err(io_err("rename into place", &target))
+    }
+
+    /// Makes the directory `temp`, filled outside the lock, the snapshot of
+    /// `chain_id` (see [`crate::SnapshotStream`]); when another caller made
+    /// that snapshot meanwhile, `temp` is removed and theirs is kept.
+    pub(crate) fn adopt(&self, chain_id: &str, temp: &Path) -> Result<PathBuf> {
+        let name = snapshot_name(chain_id)?;
+        let target = self.root.join(&name);
+        let _lock = self.lock(&name)?;
+        if self.is_ready(&name) {
+            remove_tree(temp).map_err(io_err("remove", temp))?;
+            return Ok(target);
         }
-        result.map(|()| target)
+        self.put_in_place(&name, temp)?;
+        Ok(target)
     }
 
     /// Deletes the snapshot for `chain_id` if it exists (for prune). The caller
@@ -309,6 +347,19 @@ struct Unpacker<'a> {
     chain_id: &'a str,
     /// Directory mtimes to set once everything inside them is written.
     dir_times: HashMap<PathBuf, i64>,
+    /// Directories known to be real directories in the snapshot (made or
+    /// checked), so a path's parents are looked at once, not per entry.
+    dirs: HashSet<PathBuf>,
+    /// The buffer file contents are copied through.
+    buffer: Vec<u8>,
+    /// Workers that create small regular files, started once the layer has
+    /// [`FILES_BEFORE_POOL`] files; `None` before that and on one CPU.
+    pool: Option<FilePool>,
+    /// Every path made so far that is not a directory (files possibly still
+    /// being written by the pool): a later entry at one of them, or under
+    /// one, waits for the pool first. A path that is neither here nor in
+    /// `dirs` does not exist yet, the snapshot having started empty.
+    created: HashSet<PathBuf>,
 }
 
 impl Unpacker<'_> {
@@ -323,10 +374,16 @@ impl Unpacker<'_> {
     /// Makes sure every parent of `parts` is a real directory inside the root,
     /// creating missing ones; refuses to go through symlinks or files so nothing
     /// can be written outside the snapshot.
-    fn parent_dir(&self, entry: &Path, parts: &[&OsStr]) -> Result<PathBuf> {
+    fn parent_dir(&mut self, entry: &Path, parts: &[&OsStr]) -> Result<PathBuf> {
         let mut dir = self.root.to_path_buf();
         for part in parts {
             dir.push(part);
+            if self.dirs.contains(&dir) {
+                continue;
+            }
+            if self.created.contains(&dir) {
+                self.settle()?;
+            }
             match fs::symlink_metadata(&dir) {
                 Ok(meta) if meta.is_dir() => {}
                 Ok(_) => {
@@ -343,6 +400,7 @@ impl Unpacker<'_> {
                 }
                 Err(e) => return Err(io_err("inspect", &dir)(e)),
             }
+            self.dirs.insert(dir.clone());
         }
         Ok(dir)
     }
@@ -370,12 +428,14 @@ impl Unpacker<'_> {
                 return Err(self.bad(&raw_path, "whiteout names no file"));
             }
             let path = parent.join(OsStr::from_bytes(hidden));
+            self.settle()?;
             self.remove_existing(&path)?;
             mknod(&path, SFlag::S_IFCHR, Mode::empty(), 0).map_err(|e| Error::Io {
                 action: "create whiteout",
                 path: path.clone(),
                 source: e.into(),
             })?;
+            self.created.insert(path);
             return Ok(());
         }
 
@@ -395,9 +455,47 @@ impl Unpacker<'_> {
         let mtime = header.mtime().unwrap_or(0) as i64;
         let xattrs = read_xattrs(&mut entry).map_err(io_err("read xattrs of", &path))?;
 
-        let existing = fs::symlink_metadata(&path).ok();
+        if kind.is_file() || kind == tar::EntryType::Continuous || kind == tar::EntryType::GNUSparse
+        {
+            let meta = FileMeta {
+                mode,
+                uid: uid as u32,
+                gid: gid as u32,
+                mtime,
+                xattrs,
+            };
+            let fresh = !self.created.contains(&path) && !self.dirs.contains(&path);
+            self.created.insert(path.clone());
+            if self.pool.is_none() && self.created.len() == FILES_BEFORE_POOL {
+                self.pool = FilePool::start();
+            }
+            if fresh && entry.size() <= POOLED_MAX {
+                if let Some(pool) = &mut self.pool {
+                    let mut data = Vec::with_capacity(entry.size() as usize);
+                    entry
+                        .read_to_end(&mut data)
+                        .map_err(io_err("read", &path))?;
+                    return pool.submit(FileJob { path, data, meta });
+                }
+            }
+            if !fresh {
+                self.settle()?;
+            }
+            return self.write_file(&path, &mut entry, &meta);
+        }
+        // Something there may still be being written (a file, or files
+        // inside a directory that is about to be replaced).
+        if self.created.contains(&path) || (!kind.is_dir() && self.dirs.contains(&path)) {
+            self.settle()?;
+        }
+        let existing = if self.dirs.contains(&path) {
+            None
+        } else {
+            fs::symlink_metadata(&path).ok()
+        };
         if kind.is_dir() {
             match existing {
+                _ if self.dirs.contains(&path) => {}
                 Some(meta) if meta.is_dir() => {}
                 Some(_) => {
                     self.remove_existing(&path)?;
@@ -405,22 +503,12 @@ impl Unpacker<'_> {
                 }
                 None => fs::create_dir(&path).map_err(io_err("create", &path))?,
             }
+            self.dirs.insert(path.clone());
         } else {
-            if existing.is_some() {
+            if existing.is_some() || self.dirs.contains(&path) {
                 self.remove_existing(&path)?;
             }
-            if kind.is_file()
-                || kind == tar::EntryType::Continuous
-                || kind == tar::EntryType::GNUSparse
-            {
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(io_err("create", &path))?;
-                io::copy(&mut entry, &mut file).map_err(io_err("write", &path))?;
-            } else if kind.is_symlink() {
+            if kind.is_symlink() {
                 let target = entry
                     .link_name()
                     .map_err(|e| self.bad(&raw_path, format!("bad link target: {e}")))?
@@ -431,6 +519,8 @@ impl Unpacker<'_> {
                     .link_name()
                     .map_err(|e| self.bad(&raw_path, format!("bad link target: {e}")))?
                     .ok_or_else(|| self.bad(&raw_path, "hard link without a target"))?;
+                // Its target may still be being written.
+                self.settle()?;
                 let target_parts = clean_components(&target);
                 let Some((target_name, target_parents)) = target_parts.split_last() else {
                     return Err(self.bad(&raw_path, "hard link to the root directory"));
@@ -459,6 +549,7 @@ impl Unpacker<'_> {
                     }
                 }
                 fs::hard_link(&source, &path).map_err(io_err("create hard link", &path))?;
+                self.created.insert(path);
                 // A hard link shares the target's inode and metadata.
                 return Ok(());
             } else if kind.is_character_special() || kind.is_block_special() {
@@ -497,6 +588,9 @@ impl Unpacker<'_> {
             }
         }
 
+        if !kind.is_dir() {
+            self.created.insert(path.clone());
+        }
         // Ownership before mode: chown clears setuid/setgid bits.
         fchownat(
             nix::fcntl::AT_FDCWD,
@@ -530,7 +624,43 @@ impl Unpacker<'_> {
         Ok(())
     }
 
+    /// Waits for the files handed to the pool (and reports their failure).
+    fn settle(&mut self) -> Result<()> {
+        match &mut self.pool {
+            Some(pool) => pool.wait(),
+            None => Ok(()),
+        }
+    }
+
+    /// Creates the regular file `path` with `data` and `meta`, replacing
+    /// what is there. Everything after the create goes through the open
+    /// descriptor: no path is looked up again.
+    fn write_file(&mut self, path: &Path, data: &mut dyn Read, meta: &FileMeta) -> Result<()> {
+        let mut file = match create_new(path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.remove_existing(path)?;
+                create_new(path)
+            }
+            other => other,
+        }
+        .map_err(io_err("create", path))?;
+        if self.buffer.is_empty() {
+            self.buffer = vec![0; COPY_BUFFER];
+        }
+        loop {
+            let n = match data.read(&mut self.buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err("write", path)(e)),
+            };
+            io::Write::write_all(&mut file, &self.buffer[..n]).map_err(io_err("write", path))?;
+        }
+        meta.apply(&file, path)
+    }
+
     fn remove_existing(&mut self, path: &Path) -> Result<()> {
+        self.dirs.retain(|p| !p.starts_with(path));
         match fs::symlink_metadata(path) {
             Ok(meta) if meta.is_dir() => {
                 self.dir_times.retain(|p, _| !p.starts_with(path));
@@ -542,6 +672,9 @@ impl Unpacker<'_> {
         }
     }
 }
+
+/// How many bytes of a file's data are copied at once.
+const COPY_BUFFER: usize = 256 * 1024;
 
 /// A file that is neither a regular file, a directory nor a symlink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -638,6 +771,10 @@ pub(crate) fn unpack_layer<R: Read>(reader: R, dir: &Path, chain_id: &str) -> Re
         root: dir,
         chain_id,
         dir_times: HashMap::new(),
+        dirs: HashSet::new(),
+        buffer: Vec::new(),
+        pool: None,
+        created: HashSet::new(),
     };
     let entries = archive
         .entries()
@@ -650,6 +787,8 @@ pub(crate) fn unpack_layer<R: Read>(reader: R, dir: &Path, chain_id: &str) -> Re
         })?;
         unpacker.unpack_entry(entry)?;
     }
+    // Every file is written before the directories get their times.
+    unpacker.settle()?;
     for (path, mtime) in &unpacker.dir_times {
         set_mtime(path, *mtime)?;
     }

@@ -285,3 +285,266 @@ fn open_errors_and_bad_ids_are_reported() {
     assert!(prepare(&snapshots, "sha256:truncated", truncated).is_err());
     assert!(!Path::new(&snapshots.path("sha256:truncated").unwrap()).exists());
 }
+
+/// A layer with every kind of entry and metadata the unpacker handles:
+/// owners, setuid and odd modes, mtimes, xattrs, symlinks, hard links,
+/// devices, FIFOs, whiteouts, an opaque directory, an entry that replaces an
+/// earlier one, and files large enough to span many stream chunks.
+fn rich_layer() -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, kind: tar::EntryType, mode: u32, owner: u64, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_uid(owner);
+        header.set_gid(owner + 1);
+        header.set_mtime(1_500_000_000 + owner);
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        builder.append_data(&mut header, path, data).unwrap();
+    };
+    add("etc/", tar::EntryType::Directory, 0o755, 0, b"");
+    add(
+        "etc/passwd",
+        tar::EntryType::Regular,
+        0o644,
+        0,
+        b"root:x:0:0\n",
+    );
+    add("etc/.wh.gone", tar::EntryType::Regular, 0o644, 0, b"");
+    add("opt/", tar::EntryType::Directory, 0o1777, 5, b"");
+    add("opt/.wh..wh..opq", tar::EntryType::Regular, 0o644, 0, b"");
+    add("bin/", tar::EntryType::Directory, 0o555, 0, b"");
+    add("bin/su", tar::EntryType::Regular, 0o4755, 0, b"setuid");
+    add("secret", tar::EntryType::Regular, 0o000, 7, b"hidden");
+    add("fifo", tar::EntryType::Fifo, 0o600, 3, b"");
+    add("replaced", tar::EntryType::Regular, 0o644, 0, b"first");
+    add("replaced", tar::EntryType::Regular, 0o640, 9, b"second");
+    for (dir, size) in [("big", 3 << 20), ("many", 1000)] {
+        add(
+            &format!("{dir}/"),
+            tar::EntryType::Directory,
+            0o750,
+            1000,
+            b"",
+        );
+        for n in 0..40u8 {
+            let data: Vec<u8> = (0..size).map(|i| (i as u8) ^ n).collect();
+            add(
+                &format!("{dir}/f{n}"),
+                tar::EntryType::Regular,
+                0o644,
+                1000,
+                &data,
+            );
+        }
+    }
+    let plain = |kind: tar::EntryType, mode: u32, mtime: u64| {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(mtime);
+        header.set_size(0);
+        header
+    };
+    let mut header = plain(tar::EntryType::Char, 0o666, 1_500_000_000);
+    header.set_device_major(1).unwrap();
+    header.set_device_minor(3).unwrap();
+    header.set_cksum();
+    builder
+        .append_data(&mut header, "null", io::empty())
+        .unwrap();
+    let mut header = plain(tar::EntryType::Symlink, 0o777, 1_400_000_000);
+    header.set_cksum();
+    builder
+        .append_link(&mut header, "etc/link", "passwd")
+        .unwrap();
+    let mut header = plain(tar::EntryType::Link, 0o644, 0);
+    header.set_cksum();
+    builder
+        .append_link(&mut header, "bin/su-again", "bin/su")
+        .unwrap();
+    builder
+        .append_pax_extensions([
+            ("SCHILY.xattr.user.note", b"kept".as_slice()),
+            (
+                "SCHILY.xattr.security.capability",
+                b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+            ),
+            ("SCHILY.xattr.trusted.overlay.redirect", b"/etc"),
+        ])
+        .unwrap();
+    let mut header = plain(tar::EntryType::Regular, 0o755, 1_300_000_000);
+    header.set_size(4);
+    header.set_cksum();
+    builder
+        .append_data(&mut header, "bin/ping", b"ping".as_slice())
+        .unwrap();
+    builder.into_inner().unwrap()
+}
+
+#[test]
+fn a_streamed_snapshot_is_the_unpacked_one() {
+    let dir = scratch();
+    let root = dir.path().join("s");
+    let snapshots = Snapshotter::new(&root).unwrap();
+    let layer = rich_layer();
+    let unpacked = prepare(&snapshots, "sha256:unpacked", &layer).unwrap();
+
+    let mut stream = snapshots.stream().unwrap();
+    // Written in uneven pieces, as a tar writer does.
+    for piece in layer.chunks(7_919) {
+        io::Write::write_all(&mut stream, piece).unwrap();
+    }
+    assert!(!snapshots.exists("sha256:streamed").unwrap());
+    let streamed = stream.finish("sha256:streamed").unwrap();
+    assert_eq!(streamed, snapshots.path("sha256:streamed").unwrap());
+    assert!(snapshots.exists("sha256:streamed").unwrap());
+
+    let expected = common::tree_listing(&unpacked);
+    assert!(expected.contains("bin/su 0o104755 0:1"), "{expected}");
+    assert!(expected.contains("user.note=kept"), "{expected}");
+    assert!(expected.contains("trusted.overlay.opaque=y"), "{expected}");
+    let listing = common::tree_listing(&streamed);
+    assert!(
+        listing == expected,
+        "{}",
+        common::listing_diff(&listing, &expected)
+    );
+    // A stream is marked for its boot like any snapshot, and nothing of
+    // its work is left beside the snapshots.
+    assert!(root.join(".boot/sha256_streamed").is_file());
+    assert_eq!(common::temp_leftovers(&root), Vec::<String>::new());
+}
+
+#[test]
+fn streams_that_end_early_or_lose_a_race_leave_one_snapshot_and_no_work() {
+    let dir = scratch();
+    let root = dir.path().join("s");
+    let snapshots = Snapshotter::new(&root).unwrap();
+    let layer = rich_layer();
+
+    // Dropped unfinished (the layer's step failed): nothing is named.
+    let mut stream = snapshots.stream().unwrap();
+    io::Write::write_all(&mut stream, &layer[..layer.len() / 2]).unwrap();
+    drop(stream);
+    assert_eq!(common::temp_leftovers(&root), Vec::<String>::new());
+
+    // A truncated layer: finish reports the unpacker's error.
+    let mut stream = snapshots.stream().unwrap();
+    io::Write::write_all(&mut stream, &layer[..layer.len() / 2]).unwrap();
+    assert!(stream.finish("sha256:cut").is_err());
+    assert!(!snapshots.exists("sha256:cut").unwrap());
+    assert_eq!(common::temp_leftovers(&root), Vec::<String>::new());
+
+    // Another maker was first: theirs is kept, the stream's work removed.
+    let first = prepare(
+        &snapshots,
+        "sha256:both",
+        &tar_of(&[("mine", tar::EntryType::Regular, "1")]),
+    )
+    .unwrap();
+    let mut stream = snapshots.stream().unwrap();
+    io::Write::write_all(&mut stream, &layer).unwrap();
+    assert_eq!(stream.finish("sha256:both").unwrap(), first);
+    assert!(first.join("mine").is_file());
+    assert!(!first.join("etc").exists());
+    assert_eq!(common::temp_leftovers(&root), Vec::<String>::new());
+}
+
+#[test]
+fn later_entries_wait_for_the_files_still_being_written() {
+    let dir = scratch();
+    let snapshots = Snapshotter::new(dir.path().join("s")).unwrap();
+    let mut entries: Vec<(String, tar::EntryType, String)> =
+        vec![("gone/".into(), tar::EntryType::Directory, String::new())];
+    for n in 0..300 {
+        entries.push((format!("gone/f{n}"), tar::EntryType::Regular, n.to_string()));
+        entries.push((format!("kept/f{n}"), tar::EntryType::Regular, n.to_string()));
+    }
+    entries.extend([
+        // A directory full of files just handed out becomes a symlink.
+        ("gone".into(), tar::EntryType::Symlink, "kept".into()),
+        // A file just handed out: linked, whited out, replaced, made a parent.
+        ("link".into(), tar::EntryType::Link, "kept/f299".into()),
+        (
+            "kept/.wh.f298".into(),
+            tar::EntryType::Regular,
+            String::new(),
+        ),
+        ("kept/f297".into(), tar::EntryType::Regular, "again".into()),
+        ("kept/f296".into(), tar::EntryType::Directory, String::new()),
+        (
+            "kept/f296/inside".into(),
+            tar::EntryType::Regular,
+            "in".into(),
+        ),
+    ]);
+    let borrowed: Vec<(&str, tar::EntryType, &str)> = entries
+        .iter()
+        .map(|(p, k, d)| (p.as_str(), *k, d.as_str()))
+        .collect();
+    let snapshot = prepare(&snapshots, "sha256:races", &tar_of(&borrowed)).unwrap();
+    assert_eq!(
+        fs::read_link(snapshot.join("gone")).unwrap(),
+        Path::new("kept")
+    );
+    assert_eq!(fs::read_to_string(snapshot.join("link")).unwrap(), "299");
+    assert_eq!(
+        fs::metadata(snapshot.join("link")).unwrap().ino(),
+        fs::metadata(snapshot.join("kept/f299")).unwrap().ino()
+    );
+    assert!(fs::symlink_metadata(snapshot.join("kept/f298"))
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    assert_eq!(
+        fs::read_to_string(snapshot.join("kept/f297")).unwrap(),
+        "again"
+    );
+    assert_eq!(
+        fs::read_to_string(snapshot.join("kept/f296/inside")).unwrap(),
+        "in"
+    );
+    assert_eq!(fs::read_to_string(snapshot.join("kept/f0")).unwrap(), "0");
+    assert_eq!(fs::read_dir(snapshot.join("kept")).unwrap().count(), 300);
+}
+
+/// Reads a layer and notes which threads read it.
+struct Watched<R> {
+    inner: R,
+    readers: Arc<std::sync::Mutex<Vec<std::thread::ThreadId>>>,
+}
+
+impl<R: io::Read> io::Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Ok(mut readers) = self.readers.lock() {
+            readers.push(std::thread::current().id());
+        }
+        self.inner.read(buf)
+    }
+}
+
+#[test]
+fn layers_are_read_on_a_thread_of_their_own() {
+    let dir = scratch();
+    let snapshots = Snapshotter::new(dir.path().join("s")).unwrap();
+    let readers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let layer = rich_layer();
+    let snapshot = snapshots
+        .prepare("sha256:ahead", || {
+            Ok::<_, io::Error>(Watched {
+                inner: io::Cursor::new(layer.clone()),
+                readers: readers.clone(),
+            })
+        })
+        .unwrap();
+    // Decompression (the reader) overlaps file creation (this thread).
+    let readers = readers.lock().unwrap();
+    assert!(!readers.is_empty());
+    assert!(readers.iter().all(|id| *id != std::thread::current().id()));
+    let listing = common::tree_listing(&snapshot);
+    assert!(listing.contains("bin/su 0o104755 0:1"), "{listing}");
+}

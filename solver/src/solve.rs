@@ -2,7 +2,7 @@
 //! key, the misses run in parallel through the executor, and the target
 //! stage's image written to the store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -505,6 +505,7 @@ pub fn solve(
         results: &results,
         downloads: &downloads,
         sources: &options.cache_sources,
+        mounted_later: &mounted_later(&vertices),
     };
     let deps: Vec<Vec<usize>> = vertices.iter().map(|v| v.deps.clone()).collect();
     let outcome = run_dag(&deps, options.jobs, cancel, |id| {
@@ -901,6 +902,56 @@ struct Runner<'a> {
     results: &'a Mutex<HashMap<usize, Option<LayerBlob>>>,
     downloads: &'a Downloads,
     sources: &'a [Arc<dyn CacheSource>],
+    /// Vertices whose result a later step mounts (see [`mounted_later`]).
+    mounted_later: &'a HashSet<usize>,
+}
+
+/// A layer being written, and the snapshot it also fills (until a write to
+/// the snapshot fails: the layer never depends on it).
+struct LayerTee<'w> {
+    layer: &'w mut kiln_cache::LayerWriter,
+    snapshot: Option<&'w mut kiln_executor::SnapshotStream>,
+}
+
+impl std::io::Write for LayerTee<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.layer.write_all(buf)?;
+        if let Some(snapshot) = &mut self.snapshot {
+            if snapshot.write_all(buf).is_err() {
+                self.snapshot = None;
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The vertices whose results some later step reads through snapshots: a
+/// RUN, WORKDIR or (non `--link`) COPY on top of them, or a `COPY --from` or
+/// `RUN --mount=from=` of their stage.
+fn mounted_later(vertices: &[Vertex<'_>]) -> HashSet<usize> {
+    let mut wanted = HashSet::new();
+    for vertex in vertices {
+        let reads_parent = match &vertex.step.kind {
+            StepKind::Run(_) | StepKind::Workdir { .. } => true,
+            StepKind::Copy(copy) => !copy.link,
+            StepKind::Config => false,
+        };
+        let parents = reads_parent.then_some(&vertex.parent_layers);
+        for layer in parents
+            .into_iter()
+            .chain(vertex.from_layers.values())
+            .flatten()
+        {
+            if let LayerRef::Vertex(made_by) = layer {
+                wanted.insert(*made_by);
+            }
+        }
+    }
+    wanted
 }
 
 /// The build's private RUN network: started by the first step on the default
@@ -1058,24 +1109,58 @@ impl Runner<'_> {
         Ok(RootfsView::new(&self.lowers(refs)?))
     }
 
-    fn write_layer_from<F>(&self, write: F) -> Result<Option<LayerBlob>>
+    /// Writes the layer of `vertex` with `write`; when a later step mounts
+    /// its result, the same tar also fills its snapshot as it is written (see
+    /// [`kiln_executor::SnapshotStream`]), so that step does not unpack the
+    /// blob. The snapshot is best effort: one that fails is unpacked from the
+    /// blob when first needed, as any other.
+    fn write_layer_from<F>(
+        &self,
+        id: usize,
+        vertex: &Vertex<'_>,
+        write: F,
+    ) -> Result<Option<LayerBlob>>
     where
-        F: FnOnce(
-            &mut kiln_cache::LayerWriter,
-        ) -> kiln_executor::Result<kiln_executor::LayerSummary>,
+        F: FnOnce(&mut LayerTee<'_>) -> kiln_executor::Result<kiln_executor::LayerSummary>,
     {
         let mut writer = self
             .store
             .layer_writer(self.options.compression)
             .map_err(store_err)?;
-        let summary = write(&mut writer).map_err(exec_err)?;
+        let mut snapshot = if self.mounted_later.contains(&id) {
+            self.snapshotter.stream().ok()
+        } else {
+            None
+        };
+        let (summary, teed) = {
+            let mut tee = LayerTee {
+                layer: &mut writer,
+                snapshot: snapshot.as_mut(),
+            };
+            let summary = write(&mut tee).map_err(exec_err)?;
+            (summary, tee.snapshot.is_some())
+        };
         if summary.empty {
             return Ok(None);
         }
         if self.cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        writer.finish().map(Some).map_err(store_err)
+        let layer = writer.finish().map_err(store_err)?;
+        if let Some(snapshot) = snapshot.filter(|_| teed) {
+            let mut diff_ids: Vec<_> = {
+                let results = self.results.lock().map_err(|_| Error::Cancelled)?;
+                resolve_layers(&vertex.parent_layers, &results)?
+            }
+            .into_iter()
+            .map(|l| l.diff_id)
+            .collect();
+            diff_ids.push(layer.diff_id.clone());
+            if let Some(chain) = chain_id(&diff_ids) {
+                let _ = snapshot.finish(chain.as_ref());
+            }
+        }
+        Ok(Some(layer))
     }
 
     fn diff_options(&self) -> DiffOptions {
@@ -1117,7 +1202,7 @@ impl Runner<'_> {
                     }
                 };
                 let options = self.diff_options();
-                self.write_layer_from(|w| {
+                self.write_layer_from(id, vertex, |w| {
                     kiln_executor::write_dir_layer_with(&tree, &extra, w, &options)
                 })
             }
@@ -1173,7 +1258,9 @@ impl Runner<'_> {
                     set_mode(dir, *mode)?;
                 }
                 let options = self.diff_options();
-                self.write_layer_from(|w| kiln_executor::write_dir_layer(&tree, w, &options))
+                self.write_layer_from(id, vertex, |w| {
+                    kiln_executor::write_dir_layer(&tree, w, &options)
+                })
             }
             StepKind::Run(run) => self.run_step(id, vertex, run),
         }
@@ -1423,7 +1510,7 @@ impl Runner<'_> {
         drop(ssh_proxies);
         drop(locks);
         let options = self.diff_options();
-        self.write_layer_from(|w| upper.write_layer(w, &options))
+        self.write_layer_from(id, vertex, |w| upper.write_layer(w, &options))
     }
 }
 

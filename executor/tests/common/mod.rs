@@ -157,3 +157,17 @@ pub fn host_mounts() -> Vec<String> {
     lines.sort();
     lines
 }
+
+#[path = "../../../testsupport/tree.rs"]
+mod tree;
+#[allow(unused_imports)]
+pub use tree::{listing_diff, tree_listing};
+
+/// Temporary directories (`.tmp-*`) left in a snapshot root.
+pub fn temp_leftovers(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".tmp-"))
+        .collect()
+}
