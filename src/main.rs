@@ -81,6 +81,9 @@ enum Command {
     /// Runs a detached container (started by `kiln run -d`).
     #[command(name = "__supervise", hide = true)]
     Supervise(cmd::run::manage::SuperviseArgs),
+    /// Makes an image's snapshots (started by import and pull).
+    #[command(name = "__unpack", hide = true)]
+    Unpack(cmd::unpack::Args),
 }
 
 fn main() -> ExitCode {
@@ -113,6 +116,7 @@ fn main() -> ExitCode {
         Command::Wait(args) => cmd::run::manage::wait(&cli.global, args),
         Command::Commit(args) => cmd::run::commit::run(&cli.global, args),
         Command::Supervise(args) => cmd::run::manage::supervise(&cli.global, args),
+        Command::Unpack(args) => cmd::unpack::run(&cli.global, args),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,6 @@
-//! Snapshots made as layers are written (issue 18): an imported image's, and
-//! a COPY's that a later RUN mounts, without reading their blobs back; each
+//! Snapshots made before a build asks for them (issue 18): an imported
+//! image's (by a detached kiln right after import), and a COPY's that a later
+//! RUN mounts (as its layer is written, without reading the blob back); each
 //! the same tree the unpacker makes from the stored blob.
 
 mod build_common;
@@ -51,7 +52,16 @@ fn an_imported_image_has_its_snapshot_and_it_is_the_unpacked_one() {
     let env = Env::empty();
     let rootfs = fixture("debian12-minbase-amd64.tar.zst");
     run_ok(&mut env.command(&["import", &rootfs.to_string_lossy(), "deb:12"]));
-    let snapshots = layer_snapshots(&env);
+    // Import returns with the layer stored; a detached kiln makes the
+    // snapshot right after, without any build asking for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let snapshots = loop {
+        let snapshots = layer_snapshots(&env);
+        if !snapshots.is_empty() || std::time::Instant::now() > deadline {
+            break snapshots;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert_eq!(
         snapshots.len(),
         1,

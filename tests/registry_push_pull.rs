@@ -71,6 +71,18 @@ fn push_then_pull_into_an_empty_store_keeps_the_digest_and_skopeo_reads_it() {
     let images = empty.ok(&["images", "--format", "json"]);
     assert!(images.contains(&target), "{images}");
     empty.ok(&["fsck"]);
+    // A background kiln unpacks the pulled image for the first RUN.
+    let snapshots = empty.root().join("kiln/snapshots");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_dir(&snapshots).is_ok_and(|mut entries| {
+        entries.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("sha256_")))
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot after the pull"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     // Pulling again downloads nothing.
     let out = empty.kiln(&["pull", &target]);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("downloaded"));

@@ -81,25 +81,8 @@ pub fn import_tar(
     input: impl Read + Send,
     compression: Compression,
 ) -> Result<ImportedLayer> {
-    import_tar_teed(store, input, compression, None)
-}
-
-/// [`import_tar`] that also writes the layer's uncompressed tar, byte for
-/// byte the stream its diff_id hashes, into `tee` as it is made (the binary
-/// passes a snapshot unpacker, so the base image's snapshot is ready when the
-/// import is). The tee never fails the import: after its first failed write
-/// it is written to no more, and its owner finds out why on its own.
-pub fn import_tar_teed(
-    store: &Store,
-    input: impl Read + Send,
-    compression: Compression,
-    tee: Option<&mut dyn Write>,
-) -> Result<ImportedLayer> {
     let (input_compression, reader) = decompress_detected(input)?;
-    let writer = Teed {
-        layer: store.layer_writer(compression)?,
-        tee,
-    };
+    let writer = store.layer_writer(compression)?;
     let mut normaliser = Normaliser::new(writer);
     normaliser.copy_archive(reader)?;
     let Normaliser {
@@ -114,7 +97,6 @@ pub fn import_tar_teed(
     let layer = builder
         .into_inner()
         .during("finishing the layer tar")?
-        .layer
         .finish()?;
     Ok(ImportedLayer {
         layer,
@@ -126,28 +108,6 @@ pub fn import_tar_teed(
     })
 }
 
-/// The layer writer, and a copy of what it is given for the tee.
-struct Teed<'t> {
-    layer: LayerWriter,
-    tee: Option<&'t mut dyn Write>,
-}
-
-impl Write for Teed<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.layer.write_all(buf)?;
-        if let Some(tee) = &mut self.tee {
-            if tee.write_all(buf).is_err() {
-                self.tee = None;
-            }
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Imports a directory as a layer: entries sorted by name, owners, modes and
 /// times as on disk, hard links kept, symlinks not followed.
 pub fn import_directory(
@@ -155,21 +115,11 @@ pub fn import_directory(
     dir: &Path,
     compression: Compression,
 ) -> Result<ImportedLayer> {
-    import_directory_teed(store, dir, compression, None)
-}
-
-/// [`import_directory`] with a tee, as [`import_tar_teed`].
-pub fn import_directory_teed(
-    store: &Store,
-    dir: &Path,
-    compression: Compression,
-    tee: Option<&mut dyn Write>,
-) -> Result<ImportedLayer> {
     let (reader, writer) = io::pipe().during("creating a pipe")?;
     let dir = dir.to_path_buf();
     std::thread::scope(|scope| {
         let producer = scope.spawn(move || write_directory_tar(&dir, writer));
-        let imported = import_tar_teed(store, reader, compression, tee);
+        let imported = import_tar(store, reader, compression);
         let produced = producer
             .join()
             .unwrap_or_else(|_| Err(Error::BadTar("the directory reader panicked".to_owned())));
@@ -236,8 +186,8 @@ enum Seen {
     Other,
 }
 
-struct Normaliser<'t> {
-    builder: tar::Builder<Teed<'t>>,
+struct Normaliser {
+    builder: tar::Builder<LayerWriter>,
     seen: HashMap<PathBuf, Seen>,
     /// Every parent directory of an entry so far.
     implied_dirs: std::collections::HashSet<PathBuf>,
@@ -248,8 +198,8 @@ struct Normaliser<'t> {
     newest_mtime: u64,
 }
 
-impl<'t> Normaliser<'t> {
-    fn new(writer: Teed<'t>) -> Normaliser<'t> {
+impl Normaliser {
+    fn new(writer: LayerWriter) -> Normaliser {
         Normaliser {
             builder: tar::Builder::new(writer),
             seen: HashMap::new(),

@@ -40,10 +40,7 @@ pub use image::{
     is_valid_path_component, is_valid_tag, normalize_name, rfc3339_utc, NamedImage, NewImage,
     StoredImage,
 };
-pub use import::{
-    import_directory, import_directory_teed, import_tar, import_tar_teed, DetectedPlatform,
-    ImportedLayer,
-};
+pub use import::{import_directory, import_tar, DetectedPlatform, ImportedLayer};
 pub use layer::{LayerBlob, LayerWriter};
 pub use platform::Platform;
 pub use referrers::{NewArtifact, StoredArtifact, EMPTY_JSON, EMPTY_MEDIA_TYPE};

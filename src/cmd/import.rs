@@ -49,36 +49,19 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
     let config = serde_json::to_value(&config).context("serializing the image config")?;
     let store = global.open_store()?;
 
-    // The snapshot of the layer is unpacked from the same tar as it is
-    // written, so the first RUN on the image finds it ready.
-    let snapshotter = kiln_executor::Snapshotter::new(store.snapshots_dir())?;
-    let mut snapshot = snapshotter
-        .stream()
-        .map_err(|e| eprintln!("warning: the image's snapshot is made on first use: {e}"))
-        .ok();
-    let tee = snapshot.as_mut().map(|s| s as &mut dyn std::io::Write);
     let from_stdin = args.source.as_os_str() == "-";
     let imported = if from_stdin {
         eprintln!("importing from stdin");
-        kiln_cache::import_tar_teed(&store, std::io::stdin(), compression, tee)?
+        kiln_cache::import_tar(&store, std::io::stdin(), compression)?
     } else if args.source.is_dir() {
         eprintln!("importing directory {}", args.source.display());
-        kiln_cache::import_directory_teed(&store, &args.source, compression, tee)?
+        kiln_cache::import_directory(&store, &args.source, compression)?
     } else {
         let file = std::fs::File::open(&args.source)
             .with_context(|| format!("cannot open {}", args.source.display()))?;
-        kiln_cache::import_tar_teed(&store, file, compression, tee)
+        kiln_cache::import_tar(&store, file, compression)
             .with_context(|| format!("cannot import {}", args.source.display()))?
     };
-    if let Some(snapshot) = snapshot {
-        let chain = kiln_cache::chain_id(std::slice::from_ref(&imported.layer.diff_id))
-            .context("the layer's chain id")?;
-        // Derived data: a snapshot that could not be made is made again from
-        // the layer when a step first needs it.
-        if let Err(e) = snapshot.finish(chain.as_ref()) {
-            eprintln!("warning: the image's snapshot is made on first use: {e}");
-        }
-    }
     for line in &imported.cleaned {
         eprintln!("cleaned {line}");
     }
@@ -163,6 +146,8 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
     })?;
     store.tag(&name, &image)?;
     eprintln!("tagged {name} ({})", image.platform());
+    // The first RUN on the image finds its snapshot made (or being made).
+    super::unpack::spawn(global, image.id().as_ref());
     super::images::emit(image.id())?;
     Ok(ExitCode::SUCCESS)
 }

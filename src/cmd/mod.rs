@@ -15,6 +15,7 @@ pub mod registry;
 pub mod run;
 pub mod setup_binfmt;
 pub mod store;
+pub mod unpack;
 
 /// Options every subcommand takes.
 #[derive(Debug, clap::Args)]

@@ -223,6 +223,7 @@ pub fn pull(global: &Global, args: PullArgs) -> CmdResult {
             kiln_registry::pull_referrers(&store, &client, &reference, pulled.image.id(), &report)?;
         eprintln!("pulled {} referrers", referrers.len());
     }
+    super::unpack::spawn(global, pulled.image.id().as_ref());
     println!("{}", pulled.image.id());
     Ok(ExitCode::SUCCESS)
 }
