@@ -1,3 +1,6 @@
+//! Layer compression: the `Compression` kiln writes layers with (gzip,
+//! zstd, none) and detecting and undoing whatever compression an input has.
+
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::str::FromStr;

@@ -1,3 +1,6 @@
+//! The store's error type: every failure names the path or digest it is
+//! about, and keeps its cause.
+
 use std::path::PathBuf;
 
 /// What can go wrong in the store. Messages are lowercase and say what to do

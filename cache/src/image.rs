@@ -1,3 +1,7 @@
+//! Images as the store writes and reads them: `NewImage` (what a builder
+//! hands over) and `StoredImage` (a manifest, its config and layers, read
+//! back by digest).
+
 use oci_spec::image::{Descriptor, Digest, History, ImageConfiguration, ImageManifest};
 
 use crate::error::{Error, Result};

@@ -1,3 +1,6 @@
+//! Writing layers: a tar stream hashed for its diff_id, compressed in
+//! parallel chunks on one process-wide pool, and stored as a verified blob.
+
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;

@@ -1,3 +1,6 @@
+//! Image platforms (`linux/amd64`, `linux/arm/v7`): parsing OCI and Debian
+//! names, the host's platform, and matching a requested one.
+
 use std::fmt;
 use std::str::FromStr;
 

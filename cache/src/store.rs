@@ -1,3 +1,7 @@
+//! The content-addressed store: blobs, the OCI image layout and its names,
+//! cache records, and prune and fsck, with their concurrency contract (see
+//! [`Store`]).
+
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read};

@@ -1,3 +1,6 @@
+//! The registry client's error type: what failed, against which registry
+//! or blob, and what to do about it.
+
 use std::path::PathBuf;
 
 /// What can go wrong talking to a registry. Messages are lowercase and say
