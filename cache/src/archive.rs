@@ -163,7 +163,12 @@ fn save_oci<W: Write>(
         "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": entries,
     });
-    let bytes = serde_json::to_vec(&index).map_err(|e| Error::invalid("index.json", e))?;
+    // Through a JSON value, whose objects keep their keys sorted: the
+    // descriptors' annotations are hash maps, and the same images must give
+    // the same archive, byte for byte.
+    let bytes = serde_json::to_value(&index)
+        .and_then(|value| serde_json::to_vec(&value))
+        .map_err(|e| Error::invalid("index.json", e))?;
     append_bytes(tar, "index.json", &bytes)
 }
 
