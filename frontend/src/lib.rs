@@ -21,6 +21,7 @@ mod key;
 mod lint;
 mod mount;
 mod parse;
+mod path;
 mod render;
 mod shell;
 

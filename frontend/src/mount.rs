@@ -2,8 +2,8 @@
 
 use std::borrow::Cow;
 
-use crate::compile::join_path;
 use crate::graph::{CacheSharing, CopyFrom, RunMount};
+use crate::path::join_path;
 
 /// Splits a CSV record into fields: commas separate, a field may be quoted
 /// with `"` (and `""` inside quotes is one quote). Fields of a record without
