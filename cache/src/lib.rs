@@ -18,6 +18,7 @@ mod error;
 mod fsutil;
 mod image;
 mod import;
+mod index;
 mod layer;
 mod platform;
 mod referrers;
@@ -36,6 +37,9 @@ pub use image::{
     StoredImage,
 };
 pub use import::{import_directory, import_tar, DetectedPlatform, ImportedLayer};
+pub use index::{
+    descriptor_platform, is_index_media_type, NewIndex, StoredIndex, StoredRef, INDEX_MEDIA_TYPE,
+};
 pub use layer::{LayerBlob, LayerWriter};
 pub use platform::Platform;
 pub use referrers::{NewArtifact, StoredArtifact, EMPTY_JSON, EMPTY_MEDIA_TYPE};
@@ -46,5 +50,6 @@ pub use store::{
 
 /// The OCI types the API uses, re-exported so users need not depend on oci-spec.
 pub use oci_spec::image::{
-    Descriptor, Digest, History, HistoryBuilder, ImageConfiguration, ImageManifest, MediaType,
+    Descriptor, Digest, History, HistoryBuilder, ImageConfiguration, ImageIndex, ImageManifest,
+    MediaType,
 };

@@ -903,7 +903,10 @@ fn every_stage_built_from_a_stage_inherits_its_config() {
         };
         let graph = build_with(text, &options);
         let labels = graph.config.labels.unwrap_or_default();
-        labels.into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>()
+        labels
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
     };
     assert_eq!(labels("y"), ["a=1", "c=3"]);
     assert_eq!(labels("x"), ["a=1", "b=2"]);

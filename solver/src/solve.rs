@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use kiln_cache::{
     chain_id, CacheRecord, CacheSource, Compression, Descriptor, History, HistoryBuilder,
-    LayerBlob, NewImage, Platform, Store, StoredImage,
+    LayerBlob, NewImage, Platform, Store, StoredImage, StoredRef,
 };
 use kiln_executor::{CancelToken, DiffOptions, Mount, RootfsView, RunSpec, Snapshotter};
 use kiln_frontend::{
@@ -156,28 +156,58 @@ impl<'a> StoreResolver<'a> {
     }
 }
 
-impl BaseImageResolver for StoreResolver<'_> {
-    fn resolve(
-        &self,
+impl StoreResolver<'_> {
+    /// A stored image as the frontend sees a base image.
+    pub fn describe(
+        image: &StoredImage,
         reference: &str,
-        _platform: &str,
-    ) -> std::result::Result<Option<BaseImage>, String> {
-        let Some(image) = self.store.resolve(reference).map_err(|e| e.to_string())? else {
-            return Ok(None);
-        };
+    ) -> std::result::Result<BaseImage, String> {
         let config = match image.raw_config.get("config") {
             Some(value) if !value.is_null() => serde_json::from_value::<ImageConfig>(value.clone())
                 .map_err(|e| format!("image {reference}: its config does not parse: {e}"))?,
             _ => ImageConfig::default(),
         };
         let platform = image.platform();
-        Ok(Some(BaseImage {
+        Ok(BaseImage {
             digest: image.id().to_string(),
             config,
             os: platform.os,
             architecture: platform.architecture,
             variant: platform.variant,
-        }))
+        })
+    }
+}
+
+impl BaseImageResolver for StoreResolver<'_> {
+    /// A single image whatever its platform (the caller judges it); of a
+    /// multi-platform index, the entry for `platform`.
+    fn resolve(
+        &self,
+        reference: &str,
+        platform: &str,
+    ) -> std::result::Result<Option<BaseImage>, String> {
+        let Some(stored) = self
+            .store
+            .resolve_ref(reference)
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let image = match stored {
+            StoredRef::Image(image) => image,
+            index @ StoredRef::Index(_) => {
+                let wanted = parse_platform(platform).map_err(|e| e.to_string())?;
+                match self
+                    .store
+                    .image_for(&index, &wanted)
+                    .map_err(|e| e.to_string())?
+                {
+                    Some(image) => image,
+                    None => return Ok(None),
+                }
+            }
+        };
+        Self::describe(&image, reference).map(Some)
     }
 }
 
@@ -455,6 +485,7 @@ pub fn solve(
         });
     }
 
+    check_emulation(store, options, &vertices)?;
     let snapshotter = Snapshotter::new(store.snapshots_dir()).map_err(exec_err)?;
     let results: Mutex<HashMap<usize, Option<LayerBlob>>> = Mutex::new(HashMap::new());
     // When each vertex's result was first made (seconds): a cached result
@@ -685,6 +716,31 @@ pub fn solve(
         records,
         attestations,
     })
+}
+
+/// Every platform whose RUN steps must run here (no cache record has
+/// them) can: natively or through qemu-user's binfmt_misc handler. Checked
+/// before anything runs, so a missing handler costs nothing.
+fn check_emulation(store: &Store, options: &SolveOptions, vertices: &[Vertex<'_>]) -> Result<()> {
+    let mut checked: Vec<&Platform> = Vec::new();
+    for vertex in vertices {
+        if !matches!(vertex.step.kind, StepKind::Run(_)) || checked.contains(&&vertex.platform) {
+            continue;
+        }
+        let cached = !options.no_cache
+            && (store.cache_get(&vertex.key.0).map_err(store_err)?.is_some()
+                || options
+                    .cache_sources
+                    .iter()
+                    .any(|source| source.lookup(&vertex.key.0).is_some()));
+        if cached {
+            continue;
+        }
+        kiln_executor::check_binfmt(&vertex.platform.architecture)
+            .map_err(|e| Error::Invalid(format!("cannot build for {}: {e}", vertex.platform)))?;
+        checked.push(&vertex.platform);
+    }
+    Ok(())
 }
 
 /// The layers the image's COPY and ADD steps made from a context (the

@@ -32,7 +32,7 @@ pub fn images(global: &Global, args: ImagesArgs) -> CmdResult {
         Format::Json => {
             let rows: Vec<_> = list
                 .iter()
-                .map(|NamedImage { name, image }| {
+                .map(|NamedImage { name, image, .. }| {
                     let (repository, tag) = split_name(name);
                     json!({
                         "Name": name,
@@ -56,7 +56,7 @@ pub fn images(global: &Global, args: ImagesArgs) -> CmdResult {
                 "CREATED".to_owned(),
                 "SIZE".to_owned(),
             ]];
-            for NamedImage { name, image } in &list {
+            for NamedImage { name, image, .. } in &list {
                 let (repository, tag) = split_name(name);
                 rows.push([
                     repository.to_owned(),

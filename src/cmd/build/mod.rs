@@ -440,11 +440,11 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         platform: target_platform.to_string(),
         context: inputs.origin.clone(),
     };
-    let options = CompileOptions {
+    let mut options = CompileOptions {
         build_args,
         target: args.target.clone(),
         target_platform: args.platform.clone().unwrap_or_else(|| host.clone()),
-        build_platform: host,
+        build_platform: host.clone(),
         named_contexts: named.frontend.clone(),
     };
     let progress = match (args.quiet, args.progress.as_str()) {
@@ -456,13 +456,38 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         eprintln!("note: --load does nothing: kiln's images are always in its store");
     }
     let renderer = render::Renderer::new(progress)?;
-    let resolver = RegistryResolver::new(&store, args.pull, &args.connection, &renderer);
+    let default_platform = args.platform.is_none().then(|| host.clone());
+    let resolver = RegistryResolver::new(
+        &store,
+        args.pull,
+        &args.connection,
+        &renderer,
+        default_platform,
+    );
     let resolver = named::WithLayouts {
         inner: &resolver,
         store: &store,
         contexts: &named,
     };
-    let graph = kiln_frontend::compile(&dockerfile, &options, &resolver);
+    let mut graph = kiln_frontend::compile(&dockerfile, &options, &resolver);
+    // With no --platform, a target stage whose base image the store has
+    // for one other platform builds for that one: compiled again so that
+    // TARGETPLATFORM and its kin say so.
+    if args.platform.is_none() {
+        if let Some(picked) = graph
+            .as_ref()
+            .ok()
+            .and_then(target_platform_of)
+            .filter(|p| *p != host)
+        {
+            options.target_platform = picked;
+            graph = kiln_frontend::compile(&dockerfile, &options, &resolver);
+        }
+    }
+    let invocation = Invocation {
+        platform: options.target_platform.clone(),
+        ..invocation
+    };
     let checks = super::lint::Checks {
         dockerfile: &dockerfile,
         text,
@@ -604,6 +629,26 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         println!("{id}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The platform the graph's target stage builds for: its base image's, or
+/// the platform of the stage it is built on.
+fn target_platform_of(graph: &kiln_frontend::BuildGraph) -> Option<String> {
+    let mut stage = graph.target_stage()?;
+    for _ in 0..=graph.stages.len() {
+        match &stage.base {
+            kiln_frontend::Base::Image { image, .. } => {
+                let mut platform = format!("{}/{}", image.os, image.architecture);
+                if let Some(variant) = &image.variant {
+                    platform = format!("{platform}/{variant}");
+                }
+                return Some(platform);
+            }
+            kiln_frontend::Base::Scratch => return Some(stage.platform.clone()),
+            kiln_frontend::Base::Stage(index) => stage = graph.stage(*index)?,
+        }
+    }
+    None
 }
 
 /// Writes an archive to stdout, or beside its file and renamed into place, so
