@@ -57,7 +57,9 @@ fn a_platform_the_store_lacks_leads_with_what_it_has() {
         .lines()
         .find(|l| l.starts_with("error:"))
         .unwrap_or_else(|| panic!("an error line:\n{stderr}"));
-    let has = error.find("the store has mbase for linux/mips64le").expect(error);
+    let has = error
+        .find("the store has mbase for linux/mips64le")
+        .expect(error);
     let pulling = error.find("pulling docker.io/library/mbase").expect(error);
     assert!(has < pulling, "{error}");
 }
@@ -81,7 +83,10 @@ fn a_missing_binfmt_handler_is_an_error_before_anything_runs() {
     ]));
     let ctx = env.context(
         "ctx",
-        &[("Dockerfile", "FROM ppcbase\nRUN echo first\nRUN echo second\n")],
+        &[(
+            "Dockerfile",
+            "FROM ppcbase\nRUN echo first\nRUN echo second\n",
+        )],
     );
     let out = env.try_build(&ctx, &["--platform", "linux/ppc64le"]);
     assert!(!out.status.success());
@@ -95,4 +100,261 @@ fn a_missing_binfmt_handler_is_an_error_before_anything_runs() {
         !stderr.contains("RUN echo first"),
         "no step started:\n{stderr}"
     );
+}
+
+/// A store with `base-amd64` and `base-mips64le`, and a Dockerfile picking
+/// the one of each target platform.
+fn two_bases() -> Env {
+    let env = Env::empty();
+    env.import("busybox-amd64.tar", "base-amd64");
+    env.import("busybox-mips64el.tar", "base-mips64le");
+    env
+}
+
+const BOTH: &str = "linux/amd64,linux/mips64le";
+const PER_ARCH: &str = "ARG TARGETARCH\nFROM base-$TARGETARCH\nRUN uname -m > /arch\n";
+
+fn run(cmd: &mut std::process::Command) -> String {
+    String::from_utf8_lossy(&build_common::run_ok(cmd).stdout).into_owned()
+}
+
+fn skopeo_raw(reference: &str) -> serde_json::Value {
+    let out = run(std::process::Command::new("skopeo").args(["inspect", "--raw", reference]));
+    serde_json::from_str(&out).expect("skopeo prints JSON")
+}
+
+/// The (architecture, digest) of each entry of an index.
+fn entries(index: &serde_json::Value) -> Vec<(String, String)> {
+    index["manifests"]
+        .as_array()
+        .expect("an index")
+        .iter()
+        .map(|m| {
+            (
+                m["platform"]["architecture"].as_str().unwrap().to_owned(),
+                m["digest"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn one_build_makes_an_index_that_skopeo_and_umoci_read() {
+    let env = two_bases();
+    let ctx = env.context("ctx", &[("Dockerfile", PER_ARCH)]);
+    let local = env.dir.path().join("fs");
+    let archive = env.dir.path().join("app.tar");
+    let (id, _) = env.build(&ctx, &["--platform", BOTH, "-t", "app"]);
+    // From the store, an OCI layout.
+    let store = env.root();
+    let index = skopeo_raw(&format!("oci:{}:app:latest", store.display()));
+    assert_eq!(
+        index["mediaType"], "application/vnd.oci.image.index.v1+json",
+        "{index}"
+    );
+    let listed = entries(&index);
+    assert_eq!(
+        listed.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
+        ["amd64", "mips64le"]
+    );
+    let listing =
+        run(std::process::Command::new("umoci").args(["ls", "--layout", &store.to_string_lossy()]));
+    assert!(listing.lines().any(|l| l == "app:latest"), "{listing}");
+    // Each platform's manifest unpacks with umoci and has its own /arch.
+    for (arch, digest) in &listed {
+        let name = format!("app-{arch}");
+        build_common::run_ok(&mut env.command(&["tag", digest, &name]));
+        let bundle = env.dir.path().join(format!("bundle-{arch}"));
+        build_common::run_ok(std::process::Command::new("umoci").args([
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:{name}:latest", store.display()),
+            &bundle.to_string_lossy(),
+        ]));
+        let uname = std::fs::read_to_string(bundle.join("rootfs/arch")).unwrap();
+        let want = if arch == "amd64" { "x86_64" } else { "mips64" };
+        assert_eq!(uname.trim(), want);
+    }
+    // The same build again is cached and gives the same index.
+    let output = format!("type=oci,dest={}", archive.display());
+    let (again, stderr) = env.build(
+        &ctx,
+        &["--platform", BOTH, "-t", "app", "--output", &output],
+    );
+    assert_eq!(again, id);
+    assert_eq!(build_common::cached_steps(&stderr), 2, "{stderr}");
+    // An OCI archive holds the index.
+    let from_archive = skopeo_raw(&format!("oci-archive:{}:app", archive.display()));
+    assert_eq!(entries(&from_archive), listed);
+    let unpacked = env.dir.path().join("layout");
+    std::fs::create_dir(&unpacked).unwrap();
+    run(std::process::Command::new("tar").args([
+        "-xf",
+        &archive.to_string_lossy(),
+        "-C",
+        &unpacked.to_string_lossy(),
+    ]));
+    let listing = run(std::process::Command::new("umoci").args([
+        "ls",
+        "--layout",
+        &unpacked.to_string_lossy(),
+    ]));
+    assert!(listing.contains("app"), "{listing}");
+    // type=local: a directory per platform.
+    let output = format!("type=local,dest={}", local.display());
+    env.build(&ctx, &["--platform", BOTH, "--output", &output]);
+    for (dir, want) in [("linux_amd64", "x86_64"), ("linux_mips64le", "mips64")] {
+        let uname = std::fs::read_to_string(local.join(dir).join("arch")).unwrap();
+        assert_eq!(uname.trim(), want);
+    }
+}
+
+#[test]
+fn the_cross_compile_pattern_runs_the_build_platform_stage_once() {
+    let env = two_bases();
+    // `busybox` for both platforms: a multi-platform build of the bases.
+    let bases = env.context(
+        "bases",
+        &[("Dockerfile", "ARG TARGETARCH\nFROM base-$TARGETARCH\n")],
+    );
+    env.build(&bases, &["--platform", BOTH, "-t", "busybox"]);
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM --platform=$BUILDPLATFORM busybox AS build\n\
+             RUN echo shared > /shared && uname -m > /built-on\n\
+             ARG TARGETARCH\n\
+             RUN echo \"binary for $TARGETARCH\" > /app\n\
+             FROM busybox\n\
+             COPY --from=build /app /built-on /\n\
+             RUN uname -m > /arch\n",
+        )],
+    );
+    let local = env.dir.path().join("fs");
+    let output = format!("type=local,dest={}", local.display());
+    let (_, stderr) = env.build(&ctx, &["--platform", BOTH, "--output", &output]);
+    let shared_runs = stderr
+        .lines()
+        .filter(|l| {
+            l.starts_with('#') && l.ends_with("RUN echo shared > /shared && uname -m > /built-on")
+        })
+        .count();
+    assert_eq!(
+        shared_runs, 1,
+        "the build-platform step runs once:\n{stderr}"
+    );
+    for (dir, arch, uname) in [
+        ("linux_amd64", "amd64", "x86_64"),
+        ("linux_mips64le", "mips64le", "mips64"),
+    ] {
+        let read = |f: &str| std::fs::read_to_string(local.join(dir).join(f)).unwrap();
+        assert_eq!(read("app").trim(), format!("binary for {arch}"));
+        assert_eq!(read("built-on").trim(), "x86_64");
+        assert_eq!(read("arch").trim(), uname);
+    }
+}
+
+#[test]
+fn a_failing_platform_fails_the_build_names_it_and_tags_nothing() {
+    let env = two_bases();
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "ARG TARGETARCH\nFROM base-$TARGETARCH\nRUN test \"$(uname -m)\" = x86_64\n",
+        )],
+    );
+    let out = env.try_build(&ctx, &["--platform", BOTH, "-t", "app"]);
+    assert!(!out.status.success());
+    let stderr = stderr_of(&out);
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .expect(&stderr);
+    assert!(error.contains("linux/mips64le"), "{stderr}");
+    let images = run(&mut env.command(&["images"]));
+    assert!(!images.contains("app"), "{images}");
+    // Outputs that hold one platform say so before building.
+    let out = env.try_build(
+        &ctx,
+        &["--platform", BOTH, "--output", "type=docker,dest=x.tar"],
+    );
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("type=docker holds one platform"));
+}
+
+#[test]
+fn annotations_and_metadata_file_as_buildkit_writes_them() {
+    let env = two_bases();
+    let ctx = env.context("ctx", &[("Dockerfile", PER_ARCH)]);
+    let metadata = env.dir.path().join("meta.json");
+    let (id, _) = env.build(
+        &ctx,
+        &[
+            "--platform",
+            BOTH,
+            "-t",
+            "app",
+            "--annotation",
+            "org.opencontainers.image.title=app",
+            "--annotation",
+            "index:org.opencontainers.image.description=both",
+            "--annotation",
+            "manifest[linux/mips64le]:only=mips",
+            "--annotation",
+            "manifest-descriptor:entry=yes",
+            "--metadata-file",
+            &metadata.to_string_lossy(),
+        ],
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&metadata).unwrap()).unwrap();
+    assert_eq!(meta["containerimage.digest"], id.as_str());
+    assert_eq!(meta["containerimage.descriptor"]["digest"], id.as_str());
+    assert_eq!(
+        meta["containerimage.descriptor"]["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert_eq!(meta["image.name"], "app");
+    let store = env.root();
+    let index = skopeo_raw(&format!("oci:{}:app:latest", store.display()));
+    assert_eq!(
+        index["annotations"]["org.opencontainers.image.description"],
+        "both"
+    );
+    assert!(index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["annotations"]["entry"] == "yes"));
+    for (arch, digest) in entries(&index) {
+        let blob = store.join("blobs/sha256").join(&digest[7..]);
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(blob).unwrap()).unwrap();
+        assert_eq!(
+            manifest["annotations"]["org.opencontainers.image.title"],
+            "app"
+        );
+        let only = &manifest["annotations"]["only"];
+        assert_eq!(*only == "mips", arch == "mips64le", "{manifest}");
+    }
+}
+
+#[test]
+fn two_clean_stores_give_the_same_index_digest() {
+    let build = || {
+        let env = two_bases();
+        let ctx = env.context("ctx", &[("Dockerfile", PER_ARCH), ("f", "x")]);
+        let out = build_common::run_ok(
+            env.command(&["build", "--progress", "quiet", "--platform", BOTH])
+                .arg(&ctx)
+                .env("SOURCE_DATE_EPOCH", "1700000000"),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let first = build();
+    assert!(first.starts_with("sha256:"), "{first}");
+    assert_eq!(first, build());
 }

@@ -187,6 +187,36 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The image with `annotations` added to its manifest (its config and
+    /// layers unchanged; a new manifest, so a new id). Keys are written
+    /// sorted, so the same annotations give the same id.
+    pub fn annotate_manifest(
+        &self,
+        image: &StoredImage,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<StoredImage> {
+        if annotations.is_empty() {
+            return Ok(image.clone());
+        }
+        let what = || format!("manifest {}", image.id());
+        let mut manifest: serde_json::Value = serde_json::from_slice(&self.read_blob(image.id())?)
+            .map_err(|e| Error::invalid(what(), e))?;
+        let object = manifest
+            .as_object_mut()
+            .ok_or_else(|| Error::invalid(what(), "it is not a JSON object"))?;
+        let merged = object
+            .entry("annotations")
+            .or_insert_with(|| serde_json::json!({}));
+        for (key, value) in annotations {
+            merged[key] = serde_json::json!(value);
+        }
+        let bytes = serde_json::to_vec(&manifest).map_err(|e| Error::invalid(what(), e))?;
+        let digest = self.put_blob(&bytes)?;
+        self.read_image(&digest)
+    }
+}
+
 fn index_from_bytes(bytes: &[u8], digest: &Digest) -> Result<StoredIndex> {
     let what = || format!("image index {digest}");
     let index = ImageIndex::from_reader(bytes).map_err(|e| Error::invalid(what(), e))?;

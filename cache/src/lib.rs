@@ -26,7 +26,8 @@ mod remote;
 mod store;
 
 pub use archive::{
-    import_oci_layout, load_archive, save_archive, ArchiveFormat, LayoutImage, LoadedImage,
+    import_oci_layout, load_archive, save_archive, save_archive_refs, ArchiveFormat, LayoutImage,
+    LoadedImage,
 };
 pub use cache_dir::{export_cache_dir, CacheDir, DEFAULT_CACHE_TAG};
 pub use compression::{decompress_detected, Compression, InputCompression};

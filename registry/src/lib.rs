@@ -27,4 +27,4 @@ pub use error::{Error, Result};
 pub use reference::{is_loopback, names_registry, Reference, DOCKER_HUB};
 pub use referrers::{pull_referrers, referrers_tag};
 pub use tls::DOCKER_CERTS_DIR;
-pub use transfer::{pull, push, Progress, Pulled, PushOptions};
+pub use transfer::{pull, push, push_index, Progress, Pulled, PushOptions};

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use kiln_cache::{
     ContentStore, Descriptor, Digest, ImageManifest, LayerBlob, MediaType, Platform, Store,
-    StoredImage,
+    StoredImage, StoredIndex, StoredRef,
 };
 use oci_spec::image::ImageIndex;
 
@@ -191,6 +191,83 @@ pub fn push(
     // Attestations go with the image they describe.
     crate::referrers::push_referrers(store, client, image, target, options, progress)?;
     Ok(image.id().clone())
+}
+
+/// Pushes a stored multi-platform index to `target`: every manifest it
+/// names first (each image with its blobs and referrers, by digest, no
+/// tag), then the index under `target`'s tag (or digest). Returns the
+/// index digest.
+pub fn push_index(
+    store: &Store,
+    client: &Client,
+    index: &StoredIndex,
+    target: &Reference,
+    options: &PushOptions,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<Digest> {
+    for entry in index.index.manifests() {
+        let by_digest = Reference {
+            tag: None,
+            digest: Some(entry.digest().to_string()),
+            ..target.clone()
+        };
+        match store.read_ref(entry.digest())? {
+            StoredRef::Image(image) if kiln_cache::descriptor_platform(entry).is_some() => {
+                push(store, client, &image, &by_digest, options, progress)?;
+            }
+            _ => push_raw_manifest(store, client, entry, &by_digest, options, progress)?,
+        }
+    }
+    let bytes = store.read_blob(index.id())?;
+    put_manifest_checked(
+        client,
+        target,
+        kiln_cache::INDEX_MEDIA_TYPE,
+        &bytes,
+        index.id(),
+        "the index",
+    )?;
+    progress(&Progress::Manifest {
+        digest: index.id().to_string(),
+    });
+    Ok(index.id().clone())
+}
+
+/// Pushes a manifest that is not an image of the index (an attestation
+/// manifest a pulled index carried) with its blobs, byte for byte.
+fn push_raw_manifest(
+    store: &Store,
+    client: &Client,
+    entry: &Descriptor,
+    target: &Reference,
+    options: &PushOptions,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<()> {
+    let bytes = store.read_blob(entry.digest())?;
+    let manifest = ImageManifest::from_reader(&bytes[..]).map_err(|e| Error::Invalid {
+        registry: client.registry().to_owned(),
+        what: format!("manifest {}", entry.digest()),
+        message: e.to_string(),
+    })?;
+    let mut blobs = vec![manifest.config().clone()];
+    blobs.extend(manifest.layers().iter().cloned());
+    push_blobs(
+        store,
+        client,
+        &target.repository,
+        &blobs,
+        options,
+        progress,
+        &|_| Ok(()),
+    )?;
+    put_manifest_checked(
+        client,
+        target,
+        &entry.media_type().to_string(),
+        &bytes,
+        entry.digest(),
+        "a manifest of the index",
+    )
 }
 
 /// Uploads the blobs the repository lacks, in parallel: skipped when there,

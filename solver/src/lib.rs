@@ -34,6 +34,9 @@ pub use remote_context::{
     fetch_url_context, looks_like_archive, unpack_context_tar, Checkout, ContextSource, Fetched,
     GitSource,
 };
-pub use solve::{export_filesystem, solve, Built, BuiltRecord, SolveOptions, StoreResolver};
+pub use solve::{
+    export_filesystem, solve, solve_platforms, Built, BuiltRecord, ManifestAnnotation,
+    SolveOptions, StoreResolver,
+};
 pub use source::BuildContext;
 pub use tar_export::export_filesystem_tar;
