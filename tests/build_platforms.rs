@@ -358,3 +358,88 @@ fn two_clean_stores_give_the_same_index_digest() {
     assert!(first.starts_with("sha256:"), "{first}");
     assert_eq!(first, build());
 }
+
+#[test]
+fn indexes_in_the_store_inspect_tag_save_load_prune_and_manifest_commands() {
+    let env = two_bases();
+    let kiln = |args: &[&str]| run(&mut env.command(args));
+    let id = kiln(&["manifest", "create", "both", "base-amd64", "base-mips64le"]);
+    let id = id.trim();
+    let raw: serde_json::Value =
+        serde_json::from_str(&kiln(&["manifest", "inspect", "both"])).unwrap();
+    assert_eq!(entries(&raw).len(), 2);
+    // add/remove edit the entries.
+    kiln(&["manifest", "remove", "both", "base-amd64"]);
+    let raw: serde_json::Value =
+        serde_json::from_str(&kiln(&["manifest", "inspect", "both"])).unwrap();
+    assert_eq!(
+        entries(&raw)
+            .iter()
+            .map(|(a, _)| a.as_str())
+            .collect::<Vec<_>>(),
+        ["mips64le"]
+    );
+    let again = kiln(&["manifest", "add", "both", "base-amd64"]);
+    let raw: serde_json::Value =
+        serde_json::from_str(&kiln(&["manifest", "inspect", "both"])).unwrap();
+    assert_eq!(entries(&raw).len(), 2);
+    assert_ne!(again.trim(), "", "{again}");
+    kiln(&["manifest", "create", "both", "base-amd64", "base-mips64le"]);
+    // inspect shows the index, --platform one image.
+    let shown: serde_json::Value = serde_json::from_str(&kiln(&["inspect", "both"])).unwrap();
+    assert_eq!(shown[0]["Id"], id);
+    assert_eq!(
+        shown[0]["Platforms"],
+        serde_json::json!(["linux/amd64", "linux/mips64le"])
+    );
+    let mips: serde_json::Value =
+        serde_json::from_str(&kiln(&["inspect", "--platform", "linux/mips64le", "both"])).unwrap();
+    assert_eq!(mips[0]["Platform"], "linux/mips64le");
+    // tag keeps the index.
+    kiln(&["tag", "both", "copy"]);
+    let copy: serde_json::Value = serde_json::from_str(&kiln(&["inspect", "copy"])).unwrap();
+    assert_eq!(copy[0]["Id"], id);
+    // Manifests an index keeps are never pruned.
+    kiln(&["rmi", "base-amd64", "base-mips64le", "copy"]);
+    kiln(&["prune"]);
+    build_common::run_ok(&mut env.command(&["fsck"]));
+    let ctx = env.context(
+        "ctx",
+        &[("Dockerfile", "FROM both\nRUN uname -m > /arch\n")],
+    );
+    let local = env.dir.path().join("fs");
+    let output = format!("type=local,dest={}", local.display());
+    env.build(
+        &ctx,
+        &["--platform", BOTH, "--pull", "never", "--output", &output],
+    );
+    assert_eq!(
+        std::fs::read_to_string(local.join("linux_mips64le/arch"))
+            .unwrap()
+            .trim(),
+        "mips64"
+    );
+    // save --format oci keeps the index, load keeps it; docker refuses it.
+    let archive = env.dir.path().join("both.tar");
+    kiln(&["save", "-o", &archive.to_string_lossy(), "both"]);
+    let out = env.kiln(&["save", "--format", "docker", "-o", "/dev/null", "both"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("multi-platform index"),
+        "{}",
+        stderr_of(&out)
+    );
+    let other = Env::empty();
+    let loaded = run(&mut other.command(&["load", "-i", &archive.to_string_lossy()]));
+    assert_eq!(loaded.trim(), id);
+    let shown: serde_json::Value =
+        serde_json::from_str(&run(&mut other.command(&["inspect", "both"]))).unwrap();
+    assert_eq!(shown[0]["Id"], id);
+    let images = run(&mut other.command(&["images"]));
+    assert_eq!(
+        images.lines().filter(|l| l.starts_with("both ")).count(),
+        2,
+        "{images}"
+    );
+    build_common::run_ok(&mut other.command(&["fsck"]));
+}
