@@ -3,6 +3,7 @@
 # build) and, when installed and working, BuildKit (docker build) and buildah.
 # Prints one row per scenario with each tool's seconds and the ratio peer/kiln.
 # Usage: scripts/bench-build.sh [RUNS]   (median of RUNS timings, default 3)
+# ROWS=runs,copy,stages,random,apt,multi runs only those rows (default: all).
 # DOCKER=/usr/bin/docker picks the docker client: Debian's docker.io 20.10 client
 # builds with its daemon's BuildKit; a newer client without buildx fails.
 # KILN_ONLY=1 times kiln alone (peers' figures change only with the machine).
@@ -16,11 +17,12 @@ fixtures=${KILN_FIXTURES:-$PWD/target/fixtures}
 base_tar=$fixtures/busybox-amd64.tar
 [ -f "$base_tar" ] || { echo "missing $base_tar: run scripts/make-fixtures.sh" >&2; exit 1; }
 
+want() { [ -z "${ROWS:-}" ] || [[ ",$ROWS," == *",$1,"* ]]; }
 work=$(mktemp -d /var/tmp/kiln-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 # Debian 12 minbase for the apt-get row (scripts/make-fixtures.sh makes it), as a plain tar for docker import.
 debian_tar=""
-if [ -s "$fixtures/debian12-minbase-amd64.tar.zst" ]; then
+if want apt && [ -s "$fixtures/debian12-minbase-amd64.tar.zst" ]; then
   debian_tar=$work/debian12-minbase-amd64.tar
   zstd -d -q "$fixtures/debian12-minbase-amd64.tar.zst" -o "$debian_tar"
 fi
@@ -50,7 +52,7 @@ for n in $(seq 1 20); do runs20+=$'\n'"RUN echo $n > /f$n"; done
 mk runs "$runs20"
 mk copy $'FROM kiln-bench-busybox\nCOPY files /files'
 mkdir -p "$work/ctx/copy/files"
-python3 - "$work/ctx/copy/files" <<'PY'
+want copy && python3 - "$work/ctx/copy/files" <<'PY'
 import os, sys
 root = sys.argv[1]
 for d in range(100):
@@ -114,25 +116,87 @@ row() {
   fi
   printf '%-44s %8.3fs %9s %7s %9s %7s\n' "$name" "$k" "$d" "$dr" "$b" "$br"
 }
-row "20 x RUN echo N > /fN, cold" "$work/ctx/runs" cold
-row "20 x RUN echo N > /fN, warm" "$work/ctx/runs" warm
-row "COPY 20,000 files / 80 MB, cold" "$work/ctx/copy" cold
-row "COPY 20,000 files / 80 MB, warm" "$work/ctx/copy" warm
-row "4 stages of sleep 2 + COPY --from each" "$work/ctx/stages" cold
-row "RUN writing 256 MB of random data" "$work/ctx/random" cold
-# The floor under the last row: the same command on the host, with the base
-# image's own busybox and no builder at all.
-tar -xf "$base_tar" -C "$work" bin/busybox 2>/dev/null || tar -xf "$base_tar" -C "$work" ./bin/busybox
-floor=$(for i in $(seq 1 "$runs"); do
-  t0=$(now); "$work/bin/busybox" head -c 268435456 /dev/urandom > "$work/random"; t1=$(now)
-  rm -f "$work/random"; echo "$t1 - $t0" | bc -l
-done | median)
-printf '%-44s %8.3fs   (the command alone on the host, no builder)\n' "  floor: busybox head -c 256M on the host" "$floor"
-if [ -n "$debian_tar" ]; then
+want runs && row "20 x RUN echo N > /fN, cold" "$work/ctx/runs" cold
+want runs && row "20 x RUN echo N > /fN, warm" "$work/ctx/runs" warm
+want copy && row "COPY 20,000 files / 80 MB, cold" "$work/ctx/copy" cold
+want copy && row "COPY 20,000 files / 80 MB, warm" "$work/ctx/copy" warm
+want stages && row "4 stages of sleep 2 + COPY --from each" "$work/ctx/stages" cold
+if want random; then
+  row "RUN writing 256 MB of random data" "$work/ctx/random" cold
+  # The floor under the last row: the same command on the host, with the base
+  # image's own busybox and no builder at all.
+  tar -xf "$base_tar" -C "$work" bin/busybox 2>/dev/null || tar -xf "$base_tar" -C "$work" ./bin/busybox
+  floor=$(for i in $(seq 1 "$runs"); do
+    t0=$(now); "$work/bin/busybox" head -c 268435456 /dev/urandom > "$work/random"; t1=$(now)
+    rm -f "$work/random"; echo "$t1 - $t0" | bc -l
+  done | median)
+  printf '%-44s %8.3fs   (the command alone on the host, no builder)\n' "  floor: busybox head -c 256M on the host" "$floor"
+fi
+if ! want apt; then :
+elif [ -n "$debian_tar" ]; then
   row "Debian 12: apt-get update + install, cold" "$work/ctx/apt" cold
 else
   echo "(apt-get row skipped: $fixtures/debian12-minbase-amd64.tar.zst is missing; run scripts/make-fixtures.sh)"
 fi
+
+# --- multi-platform: 20 RUN steps for linux/amd64 + linux/mips64le ------------
+# kiln builds both platforms in one run (one DAG, platforms overlapped) and is
+# timed beside each platform alone and beside buildah's --manifest build
+# (chroot isolation, its faster mode here). Cold builds: fresh store / pruned.
+multi_row() {
+  local mips_tar=$fixtures/busybox-mips64el.tar k_amd k_mips k_both b="-" br="-"
+  [ -f "$mips_tar" ] || { echo "(multi-platform row skipped: $mips_tar is missing)"; return; }
+  local multi="ARG TARGETARCH"$'\n'"FROM kiln-bench-busybox-\$TARGETARCH"
+  for n in $(seq 1 20); do multi+=$'\n'"RUN echo $n > /f$n"; done
+  mk multi "$multi"
+  multi_store() {
+    rm -rf "$work/store"
+    "$kiln" --root "$work/store" import "$base_tar" kiln-bench-busybox-amd64 >/dev/null 2>&1
+    "$kiln" --root "$work/store" import "$mips_tar" kiln-bench-busybox-mips64le >/dev/null 2>&1
+  }
+  kiln_multi() {
+    local i t0 t1
+    for i in $(seq 1 "$runs"); do
+      multi_store; t0=$(now); kiln_build --platform "$1" "$work/ctx/multi"; t1=$(now)
+      echo "$t1 - $t0" | bc -l
+    done | median
+  }
+  k_amd=$(kiln_multi linux/amd64)
+  k_mips=$(kiln_multi linux/mips64le)
+  k_both=$(kiln_multi linux/amd64,linux/mips64le)
+  if [ "${KILN_ONLY:-0}" != 1 ] && command -v buildah >/dev/null; then
+    local arch tar ctr
+    for arch in amd64 mips64le; do
+      tar=$base_tar; [ $arch = amd64 ] || tar=$mips_tar
+      if ! buildah inspect --type image "kiln-bench-busybox-$arch" >/dev/null 2>&1; then
+        ctr=$(buildah from scratch 2>/dev/null) && buildah add "$ctr" "$tar" / >/dev/null 2>&1 \
+          && buildah config --arch "$arch" --os linux "$ctr" >/dev/null 2>&1 \
+          && buildah commit "$ctr" "kiln-bench-busybox-$arch" >/dev/null 2>&1
+        buildah rm "${ctr:-none}" >/dev/null 2>&1 || true
+      fi
+    done
+    rm -f "$work/failed"
+    b=$(for i in $(seq 1 "$runs"); do
+      buildah manifest rm kiln-bench-multi >/dev/null 2>&1 || true
+      buildah rmi --prune >/dev/null 2>&1 || true
+      t0=$(now)
+      buildah bud --isolation chroot --platform linux/amd64,linux/mips64le --manifest kiln-bench-multi \
+        -q "$work/ctx/multi" >/dev/null 2>&1 || echo fail >"$work/failed"
+      t1=$(now); echo "$t1 - $t0" | bc -l
+    done | median)
+    buildah manifest rm kiln-bench-multi >/dev/null 2>&1 || true
+    buildah rmi --prune >/dev/null 2>&1 || true
+    if [ -e "$work/failed" ]; then b=fail; else br=$(printf '%.3f' "$(echo "$k_both / $b" | bc -l)"); b=$(printf '%.2f' "$b"); fi
+  fi
+  local slower=$k_amd; [ "$(echo "$k_mips > $k_amd" | bc -l)" = 1 ] && slower=$k_mips
+  printf '%-44s %8.3fs\n' "multi: 20 x RUN, linux/amd64 alone" "$k_amd"
+  printf '%-44s %8.3fs\n' "multi: 20 x RUN, linux/mips64le alone" "$k_mips"
+  printf '%-44s %8.3fs   %.2fx the slower alone (target <= 1.15)\n' \
+    "multi: 20 x RUN, amd64+mips64le in one build" "$k_both" "$(echo "$k_both / $slower" | bc -l)"
+  printf '%-44s %9s   kiln/buildah %s (target <= 0.1)\n' \
+    "multi: buildah bud --isolation chroot" "$b" "$br"
+}
+want multi && multi_row
 if [ "${KILN_ONLY:-0}" = 1 ]; then
   echo "(peers skipped: KILN_ONLY=1)"
 else

@@ -72,6 +72,7 @@ impl StoredIndex {
 
 /// What a name (or id) in the store points at.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // short-lived, one per name resolved
 pub enum StoredRef {
     Image(StoredImage),
     Index(StoredIndex),

@@ -263,7 +263,7 @@ fn push_raw_manifest(
     put_manifest_checked(
         client,
         target,
-        &entry.media_type().to_string(),
+        entry.media_type().as_ref(),
         &bytes,
         entry.digest(),
         "a manifest of the index",

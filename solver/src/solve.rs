@@ -853,7 +853,7 @@ impl Solved<'_, '_> {
             .collect();
         let attestations = if options.attest.any() {
             let finished = Finished {
-                stages: &stages,
+                stages,
                 image: &image,
                 layers: &layers,
                 copied: copied_layers(&plan.history, vertices, results),
