@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # kiln build benchmarks: the six scenarios of issue 5, apt-get on Debian 12, a fresh store (import Debian 12
-# + a five-step build) and a RUN after a 20,000-file COPY (issue 18), timed with kiln (release build) and,
+# + a five-step build), a RUN after a 20,000-file COPY (issue 18) and a two-platform build (issue 13),
+# timed with kiln (release build) and,
 # when installed and working, BuildKit (docker build) and buildah.
 # Prints one row per scenario with each tool's seconds and the ratio peer/kiln.
 # Usage: scripts/bench-build.sh [RUNS]   (median of RUNS timings, default 3)
@@ -184,6 +185,64 @@ if [ -n "$debian_tar" ]; then
 else
   echo "(apt-get and fresh store rows skipped: $fixtures/debian12-minbase-amd64.tar.zst is missing; run scripts/make-fixtures.sh)"
 fi
+# --- multi-platform: 20 RUN steps for linux/amd64 + linux/mips64le ------------
+# kiln builds both platforms in one run (one DAG, platforms overlapped) and is
+# timed beside each platform alone and beside buildah's --manifest build
+# (chroot isolation, its faster mode here). Cold builds: fresh store / pruned.
+multi_row() {
+  local mips_tar=$fixtures/busybox-mips64el.tar k_amd k_mips k_both b="-" br="-"
+  [ -f "$mips_tar" ] || { echo "(multi-platform row skipped: $mips_tar is missing)"; return; }
+  local multi="ARG TARGETARCH"$'\n'"FROM kiln-bench-busybox-\$TARGETARCH"
+  for n in $(seq 1 20); do multi+=$'\n'"RUN echo $n > /f$n"; done
+  mk multi "$multi"
+  multi_store() {
+    rm -rf "$work/store"
+    "$kiln" --root "$work/store" import "$base_tar" kiln-bench-busybox-amd64 >/dev/null 2>&1
+    "$kiln" --root "$work/store" import "$mips_tar" kiln-bench-busybox-mips64le >/dev/null 2>&1
+  }
+  kiln_multi() {
+    local i t0 t1
+    for i in $(seq 1 "$runs"); do
+      multi_store; t0=$(now); kiln_build --platform "$1" "$work/ctx/multi"; t1=$(now)
+      echo "$t1 - $t0" | bc -l
+    done | median
+  }
+  k_amd=$(kiln_multi linux/amd64)
+  k_mips=$(kiln_multi linux/mips64le)
+  k_both=$(kiln_multi linux/amd64,linux/mips64le)
+  if [ "${KILN_ONLY:-0}" != 1 ] && command -v buildah >/dev/null; then
+    local arch tar ctr
+    for arch in amd64 mips64le; do
+      tar=$base_tar; [ $arch = amd64 ] || tar=$mips_tar
+      if ! buildah inspect --type image "kiln-bench-busybox-$arch" >/dev/null 2>&1; then
+        ctr=$(buildah from scratch 2>/dev/null) && buildah add "$ctr" "$tar" / >/dev/null 2>&1 \
+          && buildah config --arch "$arch" --os linux "$ctr" >/dev/null 2>&1 \
+          && buildah commit "$ctr" "kiln-bench-busybox-$arch" >/dev/null 2>&1
+        buildah rm "${ctr:-none}" >/dev/null 2>&1 || true
+      fi
+    done
+    rm -f "$work/failed"
+    b=$(for i in $(seq 1 "$runs"); do
+      buildah manifest rm kiln-bench-multi >/dev/null 2>&1 || true
+      buildah rmi --prune >/dev/null 2>&1 || true
+      t0=$(now)
+      buildah bud --isolation chroot --platform linux/amd64,linux/mips64le --manifest kiln-bench-multi \
+        -q "$work/ctx/multi" >/dev/null 2>&1 || echo fail >"$work/failed"
+      t1=$(now); echo "$t1 - $t0" | bc -l
+    done | median)
+    buildah manifest rm kiln-bench-multi >/dev/null 2>&1 || true
+    buildah rmi --prune >/dev/null 2>&1 || true
+    if [ -e "$work/failed" ]; then b=fail; else br=$(printf '%.3f' "$(echo "$k_both / $b" | bc -l)"); b=$(printf '%.2f' "$b"); fi
+  fi
+  local slower=$k_amd; [ "$(echo "$k_mips > $k_amd" | bc -l)" = 1 ] && slower=$k_mips
+  printf '%-44s %8.3fs\n' "multi: 20 x RUN, linux/amd64 alone" "$k_amd"
+  printf '%-44s %8.3fs\n' "multi: 20 x RUN, linux/mips64le alone" "$k_mips"
+  printf '%-44s %8.3fs   %.2fx the slower alone (target <= 1.15)\n' \
+    "multi: 20 x RUN, amd64+mips64le in one build" "$k_both" "$(echo "$k_both / $slower" | bc -l)"
+  printf '%-44s %9s   kiln/buildah %s (target <= 0.1)\n' \
+    "multi: buildah bud --isolation chroot" "$b" "$br"
+}
+wanted "multi-platform: 20 x RUN, amd64+mips64le" && multi_row
 if [ "${KILN_ONLY:-0}" = 1 ]; then
   echo "(peers skipped: KILN_ONLY=1)"
 else

@@ -60,6 +60,9 @@ enum Command {
     Login(cmd::registry::LoginArgs),
     /// Forget the credentials for a registry.
     Logout(cmd::registry::LogoutArgs),
+    /// Make, change and show multi-platform image indexes, in the store or
+    /// in a registry.
+    Manifest(cmd::manifest::Args),
     /// Show the attestations (SBOM, provenance) attached to an image.
     Attest(cmd::attest::Args),
     /// Register qemu-user handlers in binfmt_misc for foreign architectures.
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
         Command::Pull(args) => cmd::registry::pull(&cli.global, args),
         Command::Login(args) => cmd::registry::login(&cli.global, args),
         Command::Logout(args) => cmd::registry::logout(&cli.global, args),
+        Command::Manifest(args) => cmd::manifest::run(&cli.global, args),
         Command::Attest(args) => cmd::attest::run(&cli.global, args),
         Command::SetupBinfmt(args) => cmd::setup_binfmt::run(&cli.global, args),
         Command::Run(args) => cmd::run::run(&cli.global, *args),

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::compression::{decompress_detected, Compression};
 use crate::error::{Error, IoContext, Result};
 use crate::image::{normalize_name, StoredImage};
+use crate::index::{is_index_media_type, StoredIndex, StoredRef};
 use crate::store::{ref_name, ContentStore, Store, REF_NAME};
 
 /// The kind of archive `save` writes.
@@ -29,7 +30,12 @@ pub enum ArchiveFormat {
 pub struct LoadedImage {
     /// The name it was tagged with, if the archive named it.
     pub name: Option<String>,
+    /// The image; of a multi-platform index, the one for this machine (or
+    /// the first).
     pub image: StoredImage,
+    /// The multi-platform index the name points at, when the archive had one
+    /// with every entry.
+    pub index: Option<StoredIndex>,
 }
 
 const CONTAINERD_IMAGE_NAME: &str = "io.containerd.image.name";
@@ -52,10 +58,43 @@ pub fn save_archive(
     format: ArchiveFormat,
     out: impl Write,
 ) -> Result<()> {
+    let refs: Vec<(String, StoredRef)> = images
+        .iter()
+        .map(|(name, image)| (name.clone(), StoredRef::Image(image.clone())))
+        .collect();
+    save_archive_refs(store, &refs, format, out)
+}
+
+/// Writes images and multi-platform indexes (name, what it names) to `out`
+/// as one archive. An OCI archive keeps an index whole; a docker archive
+/// holds one platform per image, so an index is an error there.
+pub fn save_archive_refs(
+    store: &Store,
+    refs: &[(String, StoredRef)],
+    format: ArchiveFormat,
+    out: impl Write,
+) -> Result<()> {
     let mut tar = tar::Builder::new(out);
     match format {
-        ArchiveFormat::Oci => save_oci(store, images, &mut tar)?,
-        ArchiveFormat::Docker => save_docker(store, images, &mut tar)?,
+        ArchiveFormat::Oci => save_oci(store, refs, &mut tar)?,
+        ArchiveFormat::Docker => {
+            let mut images = Vec::new();
+            for (name, stored) in refs {
+                match stored {
+                    StoredRef::Image(image) => images.push((name.clone(), image.clone())),
+                    StoredRef::Index(index) => {
+                        return Err(Error::invalid(
+                            format!("image {name}"),
+                            format!(
+                                "it is a multi-platform index ({}) and a docker archive holds one platform per image (as `docker load` takes it): write an OCI archive, or save one platform's image by its id",
+                                crate::store::platform_list(&index.platforms())
+                            ),
+                        ))
+                    }
+                }
+            }
+            save_docker(store, &images, &mut tar)?
+        }
     }
     tar.into_inner()
         .during("finishing the archive")?
@@ -119,30 +158,42 @@ fn append_blob_dirs<W: Write>(tar: &mut tar::Builder<W>) -> Result<()> {
 
 fn save_oci<W: Write>(
     store: &Store,
-    images: &[(String, StoredImage)],
+    refs: &[(String, StoredRef)],
     tar: &mut tar::Builder<W>,
 ) -> Result<()> {
     append_blob_dirs(tar)?;
     append_bytes(tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let mut written = std::collections::HashSet::new();
     let mut entries = Vec::new();
-    for (name, image) in images {
-        append_blob(store, tar, image.manifest.config().digest(), &mut written)?;
-        for layer in image.manifest.layers() {
-            append_blob(store, tar, layer.digest(), &mut written)?;
+    let mut images = Vec::new();
+    for (name, stored) in refs {
+        let manifests = match stored {
+            StoredRef::Image(image) => vec![image.clone()],
+            StoredRef::Index(index) => index
+                .images()
+                .map(|(entry, _)| store.read_image(entry.digest()))
+                .collect::<Result<_>>()?,
+        };
+        for image in &manifests {
+            append_blob(store, tar, image.manifest.config().digest(), &mut written)?;
+            for layer in image.manifest.layers() {
+                append_blob(store, tar, layer.digest(), &mut written)?;
+            }
+            append_blob(store, tar, image.id(), &mut written)?;
         }
-        append_blob(store, tar, image.id(), &mut written)?;
-        let mut descriptor = image.manifest_descriptor.clone();
-        descriptor.set_annotations(Some(HashMap::from([
-            (REF_NAME.to_owned(), name.clone()),
-            (CONTAINERD_IMAGE_NAME.to_owned(), name.clone()),
-        ])));
+        images.extend(manifests);
+        append_blob(store, tar, stored.id(), &mut written)?;
+        let mut descriptor = stored.descriptor().clone();
+        let mut annotations = descriptor.annotations().clone().unwrap_or_default();
+        annotations.insert(REF_NAME.to_owned(), name.clone());
+        annotations.insert(CONTAINERD_IMAGE_NAME.to_owned(), name.clone());
+        descriptor.set_annotations(Some(annotations));
         entries.push(descriptor);
     }
     // Referrers (SBOMs, provenance) go along as unnamed index entries: their
     // manifests carry `subject`, so layout readers find them by scanning.
     let mut referrers = Vec::new();
-    for (_, image) in images {
+    for image in &images {
         collect_referrers(store, image.id(), &mut referrers)?;
     }
     for referrer in referrers {
@@ -417,6 +468,25 @@ fn load_oci(store: &Store, dir: &Path) -> Result<Vec<LoadedImage>> {
             continue;
         }
         let name = archive_name(descriptor);
+        if let Some(index) = load_whole_index(store, dir, descriptor)? {
+            let stored = StoredRef::Index(index.clone());
+            let host = crate::platform::Platform::host();
+            let entry = index
+                .manifest_for(&host)
+                .or_else(|| index.images().next().map(|(entry, _)| entry))
+                .ok_or_else(|| Error::BadArchive(format!("index {} has no image", index.id())))?;
+            let image = store.read_image(entry.digest())?;
+            let name = match name {
+                Some(name) => Some(store.tag_descriptor(&name, stored.descriptor())?),
+                None => None,
+            };
+            loaded.push(LoadedImage {
+                name,
+                image,
+                index: Some(index),
+            });
+            continue;
+        }
         let manifest_digest = pick_manifest(dir, descriptor, &crate::platform::Platform::host())?;
         let manifest_path = staged_blob(dir, &manifest_digest)?;
         let manifest = ImageManifest::from_reader(File::open(&manifest_path).at(&manifest_path)?)
@@ -433,7 +503,11 @@ fn load_oci(store: &Store, dir: &Path) -> Result<Vec<LoadedImage>> {
             Some(name) => Some(store.tag(&name, &image)?),
             None => None,
         };
-        loaded.push(LoadedImage { name, image });
+        loaded.push(LoadedImage {
+            name,
+            image,
+            index: None,
+        });
     }
     // Referrers whose subject came along (an SBOM of a saved image) are
     // attached to it again; others have nothing to describe here.
@@ -453,6 +527,52 @@ fn load_oci(store: &Store, dir: &Path) -> Result<Vec<LoadedImage>> {
         store.add_referrer(&subject, descriptor)?;
     }
     Ok(loaded)
+}
+
+/// A multi-platform index whose every image entry is in the archive: its
+/// manifests, configs and layers and the index itself (byte for byte, so its
+/// digest stays) go into the store. `None` for a manifest, or an index the
+/// archive has only part of (then one platform's image is loaded).
+fn load_whole_index(
+    store: &Store,
+    dir: &Path,
+    descriptor: &Descriptor,
+) -> Result<Option<StoredIndex>> {
+    if !is_index_media_type(descriptor.media_type()) {
+        return Ok(None);
+    }
+    let path = staged_blob(dir, descriptor.digest())?;
+    let index = ImageIndex::from_reader(File::open(&path).at(&path)?)
+        .map_err(|e| Error::invalid(format!("index {}", descriptor.digest()), e))?;
+    let mut manifests = Vec::new();
+    for entry in index.manifests() {
+        if !matches!(entry.media_type(), MediaType::ImageManifest) {
+            return Ok(None);
+        }
+        let Ok(manifest_path) = staged_blob(dir, entry.digest()) else {
+            return Ok(None);
+        };
+        let manifest = ImageManifest::from_reader(File::open(&manifest_path).at(&manifest_path)?)
+            .map_err(|e| Error::invalid(format!("manifest {}", entry.digest()), e))?;
+        let mut blobs = vec![manifest.config().digest().clone()];
+        blobs.extend(manifest.layers().iter().map(|l| l.digest().clone()));
+        if blobs.iter().any(|digest| staged_blob(dir, digest).is_err()) {
+            return Ok(None);
+        }
+        manifests.push((entry.digest().clone(), blobs));
+    }
+    for (manifest, blobs) in &manifests {
+        for blob in blobs {
+            copy_staged(store, dir, blob)?;
+        }
+        copy_staged(store, dir, manifest)?;
+    }
+    copy_staged(store, dir, descriptor.digest())?;
+    let index = store.read_image_index(descriptor.digest())?;
+    for (entry, _) in index.images() {
+        store.read_image(entry.digest())?.layers()?;
+    }
+    Ok(Some(index))
 }
 
 /// The subject a layout's index entry names when it is a referrer (an
@@ -674,7 +794,11 @@ fn load_docker(store: &Store, dir: &Path) -> Result<Vec<LoadedImage>> {
             let familiar = familiar_name(tag);
             name = Some(store.tag(&familiar, &image)?);
         }
-        loaded.push(LoadedImage { name, image });
+        loaded.push(LoadedImage {
+            name,
+            image,
+            index: None,
+        });
     }
     Ok(loaded)
 }

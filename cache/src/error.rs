@@ -64,6 +64,9 @@ pub enum Error {
     /// No image of that name or id.
     #[error("no image named {0:?} in the store; `kiln images` lists them")]
     NoSuchImage(String),
+    /// A name of a multi-platform index where one image is wanted.
+    #[error("{name} is a multi-platform image ({platforms}) with none for this machine; name one platform's image by its id (`kiln inspect {name}` lists them)")]
+    MultiPlatform { name: String, platforms: String },
     /// A short id that matches several images.
     #[error("image id prefix {0:?} is ambiguous; give more digits")]
     AmbiguousId(String),

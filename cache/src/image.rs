@@ -101,6 +101,8 @@ impl StoredImage {
 pub struct NamedImage {
     pub name: String,
     pub image: StoredImage,
+    /// The index the name points at, when the image is one of its platforms.
+    pub index: Option<Digest>,
 }
 
 /// Docker's rule for a tag: 1 to 128 of `[A-Za-z0-9_.-]`, not starting with

@@ -19,6 +19,7 @@ mod error;
 mod fsutil;
 mod image;
 mod import;
+mod index;
 mod layer;
 mod platform;
 mod referrers;
@@ -26,7 +27,8 @@ mod remote;
 mod store;
 
 pub use archive::{
-    import_oci_layout, load_archive, save_archive, ArchiveFormat, LayoutImage, LoadedImage,
+    import_oci_layout, load_archive, save_archive, save_archive_refs, ArchiveFormat, LayoutImage,
+    LoadedImage,
 };
 pub use cache_dir::{export_cache_dir, CacheDir, DEFAULT_CACHE_TAG};
 pub use compression::{decompress_detected, Compression, InputCompression};
@@ -41,6 +43,9 @@ pub use image::{
     StoredImage,
 };
 pub use import::{import_directory, import_tar, DetectedPlatform, ImportedLayer};
+pub use index::{
+    descriptor_platform, is_index_media_type, NewIndex, StoredIndex, StoredRef, INDEX_MEDIA_TYPE,
+};
 pub use layer::{LayerBlob, LayerWriter};
 pub use platform::Platform;
 pub use referrers::{NewArtifact, StoredArtifact, EMPTY_JSON, EMPTY_MEDIA_TYPE};
@@ -51,5 +56,6 @@ pub use store::{
 
 /// The OCI types the API uses, re-exported so users need not depend on oci-spec.
 pub use oci_spec::image::{
-    Descriptor, Digest, History, HistoryBuilder, ImageConfiguration, ImageManifest, MediaType,
+    Descriptor, Digest, History, HistoryBuilder, ImageConfiguration, ImageIndex, ImageManifest,
+    MediaType,
 };

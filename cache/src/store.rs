@@ -2,7 +2,7 @@
 //! cache records, and prune and fsck, with their concurrency contract (see
 //! [`Store`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read};
 use std::path::{Path, PathBuf};
@@ -17,6 +17,7 @@ use crate::compression::{self, Compression};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, FileLock, HashingWriter};
 use crate::image::{normalize_name, NamedImage, NewImage, StoredImage};
+use crate::index::StoredRef;
 use crate::layer::{LayerBlob, LayerWriter};
 
 /// The annotation that names an image in an OCI layout's index.json; skopeo
@@ -354,7 +355,17 @@ impl Store {
     /// Points `name` (normalised to `NAME:TAG`) at `image`, replacing what it
     /// named before. Returns the normalised name.
     pub fn tag(&self, name: &str, image: &StoredImage) -> Result<String> {
+        self.tag_descriptor(name, &image.manifest_descriptor)
+    }
+
+    /// Points `name` at a stored manifest or index given by its descriptor
+    /// (whose annotations the index.json entry keeps, beside the name).
+    /// Returns the normalised name.
+    pub fn tag_descriptor(&self, name: &str, descriptor: &Descriptor) -> Result<String> {
         let name = normalize_name(name)?;
+        if !self.has_blob(descriptor.digest()) {
+            return Err(Error::MissingBlob(descriptor.digest().to_string()));
+        }
         let _lock = self.lock_index()?;
         let mut index = self.read_index()?;
         let mut entries: Vec<Descriptor> = index
@@ -363,8 +374,10 @@ impl Store {
             .filter(|d| ref_name(d) != Some(name.as_str()))
             .cloned()
             .collect();
-        let mut descriptor = image.manifest_descriptor.clone();
-        descriptor.set_annotations(Some(HashMap::from([(REF_NAME.to_owned(), name.clone())])));
+        let mut descriptor = descriptor.clone();
+        let mut annotations = descriptor.annotations().clone().unwrap_or_default();
+        annotations.insert(REF_NAME.to_owned(), name.clone());
+        descriptor.set_annotations(Some(annotations));
         entries.push(descriptor);
         entries.sort_by(|a, b| ref_name(a).cmp(&ref_name(b)));
         index.set_manifests(entries);
@@ -403,26 +416,76 @@ impl Store {
             .collect())
     }
 
-    /// Every named image, sorted by name.
+    /// The names in the store with the descriptor of what each points at
+    /// (an image manifest or an index), sorted by name.
+    pub fn entries(&self) -> Result<Vec<(String, Descriptor)>> {
+        let index = self.read_index()?;
+        Ok(index
+            .manifests()
+            .iter()
+            .filter_map(|d| ref_name(d).map(|n| (n.to_owned(), d.clone())))
+            .collect())
+    }
+
+    /// Every named image, sorted by name: a name of an index gives one
+    /// entry per platform.
     pub fn list(&self) -> Result<Vec<NamedImage>> {
-        self.names()?
-            .into_iter()
-            .map(|(name, digest)| {
-                Ok(NamedImage {
+        let mut list = Vec::new();
+        for (name, digest) in self.names()? {
+            match self.read_ref(&digest)? {
+                StoredRef::Image(image) => list.push(NamedImage {
                     name,
-                    image: self.read_image(&digest)?,
-                })
-            })
-            .collect()
+                    image,
+                    index: None,
+                }),
+                StoredRef::Index(index) => {
+                    for (entry, _) in index.images() {
+                        list.push(NamedImage {
+                            name: name.clone(),
+                            image: self.read_image(entry.digest())?,
+                            index: Some(index.id().clone()),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(list)
     }
 
     /// Finds an image by name (`NAME[:TAG]`), by id (`sha256:<hex>`), or by a
-    /// unique prefix of at least 4 hex digits of a named image's id.
+    /// unique prefix of at least 4 hex digits of a named image's id. A name
+    /// of a multi-platform index gives its image for this machine's
+    /// platform, or its only image; [`Store::resolve_ref`] gives the index.
     pub fn resolve(&self, name_or_id: &str) -> Result<Option<StoredImage>> {
+        match self.resolve_ref(name_or_id)? {
+            None => Ok(None),
+            Some(StoredRef::Image(image)) => Ok(Some(image)),
+            Some(StoredRef::Index(index)) => {
+                let host = crate::Platform::host();
+                let entry = match index.manifest_for(&host) {
+                    Some(entry) => entry,
+                    None => match index.images().collect::<Vec<_>>().as_slice() {
+                        [(entry, _)] => entry,
+                        _ => {
+                            return Err(Error::MultiPlatform {
+                                name: name_or_id.to_owned(),
+                                platforms: platform_list(&index.platforms()),
+                            })
+                        }
+                    },
+                };
+                self.read_image(entry.digest()).map(Some)
+            }
+        }
+    }
+
+    /// Finds what a name or id points at: an image or an index (names and
+    /// ids as [`Store::resolve`] takes them).
+    pub fn resolve_ref(&self, name_or_id: &str) -> Result<Option<StoredRef>> {
         let names = self.names()?;
         if let Ok(name) = normalize_name(name_or_id) {
             if let Some((_, digest)) = names.iter().find(|(n, _)| *n == name) {
-                return self.read_image(digest).map(Some);
+                return self.read_ref(digest).map(Some);
             }
         }
         let hex = name_or_id.strip_prefix("sha256:").unwrap_or(name_or_id);
@@ -436,7 +499,7 @@ impl Store {
         if hex.len() == 64 {
             let digest = fsutil::parse_sha256(&format!("sha256:{hex}"))?;
             if self.has_blob(&digest) {
-                return self.read_image(&digest).map(Some);
+                return self.read_ref(&digest).map(Some);
             }
             return Ok(None);
         }
@@ -445,10 +508,11 @@ impl Store {
             .map(|(_, d)| d)
             .filter(|d| d.digest().starts_with(hex))
             .collect();
+        matches.sort_by(|a, b| a.digest().cmp(b.digest()));
         matches.dedup();
         match matches.as_slice() {
             [] => Ok(None),
-            [digest] => self.read_image(digest).map(Some),
+            [digest] => self.read_ref(digest).map(Some),
             _ => Err(Error::AmbiguousId(name_or_id.to_owned())),
         }
     }
@@ -709,11 +773,13 @@ impl Store {
             Ok(index) => {
                 for descriptor in index.manifests() {
                     let name = ref_name(descriptor).unwrap_or("(unnamed)").to_owned();
-                    if let Err(e) = self.check_image(descriptor.digest()) {
-                        report.problems.push(FsckProblem {
-                            path: self.index_path(),
-                            message: format!("image {name}: {e}"),
-                        });
+                    for (what, result) in self.check_ref(descriptor.digest()) {
+                        if let Err(e) = result {
+                            report.problems.push(FsckProblem {
+                                path: self.index_path(),
+                                message: format!("image {name}{what}: {e}"),
+                            });
+                        }
                     }
                 }
             }
@@ -731,6 +797,21 @@ impl Store {
         self.check_referrers(&mut report.problems)?;
         report.temp_files = fs::read_dir(self.tmp_dir()).at(self.tmp_dir())?.count();
         Ok(report)
+    }
+
+    /// Checks a named manifest, or each entry of a named index (labelled
+    /// ` (PLATFORM)`).
+    fn check_ref(&self, digest: &Digest) -> Vec<(String, Result<()>)> {
+        match self.read_ref(digest) {
+            Err(e) => vec![(String::new(), Err(e))],
+            Ok(StoredRef::Image(_)) => vec![(String::new(), self.check_image(digest))],
+            Ok(StoredRef::Index(index)) => index
+                .images()
+                .map(|(entry, platform)| {
+                    (format!(" ({platform})"), self.check_image(entry.digest()))
+                })
+                .collect(),
+        }
     }
 
     fn check_image(&self, digest: &Digest) -> Result<()> {
@@ -863,6 +944,15 @@ fn tree_size(dir: &Path) -> u64 {
         .filter_map(|e| e.metadata().ok())
         .map(|m| m.len())
         .sum()
+}
+
+/// Platforms as a list for messages: `linux/amd64, linux/mips64le`.
+pub(crate) fn platform_list(platforms: &[crate::Platform]) -> String {
+    platforms
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The name an index entry carries, if any.

@@ -15,6 +15,7 @@ mod cache;
 mod client;
 mod credhelper;
 mod error;
+mod manifest;
 mod reference;
 mod referrers;
 mod tls;
@@ -24,7 +25,10 @@ pub use auth::{erase_credentials, load_credentials, store_credentials, Credentia
 pub use cache::{push_cache, RegistryCache};
 pub use client::{Client, ClientOptions};
 pub use error::{Error, Result};
+pub use manifest::{create_index, fetch_manifest, CreatedIndex};
 pub use reference::{is_loopback, names_registry, Reference, DOCKER_HUB};
 pub use referrers::{pull_referrers, referrers_tag};
 pub use tls::DOCKER_CERTS_DIR;
-pub use transfer::{pull, push, Progress, Pulled, PushOptions};
+pub use transfer::{
+    pull, pull_index, push, push_index, Progress, Pulled, PulledIndex, PushOptions,
+};

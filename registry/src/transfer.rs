@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use kiln_cache::{
     ContentStore, Descriptor, Digest, ImageManifest, LayerBlob, MediaType, Platform, Store,
-    StoredImage,
+    StoredImage, StoredIndex, StoredRef,
 };
 use oci_spec::image::ImageIndex;
 
@@ -193,6 +193,83 @@ pub fn push(
     Ok(image.id().clone())
 }
 
+/// Pushes a stored multi-platform index to `target`: every manifest it
+/// names first (each image with its blobs and referrers, by digest, no
+/// tag), then the index under `target`'s tag (or digest). Returns the
+/// index digest.
+pub fn push_index(
+    store: &Store,
+    client: &Client,
+    index: &StoredIndex,
+    target: &Reference,
+    options: &PushOptions,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<Digest> {
+    for entry in index.index.manifests() {
+        let by_digest = Reference {
+            tag: None,
+            digest: Some(entry.digest().to_string()),
+            ..target.clone()
+        };
+        match store.read_ref(entry.digest())? {
+            StoredRef::Image(image) if kiln_cache::descriptor_platform(entry).is_some() => {
+                push(store, client, &image, &by_digest, options, progress)?;
+            }
+            _ => push_raw_manifest(store, client, entry, &by_digest, options, progress)?,
+        }
+    }
+    let bytes = store.read_blob(index.id())?;
+    put_manifest_checked(
+        client,
+        target,
+        kiln_cache::INDEX_MEDIA_TYPE,
+        &bytes,
+        index.id(),
+        "the index",
+    )?;
+    progress(&Progress::Manifest {
+        digest: index.id().to_string(),
+    });
+    Ok(index.id().clone())
+}
+
+/// Pushes a manifest that is not an image of the index (an attestation
+/// manifest a pulled index carried) with its blobs, byte for byte.
+fn push_raw_manifest(
+    store: &Store,
+    client: &Client,
+    entry: &Descriptor,
+    target: &Reference,
+    options: &PushOptions,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<()> {
+    let bytes = store.read_blob(entry.digest())?;
+    let manifest = ImageManifest::from_reader(&bytes[..]).map_err(|e| Error::Invalid {
+        registry: client.registry().to_owned(),
+        what: format!("manifest {}", entry.digest()),
+        message: e.to_string(),
+    })?;
+    let mut blobs = vec![manifest.config().clone()];
+    blobs.extend(manifest.layers().iter().cloned());
+    push_blobs(
+        store,
+        client,
+        &target.repository,
+        &blobs,
+        options,
+        progress,
+        &|_| Ok(()),
+    )?;
+    put_manifest_checked(
+        client,
+        target,
+        entry.media_type().as_ref(),
+        &bytes,
+        entry.digest(),
+        "a manifest of the index",
+    )
+}
+
 /// Uploads the blobs the repository lacks, in parallel: skipped when there,
 /// mounted from another repository of the registry when one is known to
 /// have them, else uploaded from the store. `before_upload` runs just before
@@ -283,14 +360,14 @@ pub struct Pulled {
     pub name: Option<String>,
 }
 
-const INDEX_TYPES: &[&str] = &[
+pub(crate) const INDEX_TYPES: &[&str] = &[
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
-fn verify(what: &str, bytes: &[u8], expected: &str) -> Result<()> {
+pub(crate) fn verify(what: &str, bytes: &[u8], expected: &str) -> Result<()> {
     let actual = kiln_cache::sha256_digest(bytes).to_string();
     if actual != expected {
         return Err(Error::DigestMismatch {
@@ -304,7 +381,7 @@ fn verify(what: &str, bytes: &[u8], expected: &str) -> Result<()> {
 
 /// The media type a manifest says it is, from the answer's Content-Type or
 /// else the document's own `mediaType`.
-fn media_type_of(bytes: &[u8], header: Option<String>) -> String {
+pub(crate) fn media_type_of(bytes: &[u8], header: Option<String>) -> String {
     let declared = serde_json::from_slice::<serde_json::Value>(bytes)
         .ok()
         .and_then(|v| {
@@ -398,13 +475,53 @@ pub fn pull(
         manifest_digest = kiln_cache::sha256_digest(&bytes);
         media_type = media_type_of(&bytes, entry_header);
     }
+    let image = fetch_image(
+        store,
+        client,
+        reference,
+        &bytes,
+        &media_type,
+        &manifest_digest,
+        progress,
+    )?;
+    progress(&Progress::Manifest {
+        digest: image.id().to_string(),
+    });
+    let name = match reference.familiar_name() {
+        Some(name) => Some(store.tag(&name, &image)?),
+        None => None,
+    };
+    Ok(Pulled { image, name })
+}
+
+/// Stores one image manifest of `reference` (its bytes as fetched and
+/// verified): its config and layers fetched in parallel (blobs already
+/// stored are skipped), an OCI manifest kept byte for byte, a Docker one
+/// turned into an OCI one.
+fn fetch_image(
+    store: &Store,
+    client: &Client,
+    reference: &Reference,
+    bytes: &[u8],
+    media_type: &str,
+    manifest_digest: &Digest,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<StoredImage> {
+    let repository = reference.repository.as_str();
+    let registry = client.registry().to_owned();
+    let invalid = |what: String, message: String| Error::Invalid {
+        registry: registry.clone(),
+        what,
+        message,
+    };
+    let media_type = media_type.to_owned();
     if media_type != OCI_MANIFEST && media_type != DOCKER_MANIFEST {
         return Err(Error::UnsupportedMediaType {
             reference: reference.to_string(),
             media_type,
         });
     }
-    let manifest = ImageManifest::from_reader(&bytes[..])
+    let manifest = ImageManifest::from_reader(bytes)
         .map_err(|e| invalid(format!("the manifest of {reference}"), e.to_string()))?;
     let mut layers = Vec::new();
     for layer in manifest.layers() {
@@ -460,8 +577,8 @@ pub fn pull(
     let config_bytes = store.read_blob(manifest.config().digest())?;
     let image = if media_type == OCI_MANIFEST {
         // Kept byte for byte, so the image id is the registry's digest.
-        store.put_blob(&bytes)?;
-        store.read_image(&manifest_digest)?
+        store.put_blob(bytes)?;
+        store.read_image(manifest_digest)?
     } else {
         let config = kiln_cache::ImageConfiguration::from_reader(&config_bytes[..])
             .map_err(|e| invalid(format!("the config of {reference}"), e.to_string()))?;
@@ -492,14 +609,107 @@ pub fn pull(
         // registry's digest, the config and layers do not.
         store.write_image_with_config(&config_bytes, layers)?
     };
+    Ok(image)
+}
+
+/// An index pulled with every platform: the stored index and its name.
+#[derive(Debug, Clone)]
+pub struct PulledIndex {
+    pub index: StoredIndex,
+    pub name: Option<String>,
+}
+
+/// Pulls `reference` with every platform (`kiln pull --all-platforms`):
+/// each image of an index, then the index. When every entry is an OCI image
+/// manifest the index is kept byte for byte (the registry's digest);
+/// otherwise (Docker manifests, attestation entries) the store writes an
+/// OCI index of the images. A reference to a single manifest is an error.
+pub fn pull_index(
+    store: &Store,
+    client: &Client,
+    reference: &Reference,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<PulledIndex> {
+    let repository = reference.repository.as_str();
+    let (bytes, header, announced) =
+        client.get_manifest(repository, reference.manifest_reference())?;
+    if let Some(expected) = reference.digest.clone().or(announced) {
+        verify(&format!("the manifest of {reference}"), &bytes, &expected)?;
+    }
+    let media_type = media_type_of(&bytes, header);
+    if !INDEX_TYPES.contains(&media_type.as_str()) {
+        return Err(Error::Invalid {
+            registry: client.registry().to_owned(),
+            what: reference.to_string(),
+            message: "it is a single-platform image, not an index: pull it without --all-platforms"
+                .to_owned(),
+        });
+    }
+    let index = ImageIndex::from_reader(&bytes[..]).map_err(|e| Error::Invalid {
+        registry: client.registry().to_owned(),
+        what: format!("the index of {reference}"),
+        message: e.to_string(),
+    })?;
+    let mut kept_whole = true;
+    let mut manifests = Vec::new();
+    for entry in index.manifests() {
+        let is_image = kiln_cache::descriptor_platform(entry).is_some_and(|p| p.os != "unknown");
+        if !is_image {
+            kept_whole = false;
+            continue;
+        }
+        let digest = entry.digest().to_string();
+        let (entry_bytes, entry_header, _) = client.get_manifest(repository, &digest)?;
+        verify(
+            &format!("manifest {digest} of {reference}"),
+            &entry_bytes,
+            &digest,
+        )?;
+        let entry_type = media_type_of(&entry_bytes, entry_header);
+        let image = fetch_image(
+            store,
+            client,
+            reference,
+            &entry_bytes,
+            &entry_type,
+            entry.digest(),
+            progress,
+        )?;
+        progress(&Progress::Manifest {
+            digest: image.id().to_string(),
+        });
+        kept_whole &= image.id() == entry.digest();
+        let mut descriptor = entry.clone();
+        descriptor.set_digest(image.id().clone());
+        descriptor.set_size(image.manifest_descriptor.size());
+        descriptor.set_media_type(MediaType::ImageManifest);
+        manifests.push(descriptor);
+    }
+    let stored = if kept_whole {
+        store.put_blob(&bytes)?;
+        store.read_image_index(&kiln_cache::sha256_digest(&bytes))?
+    } else {
+        store.write_image_index(&kiln_cache::NewIndex {
+            manifests,
+            annotations: index
+                .annotations()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        })?
+    };
     progress(&Progress::Manifest {
-        digest: image.id().to_string(),
+        digest: stored.id().to_string(),
     });
     let name = match reference.familiar_name() {
-        Some(name) => Some(store.tag(&name, &image)?),
+        Some(name) => Some(store.tag_descriptor(&name, &stored.descriptor)?),
         None => None,
     };
-    Ok(Pulled { image, name })
+    Ok(PulledIndex {
+        index: stored,
+        name,
+    })
 }
 
 /// A blob download that remembers why it failed, so a broken connection is

@@ -35,8 +35,8 @@ pub use remote_context::{
     GitSource,
 };
 pub use solve::{
-    export_filesystem, export_image_path, image_lowers, solve, Built, BuiltRecord, DebugShell,
-    FailedStep, SolveOptions, StoreResolver,
+    export_filesystem, export_image_path, image_lowers, solve, solve_platforms, Built, BuiltRecord,
+    DebugShell, FailedStep, ManifestAnnotation, SolveOptions, StoreResolver,
 };
 pub use source::BuildContext;
 pub use tar_export::export_filesystem_tar;

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use kiln_cache::{
     chain_id, CacheRecord, CacheSource, Compression, Descriptor, History, HistoryBuilder,
-    LayerBlob, NewImage, Platform, Store, StoredImage,
+    LayerBlob, NewImage, Platform, Store, StoredImage, StoredRef,
 };
 use kiln_executor::{CancelToken, DiffOptions, Mount, RootfsView, RunSpec, Snapshotter};
 use kiln_frontend::{
@@ -85,6 +85,9 @@ pub struct SolveOptions {
     /// SBOM and provenance to attach to the image as OCI referrers; none by
     /// default, and then the build writes nothing more than the image.
     pub attest: AttestOptions,
+    /// Annotations of the image manifest (`--annotation manifest:K=V`), each
+    /// for every platform or for one.
+    pub annotations: Vec<ManifestAnnotation>,
     /// `kiln build --debug-shell`: called when a RUN step fails, before its
     /// error ends the build.
     pub debug_shell: Option<Arc<dyn DebugShell>>,
@@ -110,9 +113,18 @@ pub struct FailedStep<'a> {
     pub upper: PathBuf,
     /// An empty directory for a sandbox of the caller's own (removed later).
     pub scratch: PathBuf,
-    /// The stage's SHELL (`["/bin/sh", "-c"]` unless set).
+    /// The SHELL in effect at the step (`["/bin/sh", "-c"]` unless set).
     pub shell: Vec<String>,
     pub error: &'a kiln_executor::Error,
+}
+
+/// An annotation of the image manifests a build writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestAnnotation {
+    /// Only the image of this platform gets it (`manifest[linux/arm64]:K=V`).
+    pub platform: Option<Platform>,
+    pub key: String,
+    pub value: String,
 }
 
 impl SolveOptions {
@@ -141,6 +153,7 @@ impl Default for SolveOptions {
             named_contexts: BTreeMap::new(),
             attest: AttestOptions::default(),
             debug_shell: None,
+            annotations: Vec::new(),
         }
     }
 }
@@ -185,28 +198,58 @@ impl<'a> StoreResolver<'a> {
     }
 }
 
-impl BaseImageResolver for StoreResolver<'_> {
-    fn resolve(
-        &self,
+impl StoreResolver<'_> {
+    /// A stored image as the frontend sees a base image.
+    pub fn describe(
+        image: &StoredImage,
         reference: &str,
-        _platform: &str,
-    ) -> std::result::Result<Option<BaseImage>, String> {
-        let Some(image) = self.store.resolve(reference).map_err(|e| e.to_string())? else {
-            return Ok(None);
-        };
+    ) -> std::result::Result<BaseImage, String> {
         let config = match image.raw_config.get("config") {
             Some(value) if !value.is_null() => serde_json::from_value::<ImageConfig>(value.clone())
                 .map_err(|e| format!("image {reference}: its config does not parse: {e}"))?,
             _ => ImageConfig::default(),
         };
         let platform = image.platform();
-        Ok(Some(BaseImage {
+        Ok(BaseImage {
             digest: image.id().to_string(),
             config,
             os: platform.os,
             architecture: platform.architecture,
             variant: platform.variant,
-        }))
+        })
+    }
+}
+
+impl BaseImageResolver for StoreResolver<'_> {
+    /// A single image whatever its platform (the caller judges it); of a
+    /// multi-platform index, the entry for `platform`.
+    fn resolve(
+        &self,
+        reference: &str,
+        platform: &str,
+    ) -> std::result::Result<Option<BaseImage>, String> {
+        let Some(stored) = self
+            .store
+            .resolve_ref(reference)
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let image = match stored {
+            StoredRef::Image(image) => image,
+            index @ StoredRef::Index(_) => {
+                let wanted = parse_platform(platform).map_err(|e| e.to_string())?;
+                match self
+                    .store
+                    .image_for(&index, &wanted)
+                    .map_err(|e| e.to_string())?
+                {
+                    Some(image) => image,
+                    None => return Ok(None),
+                }
+            }
+        };
+        Self::describe(&image, reference).map(Some)
     }
 }
 
@@ -259,11 +302,34 @@ pub fn solve(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<Built> {
+    solve_platforms(store, context, &[graph], options, progress, cancel)?
+        .pop()
+        .ok_or_else(|| Error::Invalid("the build made no image".into()))
+}
+
+/// Runs several graphs of one Dockerfile, one per target platform, as one
+/// DAG and writes each target stage's image, in the graphs' order. What the
+/// graphs share is done once: a step with the same cache key in several
+/// graphs (every step of a `FROM --platform=$BUILDPLATFORM` stage that does
+/// not read a TARGET* argument) is one vertex, and each set of context files
+/// is hashed once. Platforms run concurrently as far as the DAG allows; the
+/// first failure cancels the rest and, with several graphs, names the
+/// platform of the step that failed.
+pub fn solve_platforms(
+    store: &Store,
+    context: &BuildContext,
+    graphs: &[&BuildGraph],
+    options: &SolveOptions,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<Vec<Built>> {
     let started = now_epoch();
-    let stages = graph
-        .needed_stages()
+    let stage_lists = graphs
+        .iter()
+        .map(|graph| graph.needed_stages())
+        .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::Invalid(e.to_string()))?;
-    let runs_steps = stages.iter().any(|stage| {
+    let runs_steps = stage_lists.iter().flatten().any(|stage| {
         stage
             .steps
             .iter()
@@ -276,191 +342,21 @@ pub fn solve(
         std::thread::spawn(move || kiln_executor::prepare_seccomp(&seccomp));
     }
     let downloads = Downloads::new(&store.tmp_dir())?;
-    let mut plans: HashMap<usize, StagePlan> = HashMap::new();
-    let mut vertices: Vec<Vertex<'_>> = Vec::new();
-    let mut by_key: HashMap<Key, usize> = HashMap::new();
-
-    for stage in &stages {
-        let mut plan = match &stage.base {
-            Base::Scratch => StagePlan {
-                key: KeyEncoder::new("kiln.base.v1").str("scratch", "").finish(),
-                layers: Vec::new(),
-                history: Vec::new(),
-                last_vertex: None,
-                platform: parse_platform(&stage.platform)?,
-            },
-            Base::Image { reference, image } => {
-                let stored = resolve_image(store, reference, &image.digest)?;
-                StagePlan {
-                    key: KeyEncoder::new("kiln.base.v1")
-                        .str("image", &image.digest)
-                        .finish(),
-                    layers: stored
-                        .layers()
-                        .map_err(store_err)?
-                        .into_iter()
-                        .map(|l| LayerRef::Fixed(Box::new(l)))
-                        .collect(),
-                    history: stored
-                        .history()
-                        .iter()
-                        .cloned()
-                        .map(HistoryRef::Fixed)
-                        .collect(),
-                    last_vertex: None,
-                    platform: Platform {
-                        os: image.os.clone(),
-                        architecture: image.architecture.clone(),
-                        variant: image.variant.clone(),
-                    },
-                }
-            }
-            Base::Stage(index) => plans.get(index).cloned().ok_or_else(|| {
-                Error::Invalid(format!("stage {index} is used before it is built"))
-            })?,
-        };
-        for step in &stage.steps {
-            let mut key = KeyEncoder::new("kiln.step.v1");
-            key.key("definition", &step.digest)
-                .key("parent", &plan.key)
-                .str("platform", &plan.platform.to_string());
-            let mut deps: Vec<usize> = plan.last_vertex.into_iter().collect();
-            let mut from_layers = HashMap::new();
-            let mut context_mounts = HashMap::new();
-            let add_from = |from: &CopyFrom,
-                            key: &mut KeyEncoder,
-                            deps: &mut Vec<usize>,
-                            from_layers: &mut HashMap<String, Vec<LayerRef>>|
-             -> Result<()> {
-                match from {
-                    CopyFrom::Context | CopyFrom::Named(_) => {}
-                    CopyFrom::Stage(index) => {
-                        let source = plans.get(index).ok_or_else(|| {
-                            Error::Invalid(format!(
-                                "{}: stage {index} is not built before this step",
-                                step.span
-                            ))
-                        })?;
-                        key.key("from-stage", &source.key);
-                        deps.extend(source.last_vertex);
-                        from_layers.insert(format!("stage:{index}"), source.layers.clone());
-                    }
-                    CopyFrom::Image { reference, image } => {
-                        key.str("from-image", &image.digest);
-                        let stored = resolve_image(store, reference, &image.digest)?;
-                        from_layers.insert(
-                            format!("image:{}", image.digest),
-                            stored
-                                .layers()
-                                .map_err(store_err)?
-                                .into_iter()
-                                .map(|l| LayerRef::Fixed(Box::new(l)))
-                                .collect(),
-                        );
-                    }
-                }
-                Ok(())
-            };
-            match &step.kind {
-                StepKind::Copy(copy) => {
-                    if let Some(context) = directory_of(context, options, &copy.from)? {
-                        let is_git = |s: &str| copy.add && crate::remote_context::is_git_url(s);
-                        let (urls, paths): (Vec<String>, Vec<String>) = copy
-                            .sources
-                            .iter()
-                            .cloned()
-                            .partition(|s| is_git(s) || is_url(s));
-                        let digest =
-                            content_digest(context, &paths).map_err(|e| located(step, e))?;
-                        key.key("content", &digest);
-                        for url in &urls {
-                            if is_git(url) {
-                                // A repository is keyed by the commit its ref
-                                // resolves to: an unchanged commit is a hit.
-                                let checkout = downloads
-                                    .git(url, copy.keep_git_dir)
-                                    .map_err(|e| located(step, e))?;
-                                key.str("git", url).str("git-commit", &checkout.commit);
-                                continue;
-                            }
-                            // The content is what counts: a pinned checksum
-                            // names it without downloading, else the download.
-                            let content = match (&copy.checksum, copy.add) {
-                                (Some(sum), _) => sum.clone(),
-                                (None, true) => {
-                                    downloads
-                                        .get(url, None)
-                                        .map_err(|e| located(step, e))?
-                                        .digest
-                                }
-                                (None, false) => String::new(),
-                            };
-                            key.str("url", url).str("url-content", &content);
-                        }
-                    }
-                    add_from(&copy.from, &mut key, &mut deps, &mut from_layers)?;
-                }
-                StepKind::Run(run) => {
-                    for mount in &run.mounts {
-                        if let Some(from) = mount.from() {
-                            if let (Some(context), RunMount::Bind { source, .. }) =
-                                (directory_of(context, options, from)?, mount)
-                            {
-                                let digest = content_digest(context, std::slice::from_ref(source))
-                                    .map_err(|e| located(step, e))?;
-                                key.key("mount-content", &digest);
-                                context_mounts.insert(mount_key(from, source), digest);
-                            }
-                            add_from(from, &mut key, &mut deps, &mut from_layers)?;
-                        }
-                    }
-                    key.opt_str("network-default", options.network.map(network_name));
-                }
-                _ => {}
-            }
-            let key = key.finish();
-            if matches!(step.kind, StepKind::Config) {
-                // Config-only steps (LABEL, EXPOSE, CMD, ...) change the image
-                // config, not the filesystem: they stay out of the key chain so
-                // editing one does not re-run the steps after it. What a later
-                // step does see (ENV, USER, WORKDIR, SHELL) is in its own
-                // definition digest.
-                if step.in_history {
-                    plan.history.push(HistoryRef::Empty {
-                        created_by: step.created_by.clone(),
-                    });
-                }
-                continue;
-            }
-            plan.key = key;
-            deps.sort_unstable();
-            deps.dedup();
-            let vertex = match by_key.get(&key) {
-                Some(&existing) => existing,
-                None => {
-                    vertices.push(Vertex {
-                        key,
-                        step,
-                        stage,
-                        parent_layers: plan.layers.clone(),
-                        from_layers,
-                        context_mounts,
-                        platform: plan.platform.clone(),
-                        deps,
-                    });
-                    by_key.insert(key, vertices.len() - 1);
-                    vertices.len() - 1
-                }
-            };
-            plan.layers.push(LayerRef::Vertex(vertex));
-            plan.history.push(HistoryRef::Vertex {
-                created_by: step.created_by.clone(),
-                vertex,
-            });
-            plan.last_vertex = Some(vertex);
-        }
-        plans.insert(stage.index, plan);
-    }
+    let mut planner = Planner {
+        store,
+        context,
+        options,
+        downloads: &downloads,
+        vertices: Vec::new(),
+        by_key: HashMap::new(),
+        digests: HashMap::new(),
+    };
+    let plans = stage_lists
+        .iter()
+        .map(|stages| planner.plan(stages))
+        .collect::<Result<Vec<_>>>()?;
+    let vertices = planner.vertices;
+    let multi = graphs.len() > 1;
 
     for (id, vertex) in vertices.iter().enumerate() {
         let count = vertex.stage.steps.len();
@@ -472,11 +368,18 @@ pub fn solve(
             .map_or(0, |i| i + 1);
         progress.event(Event::Step {
             id: id + 1,
-            stage: vertex
-                .stage
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("stage-{}", vertex.stage.index)),
+            stage: {
+                let name = vertex
+                    .stage
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("stage-{}", vertex.stage.index));
+                if multi {
+                    format!("{} {name}", vertex.platform)
+                } else {
+                    name
+                }
+            },
             index,
             count,
             text: vertex.step.text.to_string(),
@@ -484,6 +387,7 @@ pub fn solve(
         });
     }
 
+    check_emulation(store, options, &vertices)?;
     let snapshotter = Snapshotter::new(store.snapshots_dir()).map_err(exec_err)?;
     let results: Mutex<HashMap<usize, Option<LayerBlob>>> = Mutex::new(HashMap::new());
     // When each vertex's result was first made (seconds): a cached result
@@ -540,7 +444,12 @@ pub fn solve(
                 let layer = match runner
                     .run_vertex(id, vertex)
                     .map_err(|e| located(vertex.step, e))
-                {
+                    .map_err(|e| match e {
+                        Error::Step(message) if multi => {
+                            Error::Step(format!("{}: {message}", vertex.platform))
+                        }
+                        other => other,
+                    }) {
                     Ok(layer) => layer,
                     Err(Error::Cancelled) => return Err(Error::Cancelled),
                     Err(err) => {
@@ -586,135 +495,455 @@ pub fn solve(
         named.save_stat_cache()?;
     }
     outcome?;
-
-    let target = graph
-        .target_stage()
-        .ok_or_else(|| Error::Invalid("the build graph has no target stage".into()))?;
-    let plan = plans
-        .get(&target.index)
-        .ok_or_else(|| Error::Invalid("the target stage was not planned".into()))?;
-    progress.event(Event::Exporting {
-        what: "writing image".into(),
-    });
     let results = results.into_inner().map_err(|_| Error::Cancelled)?;
-    let layers = resolve_layers(&plan.layers, &results)?;
-    for layer in &layers {
-        kiln_cache::ensure_blob(store, &options.cache_sources, &layer.descriptor)
-            .map_err(store_err)?;
-    }
     let made_at = made_at.into_inner().map_err(|_| Error::Cancelled)?;
-    let vertex_time = |v: &usize| {
-        options
-            .source_date_epoch
-            .or_else(|| made_at.get(v).copied())
-    };
-    // The image is as old as its newest step; a build of only metadata
-    // steps is made now.
-    let newest = plan
-        .history
-        .iter()
-        .filter_map(|h| match h {
-            HistoryRef::Vertex { vertex, .. } => vertex_time(vertex),
-            _ => None,
-        })
-        .max();
-    let created_now = rfc3339(
-        options
-            .source_date_epoch
-            .or(newest)
-            .unwrap_or_else(now_epoch),
-    );
-    let mut history = Vec::new();
-    for entry in &plan.history {
-        history.push(match entry {
-            HistoryRef::Fixed(h) => h.clone(),
-            HistoryRef::Empty { created_by } => history_entry(created_by, true, &created_now)?,
-            HistoryRef::Vertex { created_by, vertex } => {
-                let empty = results.get(vertex).is_none_or(|l| l.is_none());
-                let when = vertex_time(vertex)
-                    .map(rfc3339)
-                    .unwrap_or_else(|| created_now.clone());
-                history_entry(created_by, empty, &when)?
-            }
-        });
-    }
-    let mut config = graph.config.clone();
-    if !options.labels.is_empty() {
-        let labels = config.labels.get_or_insert_with(BTreeMap::new);
-        for (k, v) in &options.labels {
-            labels.insert(k.clone(), v.clone());
-        }
-    }
-    let config = serde_json::to_value(&config).map_err(|e| Error::Invalid(e.to_string()))?;
-    let image = store
-        .write_image(NewImage {
-            platform: plan.platform.clone(),
-            created: Some(created_now),
-            author: target.author.clone(),
-            config,
-            layers: layers.clone(),
-            history,
-        })
-        .map_err(store_err)?;
+    let records = records.into_inner().map_err(|_| Error::Cancelled)?;
     let (ran, cached) = counts.into_inner().unwrap_or((0, 0));
-    let in_image: std::collections::HashSet<usize> = plan
-        .history
-        .iter()
-        .filter_map(|h| match h {
-            HistoryRef::Vertex { vertex, .. } => Some(*vertex),
-            _ => None,
-        })
-        .collect();
-    let mut records: Vec<(usize, CacheRecord)> = records
-        .into_inner()
-        .map_err(|_| Error::Cancelled)?
-        .into_iter()
-        .collect();
-    records.sort_by_key(|(id, _)| *id);
-    let records = records
-        .into_iter()
-        .filter_map(|(id, record)| {
-            Some(BuiltRecord {
-                key: vertices.get(id)?.key.0,
-                record,
-                in_image: in_image.contains(&id),
-            })
-        })
-        .collect();
-    let attestations = if options.attest.any() {
-        let finished = Finished {
-            stages: &stages,
-            image: &image,
-            layers: &layers,
-            copied: copied_layers(&plan.history, &vertices, &results),
-            other_stages: stages
-                .iter()
-                .filter(|stage| stage.index != target.index)
-                .filter_map(|stage| {
-                    let plan = plans.get(&stage.index)?;
-                    let layers = resolve_layers(&plan.layers, &results).ok()?;
-                    Some((stage.display_name(), layers))
-                })
-                .collect(),
-            context,
-            started,
-            source_date_epoch: options.source_date_epoch,
-        };
-        progress.event(Event::Exporting {
-            what: "attaching attestations".into(),
-        });
-        crate::attest::attach(store, &finished, &options.attest)?
-    } else {
-        Vec::new()
-    };
-    Ok(Built {
-        image,
-        layers,
+    let solved = Solved {
+        store,
+        context,
+        options,
+        progress,
+        vertices: &vertices,
+        results: &results,
+        made_at: &made_at,
+        records: &records,
+        started,
         ran,
         cached,
-        records,
-        attestations,
-    })
+    };
+    graphs
+        .iter()
+        .zip(&stage_lists)
+        .zip(&plans)
+        .map(|((graph, stages), plans)| solved.image(graph, stages, plans))
+        .collect()
+}
+
+/// Plans graphs into one list of vertices: one per distinct cache key.
+struct Planner<'a, 'g> {
+    store: &'a Store,
+    context: &'a BuildContext,
+    options: &'a SolveOptions,
+    downloads: &'a Downloads,
+    vertices: Vec<Vertex<'g>>,
+    by_key: HashMap<Key, usize>,
+    /// Content digests of context sources by (context, sources): several
+    /// graphs of one build hash each set of files once.
+    digests: HashMap<(usize, Vec<String>), Key>,
+}
+
+impl<'g> Planner<'_, 'g> {
+    /// The content digest of `sources` in `context`, computed once.
+    fn content_digest(&mut self, context: &BuildContext, sources: &[String]) -> Result<Key> {
+        let memo = (std::ptr::from_ref(context) as usize, sources.to_vec());
+        if let Some(digest) = self.digests.get(&memo) {
+            return Ok(*digest);
+        }
+        let digest = content_digest(context, sources)?;
+        self.digests.insert(memo, digest);
+        Ok(digest)
+    }
+
+    /// Plans one graph's needed stages: their keys, layers and history, and
+    /// a vertex for every step whose key is new.
+    fn plan(&mut self, stages: &[&'g Stage]) -> Result<HashMap<usize, StagePlan>> {
+        let (store, context, options, downloads) =
+            (self.store, self.context, self.options, self.downloads);
+        let mut plans: HashMap<usize, StagePlan> = HashMap::new();
+        for stage in stages {
+            let mut plan = match &stage.base {
+                Base::Scratch => StagePlan {
+                    key: KeyEncoder::new("kiln.base.v1").str("scratch", "").finish(),
+                    layers: Vec::new(),
+                    history: Vec::new(),
+                    last_vertex: None,
+                    platform: parse_platform(&stage.platform)?,
+                },
+                Base::Image { reference, image } => {
+                    let stored = resolve_image(store, reference, &image.digest)?;
+                    StagePlan {
+                        key: KeyEncoder::new("kiln.base.v1")
+                            .str("image", &image.digest)
+                            .finish(),
+                        layers: stored
+                            .layers()
+                            .map_err(store_err)?
+                            .into_iter()
+                            .map(|l| LayerRef::Fixed(Box::new(l)))
+                            .collect(),
+                        history: stored
+                            .history()
+                            .iter()
+                            .cloned()
+                            .map(HistoryRef::Fixed)
+                            .collect(),
+                        last_vertex: None,
+                        platform: Platform {
+                            os: image.os.clone(),
+                            architecture: image.architecture.clone(),
+                            variant: image.variant.clone(),
+                        },
+                    }
+                }
+                Base::Stage(index) => plans.get(index).cloned().ok_or_else(|| {
+                    Error::Invalid(format!("stage {index} is used before it is built"))
+                })?,
+            };
+            for step in &stage.steps {
+                let mut key = KeyEncoder::new("kiln.step.v1");
+                key.key("definition", &step.digest)
+                    .key("parent", &plan.key)
+                    .str("platform", &plan.platform.to_string());
+                let mut deps: Vec<usize> = plan.last_vertex.into_iter().collect();
+                let mut from_layers = HashMap::new();
+                let mut context_mounts = HashMap::new();
+                let add_from = |from: &CopyFrom,
+                                key: &mut KeyEncoder,
+                                deps: &mut Vec<usize>,
+                                from_layers: &mut HashMap<String, Vec<LayerRef>>|
+                 -> Result<()> {
+                    match from {
+                        CopyFrom::Context | CopyFrom::Named(_) => {}
+                        CopyFrom::Stage(index) => {
+                            let source = plans.get(index).ok_or_else(|| {
+                                Error::Invalid(format!(
+                                    "{}: stage {index} is not built before this step",
+                                    step.span
+                                ))
+                            })?;
+                            key.key("from-stage", &source.key);
+                            deps.extend(source.last_vertex);
+                            from_layers.insert(format!("stage:{index}"), source.layers.clone());
+                        }
+                        CopyFrom::Image { reference, image } => {
+                            key.str("from-image", &image.digest);
+                            let stored = resolve_image(store, reference, &image.digest)?;
+                            from_layers.insert(
+                                format!("image:{}", image.digest),
+                                stored
+                                    .layers()
+                                    .map_err(store_err)?
+                                    .into_iter()
+                                    .map(|l| LayerRef::Fixed(Box::new(l)))
+                                    .collect(),
+                            );
+                        }
+                    }
+                    Ok(())
+                };
+                match &step.kind {
+                    StepKind::Copy(copy) => {
+                        if let Some(context) = directory_of(context, options, &copy.from)? {
+                            let is_git = |s: &str| copy.add && crate::remote_context::is_git_url(s);
+                            let (urls, paths): (Vec<String>, Vec<String>) = copy
+                                .sources
+                                .iter()
+                                .cloned()
+                                .partition(|s| is_git(s) || is_url(s));
+                            let digest = self
+                                .content_digest(context, &paths)
+                                .map_err(|e| located(step, e))?;
+                            key.key("content", &digest);
+                            for url in &urls {
+                                if is_git(url) {
+                                    // A repository is keyed by the commit its ref
+                                    // resolves to: an unchanged commit is a hit.
+                                    let checkout = downloads
+                                        .git(url, copy.keep_git_dir)
+                                        .map_err(|e| located(step, e))?;
+                                    key.str("git", url).str("git-commit", &checkout.commit);
+                                    continue;
+                                }
+                                // The content is what counts: a pinned checksum
+                                // names it without downloading, else the download.
+                                let content = match (&copy.checksum, copy.add) {
+                                    (Some(sum), _) => sum.clone(),
+                                    (None, true) => {
+                                        downloads
+                                            .get(url, None)
+                                            .map_err(|e| located(step, e))?
+                                            .digest
+                                    }
+                                    (None, false) => String::new(),
+                                };
+                                key.str("url", url).str("url-content", &content);
+                            }
+                        }
+                        add_from(&copy.from, &mut key, &mut deps, &mut from_layers)?;
+                    }
+                    StepKind::Run(run) => {
+                        for mount in &run.mounts {
+                            if let Some(from) = mount.from() {
+                                if let (Some(context), RunMount::Bind { source, .. }) =
+                                    (directory_of(context, options, from)?, mount)
+                                {
+                                    let digest = self
+                                        .content_digest(context, std::slice::from_ref(source))
+                                        .map_err(|e| located(step, e))?;
+                                    key.key("mount-content", &digest);
+                                    context_mounts.insert(mount_key(from, source), digest);
+                                }
+                                add_from(from, &mut key, &mut deps, &mut from_layers)?;
+                            }
+                        }
+                        key.opt_str("network-default", options.network.map(network_name));
+                    }
+                    _ => {}
+                }
+                let key = key.finish();
+                if matches!(step.kind, StepKind::Config) {
+                    // Config-only steps (LABEL, EXPOSE, CMD, ...) change the image
+                    // config, not the filesystem: they stay out of the key chain so
+                    // editing one does not re-run the steps after it. What a later
+                    // step does see (ENV, USER, WORKDIR, SHELL) is in its own
+                    // definition digest.
+                    if step.in_history {
+                        plan.history.push(HistoryRef::Empty {
+                            created_by: step.created_by.clone(),
+                        });
+                    }
+                    continue;
+                }
+                plan.key = key;
+                deps.sort_unstable();
+                deps.dedup();
+                let vertex = match self.by_key.get(&key) {
+                    Some(&existing) => existing,
+                    None => {
+                        self.vertices.push(Vertex {
+                            key,
+                            step,
+                            stage,
+                            parent_layers: plan.layers.clone(),
+                            from_layers,
+                            context_mounts,
+                            platform: plan.platform.clone(),
+                            deps,
+                        });
+                        self.by_key.insert(key, self.vertices.len() - 1);
+                        self.vertices.len() - 1
+                    }
+                };
+                plan.layers.push(LayerRef::Vertex(vertex));
+                plan.history.push(HistoryRef::Vertex {
+                    created_by: step.created_by.clone(),
+                    vertex,
+                });
+                plan.last_vertex = Some(vertex);
+            }
+            plans.insert(stage.index, plan);
+        }
+        Ok(plans)
+    }
+}
+
+/// What the DAG made, shared by the images of every graph.
+struct Solved<'a, 'g> {
+    store: &'a Store,
+    context: &'a BuildContext,
+    options: &'a SolveOptions,
+    progress: &'a dyn Progress,
+    vertices: &'a [Vertex<'g>],
+    results: &'a HashMap<usize, Option<LayerBlob>>,
+    made_at: &'a HashMap<usize, i64>,
+    records: &'a HashMap<usize, CacheRecord>,
+    started: i64,
+    ran: usize,
+    cached: usize,
+}
+
+impl Solved<'_, '_> {
+    /// Writes the image of `graph`'s target stage (and its attestations).
+    fn image(
+        &self,
+        graph: &BuildGraph,
+        stages: &[&Stage],
+        plans: &HashMap<usize, StagePlan>,
+    ) -> Result<Built> {
+        let (store, context, options, progress) =
+            (self.store, self.context, self.options, self.progress);
+        let (vertices, results, made_at) = (self.vertices, self.results, self.made_at);
+        let (started, ran, cached) = (self.started, self.ran, self.cached);
+
+        let target = graph
+            .target_stage()
+            .ok_or_else(|| Error::Invalid("the build graph has no target stage".into()))?;
+        let plan = plans
+            .get(&target.index)
+            .ok_or_else(|| Error::Invalid("the target stage was not planned".into()))?;
+        progress.event(Event::Exporting {
+            what: "writing image".into(),
+        });
+        let layers = resolve_layers(&plan.layers, results)?;
+        for layer in &layers {
+            kiln_cache::ensure_blob(store, &options.cache_sources, &layer.descriptor)
+                .map_err(store_err)?;
+        }
+        let vertex_time = |v: &usize| {
+            options
+                .source_date_epoch
+                .or_else(|| made_at.get(v).copied())
+        };
+        // The image is as old as its newest step; a build of only metadata
+        // steps is made now.
+        let newest = plan
+            .history
+            .iter()
+            .filter_map(|h| match h {
+                HistoryRef::Vertex { vertex, .. } => vertex_time(vertex),
+                _ => None,
+            })
+            .max();
+        let created_now = rfc3339(
+            options
+                .source_date_epoch
+                .or(newest)
+                .unwrap_or_else(now_epoch),
+        );
+        let mut history = Vec::new();
+        for entry in &plan.history {
+            history.push(match entry {
+                HistoryRef::Fixed(h) => h.clone(),
+                HistoryRef::Empty { created_by } => history_entry(created_by, true, &created_now)?,
+                HistoryRef::Vertex { created_by, vertex } => {
+                    let empty = results.get(vertex).is_none_or(|l| l.is_none());
+                    let when = vertex_time(vertex)
+                        .map(rfc3339)
+                        .unwrap_or_else(|| created_now.clone());
+                    history_entry(created_by, empty, &when)?
+                }
+            });
+        }
+        let mut config = graph.config.clone();
+        if !options.labels.is_empty() {
+            let labels = config.labels.get_or_insert_with(BTreeMap::new);
+            for (k, v) in &options.labels {
+                labels.insert(k.clone(), v.clone());
+            }
+        }
+        let config = serde_json::to_value(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+        let image = store
+            .write_image(NewImage {
+                platform: plan.platform.clone(),
+                created: Some(created_now),
+                author: target.author.clone(),
+                config,
+                layers: layers.clone(),
+                history,
+            })
+            .map_err(store_err)?;
+        let annotations: BTreeMap<String, String> = options
+            .annotations
+            .iter()
+            .filter(|a| {
+                a.platform
+                    .as_ref()
+                    .is_none_or(|p| p.matches(&plan.platform))
+            })
+            .map(|a| (a.key.clone(), a.value.clone()))
+            .collect();
+        let image = store
+            .annotate_manifest(&image, &annotations)
+            .map_err(store_err)?;
+        let in_image: std::collections::HashSet<usize> = plan
+            .history
+            .iter()
+            .filter_map(|h| match h {
+                HistoryRef::Vertex { vertex, .. } => Some(*vertex),
+                _ => None,
+            })
+            .collect();
+        // The records of this graph's vertices (every vertex is in the
+        // history of its stage).
+        let mine: std::collections::HashSet<usize> = plans
+            .values()
+            .flat_map(|plan| &plan.history)
+            .filter_map(|h| match h {
+                HistoryRef::Vertex { vertex, .. } => Some(*vertex),
+                _ => None,
+            })
+            .collect();
+        let mut records: Vec<(usize, CacheRecord)> = self
+            .records
+            .iter()
+            .filter(|(id, _)| mine.contains(id))
+            .map(|(id, record)| (*id, record.clone()))
+            .collect();
+        records.sort_by_key(|(id, _)| *id);
+        let records = records
+            .into_iter()
+            .filter_map(|(id, record)| {
+                Some(BuiltRecord {
+                    key: vertices.get(id)?.key.0,
+                    record,
+                    in_image: in_image.contains(&id),
+                })
+            })
+            .collect();
+        let attestations = if options.attest.any() {
+            let finished = Finished {
+                stages,
+                image: &image,
+                layers: &layers,
+                copied: copied_layers(&plan.history, vertices, results),
+                other_stages: stages
+                    .iter()
+                    .filter(|stage| stage.index != target.index)
+                    .filter_map(|stage| {
+                        let plan = plans.get(&stage.index)?;
+                        let layers = resolve_layers(&plan.layers, results).ok()?;
+                        Some((stage.display_name(), layers))
+                    })
+                    .collect(),
+                context,
+                started,
+                source_date_epoch: options.source_date_epoch,
+            };
+            progress.event(Event::Exporting {
+                what: "attaching attestations".into(),
+            });
+            // Each platform's provenance names its own platform.
+            let mut attest = options.attest.clone();
+            attest.invocation.platform = plan.platform.to_string();
+            crate::attest::attach(store, &finished, &attest)?
+        } else {
+            Vec::new()
+        };
+        Ok(Built {
+            image,
+            layers,
+            ran,
+            cached,
+            records,
+            attestations,
+        })
+    }
+}
+
+/// Every platform whose RUN steps must run here (no cache record has
+/// them) can: natively or through qemu-user's binfmt_misc handler. Checked
+/// before anything runs, so a missing handler costs nothing.
+fn check_emulation(store: &Store, options: &SolveOptions, vertices: &[Vertex<'_>]) -> Result<()> {
+    let mut checked: Vec<&Platform> = Vec::new();
+    for vertex in vertices {
+        if !matches!(vertex.step.kind, StepKind::Run(_)) || checked.contains(&&vertex.platform) {
+            continue;
+        }
+        let cached = !options.no_cache
+            && (store.cache_get(&vertex.key.0).map_err(store_err)?.is_some()
+                || options
+                    .cache_sources
+                    .iter()
+                    .any(|source| source.lookup(&vertex.key.0).is_some()));
+        if cached {
+            continue;
+        }
+        kiln_executor::check_binfmt(&vertex.platform.architecture)
+            .map_err(|e| Error::Invalid(format!("cannot build for {}: {e}", vertex.platform)))?;
+        checked.push(&vertex.platform);
+    }
+    Ok(())
 }
 
 /// The layers the image's COPY and ADD steps made from a context (the

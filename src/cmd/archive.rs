@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use kiln_cache::ArchiveFormat;
 
-use super::images::{emit, find};
+use super::images::{emit, find_ref};
 use super::{CmdResult, Global};
 
 /// The archive format `save` writes.
@@ -38,7 +38,7 @@ pub fn save(global: &Global, args: SaveArgs) -> CmdResult {
     let store = global.open_store()?;
     let mut images = Vec::new();
     for name in &args.names {
-        let image = find(&store, name)?;
+        let image = find_ref(&store, name)?;
         // An id saves under each of its names; a name saves under itself.
         let label = match kiln_cache::normalize_name(name) {
             Ok(normal) if store.names()?.iter().any(|(n, _)| *n == normal) => normal,
@@ -59,7 +59,7 @@ pub fn save(global: &Global, args: SaveArgs) -> CmdResult {
     };
     if args.output.as_os_str() == "-" {
         let stdout = std::io::stdout().lock();
-        kiln_cache::save_archive(&store, &images, format, BufWriter::new(stdout))?;
+        kiln_cache::save_archive_refs(&store, &images, format, BufWriter::new(stdout))?;
     } else {
         // Written beside the target and renamed, so a failed save leaves no half archive.
         let mut temp_name = args.output.as_os_str().to_owned();
@@ -69,7 +69,7 @@ pub fn save(global: &Global, args: SaveArgs) -> CmdResult {
             let file =
                 File::create(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
             let mut writer = BufWriter::new(&file);
-            kiln_cache::save_archive(&store, &images, format, &mut writer)?;
+            kiln_cache::save_archive_refs(&store, &images, format, &mut writer)?;
             writer.flush()?;
             drop(writer);
             file.sync_all()?;
@@ -82,7 +82,8 @@ pub fn save(global: &Global, args: SaveArgs) -> CmdResult {
         written?;
     }
     for (name, image) in &images {
-        eprintln!("saved {name} ({}, {})", image.platform(), image.id());
+        let platforms: Vec<String> = image.platforms().iter().map(ToString::to_string).collect();
+        eprintln!("saved {name} ({}, {})", platforms.join(", "), image.id());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -110,6 +111,13 @@ pub fn load(global: &Global, args: LoadArgs) -> CmdResult {
         }
     };
     for image in &loaded {
+        if let (Some(index), Some(name)) = (&image.index, &image.name) {
+            let platforms: Vec<String> =
+                index.platforms().iter().map(ToString::to_string).collect();
+            eprintln!("loaded {name} ({})", platforms.join(", "));
+            emit(index.id())?;
+            continue;
+        }
         match &image.name {
             Some(name) => eprintln!("loaded {name} ({})", image.image.platform()),
             None => eprintln!(

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use kiln_cache::{NamedImage, Store, StoredImage};
+use kiln_cache::{NamedImage, Platform, Store, StoredImage, StoredRef};
 use serde_json::json;
 
 use super::{CmdResult, Global};
@@ -32,9 +32,10 @@ pub fn images(global: &Global, args: ImagesArgs) -> CmdResult {
         Format::Json => {
             let rows: Vec<_> = list
                 .iter()
-                .map(|NamedImage { name, image }| {
+                .map(|NamedImage { name, image, index }| {
                     let (repository, tag) = split_name(name);
                     json!({
+                        "Index": index.as_ref().map(ToString::to_string),
                         "Name": name,
                         "Repository": repository,
                         "Tag": tag,
@@ -56,7 +57,7 @@ pub fn images(global: &Global, args: ImagesArgs) -> CmdResult {
                 "CREATED".to_owned(),
                 "SIZE".to_owned(),
             ]];
-            for NamedImage { name, image } in &list {
+            for NamedImage { name, image, .. } in &list {
                 let (repository, tag) = split_name(name);
                 rows.push([
                     repository.to_owned(),
@@ -82,24 +83,59 @@ pub struct InspectArgs {
     /// artifacts) as an OCI image index, one per name, instead.
     #[arg(long)]
     referrers: bool,
+    /// Of a multi-platform image, inspect this platform's image instead of
+    /// the index.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<String>,
 }
 
 pub fn inspect(global: &Global, args: InspectArgs) -> CmdResult {
     let store = global.open_store()?;
     let names = store.names()?;
+    let platform = args
+        .platform
+        .as_deref()
+        .map(|p| {
+            p.parse::<Platform>()
+                .with_context(|| format!("--platform {p}"))
+        })
+        .transpose()?;
     let mut out = Vec::new();
     for name in &args.names {
-        let image = find(&store, name)?;
+        let stored = find_ref(&store, name)?;
+        let tags: Vec<&str> = names
+            .iter()
+            .filter(|(_, digest)| digest == stored.id())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let image = match (&stored, &platform) {
+            (_, Some(platform)) => store.image_for(&stored, platform)?.with_context(|| {
+                format!(
+                    "{name} has no image for {platform}; it has {}",
+                    platform_names(&stored)
+                )
+            })?,
+            (StoredRef::Image(image), None) => image.clone(),
+            (StoredRef::Index(index), None) if !args.referrers => {
+                out.push(json!({
+                    "Id": index.id().to_string(),
+                    "RepoTags": tags,
+                    "MediaType": index.descriptor.media_type().to_string(),
+                    "Platforms": index.platforms().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "Index": index.index,
+                }));
+                continue;
+            }
+            (StoredRef::Index(_), None) => bail!(
+                "{name} is a multi-platform image: its platforms' images have the referrers; name one with --platform ({})",
+                platform_names(&stored)
+            ),
+        };
         if args.referrers {
             let index = super::attest::referrers_index(&store, &image)?;
             emit(serde_json::to_string_pretty(&index)?)?;
             continue;
         }
-        let tags: Vec<&str> = names
-            .iter()
-            .filter(|(_, digest)| digest == image.id())
-            .map(|(name, _)| name.as_str())
-            .collect();
         out.push(json!({
             "Id": image.id().to_string(),
             "RepoTags": tags,
@@ -114,6 +150,15 @@ pub fn inspect(global: &Global, args: InspectArgs) -> CmdResult {
         emit(serde_json::to_string_pretty(&out)?)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn platform_names(stored: &StoredRef) -> String {
+    stored
+        .platforms()
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[derive(Debug, clap::Args)]
@@ -194,8 +239,8 @@ pub struct TagArgs {
 
 pub fn tag(global: &Global, args: TagArgs) -> CmdResult {
     let store = global.open_store()?;
-    let image = find(&store, &args.source)?;
-    let name = store.tag(&args.target, &image)?;
+    let stored = find_ref(&store, &args.source)?;
+    let name = store.tag_descriptor(&args.target, stored.descriptor())?;
     eprintln!("tagged {name}");
     Ok(ExitCode::SUCCESS)
 }
@@ -268,10 +313,10 @@ pub fn rmi(global: &Global, args: RmiArgs) -> CmdResult {
             eprintln!("untagged {}", kiln_cache::normalize_name(name)?);
             continue;
         }
-        match image {
-            Ok(Some(image)) => {
+        match store.resolve_ref(name) {
+            Ok(Some(stored)) => {
                 for (tag, digest) in store.names()? {
-                    if digest == *image.id() {
+                    if digest == *stored.id() {
                         store.untag(&tag)?;
                         eprintln!("untagged {tag}");
                     }
@@ -321,6 +366,17 @@ pub(crate) fn find(store: &Store, name: &str) -> anyhow::Result<StoredImage> {
         .with_context(|| format!("cannot read image {name:?}"))?
     {
         Some(image) => Ok(image),
+        None => bail!("no image named {name:?} in the store; `kiln images` lists them"),
+    }
+}
+
+/// Resolves a name or id to an image or a multi-platform index.
+pub(crate) fn find_ref(store: &Store, name: &str) -> anyhow::Result<StoredRef> {
+    match store
+        .resolve_ref(name)
+        .with_context(|| format!("cannot read image {name:?}"))?
+    {
+        Some(stored) => Ok(stored),
         None => bail!("no image named {name:?} in the store; `kiln images` lists them"),
     }
 }

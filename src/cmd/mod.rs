@@ -10,6 +10,7 @@ pub mod build;
 pub mod images;
 pub mod import;
 pub mod lint;
+pub mod manifest;
 pub mod parse;
 pub mod registry;
 pub mod run;

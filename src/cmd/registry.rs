@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use kiln_cache::Platform;
+use kiln_cache::{Platform, StoredRef};
 use kiln_registry::{Client, ClientOptions, Credentials, Progress, PushOptions, Reference};
 
 use super::{CmdResult, Global};
@@ -93,8 +93,16 @@ pub struct PullArgs {
     /// The image: [REGISTRY/]REPO[:TAG|@DIGEST] (Docker Hub when no registry).
     reference: String,
     /// Which image of a multi-platform index [default: this machine's]
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    #[arg(
+        long,
+        value_name = "OS/ARCH[/VARIANT]",
+        conflicts_with = "all_platforms"
+    )]
     platform: Option<String>,
+    /// Keep the whole multi-platform index: every platform's image, named
+    /// as the index.
+    #[arg(long)]
+    all_platforms: bool,
     /// Also pull the image's referrers (SBOM, provenance and other OCI 1.1
     /// artifacts), through the referrers API or the referrers tag.
     #[arg(long)]
@@ -177,7 +185,7 @@ pub(crate) fn report(progress: &Progress) {
 
 pub fn push(global: &Global, args: PushArgs) -> CmdResult {
     let store = global.open_store()?;
-    let image = store.resolve(&args.image)?.with_context(|| {
+    let stored = store.resolve_ref(&args.image)?.with_context(|| {
         format!(
             "no image {:?} in the store; `kiln images` lists them",
             args.image
@@ -193,7 +201,15 @@ pub fn push(global: &Global, args: PushArgs) -> CmdResult {
         chunk_size: args.chunk_size,
         ..PushOptions::default()
     };
-    let digest = kiln_registry::push(&store, &client, &image, &target, &options, &report)?;
+    // An index goes after every image it names.
+    let digest = match &stored {
+        StoredRef::Image(image) => {
+            kiln_registry::push(&store, &client, image, &target, &options, &report)?
+        }
+        StoredRef::Index(index) => {
+            kiln_registry::push_index(&store, &client, index, &target, &options, &report)?
+        }
+    };
     if args.json {
         println!(
             "{}",
@@ -207,12 +223,44 @@ pub fn push(global: &Global, args: PushArgs) -> CmdResult {
 
 pub fn pull(global: &Global, args: PullArgs) -> CmdResult {
     let reference: Reference = args.reference.parse()?;
+    let store = global.open_store()?;
+    let client = args.connection.client(&reference)?;
+    if args.all_platforms {
+        eprintln!("pulling {reference} for every platform");
+        let pulled = kiln_registry::pull_index(&store, &client, &reference, &report)?;
+        if let Some(name) = &pulled.name {
+            eprintln!(
+                "tagged {name} ({})",
+                pulled
+                    .index
+                    .platforms()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if args.referrers {
+            let mut count = 0;
+            for (entry, _) in pulled.index.images() {
+                count += kiln_registry::pull_referrers(
+                    &store,
+                    &client,
+                    &reference,
+                    entry.digest(),
+                    &report,
+                )?
+                .len();
+            }
+            eprintln!("pulled {count} referrers");
+        }
+        println!("{}", pulled.index.id());
+        return Ok(ExitCode::SUCCESS);
+    }
     let platform: Platform = match &args.platform {
         Some(text) => text.parse().context("--platform")?,
         None => Platform::host(),
     };
-    let store = global.open_store()?;
-    let client = args.connection.client(&reference)?;
     eprintln!("pulling {reference} for {platform}");
     let pulled = kiln_registry::pull(&store, &client, &reference, &platform, &report)?;
     if let Some(name) = &pulled.name {

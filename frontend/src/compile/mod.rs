@@ -344,7 +344,13 @@ impl<'a> Compiler<'a> {
                             let lookup = |n: &str| self.global_lookup(n);
                             Some(self.expand(raw, &instruction.text_span(), &lookup)?)
                         }
-                        None => None,
+                        // `ARG TARGETARCH` with no default keeps the
+                        // automatic platform value, as in BuildKit.
+                        None => self
+                            .platform_args
+                            .iter()
+                            .find(|(n, _)| *n == pair.key)
+                            .map(|(_, v)| v.clone()),
                     },
                 };
                 self.global_args.push((pair.key.clone(), value));

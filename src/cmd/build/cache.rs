@@ -193,16 +193,17 @@ pub(super) fn import(locations: &[Location], connection: &Connection) -> Vec<Arc
 /// read are fetched only if the destination lacks them.
 pub(super) fn export(
     store: &Store,
-    built: &Built,
+    built: &[Built],
     sources: &[Arc<dyn CacheSource>],
     export: &Export,
     connection: &Connection,
 ) -> anyhow::Result<()> {
     let result = (|| -> anyhow::Result<()> {
+        // Every platform's records in one cache: keys name their platform.
         let config = CacheConfig::from_records(
             built
-                .records
                 .iter()
+                .flat_map(|b| &b.records)
                 .filter(|r| export.all_steps || r.in_image)
                 .map(|r| (r.key, r.record.clone())),
         );

@@ -21,6 +21,7 @@ mod cache;
 mod context;
 mod debug_shell;
 mod named;
+mod platforms;
 mod pull;
 mod push;
 mod render;
@@ -53,9 +54,26 @@ pub struct Args {
     /// Build this stage (name or index) instead of the last.
     #[arg(long, value_name = "STAGE")]
     target: Option<String>,
-    /// The platform to build for, e.g. linux/amd64 or linux/mips64le.
-    #[arg(long, value_name = "OS/ARCH")]
-    platform: Option<String>,
+    /// The platforms to build for, e.g. linux/amd64 or
+    /// linux/amd64,linux/mips64le (an OCI image index of one image per
+    /// platform); may be repeated. Without it, the host's platform, or the
+    /// one platform the store has a stage's base image for.
+    #[arg(long, value_name = "OS/ARCH[,...]")]
+    platform: Vec<String>,
+    /// Annotate the result: KEY=VALUE (the image manifests), or
+    /// manifest:, manifest[OS/ARCH]:, index:, manifest-descriptor: or
+    /// index-descriptor: KEY=VALUE; may be repeated.
+    #[arg(long, value_name = "[TYPE:]KEY=VALUE")]
+    annotation: Vec<String>,
+    /// Write BuildKit's build result metadata (containerimage.digest,
+    /// containerimage.descriptor, image.name) to FILE as JSON.
+    #[arg(long = "metadata-file", value_name = "FILE")]
+    metadata_file: Option<PathBuf>,
+    /// With --push: push the result by digest only, with no tag, and print
+    /// REGISTRY/REPO@DIGEST (for `kiln manifest create` to join builds of
+    /// several machines).
+    #[arg(long = "push-by-digest", requires = "push")]
+    push_by_digest: bool,
     /// When to pull FROM and --from images from their registry: always,
     /// missing (not in the store for the platform) or never.
     #[arg(long, value_enum, default_value = "missing", value_name = "WHEN")]
@@ -422,12 +440,11 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
     let keep_git_dir = build_args
         .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
         .is_some_and(|v| matches!(v.as_str(), "1" | "true"));
-    let target_platform = match &args.platform {
-        Some(platform) => platform
-            .parse::<Platform>()
-            .with_context(|| format!("--platform {platform}"))?,
-        None => Platform::host(),
-    };
+    let platforms = platforms::parse_platforms(&args.platform)?;
+    let annotations = platforms::Annotations::parse(&args.annotation)?;
+    annotations.check(platforms.len())?;
+    check_output_platforms(&output, platforms.len())?;
+    let target_platform = platforms.first().cloned().unwrap_or_else(Platform::host);
     let named = named::resolve(&args.build_contexts, &store, keep_git_dir, &target_platform)?;
     let (text, file_name) = (&inputs.dockerfile, &inputs.file_name);
     let dockerfile = kiln_frontend::parse(text, file_name)?;
@@ -447,11 +464,11 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         platform: target_platform.to_string(),
         context: inputs.origin.clone(),
     };
-    let options = CompileOptions {
+    let mut options = CompileOptions {
         build_args,
         target: args.target.clone(),
-        target_platform: args.platform.clone().unwrap_or_else(|| host.clone()),
-        build_platform: host,
+        target_platform: target_platform.to_string(),
+        build_platform: host.clone(),
         named_contexts: named.frontend.clone(),
     };
     if args.debug_shell {
@@ -468,13 +485,38 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         eprintln!("note: --load does nothing: kiln's images are always in its store");
     }
     let renderer = render::Renderer::new(progress)?;
-    let resolver = RegistryResolver::new(&store, args.pull, &args.connection, &renderer);
+    let default_platform = platforms.is_empty().then(|| host.clone());
+    let resolver = RegistryResolver::new(
+        &store,
+        args.pull,
+        &args.connection,
+        &renderer,
+        default_platform,
+    );
     let resolver = named::WithLayouts {
         inner: &resolver,
         store: &store,
         contexts: &named,
     };
-    let graph = kiln_frontend::compile(&dockerfile, &options, &resolver);
+    let mut graph = kiln_frontend::compile(&dockerfile, &options, &resolver);
+    // With no --platform, a target stage whose base image the store has
+    // for one other platform builds for that one: compiled again so that
+    // TARGETPLATFORM and its kin say so.
+    if platforms.is_empty() {
+        if let Some(picked) = graph
+            .as_ref()
+            .ok()
+            .and_then(target_platform_of)
+            .filter(|p| *p != host)
+        {
+            options.target_platform = picked;
+            graph = kiln_frontend::compile(&dockerfile, &options, &resolver);
+        }
+    }
+    let invocation = Invocation {
+        platform: options.target_platform.clone(),
+        ..invocation
+    };
     let checks = super::lint::Checks {
         dockerfile: &dockerfile,
         text,
@@ -493,6 +535,18 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         return super::lint::check_result(&lint);
     }
     super::lint::fail_on_error(&lint)?;
+    // The other platforms' graphs: the same Dockerfile compiled with their
+    // TARGET* arguments (the build platform stays this machine's).
+    let mut graphs = vec![graph];
+    for platform in platforms.iter().skip(1) {
+        let options = CompileOptions {
+            target_platform: platform.to_string(),
+            ..options.clone()
+        };
+        let graph = kiln_frontend::compile(&dockerfile, &options, &resolver)
+            .with_context(|| format!("building for {platform}"))?;
+        graphs.push(graph);
+    }
     let context = match &inputs.root {
         None => BuildContext::empty()?,
         Some(root) => {
@@ -555,15 +609,25 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
             std::sync::Arc::new(debug_shell::TerminalShell)
                 as std::sync::Arc<dyn kiln_solver::DebugShell>
         }),
+        annotations: annotations.manifest.clone(),
     };
     let cancel = CancelToken::new();
     cancel_on_interrupt(&cancel);
-    let result = kiln_solver::solve(&store, &context, &graph, &solve_options, &renderer, &cancel);
+    let graph_refs: Vec<&kiln_frontend::BuildGraph> = graphs.iter().collect();
+    let result = kiln_solver::solve_platforms(
+        &store,
+        &context,
+        &graph_refs,
+        &solve_options,
+        &renderer,
+        &cancel,
+    );
     renderer.finish();
     let built = result?;
+    let stored = platforms::assemble(&store, &built, &annotations)?;
     for tag in &args.tags {
         store
-            .tag(tag, &built.image)
+            .tag_descriptor(tag, stored.descriptor())
             .with_context(|| format!("cannot tag the image as {tag}"))?;
     }
     if let Some(export) = &cache_to {
@@ -575,7 +639,7 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
             &args.connection,
         )?;
     }
-    let id = built.image.id().to_string();
+    let id = stored.id().to_string();
     if let Some(path) = &args.iidfile {
         std::fs::write(path, &id).with_context(|| format!("cannot write {}", path.display()))?;
     }
@@ -590,11 +654,11 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
     );
     match output {
         Output::Image => {}
-        Output::Local(dest) => kiln_solver::export_filesystem(&store, &built.layers, &dest)?,
+        Output::Local(dest) => platforms::export_local(&store, &built, &dest)?,
         Output::Tar(dest) => write_to(&dest, |out| {
             Ok(kiln_solver::export_filesystem_tar(
                 &store,
-                &built.layers,
+                &built[0].layers,
                 out,
             )?)
         })?,
@@ -605,26 +669,79 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
                 )
             })?;
             write_to(&dest, |out| {
-                Ok(kiln_cache::save_archive(
+                Ok(kiln_cache::save_archive_refs(
                     &store,
-                    &[(name.clone(), built.image.clone())],
+                    &[(name.clone(), stored.clone())],
                     format,
                     out,
                 )?)
             })?;
         }
     }
-    push::push_all(
-        &store,
-        &built.image,
-        &push_targets,
-        &args.connection,
-        &renderer,
-    )?;
+    let mut names = args.tags.clone();
+    if args.push_by_digest {
+        names.clear();
+        for target in &push_targets {
+            let target = kiln_registry::Reference {
+                tag: None,
+                digest: Some(id.clone()),
+                ..target.clone()
+            };
+            push::push_one(&store, &stored, &target, &args.connection, &renderer).with_context(
+                || format!("the image {id} is built, but pushing it to {target} failed"),
+            )?;
+            eprintln!("pushed {target}");
+            names.push(format!("{}/{}", target.registry, target.repository));
+        }
+    } else {
+        push::push_all(&store, &stored, &push_targets, &args.connection, &renderer)?;
+    }
+    if let Some(path) = &args.metadata_file {
+        platforms::write_metadata(path, &platforms::metadata(&stored, &names))?;
+    }
     if !stdout_is_archive {
         println!("{id}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Outputs that hold one platform refuse several, before anything is built.
+fn check_output_platforms(output: &Output, platforms: usize) -> anyhow::Result<()> {
+    if platforms < 2 {
+        return Ok(());
+    }
+    match output {
+        Output::Archive {
+            format: kiln_cache::ArchiveFormat::Docker,
+            ..
+        } => bail!(
+            "--output type=docker holds one platform (docker load takes one image per name): build one --platform, or use --output type=oci for the whole index"
+        ),
+        Output::Tar(_) => bail!(
+            "--output type=tar writes one filesystem: build one --platform, or use --output type=local,dest=DIR (a directory per platform) or type=oci"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The platform the graph's target stage builds for: its base image's, or
+/// the platform of the stage it is built on.
+fn target_platform_of(graph: &kiln_frontend::BuildGraph) -> Option<String> {
+    let mut stage = graph.target_stage()?;
+    for _ in 0..=graph.stages.len() {
+        match &stage.base {
+            kiln_frontend::Base::Image { image, .. } => {
+                let mut platform = format!("{}/{}", image.os, image.architecture);
+                if let Some(variant) = &image.variant {
+                    platform = format!("{platform}/{variant}");
+                }
+                return Some(platform);
+            }
+            kiln_frontend::Base::Scratch => return Some(stage.platform.clone()),
+            kiln_frontend::Base::Stage(index) => stage = graph.stage(*index)?,
+        }
+    }
+    None
 }
 
 /// Writes an archive to stdout, or beside its file and renamed into place, so

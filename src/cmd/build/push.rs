@@ -3,7 +3,7 @@
 //! nothing.
 
 use anyhow::{bail, Context};
-use kiln_cache::{Store, StoredImage};
+use kiln_cache::{Store, StoredRef};
 use kiln_registry::{PushOptions, Reference};
 
 use super::render::Renderer;
@@ -28,36 +28,50 @@ pub fn targets(tags: &[String]) -> anyhow::Result<Vec<Reference>> {
         .collect()
 }
 
-/// Pushes `image` to every target, reporting through the build's progress.
+/// Pushes what the build made (an image, or an index after every image it
+/// names) to every target, reporting through the build's progress. Returns
+/// the digest pushed.
 pub fn push_all(
     store: &Store,
-    image: &StoredImage,
+    stored: &StoredRef,
     targets: &[Reference],
     connection: &Connection,
     renderer: &Renderer,
 ) -> anyhow::Result<()> {
     for target in targets {
-        let client = connection.client(target)?;
-        renderer.message(&format!("pushing {} to {target}", image.id()));
-        let report = |progress: &kiln_registry::Progress| {
-            if let Some(line) = describe(progress) {
-                renderer.message(&format!("{target}: {line}"));
-            }
-        };
-        kiln_registry::push(
-            store,
-            &client,
-            image,
-            target,
-            &PushOptions::default(),
-            &report,
-        )
-        .with_context(|| {
+        push_one(store, stored, target, connection, renderer).with_context(|| {
             format!(
                 "the image {} is built and tagged, but pushing it to {target} failed; retry with `kiln push {target}`",
-                image.id()
+                stored.id()
             )
         })?;
     }
     Ok(())
+}
+
+/// Pushes to one target (a tag, or with no tag and no digest, by digest
+/// alone: `--push-by-digest`).
+pub fn push_one(
+    store: &Store,
+    stored: &StoredRef,
+    target: &Reference,
+    connection: &Connection,
+    renderer: &Renderer,
+) -> anyhow::Result<kiln_cache::Digest> {
+    let client = connection.client(target)?;
+    renderer.message(&format!("pushing {} to {target}", stored.id()));
+    let report = |progress: &kiln_registry::Progress| {
+        if let Some(line) = describe(progress) {
+            renderer.message(&format!("{target}: {line}"));
+        }
+    };
+    let options = PushOptions::default();
+    Ok(match stored {
+        StoredRef::Image(image) => {
+            kiln_registry::push(store, &client, image, target, &options, &report)?
+        }
+        StoredRef::Index(index) => {
+            kiln_registry::push_index(store, &client, index, target, &options, &report)?
+        }
+    })
 }
