@@ -435,30 +435,7 @@ impl<'a> Reader<'a> {
                 .map_err(|e| Error::syntax(at(0), format!("cannot parse instruction: {e}")))?,
         };
         let span = at(keyword_offset);
-        let keyword = Keyword::from_word(keyword_word).ok_or_else(|| {
-            let suggestion = Keyword::ALL
-                .iter()
-                .map(|k| {
-                    (
-                        strsim::levenshtein(
-                            &k.as_str().to_lowercase(),
-                            &keyword_word.to_lowercase(),
-                        ),
-                        k,
-                    )
-                })
-                .min_by_key(|(d, _)| *d)
-                .filter(|(d, k)| *d <= 2.max(k.as_str().len() / 3))
-                .map(|(_, k)| format!(" (did you mean {k}?)"))
-                .unwrap_or_default();
-            Error::syntax(
-                span.clone(),
-                format!(
-                    "unknown instruction {:?}{suggestion}",
-                    keyword_word.to_uppercase()
-                ),
-            )
-        })?;
+        let keyword = keyword_of(keyword_word, &span)?;
         let trimmed = rest.trim_end_matches(is_ws);
         let lead = rest.len() - rest.trim_start_matches(is_ws).len();
         let args_text = trimmed.trim_start_matches(is_ws).to_string();
@@ -480,205 +457,280 @@ impl<'a> Reader<'a> {
         let mut instruction = Instruction::new(keyword, span, flags, text_span.position());
         check_flags(&instruction)?;
         let rest = args_text;
-        let fail = |message: String| Err(Error::syntax(text_span.clone(), message));
         match keyword {
             Keyword::Run | Keyword::Cmd | Keyword::Entrypoint | Keyword::Shell => {
-                match exec_form(&rest).map_err(|m| Error::syntax(instruction.text_span(), m))? {
-                    Some(args) => {
-                        instruction.exec = true;
-                        instruction.args = args.into();
-                    }
-                    None if rest.is_empty() => {}
-                    None => instruction.args = Box::new([rest.clone()]),
-                }
-                if keyword == Keyword::Run && !instruction.exec && rest.is_empty() {
-                    return fail("RUN requires a command".into());
-                }
-                if keyword == Keyword::Shell {
-                    if !instruction.exec {
-                        return fail(
-                            "SHELL requires the arguments to be in JSON form, e.g. SHELL [\"/bin/bash\", \"-c\"]"
-                                .into(),
-                        );
-                    }
-                    if instruction.args.is_empty() {
-                        return fail("SHELL requires at least one argument".into());
-                    }
-                }
+                Self::command_args(&mut instruction, &rest, &text_span)?
             }
             Keyword::Add | Keyword::Copy | Keyword::Volume => {
-                match exec_form(&rest).map_err(|m| Error::syntax(instruction.text_span(), m))? {
-                    Some(args) => {
-                        instruction.exec = true;
-                        instruction.args = args.into();
-                    }
-                    None => instruction.args = split_plain(&rest).into(),
-                }
-                if keyword == Keyword::Volume {
-                    if instruction.args.is_empty() {
-                        return fail("VOLUME requires at least one argument".into());
-                    }
-                    if instruction.args.iter().any(|a| a.trim().is_empty()) {
-                        return fail("VOLUME paths cannot be empty strings".into());
-                    }
-                } else if instruction.args.len() < 2 {
-                    return fail(format!(
-                        "{keyword} requires at least two arguments (sources and a destination), but {} given",
-                        instruction.args.len()
-                    ));
-                }
+                Self::file_args(&mut instruction, &rest, &text_span)?
             }
-            Keyword::Healthcheck => {
-                let (kind, command) = match rest.find(char::is_whitespace) {
-                    Some(i) => (&rest[..i], rest[i..].trim_start()),
-                    None => (rest.as_str(), ""),
-                };
-                if kind.is_empty() {
-                    return fail("HEALTHCHECK requires NONE or CMD followed by a command".into());
-                }
-                let mut args = vec![kind.to_string()];
-                match kind.to_ascii_uppercase().as_str() {
-                    "NONE" => {
-                        if !command.is_empty() {
-                            return fail("HEALTHCHECK NONE takes no arguments".into());
-                        }
-                        if !instruction.flags.is_empty() {
-                            return Err(Error::syntax(
-                                instruction.flags[0].span.clone(),
-                                "HEALTHCHECK NONE takes no flags".to_string(),
-                            ));
-                        }
-                    }
-                    "CMD" => {
-                        match exec_form(command)
-                            .map_err(|m| Error::syntax(instruction.text_span(), m))?
-                        {
-                            Some(exec_args) => {
-                                instruction.exec = true;
-                                args.extend(exec_args);
-                            }
-                            None if command.is_empty() => {
-                                return fail("HEALTHCHECK CMD requires a command".into())
-                            }
-                            None => args.push(command.to_string()),
-                        }
-                    }
-                    other => {
-                        return fail(format!(
-                            "unknown HEALTHCHECK type {other:?}: use CMD <command> or NONE"
-                        ))
-                    }
-                }
-                instruction.args = args.into();
+            Keyword::Healthcheck => Self::healthcheck_args(&mut instruction, &rest, &text_span)?,
+            Keyword::Env | Keyword::Label => self.pair_args(&mut instruction, &rest, &text_span)?,
+            Keyword::Arg => self.arg_args(&mut instruction, &rest, &text_span)?,
+            Keyword::Onbuild if in_onbuild => {
+                return Err(Error::syntax(
+                    instruction.span.clone(),
+                    "ONBUILD ONBUILD is not allowed".to_string(),
+                ))
             }
-            Keyword::Env | Keyword::Label => {
-                let words = self.words(&rest);
-                if words.is_empty() {
-                    return fail(format!("{keyword} requires at least one key=value pair"));
-                }
-                let mut pairs = Vec::with_capacity(words.len());
-                if !words[0].contains('=') {
-                    // The old form: `ENV key the rest of the line`.
-                    let split = rest.find(is_ws);
-                    let Some(split) = split else {
-                        return fail(format!(
-                            "{keyword} {} has no value: write {keyword} {}=value (or {keyword} {} value)",
-                            words[0], words[0], words[0]
-                        ));
-                    };
-                    let key = &rest[..split];
-                    let value = rest[split..].trim_start_matches(is_ws);
-                    pairs.push(self.pair(&instruction, key, Some(value))?);
-                } else {
-                    for word in &words {
-                        let Some((key, value)) = word.split_once('=') else {
-                            return fail(format!(
-                                "cannot find = in {word:?}; every word must be of the form name=value"
-                            ));
-                        };
-                        pairs.push(self.pair(&instruction, key, Some(value))?);
-                    }
-                }
-                instruction.args = words.into();
-                instruction.pairs = Some(pairs.into());
-            }
-            Keyword::Arg => {
-                let words = self.words(&rest);
-                if words.is_empty() {
-                    return fail("ARG requires a name, optionally with =default".into());
-                }
-                let mut pairs = Vec::with_capacity(words.len());
-                for word in &words {
-                    let (key, value) = match word.split_once('=') {
-                        Some((k, v)) => (k, Some(v)),
-                        None => (word.as_str(), None),
-                    };
-                    pairs.push(self.pair(&instruction, key, value)?);
-                }
-                instruction.args = words.into();
-                instruction.pairs = Some(pairs.into());
-            }
-            Keyword::Onbuild => {
-                if in_onbuild {
-                    return Err(Error::syntax(
-                        instruction.span.clone(),
-                        "ONBUILD ONBUILD is not allowed".to_string(),
-                    ));
-                }
-                if rest.is_empty() {
-                    return fail("ONBUILD requires an instruction to run later".into());
-                }
-                let inner_offset = offset + rest_offset + lead;
-                let inner = self.parse_logical(logical, inner_offset, end_line, true)?;
-                if matches!(
-                    inner.keyword,
-                    Keyword::Onbuild | Keyword::From | Keyword::Maintainer
-                ) {
-                    return Err(Error::syntax(
-                        inner.span.clone(),
-                        format!("{} is not allowed as an ONBUILD trigger", inner.keyword),
-                    ));
-                }
-                instruction.args = split_plain(&rest).into();
-                instruction.onbuild = Some(Box::new(inner));
-            }
-            Keyword::From => {
-                instruction.args = split_plain(&rest).into();
-                let n = instruction.args.len();
-                if !(n == 1 || (n == 3 && instruction.args[1].eq_ignore_ascii_case("as"))) {
-                    return fail(
-                        "FROM requires an image and optionally AS <name>: FROM <image> [AS <name>]"
-                            .into(),
-                    );
-                }
-                if n == 3 {
-                    let name = &instruction.args[2];
-                    let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-                        && name
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-                    if !valid {
-                        return fail(format!(
-                            "invalid stage name {name:?}: it must start with a letter and contain only letters, digits, '_', '.' and '-'"
-                        ));
-                    }
-                }
-            }
-            Keyword::Expose => {
-                instruction.args = split_plain(&rest).into();
-                if instruction.args.is_empty() {
-                    return fail("EXPOSE requires at least one port".into());
-                }
-            }
+            Keyword::Onbuild => self.onbuild_args(
+                &mut instruction,
+                &rest,
+                &text_span,
+                logical,
+                offset + rest_offset + lead,
+                end_line,
+            )?,
+            Keyword::From => Self::from_args(&mut instruction, &rest, &text_span)?,
+            Keyword::Expose => Self::expose_args(&mut instruction, &rest, &text_span)?,
             Keyword::Maintainer | Keyword::User | Keyword::Workdir | Keyword::Stopsignal => {
-                instruction.args = split_plain(&rest).into();
-                if instruction.args.is_empty() {
-                    return fail(format!("{keyword} requires an argument"));
-                }
+                Self::word_args(&mut instruction, &rest, &text_span)?
             }
         }
         instruction.set_text(&rest);
         Ok(instruction)
+    }
+
+    /// RUN, CMD, ENTRYPOINT, SHELL: an exec-form array or the shell-form command.
+    fn command_args(instruction: &mut Instruction, rest: &str, text_span: &Span) -> Result<()> {
+        match exec_form(rest).map_err(|m| Error::syntax(instruction.text_span(), m))? {
+            Some(args) => {
+                instruction.exec = true;
+                instruction.args = args.into();
+            }
+            None if rest.is_empty() => {}
+            None => instruction.args = Box::new([rest.to_string()]),
+        }
+        if instruction.keyword == Keyword::Run && !instruction.exec && rest.is_empty() {
+            return fail(text_span, "RUN requires a command".into());
+        }
+        if instruction.keyword == Keyword::Shell {
+            if !instruction.exec {
+                return fail(text_span,
+                    "SHELL requires the arguments to be in JSON form, e.g. SHELL [\"/bin/bash\", \"-c\"]"
+                        .into(),
+                );
+            }
+            if instruction.args.is_empty() {
+                return fail(text_span, "SHELL requires at least one argument".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// ADD, COPY, VOLUME: an exec-form array or the words as written.
+    fn file_args(instruction: &mut Instruction, rest: &str, text_span: &Span) -> Result<()> {
+        let keyword = instruction.keyword;
+        match exec_form(rest).map_err(|m| Error::syntax(instruction.text_span(), m))? {
+            Some(args) => {
+                instruction.exec = true;
+                instruction.args = args.into();
+            }
+            None => instruction.args = split_plain(rest).into(),
+        }
+        if instruction.keyword == Keyword::Volume {
+            if instruction.args.is_empty() {
+                return fail(text_span, "VOLUME requires at least one argument".into());
+            }
+            if instruction.args.iter().any(|a| a.trim().is_empty()) {
+                return fail(text_span, "VOLUME paths cannot be empty strings".into());
+            }
+        } else if instruction.args.len() < 2 {
+            return fail(text_span, format!(
+                "{keyword} requires at least two arguments (sources and a destination), but {} given",
+                instruction.args.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// HEALTHCHECK: `NONE`, or `CMD` and a command in either form.
+    fn healthcheck_args(instruction: &mut Instruction, rest: &str, text_span: &Span) -> Result<()> {
+        let (kind, command) = match rest.find(char::is_whitespace) {
+            Some(i) => (&rest[..i], rest[i..].trim_start()),
+            None => (rest, ""),
+        };
+        if kind.is_empty() {
+            return fail(
+                text_span,
+                "HEALTHCHECK requires NONE or CMD followed by a command".into(),
+            );
+        }
+        let mut args = vec![kind.to_string()];
+        match kind.to_ascii_uppercase().as_str() {
+            "NONE" => {
+                if !command.is_empty() {
+                    return fail(text_span, "HEALTHCHECK NONE takes no arguments".into());
+                }
+                if !instruction.flags.is_empty() {
+                    return Err(Error::syntax(
+                        instruction.flags[0].span.clone(),
+                        "HEALTHCHECK NONE takes no flags".to_string(),
+                    ));
+                }
+            }
+            "CMD" => {
+                match exec_form(command).map_err(|m| Error::syntax(instruction.text_span(), m))? {
+                    Some(exec_args) => {
+                        instruction.exec = true;
+                        args.extend(exec_args);
+                    }
+                    None if command.is_empty() => {
+                        return fail(text_span, "HEALTHCHECK CMD requires a command".into())
+                    }
+                    None => args.push(command.to_string()),
+                }
+            }
+            other => {
+                return fail(
+                    text_span,
+                    format!("unknown HEALTHCHECK type {other:?}: use CMD <command> or NONE"),
+                )
+            }
+        }
+        instruction.args = args.into();
+        Ok(())
+    }
+
+    /// ENV and LABEL: `key=value` pairs, or the old `key value` form.
+    fn pair_args(&self, instruction: &mut Instruction, rest: &str, text_span: &Span) -> Result<()> {
+        let keyword = instruction.keyword;
+        let words = self.words(rest);
+        if words.is_empty() {
+            return fail(
+                text_span,
+                format!("{keyword} requires at least one key=value pair"),
+            );
+        }
+        let mut pairs = Vec::with_capacity(words.len());
+        if !words[0].contains('=') {
+            // The old form: `ENV key the rest of the line`.
+            let split = rest.find(is_ws);
+            let Some(split) = split else {
+                return fail(
+                    text_span,
+                    format!(
+                    "{keyword} {} has no value: write {keyword} {}=value (or {keyword} {} value)",
+                    words[0], words[0], words[0]
+                ),
+                );
+            };
+            let key = &rest[..split];
+            let value = rest[split..].trim_start_matches(is_ws);
+            pairs.push(self.pair(instruction, key, Some(value))?);
+        } else {
+            for word in &words {
+                let Some((key, value)) = word.split_once('=') else {
+                    return fail(
+                        text_span,
+                        format!(
+                            "cannot find = in {word:?}; every word must be of the form name=value"
+                        ),
+                    );
+                };
+                pairs.push(self.pair(instruction, key, Some(value))?);
+            }
+        }
+        instruction.args = words.into();
+        instruction.pairs = Some(pairs.into());
+        Ok(())
+    }
+
+    /// ARG: names, each optionally with `=default`.
+    fn arg_args(&self, instruction: &mut Instruction, rest: &str, text_span: &Span) -> Result<()> {
+        let words = self.words(rest);
+        if words.is_empty() {
+            return fail(
+                text_span,
+                "ARG requires a name, optionally with =default".into(),
+            );
+        }
+        let mut pairs = Vec::with_capacity(words.len());
+        for word in &words {
+            let (key, value) = match word.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (word.as_str(), None),
+            };
+            pairs.push(self.pair(instruction, key, value)?);
+        }
+        instruction.args = words.into();
+        instruction.pairs = Some(pairs.into());
+        Ok(())
+    }
+
+    /// ONBUILD: the trigger, parsed as an instruction of its own.
+    fn onbuild_args(
+        &self,
+        instruction: &mut Instruction,
+        rest: &str,
+        text_span: &Span,
+        logical: &Logical,
+        inner_offset: usize,
+        end_line: usize,
+    ) -> Result<()> {
+        if rest.is_empty() {
+            return fail(
+                text_span,
+                "ONBUILD requires an instruction to run later".into(),
+            );
+        }
+        let inner = self.parse_logical(logical, inner_offset, end_line, true)?;
+        if matches!(
+            inner.keyword,
+            Keyword::Onbuild | Keyword::From | Keyword::Maintainer
+        ) {
+            return Err(Error::syntax(
+                inner.span.clone(),
+                format!("{} is not allowed as an ONBUILD trigger", inner.keyword),
+            ));
+        }
+        instruction.args = split_plain(rest).into();
+        instruction.onbuild = Some(Box::new(inner));
+        Ok(())
+    }
+
+    /// FROM: an image and optionally `AS name`.
+    fn from_args(instruction: &mut Instruction, rest: &str, text_span: &Span) -> Result<()> {
+        instruction.args = split_plain(rest).into();
+        let n = instruction.args.len();
+        if !(n == 1 || (n == 3 && instruction.args[1].eq_ignore_ascii_case("as"))) {
+            return fail(
+                text_span,
+                "FROM requires an image and optionally AS <name>: FROM <image> [AS <name>]".into(),
+            );
+        }
+        if n == 3 {
+            let name = &instruction.args[2];
+            let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            if !valid {
+                return fail(text_span, format!(
+                    "invalid stage name {name:?}: it must start with a letter and contain only letters, digits, '_', '.' and '-'"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// EXPOSE: the ports as written.
+    fn expose_args(instruction: &mut Instruction, rest: &str, text_span: &Span) -> Result<()> {
+        instruction.args = split_plain(rest).into();
+        if instruction.args.is_empty() {
+            return fail(text_span, "EXPOSE requires at least one port".into());
+        }
+        Ok(())
+    }
+
+    /// MAINTAINER, USER, WORKDIR, STOPSIGNAL: the words as written.
+    fn word_args(instruction: &mut Instruction, rest: &str, text_span: &Span) -> Result<()> {
+        let keyword = instruction.keyword;
+        instruction.args = split_plain(rest).into();
+        if instruction.args.is_empty() {
+            return fail(text_span, format!("{keyword} requires an argument"));
+        }
+        Ok(())
     }
 
     fn words(&self, text: &str) -> Vec<String> {
@@ -812,6 +864,34 @@ fn grammar_instruction(
 /// backslashes) split without running the grammar, which costs far more per
 /// line than this scan; the same split as `grammar_instruction`, or `None`
 /// to leave the line to it.
+/// The instruction a keyword names (in any case), or an error that suggests
+/// the nearest one.
+fn keyword_of(word: &str, span: &Span) -> Result<Keyword> {
+    Keyword::from_word(word).ok_or_else(|| {
+        let suggestion = Keyword::ALL
+            .iter()
+            .map(|k| {
+                (
+                    strsim::levenshtein(&k.as_str().to_lowercase(), &word.to_lowercase()),
+                    k,
+                )
+            })
+            .min_by_key(|(d, _)| *d)
+            .filter(|(d, k)| *d <= 2.max(k.as_str().len() / 3))
+            .map(|(_, k)| format!(" (did you mean {k}?)"))
+            .unwrap_or_default();
+        Error::syntax(
+            span.clone(),
+            format!("unknown instruction {:?}{suggestion}", word.to_uppercase()),
+        )
+    })
+}
+
+/// A syntax error at `span`.
+fn fail<T>(span: &Span, message: String) -> Result<T> {
+    Err(Error::syntax(span.clone(), message))
+}
+
 fn simple_instruction(text: &str) -> Option<InstructionParts<'_>> {
     // Byte scans: the blanks are ASCII, so the cuts are character boundaries.
     let bytes = text.as_bytes();
