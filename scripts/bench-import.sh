@@ -20,6 +20,9 @@ trap 'rm -rf "$work"' EXIT
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # time_runs NAME PREPARE COMMAND...: median wall time of RUNS runs, PREPARE untimed before each.
+# kiln import leaves the snapshot to a background kiln (__unpack): the timed
+# command is the import itself, and the next run starts once that is done.
+wait_unpack() { while pgrep -f -- "$work/store __unpack" >/dev/null; do sleep 0.05; done; }
 time_runs() {
   local prepare=$1; shift
   for _ in $(seq "$runs"); do
@@ -49,11 +52,12 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 
 declare -A seconds
 for compression in gzip zstd; do
-  seconds[kiln-$compression]=$(time_runs "rm -rf '$work/store'" \
+  seconds[kiln-$compression]=$(time_runs "wait_unpack; rm -rf '$work/store'" \
     "$kiln" --root "$work/store" import --compression "$compression" "$rootfs" bench:latest)
 done
-seconds[kiln-gzip-plain]=$(time_runs "rm -rf '$work/store'" \
+seconds[kiln-gzip-plain]=$(time_runs "wait_unpack; rm -rf '$work/store'" \
   "$kiln" --root "$work/store" import "$plain" bench:latest)
+wait_unpack
 
 peers=()
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then

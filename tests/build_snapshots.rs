@@ -173,3 +173,21 @@ fn a_copy_that_a_run_mounts_is_unpacked_as_its_layer_is_written() {
     env.build(&last, &[]);
     assert_eq!(layer_snapshots(&env), before);
 }
+
+#[test]
+fn rmi_right_after_import_waits_for_the_background_unpack_and_frees_the_space() {
+    let env = Env::empty();
+    let rootfs = fixture("debian12-minbase-amd64.tar.zst");
+    run_ok(&mut env.command(&["import", &rootfs.to_string_lossy(), "deb:12"]));
+    // The unpack of 120 MB takes a while: rmi waits for it, then prunes.
+    let out = env.command(&["rmi", "deb:12"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("deleted"), "{stderr}");
+    assert!(!stderr.contains("another kiln process"), "{stderr}");
+    let blobs = std::fs::read_dir(env.root().join("blobs/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(blobs, 0, "{stderr}");
+    assert!(layer_snapshots(&env).is_empty());
+}

@@ -332,7 +332,7 @@ pub fn rmi(global: &Global, args: RmiArgs) -> CmdResult {
             }
         }
     }
-    match store.try_prune()? {
+    match super::unpack::prune_after_unpacks(global, &store)? {
         Some(report) if report.blobs_removed > 0 => eprintln!(
             "deleted {} blobs, {} freed",
             report.blobs_removed,
