@@ -70,6 +70,7 @@ mod spec;
 mod sys;
 mod terminal;
 mod user;
+mod userns;
 mod view;
 
 use std::path::Path;
@@ -89,6 +90,10 @@ pub use snapshot::{remove_tree, Snapshotter, SpecialFile};
 pub use spec::{CancelToken, Limits, Mount, Network, OutputLine, RunSpec, Stdio, Stream, Ulimit};
 pub use terminal::{copy_window_size, Pty, RawMode};
 pub use user::{resolve_user, User};
+pub use userns::{
+    check_owner_mapped, enter_user_namespace, in_user_namespace, is_rootless,
+    private_network_usable, Rootless, ROOTLESS_ENV,
+};
 pub use view::{RootfsView, ViewEntry};
 
 /// Runs one step in a fresh sandbox and returns the changes it made.

@@ -1376,6 +1376,8 @@ impl Runner<'_> {
         let network = match run.network.or(self.options.network) {
             Some(kiln_frontend::Network::None) => kiln_executor::Network::None,
             Some(kiln_frontend::Network::Host) => kiln_executor::Network::Host,
+            // Rootless without /dev/net/tun: the host's (the binary says so).
+            _ if !kiln_executor::private_network_usable() => kiln_executor::Network::Host,
             _ => kiln_executor::Network::Private(self.network.get()?),
         };
         let privileged = run.security == kiln_frontend::Security::Insecure;
@@ -1471,7 +1473,15 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 pub fn export_filesystem(store: &Store, layers: &[LayerBlob], dest: &Path) -> Result<()> {
     match filesystem_view(store, layers)? {
         None => fs::create_dir_all(dest).map_err(io_err(dest)),
-        Some(view) => export_tree(&view, ".", dest, ExportOwner::Keep).map(drop),
+        // Rootless, the files become the user's (root of kiln's namespace),
+        // as an unprivileged `tar -x` or BuildKit's client-side export makes them.
+        Some(view) => {
+            let owner = match kiln_executor::is_rootless() {
+                true => ExportOwner::Root,
+                false => ExportOwner::Keep,
+            };
+            export_tree(&view, ".", dest, owner).map(drop)
+        }
     }
 }
 

@@ -72,6 +72,8 @@ pub struct Args {
     #[arg(long, value_name = "CMD")]
     entrypoint: Option<String>,
     /// The network: default (its own, outbound through slirp4netns), none, host.
+    /// Rootless, default is the host's network where the user cannot open
+    /// /dev/net/tun (slirp4netns needs it; kiln says so).
     #[arg(long, default_value = "default", value_parser = ["default", "none", "host"])]
     network: String,
     /// Publish a container port on the host: [IP:]HOST:CONTAINER[/udp] (default network).
