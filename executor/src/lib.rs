@@ -14,6 +14,8 @@
 //!   which [`Upper::write_layer`] turns into a layer tar; [`write_dir_layer`]
 //!   does the same for a plain directory (COPY).
 //! - [`check_binfmt`] and [`setup_binfmt`] handle foreign architectures (qemu-user).
+//! - [`enter_user_namespace`] makes an ordinary user's kiln root of a user
+//!   namespace (rootless kiln); the sandbox and snapshots adapt to one.
 //!
 //! # Process model
 //!
@@ -106,7 +108,8 @@ pub use view::{RootfsView, ViewEntry};
 /// snapshot root (the lowers' parent). The caller removes the scratch dir with
 /// [`remove_tree`] once the layer is written, also after errors. Output lines
 /// go to `on_output` as they come. A non-zero exit is
-/// [`Error::ExitCode`] with the last lines of output. Needs root.
+/// [`Error::ExitCode`] with the last lines of output. Needs root: real, or
+/// of a user namespace ([`enter_user_namespace`], rootless kiln).
 pub fn run(
     spec: &RunSpec,
     scratch_dir: &Path,

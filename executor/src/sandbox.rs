@@ -1514,6 +1514,76 @@ mod tests {
         assert_eq!(prepared.plan.process_strings, process_strings().unwrap());
     }
 
+    fn root_only_maps() -> IdMaps {
+        IdMaps {
+            uids: crate::userns::parse_id_map("0 1001 1\n"),
+            gids: crate::userns::parse_id_map("0 1001 1\n"),
+            setgroups: false,
+        }
+    }
+
+    #[test]
+    fn in_a_user_namespace_dev_binds_the_host_devices() {
+        let maps = root_only_maps();
+        let mut b = builder();
+        docker_dev(&mut b, Path::new("/m/dev"), None, Some(&maps)).unwrap();
+        assert!(!b.ops.iter().any(|op| matches!(op, Op::Mknod(..))));
+        for (name, _, _) in DEVICES {
+            let bind = b
+                .descriptions
+                .iter()
+                .position(|d| d == &format!("bind /dev/{name} to /dev/{name}"))
+                .unwrap_or_else(|| panic!("no bind of /dev/{name}: {:#?}", b.descriptions));
+            assert!(
+                matches!(&b.ops[bind - 1], Op::Touch(path) if path.to_str() == Ok(&format!("/m/dev/{name}")))
+            );
+        }
+        // gid 5 (tty) is not mapped: devpts must not name it.
+        let devpts = b
+            .descriptions
+            .iter()
+            .position(|d| d == "mount /dev/pts")
+            .unwrap();
+        match &b.ops[devpts] {
+            Op::Mount {
+                data: Some(data), ..
+            } => {
+                assert!(!data.to_str().unwrap().contains("gid=5"), "{data:?}")
+            }
+            _ => panic!("devpts is not a mount"),
+        }
+        let mut root = builder();
+        docker_dev(&mut root, Path::new("/m/dev"), None, None).unwrap();
+        assert_eq!(
+            root.ops
+                .iter()
+                .filter(|op| matches!(op, Op::Mknod(..)))
+                .count(),
+            DEVICES.len()
+        );
+    }
+
+    #[test]
+    fn a_user_the_namespace_does_not_map_is_named() {
+        let maps = root_only_maps();
+        let user = |uid, gid, additional_gids: Vec<u32>| crate::User {
+            uid,
+            gid,
+            additional_gids,
+            home: "/".into(),
+        };
+        assert!(check_mapped(&maps, &user(0, 0, vec![]), "").is_ok());
+        let err = check_mapped(&maps, &user(1000, 0, vec![]), "app").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("uid 1000") && text.contains("\"app\""),
+            "{text}"
+        );
+        assert!(text.contains("usermod --add-subuids"), "{text}");
+        let err = check_mapped(&maps, &user(0, 0, vec![27]), "root").unwrap_err();
+        assert!(err.to_string().contains("gid 27"), "{err}");
+    }
+
     #[test]
     fn process_strings_are_counted_after_the_command_name() {
         // Fields 3 to 52, each its own number; comm holds a space and a ')'.
