@@ -287,3 +287,42 @@ fn without_subordinate_ids_root_builds_work_and_other_ids_are_named() {
         assert!(stderr.contains("Dockerfile:"), "no line: {stderr}");
     }
 }
+
+#[test]
+fn the_default_network_is_private_where_the_user_can_open_tun_else_the_hosts() {
+    let Some(user) = user("kiln-test") else {
+        return;
+    };
+    let tun_usable = user
+        .command("sh")
+        .args(["-c", "exec 3<>/dev/net/tun"])
+        .status()
+        .unwrap()
+        .success();
+    let env = Env::with_user(Some(user));
+    let ctx = env.context(
+        "ctx",
+        &[("Dockerfile", "FROM busybox\nRUN ip -4 addr > /addresses\n")],
+    );
+    let (_, stderr) = env.build(&ctx, &["-t", "net"]);
+    let fs = env.export(&ctx, &[]);
+    let addresses = std::fs::read_to_string(fs.join("addresses")).unwrap();
+    let publish = env.kiln(&["run", "--rm", "-p", "18080:80", "net", "true"]);
+    if tun_usable {
+        assert!(addresses.contains("10.0.2.100"), "{addresses}");
+        assert!(!stderr.contains("/dev/net/tun"), "{stderr}");
+        return;
+    }
+    // The host's network, said once; -p cannot be served and says why.
+    assert!(!addresses.contains("10.0.2.100"), "{addresses}");
+    assert!(
+        stderr.contains("the default network is the host's"),
+        "{stderr}"
+    );
+    let publish_err = String::from_utf8_lossy(&publish.stderr);
+    assert!(!publish.status.success());
+    assert!(
+        publish_err.contains("-p needs the default network"),
+        "{publish_err}"
+    );
+}
