@@ -1350,10 +1350,14 @@ fn failure_error(kind: u32, errno: Errno, descriptions: &[String], spec: &RunSpe
         child::REPORT_RLIMIT => Error::Sandbox { step: "set the --ulimit limits".into(), errno },
         child::REPORT_SESSION => Error::Sandbox { step: "start a session with the terminal".into(), errno },
         child::REPORT_SIGNALS => Error::Sandbox { step: "forward signals to the process".into(), errno },
-        index => Error::Sandbox {
-            step: descriptions.get(index as usize).cloned().unwrap_or_else(|| format!("setup step {index}")),
-            errno,
-        },
+        index => {
+            let mut step = descriptions.get(index as usize).cloned().unwrap_or_else(|| format!("setup step {index}"));
+            if step == "mount /proc" && errno == Errno::EPERM && crate::userns::in_user_namespace() {
+                // The kernel refuses a new /proc where the one kiln sees has masked paths.
+                step.push_str(" (in a user namespace a new /proc needs an unmasked one: in a container, --security-opt systempaths=unconfined or procMount: Unmasked)");
+            }
+            Error::Sandbox { step, errno }
+        }
     }
 }
 

@@ -385,7 +385,7 @@ fn unshare_with_helpers(maps: &HelperMaps) -> Result<()> {
         Ok(WaitStatus::Exited(_, 0)) => Ok(()),
         _ => Err(enter_error(
             format!(
-                "map ids with {} and {} (their message is above; check /etc/subuid and /etc/subgid)",
+                "map ids with {} and {} (their message is above; check /etc/subuid and /etc/subgid; in a container without CAP_SYS_ADMIN they need file capabilities instead of setuid: setcap cap_setuid+ep newuidmap, cap_setgid+ep newgidmap)",
                 maps.newuidmap.display(),
                 maps.newgidmap.display()
             ),
