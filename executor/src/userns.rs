@@ -311,15 +311,15 @@ pub fn enter_user_namespace() -> Result<Option<Rootless>> {
                 count,
             }
         }
-        (subuid, subgid, (newuidmap, newgidmap)) => {
+        (subuid, _, (newuidmap, newgidmap)) => {
             let why = if newuidmap.is_none() || newgidmap.is_none() {
-                "newuidmap/newgidmap are not installed (apt-get install uidmap)".to_owned()
+                "newuidmap/newgidmap are not installed (apt-get install uidmap)"
             } else if subuid.is_none() {
-                "the user has no range in /etc/subuid".to_owned()
+                "the user has no range in /etc/subuid"
             } else {
-                let _ = subgid;
-                "the user has no range in /etc/subgid".to_owned()
-            };
+                "the user has no range in /etc/subgid"
+            }
+            .to_owned();
             unshare_root_only(uid, gid)?;
             Rootless::RootOnly { why }
         }

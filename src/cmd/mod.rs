@@ -78,8 +78,13 @@ fn running_as_root() -> bool {
 /// `kiln_executor::enter_user_namespace`); nothing for root.
 pub fn enter_rootless() -> anyhow::Result<()> {
     use anyhow::Context;
-    kiln_executor::enter_user_namespace()
+    let setup = kiln_executor::enter_user_namespace()
         .context("kiln runs rootless in a user namespace of its own")?;
+    if let Some(kiln_executor::Rootless::RootOnly { why }) = setup {
+        eprintln!(
+            "note: rootless kiln maps only root ({why}): files and steps of other ids fail; `sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER` gives the user a range"
+        );
+    }
     Ok(())
 }
 
