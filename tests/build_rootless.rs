@@ -275,6 +275,10 @@ fn without_subordinate_ids_root_builds_work_and_other_ids_are_named() {
     for (dockerfile, id) in [
         ("FROM busybox\nUSER 1000\nRUN true\n", "uid 1000"),
         ("FROM busybox\nCOPY --chown=33:33 Dockerfile /x\n", "uid 33"),
+        (
+            "FROM busybox\nRUN --mount=type=cache,target=/c,uid=70 true\n",
+            "uid 70",
+        ),
     ] {
         std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
         let out = env.try_build(&ctx, &["--network", "none"]);

@@ -1259,6 +1259,9 @@ impl Runner<'_> {
                 } => {
                     let name = blake3::hash(cache_id.as_bytes()).to_hex();
                     let dir = self.store.cache_mounts_dir().join(&name[..32]);
+                    // Before the directory exists (rootless with only root mapped).
+                    kiln_executor::check_owner_mapped(*uid, *gid, "RUN --mount=type=cache")
+                        .map_err(exec_err)?;
                     if !dir.exists() {
                         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
                         std::os::unix::fs::chown(&dir, Some(*uid), Some(*gid))
@@ -1325,6 +1328,8 @@ impl Runner<'_> {
                         (None, None) => Some(format!("/run/secrets/{secret_id}")),
                     };
                     if let Some(target) = target {
+                        kiln_executor::check_owner_mapped(*uid, *gid, "RUN --mount=type=secret")
+                            .map_err(exec_err)?;
                         let dir = scratch.0.join(format!("secret-{index}"));
                         fs::create_dir(&dir).map_err(io_err(&dir))?;
                         set_mode(&dir, 0o700)?;
