@@ -10,6 +10,8 @@
 # DOCKER=/usr/bin/docker picks the docker client: Debian's docker.io 20.10 client
 # builds with its daemon's BuildKit; a newer client without buildx fails.
 # KILN_ONLY=1 times kiln alone (peers' figures change only with the machine).
+# The rootless column is kiln run by KILN_BENCH_USER (default kiln-test, made by
+# scripts/make-test-users.sh), its ratio rootless/root; "-" without that user.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
@@ -28,6 +30,16 @@ base_tar=$fixtures/busybox-amd64.tar
 
 work=$(mktemp -d /var/tmp/kiln-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+bench_user=${KILN_BENCH_USER:-kiln-test}
+have_rootless=0
+if id "$bench_user" >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  have_rootless=1
+  chmod 755 "$work"   # the user reads the contexts and owns its store in here
+fi
+as_user() {
+  setpriv --reuid="$bench_user" --regid="$bench_user" --init-groups \
+    env HOME="$(getent passwd "$bench_user" | cut -d: -f6)" "$@"
+}
 # Debian 12 minbase for the apt-get row (scripts/make-fixtures.sh makes it), as a plain tar for docker import.
 debian_tar=""
 if [ -s "$fixtures/debian12-minbase-amd64.tar.zst" ]; then
@@ -92,11 +104,19 @@ mk apt $'FROM kiln-bench-debian\nRUN apt-get update && apt-get install -y --no-i
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
+# kiln as root (store $work/store), or as the user (RUNNER=as_user, store $work/rstore).
+kiln_root() { if [ -n "${RUNNER:-}" ]; then echo "$work/rstore"; else echo "$work/store"; fi; }
 kiln_store() {
-  rm -rf "$work/store"; "$kiln" --root "$work/store" import "$base_tar" kiln-bench-busybox >/dev/null 2>&1
-  if [ "${1:-}" = "$work/ctx/apt" ]; then "$kiln" --root "$work/store" import "$debian_tar" kiln-bench-debian >/dev/null 2>&1; fi
+  local store; store=$(kiln_root)
+  rm -rf "$store"
+  if [ -n "${RUNNER:-}" ]; then mkdir "$store" && chown "$bench_user:" "$store"; fi
+  $RUNNER "$kiln" --root "$store" import "$base_tar" kiln-bench-busybox >/dev/null 2>&1
+  if [ "${1:-}" = "$work/ctx/apt" ]; then $RUNNER "$kiln" --root "$store" import "$debian_tar" kiln-bench-debian >/dev/null 2>&1; fi
 }
-kiln_build() { "$kiln" --root "$work/store" build --progress quiet "$@" >/dev/null; }
+# (Rootless kiln's note that its default network is the host's is left out.)
+kiln_build() {
+  $RUNNER "$kiln" --root "$(kiln_root)" build --progress quiet "$@" 2>&1 >/dev/null | { grep -v '^note: rootless' >&2 || true; }
+}
 kiln_import_debian() { "$kiln" --root "$work/store" import "$debian_tar" kiln-bench-debfresh >/dev/null 2>&1; }
 # A failing peer build makes its column read "fail" rather than a bogus time.
 docker_build() { DOCKER_BUILDKIT=1 docker build -q "$@" >/dev/null 2>&1 || echo fail >"$work/failed"; }
@@ -107,14 +127,15 @@ time_tool() {
   local tool=$1 ctx=$2 warm=$3 i t0 t1
   for i in $(seq 1 "$runs"); do
     case $tool in
-      kiln)
+      kiln|rootless)
+        if [ "$tool" = rootless ]; then RUNNER=as_user; else RUNNER=; fi
         if [ "$warm" = fresh ]; then
           # An empty store: the import of the base image is timed with the build.
           rm -rf "$work/store"
           t0=$(now); kiln_import_debian; kiln_build "$ctx"; t1=$(now)
           echo "$t1 - $t0" | bc -l; continue
         fi
-        if [ "$warm" = warm ]; then [ -d "$work/store" ] || kiln_store "$ctx"; kiln_build "$ctx"; else kiln_store "$ctx"; fi
+        if [ "$warm" = warm ]; then [ -d "$(kiln_root)" ] || kiln_store "$ctx"; kiln_build "$ctx"; else kiln_store "$ctx"; fi
         t0=$(now); kiln_build "$ctx"; t1=$(now) ;;
       docker)
         if [ "$warm" = fresh ]; then
@@ -135,11 +156,16 @@ time_tool() {
   done | median
 }
 
-printf '%-44s %9s %9s %7s %9s %7s\n' scenario kiln BuildKit ratio buildah ratio
+printf '%-44s %9s %9s %7s %9s %7s %9s %7s\n' scenario kiln rootless ratio BuildKit ratio buildah ratio
 row() {
-  local name=$1 ctx=$2 warm=$3 k d="-" dr="-" b="-" br="-"
+  local name=$1 ctx=$2 warm=$3 k r="-" rr="-" d="-" dr="-" b="-" br="-"
   wanted "$name" || return 0
   k=$(time_tool kiln "$ctx" "$warm")
+  # (a fresh store's import is timed as root only)
+  if [ $have_rootless = 1 ] && [ "$warm" != fresh ]; then
+    r=$(time_tool rootless "$ctx" "$warm")
+    rr=$(printf '%.2fx' "$(echo "$r / $k" | bc -l)"); r=$(printf '%.3fs' "$r")
+  fi
   if [ $have_docker = 1 ]; then
     rm -f "$work/failed"; d=$(time_tool docker "$ctx" "$warm")
     if [ -e "$work/failed" ]; then d=fail; else dr=$(printf '%.1fx' "$(echo "$d / $k" | bc -l)"); d=$(printf '%.2f' "$d"); fi
@@ -149,7 +175,7 @@ row() {
     rm -f "$work/failed"; b=$(time_tool buildah "$ctx" "$warm")
     if [ -e "$work/failed" ]; then b=fail; else br=$(printf '%.1fx' "$(echo "$b / $k" | bc -l)"); b=$(printf '%.2f' "$b"); fi
   fi
-  printf '%-44s %8.3fs %9s %7s %9s %7s\n' "$name" "$k" "$d" "$dr" "$b" "$br"
+  printf '%-44s %8.3fs %9s %7s %9s %7s %9s %7s\n' "$name" "$k" "$r" "$rr" "$d" "$dr" "$b" "$br"
 }
 row "20 x RUN echo N > /fN, cold" "$work/ctx/runs" cold
 row "20 x RUN echo N > /fN, warm" "$work/ctx/runs" warm
@@ -190,6 +216,7 @@ fi
 # timed beside each platform alone and beside buildah's --manifest build
 # (chroot isolation, its faster mode here). Cold builds: fresh store / pruned.
 multi_row() {
+  RUNNER=  # kiln as root
   local mips_tar=$fixtures/busybox-mips64el.tar k_amd k_mips k_both b="-" br="-"
   [ -f "$mips_tar" ] || { echo "(multi-platform row skipped: $mips_tar is missing)"; return; }
   local multi="ARG TARGETARCH"$'\n'"FROM kiln-bench-busybox-\$TARGETARCH"
@@ -249,3 +276,4 @@ else
   [ $have_docker = 1 ] || echo "(BuildKit: docker is not installed or dockerd is not running)"
   [ $have_buildah = 1 ] || echo "(buildah: not installed)"
 fi
+[ $have_rootless = 1 ] || echo "(rootless: no user $bench_user; scripts/make-test-users.sh makes it)"

@@ -3,7 +3,7 @@
 # Needs root on Debian 12; a no-op when everything is already there.
 set -euo pipefail
 need=()
-for pkg in busybox-static libseccomp-dev gcc libc6-dev qemu-user-static skopeo umoci zstd xz-utils bzip2 docker-registry openssl debootstrap slirp4netns iproute2 openssh-client git tmux; do
+for pkg in busybox-static libseccomp-dev gcc libc6-dev qemu-user-static skopeo umoci zstd xz-utils bzip2 docker-registry openssl debootstrap slirp4netns iproute2 openssh-client git tmux uidmap; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

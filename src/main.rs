@@ -49,6 +49,9 @@ enum Command {
     Load(cmd::archive::LoadArgs),
     /// Remove what no tag or cache record references.
     Prune(cmd::store::PruneArgs),
+    /// Run a command in kiln's user namespace (rootless: as its root, so
+    /// store files owned by mapped ids can be read or removed).
+    Unshare(cmd::store::UnshareArgs),
     /// Re-hash every blob in the store and report damage.
     Fsck(cmd::store::FsckArgs),
     /// Push an image from the store to a registry.
@@ -91,6 +94,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // An ordinary user's kiln becomes root of a user namespace of its own
+    // before anything else (it must still have one thread).
+    if let Err(err) = cmd::enter_rootless() {
+        cmd::report_error(&err);
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Parse(args) => cmd::parse::run(&cli.global, args),
         Command::Build(args) => cmd::build::run(&cli.global, *args),
@@ -104,6 +113,7 @@ fn main() -> ExitCode {
         Command::Save(args) => cmd::archive::save(&cli.global, args),
         Command::Load(args) => cmd::archive::load(&cli.global, args),
         Command::Prune(args) => cmd::store::prune(&cli.global, args),
+        Command::Unshare(args) => cmd::store::unshare(args),
         Command::Fsck(args) => cmd::store::fsck(&cli.global, args),
         Command::Push(args) => cmd::registry::push(&cli.global, args),
         Command::Pull(args) => cmd::registry::pull(&cli.global, args),

@@ -25,6 +25,82 @@ pub fn fixture(name: &str) -> PathBuf {
     path
 }
 
+/// An unprivileged user (with a home) whom a test runs kiln as: rootless
+/// kiln, from a test binary that stays root.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+impl TestUser {
+    /// The user `name` of /etc/passwd; panics when there is none
+    /// (scripts/test.sh creates `kiln-test` and `kiln-test-nosub`).
+    pub fn lookup(name: &str) -> TestUser {
+        TestUser::find(name).unwrap_or_else(|| {
+            panic!("no user {name:?}: scripts/test.sh creates the rootless test users")
+        })
+    }
+
+    pub fn find(name: &str) -> Option<TestUser> {
+        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+        passwd.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.len() >= 7 && fields[0] == name).then(|| TestUser {
+                name: name.to_owned(),
+                uid: fields[2].parse().unwrap(),
+                gid: fields[3].parse().unwrap(),
+                home: PathBuf::from(fields[5]),
+            })
+        })
+    }
+
+    /// `KILN_TEST_USER`: every kiln the shared helpers start runs as that
+    /// user (scripts/test.sh runs a handful of end-to-end tests so).
+    pub fn from_env() -> Option<TestUser> {
+        let name = std::env::var("KILN_TEST_USER")
+            .ok()
+            .filter(|n| !n.is_empty())?;
+        Some(TestUser::lookup(&name))
+    }
+
+    /// `program` run as this user (`setpriv`, real and effective ids and
+    /// the user's groups), with the user's HOME and no XDG directories of root's.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("setpriv");
+        command
+            .arg(format!("--reuid={}", self.uid))
+            .arg(format!("--regid={}", self.gid))
+            .arg("--init-groups")
+            .arg("--")
+            .arg(program)
+            .env("HOME", &self.home)
+            .env("USER", &self.name)
+            .env("LOGNAME", &self.name)
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("XDG_RUNTIME_DIR");
+        command
+    }
+
+    /// Gives `path` (a test's own temporary directory) to this user.
+    pub fn own(&self, path: &Path) {
+        std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
+            .unwrap_or_else(|e| panic!("chown {} to {}: {e}", path.display(), self.name));
+    }
+}
+
+/// A temporary directory the user kiln runs as (`KILN_TEST_USER`, else
+/// root) owns.
+pub fn temp_dir_for(user: Option<&TestUser>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    if let Some(user) = user {
+        user.own(dir.path());
+    }
+    dir
+}
+
 /// A store in a temporary directory.
 pub struct Store {
     pub dir: tempfile::TempDir,
@@ -33,7 +109,7 @@ pub struct Store {
 impl Default for Store {
     fn default() -> Store {
         Store {
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir: temp_dir_for(TestUser::from_env().as_ref()),
         }
     }
 }
@@ -99,9 +175,18 @@ impl Store {
 }
 
 /// `kiln --root ROOT ARGS` with no KILN_ROOT, SOURCE_DATE_EPOCH, colour or
-/// stdin, so the host's settings cannot change what a test sees.
+/// stdin, so the host's settings cannot change what a test sees; as the
+/// `KILN_TEST_USER` when that is set.
 pub fn kiln_command(root: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    kiln_command_as(TestUser::from_env().as_ref(), root, args)
+}
+
+/// [`kiln_command`] as `user` (root when `None`).
+pub fn kiln_command_as(user: Option<&TestUser>, root: &Path, args: &[&str]) -> Command {
+    let mut command = match user {
+        Some(user) => user.command(env!("CARGO_BIN_EXE_kiln")),
+        None => Command::new(env!("CARGO_BIN_EXE_kiln")),
+    };
     command
         .arg("--root")
         .arg(root)

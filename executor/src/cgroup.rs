@@ -107,6 +107,11 @@ impl StepCgroup {
         validate(limits)?;
         let want = needed(limits);
         let mounts = cgroup_mounts()?;
+        if mounts.v2.is_none() && crate::userns::in_user_namespace() {
+            return Err(Error::Cgroup(
+                "kiln runs in a user namespace (rootless) and this machine has cgroup v1, whose hierarchies cannot be delegated to one: --memory, --cpus, --cpu-shares and --pids-limit need kiln run as root, or cgroup v2 with a delegated subtree; leave them out to build without limits".into(),
+            ));
+        }
         let name = format!(
             "step-{}-{}",
             std::process::id(),

@@ -83,6 +83,8 @@ pub(crate) struct Plan {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<libc::gid_t>,
+    /// `setgroups` is allowed (not in a user namespace that maps only root).
+    pub set_groups: bool,
     pub keep_caps: u64,
     pub last_cap: u32,
     /// kiln's argument and environment strings, which init blanks in its copy.
@@ -149,7 +151,7 @@ fn run_op(op: &Op) -> Result<(), Errno> {
             source.as_deref(),
             target.as_c_str(),
             fstype.as_deref(),
-            *flags,
+            with_locked_flags(target, *flags),
             data.as_deref(),
         ),
         Op::Mkdir(path, mode) => {
@@ -196,6 +198,31 @@ fn run_op(op: &Op) -> Result<(), Errno> {
         )),
         Op::LoopbackUp => sys::loopback_up(),
     }
+}
+
+/// A bind remount keeps the nosuid, nodev and noexec the mount has: in a user
+/// namespace those of mounts it inherited are locked, and a remount that
+/// would drop one fails with EPERM.
+fn with_locked_flags(target: &CString, flags: MsFlags) -> MsFlags {
+    let remount = MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
+    if !flags.contains(remount) {
+        return flags;
+    }
+    let Ok(current) = nix::sys::statvfs::statvfs(target.as_c_str()) else {
+        return flags;
+    };
+    let current = current.flags();
+    let mut flags = flags;
+    for (have, keep) in [
+        (nix::sys::statvfs::FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (nix::sys::statvfs::FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (nix::sys::statvfs::FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+    ] {
+        if current.contains(have) {
+            flags |= keep;
+        }
+    }
+    flags
 }
 
 /// [`Op::Mask`].
@@ -360,7 +387,11 @@ fn exec_main(plan: &Plan) -> ! {
     if let Err(errno) = sys::limit_capabilities(plan.keep_caps, plan.last_cap) {
         fail(REPORT_CAPS, errno);
     }
-    if let Err(errno) = sys::set_identity(plan.uid, plan.gid, &plan.groups) {
+    if let Err(errno) = sys::set_identity(
+        plan.uid,
+        plan.gid,
+        plan.set_groups.then_some(&plan.groups[..]),
+    ) {
         fail(REPORT_IDENTITY, errno);
     }
     if plan.uid != 0 {

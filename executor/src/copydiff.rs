@@ -13,7 +13,8 @@ use nix::sys::stat::{mknod, Mode, SFlag};
 use nix::unistd::{fchownat, Gid, Uid};
 
 use crate::error::{io_err, Error, Result};
-use crate::snapshot::{set_mtime, OPAQUE_XATTR, OVERLAY_XATTR_PREFIX};
+use crate::snapshot::set_mtime;
+use crate::userns::{is_overlay_xattr, mark_opaque};
 use crate::view::RootfsView;
 
 /// Identity of each copied path right after copying: (inode, birth time, ctime s,
@@ -111,7 +112,7 @@ fn copy_object(source: &Path, meta: &Metadata, target: &Path) -> Result<()> {
         if let Ok(names) = xattr::list(source) {
             for name in names {
                 let Some(name) = name.to_str() else { continue };
-                if name.starts_with(OVERLAY_XATTR_PREFIX) {
+                if is_overlay_xattr(name) {
                     continue;
                 }
                 if let Ok(Some(value)) = xattr::get(source, name) {
@@ -209,8 +210,7 @@ fn diff_dir(
             copy_object(&host, &meta, &target)?;
             if meta.is_dir() && before.is_some() && !same_object {
                 // A new directory where one was: hide the old contents.
-                xattr::set(&target, OPAQUE_XATTR, b"y")
-                    .map_err(io_err("set opaque xattr on", &target))?;
+                mark_opaque(&target).map_err(io_err("set opaque xattr on", &target))?;
             }
         }
         if meta.is_dir() {

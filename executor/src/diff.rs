@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{io_err, Error, Result};
 use crate::resolve::open_resolved;
-use crate::snapshot::{OPAQUE_MARKER, OVERLAY_XATTR_PREFIX, WHITEOUT_PREFIX};
-use crate::view::{is_opaque, is_whiteout, RootfsView};
+use crate::snapshot::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::userns::is_opaque;
+use crate::userns::is_overlay_xattr;
+use crate::view::{is_whiteout, RootfsView};
 
 /// How layer tars are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -248,7 +250,7 @@ fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     };
     for name in names {
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with(OVERLAY_XATTR_PREFIX) {
+        if is_overlay_xattr(name) {
             continue;
         }
         if let Some(value) = xattr::get(path, name).map_err(io_err("read xattr of", path))? {

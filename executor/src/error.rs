@@ -118,6 +118,20 @@ pub enum Error {
     /// slirp4netns would not forward a port.
     #[error("cannot publish port {port}: {reason}")]
     PortForward { port: String, reason: String },
+    /// kiln could not make its user namespace (run by an ordinary user).
+    #[error("cannot run rootless: {step}: {errno}")]
+    UserNamespace {
+        step: String,
+        errno: nix::errno::Errno,
+    },
+    /// A step's user or a file's owner is an id kiln's user namespace does
+    /// not map (rootless kiln with no subordinate range).
+    #[error("{needed_by} needs {kind} {id}, which kiln's user namespace does not map (rootless kiln maps only root when the user has no subordinate ids); give the user a range, e.g. `sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER` (writes /etc/subuid and /etc/subgid), and install uidmap (newuidmap, newgidmap)")]
+    UnmappedId {
+        kind: &'static str,
+        id: u32,
+        needed_by: String,
+    },
     /// An architecture name kiln does not know how to emulate.
     #[error("unknown architecture {0:?}: expected an OCI architecture such as amd64, arm64, arm, 386, mips64le, ppc64le, riscv64, s390x, loong64")]
     UnknownArch(String),

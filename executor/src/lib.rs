@@ -16,6 +16,8 @@
 //!   which [`Upper::write_layer`] turns into a layer tar; [`write_dir_layer`]
 //!   does the same for a plain directory (COPY).
 //! - [`check_binfmt`] and [`setup_binfmt`] handle foreign architectures (qemu-user).
+//! - [`enter_user_namespace`] makes an ordinary user's kiln root of a user
+//!   namespace (rootless kiln); the sandbox and snapshots adapt to one.
 //!
 //! # Process model
 //!
@@ -74,6 +76,7 @@ mod stream;
 mod sys;
 mod terminal;
 mod user;
+mod userns;
 mod view;
 
 use std::path::Path;
@@ -94,6 +97,10 @@ pub use spec::{CancelToken, Limits, Mount, Network, OutputLine, RunSpec, Stdio, 
 pub use stream::SnapshotStream;
 pub use terminal::{copy_window_size, Pty, RawMode};
 pub use user::{resolve_user, User};
+pub use userns::{
+    check_owner_mapped, enter_user_namespace, in_user_namespace, is_rootless,
+    private_network_usable, Rootless, ROOTLESS_ENV,
+};
 pub use view::{RootfsView, ViewEntry};
 
 /// Runs one step in a fresh sandbox and returns the changes it made.
@@ -106,7 +113,8 @@ pub use view::{RootfsView, ViewEntry};
 /// snapshot root (the lowers' parent). The caller removes the scratch dir with
 /// [`remove_tree`] once the layer is written, also after errors. Output lines
 /// go to `on_output` as they come. A non-zero exit is
-/// [`Error::ExitCode`] with the last lines of output. Needs root.
+/// [`Error::ExitCode`] with the last lines of output. Needs root: real, or
+/// of a user namespace ([`enter_user_namespace`], rootless kiln).
 pub fn run(
     spec: &RunSpec,
     scratch_dir: &Path,

@@ -26,6 +26,7 @@ use crate::error::{io_err, Error, Result};
 use crate::spec::{CancelToken, Mount, Network, OutputLine, RunSpec, Stream};
 use crate::sys::{self, ExecArray};
 use crate::user::resolve_user;
+use crate::userns::{id_maps, IdMaps};
 use crate::view::RootfsView;
 
 /// Lines of output kept for the error of a failed step.
@@ -293,6 +294,11 @@ fn overlay_options(
         scratch.upper.display(),
         scratch.work.display()
     );
+    // In a user namespace overlayfs keeps its xattrs in `user.overlay.`
+    // (snapshots mark opaque directories there too).
+    if crate::userns::in_user_namespace() {
+        options.push_str(",userxattr");
+    }
     // The upper dir is thrown away after the layer is written: unmounting need
     // not sync the whole upper filesystem (overlayfs' `volatile`, Linux 5.10+).
     if kernel_at_least(5, 10) {
@@ -344,6 +350,23 @@ fn validate(spec: &RunSpec) -> Result<()> {
             "hostname {:?} is longer than 64 bytes",
             spec.hostname
         )));
+    }
+    Ok(())
+}
+
+/// A step's user and groups must be ids kiln's user namespace maps.
+fn check_mapped(maps: &IdMaps, user: &crate::User, name: &str) -> Result<()> {
+    let needed_by = || {
+        let name = if name.is_empty() { "root" } else { name };
+        format!("the step's user {name:?}")
+    };
+    if !maps.maps_uid(user.uid) {
+        return Err(crate::userns::unmapped("uid", user.uid, needed_by()));
+    }
+    for gid in std::iter::once(&user.gid).chain(&user.additional_gids) {
+        if !maps.maps_gid(*gid) {
+            return Err(crate::userns::unmapped("gid", *gid, needed_by()));
+        }
     }
     Ok(())
 }
@@ -497,8 +520,14 @@ const DEVICES: &[(&str, u64, u64)] = &[
 ];
 
 /// Docker's /dev at `dev`: a tmpfs with [`DEVICES`], devpts, shm, mqueue
-/// and the standard links.
-fn docker_dev(b: &mut PlanBuilder, dev: &Path, shm_size: Option<u64>) -> Result<()> {
+/// and the standard links. In a user namespace, which cannot make device
+/// nodes, the host's devices are bound instead (as rootless runc does).
+fn docker_dev(
+    b: &mut PlanBuilder,
+    dev: &Path,
+    shm_size: Option<u64>,
+    userns: Option<&IdMaps>,
+) -> Result<()> {
     let shm_options = format!("mode=1777,size={}", shm_size.unwrap_or(64 << 20));
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     b.mount(
@@ -510,6 +539,19 @@ fn docker_dev(b: &mut PlanBuilder, dev: &Path, shm_size: Option<u64>) -> Result<
         "mount /dev".into(),
     )?;
     for (name, major, minor) in DEVICES {
+        if userns.is_some() {
+            b.push(
+                Op::Touch(path_c(&dev.join(name))?),
+                format!("create /dev/{name}"),
+            );
+            b.bind(
+                &Path::new("/dev").join(name),
+                &dev.join(name),
+                false,
+                &format!("/dev/{name}"),
+            )?;
+            continue;
+        }
         b.push(
             Op::Mknod(
                 path_c(&dev.join(name))?,
@@ -519,6 +561,11 @@ fn docker_dev(b: &mut PlanBuilder, dev: &Path, shm_size: Option<u64>) -> Result<
             format!("create /dev/{name}"),
         );
     }
+    // The tty group owns ptys where the namespace maps it.
+    let devpts_options = match userns {
+        Some(maps) if !maps.maps_gid(5) => "newinstance,ptmxmode=0666,mode=0620",
+        _ => "newinstance,ptmxmode=0666,mode=0620,gid=5",
+    };
     // (name, source, type, flags, options)
     let filesystems = [
         (
@@ -526,7 +573,7 @@ fn docker_dev(b: &mut PlanBuilder, dev: &Path, shm_size: Option<u64>) -> Result<
             "devpts",
             "devpts",
             MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+            Some(devpts_options),
         ),
         (
             "shm",
@@ -655,8 +702,9 @@ fn build_plan(
         None,
         "mount /proc".into(),
     )?;
+    let userns = Some(id_maps()).filter(|maps| maps.in_user_namespace());
     let (_, dev) = b.mountpoint(view, merged, "/dev", false)?;
-    docker_dev(&mut b, &dev, spec.shm_size)?;
+    docker_dev(&mut b, &dev, spec.shm_size, userns)?;
     let (_, sys_dir) = b.mountpoint(view, merged, "/sys", false)?;
     // A privileged (`--security=insecure`) step gets /sys writable and every
     // kernel path, as BuildKit's insecure mode gives them.
@@ -667,14 +715,20 @@ fn build_plan(
             "mount /sys read-only",
         ),
     };
-    b.mount(
-        Some("sysfs"),
-        &sys_dir,
-        Some("sysfs"),
-        sys_flags,
-        None,
-        sys_what.into(),
-    )?;
+    if userns.is_some() && spec.network == Network::Host {
+        // sysfs can only be mounted in a user namespace that owns the
+        // network namespace: on the host's network, the host's /sys is bound.
+        b.bind(Path::new("/sys"), &sys_dir, !spec.privileged, "/sys")?;
+    } else {
+        b.mount(
+            Some("sysfs"),
+            &sys_dir,
+            Some("sysfs"),
+            sys_flags,
+            None,
+            sys_what.into(),
+        )?;
+    }
     if !spec.privileged {
         guard_kernel_paths(&mut b, &proc_dir, &sys_dir, &dev.join("null"))?;
     }
@@ -842,6 +896,9 @@ fn build_plan(
     b.descriptions = root.descriptions;
 
     let user = resolve_user(view, &spec.user)?;
+    if let Some(maps) = userns {
+        check_mapped(maps, &user, &spec.user)?;
+    }
     let env = with_defaults(&spec.env, &user.home);
     let candidates = exec_candidates(&spec.argv[0], &env);
     let mut groups: Vec<libc::gid_t> = user.additional_gids.clone();
@@ -876,6 +933,7 @@ fn build_plan(
         uid: user.uid,
         gid: user.gid,
         groups,
+        set_groups: userns.is_none_or(|maps| maps.setgroups),
         keep_caps,
         last_cap,
         rlimits: spec.ulimits.clone(),
@@ -985,6 +1043,12 @@ pub(crate) fn run(
     on_output: &mut dyn FnMut(OutputLine),
 ) -> Result<Upper> {
     validate(spec)?;
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::Sandbox {
+            step: "run a step as an ordinary user outside a user namespace (kiln enters one as it starts: kiln_executor::enter_user_namespace)".into(),
+            errno: Errno::EPERM,
+        });
+    }
     if let Some(arch) = &spec.arch {
         crate::binfmt::check_binfmt(arch)?;
     }
@@ -1286,10 +1350,14 @@ fn failure_error(kind: u32, errno: Errno, descriptions: &[String], spec: &RunSpe
         child::REPORT_RLIMIT => Error::Sandbox { step: "set the --ulimit limits".into(), errno },
         child::REPORT_SESSION => Error::Sandbox { step: "start a session with the terminal".into(), errno },
         child::REPORT_SIGNALS => Error::Sandbox { step: "forward signals to the process".into(), errno },
-        index => Error::Sandbox {
-            step: descriptions.get(index as usize).cloned().unwrap_or_else(|| format!("setup step {index}")),
-            errno,
-        },
+        index => {
+            let mut step = descriptions.get(index as usize).cloned().unwrap_or_else(|| format!("setup step {index}"));
+            if step == "mount /proc" && errno == Errno::EPERM && crate::userns::in_user_namespace() {
+                // The kernel refuses a new /proc where the one kiln sees has masked paths.
+                step.push_str(" (in a user namespace a new /proc needs an unmasked one: in a container, --security-opt systempaths=unconfined or procMount: Unmasked)");
+            }
+            Error::Sandbox { step, errno }
+        }
     }
 }
 
@@ -1448,6 +1516,76 @@ mod tests {
         }
         assert_eq!(prepared.plan.init_caps, 1 << 5);
         assert_eq!(prepared.plan.process_strings, process_strings().unwrap());
+    }
+
+    fn root_only_maps() -> IdMaps {
+        IdMaps {
+            uids: crate::userns::parse_id_map("0 1001 1\n"),
+            gids: crate::userns::parse_id_map("0 1001 1\n"),
+            setgroups: false,
+        }
+    }
+
+    #[test]
+    fn in_a_user_namespace_dev_binds_the_host_devices() {
+        let maps = root_only_maps();
+        let mut b = builder();
+        docker_dev(&mut b, Path::new("/m/dev"), None, Some(&maps)).unwrap();
+        assert!(!b.ops.iter().any(|op| matches!(op, Op::Mknod(..))));
+        for (name, _, _) in DEVICES {
+            let bind = b
+                .descriptions
+                .iter()
+                .position(|d| d == &format!("bind /dev/{name} to /dev/{name}"))
+                .unwrap_or_else(|| panic!("no bind of /dev/{name}: {:#?}", b.descriptions));
+            assert!(
+                matches!(&b.ops[bind - 1], Op::Touch(path) if path.to_str() == Ok(&format!("/m/dev/{name}")))
+            );
+        }
+        // gid 5 (tty) is not mapped: devpts must not name it.
+        let devpts = b
+            .descriptions
+            .iter()
+            .position(|d| d == "mount /dev/pts")
+            .unwrap();
+        match &b.ops[devpts] {
+            Op::Mount {
+                data: Some(data), ..
+            } => {
+                assert!(!data.to_str().unwrap().contains("gid=5"), "{data:?}")
+            }
+            _ => panic!("devpts is not a mount"),
+        }
+        let mut root = builder();
+        docker_dev(&mut root, Path::new("/m/dev"), None, None).unwrap();
+        assert_eq!(
+            root.ops
+                .iter()
+                .filter(|op| matches!(op, Op::Mknod(..)))
+                .count(),
+            DEVICES.len()
+        );
+    }
+
+    #[test]
+    fn a_user_the_namespace_does_not_map_is_named() {
+        let maps = root_only_maps();
+        let user = |uid, gid, additional_gids: Vec<u32>| crate::User {
+            uid,
+            gid,
+            additional_gids,
+            home: "/".into(),
+        };
+        assert!(check_mapped(&maps, &user(0, 0, vec![]), "").is_ok());
+        let err = check_mapped(&maps, &user(1000, 0, vec![]), "app").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("uid 1000") && text.contains("\"app\""),
+            "{text}"
+        );
+        assert!(text.contains("usermod --add-subuids"), "{text}");
+        let err = check_mapped(&maps, &user(0, 0, vec![27]), "root").unwrap_err();
+        assert!(err.to_string().contains("gid 27"), "{err}");
     }
 
     #[test]

@@ -18,10 +18,6 @@ use crate::error::{io_err, Error, Result};
 use crate::files::{create_new, FileJob, FileMeta, FilePool, FILES_BEFORE_POOL, POOLED_MAX};
 use crate::stream::read_ahead;
 
-/// The xattr overlayfs reads to make a directory opaque (hide lower layers).
-pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-/// Prefix of overlayfs' private xattrs, never taken from or written to layers.
-pub(crate) const OVERLAY_XATTR_PREFIX: &str = "trusted.overlay.";
 /// OCI whiteout file name prefix.
 pub(crate) const WHITEOUT_PREFIX: &str = ".wh.";
 /// OCI opaque-directory marker.
@@ -31,7 +27,8 @@ pub(crate) const OPAQUE_MARKER: &str = ".wh..wh..opq";
 ///
 /// A snapshot holds one layer's own content in overlayfs form: OCI whiteouts
 /// (`.wh.NAME`) become character devices 0:0 and `.wh..wh..opq` becomes the
-/// `trusted.overlay.opaque=y` xattr, so a stack of snapshots mounts directly as
+/// `trusted.overlay.opaque=y` xattr (`user.overlay.opaque` in a user
+/// namespace: see `userns`), so a stack of snapshots mounts directly as
 /// overlayfs lower dirs. Snapshots are immutable once made.
 ///
 /// A snapshot is derived data (its layer blob stays in the store), so it is
@@ -419,8 +416,7 @@ impl Unpacker<'_> {
         let name_bytes = name.as_bytes();
 
         if name_bytes == OPAQUE_MARKER.as_bytes() {
-            xattr::set(&parent, OPAQUE_XATTR, b"y")
-                .map_err(io_err("set opaque xattr on", &parent))?;
+            crate::userns::mark_opaque(&parent).map_err(io_err("set opaque xattr on", &parent))?;
             return Ok(());
         }
         if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
@@ -553,6 +549,12 @@ impl Unpacker<'_> {
                 // A hard link shares the target's inode and metadata.
                 return Ok(());
             } else if kind.is_character_special() || kind.is_block_special() {
+                if crate::userns::in_user_namespace() {
+                    // A user namespace cannot make device nodes (as with
+                    // rootless podman, the snapshot lacks them; the layer
+                    // blob, which images use, keeps them).
+                    return Ok(());
+                }
                 let major = header.device_major().ok().flatten().unwrap_or(0) as u64;
                 let minor = header.device_minor().ok().flatten().unwrap_or(0) as u64;
                 let flag = if kind.is_character_special() {
@@ -599,10 +601,15 @@ impl Unpacker<'_> {
             Some(Gid::from_raw(gid as u32)),
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         )
-        .map_err(|e| Error::Io {
-            action: "chown",
-            path: path.clone(),
-            source: e.into(),
+        .map_err(|e| {
+            crate::userns::unmapped_owner(uid as u32, gid as u32, || {
+                format!("{} in layer {}", raw_path.display(), self.chain_id)
+            })
+            .unwrap_or_else(|| Error::Io {
+                action: "chown",
+                path: path.clone(),
+                source: e.into(),
+            })
         })?;
         let is_symlink = kind.is_symlink();
         if !is_symlink {
@@ -755,7 +762,7 @@ fn read_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(String
             let extension = extension?;
             let Ok(key) = extension.key() else { continue };
             if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                if !name.starts_with(OVERLAY_XATTR_PREFIX) && !name.is_empty() {
+                if !crate::userns::is_overlay_xattr(name) && !name.is_empty() {
                     out.push((name.to_owned(), extension.value_bytes().to_vec()));
                 }
             }

@@ -50,6 +50,13 @@ pub(crate) fn clone_process(flags: libc::c_int) -> Result<Option<Pid>, Errno> {
     }
 }
 
+/// `fork()` for a process known to have one thread (checked by the
+/// caller): no lock can be held by a thread that does not exist in the
+/// child, so the child may allocate and run ordinary code.
+pub(crate) fn fork_single_threaded() -> Result<Option<Pid>, Errno> {
+    clone_process(0)
+}
+
 /// Ends the current process without running destructors or atexit handlers.
 pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit is async-signal-safe and never returns.
@@ -117,11 +124,18 @@ pub(crate) fn close_fd(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
-/// Raw `setgroups`, `setresgid`, `setresuid` (see the module docs for why raw).
-pub(crate) fn set_identity(uid: u32, gid: u32, groups: &[libc::gid_t]) -> Result<(), Errno> {
-    // SAFETY: the pointer and length describe a live slice.
-    let ret = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
-    Errno::result(ret)?;
+/// Raw `setgroups` (unless `groups` is `None`: a user namespace that denies
+/// it), `setresgid`, `setresuid` (see the module docs for why raw).
+pub(crate) fn set_identity(
+    uid: u32,
+    gid: u32,
+    groups: Option<&[libc::gid_t]>,
+) -> Result<(), Errno> {
+    if let Some(groups) = groups {
+        // SAFETY: the pointer and length describe a live slice.
+        let ret = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+        Errno::result(ret)?;
+    }
     // SAFETY: integer-only syscalls.
     let ret = unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) };
     Errno::result(ret)?;

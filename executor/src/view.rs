@@ -4,11 +4,11 @@
 use std::fs::{self, Metadata};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::error::{io_err, Result};
 use crate::resolve::{open_resolved, resolve, Node, Resolved, ScopedTree};
-use crate::snapshot::OPAQUE_XATTR;
+use crate::userns::is_opaque;
 
 /// The merged view of snapshot directories, overlayfs-style: upper layers hide
 /// lower ones, whiteouts (char devices 0:0) delete, opaque directories hide
@@ -203,10 +203,6 @@ pub(crate) fn is_whiteout(meta: &Metadata) -> bool {
     meta.file_type().is_char_device() && meta.rdev() == 0
 }
 
-pub(crate) fn is_opaque(dir: &Path) -> bool {
-    matches!(xattr::get(dir, OPAQUE_XATTR), Ok(Some(value)) if value == b"y")
-}
-
 fn join_components(parts: &[String]) -> String {
     let mut out = String::new();
     for part in parts {
@@ -244,7 +240,7 @@ mod tests {
             0,
         )
         .unwrap();
-        xattr::set(top.join("etc/sub"), OPAQUE_XATTR, b"y").unwrap();
+        xattr::set(top.join("etc/sub"), "trusted.overlay.opaque", b"y").unwrap();
         fs::write(top.join("etc/sub/new"), "n").unwrap();
         (tmp, vec![bottom, top])
     }

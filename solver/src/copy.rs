@@ -211,7 +211,11 @@ pub(crate) fn build_tree(
                 Some((u, g)) => (u, Some(g)),
                 None => (spec.as_str(), None),
             };
-            Some(dest.ids(user, group)?)
+            let (uid, gid) = dest.ids(user, group)?;
+            // Rootless with only root mapped: say which id and what to do.
+            kiln_executor::check_owner_mapped(uid, gid, &format!("--chown={spec}"))
+                .map_err(|e| Error::Copy(e.to_string()))?;
+            Some((uid, gid))
         }
         None => None,
     };

@@ -1575,6 +1575,9 @@ impl Runner<'_> {
                 } => {
                     let name = blake3::hash(cache_id.as_bytes()).to_hex();
                     let dir = self.store.cache_mounts_dir().join(&name[..32]);
+                    // Before the directory exists (rootless with only root mapped).
+                    kiln_executor::check_owner_mapped(*uid, *gid, "RUN --mount=type=cache")
+                        .map_err(exec_err)?;
                     if !dir.exists() {
                         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
                         std::os::unix::fs::chown(&dir, Some(*uid), Some(*gid))
@@ -1641,6 +1644,8 @@ impl Runner<'_> {
                         (None, None) => Some(format!("/run/secrets/{secret_id}")),
                     };
                     if let Some(target) = target {
+                        kiln_executor::check_owner_mapped(*uid, *gid, "RUN --mount=type=secret")
+                            .map_err(exec_err)?;
                         let dir = scratch.0.join(format!("secret-{index}"));
                         fs::create_dir(&dir).map_err(io_err(&dir))?;
                         set_mode(&dir, 0o700)?;
@@ -1692,6 +1697,8 @@ impl Runner<'_> {
         let network = match run.network.or(self.options.network) {
             Some(kiln_frontend::Network::None) => kiln_executor::Network::None,
             Some(kiln_frontend::Network::Host) => kiln_executor::Network::Host,
+            // Rootless without /dev/net/tun: the host's (the binary says so).
+            _ if !kiln_executor::private_network_usable() => kiln_executor::Network::Host,
             _ => kiln_executor::Network::Private(self.network.get()?),
         };
         let privileged = run.security == kiln_frontend::Security::Insecure;
@@ -1787,7 +1794,15 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 pub fn export_filesystem(store: &Store, layers: &[LayerBlob], dest: &Path) -> Result<()> {
     match filesystem_view(store, layers)? {
         None => fs::create_dir_all(dest).map_err(io_err(dest)),
-        Some(view) => export_tree(&view, ".", dest, ExportOwner::Keep).map(drop),
+        // Rootless, the files become the user's (root of kiln's namespace),
+        // as an unprivileged `tar -x` or BuildKit's client-side export makes them.
+        Some(view) => {
+            let owner = match kiln_executor::is_rootless() {
+                true => ExportOwner::Root,
+                false => ExportOwner::Keep,
+            };
+            export_tree(&view, ".", dest, owner).map(drop)
+        }
     }
 }
 

@@ -62,6 +62,10 @@ impl Global {
 /// Whether kiln runs as root (effective uid 0), read from /proc so the binary
 /// needs no unsafe code.
 fn running_as_root() -> bool {
+    // Root of kiln's own user namespace is the user who started it.
+    if kiln_executor::is_rootless() {
+        return false;
+    }
     std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
         status
             .lines()
@@ -69,6 +73,32 @@ fn running_as_root() -> bool {
             .and_then(|ids| ids.split_whitespace().nth(1))
             == Some("0")
     })
+}
+
+/// Makes an ordinary user's kiln root of a user namespace that maps root to
+/// the user and 1..65535 to the user's subordinate ids (see
+/// `kiln_executor::enter_user_namespace`); nothing for root.
+pub fn enter_rootless() -> anyhow::Result<()> {
+    use anyhow::Context;
+    let setup = kiln_executor::enter_user_namespace()
+        .context("kiln runs rootless in a user namespace of its own")?;
+    if let Some(kiln_executor::Rootless::RootOnly { why }) = setup {
+        eprintln!(
+            "note: rootless kiln maps only root ({why}): files and steps of other ids fail; `sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER` gives the user a range"
+        );
+    }
+    Ok(())
+}
+
+/// Says (once per process) that the default network is the host's: kiln
+/// is rootless and the user cannot open /dev/net/tun, which slirp4netns needs.
+pub fn note_rootless_network() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        eprintln!(
+            "note: rootless kiln cannot open /dev/net/tun, so the default network is the host's (as --network host); make /dev/net/tun mode 0666 (as Debian's udev does) for a private network, or use --network none"
+        );
+    });
 }
 
 /// What a subcommand returns: its exit code, or an error to report.

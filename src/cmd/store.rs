@@ -8,6 +8,36 @@ use super::{CmdResult, Global};
 #[derive(Debug, clap::Args)]
 pub struct PruneArgs {}
 
+#[derive(Debug, clap::Args)]
+pub struct UnshareArgs {
+    /// The command and its arguments [default: $SHELL, else /bin/sh].
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    command: Vec<String>,
+}
+
+/// `kiln unshare [COMMAND...]`: the command in the user namespace kiln
+/// entered as it started (for root, kiln's own namespaces: it just runs).
+/// Its exit code is the command's.
+pub fn unshare(args: UnshareArgs) -> CmdResult {
+    use anyhow::Context;
+    let mut words = args.command;
+    if words.is_empty() {
+        words.push(std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".to_owned()));
+    }
+    let status = std::process::Command::new(&words[0])
+        .args(&words[1..])
+        .status()
+        .with_context(|| format!("cannot run {:?}", words[0]))?;
+    let code = status
+        .code()
+        .unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0));
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
 pub fn prune(global: &Global, _args: PruneArgs) -> CmdResult {
     let store = global.open_store()?;
     let report = match store.try_prune()? {

@@ -11,28 +11,39 @@ pub mod servers;
 mod store_support;
 
 pub use store_support::fixture;
-use store_support::kiln_command;
+use store_support::kiln_command_as;
 #[allow(unused_imports)]
 pub use store_support::{output_with_stdin, run_ok};
+pub use store_support::{temp_dir_for, TestUser};
 
-/// A store in a temporary directory with `busybox` (amd64) and
-/// `busybox-mips64el` imported.
+/// A store in a temporary directory with `busybox` (amd64) imported; kiln
+/// runs as `user` (`KILN_TEST_USER` by default), else root.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    pub user: Option<TestUser>,
 }
 
 impl Env {
     pub fn new() -> Env {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let env = Env { dir };
+        Env::with_user(TestUser::from_env())
+    }
+
+    /// [`Env::new`] with kiln run as `user` (root when `None`).
+    pub fn with_user(user: Option<TestUser>) -> Env {
+        let env = Env::empty_with_user(user);
         env.import("busybox-amd64.tar", "busybox:latest");
         env
     }
 
     /// A store with nothing in it (a fresh CI runner).
     pub fn empty() -> Env {
+        Env::empty_with_user(TestUser::from_env())
+    }
+
+    fn empty_with_user(user: Option<TestUser>) -> Env {
         Env {
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir: temp_dir_for(user.as_ref()),
+            user,
         }
     }
 
@@ -64,7 +75,7 @@ impl Env {
 
     /// `kiln --root STORE ARGS` in a clean environment (see `kiln_command`).
     pub fn command(&self, args: &[&str]) -> Command {
-        kiln_command(&self.root(), args)
+        kiln_command_as(self.user.as_ref(), &self.root(), args)
     }
 
     /// Builds `context` with extra args; panics with stderr when it fails.

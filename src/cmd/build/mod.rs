@@ -85,6 +85,8 @@ pub struct Args {
     /// own, shared by its steps, with outbound access through slirp4netns
     /// (DNS through its forwarder 10.0.2.3; the host's loopback is not
     /// reachable); none: only a loopback interface; host: the host's network.
+    /// Rootless, default is the host's network where the user cannot open
+    /// /dev/net/tun (slirp4netns needs it; kiln says so).
     #[arg(long, value_name = "MODE")]
     network: Option<String>,
     /// An ssh agent for RUN --mount=type=ssh: default (or ID) for
@@ -420,6 +422,11 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         Some("host") => Some(Network::Host),
         Some(other) => bail!("--network {other}: expected default, none or host"),
     };
+    if !matches!(network, Some(Network::None | Network::Host))
+        && !kiln_executor::private_network_usable()
+    {
+        crate::cmd::note_rootless_network();
+    }
     let seccomp = parse_security_opts(&args.security_opt)?;
     let cache_from = args
         .cache_from

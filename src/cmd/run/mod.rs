@@ -72,6 +72,8 @@ pub struct Args {
     #[arg(long, value_name = "CMD")]
     entrypoint: Option<String>,
     /// The network: default (its own, outbound through slirp4netns), none, host.
+    /// Rootless, default is the host's network where the user cannot open
+    /// /dev/net/tun (slirp4netns needs it; kiln says so).
     #[arg(long, default_value = "default", value_parser = ["default", "none", "host"])]
     network: String,
     /// Publish a container port on the host: [IP:]HOST:CONTAINER[/udp] (default network).
@@ -207,6 +209,11 @@ fn resolve(store: &Store, args: &Args) -> anyhow::Result<(ContainerSpec, String)
         .iter()
         .map(|p| options::parse_port(p))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if !ports.is_empty() && !kiln_executor::private_network_usable() {
+        bail!(
+            "-p needs the default network (slirp4netns on /dev/net/tun), which rootless kiln cannot open here: make /dev/net/tun mode 0666 (as Debian's udev does), or use --network host and no -p"
+        );
+    }
     if !ports.is_empty() && args.network != "default" {
         bail!(
             "-p publishes ports of the default network; drop --network {} or -p",

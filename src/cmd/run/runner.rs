@@ -102,6 +102,10 @@ fn network(spec: &ContainerSpec) -> anyhow::Result<Network> {
     Ok(match spec.network.as_str() {
         "none" => Network::None,
         "host" => Network::Host,
+        _ if !kiln_executor::private_network_usable() && spec.ports.is_empty() => {
+            crate::cmd::note_rootless_network();
+            Network::Host
+        }
         _ => {
             let ports: Vec<kiln_executor::PublishedPort> = spec
                 .ports
