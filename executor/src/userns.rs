@@ -394,22 +394,30 @@ fn unshare_with_helpers(maps: &HelperMaps) -> Result<()> {
     }
 }
 
-/// In the helper: `newuidmap PID 0 UID 1 1 START COUNT`, then newgidmap.
+/// In the helper: `newuidmap PID 0 UID 1 1 START COUNT` and newgidmap,
+/// at the same time (each writes its own map; one exec's latency, not two).
 fn run_map_helpers(pid: u32, maps: &HelperMaps) -> i32 {
-    for (program, map) in [
+    let children: Vec<_> = [
         (&maps.newuidmap, maps.uid_map),
         (&maps.newgidmap, maps.gid_map),
-    ] {
-        let status = std::process::Command::new(program)
+    ]
+    .into_iter()
+    .map(|(program, map)| {
+        std::process::Command::new(program)
             .arg(pid.to_string())
             .args(map.iter().map(u32::to_string))
             .stdin(std::process::Stdio::null())
-            .status();
-        if !status.is_ok_and(|s| s.success()) {
-            return 1;
+            .spawn()
+    })
+    .collect();
+    let mut code = 0;
+    for child in children {
+        let succeeded = child.is_ok_and(|mut c| c.wait().is_ok_and(|s| s.success()));
+        if !succeeded {
+            code = 1;
         }
     }
-    0
+    code
 }
 
 /// Maps only root to the user: what an unprivileged process may write itself
