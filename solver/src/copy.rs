@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -433,27 +433,15 @@ fn is_archive_download(step: &CopyStep, downloaded: &Path) -> Result<bool> {
 /// source the resolver found (`resolved`, its metadata) is opened as every
 /// source file is: no link followed, and only the very file resolved.
 fn open_archive(path: &Path, resolved: Option<&fs::Metadata>) -> Result<Option<Box<dyn Read>>> {
-    use std::io::{Seek, SeekFrom};
-    let mut file = match resolved {
+    let file = match resolved {
         Some(meta) => kiln_executor::open_resolved(path, meta),
         None => fs::File::open(path),
     }
     .map_err(io_err(path))?;
-    let mut head = [0u8; 6];
-    let n = read_up_to(&mut file, &mut head)?;
-    file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
-    let file = BufReader::new(file);
-    let reader: Box<dyn Read> = match &head[..n] {
-        [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(file)),
-        [b'B', b'Z', b'h', ..] => Box::new(bzip2::read::MultiBzDecoder::new(file)),
-        [0xfd, b'7', b'z', b'X', b'Z', 0x00] => {
-            Box::new(xz2::read::XzDecoder::new_multi_decoder(file))
-        }
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => {
-            Box::new(zstd::stream::read::Decoder::new(file).map_err(io_err(path))?)
-        }
-        _ => Box::new(file),
-    };
+    // The store's one detector: gzip, bzip2, xz, zstd or plain, by content.
+    let (_, reader) = kiln_cache::decompress_detected(file)
+        .map_err(|e| io_err(path)(std::io::Error::other(e)))?;
+    let reader: Box<dyn Read> = reader;
     // A tar header has "ustar" at offset 257 (or is an old v7 header with a
     // valid checksum); anything else is copied as a plain file.
     let mut reader = reader;
