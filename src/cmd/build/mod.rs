@@ -404,12 +404,7 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
         Some(text) => parse_output(text)?,
         None => Output::Image,
     };
-    let compression = match args.compression.as_str() {
-        "gzip" => Compression::Gzip,
-        "zstd" => Compression::Zstd,
-        "none" | "uncompressed" => Compression::None,
-        other => bail!("--compression {other}: expected gzip, zstd or none"),
-    };
+    let compression: Compression = args.compression.parse().context("--compression")?;
     let push_targets = if args.push {
         push::targets(&args.tags)?
     } else {
