@@ -563,15 +563,8 @@ impl Store {
     /// through a manifest), every cache record whose blobs are gone, and every
     /// temporary file. Waits until no other kiln process has the store open.
     pub fn prune(&self) -> Result<PruneReport> {
-        self.gc_lock.lock().at(self.root.join("kiln/gc.lock"))?;
-        let result = self.prune_locked();
-        let relocked = self
-            .gc_lock
-            .lock_shared()
-            .at(self.root.join("kiln/gc.lock"));
-        let report = result?;
-        relocked?;
-        Ok(report)
+        self.gc_lock.lock().at(self.gc_lock_path())?;
+        self.prune_then_share()
     }
 
     /// Like [`Store::prune`] but returns `None` at once when another process
@@ -580,18 +573,24 @@ impl Store {
         match self.gc_lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Ok(None),
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(Error::io(self.root.join("kiln/gc.lock"), e))
-            }
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io(self.gc_lock_path(), e)),
         }
+        self.prune_then_share().map(Some)
+    }
+
+    /// `kiln/gc.lock`: held shared by every open store, exclusive by prune.
+    fn gc_lock_path(&self) -> PathBuf {
+        self.root.join("kiln/gc.lock")
+    }
+
+    /// Prunes under the exclusive gc lock the caller took, then holds the
+    /// lock shared again, as an open store does (also when pruning failed).
+    fn prune_then_share(&self) -> Result<PruneReport> {
         let result = self.prune_locked();
-        let relocked = self
-            .gc_lock
-            .lock_shared()
-            .at(self.root.join("kiln/gc.lock"));
+        let relocked = self.gc_lock.lock_shared().at(self.gc_lock_path());
         let report = result?;
         relocked?;
-        Ok(Some(report))
+        Ok(report)
     }
 
     fn prune_locked(&self) -> Result<PruneReport> {
