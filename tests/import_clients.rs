@@ -1,7 +1,7 @@
 //! `kiln import` end to end, checked with the real clients: skopeo reads the
 //! store as an OCI layout and sees the right architecture, umoci unpacks it.
 
-#[path = "store_support.rs"]
+#[path = "store_support/mod.rs"]
 mod support;
 
 use support::{client, fixture, output_with_stdin, skopeo_inspect, Store};

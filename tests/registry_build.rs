@@ -4,7 +4,7 @@
 //! names fail clearly when there is no network.
 
 mod registry_common;
-#[path = "store_support.rs"]
+#[path = "store_support/mod.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};

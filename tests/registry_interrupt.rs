@@ -5,7 +5,7 @@
 //! the healed proxy completes.
 
 mod registry_common;
-#[path = "store_support.rs"]
+#[path = "store_support/mod.rs"]
 mod support;
 
 use std::io::{Read, Write};

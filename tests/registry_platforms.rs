@@ -5,7 +5,7 @@
 //! registry cache for every platform.
 
 mod registry_common;
-#[path = "store_support.rs"]
+#[path = "store_support/mod.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};

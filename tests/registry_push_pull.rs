@@ -3,7 +3,7 @@
 //! 127.0.0.1, with and without htpasswd auth; skopeo reads what kiln pushed.
 
 mod registry_common;
-#[path = "store_support.rs"]
+#[path = "store_support/mod.rs"]
 mod support;
 
 use std::path::Path;

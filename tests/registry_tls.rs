@@ -3,7 +3,7 @@
 //! the check with --insecure, and says what to do when it fails.
 
 mod registry_common;
-#[path = "store_support.rs"]
+#[path = "store_support/mod.rs"]
 mod support;
 
 use registry_common::{skopeo_inspect, Registry};

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-#[path = "store_support.rs"]
+#[path = "store_support/mod.rs"]
 mod store_support;
 
 /// A tmux session running one command, killed when dropped.

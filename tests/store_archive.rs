@@ -1,6 +1,6 @@
 //! save, load, images, tag, rmi and prune, checked with skopeo and umoci.
 
-#[path = "store_support.rs"]
+#[path = "store_support/mod.rs"]
 mod support;
 
 use support::{client, run_ok, skopeo_inspect, Store};

@@ -2,7 +2,7 @@
 //! killed mid-import leaves a consistent store, and imports and tags running
 //! at once lose nothing.
 
-#[path = "store_support.rs"]
+#[path = "store_support/mod.rs"]
 mod support;
 
 use std::io::Write;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod servers;
-#[path = "../store_support.rs"]
+#[path = "../store_support/mod.rs"]
 mod store_support;
 
 pub use store_support::fixture;

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-#[path = "../testsupport/run.rs"]
+#[path = "../../testsupport/run.rs"]
 mod run;
 #[allow(unused_imports)]
 pub use run::run_ok;
