@@ -16,7 +16,7 @@ use oci_spec::image::ImageIndex;
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::reference::Reference;
-use crate::transfer::{push_blobs, Progress, PushOptions};
+use crate::transfer::{push_blobs_of_manifest, Progress, PushOptions};
 
 const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -46,22 +46,13 @@ pub(crate) fn push_referrers(
         }
         let mut need_tag = false;
         for referrer in &referrers {
-            let bytes = store.read_blob(referrer.digest())?;
-            let manifest = ImageManifest::from_reader(&bytes[..]).map_err(|e| Error::Invalid {
-                registry: client.registry().to_owned(),
-                what: format!("referrer {}", referrer.digest()),
-                message: e.to_string(),
-            })?;
-            let mut blobs = vec![manifest.config().clone()];
-            blobs.extend(manifest.layers().iter().cloned());
-            push_blobs(
+            let bytes = push_blobs_of_manifest(
                 store,
                 client,
                 repository,
-                &blobs,
+                referrer.digest(),
                 options,
                 progress,
-                &|_| Ok(()),
             )?;
             let answer = client.put_manifest_answer(
                 repository,

@@ -243,22 +243,13 @@ fn push_raw_manifest(
     options: &PushOptions,
     progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<()> {
-    let bytes = store.read_blob(entry.digest())?;
-    let manifest = ImageManifest::from_reader(&bytes[..]).map_err(|e| Error::Invalid {
-        registry: client.registry().to_owned(),
-        what: format!("manifest {}", entry.digest()),
-        message: e.to_string(),
-    })?;
-    let mut blobs = vec![manifest.config().clone()];
-    blobs.extend(manifest.layers().iter().cloned());
-    push_blobs(
+    let bytes = push_blobs_of_manifest(
         store,
         client,
         &target.repository,
-        &blobs,
+        entry.digest(),
         options,
         progress,
-        &|_| Ok(()),
     )?;
     put_manifest_checked(
         client,
@@ -268,6 +259,37 @@ fn push_raw_manifest(
         entry.digest(),
         "a manifest of the index",
     )
+}
+
+/// Reads the stored manifest `digest` and pushes the blobs it names (its
+/// config and layers) to `repository`; returns the manifest's bytes, for
+/// the caller to put once its blobs are there.
+pub(crate) fn push_blobs_of_manifest(
+    store: &Store,
+    client: &Client,
+    repository: &str,
+    digest: &Digest,
+    options: &PushOptions,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<Vec<u8>> {
+    let bytes = store.read_blob(digest)?;
+    let manifest = ImageManifest::from_reader(&bytes[..]).map_err(|e| Error::Invalid {
+        registry: client.registry().to_owned(),
+        what: format!("manifest {digest}"),
+        message: e.to_string(),
+    })?;
+    let mut blobs = vec![manifest.config().clone()];
+    blobs.extend(manifest.layers().iter().cloned());
+    push_blobs(
+        store,
+        client,
+        repository,
+        &blobs,
+        options,
+        progress,
+        &|_| Ok(()),
+    )?;
+    Ok(bytes)
 }
 
 /// Uploads the blobs the repository lacks, in parallel: skipped when there,
