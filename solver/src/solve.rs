@@ -1104,6 +1104,77 @@ pub(crate) fn rfc3339(epoch: i64) -> String {
     kiln_cache::rfc3339_utc(u64::try_from(epoch).unwrap_or(0))
 }
 
+/// Heredoc scripts (`RUN <<EOF` with a `#!` line) as files: one read-only
+/// directory per target directory, made in `scratch`.
+fn heredoc_file_mounts(run: &kiln_frontend::RunStep, scratch: &Path) -> Result<Vec<Mount>> {
+    let mut mounts = Vec::new();
+    let mut file_dirs: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for file in &run.files {
+        let (dir, name) = file.path.rsplit_once('/').unwrap_or(("/", &file.path));
+        let dir = if dir.is_empty() { "/" } else { dir };
+        let host_dir = match file_dirs.get(dir) {
+            Some(existing) => existing.clone(),
+            None => {
+                let host = scratch.join(format!("files-{}", file_dirs.len()));
+                fs::create_dir(&host).map_err(io_err(&host))?;
+                file_dirs.insert(dir.to_string(), host.clone());
+                host
+            }
+        };
+        let path = host_dir.join(name);
+        fs::write(&path, &file.content).map_err(io_err(&path))?;
+        set_mode(&path, file.mode)?;
+    }
+    for (target, source) in &file_dirs {
+        mounts.push(Mount::Bind {
+            source: source.clone(),
+            target: target.clone(),
+            readonly: true,
+        });
+    }
+    Ok(mounts)
+}
+
+/// What a RUN step holds while it runs: locks of `sharing=locked` and
+/// `private` caches, and the proxies of its ssh agents.
+#[derive(Default)]
+struct HeldForStep {
+    locks: Vec<fs::File>,
+    ssh_proxies: Vec<crate::ssh::SshProxy>,
+}
+
+/// A `RUN --mount=type=cache`, its fields as the compiler resolved them.
+struct CacheMount<'a> {
+    id: &'a str,
+    target: &'a str,
+    sharing: CacheSharing,
+    readonly: bool,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// A `RUN --mount=type=secret`.
+struct SecretMount<'a> {
+    id: &'a str,
+    target: Option<&'a str>,
+    env_name: Option<&'a str>,
+    required: bool,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// A `RUN --mount=type=ssh`.
+struct SshMount<'a> {
+    id: &'a str,
+    target: &'a str,
+    required: bool,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
 struct Runner<'a> {
     store: &'a Store,
     context: &'a BuildContext,
@@ -1488,203 +1559,16 @@ impl Runner<'_> {
         let lowers = self.lowers(&vertex.parent_layers)?;
         let scratch = self.scratch()?;
         let mut env: Vec<String> = run.env.iter().map(|entry| entry.to_string()).collect();
-        let mut mounts = Vec::new();
-        let mut locks = Vec::new();
-        let mut ssh_proxies = Vec::new();
-        // Heredoc scripts: one read-only directory per target directory.
-        let mut file_dirs: BTreeMap<String, PathBuf> = BTreeMap::new();
-        for file in &run.files {
-            let (dir, name) = file.path.rsplit_once('/').unwrap_or(("/", &file.path));
-            let dir = if dir.is_empty() { "/" } else { dir };
-            let host_dir = match file_dirs.get(dir) {
-                Some(existing) => existing.clone(),
-                None => {
-                    let host = scratch.0.join(format!("files-{}", file_dirs.len()));
-                    fs::create_dir(&host).map_err(io_err(&host))?;
-                    file_dirs.insert(dir.to_string(), host.clone());
-                    host
-                }
-            };
-            let path = host_dir.join(name);
-            fs::write(&path, &file.content).map_err(io_err(&path))?;
-            set_mode(&path, file.mode)?;
-        }
-        for (target, source) in &file_dirs {
-            mounts.push(Mount::Bind {
-                source: source.clone(),
-                target: target.clone(),
-                readonly: true,
-            });
-        }
+        let mut mounts = heredoc_file_mounts(run, &scratch.0)?;
+        let mut held = HeldForStep::default();
         for (index, mount) in run.mounts.iter().enumerate() {
-            match mount {
-                RunMount::Bind {
-                    target,
-                    from,
-                    source,
-                    rw,
-                } => {
-                    // Never the source itself: a context bind shows what
-                    // Docker's builder sees (no .dockerignore'd files,
-                    // root's files), and no step may change its source.
-                    let copy = scratch.0.join(format!("bind-{index}"));
-                    let host = match from {
-                        CopyFrom::Context | CopyFrom::Named(_) if !rw => {
-                            self.context_tree(vertex, from, source)?
-                        }
-                        CopyFrom::Context | CopyFrom::Named(_) => {
-                            let ctx: &dyn crate::source::SourceFs = self.directory(from)?;
-                            export_tree(ctx, &clean_relative(source), &copy, ExportOwner::Root)?
-                        }
-                        other => {
-                            let view = ViewSource(self.source_view(vertex, other)?);
-                            export_tree(&view, source, &copy, ExportOwner::Keep)?
-                        }
-                    };
-                    mounts.push(Mount::Bind {
-                        source: host,
-                        target: target.clone(),
-                        readonly: !rw,
-                    });
-                }
-                RunMount::Cache {
-                    id: cache_id,
-                    target,
-                    sharing,
-                    readonly,
-                    mode,
-                    uid,
-                    gid,
-                    ..
-                } => {
-                    let name = blake3::hash(cache_id.as_bytes()).to_hex();
-                    let dir = self.store.cache_mounts_dir().join(&name[..32]);
-                    // Before the directory exists (rootless with only root mapped).
-                    kiln_executor::check_owner_mapped(*uid, *gid, "RUN --mount=type=cache")
-                        .map_err(exec_err)?;
-                    if !dir.exists() {
-                        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-                        std::os::unix::fs::chown(&dir, Some(*uid), Some(*gid))
-                            .map_err(io_err(&dir))?;
-                        set_mode(&dir, *mode)?;
-                    }
-                    let dir = match sharing {
-                        CacheSharing::Shared => dir,
-                        CacheSharing::Locked => {
-                            let lock_path = dir.with_extension("lock");
-                            let lock = fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
-                            lock.lock().map_err(io_err(&lock_path))?;
-                            locks.push(lock);
-                            dir
-                        }
-                        CacheSharing::Private => {
-                            // Private: this step alone uses the directory; a
-                            // concurrent user gets a fresh one of its own.
-                            let lock_path = dir.with_extension("lock");
-                            let lock = fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
-                            if lock.try_lock().is_ok() {
-                                locks.push(lock);
-                                dir
-                            } else {
-                                let own = scratch.0.join(format!("cache-{index}"));
-                                fs::create_dir(&own).map_err(io_err(&own))?;
-                                own
-                            }
-                        }
-                    };
-                    mounts.push(Mount::Bind {
-                        source: dir,
-                        target: target.clone(),
-                        readonly: *readonly,
-                    });
-                }
-                RunMount::Tmpfs { target, size } => mounts.push(Mount::Tmpfs {
-                    target: target.clone(),
-                    size: *size,
-                }),
-                RunMount::Secret {
-                    id: secret_id,
-                    target,
-                    env: env_name,
-                    required,
-                    mode,
-                    uid,
-                    gid,
-                } => {
-                    let Some(value) = self.options.secrets.get(secret_id) else {
-                        if *required {
-                            return Err(Error::Invalid(format!(
-                                "secret {secret_id} is required; pass it with --secret id={secret_id},src=FILE or --secret id={secret_id},env=VAR"
-                            )));
-                        }
-                        continue;
-                    };
-                    if let Some(name) = env_name {
-                        env.push(format!("{name}={}", String::from_utf8_lossy(value)));
-                    }
-                    let target = match (target, env_name) {
-                        (Some(t), _) => Some(t.clone()),
-                        (None, Some(_)) => None,
-                        (None, None) => Some(format!("/run/secrets/{secret_id}")),
-                    };
-                    if let Some(target) = target {
-                        kiln_executor::check_owner_mapped(*uid, *gid, "RUN --mount=type=secret")
-                            .map_err(exec_err)?;
-                        let dir = scratch.0.join(format!("secret-{index}"));
-                        fs::create_dir(&dir).map_err(io_err(&dir))?;
-                        set_mode(&dir, 0o700)?;
-                        let path = dir.join("secret");
-                        fs::write(&path, value).map_err(io_err(&path))?;
-                        std::os::unix::fs::chown(&path, Some(*uid), Some(*gid))
-                            .map_err(io_err(&path))?;
-                        set_mode(&path, *mode)?;
-                        mounts.push(Mount::Bind {
-                            source: path,
-                            target,
-                            readonly: true,
-                        });
-                    }
-                }
-                RunMount::Ssh {
-                    id: ssh_id,
-                    target,
-                    required,
-                    mode,
-                    uid,
-                    gid,
-                } => {
-                    let Some(agent) = self.options.ssh.get(ssh_id) else {
-                        if *required {
-                            return Err(Error::Invalid(format!(
-                                "ssh agent {ssh_id} is required: forward one with --ssh {ssh_id}=SOCKET_OR_KEY (--ssh {ssh_id} takes $SSH_AUTH_SOCK)"
-                            )));
-                        }
-                        continue;
-                    };
-                    let socket = scratch.0.join(format!("ssh-{index}"));
-                    let proxy = crate::ssh::SshProxy::start(agent, &socket, *uid, *gid, *mode)?;
-                    // As BuildKit: the first agent is the step's SSH_AUTH_SOCK.
-                    if ssh_proxies.is_empty()
-                        && !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK="))
-                    {
-                        env.push(format!("SSH_AUTH_SOCK={target}"));
-                    }
-                    mounts.push(Mount::Bind {
-                        source: proxy.socket().to_path_buf(),
-                        target: target.clone(),
-                        readonly: false,
-                    });
-                    ssh_proxies.push(proxy);
-                }
+            if let Some(mount) =
+                self.step_mount(vertex, index, mount, &scratch.0, &mut env, &mut held)?
+            {
+                mounts.push(mount);
             }
         }
-        let network = match run.network.or(self.options.network) {
-            Some(kiln_frontend::Network::None) => kiln_executor::Network::None,
-            Some(kiln_frontend::Network::Host) => kiln_executor::Network::Host,
-            // Rootless without /dev/net/tun: the host's (the binary says so).
-            _ if !kiln_executor::private_network_usable() => kiln_executor::Network::Host,
-            _ => kiln_executor::Network::Private(self.network.get()?),
-        };
+        let network = self.step_network(run)?;
         let privileged = run.security == kiln_frontend::Security::Insecure;
         if privileged && !self.options.allow_insecure {
             return Err(Error::Invalid(
@@ -1726,11 +1610,296 @@ impl Runner<'_> {
                 return Err(exec_err(error));
             }
         };
-        // The agents' sockets exist only while the step runs.
-        drop(ssh_proxies);
-        drop(locks);
+        // The agents' sockets and the cache locks last as long as the step.
+        drop(held);
         let options = self.diff_options();
         self.write_layer_from(id, vertex, |w| upper.write_layer(w, &options))
+    }
+
+    /// One `RUN --mount` as the sandbox mounts it; `None` for an optional
+    /// secret or ssh agent that was not given. Cache locks and ssh agents
+    /// the step holds go into `held`.
+    fn step_mount(
+        &self,
+        vertex: &Vertex<'_>,
+        index: usize,
+        mount: &RunMount,
+        scratch: &Path,
+        env: &mut Vec<String>,
+        held: &mut HeldForStep,
+    ) -> Result<Option<Mount>> {
+        Ok(match mount {
+            RunMount::Bind {
+                target,
+                from,
+                source,
+                rw,
+            } => Some(self.bind_mount(vertex, index, target, from, source, *rw, scratch)?),
+            RunMount::Cache {
+                id,
+                target,
+                sharing,
+                readonly,
+                mode,
+                uid,
+                gid,
+                ..
+            } => Some(self.cache_mount(
+                CacheMount {
+                    id,
+                    target,
+                    sharing: *sharing,
+                    readonly: *readonly,
+                    mode: *mode,
+                    uid: *uid,
+                    gid: *gid,
+                },
+                index,
+                scratch,
+                &mut held.locks,
+            )?),
+            RunMount::Tmpfs { target, size } => Some(Mount::Tmpfs {
+                target: target.clone(),
+                size: *size,
+            }),
+            RunMount::Secret {
+                id,
+                target,
+                env: env_name,
+                required,
+                mode,
+                uid,
+                gid,
+            } => self.secret_mount(
+                SecretMount {
+                    id,
+                    target: target.as_deref(),
+                    env_name: env_name.as_deref(),
+                    required: *required,
+                    mode: *mode,
+                    uid: *uid,
+                    gid: *gid,
+                },
+                index,
+                scratch,
+                env,
+            )?,
+            RunMount::Ssh {
+                id,
+                target,
+                required,
+                mode,
+                uid,
+                gid,
+            } => self.ssh_mount(
+                SshMount {
+                    id,
+                    target,
+                    required: *required,
+                    mode: *mode,
+                    uid: *uid,
+                    gid: *gid,
+                },
+                index,
+                scratch,
+                env,
+                &mut held.ssh_proxies,
+            )?,
+        })
+    }
+
+    /// `type=bind`: never the source itself. A context bind shows what
+    /// Docker's builder sees (no .dockerignore'd files, root's files), and
+    /// no step may change its source.
+    #[allow(clippy::too_many_arguments)]
+    fn bind_mount(
+        &self,
+        vertex: &Vertex<'_>,
+        index: usize,
+        target: &str,
+        from: &CopyFrom,
+        source: &str,
+        rw: bool,
+        scratch: &Path,
+    ) -> Result<Mount> {
+        let copy = scratch.join(format!("bind-{index}"));
+        let host = match from {
+            CopyFrom::Context | CopyFrom::Named(_) if !rw => {
+                self.context_tree(vertex, from, source)?
+            }
+            CopyFrom::Context | CopyFrom::Named(_) => {
+                let ctx: &dyn crate::source::SourceFs = self.directory(from)?;
+                export_tree(ctx, &clean_relative(source), &copy, ExportOwner::Root)?
+            }
+            other => {
+                let view = ViewSource(self.source_view(vertex, other)?);
+                export_tree(&view, source, &copy, ExportOwner::Keep)?
+            }
+        };
+        Ok(Mount::Bind {
+            source: host,
+            target: target.to_string(),
+            readonly: !rw,
+        })
+    }
+
+    /// `type=cache`: a directory of the store's, shared, locked or private.
+    fn cache_mount(
+        &self,
+        cache: CacheMount<'_>,
+        index: usize,
+        scratch: &Path,
+        locks: &mut Vec<fs::File>,
+    ) -> Result<Mount> {
+        let CacheMount {
+            id: cache_id,
+            target,
+            sharing,
+            readonly,
+            mode,
+            uid,
+            gid,
+        } = cache;
+        let name = blake3::hash(cache_id.as_bytes()).to_hex();
+        let dir = self.store.cache_mounts_dir().join(&name[..32]);
+        // Before the directory exists (rootless with only root mapped).
+        kiln_executor::check_owner_mapped(uid, gid, "RUN --mount=type=cache").map_err(exec_err)?;
+        if !dir.exists() {
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(io_err(&dir))?;
+            set_mode(&dir, mode)?;
+        }
+        let dir = match sharing {
+            CacheSharing::Shared => dir,
+            CacheSharing::Locked => {
+                let lock_path = dir.with_extension("lock");
+                let lock = fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
+                lock.lock().map_err(io_err(&lock_path))?;
+                locks.push(lock);
+                dir
+            }
+            CacheSharing::Private => {
+                // Private: this step alone uses the directory; a
+                // concurrent user gets a fresh one of its own.
+                let lock_path = dir.with_extension("lock");
+                let lock = fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
+                if lock.try_lock().is_ok() {
+                    locks.push(lock);
+                    dir
+                } else {
+                    let own = scratch.join(format!("cache-{index}"));
+                    fs::create_dir(&own).map_err(io_err(&own))?;
+                    own
+                }
+            }
+        };
+        Ok(Mount::Bind {
+            source: dir,
+            target: target.to_string(),
+            readonly,
+        })
+    }
+
+    /// `type=secret`: a file of its own (and/or an environment variable).
+    fn secret_mount(
+        &self,
+        secret: SecretMount<'_>,
+        index: usize,
+        scratch: &Path,
+        env: &mut Vec<String>,
+    ) -> Result<Option<Mount>> {
+        let SecretMount {
+            id: secret_id,
+            target,
+            env_name,
+            required,
+            mode,
+            uid,
+            gid,
+        } = secret;
+        let Some(value) = self.options.secrets.get(secret_id) else {
+            if required {
+                return Err(Error::Invalid(format!(
+                    "secret {secret_id} is required; pass it with --secret id={secret_id},src=FILE or --secret id={secret_id},env=VAR"
+                )));
+            }
+            return Ok(None);
+        };
+        if let Some(name) = env_name {
+            env.push(format!("{name}={}", String::from_utf8_lossy(value)));
+        }
+        let target = match (target, env_name) {
+            (Some(t), _) => Some(t.to_string()),
+            (None, Some(_)) => None,
+            (None, None) => Some(format!("/run/secrets/{secret_id}")),
+        };
+        let Some(target) = target else {
+            return Ok(None);
+        };
+        kiln_executor::check_owner_mapped(uid, gid, "RUN --mount=type=secret").map_err(exec_err)?;
+        let dir = scratch.join(format!("secret-{index}"));
+        fs::create_dir(&dir).map_err(io_err(&dir))?;
+        set_mode(&dir, 0o700)?;
+        let path = dir.join("secret");
+        fs::write(&path, value).map_err(io_err(&path))?;
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(io_err(&path))?;
+        set_mode(&path, mode)?;
+        Ok(Some(Mount::Bind {
+            source: path,
+            target,
+            readonly: true,
+        }))
+    }
+
+    /// `type=ssh`: a socket that proxies to the agent the build was given.
+    fn ssh_mount(
+        &self,
+        ssh: SshMount<'_>,
+        index: usize,
+        scratch: &Path,
+        env: &mut Vec<String>,
+        ssh_proxies: &mut Vec<crate::ssh::SshProxy>,
+    ) -> Result<Option<Mount>> {
+        let SshMount {
+            id: ssh_id,
+            target,
+            required,
+            mode,
+            uid,
+            gid,
+        } = ssh;
+        let Some(agent) = self.options.ssh.get(ssh_id) else {
+            if required {
+                return Err(Error::Invalid(format!(
+                    "ssh agent {ssh_id} is required: forward one with --ssh {ssh_id}=SOCKET_OR_KEY (--ssh {ssh_id} takes $SSH_AUTH_SOCK)"
+                )));
+            }
+            return Ok(None);
+        };
+        let socket = scratch.join(format!("ssh-{index}"));
+        let proxy = crate::ssh::SshProxy::start(agent, &socket, uid, gid, mode)?;
+        // As BuildKit: the first agent is the step's SSH_AUTH_SOCK.
+        if ssh_proxies.is_empty() && !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+            env.push(format!("SSH_AUTH_SOCK={target}"));
+        }
+        let mount = Mount::Bind {
+            source: proxy.socket().to_path_buf(),
+            target: target.to_string(),
+            readonly: false,
+        };
+        ssh_proxies.push(proxy);
+        Ok(Some(mount))
+    }
+
+    /// The step's network: its own `--network`, else the build's.
+    fn step_network(&self, run: &kiln_frontend::RunStep) -> Result<kiln_executor::Network> {
+        Ok(match run.network.or(self.options.network) {
+            Some(kiln_frontend::Network::None) => kiln_executor::Network::None,
+            Some(kiln_frontend::Network::Host) => kiln_executor::Network::Host,
+            // Rootless without /dev/net/tun: the host's (the binary says so).
+            _ if !kiln_executor::private_network_usable() => kiln_executor::Network::Host,
+            _ => kiln_executor::Network::Private(self.network.get()?),
+        })
     }
 }
 
