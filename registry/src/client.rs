@@ -632,6 +632,15 @@ impl Client {
         let is_index = response
             .header("Content-Type")
             .is_some_and(|t| t.starts_with("application/vnd.oci.image.index.v1+json"));
+        let bytes = self.read_manifest_body(response, &url)?;
+        // Something that answers 200 with another document (an HTML page
+        // of a proxy, say) is no referrers API either.
+        Ok(is_index.then_some(bytes))
+    }
+
+    /// The body of a manifest or index answer from `url`. Manifests are
+    /// small; something past 4 MiB is not one and is cut off there.
+    fn read_manifest_body(&self, response: ureq::Response, url: &str) -> Result<Vec<u8>> {
         let mut bytes = Vec::new();
         response
             .into_reader()
@@ -639,12 +648,10 @@ impl Client {
             .read_to_end(&mut bytes)
             .map_err(|e| Error::Unreachable {
                 registry: self.registry.clone(),
-                url: url.clone(),
+                url: url.to_owned(),
                 message: e.to_string(),
             })?;
-        // Something that answers 200 with another document (an HTML page
-        // of a proxy, say) is no referrers API either.
-        Ok(is_index.then_some(bytes))
+        Ok(bytes)
     }
 
     /// Fetches a manifest or index: its bytes, its media type, and the digest
@@ -668,17 +675,7 @@ impl Client {
             .header("Content-Type")
             .map(|t| t.split(';').next().unwrap_or(t).trim().to_owned());
         let digest = response.header("Docker-Content-Digest").map(str::to_owned);
-        let mut bytes = Vec::new();
-        // Manifests are small; refuse to buffer something that is not one.
-        response
-            .into_reader()
-            .take(4 << 20)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::Unreachable {
-                registry: self.registry.clone(),
-                url: url.clone(),
-                message: e.to_string(),
-            })?;
+        let bytes = self.read_manifest_body(response, &url)?;
         Ok((bytes, media_type, digest))
     }
 
