@@ -20,3 +20,6 @@ cargo test --no-fail-fast --test build_store --test store_archive --test registr
   --test run_basic -- umoci_and_skopeo_read_built_images oci_archives_open_in_skopeo_and_umoci_and_load_back \
   push_then_pull_into_an_empty_store_keeps_the_digest_and_skopeo_reads_it \
   environment_workdir_and_user_come_from_image_and_flags rm_leaves_nothing_behind
+# cgroup v2 limits, root and rootless in a delegated subtree, in a guest whose
+# only hierarchy is v2 (this machine may mount v1).
+scripts/test-cgroup2-vm.sh

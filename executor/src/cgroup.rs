@@ -79,6 +79,155 @@ fn own_v1_cgroup(controller: &str) -> Option<String> {
     })
 }
 
+/// The name of the leaf cgroup kiln moves the processes of its parent cgroup
+/// into, so that the parent may enable controllers for its children (cgroup
+/// v2 lets a cgroup other than the root have processes or controlled
+/// children, not both). Docker-in-Docker and rootlesskit do the same.
+const LEAF: &str = "kiln-init";
+
+/// This process' cgroup in the v2 hierarchy (the `0::` line of /proc/self/cgroup).
+fn own_v2_cgroup() -> Option<String> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(str::to_owned)
+}
+
+fn controllers_in(file: &Path) -> Vec<String> {
+    fs::read_to_string(file)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The v2 cgroup kiln's step cgroups go under, with `want` enabled for its
+/// children; `None` when the v2 hierarchy does not offer the controllers
+/// (a hybrid machine whose controllers are bound to v1).
+///
+/// As root that is the hierarchy's root (in a cgroup namespace, the
+/// container's cgroup), as Docker's cgroupfs driver does. Rootless, it is
+/// kiln's own cgroup, the subtree systemd (`Delegate=`) or a container
+/// runtime delegated to the user, or that cgroup's parent when kiln already
+/// moved its processes into the leaf.
+fn v2_parent(mount: &Path, want: &[&str], rootless: bool) -> Result<Option<PathBuf>> {
+    let root_offers = controllers_in(&mount.join("cgroup.controllers"));
+    let own = own_v2_cgroup().unwrap_or_else(|| "/".to_owned());
+    let own_dir = mount.join(own.trim_start_matches('/'));
+    let mut parent = if rootless {
+        own_dir
+    } else {
+        mount.to_path_buf()
+    };
+    if parent.file_name().is_some_and(|n| n == LEAF) {
+        let up = parent.parent().map(Path::to_path_buf).unwrap_or_default();
+        if has_all(&controllers_in(&up.join("cgroup.controllers")), want) {
+            parent = up;
+        }
+    }
+    let offers = if parent == mount {
+        root_offers.clone()
+    } else {
+        controllers_in(&parent.join("cgroup.controllers"))
+    };
+    if has_all(&offers, want) {
+        enable_controllers(&parent, want)?;
+        return Ok(Some(parent));
+    }
+    if !has_all(&root_offers, want) {
+        return Ok(None);
+    }
+    let missing: Vec<&str> = want
+        .iter()
+        .copied()
+        .filter(|c| !offers.iter().any(|o| o == c))
+        .collect();
+    Err(Error::Cgroup(format!(
+        "the cgroup v2 controller(s) {} are not delegated to kiln's cgroup {}: run kiln in a delegated scope (`systemd-run --user --scope -p Delegate=yes kiln build ...`; systemd delegates only memory and pids to users unless a drop-in for user@.service says `Delegate=cpu memory pids`), or leave out --memory/--cpus/--cpu-shares/--pids-limit",
+        missing.join(", "),
+        parent.display()
+    )))
+}
+
+fn has_all(have: &[String], want: &[&str]) -> bool {
+    want.iter().all(|c| have.iter().any(|h| h == c))
+}
+
+/// Enables `want` in `dir`'s `cgroup.subtree_control`. Processes in `dir`
+/// (kiln itself, the shell that started it) move into `dir/kiln-init` first:
+/// the kernel refuses domain controllers (memory) beside them (EBUSY), and
+/// accepts threaded ones (pids, cpu) but then makes `dir` a thread root
+/// whose children cannot hold domain controllers (EOPNOTSUPP). The
+/// hierarchy's real root (no `cgroup.type`) may hold both.
+fn enable_controllers(dir: &Path, want: &[&str]) -> Result<()> {
+    let control = dir.join("cgroup.subtree_control");
+    if has_all(&controllers_in(&control), want) {
+        return Ok(());
+    }
+    let real_root = !dir.join("cgroup.type").exists();
+    if !real_root && has_processes(dir) {
+        move_processes_to_leaf(dir)?;
+    }
+    let enable = want
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    match fs::write(&control, &enable) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            move_processes_to_leaf(dir)?;
+            write(&control, &enable)
+        }
+        Err(e) => Err(Error::Cgroup(format!(
+            "cannot write {enable:?} to {}: {e}",
+            control.display()
+        ))),
+    }
+}
+
+fn has_processes(dir: &Path) -> bool {
+    fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|procs| !procs.trim().is_empty())
+}
+
+fn move_processes_to_leaf(dir: &Path) -> Result<()> {
+    let leaf = dir.join(LEAF);
+    if !leaf.is_dir() {
+        make_dir(&leaf)?;
+    }
+    let procs = fs::read_to_string(dir.join("cgroup.procs")).map_err(|e| {
+        Error::Cgroup(format!(
+            "cannot read {}: {e}",
+            dir.join("cgroup.procs").display()
+        ))
+    })?;
+    for pid in procs.lines().filter(|l| !l.is_empty()) {
+        match fs::write(leaf.join("cgroup.procs"), pid) {
+            // Gone since the list was read.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => {
+                return Err(Error::Cgroup(format!(
+                    "cannot move process {pid} into {} (so that {} may enable controllers): {e}",
+                    leaf.display(),
+                    dir.display()
+                )))
+            }
+            Ok(()) => {}
+        }
+    }
+    Ok(())
+}
+
+fn make_dir(dir: &Path) -> Result<()> {
+    match fs::create_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(Error::Cgroup(format!(
+            "cannot create {}: {e}",
+            dir.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn needed(limits: &Limits) -> Vec<&'static str> {
     let mut out = Vec::new();
     if limits.memory.is_some() {
@@ -107,31 +256,32 @@ impl StepCgroup {
         validate(limits)?;
         let want = needed(limits);
         let mounts = cgroup_mounts()?;
-        if mounts.v2.is_none() && crate::userns::in_user_namespace() {
-            return Err(Error::Cgroup(
-                "kiln runs in a user namespace (rootless) and this machine has cgroup v1, whose hierarchies cannot be delegated to one: --memory, --cpus, --cpu-shares and --pids-limit need kiln run as root, or cgroup v2 with a delegated subtree; leave them out to build without limits".into(),
-            ));
-        }
+        let rootless = crate::userns::in_user_namespace();
         let name = format!(
             "step-{}-{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         if let Some(v2) = &mounts.v2 {
-            let available = fs::read_to_string(v2.join("cgroup.controllers")).unwrap_or_default();
-            if want
-                .iter()
-                .all(|c| available.split_whitespace().any(|a| a == *c))
-            {
-                return Self::create_v2(v2, &want, &name, limits).map(Some);
+            if let Some(parent) = v2_parent(v2, &want, rootless)? {
+                return Self::create_v2(&parent, &want, &name, limits).map(Some);
             }
         }
+        if rootless {
+            return Err(Error::Cgroup(
+                "kiln runs in a user namespace (rootless) and this machine has cgroup v1, whose hierarchies cannot be delegated to one: --memory, --cpus, --cpu-shares and --pids-limit need kiln run as root, or cgroup v2 with a delegated subtree; leave them out to build without limits".into(),
+            ));
+        }
+        Self::create_v1(&mounts, &want, &name, limits).map(Some)
+    }
+
+    fn create_v1(mounts: &Mounts, want: &[&str], name: &str, limits: &Limits) -> Result<Self> {
         let mut cgroup = StepCgroup {
             dirs: Vec::new(),
             memory_dir: None,
             v2: false,
         };
-        for controller in &want {
+        for controller in want {
             let Some((_, mount)) = mounts
                 .v1
                 .iter()
@@ -151,8 +301,7 @@ impl StepCgroup {
             if cgroup.dirs.contains(&dir) {
                 continue;
             }
-            fs::create_dir_all(&dir)
-                .map_err(|e| Error::Cgroup(format!("cannot create {}: {e}", dir.display())))?;
+            make_dir(&dir)?;
             cgroup.dirs.push(dir.clone());
             match *controller {
                 "memory" => {
@@ -185,19 +334,18 @@ impl StepCgroup {
                 _ => {}
             }
         }
-        Ok(Some(cgroup))
+        Ok(cgroup)
     }
 
-    fn create_v2(mount: &Path, want: &[&str], name: &str, limits: &Limits) -> Result<Self> {
-        let enable: String = want.iter().map(|c| format!("+{c} ")).collect();
-        let parent = mount.join("kiln");
-        fs::create_dir_all(&parent)
-            .map_err(|e| Error::Cgroup(format!("cannot create {}: {e}", parent.display())))?;
-        write(&mount.join("cgroup.subtree_control"), enable.trim())?;
-        write(&parent.join("cgroup.subtree_control"), enable.trim())?;
-        let dir = parent.join(name);
-        fs::create_dir(&dir)
-            .map_err(|e| Error::Cgroup(format!("cannot create {}: {e}", dir.display())))?;
+    /// A v2 step cgroup under `parent` (whose subtree already has `want`).
+    fn create_v2(parent: &Path, want: &[&str], name: &str, limits: &Limits) -> Result<Self> {
+        let kiln = parent.join("kiln");
+        if !kiln.is_dir() {
+            make_dir(&kiln)?;
+        }
+        enable_controllers(&kiln, want)?;
+        let dir = kiln.join(name);
+        make_dir(&dir)?;
         let cgroup = StepCgroup {
             dirs: vec![dir.clone()],
             memory_dir: Some(dir.clone()),
