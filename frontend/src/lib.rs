@@ -32,7 +32,7 @@ pub use error::{Error, Position, Result, Span, Warning};
 pub use graph::{
     context_name, Base, BaseImage, BaseImageResolver, BuildGraph, CacheSharing, CompileOptions,
     CopyFrom, CopyStep, NamedContext, Network, NoImages, RunFile, RunMount, RunStep, Security,
-    Stage, Step, StepKind, WorkdirStep, PLACEHOLDER_DIGEST,
+    Stage, Step, StepKind, UnknownNetwork, WorkdirStep, PLACEHOLDER_DIGEST,
 };
 pub use key::{Key, KeyEncoder};
 pub use lint::{lint, CheckDirective, Finding, LintInput, LintReport, Rule};

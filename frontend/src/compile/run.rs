@@ -58,12 +58,15 @@ impl Compiler<'_> {
             };
             state.shell_with(script)
         };
-        let network = match instruction.flag("network").and_then(|f| f.value.as_deref()) {
-            Some("none") => Some(Network::None),
-            Some("host") => Some(Network::Host),
-            Some(_) => Some(Network::Default),
-            None => None,
-        };
+        let network = instruction
+            .flag("network")
+            .map(|flag| {
+                let value = flag.value.as_deref().unwrap_or_default();
+                value
+                    .parse::<Network>()
+                    .map_err(|unknown| Error::compile(flag.span.clone(), unknown.to_string()))
+            })
+            .transpose()?;
         let security = match instruction
             .flag("security")
             .and_then(|f| f.value.as_deref())
@@ -121,14 +124,7 @@ impl Compiler<'_> {
             .key("env", &env_key)
             .opt_str("user", run.user.as_deref())
             .str("workdir", &run.workdir)
-            .opt_str(
-                "network",
-                run.network.map(|network| match network {
-                    Network::Default => "default",
-                    Network::None => "none",
-                    Network::Host => "host",
-                }),
-            )
+            .opt_str("network", run.network.map(Network::as_str))
             .str(
                 "security",
                 match run.security {
