@@ -424,7 +424,10 @@ impl FromStr for Network {
 /// the valid ones.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("--network must be {names}, not {0:?}", names = network_names())]
-pub struct UnknownNetwork(pub String);
+pub struct UnknownNetwork(
+    /// The name as given.
+    pub String,
+);
 
 /// `default, none or host`.
 fn network_names() -> String {

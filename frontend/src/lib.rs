@@ -11,6 +11,7 @@
 //! tree and, when there is one, the build graph. [`apply_changes`]
 //! applies `kiln import --change` instructions to an [`ImageConfig`].
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod ast;
 mod compile;
