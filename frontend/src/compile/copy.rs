@@ -87,7 +87,7 @@ impl Compiler<'_> {
         words: &[String],
         span: &Span,
         lookup: &dyn Vars<'_>,
-    ) -> Result<(Vec<String>, Vec<(String, String)>)> {
+    ) -> Result<(Vec<String>, HeredocSources)> {
         let mut sources = Vec::new();
         let mut heredocs = Vec::new();
         for word in words {
@@ -165,6 +165,9 @@ impl Compiler<'_> {
         })
     }
 }
+
+/// Heredoc sources as [`CopyStep::heredocs`] holds them: (name, content).
+type HeredocSources = Vec<(String, String)>;
 
 /// COPY's and ADD's flags that take an expanded value.
 struct CopyFlags {

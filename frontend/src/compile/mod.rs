@@ -388,7 +388,7 @@ impl<'a> Compiler<'a> {
         for (index, window) in starts.windows(2).enumerate() {
             let from = &instructions[window[0]];
             self.expander.begin();
-            let (reference, platform) = self.from_reference_and_platform(from)?;
+            let (reference, platform) = self.base_reference_and_platform(from)?;
             let name = from.args.get(2).map(|n| n.to_lowercase());
             let base_context = self.named_context(&reference);
             let base_stage = match base_context {
@@ -423,7 +423,7 @@ impl<'a> Compiler<'a> {
 
     /// A FROM line's image reference and `--platform` (the target platform
     /// without one), expanded with the global ARGs and checked.
-    fn from_reference_and_platform(&self, from: &Instruction) -> Result<(String, String)> {
+    fn base_reference_and_platform(&self, from: &Instruction) -> Result<(String, String)> {
         let lookup = |n: &str| self.global_lookup(n);
         let written = from.args.first().map_or("", String::as_str);
         let reference = self.expand(written, &from.text_span(), &lookup)?;
