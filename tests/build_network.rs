@@ -194,6 +194,51 @@ fn host_loopback_is_out_of_reach_unless_the_network_is_host() {
     assert_eq!(read(&fs, "explicit"), "unreachable\nunreachable\n");
 }
 
+/// `--network` of `kiln build` and `kiln run` takes the modes RUN
+/// --network takes, by the same names, and lists them for any other.
+#[test]
+fn network_flags_take_the_three_modes_and_list_them_otherwise() {
+    let env = Env::new();
+    let ctx = env.context("ctx", &[("Dockerfile", "FROM busybox\n")]);
+    for args in [
+        vec!["build", "--network", "bridge", &*ctx.to_string_lossy()],
+        vec!["run", "--rm", "--network", "bridge", "busybox", "true"],
+    ] {
+        let out = env.kiln(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("invalid value 'bridge' for '--network")
+                && stderr.contains("[possible values: default, none, host]"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let help = env.kiln(&["build", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("[possible values: default, none, host]"),
+        "{help}"
+    );
+    // A mode that is not the default network names itself in -p's error.
+    let out = env.kiln(&[
+        "run",
+        "--rm",
+        "-p",
+        "8080:80",
+        "--network",
+        "none",
+        "busybox",
+        "true",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("drop --network none or -p")
+            || stderr.contains("-p needs the default network"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_missing_slirp4netns_says_what_to_install_and_never_falls_back() {
     if !can_run() {

@@ -3,7 +3,11 @@
 //! complete), and every step carries a definition digest.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use crate::config::ImageConfig;
 use crate::error::{Error, Result, Span, Warning};
@@ -366,15 +370,73 @@ pub struct RunFile {
     pub mode: u32,
 }
 
-/// `RUN --network`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A network mode: `RUN --network`, and `--network` of `kiln build` and
+/// `kiln run`. The one place its names are spelled: parse them with
+/// [`str::parse`], print them with [`Network::as_str`] (or `Display`); cache
+/// keys encode [`Network::as_str`]. Serialized (a container's record) as the
+/// same names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Network {
     /// `default`: the sandbox network.
+    #[default]
     Default,
     /// `none`: loopback only.
     None,
     /// `host`: the host's network.
     Host,
+}
+
+impl Network {
+    /// Every mode, in the order help and errors list them.
+    pub const ALL: [Network; 3] = [Network::Default, Network::None, Network::Host];
+
+    /// The mode's name as written in a Dockerfile or on the command line
+    /// (`default`, `none`, `host`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::Default => "default",
+            Network::None => "none",
+            Network::Host => "host",
+        }
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Network {
+    type Err = UnknownNetwork;
+
+    /// The mode named exactly (case matters, as in BuildKit).
+    fn from_str(name: &str) -> std::result::Result<Network, UnknownNetwork> {
+        Network::ALL
+            .into_iter()
+            .find(|network| network.as_str() == name)
+            .ok_or_else(|| UnknownNetwork(name.to_string()))
+    }
+}
+
+/// A network mode name that is none of [`Network::ALL`]; the message lists
+/// the valid ones.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("--network must be {names}, not {0:?}", names = network_names())]
+pub struct UnknownNetwork(
+    /// The name as given.
+    pub String,
+);
+
+/// `default, none or host`.
+fn network_names() -> String {
+    let names: Vec<&str> = Network::ALL.iter().map(|n| n.as_str()).collect();
+    match names.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
 }
 
 /// `RUN --security`.
@@ -564,5 +626,44 @@ impl CopyStep {
     /// does; COPY never unpacks.
     pub fn unpacks(&self, from_url: bool) -> bool {
         self.add && self.unpack.unwrap_or(!from_url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_names_round_trip() {
+        for network in Network::ALL {
+            assert_eq!(network.as_str().parse::<Network>(), Ok(network));
+            assert_eq!(network.to_string(), network.as_str());
+        }
+        assert_eq!(
+            Network::ALL.map(Network::as_str),
+            ["default", "none", "host"]
+        );
+    }
+
+    #[test]
+    fn unknown_network_lists_the_valid_names() {
+        let err = "bridge".parse::<Network>().unwrap_err();
+        assert_eq!(err, UnknownNetwork("bridge".to_string()));
+        assert_eq!(
+            err.to_string(),
+            "--network must be default, none or host, not \"bridge\""
+        );
+        // Names are exact: no case folding, no surrounding space.
+        assert!("Host".parse::<Network>().is_err());
+        assert!(" none".parse::<Network>().is_err());
+        assert!("".parse::<Network>().is_err());
+    }
+
+    #[test]
+    fn network_serializes_as_its_name() {
+        let json = serde_json::to_string(&Network::ALL).unwrap();
+        assert_eq!(json, r#"["default","none","host"]"#);
+        let back: Vec<Network> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, Network::ALL);
     }
 }

@@ -11,6 +11,7 @@
 //! tree and, when there is one, the build graph. [`apply_changes`]
 //! applies `kiln import --change` instructions to an [`ImageConfig`].
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod ast;
 mod compile;
@@ -32,7 +33,7 @@ pub use error::{Error, Position, Result, Span, Warning};
 pub use graph::{
     context_name, Base, BaseImage, BaseImageResolver, BuildGraph, CacheSharing, CompileOptions,
     CopyFrom, CopyStep, NamedContext, Network, NoImages, RunFile, RunMount, RunStep, Security,
-    Stage, Step, StepKind, WorkdirStep, PLACEHOLDER_DIGEST,
+    Stage, Step, StepKind, UnknownNetwork, WorkdirStep, PLACEHOLDER_DIGEST,
 };
 pub use key::{Key, KeyEncoder};
 pub use lint::{lint, CheckDirective, Finding, LintInput, LintReport, Rule};

@@ -112,26 +112,47 @@ pub(crate) fn parse_mount(
     ssh_count: &mut usize,
     expand: &dyn Fn(&str) -> Result<String, String>,
 ) -> Result<MountSpec, String> {
-    let mut mount = MountSpec {
-        kind: MountType::Bind,
-        target: None,
-        source: None,
-        from: None,
-        readonly: None,
-        id: None,
-        sharing: CacheSharing::Shared,
-        required: false,
-        mode: None,
-        uid: 0,
-        gid: 0,
-        size: None,
-        env: None,
-    };
+    let mut mount = MountSpec::new();
     for field in csv_fields(spec) {
         let field = field.trim();
         if field.is_empty() {
             continue;
         }
+        mount.set_field(field, expand)?;
+    }
+    mount.check_keys_fit_type()?;
+    mount.resolve_target(workdir)?;
+    mount.fill_defaults(ssh_count)?;
+    Ok(mount)
+}
+
+impl MountSpec {
+    /// A bind mount with nothing set.
+    fn new() -> MountSpec {
+        MountSpec {
+            kind: MountType::Bind,
+            target: None,
+            source: None,
+            from: None,
+            readonly: None,
+            id: None,
+            sharing: CacheSharing::Shared,
+            required: false,
+            mode: None,
+            uid: 0,
+            gid: 0,
+            size: None,
+            env: None,
+        }
+    }
+
+    /// Sets what one `key[=value]` field says (keys in any case, the value
+    /// expanded).
+    fn set_field(
+        &mut self,
+        field: &str,
+        expand: &dyn Fn(&str) -> Result<String, String>,
+    ) -> Result<(), String> {
         let (key, raw_value) = match field.split_once('=') {
             Some((k, v)) => (k.trim(), Some(v)),
             None => (field, None),
@@ -148,138 +169,155 @@ pub(crate) fn parse_mount(
                 .ok_or_else(|| format!("{key} needs a value: {key}=<value>"))
         };
         match &*key {
-            "type" => {
-                mount.kind = match need()?.as_str() {
-                    "bind" => MountType::Bind,
-                    "cache" => MountType::Cache,
-                    "tmpfs" => MountType::Tmpfs,
-                    "secret" => MountType::Secret,
-                    "ssh" => MountType::Ssh,
-                    other => {
-                        return Err(format!(
-                            "unknown mount type {other:?}: use bind, cache, tmpfs, secret or ssh"
-                        ))
-                    }
-                }
-            }
-            "target" | "dst" | "destination" => mount.target = Some(need()?),
-            "source" | "src" => mount.source = Some(need()?),
-            "from" => mount.from = Some(need()?),
-            "id" => mount.id = Some(need()?),
-            "readonly" | "ro" => mount.readonly = Some(parse_bool(&key, value.as_deref())?),
-            "readwrite" | "rw" => mount.readonly = Some(!parse_bool(&key, value.as_deref())?),
-            "required" => mount.required = parse_bool(&key, value.as_deref())?,
-            "sharing" => {
-                mount.sharing = match need()?.as_str() {
-                    "shared" => CacheSharing::Shared,
-                    "private" => CacheSharing::Private,
-                    "locked" => CacheSharing::Locked,
-                    other => {
-                        return Err(format!(
-                            "unknown sharing {other:?}: use shared, private or locked"
-                        ))
-                    }
-                }
-            }
-            "mode" => mount.mode = Some(parse_mode(&need()?)?),
+            "type" => self.kind = mount_type(&need()?)?,
+            "target" | "dst" | "destination" => self.target = Some(need()?),
+            "source" | "src" => self.source = Some(need()?),
+            "from" => self.from = Some(need()?),
+            "id" => self.id = Some(need()?),
+            "readonly" | "ro" => self.readonly = Some(parse_bool(&key, value.as_deref())?),
+            "readwrite" | "rw" => self.readonly = Some(!parse_bool(&key, value.as_deref())?),
+            "required" => self.required = parse_bool(&key, value.as_deref())?,
+            "sharing" => self.sharing = cache_sharing(&need()?)?,
+            "mode" => self.mode = Some(parse_mode(&need()?)?),
             "uid" => {
-                mount.uid = need()?
+                self.uid = need()?
                     .parse()
                     .map_err(|_| format!("uid must be a number, not {:?}", value))?
             }
             "gid" => {
-                mount.gid = need()?
+                self.gid = need()?
                     .parse()
                     .map_err(|_| format!("gid must be a number, not {:?}", value))?
             }
-            "size" => mount.size = Some(parse_size(&need()?)?),
-            "env" => mount.env = Some(need()?),
+            "size" => self.size = Some(parse_size(&need()?)?),
+            "env" => self.env = Some(need()?),
             other => {
                 return Err(format!(
                     "unknown key {other:?} in {field:?}; mounts take type, target, source, from, id, ro, rw, sharing, mode, uid, gid, size, env, required"
                 ))
             }
         }
+        Ok(())
     }
-    let allowed_here = |ok: bool, what: &str| {
-        if ok {
-            Ok(())
-        } else {
-            Err(format!("{what} is not allowed for a {:?} mount", mount.kind).to_lowercase())
-        }
-    };
-    allowed_here(
-        mount.from.is_none() || matches!(mount.kind, MountType::Bind | MountType::Cache),
-        "from",
-    )?;
-    allowed_here(
-        mount.size.is_none() || mount.kind == MountType::Tmpfs,
-        "size",
-    )?;
-    allowed_here(
-        mount.env.is_none() || mount.kind == MountType::Secret,
-        "env",
-    )?;
-    match mount.kind {
-        MountType::Bind | MountType::Cache | MountType::Tmpfs => {
-            // As BuildKit: a missing, empty or relative target is joined to
-            // the working directory; the cache id defaults to the target as
-            // written, cleaned; only a mount over `/` is refused.
-            let written = mount.target.take().unwrap_or_default();
-            if mount.kind == MountType::Cache && mount.id.is_none() {
-                mount.id = Some(clean_path(&written));
+
+    /// `from`, `size` and `env` only where the mount type has them.
+    fn check_keys_fit_type(&self) -> Result<(), String> {
+        let allowed_here = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("{what} is not allowed for a {:?} mount", self.kind).to_lowercase())
             }
-            let target = join_path(workdir, &written);
-            if target == "/" {
-                return Err(format!(
-                    "invalid mount target {target:?}{}: a mount cannot cover the root directory; set target= to another directory",
-                    if written.is_empty() {
-                        " (no target= given, so the working directory)"
-                    } else {
-                        ""
+        };
+        allowed_here(
+            self.from.is_none() || matches!(self.kind, MountType::Bind | MountType::Cache),
+            "from",
+        )?;
+        allowed_here(self.size.is_none() || self.kind == MountType::Tmpfs, "size")?;
+        allowed_here(self.env.is_none() || self.kind == MountType::Secret, "env")
+    }
+
+    /// Makes the target absolute, as BuildKit does: for bind, cache and
+    /// tmpfs a missing, empty or relative target is joined to the working
+    /// directory (and a cache's id defaults to the target as written,
+    /// cleaned); only a mount over `/` is refused. A secret's or ssh
+    /// socket's target, when given, must not be empty.
+    fn resolve_target(&mut self, workdir: &str) -> Result<(), String> {
+        match self.kind {
+            MountType::Bind | MountType::Cache | MountType::Tmpfs => {
+                let written = self.target.take().unwrap_or_default();
+                if self.kind == MountType::Cache && self.id.is_none() {
+                    self.id = Some(clean_path(&written));
+                }
+                let target = join_path(workdir, &written);
+                if target == "/" {
+                    return Err(format!(
+                        "invalid mount target {target:?}{}: a mount cannot cover the root directory; set target= to another directory",
+                        if written.is_empty() {
+                            " (no target= given, so the working directory)"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                self.target = Some(target);
+            }
+            MountType::Secret | MountType::Ssh => {
+                if let Some(target) = &self.target {
+                    if target.is_empty() {
+                        return Err("target cannot be empty".into());
                     }
-                ));
-            }
-            mount.target = Some(target);
-        }
-        MountType::Secret | MountType::Ssh => {
-            if let Some(target) = &mount.target {
-                if target.is_empty() {
-                    return Err("target cannot be empty".into());
-                }
-                mount.target = Some(join_path(workdir, target));
-            }
-        }
-    }
-    match mount.kind {
-        MountType::Bind | MountType::Cache | MountType::Tmpfs => {}
-        MountType::Secret => {
-            if mount.id.is_none() {
-                let from_target = mount
-                    .target
-                    .as_deref()
-                    .and_then(|t| t.rsplit('/').next())
-                    .filter(|s| !s.is_empty());
-                match from_target {
-                    Some(name) => mount.id = Some(name.to_string()),
-                    None => return Err("a secret mount needs id=<id> or target=<path>".into()),
+                    self.target = Some(join_path(workdir, target));
                 }
             }
-            if mount.target.is_none() && mount.env.is_none() {
-                mount.target = Some(format!(
-                    "/run/secrets/{}",
-                    mount.id.as_deref().unwrap_or_default()
-                ));
-            }
         }
-        MountType::Ssh => {
-            if mount.target.is_none() {
-                *ssh_count += 1;
-                mount.target = Some(format!("/run/buildkit/ssh_agent.{}", *ssh_count - 1));
-            }
-        }
+        Ok(())
     }
-    Ok(mount)
+
+    /// A secret's id (from its target's file name) and target
+    /// (`/run/secrets/<id>` unless it is only for `env`); an ssh socket's
+    /// target (`/run/buildkit/ssh_agent.N`, numbered by `ssh_count`).
+    fn fill_defaults(&mut self, ssh_count: &mut usize) -> Result<(), String> {
+        match self.kind {
+            MountType::Bind | MountType::Cache | MountType::Tmpfs => {}
+            MountType::Secret => {
+                if self.id.is_none() {
+                    let from_target = self
+                        .target
+                        .as_deref()
+                        .and_then(|t| t.rsplit('/').next())
+                        .filter(|s| !s.is_empty());
+                    match from_target {
+                        Some(name) => self.id = Some(name.to_string()),
+                        None => return Err("a secret mount needs id=<id> or target=<path>".into()),
+                    }
+                }
+                if self.target.is_none() && self.env.is_none() {
+                    self.target = Some(format!(
+                        "/run/secrets/{}",
+                        self.id.as_deref().unwrap_or_default()
+                    ));
+                }
+            }
+            MountType::Ssh => {
+                if self.target.is_none() {
+                    *ssh_count += 1;
+                    self.target = Some(format!("/run/buildkit/ssh_agent.{}", *ssh_count - 1));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `type=`'s value.
+fn mount_type(value: &str) -> Result<MountType, String> {
+    Ok(match value {
+        "bind" => MountType::Bind,
+        "cache" => MountType::Cache,
+        "tmpfs" => MountType::Tmpfs,
+        "secret" => MountType::Secret,
+        "ssh" => MountType::Ssh,
+        other => {
+            return Err(format!(
+                "unknown mount type {other:?}: use bind, cache, tmpfs, secret or ssh"
+            ))
+        }
+    })
+}
+
+/// `sharing=`'s value.
+fn cache_sharing(value: &str) -> Result<CacheSharing, String> {
+    Ok(match value {
+        "shared" => CacheSharing::Shared,
+        "private" => CacheSharing::Private,
+        "locked" => CacheSharing::Locked,
+        other => {
+            return Err(format!(
+                "unknown sharing {other:?}: use shared, private or locked"
+            ))
+        }
+    })
 }
 
 /// Go's `path.Clean`: `.` for nothing, `..` and `.` resolved, no repeated or

@@ -1305,10 +1305,10 @@ fn check_flags(instruction: &Instruction) -> Result<()> {
                 check_mount_from(value).or_else(err)?;
             }
             match flag.name.as_str() {
-                "network" if !["default", "none", "host"].contains(&value) => {
-                    return err(format!(
-                        "--network must be default, none or host, not {value:?}"
-                    ))
+                "network" => {
+                    if let Err(unknown) = value.parse::<crate::graph::Network>() {
+                        return err(unknown.to_string());
+                    }
                 }
                 "security" if !["sandbox", "insecure"].contains(&value) => {
                     return err(format!(

@@ -87,7 +87,7 @@ impl BuildGraph {
                             run.user.as_deref().unwrap_or("root"),
                             run.workdir,
                             run.network
-                                .map(|n| format!(" network {n:?}").to_lowercase())
+                                .map(|n| format!(" network {n}"))
                                 .unwrap_or_default(),
                             if run.security == crate::graph::Security::Insecure {
                                 " security insecure"

@@ -487,6 +487,22 @@ fn copy_heredocs_expand_unless_quoted() {
     assert!(copy.sources.is_empty());
 }
 
+/// A syntax tree built or changed by hand skips the parser's flag checks:
+/// compile still refuses a network mode it does not know rather than
+/// running the step on the default network.
+#[test]
+fn an_unknown_network_in_a_hand_built_tree_is_an_error() {
+    let mut dockerfile = parse("FROM scratch\nRUN --network=none true\n", "Dockerfile").unwrap();
+    dockerfile.instructions[1].flags[0].value = Some("bridge".into());
+    let e = compile(&dockerfile, &options(), &images())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "Dockerfile:2:5: --network must be default, none or host, not \"bridge\""
+    );
+}
+
 #[test]
 fn mounts_flags_and_network() {
     let graph = build(concat!(

@@ -687,7 +687,10 @@ impl<'g> Planner<'_, 'g> {
                                 add_from(from, &mut key, &mut deps, &mut from_layers)?;
                             }
                         }
-                        key.opt_str("network-default", options.network.map(network_name));
+                        key.opt_str(
+                            "network-default",
+                            options.network.map(kiln_frontend::Network::as_str),
+                        );
                     }
                     _ => {}
                 }
@@ -967,14 +970,6 @@ fn copied_layers(
         })
         .filter_map(|vertex| results.get(&vertex).cloned().flatten())
         .collect()
-}
-
-fn network_name(network: kiln_frontend::Network) -> &'static str {
-    match network {
-        kiln_frontend::Network::Default => "default",
-        kiln_frontend::Network::None => "none",
-        kiln_frontend::Network::Host => "host",
-    }
 }
 
 fn located(step: &Step, err: Error) -> Error {

@@ -101,6 +101,15 @@ pub fn note_rootless_network() {
     });
 }
 
+/// The parser of a `--network MODE` flag: the names of
+/// [`kiln_frontend::Network`], listed in `--help` and in clap's error for
+/// any other value.
+pub fn network_parser() -> impl clap::builder::TypedValueParser<Value = kiln_frontend::Network> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(kiln_frontend::Network::ALL.map(|n| n.as_str()))
+        .try_map(|name| name.parse::<kiln_frontend::Network>())
+}
+
 /// What a subcommand returns: its exit code, or an error to report.
 pub type CmdResult = anyhow::Result<ExitCode>;
 

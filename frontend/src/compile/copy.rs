@@ -4,6 +4,9 @@
 use super::*;
 
 impl Compiler<'_> {
+    /// A COPY or ADD step: its sources, destination, flags and where it
+    /// reads from, all expanded; the keys of the stages or images it reads;
+    /// and its history text.
     pub(super) fn copy_step(
         &mut self,
         state: &StageState,
@@ -13,16 +16,81 @@ impl Compiler<'_> {
     ) -> Result<(CopyStep, Vec<Key>, String)> {
         let lookup = |n: &str| state.lookup(n);
         let span = &instruction.text_span();
-        let add = instruction.keyword == Keyword::Add;
         let Some((dest_raw, source_words)) = instruction.args.split_last() else {
             return Err(Error::compile(
                 span.clone(),
                 format!("{} needs sources and a destination", instruction.keyword),
             ));
         };
+        let (sources, heredocs) = self.copy_sources(instruction, source_words, span, &lookup)?;
+        let dest_expanded = self.expand(dest_raw, span, &lookup)?;
+        let workdir = state.workdir().to_string();
+        let dest = copy_destination(&workdir, &dest_expanded);
+        let dest_is_dir = dest.ends_with('/');
+        if sources.len() + heredocs.len() > 1 && !dest_is_dir {
+            return Err(Error::compile(
+                span.clone(),
+                format!(
+                    "{} with more than one source needs a directory destination ending in '/': write {dest}/",
+                    instruction.keyword
+                ),
+            ));
+        }
+        let flags = self.copy_flags(instruction, &lookup)?;
+        let mut inputs = Vec::new();
+        let from = match instruction.flag("from") {
+            Some(flag) => {
+                let name = self.expand(
+                    flag.value.as_deref().unwrap_or_default(),
+                    &flag.span,
+                    &lookup,
+                )?;
+                let (from, key) = self.copy_source(&name, &flag.span, platform, done)?;
+                inputs.push(key);
+                from
+            }
+            None => CopyFrom::Context,
+        };
+        let bool_flag = |name: &str| {
+            instruction
+                .flag(name)
+                .is_some_and(|f| f.value.as_deref() != Some("false"))
+        };
+        let copy = CopyStep {
+            add: instruction.keyword == Keyword::Add,
+            sources,
+            heredocs,
+            dest,
+            dest_is_dir,
+            from,
+            chown: flags.chown,
+            chmod: flags.chmod,
+            link: bool_flag("link"),
+            exclude: flags.exclude,
+            parents: bool_flag("parents"),
+            checksum: flags.checksum,
+            keep_git_dir: bool_flag("keep-git-dir"),
+            unpack: instruction
+                .flag("unpack")
+                .map(|f| f.value.as_deref() != Some("false")),
+            workdir,
+        };
+        let created_by = copy_history(instruction.keyword, &copy, &dest_expanded);
+        Ok((copy, inputs, created_by))
+    }
+
+    /// The source words, expanded: paths (or URLs), and heredocs as
+    /// (name, content) with their content expanded unless quoted.
+    fn copy_sources(
+        &self,
+        instruction: &Instruction,
+        words: &[String],
+        span: &Span,
+        lookup: &dyn Vars<'_>,
+    ) -> Result<(Vec<String>, HeredocSources)> {
         let mut sources = Vec::new();
         let mut heredocs = Vec::new();
-        for word in source_words {
+        for word in words {
             if let Some(heredoc) = instruction
                 .heredocs
                 .iter()
@@ -31,7 +99,7 @@ impl Compiler<'_> {
                 let content = heredoc.effective_content();
                 let content = if heredoc.expand {
                     let expanded =
-                        expand_heredoc(&content, self.escape, &lookup).and_then(|expanded| {
+                        expand_heredoc(&content, self.escape, lookup).and_then(|expanded| {
                             self.expander.account(content.len(), expanded.len())?;
                             Ok(expanded)
                         });
@@ -44,7 +112,7 @@ impl Compiler<'_> {
                 heredocs.push((heredoc.name.clone(), content));
                 continue;
             }
-            let source = self.expand(word, span, &lookup)?;
+            let source = self.expand(word, span, lookup)?;
             if source.is_empty() {
                 return Err(Error::compile(
                     span.clone(),
@@ -53,48 +121,22 @@ impl Compiler<'_> {
             }
             sources.push(source);
         }
-        let dest_expanded = self.expand(dest_raw, span, &lookup)?;
-        let workdir = state.workdir().to_string();
-        let dest = if dest_expanded.starts_with('/') {
-            dest_expanded.clone()
-        } else {
-            let mut joined = join_path(&workdir, &dest_expanded);
-            if (dest_expanded.ends_with('/')
-                || dest_expanded == "."
-                || dest_expanded.ends_with("/."))
-                && !joined.ends_with('/')
-            {
-                joined.push('/');
-            }
-            joined
-        };
-        let count = sources.len() + heredocs.len();
-        let dest_is_dir = dest.ends_with('/');
-        if count > 1 && !dest_is_dir {
-            return Err(Error::compile(
-                span.clone(),
-                format!(
-                    "{} with more than one source needs a directory destination ending in '/': write {dest}/",
-                    instruction.keyword
-                ),
-            ));
-        }
+        Ok((sources, heredocs))
+    }
+
+    /// `--chown`, `--chmod` (checked), `--checksum` and `--exclude`, expanded.
+    fn copy_flags(&self, instruction: &Instruction, lookup: &dyn Vars<'_>) -> Result<CopyFlags> {
         let flag_value = |name: &str| -> Result<Option<String>> {
             match instruction.flag(name) {
                 Some(flag) => self
                     .expand(
                         flag.value.as_deref().unwrap_or_default(),
                         &flag.span,
-                        &lookup,
+                        lookup,
                     )
                     .map(Some),
                 None => Ok(None),
             }
-        };
-        let bool_flag = |name: &str| {
-            instruction
-                .flag(name)
-                .is_some_and(|f| f.value.as_deref() != Some("false"))
         };
         let chown = flag_value("chown")?;
         let chmod = flag_value("chmod")?;
@@ -112,83 +154,88 @@ impl Compiler<'_> {
             exclude.push(self.expand(
                 flag.value.as_deref().unwrap_or_default(),
                 &flag.span,
-                &lookup,
+                lookup,
             )?);
         }
-        let mut inputs = Vec::new();
-        let from = match instruction.flag("from") {
-            Some(flag) => {
-                let name = self.expand(
-                    flag.value.as_deref().unwrap_or_default(),
-                    &flag.span,
-                    &lookup,
-                )?;
-                let (from, key) = self.copy_source(&name, &flag.span, platform, done)?;
-                inputs.push(key);
-                from
-            }
-            None => CopyFrom::Context,
-        };
-        // BuildKit's history text: the keyword, --parents, --chown and
-        // --chmod (not --from), the sources, heredoc names and the
-        // destination as written, after expansion.
-        let parents = bool_flag("parents");
-        let shown_flags = [
-            ("--chown=", chown.as_deref().unwrap_or_default()),
-            ("--chmod=", chmod.as_deref().unwrap_or_default()),
-        ];
-        let keyword = instruction.keyword.as_str();
-        let words: usize = sources.iter().map(|s| s.len() + 1).sum::<usize>()
-            + heredocs.iter().map(|(n, _)| n.len() + 3).sum::<usize>()
-            + shown_flags
-                .iter()
-                .map(|(f, v)| f.len() + v.len() + 1)
-                .sum::<usize>();
-        let mut created_by =
-            String::with_capacity(keyword.len() + 10 + words + dest_expanded.len() + 12);
-        created_by.push_str(keyword);
-        if parents {
-            created_by.push_str(" --parents");
-        }
-        for (flag, value) in shown_flags {
-            if !value.is_empty() {
-                created_by.push(' ');
-                created_by.push_str(flag);
-                created_by.push_str(value);
-            }
-        }
-        for source in &sources {
-            created_by.push(' ');
-            created_by.push_str(source);
-        }
-        for (name, _) in &heredocs {
-            created_by.push_str(" <<");
-            created_by.push_str(name);
-        }
-        created_by.push(' ');
-        created_by.push_str(&dest_expanded);
-        created_by.push_str(" # buildkit");
-        let copy = CopyStep {
-            add,
-            sources,
-            heredocs,
-            dest,
-            dest_is_dir,
-            from,
+        Ok(CopyFlags {
             chown,
             chmod,
-            link: bool_flag("link"),
-            exclude,
-            parents,
             checksum,
-            keep_git_dir: bool_flag("keep-git-dir"),
-            unpack: instruction
-                .flag("unpack")
-                .map(|f| f.value.as_deref() != Some("false")),
-            workdir,
-        };
-        Ok((copy, inputs, created_by))
+            exclude,
+        })
     }
+}
+
+/// Heredoc sources as [`CopyStep::heredocs`] holds them: (name, content).
+type HeredocSources = Vec<(String, String)>;
+
+/// COPY's and ADD's flags that take an expanded value.
+struct CopyFlags {
+    chown: Option<String>,
+    chmod: Option<String>,
+    checksum: Option<String>,
+    exclude: Vec<String>,
+}
+
+/// The absolute destination: a relative one is joined to WORKDIR, keeping
+/// the trailing `/` (or `.`) that makes it a directory.
+fn copy_destination(workdir: &str, expanded: &str) -> String {
+    if expanded.starts_with('/') {
+        return expanded.to_string();
+    }
+    let mut joined = join_path(workdir, expanded);
+    if (expanded.ends_with('/') || expanded == "." || expanded.ends_with("/."))
+        && !joined.ends_with('/')
+    {
+        joined.push('/');
+    }
+    joined
+}
+
+/// BuildKit's history text: the keyword, --parents, --chown and --chmod
+/// (not --from), the sources, heredoc names and the destination as written,
+/// after expansion.
+fn copy_history(keyword: Keyword, copy: &CopyStep, dest_expanded: &str) -> String {
+    let shown_flags = [
+        ("--chown=", copy.chown.as_deref().unwrap_or_default()),
+        ("--chmod=", copy.chmod.as_deref().unwrap_or_default()),
+    ];
+    let keyword = keyword.as_str();
+    let words: usize = copy.sources.iter().map(|s| s.len() + 1).sum::<usize>()
+        + copy
+            .heredocs
+            .iter()
+            .map(|(n, _)| n.len() + 3)
+            .sum::<usize>()
+        + shown_flags
+            .iter()
+            .map(|(f, v)| f.len() + v.len() + 1)
+            .sum::<usize>();
+    let mut created_by =
+        String::with_capacity(keyword.len() + 10 + words + dest_expanded.len() + 12);
+    created_by.push_str(keyword);
+    if copy.parents {
+        created_by.push_str(" --parents");
+    }
+    for (flag, value) in shown_flags {
+        if !value.is_empty() {
+            created_by.push(' ');
+            created_by.push_str(flag);
+            created_by.push_str(value);
+        }
+    }
+    for source in &copy.sources {
+        created_by.push(' ');
+        created_by.push_str(source);
+    }
+    for (name, _) in &copy.heredocs {
+        created_by.push_str(" <<");
+        created_by.push_str(name);
+    }
+    created_by.push(' ');
+    created_by.push_str(dest_expanded);
+    created_by.push_str(" # buildkit");
+    created_by
 }
 
 pub(super) fn digest_copy(parent: &Key, copy: &CopyStep, inputs: &[Key]) -> Key {

@@ -137,12 +137,69 @@ pub(super) fn apply_config(
     instruction: &Instruction,
     expander: &Expander,
 ) -> Result<String> {
-    let span = &instruction.text_span();
-    let expand = |state: &StageState, raw: &str| -> Result<String> {
-        let lookup = |n: &str| state.lookup(n);
-        expander.word(raw, span, &lookup)
+    let cx = ConfigInstruction {
+        instruction,
+        expander,
+        span: instruction.text_span(),
     };
-    let config_args = |state: &StageState| -> Vec<String> {
+    match instruction.keyword {
+        Keyword::Env => cx.env(state),
+        Keyword::Label => cx.label(state),
+        Keyword::Expose => cx.expose(state),
+        Keyword::User => cx.user(state),
+        Keyword::Workdir => cx.workdir(state),
+        Keyword::Volume => cx.volume(state),
+        Keyword::Stopsignal => cx.stopsignal(state),
+        Keyword::Cmd => Ok(cx.cmd(state)),
+        Keyword::Entrypoint => Ok(cx.entrypoint(state)),
+        Keyword::Shell => Ok(cx.shell(state)),
+        Keyword::Healthcheck => cx.healthcheck(state),
+        Keyword::Onbuild => Ok(cx.onbuild(state)),
+        other => Err(Error::compile(
+            instruction.span.clone(),
+            format!("{other} does not change the image config"),
+        )),
+    }
+}
+
+/// A config instruction being applied: one method per keyword, each
+/// changing the stage's config and returning the history text.
+struct ConfigInstruction<'a> {
+    instruction: &'a Instruction,
+    expander: &'a Expander,
+    /// Where the instruction's arguments start: expansion errors point here.
+    span: Span,
+}
+
+impl ConfigInstruction<'_> {
+    /// `raw` with the stage's variables expanded.
+    fn expand(&self, state: &StageState, raw: &str) -> Result<String> {
+        let lookup = |n: &str| state.lookup(n);
+        self.expander.word(raw, &self.span, &lookup)
+    }
+
+    /// `K=V` pairs with both sides expanded, each key passed to `check`
+    /// before the next pair; every pair sees the values from before this
+    /// line.
+    fn expanded_pairs(
+        &self,
+        state: &StageState,
+        check: impl Fn(&str) -> Result<()>,
+    ) -> Result<Vec<(String, String)>> {
+        let mut expanded = Vec::new();
+        for pair in self.instruction.pairs.iter().flatten() {
+            let key = self.expand(state, &pair.raw_key)?;
+            let value = self.expand(state, pair.raw_value.as_deref().unwrap_or_default())?;
+            check(&key)?;
+            expanded.push((key, value));
+        }
+        Ok(expanded)
+    }
+
+    /// CMD's or ENTRYPOINT's argv: exec form as written, shell form wrapped
+    /// in SHELL.
+    fn command_args(&self, state: &StageState) -> Vec<String> {
+        let instruction = self.instruction;
         if instruction.exec {
             instruction.args.to_vec()
         } else if instruction.args.is_empty() {
@@ -150,209 +207,210 @@ pub(super) fn apply_config(
         } else {
             state.shell_with(instruction.args.join(" "))
         }
-    };
-    let text = match instruction.keyword {
-        Keyword::Env => {
-            // Every pair sees the values from before this line.
-            let mut expanded = Vec::new();
-            for pair in instruction.pairs.iter().flatten() {
-                let key = expand(state, &pair.raw_key)?;
-                let value = expand(state, pair.raw_value.as_deref().unwrap_or_default())?;
-                if key.is_empty() || key.contains('=') {
-                    return Err(Error::compile(
-                        span.clone(),
-                        format!("invalid ENV name {key:?}"),
-                    ));
-                }
-                expanded.push((key, value));
-            }
-            let mut text = history_with_pairs("ENV", &expanded);
-            for (key, value) in expanded {
-                push_pair(&mut text, &key, &value);
-                state.env_set(&key, &value);
-            }
-            text
-        }
-        Keyword::Label => {
-            let mut expanded = Vec::new();
-            for pair in instruction.pairs.iter().flatten() {
-                let key = expand(state, &pair.raw_key)?;
-                let value = expand(state, pair.raw_value.as_deref().unwrap_or_default())?;
-                expanded.push((key, value));
-            }
-            let mut text = history_with_pairs("LABEL", &expanded);
-            let labels = state.config.labels.get_or_insert_with(BTreeMap::new);
-            for (key, value) in expanded {
-                push_pair(&mut text, &key, &value);
-                labels.insert(key, value);
-            }
-            text
-        }
-        Keyword::Expose => {
-            let mut ports = Vec::new();
-            for arg in &instruction.args {
-                let value = expand(state, arg)?;
-                for word in value.split_whitespace() {
-                    ports.extend(expose_ports(word).map_err(|m| Error::compile(span.clone(), m))?);
-                }
-            }
-            // BuildKit prints the list as Go does: `EXPOSE [80/tcp 53/udp]`.
-            let mut text = String::from("EXPOSE [");
-            for (index, port) in ports.iter().enumerate() {
-                if index > 0 {
-                    text.push(' ');
-                }
-                text.push_str(port);
-            }
-            text.push(']');
-            let exposed = state.config.exposed_ports.get_or_insert_with(BTreeMap::new);
-            for port in ports {
-                exposed.insert(port, Empty {});
-            }
-            text
-        }
-        Keyword::User => {
-            // A USER that expands to nothing is root, as in BuildKit (which
-            // then leaves User out of the config).
-            let user = expand(state, instruction.text())?;
-            let text = history("USER", &user);
-            state.config.user = (!user.is_empty()).then_some(user);
-            text
-        }
-        Keyword::Workdir => {
-            // A WORKDIR that expands to nothing keeps the directory, as in
-            // BuildKit.
-            let dir = expand(state, instruction.text())?;
-            let path = join_path(state.workdir(), &dir);
-            state.config.working_dir = Some(path.clone());
-            history("WORKDIR", &path)
-        }
-        Keyword::Volume => {
-            let mut volumes = Vec::new();
-            for arg in &instruction.args {
-                let value = expand(state, arg)?;
-                if value.trim().is_empty() {
-                    return Err(Error::compile(
-                        span.clone(),
-                        "VOLUME paths cannot be empty".to_string(),
-                    ));
-                }
-                volumes.push(value);
-            }
-            let map = state.config.volumes.get_or_insert_with(BTreeMap::new);
-            for volume in &volumes {
-                map.insert(volume.clone(), Empty {});
-            }
-            format!("VOLUME [{}]", volumes.join(" "))
-        }
-        Keyword::Stopsignal => {
-            let signal = expand(state, instruction.text())?;
-            if !valid_signal(&signal) {
+    }
+
+    fn env(&self, state: &mut StageState) -> Result<String> {
+        let expanded = self.expanded_pairs(state, |key| {
+            if key.is_empty() || key.contains('=') {
                 return Err(Error::compile(
-                    span.clone(),
-                    format!("invalid signal {signal:?}: use a name like SIGTERM or a number"),
+                    self.span.clone(),
+                    format!("invalid ENV name {key:?}"),
                 ));
             }
-            // Kept as written (`sigterm` stays `sigterm`), as BuildKit does.
-            state.config.stop_signal = Some(signal.clone());
-            history("STOPSIGNAL", &signal)
+            Ok(())
+        })?;
+        let mut text = history_with_pairs("ENV", &expanded);
+        for (key, value) in expanded {
+            push_pair(&mut text, &key, &value);
+            state.env_set(&key, &value);
         }
-        Keyword::Cmd => {
-            let argv = config_args(state);
-            let text = format!("CMD {}", go_quote_list(&argv));
-            state.config.cmd = Some(argv);
-            // BuildKit sets it on every CMD (its meaning is Windows-only).
-            state.config.args_escaped = Some(true);
-            state.cmd_set = true;
-            text
+        Ok(text)
+    }
+
+    fn label(&self, state: &mut StageState) -> Result<String> {
+        let expanded = self.expanded_pairs(state, |_| Ok(()))?;
+        let mut text = history_with_pairs("LABEL", &expanded);
+        let labels = state.config.labels.get_or_insert_with(BTreeMap::new);
+        for (key, value) in expanded {
+            push_pair(&mut text, &key, &value);
+            labels.insert(key, value);
         }
-        Keyword::Entrypoint => {
-            let argv = config_args(state);
-            let text = format!("ENTRYPOINT {}", go_quote_list(&argv));
-            state.config.entrypoint = Some(argv);
-            if !state.cmd_set {
-                state.config.cmd = None;
+        Ok(text)
+    }
+
+    fn expose(&self, state: &mut StageState) -> Result<String> {
+        let mut ports = Vec::new();
+        for arg in &self.instruction.args {
+            let value = self.expand(state, arg)?;
+            for word in value.split_whitespace() {
+                ports.extend(expose_ports(word).map_err(|m| Error::compile(self.span.clone(), m))?);
             }
-            text
         }
-        Keyword::Shell => {
-            state.config.shell = Some(instruction.args.to_vec());
-            state.shell = None;
-            format!("SHELL [{}]", instruction.args.join(" "))
+        // BuildKit prints the list as Go does: `EXPOSE [80/tcp 53/udp]`.
+        let mut text = String::from("EXPOSE [");
+        for (index, port) in ports.iter().enumerate() {
+            if index > 0 {
+                text.push(' ');
+            }
+            text.push_str(port);
         }
-        Keyword::Healthcheck => {
-            let kind = instruction.args.first().map(|k| k.to_ascii_uppercase());
-            let mut check = Healthcheck::default();
-            if kind.as_deref() == Some("NONE") {
-                check.test = vec!["NONE".to_string()];
-            } else {
-                let command = instruction.args.get(1..).unwrap_or_default();
-                check.test = if instruction.exec {
-                    std::iter::once("CMD".to_string())
-                        .chain(command.iter().cloned())
-                        .collect()
-                } else {
-                    vec!["CMD-SHELL".to_string(), command.join(" ")]
-                };
-                for flag in &instruction.flags {
-                    let value = flag.value.as_deref().unwrap_or_default();
-                    let fail = |m: String| Error::compile(flag.span.clone(), m);
-                    match flag.name.as_str() {
-                        "retries" => {
-                            check.retries = value.parse().map_err(|_| {
-                                fail(format!("--retries must be a whole number, not {value:?}"))
-                            })?
-                        }
-                        name => {
-                            let ns = parse_duration(value)
-                                .map_err(|m| fail(format!("--{name}: {m}")))?;
-                            match name {
-                                "interval" => check.interval = ns,
-                                "timeout" => check.timeout = ns,
-                                "start-period" => check.start_period = ns,
-                                _ => check.start_interval = ns,
-                            }
-                        }
+        text.push(']');
+        let exposed = state.config.exposed_ports.get_or_insert_with(BTreeMap::new);
+        for port in ports {
+            exposed.insert(port, Empty {});
+        }
+        Ok(text)
+    }
+
+    fn user(&self, state: &mut StageState) -> Result<String> {
+        // A USER that expands to nothing is root, as in BuildKit (which
+        // then leaves User out of the config).
+        let user = self.expand(state, self.instruction.text())?;
+        let text = history("USER", &user);
+        state.config.user = (!user.is_empty()).then_some(user);
+        Ok(text)
+    }
+
+    fn workdir(&self, state: &mut StageState) -> Result<String> {
+        // A WORKDIR that expands to nothing keeps the directory, as in
+        // BuildKit.
+        let dir = self.expand(state, self.instruction.text())?;
+        let path = join_path(state.workdir(), &dir);
+        state.config.working_dir = Some(path.clone());
+        Ok(history("WORKDIR", &path))
+    }
+
+    fn volume(&self, state: &mut StageState) -> Result<String> {
+        let mut volumes = Vec::new();
+        for arg in &self.instruction.args {
+            let value = self.expand(state, arg)?;
+            if value.trim().is_empty() {
+                return Err(Error::compile(
+                    self.span.clone(),
+                    "VOLUME paths cannot be empty".to_string(),
+                ));
+            }
+            volumes.push(value);
+        }
+        let map = state.config.volumes.get_or_insert_with(BTreeMap::new);
+        for volume in &volumes {
+            map.insert(volume.clone(), Empty {});
+        }
+        Ok(format!("VOLUME [{}]", volumes.join(" ")))
+    }
+
+    fn stopsignal(&self, state: &mut StageState) -> Result<String> {
+        let signal = self.expand(state, self.instruction.text())?;
+        if !valid_signal(&signal) {
+            return Err(Error::compile(
+                self.span.clone(),
+                format!("invalid signal {signal:?}: use a name like SIGTERM or a number"),
+            ));
+        }
+        // Kept as written (`sigterm` stays `sigterm`), as BuildKit does.
+        state.config.stop_signal = Some(signal.clone());
+        Ok(history("STOPSIGNAL", &signal))
+    }
+
+    fn cmd(&self, state: &mut StageState) -> String {
+        let argv = self.command_args(state);
+        let text = format!("CMD {}", go_quote_list(&argv));
+        state.config.cmd = Some(argv);
+        // BuildKit sets it on every CMD (its meaning is Windows-only).
+        state.config.args_escaped = Some(true);
+        state.cmd_set = true;
+        text
+    }
+
+    fn entrypoint(&self, state: &mut StageState) -> String {
+        let argv = self.command_args(state);
+        let text = format!("ENTRYPOINT {}", go_quote_list(&argv));
+        state.config.entrypoint = Some(argv);
+        if !state.cmd_set {
+            state.config.cmd = None;
+        }
+        text
+    }
+
+    fn shell(&self, state: &mut StageState) -> String {
+        let args = &self.instruction.args;
+        state.config.shell = Some(args.to_vec());
+        state.shell = None;
+        format!("SHELL [{}]", args.join(" "))
+    }
+
+    fn healthcheck(&self, state: &mut StageState) -> Result<String> {
+        let check = self.healthcheck_config()?;
+        // BuildKit prints the config struct with Go's `%+v`.
+        let text = format!(
+            "HEALTHCHECK {{Test:[{}] Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
+            check.test.join(" "),
+            go_duration(check.interval),
+            go_duration(check.timeout),
+            go_duration(check.start_period),
+            go_duration(check.start_interval),
+            check.retries
+        );
+        state.config.healthcheck = Some(check);
+        Ok(text)
+    }
+
+    /// HEALTHCHECK's test and flags; `NONE` ignores the flags.
+    fn healthcheck_config(&self) -> Result<Healthcheck> {
+        let instruction = self.instruction;
+        let kind = instruction.args.first().map(|k| k.to_ascii_uppercase());
+        let mut check = Healthcheck::default();
+        if kind.as_deref() == Some("NONE") {
+            check.test = vec!["NONE".to_string()];
+            return Ok(check);
+        }
+        let command = instruction.args.get(1..).unwrap_or_default();
+        check.test = if instruction.exec {
+            std::iter::once("CMD".to_string())
+                .chain(command.iter().cloned())
+                .collect()
+        } else {
+            vec!["CMD-SHELL".to_string(), command.join(" ")]
+        };
+        for flag in &instruction.flags {
+            let value = flag.value.as_deref().unwrap_or_default();
+            let fail = |m: String| Error::compile(flag.span.clone(), m);
+            match flag.name.as_str() {
+                "retries" => {
+                    check.retries = value.parse().map_err(|_| {
+                        fail(format!("--retries must be a whole number, not {value:?}"))
+                    })?
+                }
+                name => {
+                    let ns = parse_duration(value).map_err(|m| fail(format!("--{name}: {m}")))?;
+                    match name {
+                        "interval" => check.interval = ns,
+                        "timeout" => check.timeout = ns,
+                        "start-period" => check.start_period = ns,
+                        _ => check.start_interval = ns,
                     }
                 }
             }
-            // BuildKit prints the config struct with Go's `%+v`.
-            let text = format!(
-                "HEALTHCHECK {{Test:[{}] Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
-                check.test.join(" "),
-                go_duration(check.interval),
-                go_duration(check.timeout),
-                go_duration(check.start_period),
-                go_duration(check.start_interval),
-                check.retries
-            );
-            state.config.healthcheck = Some(check);
-            text
         }
-        Keyword::Onbuild => {
-            let mut trigger = instruction.text().to_string();
-            if let Some(inner) = &instruction.onbuild {
-                for heredoc in &inner.heredocs {
-                    trigger.push('\n');
-                    trigger.push_str(&heredoc.content);
-                    trigger.push_str(&heredoc.name);
-                }
+        Ok(check)
+    }
+
+    fn onbuild(&self, state: &mut StageState) -> String {
+        let mut trigger = self.instruction.text().to_string();
+        if let Some(inner) = &self.instruction.onbuild {
+            for heredoc in &inner.heredocs {
+                trigger.push('\n');
+                trigger.push_str(&heredoc.content);
+                trigger.push_str(&heredoc.name);
             }
-            state
-                .config
-                .on_build
-                .get_or_insert_with(Vec::new)
-                .push(trigger.clone());
-            format!("ONBUILD {trigger}")
         }
-        other => {
-            return Err(Error::compile(
-                instruction.span.clone(),
-                format!("{other} does not change the image config"),
-            ))
-        }
-    };
-    Ok(text)
+        state
+            .config
+            .on_build
+            .get_or_insert_with(Vec::new)
+            .push(trigger.clone());
+        format!("ONBUILD {trigger}")
+    }
 }
 
 /// Linux's signal names, as BuildKit's signal table has them.

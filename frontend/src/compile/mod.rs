@@ -329,6 +329,22 @@ impl<'a> Compiler<'a> {
     /// Splits the file into global ARGs and stage heads, and finds the stages
     /// each stage reads.
     fn read_stages(&mut self) -> Result<()> {
+        let first_from = self.read_global_args()?;
+        self.read_stage_heads(first_from)?;
+        for index in 0..self.heads.len() {
+            let head = &self.heads[index];
+            let instructions = match head.replaced_by {
+                Some(_) => &[][..],
+                None => head.instructions,
+            };
+            self.heads[index].reads = self.stage_reads(instructions)?;
+        }
+        Ok(())
+    }
+
+    /// The ARGs before the first FROM, with their values; returns the index
+    /// of the first instruction that is not one.
+    fn read_global_args(&mut self) -> Result<usize> {
         let instructions = &self.dockerfile.instructions;
         let mut i = 0;
         while let Some(instruction) = instructions.get(i) {
@@ -357,7 +373,14 @@ impl<'a> Compiler<'a> {
             }
             i += 1;
         }
-        let mut starts: Vec<usize> = (i..instructions.len())
+        Ok(i)
+    }
+
+    /// One [`StageHead`] per FROM line from `first` on: its base (expanded
+    /// with the global ARGs), platform, name and instructions.
+    fn read_stage_heads(&mut self, first: usize) -> Result<()> {
+        let instructions: &'a [Instruction] = &self.dockerfile.instructions;
+        let mut starts: Vec<usize> = (first..instructions.len())
             .filter(|&j| instructions[j].keyword == Keyword::From)
             .collect();
         starts.push(instructions.len());
@@ -365,38 +388,7 @@ impl<'a> Compiler<'a> {
         for (index, window) in starts.windows(2).enumerate() {
             let from = &instructions[window[0]];
             self.expander.begin();
-            let lookup = |n: &str| self.global_lookup(n);
-            let reference = self.expand(
-                from.args.first().map_or("", String::as_str),
-                &from.text_span(),
-                &lookup,
-            )?;
-            if reference.is_empty() {
-                return Err(Error::compile(
-                    from.text_span(),
-                    format!(
-                        "FROM {:?} expands to an empty image name; set the ARG it uses (--build-arg)",
-                        from.args.first().map_or("", String::as_str)
-                    ),
-                ));
-            }
-            let platform = match from.flag("platform") {
-                Some(flag) => {
-                    let value = self.expand(
-                        flag.value.as_deref().unwrap_or_default(),
-                        &flag.span,
-                        &lookup,
-                    )?;
-                    if value.split('/').count() < 2 || value.split('/').any(str::is_empty) {
-                        return Err(Error::compile(
-                            flag.span.clone(),
-                            format!("--platform={value:?} is not a platform; write os/arch[/variant], e.g. linux/arm64"),
-                        ));
-                    }
-                    value
-                }
-                None => self.platform_args[0].1.clone(),
-            };
+            let (reference, platform) = self.base_reference_and_platform(from)?;
             let name = from.args.get(2).map(|n| n.to_lowercase());
             let base_context = self.named_context(&reference);
             let base_stage = match base_context {
@@ -426,63 +418,92 @@ impl<'a> Compiler<'a> {
                 reads: Vec::new(),
             });
         }
-        // Which stages each stage reads through --from and mounts. ARGs are
-        // the only variables known before running anything, as in BuildKit.
-        for index in 0..self.heads.len() {
-            let mut reads = Vec::new();
-            let mut args: Vec<(String, Option<String>)> = Vec::new();
-            let instructions = match self.heads[index].replaced_by {
-                Some(_) => &[][..],
-                None => self.heads[index].instructions,
+        Ok(())
+    }
+
+    /// A FROM line's image reference and `--platform` (the target platform
+    /// without one), expanded with the global ARGs and checked.
+    fn base_reference_and_platform(&self, from: &Instruction) -> Result<(String, String)> {
+        let lookup = |n: &str| self.global_lookup(n);
+        let written = from.args.first().map_or("", String::as_str);
+        let reference = self.expand(written, &from.text_span(), &lookup)?;
+        if reference.is_empty() {
+            return Err(Error::compile(
+                from.text_span(),
+                format!(
+                    "FROM {written:?} expands to an empty image name; set the ARG it uses (--build-arg)"
+                ),
+            ));
+        }
+        let platform = match from.flag("platform") {
+            Some(flag) => {
+                let value = self.expand(
+                    flag.value.as_deref().unwrap_or_default(),
+                    &flag.span,
+                    &lookup,
+                )?;
+                if value.split('/').count() < 2 || value.split('/').any(str::is_empty) {
+                    return Err(Error::compile(
+                        flag.span.clone(),
+                        format!("--platform={value:?} is not a platform; write os/arch[/variant], e.g. linux/arm64"),
+                    ));
+                }
+                value
+            }
+            None => self.platform_args[0].1.clone(),
+        };
+        Ok((reference, platform))
+    }
+
+    /// The stages a stage's instructions read through `--from` and mounts,
+    /// with the flag that reads each. ARGs are the only variables known
+    /// before running anything, as in BuildKit.
+    fn stage_reads(&self, instructions: &[Instruction]) -> Result<Vec<(usize, Span)>> {
+        let mut reads = Vec::new();
+        let mut args: Vec<(String, Option<String>)> = Vec::new();
+        for instruction in instructions {
+            self.expander.begin();
+            let lookup = |n: &str| find_arg(&args, n);
+            let from_words = match instruction.keyword {
+                Keyword::Arg => {
+                    for pair in instruction.pairs.iter().flatten() {
+                        let value = {
+                            let lookup = |n: &str| find_arg(&args, n);
+                            self.arg_value(pair, &instruction.text_span(), &lookup)?
+                        };
+                        args.push((pair.key.clone(), value));
+                    }
+                    continue;
+                }
+                // `COPY --from=...`, as written.
+                Keyword::Copy => instruction
+                    .flag("from")
+                    .map(|flag| (flag, flag.value.clone().unwrap_or_default()))
+                    .into_iter()
+                    .collect(),
+                // `RUN --mount=...,from=...`, as written.
+                Keyword::Run => instruction
+                    .flags
+                    .iter()
+                    .filter(|f| f.name == "mount")
+                    .filter_map(|flag| {
+                        mount_from(flag.value.as_deref().unwrap_or_default()).map(|v| (flag, v))
+                    })
+                    .collect(),
+                _ => Vec::new(),
             };
-            for instruction in instructions {
-                self.expander.begin();
-                let lookup = |n: &str| find_arg(&args, n);
-                match instruction.keyword {
-                    Keyword::Arg => {
-                        for pair in instruction.pairs.iter().flatten() {
-                            let value = {
-                                let lookup = |n: &str| find_arg(&args, n);
-                                self.arg_value(pair, &instruction.text_span(), &lookup)?
-                            };
-                            args.push((pair.key.clone(), value));
-                        }
-                    }
-                    Keyword::Copy => {
-                        if let Some(flag) = instruction.flag("from") {
-                            let value = self.expand(
-                                flag.value.as_deref().unwrap_or_default(),
-                                &flag.span,
-                                &lookup,
-                            )?;
-                            if self.named_context(&value).is_some() {
-                                continue;
-                            }
-                            if let Some(stage) = self.find_stage(&value, &flag.span)? {
-                                reads.push((stage, flag.span.clone()));
-                            }
-                        }
-                    }
-                    Keyword::Run => {
-                        for flag in instruction.flags.iter().filter(|f| f.name == "mount") {
-                            let value = flag.value.as_deref().unwrap_or_default();
-                            if let Some(from) = mount_from(value) {
-                                let from = self.expand(&from, &flag.span, &lookup)?;
-                                if self.named_context(&from).is_some() {
-                                    continue;
-                                }
-                                if let Some(stage) = self.find_stage(&from, &flag.span)? {
-                                    reads.push((stage, flag.span.clone()));
-                                }
-                            }
-                        }
-                    }
-                    _ => {}
+            for (flag, raw) in from_words {
+                let name = self.expand(&raw, &flag.span, &lookup)?;
+                // A named context is read as such, not as a stage.
+                if self.named_context(&name).is_some() {
+                    continue;
+                }
+                if let Some(stage) = self.find_stage(&name, &flag.span)? {
+                    reads.push((stage, flag.span.clone()));
                 }
             }
-            self.heads[index].reads = reads;
         }
-        Ok(())
+        Ok(reads)
     }
 
     /// The value an ARG takes: a build arg, else its default (expanded), else

@@ -87,8 +87,8 @@ pub struct Args {
     /// reachable); none: only a loopback interface; host: the host's network.
     /// Rootless, default is the host's network where the user cannot open
     /// /dev/net/tun (slirp4netns needs it; kiln says so).
-    #[arg(long, value_name = "MODE")]
-    network: Option<String>,
+    #[arg(long, value_name = "MODE", value_parser = crate::cmd::network_parser())]
+    network: Option<Network>,
     /// An ssh agent for RUN --mount=type=ssh: default (or ID) for
     /// $SSH_AUTH_SOCK, ID=SOCKET, or ID=KEY[,KEY...] (loaded into a
     /// short-lived ssh-agent of the build's own).
@@ -410,13 +410,7 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
     } else {
         Vec::new()
     };
-    let network = match args.network.as_deref() {
-        None => None,
-        Some("default") => Some(Network::Default),
-        Some("none") => Some(Network::None),
-        Some("host") => Some(Network::Host),
-        Some(other) => bail!("--network {other}: expected default, none or host"),
-    };
+    let network = args.network;
     if !matches!(network, Some(Network::None | Network::Host))
         && !kiln_executor::private_network_usable()
     {

@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use kiln_cache::{ContainerRecord, ContainerState, ContainerStatus, Containers, Store};
 use kiln_executor::CancelToken;
+use kiln_frontend::Network;
 
 use super::{CmdResult, Global};
 
@@ -74,8 +75,8 @@ pub struct Args {
     /// The network: default (its own, outbound through slirp4netns), none, host.
     /// Rootless, default is the host's network where the user cannot open
     /// /dev/net/tun (slirp4netns needs it; kiln says so).
-    #[arg(long, default_value = "default", value_parser = ["default", "none", "host"])]
-    network: String,
+    #[arg(long, default_value_t, value_parser = super::network_parser())]
+    network: Network,
     /// Publish a container port on the host: [IP:]HOST:CONTAINER[/udp] (default network).
     #[arg(
         short = 'p',
@@ -214,7 +215,7 @@ fn resolve(store: &Store, args: &Args) -> anyhow::Result<(ContainerSpec, String)
             "-p needs the default network (slirp4netns on /dev/net/tun), which rootless kiln cannot open here: make /dev/net/tun mode 0666 (as Debian's udev does), or use --network host and no -p"
         );
     }
-    if !ports.is_empty() && args.network != "default" {
+    if !ports.is_empty() && args.network != Network::Default {
         bail!(
             "-p publishes ports of the default network; drop --network {} or -p",
             args.network
@@ -234,7 +235,7 @@ fn resolve(store: &Store, args: &Args) -> anyhow::Result<(ContainerSpec, String)
             .or(config.user.clone())
             .unwrap_or_default(),
         arch,
-        network: args.network.clone(),
+        network: args.network,
         ports,
         mounts,
         read_only: args.read_only,

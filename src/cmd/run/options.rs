@@ -22,8 +22,8 @@ pub struct ContainerSpec {
     pub user: String,
     /// The image's architecture when it is foreign (run under qemu-user).
     pub arch: Option<String>,
-    /// `default`, `none` or `host`.
-    pub network: String,
+    /// `--network`.
+    pub network: kiln_frontend::Network,
     pub ports: Vec<Port>,
     pub mounts: Vec<MountSpec>,
     pub read_only: bool,

@@ -99,14 +99,16 @@ fn exit_code(result: kiln_executor::Result<kiln_executor::Upper>) -> anyhow::Res
 }
 
 fn network(spec: &ContainerSpec) -> anyhow::Result<Network> {
-    Ok(match spec.network.as_str() {
-        "none" => Network::None,
-        "host" => Network::Host,
-        _ if !kiln_executor::private_network_usable() && spec.ports.is_empty() => {
+    Ok(match spec.network {
+        kiln_frontend::Network::None => Network::None,
+        kiln_frontend::Network::Host => Network::Host,
+        kiln_frontend::Network::Default
+            if !kiln_executor::private_network_usable() && spec.ports.is_empty() =>
+        {
             crate::cmd::note_rootless_network();
             Network::Host
         }
-        _ => {
+        kiln_frontend::Network::Default => {
             let ports: Vec<kiln_executor::PublishedPort> = spec
                 .ports
                 .iter()
