@@ -158,10 +158,8 @@ pub fn host_mounts() -> Vec<String> {
     lines
 }
 
-#[path = "../../../testsupport/tree.rs"]
-mod tree;
 #[allow(unused_imports)]
-pub use tree::{listing_diff, tree_listing};
+pub use kiln_testsupport::tree::{listing_diff, tree_listing};
 
 /// Temporary directories (`.tmp-*`) left in a snapshot root.
 pub fn temp_leftovers(root: &Path) -> Vec<String> {
