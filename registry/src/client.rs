@@ -281,10 +281,8 @@ impl Client {
                 })
             }
         };
-        let invalid = |message: String| Error::Invalid {
-            registry: self.registry.clone(),
-            what: format!("the token from {realm}"),
-            message,
+        let invalid = |message: String| {
+            Error::invalid(&self.registry, format!("the token from {realm}"), message)
         };
         let text = response.into_string().map_err(|e| invalid(e.to_string()))?;
         let body: serde_json::Value =
@@ -510,10 +508,12 @@ impl Client {
     }
 
     fn location(&self, response: ureq::Response, url: &str) -> Result<String> {
-        let location = response.header("Location").ok_or_else(|| Error::Invalid {
-            registry: self.registry.clone(),
-            what: format!("the answer to {url}"),
-            message: "it has no Location header".into(),
+        let location = response.header("Location").ok_or_else(|| {
+            Error::invalid(
+                &self.registry,
+                format!("the answer to {url}"),
+                "it has no Location header",
+            )
         })?;
         self.url(location)
     }
