@@ -6,6 +6,7 @@
 //! that generate golden tests (those take it with `default-features = false`,
 //! i.e. [`golden`] alone), never a normal dependency of a library crate.
 //!
+//! - [`fixtures`]: the fixture files scripts/make-fixtures.sh makes.
 //! - [`golden`]: golden tests, one `#[test]` per case folder, `UPDATE_EXPECT=1`.
 //! - [`run`]: running a command and asserting it succeeds.
 //! - [`dockerfiles`]: generated Dockerfiles for the frontend's benchmark,
@@ -18,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod dockerfiles;
+pub mod fixtures;
 pub mod golden;
 pub mod run;
 #[cfg(feature = "e2e")]

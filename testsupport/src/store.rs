@@ -4,21 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+pub use crate::fixtures::fixture;
 use crate::run::{client, run_ok};
-
-/// Where the fixtures are: $KILN_FIXTURES, else <workspace>/target/fixtures.
-pub fn fixture(name: &str) -> PathBuf {
-    let dir = std::env::var_os("KILN_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures"));
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "fixture {} is missing: run scripts/make-fixtures.sh",
-        path.display()
-    );
-    path
-}
 
 /// An unprivileged user (with a home) whom a test runs kiln as: rootless
 /// kiln, from a test binary that stays root.
