@@ -55,10 +55,12 @@ impl RegistryCache {
             ),
             &mut config_bytes,
         )
-        .map_err(|e| Error::Unreachable {
-            registry: client.registry().to_owned(),
-            url: format!("{reference} config {config_digest}"),
-            message: e.to_string(),
+        .map_err(|e| {
+            Error::unreachable(
+                client.registry(),
+                format!("{reference} config {config_digest}"),
+                e,
+            )
         })?;
         let actual = kiln_cache::sha256_digest(&config_bytes);
         if actual != *config_digest {

@@ -164,10 +164,8 @@ impl Client {
                         dir: tls::registry_certs(&self.certs_dir, &self.api_host),
                     });
                 }
-                let unreachable = |message: String| Error::Unreachable {
-                    registry: self.registry.clone(),
-                    url: format!("{https}/v2/"),
-                    message,
+                let unreachable = |message: String| {
+                    Error::unreachable(&self.registry, format!("{https}/v2/"), message)
                 };
                 if !self.http_fallback {
                     return Err(unreachable(transport.to_string()));
@@ -274,11 +272,7 @@ impl Client {
                 })
             }
             Err(ureq::Error::Transport(transport)) => {
-                return Err(Error::Unreachable {
-                    registry: self.registry.clone(),
-                    url: realm.to_owned(),
-                    message: transport.to_string(),
-                })
+                return Err(Error::unreachable(&self.registry, realm, transport))
             }
         };
         let invalid = |message: String| {
@@ -414,11 +408,7 @@ impl Client {
                             message: transport.to_string(),
                         });
                     }
-                    return Err(Error::Unreachable {
-                        registry: self.registry.clone(),
-                        url: url.to_owned(),
-                        message: transport.to_string(),
-                    });
+                    return Err(Error::unreachable(&self.registry, url, transport));
                 }
             }
         }
@@ -646,11 +636,7 @@ impl Client {
             .into_reader()
             .take(4 << 20)
             .read_to_end(&mut bytes)
-            .map_err(|e| Error::Unreachable {
-                registry: self.registry.clone(),
-                url: url.to_owned(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| Error::unreachable(&self.registry, url, e))?;
         Ok(bytes)
     }
 

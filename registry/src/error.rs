@@ -193,6 +193,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// `registry` could not be reached at `url` (or the connection broke
+    /// before an answer), and why.
+    pub fn unreachable(
+        registry: impl Into<String>,
+        url: impl Into<String>,
+        message: impl std::fmt::Display,
+    ) -> Error {
+        Error::Unreachable {
+            registry: registry.into(),
+            url: url.into(),
+            message: message.to_string(),
+        }
+    }
+
     /// An answer of `registry` kiln cannot use: `what` it was (`the manifest
     /// of REF`, `blob DIGEST`, ...) and what is wrong with it.
     pub fn invalid(
