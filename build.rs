@@ -1,9 +1,7 @@
 //! Generates one end-to-end test per golden build folder
 //! (testdata/build/<case>/), so each case passes or fails by name.
 
-#[allow(dead_code)]
-#[path = "testsupport/golden.rs"]
-mod golden;
+use kiln_testsupport::golden;
 
 use std::path::Path;
 

@@ -2,9 +2,7 @@
 //! testdata/dockerfile-invalid/<case>/, and the build checks' cases in
 //! testdata/lint/<RuleName>/), so each case passes or fails by name.
 
-#[allow(dead_code)]
-#[path = "../testsupport/golden.rs"]
-mod golden;
+use kiln_testsupport::golden;
 
 use std::path::Path;
 

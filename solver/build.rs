@@ -1,9 +1,7 @@
 //! Generates one unit test per golden case folder under
 //! testdata/dockerignore/<case>/, so each case passes or fails by name.
 
-#[allow(dead_code)]
-#[path = "../testsupport/golden.rs"]
-mod golden;
+use kiln_testsupport::golden;
 
 use std::path::Path;
 

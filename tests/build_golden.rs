@@ -14,9 +14,7 @@
 //! cases show that no host owner reaches the image or a RUN step.
 
 mod build_common;
-#[allow(dead_code)]
-#[path = "../testsupport/golden.rs"]
-mod golden;
+use kiln_testsupport::golden;
 
 use std::fmt::Write as _;
 use std::fs;

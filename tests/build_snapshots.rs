@@ -4,15 +4,13 @@
 //! the same tree the unpacker makes from the stored blob.
 
 mod build_common;
-#[path = "../testsupport/tree.rs"]
-mod tree;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use build_common::{fixture, run_ok, Env};
-use tree::{listing_diff, tree_listing};
+use kiln_testsupport::tree::{listing_diff, tree_listing};
 
 /// The layer snapshots of the store (not the exported context trees).
 fn layer_snapshots(env: &Env) -> BTreeSet<PathBuf> {

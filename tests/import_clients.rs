@@ -1,10 +1,8 @@
 //! `kiln import` end to end, checked with the real clients: skopeo reads the
 //! store as an OCI layout and sees the right architecture, umoci unpacks it.
 
-#[path = "store_support/mod.rs"]
-mod support;
-
-use support::{client, fixture, output_with_stdin, skopeo_inspect, Store};
+use kiln_testsupport::run::{client, output_with_stdin};
+use kiln_testsupport::store::{fixture, skopeo_inspect, Store};
 
 #[test]
 fn mips64el_rootfs_is_detected_and_skopeo_and_umoci_read_it() {

@@ -4,14 +4,12 @@
 //! names fail clearly when there is no network.
 
 mod registry_common;
-#[path = "store_support/mod.rs"]
-mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kiln_testsupport::store::Store;
 use registry_common::{skopeo_inspect, Registry};
-use support::{run_ok, Store};
 
 /// A build context with these files in a fresh directory under `dir`.
 fn context(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {

@@ -5,8 +5,6 @@
 //! the healed proxy completes.
 
 mod registry_common;
-#[path = "store_support/mod.rs"]
-mod support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -15,8 +13,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use kiln_testsupport::run::client;
+use kiln_testsupport::store::Store;
 use registry_common::Registry;
-use support::{client, run_ok, Store};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Direction {

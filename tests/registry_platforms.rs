@@ -5,14 +5,13 @@
 //! registry cache for every platform.
 
 mod registry_common;
-#[path = "store_support/mod.rs"]
-mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kiln_testsupport::run::run_ok;
+use kiln_testsupport::store::Store;
 use registry_common::{skopeo_inspect, Registry};
-use support::{run_ok, Store};
 
 const BOTH: &str = "linux/amd64,linux/mips64le";
 const PER_ARCH: &str = "ARG TARGETARCH\nFROM base-$TARGETARCH\nRUN uname -m > /arch\n";

@@ -3,14 +3,13 @@
 //! 127.0.0.1, with and without htpasswd auth; skopeo reads what kiln pushed.
 
 mod registry_common;
-#[path = "store_support/mod.rs"]
-mod support;
 
 use std::path::Path;
 use std::process::Command;
 
+use kiln_testsupport::run::{output_with_stdin, run_ok};
+use kiln_testsupport::store::{fixture, Store};
 use registry_common::{skopeo_inspect, Registry};
-use support::{fixture, output_with_stdin, run_ok, Store};
 
 /// A store with the amd64 busybox fixture imported as `busybox:1`; returns its id.
 fn store_with_busybox() -> (Store, String) {

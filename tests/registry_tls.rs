@@ -3,11 +3,10 @@
 //! the check with --insecure, and says what to do when it fails.
 
 mod registry_common;
-#[path = "store_support/mod.rs"]
-mod support;
 
+use kiln_testsupport::run::run_ok;
+use kiln_testsupport::store::Store;
 use registry_common::{skopeo_inspect, Registry};
-use support::{run_ok, Store};
 
 #[test]
 fn a_self_signed_registry_needs_its_ca_or_insecure() {

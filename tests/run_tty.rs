@@ -6,9 +6,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-#[path = "store_support/mod.rs"]
-mod store_support;
-
 /// A tmux session running one command, killed when dropped.
 pub struct Tmux {
     pub name: String,
@@ -117,8 +114,8 @@ pub fn wait_for_file(path: &Path) -> String {
 
 #[test]
 fn run_it_gives_a_terminal_with_size_ctrl_c_and_exit_status() {
-    let store = store_support::Store::new();
-    let tar = store_support::fixture("busybox-amd64.tar");
+    let store = kiln_testsupport::store::Store::new();
+    let tar = kiln_testsupport::store::fixture("busybox-amd64.tar");
     store.ok(&["import", &tar.to_string_lossy(), "busybox"]);
     let status = store.path("status");
     let command = format!(
@@ -152,8 +149,8 @@ fn run_it_gives_a_terminal_with_size_ctrl_c_and_exit_status() {
 
 #[test]
 fn build_debug_shell_opens_a_shell_in_the_failed_step() {
-    let store = store_support::Store::new();
-    let tar = store_support::fixture("busybox-amd64.tar");
+    let store = kiln_testsupport::store::Store::new();
+    let tar = kiln_testsupport::store::fixture("busybox-amd64.tar");
     store.ok(&["import", &tar.to_string_lossy(), "busybox"]);
     let context = store.path("context");
     std::fs::create_dir(&context).unwrap();

@@ -1,12 +1,9 @@
 //! `kiln setup-binfmt`: registers qemu-user handlers and reports what it did as
 //! JSON on stdout; bad architectures fail with a message naming them. Needs root.
 
-#[path = "../testsupport/run.rs"]
-mod run;
-
 use std::process::Command;
 
-use run::run_ok;
+use kiln_testsupport::run::run_ok;
 
 fn kiln(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));

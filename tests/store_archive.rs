@@ -1,9 +1,7 @@
 //! save, load, images, tag, rmi and prune, checked with skopeo and umoci.
 
-#[path = "store_support/mod.rs"]
-mod support;
-
-use support::{client, run_ok, skopeo_inspect, Store};
+use kiln_testsupport::run::{client, run_ok};
+use kiln_testsupport::store::{skopeo_inspect, Store};
 
 #[test]
 fn oci_archives_open_in_skopeo_and_umoci_and_load_back() {

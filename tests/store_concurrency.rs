@@ -2,14 +2,11 @@
 //! killed mid-import leaves a consistent store, and imports and tags running
 //! at once lose nothing.
 
-#[path = "store_support/mod.rs"]
-mod support;
-
 use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{fixture, skopeo_inspect, Store};
+use kiln_testsupport::store::{fixture, skopeo_inspect, Store};
 
 /// Writes an endless uncompressed tar of 1 MiB files with varied content to `sink`
 /// until it fails (the reader died).

@@ -13,9 +13,12 @@ use crate::error::{Error, IoContext, Result};
 /// client reads it; zstd is smaller and faster to read, for clients that know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Compression {
+    /// gzip (`tar+gzip`), the default.
     #[default]
     Gzip,
+    /// zstd (`tar+zstd`).
     Zstd,
+    /// Uncompressed tar.
     None,
 }
 
@@ -73,10 +76,15 @@ impl fmt::Display for Compression {
 /// The compression of an input stream, told from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputCompression {
+    /// gzip (magic `1f 8b`).
     Gzip,
+    /// zstd.
     Zstd,
+    /// xz.
     Xz,
+    /// bzip2.
     Bzip2,
+    /// Not compressed (or in no format kiln knows).
     None,
 }
 

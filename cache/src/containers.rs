@@ -33,6 +33,7 @@ use crate::store::Store;
 pub struct ContainerRecord {
     /// 64 lowercase hex digits; the first 12 are its short id.
     pub id: String,
+    /// Its name (`--name`, else one kiln made up), unique in the store.
     pub name: String,
     /// The image as the user named it.
     pub image: String,
@@ -55,14 +56,18 @@ impl ContainerRecord {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// Made, not started yet.
     Created,
+    /// A kiln process runs it.
     Running,
+    /// It ran and stopped (or could not start).
     Exited,
 }
 
 /// What `state.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ContainerState {
+    /// Where in its life it is.
     pub status: Status,
     /// The kiln process running the container (for signals); `None` unless running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,8 +75,10 @@ pub struct ContainerState {
     /// Seconds since 1970.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<u64>,
+    /// When it stopped, seconds since 1970.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished: Option<u64>,
+    /// Its exit code, once it exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     /// Why the container could not run, when it could not.

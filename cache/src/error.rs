@@ -11,25 +11,37 @@ pub enum Error {
     /// An I/O error on a path of the store or of an input file.
     #[error("{path}: {source}")]
     Io {
+        /// The path the operation was on.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
     /// An I/O error on a stream (stdin, an archive being read, a layer being written).
     #[error("{context}: {source}")]
     Stream {
+        /// What was being read or written.
         context: String,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
     /// Content did not hash to the digest it was stored or announced under.
     #[error("blob {expected} is corrupt: its content hashes to {actual}")]
-    DigestMismatch { expected: String, actual: String },
+    DigestMismatch {
+        /// The digest the content should have.
+        expected: String,
+        /// The digest the content has.
+        actual: String,
+    },
     /// A blob of an imported build cache does not match its digest.
     #[error("{path}: this build cache blob hashes to {actual}, not {expected}; the cache is corrupt: delete it (or build without --cache-from) and export it again")]
     CorruptCacheBlob {
+        /// Where the blob is: the cache's path or reference and the digest.
         path: String,
+        /// The digest the blob should have.
         expected: String,
+        /// The digest the blob has.
         actual: String,
     },
     /// A blob the store needs is missing.
@@ -39,7 +51,12 @@ pub enum Error {
     MissingBlob(String),
     /// A JSON document of the store or of an archive is not what it should be.
     #[error("{what} is not valid: {message}")]
-    Invalid { what: String, message: String },
+    Invalid {
+        /// The document (`the manifest of NAME`, ...).
+        what: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A digest string that is not `sha256:` followed by 64 lowercase hex digits.
     #[error("invalid digest {0:?}: expected sha256: followed by 64 lowercase hex digits")]
     BadDigest(String),
@@ -48,7 +65,12 @@ pub enum Error {
     BadPlatform(String),
     /// An image name that is not a valid reference.
     #[error("invalid image name {name:?}: {reason}")]
-    BadName { name: String, reason: String },
+    BadName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// An unknown compression name.
     #[error("unknown compression {0:?}: use gzip, zstd or none")]
     BadCompression(String),
@@ -57,7 +79,12 @@ pub enum Error {
     UnsupportedMediaType(String),
     /// An input archive entry that cannot be imported safely.
     #[error("entry {entry:?} of the archive: {reason}")]
-    HostileEntry { entry: String, reason: String },
+    HostileEntry {
+        /// The entry's name in the archive.
+        entry: String,
+        /// Why it cannot be imported.
+        reason: String,
+    },
     /// An input tar that cannot be read.
     #[error("the input is not a readable tar archive: {0}")]
     BadTar(String),
@@ -66,7 +93,12 @@ pub enum Error {
     NoSuchImage(String),
     /// A name of a multi-platform index where one image is wanted.
     #[error("{name} is a multi-platform image ({platforms}) with none for this machine; name one platform's image by its id (`kiln inspect {name}` lists them)")]
-    MultiPlatform { name: String, platforms: String },
+    MultiPlatform {
+        /// The name of the index.
+        name: String,
+        /// The platforms it has, comma-separated.
+        platforms: String,
+    },
     /// A short id that matches several images.
     #[error("image id prefix {0:?} is ambiguous; give more digits")]
     AmbiguousId(String),
@@ -78,7 +110,12 @@ pub enum Error {
     AmbiguousContainer(String),
     /// A container name that another container has.
     #[error("the container name {name:?} is already in use by container {id}: remove that container (`kiln rm {name}`) or choose another name")]
-    ContainerNameInUse { name: String, id: String },
+    ContainerNameInUse {
+        /// The name wanted.
+        name: String,
+        /// The id of the container that has it.
+        id: String,
+    },
     /// A container that runs, where it must not.
     #[error("container {0} is running: stop it first (`kiln stop`) or force it (`kiln rm -f`)")]
     ContainerRunning(String),

@@ -12,9 +12,11 @@ use crate::platform::Platform;
 /// the Docker-shaped `config` object, rootfs diff_ids, history) and manifest.
 #[derive(Debug, Clone)]
 pub struct NewImage {
+    /// The platform the image runs on.
     pub platform: Platform,
     /// RFC 3339 time; `None` leaves `created` out (reproducible by default).
     pub created: Option<String>,
+    /// The config's `author`; `None` leaves it out.
     pub author: Option<String>,
     /// The Docker-shaped "config" object (Env, Cmd, Entrypoint, ...), kept
     /// exactly, so Docker's extension fields (Healthcheck, Shell, OnBuild) survive.
@@ -29,7 +31,9 @@ pub struct NewImage {
 /// An image in the store. Its id is the manifest digest.
 #[derive(Debug, Clone)]
 pub struct StoredImage {
+    /// Media type, digest (the image id) and size of the manifest blob.
     pub manifest_descriptor: Descriptor,
+    /// The manifest.
     pub manifest: ImageManifest,
     /// The config parsed by oci-spec (which drops fields it does not know).
     pub config: ImageConfiguration,
@@ -99,7 +103,9 @@ impl StoredImage {
 /// An image name in the store with the image it points at.
 #[derive(Debug, Clone)]
 pub struct NamedImage {
+    /// The name (`REPO:TAG`).
     pub name: String,
+    /// The image it names (for an index, the platform's image).
     pub image: StoredImage,
     /// The index the name points at, when the image is one of its platforms.
     pub index: Option<Digest>,

@@ -19,6 +19,7 @@ use crate::store::Store;
 /// What an import produced.
 #[derive(Debug, Clone)]
 pub struct ImportedLayer {
+    /// The layer as stored.
     pub layer: LayerBlob,
     /// The compression the input had.
     pub input_compression: InputCompression,
@@ -37,6 +38,7 @@ pub struct ImportedLayer {
 /// The platform read from one ELF file of the rootfs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DetectedPlatform {
+    /// The platform the file was built for.
     pub platform: Platform,
     /// The file whose header decided, as an absolute path in the image
     /// (after following symlinks, e.g. `/bin/busybox` for `/bin/sh`).
@@ -186,6 +188,16 @@ enum Seen {
     Other,
 }
 
+impl Seen {
+    fn of(kind: EntryType) -> Seen {
+        match kind {
+            EntryType::Directory => Seen::Directory,
+            EntryType::Symlink => Seen::Symlink,
+            _ => Seen::Other,
+        }
+    }
+}
+
 struct Normaliser {
     builder: tar::Builder<LayerWriter>,
     seen: HashMap<PathBuf, Seen>,
@@ -224,29 +236,83 @@ impl Normaliser {
         Ok(())
     }
 
+    /// Copies one entry of the input into the layer: admit its path, copy
+    /// its metadata, append its body by type, remember what it was.
     fn copy_entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
         let raw_name = OsString::from_vec(entry.path_bytes().into_owned());
         let shown = raw_name.to_string_lossy().into_owned();
-        let hostile = |reason: String| Error::HostileEntry {
-            entry: shown.clone(),
-            reason,
+        let kind = entry.header().entry_type();
+        let seen_as = Seen::of(kind);
+        let Some(path) = self.admit_path(&raw_name, &shown, seen_as)? else {
+            return Ok(());
         };
-        let (path, was_absolute) = clean_path(Path::new(&raw_name)).map_err(&hostile)?;
+        let mut header = self.copy_metadata(&mut entry, &shown)?;
+        match kind {
+            EntryType::Regular | EntryType::Continuous => {
+                self.append_file(&mut entry, &mut header, &path, &shown)?
+            }
+            EntryType::Directory => {
+                header.set_entry_type(EntryType::Directory);
+                header.set_size(0);
+                self.builder
+                    .append_data(&mut header, &path, io::empty())
+                    .during("writing the layer")?;
+            }
+            EntryType::Symlink => {
+                let target = link_name(&entry)
+                    .ok_or_else(|| hostile(&shown, "a symlink without a target"))?;
+                header.set_entry_type(EntryType::Symlink);
+                header.set_size(0);
+                self.builder
+                    .append_link(&mut header, &path, &target)
+                    .during("writing the layer")?;
+                self.symlinks.insert(path.clone(), PathBuf::from(target));
+            }
+            EntryType::Link => self.append_hard_link(&entry, &mut header, &path, &shown)?,
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                self.append_device(&entry, kind, &mut header, &path, &shown)?
+            }
+            EntryType::GNUSparse => {
+                return Err(hostile(
+                    &shown,
+                    "sparse files are not supported; re-create the archive without --sparse",
+                ))
+            }
+            other => {
+                return Err(hostile(
+                    &shown,
+                    format!(
+                        "entries of tar type {:?} cannot be part of a layer",
+                        other.as_byte() as char
+                    ),
+                ))
+            }
+        }
+        self.record(path, seen_as);
+        Ok(())
+    }
+
+    /// The entry's path made relative and clean, checked against what came
+    /// before (no path twice, nothing under a symlink or a file, no file where
+    /// a directory was implied); `None` for the root and for a directory named
+    /// again, which are dropped.
+    fn admit_path(
+        &mut self,
+        raw_name: &OsString,
+        shown: &str,
+        seen_as: Seen,
+    ) -> Result<Option<PathBuf>> {
+        let hostile = |reason: String| hostile(shown, reason);
+        let (path, was_absolute) = clean_path(Path::new(raw_name)).map_err(hostile)?;
         let Some(path) = path else {
             // "./" or "/": the root itself is not an entry of a layer.
-            return Ok(());
+            return Ok(None);
         };
         if was_absolute {
             self.cleaned
                 .push(format!("{shown}: absolute name made relative"));
         }
-        let kind = entry.header().entry_type();
-        let seen_as = match kind {
-            EntryType::Directory => Seen::Directory,
-            EntryType::Symlink => Seen::Symlink,
-            _ => Seen::Other,
-        };
-        self.check_parents(&path).map_err(&hostile)?;
+        self.check_parents(&path).map_err(hostile)?;
         if seen_as != Seen::Directory && self.implied_dirs.contains(&path) {
             return Err(hostile(
                 "earlier entries use this path as a directory; it cannot become a file or link now"
@@ -257,43 +323,47 @@ impl Normaliser {
             if *earlier == Seen::Directory && seen_as == Seen::Directory {
                 self.cleaned
                     .push(format!("{shown}: duplicate directory entry dropped"));
-                return Ok(());
+                return Ok(None);
             }
             return Err(hostile(
                 "the archive names this path twice; a layer names each path once (re-create the archive)"
                     .to_owned(),
             ));
         }
+        Ok(Some(path))
+    }
 
+    /// The layer's header for the entry, with its mode, owner (PAX `uid` and
+    /// `gid` win), names and mtime; its `SCHILY.xattr.*` PAX records are
+    /// written to the layer ahead of it.
+    fn copy_metadata<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        shown: &str,
+    ) -> Result<tar::Header> {
+        let hostile = |e: io::Error| hostile(shown, e.to_string());
         let source = entry.header();
         let mut header = tar::Header::new_gnu();
-        header.set_mode(source.mode().map_err(|e| hostile(e.to_string()))?);
-        let mut uid = source.uid().map_err(|e| hostile(e.to_string()))?;
-        let mut gid = source.gid().map_err(|e| hostile(e.to_string()))?;
-        let mtime = source.mtime().map_err(|e| hostile(e.to_string()))?;
+        header.set_mode(source.mode().map_err(hostile)?);
+        let mut uid = source.uid().map_err(hostile)?;
+        let mut gid = source.gid().map_err(hostile)?;
+        let mtime = source.mtime().map_err(hostile)?;
         if let Some(name) = source.username_bytes().filter(|n| !n.is_empty()) {
             if let Ok(name) = std::str::from_utf8(name) {
-                header
-                    .set_username(name)
-                    .map_err(|e| hostile(e.to_string()))?;
+                header.set_username(name).map_err(hostile)?;
             }
         }
         if let Some(name) = source.groupname_bytes().filter(|n| !n.is_empty()) {
             if let Ok(name) = std::str::from_utf8(name) {
-                header
-                    .set_groupname(name)
-                    .map_err(|e| hostile(e.to_string()))?;
+                header.set_groupname(name).map_err(hostile)?;
             }
         }
         header.set_mtime(mtime);
         self.newest_mtime = self.newest_mtime.max(mtime);
-        let link_name = entry
-            .link_name_bytes()
-            .map(|b| OsString::from_vec(b.into_owned()));
         let mut xattrs: Vec<(String, Vec<u8>)> = Vec::new();
-        if let Some(extensions) = entry.pax_extensions().map_err(|e| hostile(e.to_string()))? {
+        if let Some(extensions) = entry.pax_extensions().map_err(hostile)? {
             for extension in extensions {
-                let extension = extension.map_err(|e| hostile(e.to_string()))?;
+                let extension = extension.map_err(hostile)?;
                 let Ok(key) = extension.key() else { continue };
                 let value = extension.value_bytes();
                 match key {
@@ -313,109 +383,113 @@ impl Normaliser {
                 .append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
                 .during("writing the layer")?;
         }
+        Ok(header)
+    }
 
-        match kind {
-            EntryType::Regular | EntryType::Continuous => {
-                let size = entry.size();
-                header.set_entry_type(EntryType::Regular);
-                header.set_size(size);
-                let wants_elf = size as usize >= ELF_HEADER_LEN && in_elf_dirs(&path);
-                let mut head = Vec::new();
-                if wants_elf {
-                    (&mut entry)
-                        .take(ELF_HEADER_LEN as u64)
-                        .read_to_end(&mut head)
-                        .map_err(|e| Error::BadTar(format!("{shown}: {e}")))?;
-                    if let Some(elf) = ElfHeader::parse(&head) {
-                        self.elf_files.insert(path.clone(), elf);
-                    }
-                }
-                let remaining = size - head.len() as u64;
-                let data = io::Cursor::new(head).chain(ExactReader {
-                    inner: &mut entry,
-                    remaining,
-                    name: &shown,
-                });
-                self.builder
-                    .append_data(&mut header, &path, data)
-                    .during(format!("copying {shown} into the layer"))?;
-            }
-            EntryType::Directory => {
-                header.set_entry_type(EntryType::Directory);
-                header.set_size(0);
-                self.builder
-                    .append_data(&mut header, &path, io::empty())
-                    .during("writing the layer")?;
-            }
-            EntryType::Symlink => {
-                let target =
-                    link_name.ok_or_else(|| hostile("a symlink without a target".to_owned()))?;
-                header.set_entry_type(EntryType::Symlink);
-                header.set_size(0);
-                self.builder
-                    .append_link(&mut header, &path, &target)
-                    .during("writing the layer")?;
-                self.symlinks.insert(path.clone(), PathBuf::from(target));
-            }
-            EntryType::Link => {
-                let target =
-                    link_name.ok_or_else(|| hostile("a hard link without a target".to_owned()))?;
-                let (target, _) = clean_path(Path::new(&target))
-                    .map_err(|reason| hostile(format!("its hard link target: {reason}")))?;
-                let target = target.ok_or_else(|| hostile("a hard link to the root".to_owned()))?;
-                match self.seen.get(&target) {
-                    Some(Seen::Other | Seen::Symlink) => {}
-                    Some(Seen::Directory) => {
-                        return Err(hostile("a hard link to a directory".to_owned()))
-                    }
-                    None => {
-                        return Err(hostile(format!(
-                            "a hard link to {} which is not earlier in the archive",
-                            target.display()
-                        )))
-                    }
-                }
-                header.set_entry_type(EntryType::Link);
-                header.set_size(0);
-                self.builder
-                    .append_link(&mut header, &path, &target)
-                    .during("writing the layer")?;
-                if let Some(elf) = self.elf_files.get(&target).copied() {
-                    self.elf_files.insert(path.clone(), elf);
-                }
-            }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                header.set_entry_type(kind);
-                header.set_size(0);
-                // A FIFO has no device number: GNU tar leaves the fields
-                // empty (NULs), which do not parse as numbers.
-                let (major, minor) = if kind == EntryType::Fifo {
-                    (0, 0)
-                } else {
-                    (
-                        source_device(entry.header().device_major()).map_err(&hostile)?,
-                        source_device(entry.header().device_minor()).map_err(&hostile)?,
-                    )
-                };
-                header.set_device_major(major).during("writing the layer")?;
-                header.set_device_minor(minor).during("writing the layer")?;
-                self.builder
-                    .append_data(&mut header, &path, io::empty())
-                    .during("writing the layer")?;
-            }
-            EntryType::GNUSparse => {
-                return Err(hostile(
-                    "sparse files are not supported; re-create the archive without --sparse"
-                        .to_owned(),
-                ))
-            }
-            other => {
-                return Err(hostile(format!(
-                    "entries of tar type {:?} cannot be part of a layer",
-                    other.as_byte() as char
-                )))
+    /// Appends a regular file, reading the head of one in an ELF directory
+    /// on the way for the image's platform.
+    fn append_file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        header: &mut tar::Header,
+        path: &Path,
+        shown: &str,
+    ) -> Result<()> {
+        let size = entry.size();
+        header.set_entry_type(EntryType::Regular);
+        header.set_size(size);
+        let wants_elf = size as usize >= ELF_HEADER_LEN && in_elf_dirs(path);
+        let mut head = Vec::new();
+        if wants_elf {
+            (&mut *entry)
+                .take(ELF_HEADER_LEN as u64)
+                .read_to_end(&mut head)
+                .map_err(|e| Error::BadTar(format!("{shown}: {e}")))?;
+            if let Some(elf) = ElfHeader::parse(&head) {
+                self.elf_files.insert(path.to_path_buf(), elf);
             }
         }
+        let remaining = size - head.len() as u64;
+        let data = io::Cursor::new(head).chain(ExactReader {
+            inner: entry,
+            remaining,
+            name: shown,
+        });
+        self.builder
+            .append_data(header, path, data)
+            .during(format!("copying {shown} into the layer"))
+    }
+
+    /// Appends a hard link, whose target must be a file or symlink earlier in
+    /// the archive (a link to an ELF file counts as one for the platform).
+    fn append_hard_link<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        header: &mut tar::Header,
+        path: &Path,
+        shown: &str,
+    ) -> Result<()> {
+        let target =
+            link_name(entry).ok_or_else(|| hostile(shown, "a hard link without a target"))?;
+        let (target, _) = clean_path(Path::new(&target))
+            .map_err(|reason| hostile(shown, format!("its hard link target: {reason}")))?;
+        let target = target.ok_or_else(|| hostile(shown, "a hard link to the root"))?;
+        match self.seen.get(&target) {
+            Some(Seen::Other | Seen::Symlink) => {}
+            Some(Seen::Directory) => return Err(hostile(shown, "a hard link to a directory")),
+            None => {
+                return Err(hostile(
+                    shown,
+                    format!(
+                        "a hard link to {} which is not earlier in the archive",
+                        target.display()
+                    ),
+                ))
+            }
+        }
+        header.set_entry_type(EntryType::Link);
+        header.set_size(0);
+        self.builder
+            .append_link(header, path, &target)
+            .during("writing the layer")?;
+        if let Some(elf) = self.elf_files.get(&target).copied() {
+            self.elf_files.insert(path.to_path_buf(), elf);
+        }
+        Ok(())
+    }
+
+    /// Appends a character or block device or a FIFO.
+    fn append_device<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        kind: EntryType,
+        header: &mut tar::Header,
+        path: &Path,
+        shown: &str,
+    ) -> Result<()> {
+        header.set_entry_type(kind);
+        header.set_size(0);
+        // A FIFO has no device number: GNU tar leaves the fields
+        // empty (NULs), which do not parse as numbers.
+        let (major, minor) = if kind == EntryType::Fifo {
+            (0, 0)
+        } else {
+            let device = |value| source_device(value).map_err(|reason| hostile(shown, reason));
+            (
+                device(entry.header().device_major())?,
+                device(entry.header().device_minor())?,
+            )
+        };
+        header.set_device_major(major).during("writing the layer")?;
+        header.set_device_minor(minor).during("writing the layer")?;
+        self.builder
+            .append_data(header, path, io::empty())
+            .during("writing the layer")
+    }
+
+    /// Remembers an appended entry: its path and its parents, which are
+    /// directories from now on.
+    fn record(&mut self, path: PathBuf, seen_as: Seen) {
         let mut parent = path.parent();
         while let Some(dir) = parent.filter(|p| !p.as_os_str().is_empty()) {
             if !self.implied_dirs.insert(dir.to_path_buf()) {
@@ -425,7 +499,6 @@ impl Normaliser {
         }
         self.seen.insert(path, seen_as);
         self.entries += 1;
-        Ok(())
     }
 
     /// Rejects a path whose parent is a symlink or a non-directory named
@@ -487,6 +560,21 @@ impl<R: Read> Read for ExactReader<'_, R> {
         self.remaining = self.remaining.saturating_sub(n as u64);
         Ok(n)
     }
+}
+
+/// An entry that cannot be imported safely, and why.
+fn hostile(entry: &str, reason: impl Into<String>) -> Error {
+    Error::HostileEntry {
+        entry: entry.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// The target an entry links to, if it names one.
+fn link_name<R: Read>(entry: &tar::Entry<'_, R>) -> Option<OsString> {
+    entry
+        .link_name_bytes()
+        .map(|b| OsString::from_vec(b.into_owned()))
 }
 
 fn source_device(value: io::Result<Option<u32>>) -> std::result::Result<u32, String> {

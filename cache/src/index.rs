@@ -29,7 +29,9 @@ const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest
 /// the index's own annotations.
 #[derive(Debug, Clone, Default)]
 pub struct NewIndex {
+    /// One descriptor per platform's manifest, in the index's order.
     pub manifests: Vec<Descriptor>,
+    /// The index's own annotations.
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -38,6 +40,7 @@ pub struct NewIndex {
 pub struct StoredIndex {
     /// Media type, digest and size of the index blob.
     pub descriptor: Descriptor,
+    /// The index.
     pub index: ImageIndex,
 }
 
@@ -74,7 +77,9 @@ impl StoredIndex {
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // short-lived, one per name resolved
 pub enum StoredRef {
+    /// A single image.
     Image(StoredImage),
+    /// A multi-platform index.
     Index(StoredIndex),
 }
 

@@ -19,7 +19,9 @@ use crate::fsutil::{self, HashingWriter};
 /// compressed blob) and its diff_id (sha256 of the uncompressed tar).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerBlob {
+    /// Media type, digest and size of the compressed blob.
     pub descriptor: Descriptor,
+    /// The sha256 of the uncompressed tar (the config's `rootfs.diff_ids`).
     pub diff_id: Digest,
 }
 

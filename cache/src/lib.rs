@@ -9,6 +9,7 @@
 //!
 //! An image's id is the digest of its manifest (`sha256:...`).
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod archive;
 mod cache_dir;

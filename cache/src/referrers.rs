@@ -51,7 +51,9 @@ pub struct NewArtifact {
 /// A stored artifact read back: its manifest and its documents.
 #[derive(Debug, Clone)]
 pub struct StoredArtifact {
+    /// Media type, digest and size of the artifact's manifest blob.
     pub descriptor: Descriptor,
+    /// The manifest.
     pub manifest: ImageManifest,
     /// Each layer's descriptor and bytes.
     pub layers: Vec<(Descriptor, Vec<u8>)>,

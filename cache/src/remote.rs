@@ -19,6 +19,7 @@ pub const CACHE_CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.cache.config.v1+
 /// blob a record names is a layer of the manifest that carries the config.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CacheConfig {
+    /// The records, by the hex of their cache key.
     pub records: BTreeMap<String, CacheRecord>,
 }
 

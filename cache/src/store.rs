@@ -60,32 +60,42 @@ pub trait ContentStore {
 /// for the solver.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CacheRecord {
+    /// The blobs the record needs.
     pub blobs: Vec<Descriptor>,
+    /// The solver's data, kept as given.
     pub payload: serde_json::Value,
 }
 
 /// What `prune` removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PruneReport {
+    /// Blobs nothing in the store needed any more.
     pub blobs_removed: usize,
     /// Unpacked layers no kept image uses (they are unpacked again on demand).
     pub snapshots_removed: usize,
+    /// Bytes the removed blobs, snapshots and temporary files took.
     pub bytes_freed: u64,
+    /// Temporary files interrupted writes left.
     pub temp_files_removed: usize,
 }
 
 /// A problem `fsck` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsckProblem {
+    /// The path the problem is at.
     pub path: PathBuf,
+    /// What is wrong.
     pub message: String,
 }
 
 /// What `fsck` checked and found.
 #[derive(Debug, Clone, Default)]
 pub struct FsckReport {
+    /// Blobs whose content was hashed.
     pub blobs_checked: usize,
+    /// Their bytes.
     pub bytes_checked: u64,
+    /// Everything found wrong.
     pub problems: Vec<FsckProblem>,
     /// Corrupt blobs removed because `repair` was asked for.
     pub removed: Vec<Digest>,

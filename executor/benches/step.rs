@@ -9,13 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kiln_executor::{remove_tree, run, CancelToken, DiffOptions, RunSpec, Snapshotter};
-
-fn fixtures_dir() -> PathBuf {
-    match std::env::var_os("KILN_FIXTURES") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures"),
-    }
-}
+use kiln_testsupport::fixtures::fixtures_dir;
 
 /// A sink that counts bytes, standing in for the store's layer writer.
 struct Counter(u64);

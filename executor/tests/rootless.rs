@@ -43,9 +43,7 @@ fn main() {
         eprintln!("skipped: no user {USER} (scripts/make-test-users.sh)");
         return;
     }
-    let fixtures = std::env::var_os("KILN_FIXTURES")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures"));
+    let fixtures = kiln_testsupport::fixtures::fixtures_dir();
     let status = Command::new("setpriv")
         .args([
             format!("--reuid={USER}"),

@@ -12,10 +12,9 @@ use kiln_frontend::{compile, parse, CompileOptions, NoImages};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-// `generate_flat` is the memory example's.
-#[allow(dead_code)]
-mod common;
-use common::{continuation_file, generate, heredoc_file, heredoc_markers_file};
+use kiln_testsupport::dockerfiles::{
+    continuation_file, generate, heredoc_file, heredoc_markers_file,
+};
 
 fn options() -> CompileOptions {
     CompileOptions {

@@ -8,9 +8,7 @@
 
 use kiln_frontend::{compile, parse, CompileOptions, NoImages};
 
-#[allow(dead_code)]
-#[path = "../benches/common/mod.rs"]
-mod common;
+use kiln_testsupport::dockerfiles;
 
 // dhat's allocator counts every byte requested (and needs no unsafe code).
 #[global_allocator]
@@ -41,9 +39,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::mem::size_of::<kiln_frontend::CopyStep>(),
     );
     let text = if std::env::args().nth(2).as_deref() == Some("flat") {
-        common::generate_flat(size)
+        dockerfiles::generate_flat(size)
     } else {
-        common::generate(size)
+        dockerfiles::generate(size)
     };
     let options = CompileOptions {
         target_platform: "linux/amd64".into(),

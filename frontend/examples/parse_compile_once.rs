@@ -15,9 +15,7 @@ use kiln_frontend::{compile, parse, CompileOptions, NoImages};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[allow(dead_code)]
-#[path = "../benches/common/mod.rs"]
-mod common;
+use kiln_testsupport::dockerfiles;
 
 /// The process's resident memory now and at its peak, in MiB, from
 /// /proc/self/status (zeros where it cannot be read).
@@ -41,9 +39,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let flat = std::env::args().nth(2).as_deref() == Some("flat");
     let text = if flat {
-        common::generate_flat(size)
+        dockerfiles::generate_flat(size)
     } else {
-        common::generate(size)
+        dockerfiles::generate(size)
     };
     let options = CompileOptions {
         target_platform: "linux/amd64".into(),

@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_frontend::{compile, parse, CompileOptions, NoImages};
 
-#[allow(dead_code)]
-#[path = "../../testsupport/golden.rs"]
-mod golden;
+use kiln_testsupport::golden;
 
 fn case_dir(folder: &str, case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

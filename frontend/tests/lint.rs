@@ -9,9 +9,7 @@ use std::path::Path;
 
 use kiln_frontend::{compile, lint, parse, CompileOptions, LintInput, NoImages};
 
-#[allow(dead_code)]
-#[path = "../../testsupport/golden.rs"]
-mod golden;
+use kiln_testsupport::golden;
 
 fn check_lint(case: &str) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))

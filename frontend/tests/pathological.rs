@@ -4,10 +4,7 @@
 
 use kiln_frontend::{compile, lint, parse, CompileOptions, LintInput, NoImages};
 
-#[allow(dead_code)]
-#[path = "../benches/common/mod.rs"]
-mod common;
-use common::{continuation_file, heredoc_file, heredoc_markers_file};
+use kiln_testsupport::dockerfiles::{continuation_file, heredoc_file, heredoc_markers_file};
 
 fn options() -> CompileOptions {
     CompileOptions {

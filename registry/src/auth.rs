@@ -15,7 +15,9 @@ use crate::reference::DOCKER_HUB;
 /// A user name and password (or token) for one registry.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
+    /// The user name.
     pub username: String,
+    /// The password or token; `Debug` prints it redacted.
     pub password: String,
 }
 

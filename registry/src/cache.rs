@@ -43,11 +43,8 @@ impl RegistryCache {
                 });
             }
         }
-        let manifest = ImageManifest::from_reader(&bytes[..]).map_err(|e| Error::Invalid {
-            registry: client.registry().to_owned(),
-            what: what.clone(),
-            message: e.to_string(),
-        })?;
+        let manifest = ImageManifest::from_reader(&bytes[..])
+            .map_err(|e| Error::invalid(client.registry(), what.clone(), e))?;
         CacheConfig::check_manifest(&manifest, &what)?;
         let config_digest = manifest.config().digest();
         let mut config_bytes = Vec::new();
@@ -58,10 +55,12 @@ impl RegistryCache {
             ),
             &mut config_bytes,
         )
-        .map_err(|e| Error::Unreachable {
-            registry: client.registry().to_owned(),
-            url: format!("{reference} config {config_digest}"),
-            message: e.to_string(),
+        .map_err(|e| {
+            Error::unreachable(
+                client.registry(),
+                format!("{reference} config {config_digest}"),
+                e,
+            )
         })?;
         let actual = kiln_cache::sha256_digest(&config_bytes);
         if actual != *config_digest {
@@ -166,11 +165,8 @@ pub fn push_cache(
         progress,
         &|blob: &Descriptor| Ok(kiln_cache::ensure_blob(store, sources, blob)?),
     )?;
-    let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| Error::Invalid {
-        registry: client.registry().to_owned(),
-        what: "the cache manifest".into(),
-        message: e.to_string(),
-    })?;
+    let manifest_bytes = serde_json::to_vec(&manifest)
+        .map_err(|e| Error::invalid(client.registry(), "the cache manifest", e))?;
     let digest = kiln_cache::sha256_digest(&manifest_bytes);
     put_manifest_checked(
         client,

@@ -164,10 +164,8 @@ impl Client {
                         dir: tls::registry_certs(&self.certs_dir, &self.api_host),
                     });
                 }
-                let unreachable = |message: String| Error::Unreachable {
-                    registry: self.registry.clone(),
-                    url: format!("{https}/v2/"),
-                    message,
+                let unreachable = |message: String| {
+                    Error::unreachable(&self.registry, format!("{https}/v2/"), message)
                 };
                 if !self.http_fallback {
                     return Err(unreachable(transport.to_string()));
@@ -274,17 +272,11 @@ impl Client {
                 })
             }
             Err(ureq::Error::Transport(transport)) => {
-                return Err(Error::Unreachable {
-                    registry: self.registry.clone(),
-                    url: realm.to_owned(),
-                    message: transport.to_string(),
-                })
+                return Err(Error::unreachable(&self.registry, realm, transport))
             }
         };
-        let invalid = |message: String| Error::Invalid {
-            registry: self.registry.clone(),
-            what: format!("the token from {realm}"),
-            message,
+        let invalid = |message: String| {
+            Error::invalid(&self.registry, format!("the token from {realm}"), message)
         };
         let text = response.into_string().map_err(|e| invalid(e.to_string()))?;
         let body: serde_json::Value =
@@ -416,11 +408,7 @@ impl Client {
                             message: transport.to_string(),
                         });
                     }
-                    return Err(Error::Unreachable {
-                        registry: self.registry.clone(),
-                        url: url.to_owned(),
-                        message: transport.to_string(),
-                    });
+                    return Err(Error::unreachable(&self.registry, url, transport));
                 }
             }
         }
@@ -510,10 +498,12 @@ impl Client {
     }
 
     fn location(&self, response: ureq::Response, url: &str) -> Result<String> {
-        let location = response.header("Location").ok_or_else(|| Error::Invalid {
-            registry: self.registry.clone(),
-            what: format!("the answer to {url}"),
-            message: "it has no Location header".into(),
+        let location = response.header("Location").ok_or_else(|| {
+            Error::invalid(
+                &self.registry,
+                format!("the answer to {url}"),
+                "it has no Location header",
+            )
         })?;
         self.url(location)
     }
@@ -646,11 +636,7 @@ impl Client {
             .into_reader()
             .take(4 << 20)
             .read_to_end(&mut bytes)
-            .map_err(|e| Error::Unreachable {
-                registry: self.registry.clone(),
-                url: url.to_owned(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| Error::unreachable(&self.registry, url, e))?;
         Ok(bytes)
     }
 

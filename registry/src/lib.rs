@@ -9,6 +9,7 @@
 //! Build caches travel the same way (`push_cache`, `RegistryCache`, which
 //! implements kiln_cache's `CacheSource`).
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod auth;
 mod cache;

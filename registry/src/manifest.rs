@@ -29,6 +29,7 @@ pub fn fetch_manifest(client: &Client, reference: &Reference) -> Result<Vec<u8>>
 /// What an index of the registry was assembled from.
 #[derive(Debug, Clone)]
 pub struct CreatedIndex {
+    /// The digest of the index as pushed.
     pub digest: Digest,
     /// The index document, as pushed.
     pub bytes: Vec<u8>,
@@ -49,11 +50,8 @@ pub fn create_index(
     let mut entries: Vec<serde_json::Value> = Vec::new();
     let mut platforms: Vec<Platform> = Vec::new();
     for source in sources {
-        let invalid = |message: String| Error::Invalid {
-            registry: client.registry().to_owned(),
-            what: source.to_string(),
-            message,
-        };
+        let invalid =
+            |message: String| Error::invalid(client.registry(), source.to_string(), message);
         let Some(digest) = &source.digest else {
             return Err(invalid(
                 "name each image by digest (REG/REPO@sha256:...), as `kiln build --push-by-digest` prints it".into(),
@@ -81,11 +79,8 @@ pub fn create_index(
         "manifests": entries,
     });
     // serde_json's maps are sorted: the same sources give the same digest.
-    let bytes = serde_json::to_vec(&document).map_err(|e| Error::Invalid {
-        registry: client.registry().to_owned(),
-        what: format!("the index for {target}"),
-        message: e.to_string(),
-    })?;
+    let bytes = serde_json::to_vec(&document)
+        .map_err(|e| Error::invalid(client.registry(), format!("the index for {target}"), e))?;
     let digest = kiln_cache::sha256_digest(&bytes);
     put_manifest_checked(client, target, INDEX_TYPES[0], &bytes, &digest, "the index")?;
     progress(&Progress::Manifest {
@@ -123,11 +118,8 @@ fn source_images(
         });
         return Ok(vec![(descriptor, platform)]);
     }
-    let index = ImageIndex::from_reader(&bytes[..]).map_err(|e| Error::Invalid {
-        registry: client.registry().to_owned(),
-        what: format!("the index {source}"),
-        message: e.to_string(),
-    })?;
+    let index = ImageIndex::from_reader(&bytes[..])
+        .map_err(|e| Error::invalid(client.registry(), format!("the index {source}"), e))?;
     let mut images = Vec::new();
     for entry in index.manifests() {
         let Some(platform) = kiln_cache::descriptor_platform(entry) else {
@@ -166,11 +158,7 @@ fn source_images(
 /// The platform an image's config records (the config is read, verified;
 /// nothing else).
 fn image_platform(client: &Client, source: &Reference, manifest: &[u8]) -> Result<Platform> {
-    let invalid = |message: String| Error::Invalid {
-        registry: client.registry().to_owned(),
-        what: source.to_string(),
-        message,
-    };
+    let invalid = |message: String| Error::invalid(client.registry(), source.to_string(), message);
     let manifest = ImageManifest::from_reader(manifest).map_err(|e| invalid(e.to_string()))?;
     let config_digest = manifest.config().digest().to_string();
     let mut config = Vec::new();
@@ -209,11 +197,8 @@ pub(crate) fn mount_image(
     manifest_bytes: &[u8],
     media_type: &str,
 ) -> Result<()> {
-    let manifest = ImageManifest::from_reader(manifest_bytes).map_err(|e| Error::Invalid {
-        registry: client.registry().to_owned(),
-        what: source.to_string(),
-        message: e.to_string(),
-    })?;
+    let manifest = ImageManifest::from_reader(manifest_bytes)
+        .map_err(|e| Error::invalid(client.registry(), source.to_string(), e))?;
     let mut blobs = vec![manifest.config().digest().to_string()];
     blobs.extend(manifest.layers().iter().map(|l| l.digest().to_string()));
     for blob in blobs {
@@ -223,14 +208,14 @@ pub(crate) fn mount_image(
         match client.mount_blob(&target.repository, &blob, &source.repository)? {
             Mount::Mounted => {}
             Mount::Started(_) => {
-                return Err(Error::Invalid {
-                    registry: client.registry().to_owned(),
-                    what: format!("blob {blob} of {source}"),
-                    message: format!(
+                return Err(Error::invalid(
+                    client.registry(),
+                    format!("blob {blob} of {source}"),
+                    format!(
                         "the registry would not mount it into {}: push the image to that repository (kiln build --push-by-digest -t {}/{})",
                         target.repository, target.registry, target.repository
                     ),
-                })
+                ))
             }
         }
     }

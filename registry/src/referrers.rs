@@ -101,11 +101,11 @@ fn update_referrers_tag(
             .iter()
             .any(|m| m.get("digest").and_then(|d| d.as_str()) == Some(digest.as_str()))
         {
-            manifests.push(serde_json::to_value(referrer).map_err(|e| Error::Invalid {
-                registry: client.registry().to_owned(),
-                what: format!("referrer {digest}"),
-                message: e.to_string(),
-            })?);
+            manifests.push(
+                serde_json::to_value(referrer).map_err(|e| {
+                    Error::invalid(client.registry(), format!("referrer {digest}"), e)
+                })?,
+            );
         }
     }
     if manifests == before && !before.is_empty() {
@@ -116,11 +116,8 @@ fn update_referrers_tag(
         "mediaType": INDEX_MEDIA_TYPE,
         "manifests": manifests,
     });
-    let bytes = serde_json::to_vec(&index).map_err(|e| Error::Invalid {
-        registry: client.registry().to_owned(),
-        what: format!("the index of tag {tag}"),
-        message: e.to_string(),
-    })?;
+    let bytes = serde_json::to_vec(&index)
+        .map_err(|e| Error::invalid(client.registry(), format!("the index of tag {tag}"), e))?;
     client.put_manifest(repository, &tag, INDEX_MEDIA_TYPE, &bytes)?;
     Ok(())
 }
@@ -140,10 +137,12 @@ pub(crate) fn list_referrers(
             Err(e) => return Err(e),
         },
     };
-    let index = ImageIndex::from_reader(&bytes[..]).map_err(|e| Error::Invalid {
-        registry: client.registry().to_owned(),
-        what: format!("the referrers of {repository}@{subject}"),
-        message: e.to_string(),
+    let index = ImageIndex::from_reader(&bytes[..]).map_err(|e| {
+        Error::invalid(
+            client.registry(),
+            format!("the referrers of {repository}@{subject}"),
+            e,
+        )
     })?;
     Ok(index.manifests().clone())
 }
@@ -179,11 +178,8 @@ pub fn pull_referrers(
                     actual: actual.to_string(),
                 });
             }
-            let manifest = ImageManifest::from_reader(&bytes[..]).map_err(|e| Error::Invalid {
-                registry: client.registry().to_owned(),
-                what: format!("referrer {digest}"),
-                message: e.to_string(),
-            })?;
+            let manifest = ImageManifest::from_reader(&bytes[..])
+                .map_err(|e| Error::invalid(client.registry(), format!("referrer {digest}"), e))?;
             for blob in std::iter::once(manifest.config()).chain(manifest.layers()) {
                 if store.has_blob(blob.digest()) {
                     continue;

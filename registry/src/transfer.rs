@@ -20,17 +20,43 @@ use crate::reference::Reference;
 #[non_exhaustive]
 pub enum Progress {
     /// The registry (or the store, on pull) already had the blob.
-    Exists { digest: String, size: u64 },
+    Exists {
+        /// The blob's digest.
+        digest: String,
+        /// Its size in bytes.
+        size: u64,
+    },
     /// The registry mounted the blob from another repository.
-    Mounted { digest: String, from: String },
+    Mounted {
+        /// The blob's digest.
+        digest: String,
+        /// The repository it was mounted from.
+        from: String,
+    },
     /// The blob was uploaded.
-    Uploaded { digest: String, size: u64 },
+    Uploaded {
+        /// The blob's digest.
+        digest: String,
+        /// Its size in bytes.
+        size: u64,
+    },
     /// The blob was downloaded and verified.
-    Downloaded { digest: String, size: u64 },
+    Downloaded {
+        /// The blob's digest.
+        digest: String,
+        /// Its size in bytes.
+        size: u64,
+    },
     /// The manifest was pushed or pulled.
-    Manifest { digest: String },
+    Manifest {
+        /// The manifest's digest.
+        digest: String,
+    },
     /// The registry has no referrers API: the referrers tag was updated.
-    ReferrersTag { tag: String },
+    ReferrersTag {
+        /// The tag (`sha256-HEX` of the subject).
+        tag: String,
+    },
 }
 
 /// How to push.
@@ -273,11 +299,8 @@ pub(crate) fn push_blobs_of_manifest(
     progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<Vec<u8>> {
     let bytes = store.read_blob(digest)?;
-    let manifest = ImageManifest::from_reader(&bytes[..]).map_err(|e| Error::Invalid {
-        registry: client.registry().to_owned(),
-        what: format!("manifest {digest}"),
-        message: e.to_string(),
-    })?;
+    let manifest = ImageManifest::from_reader(&bytes[..])
+        .map_err(|e| Error::invalid(client.registry(), format!("manifest {digest}"), e))?;
     let mut blobs = vec![manifest.config().clone()];
     blobs.extend(manifest.layers().iter().cloned());
     push_blobs(
@@ -378,7 +401,9 @@ pub(crate) fn put_manifest_checked(
 /// by digest alone).
 #[derive(Debug, Clone)]
 pub struct Pulled {
+    /// The image as stored.
     pub image: StoredImage,
+    /// The name it was given in the store.
     pub name: Option<String>,
 }
 
@@ -440,12 +465,6 @@ pub fn pull(
     progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<Pulled> {
     let repository = reference.repository.as_str();
-    let registry = client.registry().to_owned();
-    let invalid = |what: String, message: String| Error::Invalid {
-        registry: registry.clone(),
-        what,
-        message,
-    };
     let (mut bytes, header, announced) =
         client.get_manifest(repository, reference.manifest_reference())?;
     let expected = reference.digest.clone().or(announced);
@@ -455,37 +474,10 @@ pub fn pull(
     let mut manifest_digest = kiln_cache::sha256_digest(&bytes);
     let mut media_type = media_type_of(&bytes, header);
     if INDEX_TYPES.contains(&media_type.as_str()) {
-        let index = ImageIndex::from_reader(&bytes[..])
-            .map_err(|e| invalid(format!("the index of {reference}"), e.to_string()))?;
-        let mut available = Vec::new();
-        let mut chosen = None;
-        for entry in index.manifests() {
-            let Some(p) = entry.platform() else { continue };
-            let entry_platform = Platform {
-                os: p.os().to_string(),
-                architecture: p.architecture().to_string(),
-                variant: p.variant().clone(),
-            };
-            if entry_platform.os == "unknown" {
-                // Attestations and signatures, not images.
-                continue;
-            }
-            if chosen.is_none() && platform.matches(&entry_platform) {
-                chosen = Some(entry.clone());
-            }
-            available.push(entry_platform.to_string());
-        }
-        let Some(entry) = chosen else {
-            return Err(Error::NoMatchingPlatform {
-                reference: reference.to_string(),
-                wanted: platform.to_string(),
-                available: if available.is_empty() {
-                    "nothing".into()
-                } else {
-                    available.join(", ")
-                },
-            });
-        };
+        let index = ImageIndex::from_reader(&bytes[..]).map_err(|e| {
+            Error::invalid(client.registry(), format!("the index of {reference}"), e)
+        })?;
+        let entry = choose_platform(&index, platform, reference)?;
         let digest = entry.digest().to_string();
         let (entry_bytes, entry_header, _) = client.get_manifest(repository, &digest)?;
         verify(
@@ -516,6 +508,42 @@ pub fn pull(
     Ok(Pulled { image, name })
 }
 
+/// The manifest of `index` for `platform` (the first that matches; entries
+/// of platform `unknown`, attestations and signatures, are no images).
+fn choose_platform(
+    index: &ImageIndex,
+    platform: &Platform,
+    reference: &Reference,
+) -> Result<Descriptor> {
+    let mut available = Vec::new();
+    let mut chosen = None;
+    for entry in index.manifests() {
+        let Some(p) = entry.platform() else { continue };
+        let entry_platform = Platform {
+            os: p.os().to_string(),
+            architecture: p.architecture().to_string(),
+            variant: p.variant().clone(),
+        };
+        if entry_platform.os == "unknown" {
+            // Attestations and signatures, not images.
+            continue;
+        }
+        if chosen.is_none() && platform.matches(&entry_platform) {
+            chosen = Some(entry.clone());
+        }
+        available.push(entry_platform.to_string());
+    }
+    chosen.ok_or_else(|| Error::NoMatchingPlatform {
+        reference: reference.to_string(),
+        wanted: platform.to_string(),
+        available: if available.is_empty() {
+            "nothing".into()
+        } else {
+            available.join(", ")
+        },
+    })
+}
+
 /// Stores one image manifest of `reference` (its bytes as fetched and
 /// verified): its config and layers fetched in parallel (blobs already
 /// stored are skipped), an OCI manifest kept byte for byte, a Docker one
@@ -530,21 +558,15 @@ fn fetch_image(
     progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<StoredImage> {
     let repository = reference.repository.as_str();
-    let registry = client.registry().to_owned();
-    let invalid = |what: String, message: String| Error::Invalid {
-        registry: registry.clone(),
-        what,
-        message,
-    };
-    let media_type = media_type.to_owned();
     if media_type != OCI_MANIFEST && media_type != DOCKER_MANIFEST {
         return Err(Error::UnsupportedMediaType {
             reference: reference.to_string(),
-            media_type,
+            media_type: media_type.to_owned(),
         });
     }
-    let manifest = ImageManifest::from_reader(bytes)
-        .map_err(|e| invalid(format!("the manifest of {reference}"), e.to_string()))?;
+    let manifest = ImageManifest::from_reader(bytes).map_err(|e| {
+        Error::invalid(client.registry(), format!("the manifest of {reference}"), e)
+    })?;
     let mut layers = Vec::new();
     for layer in manifest.layers() {
         kiln_cache::Compression::of_layer_media_type(layer.media_type()).map_err(|_| {
@@ -558,86 +580,112 @@ fn fetch_image(
     let mut blobs = vec![manifest.config().clone()];
     blobs.extend(layers.iter().cloned());
     parallel(&blobs, PULL_PARALLEL, |blob| {
-        let digest = blob.digest();
-        if store.has_blob(digest) {
-            progress(&Progress::Exists {
-                digest: digest.to_string(),
-                size: blob.size(),
-            });
-        } else {
-            let mut reader = NetworkReader {
-                inner: client.get_blob(repository, digest.as_ref())?,
-                failure: None,
-            };
-            let size = store.put_blob_verified(&mut reader, digest).map_err(|e| {
-                match (e, reader.failure.take()) {
-                    (_, Some(failure)) => Error::Interrupted {
-                        registry: registry.clone(),
-                        what: format!("the download of blob {digest} of {repository}"),
-                        message: failure,
-                    },
-                    (e, None) => match e {
-                        kiln_cache::Error::DigestMismatch { expected, actual } => {
-                            Error::DigestMismatch {
-                                what: format!("blob {expected} from {registry}/{repository}"),
-                                expected,
-                                actual,
-                            }
-                        }
-                        other => other.into(),
-                    },
-                }
-            })?;
-            progress(&Progress::Downloaded {
-                digest: digest.to_string(),
-                size,
-            });
-        }
-        remember_source(store, &registry, repository, digest);
-        Ok(())
+        fetch_blob(store, client, repository, blob, progress)
     })?;
-    let config_bytes = store.read_blob(manifest.config().digest())?;
-    let image = if media_type == OCI_MANIFEST {
+    if media_type == OCI_MANIFEST {
         // Kept byte for byte, so the image id is the registry's digest.
         store.put_blob(bytes)?;
-        store.read_image(manifest_digest)?
+        Ok(store.read_image(manifest_digest)?)
     } else {
-        let config = kiln_cache::ImageConfiguration::from_reader(&config_bytes[..])
-            .map_err(|e| invalid(format!("the config of {reference}"), e.to_string()))?;
-        let diff_ids = config.rootfs().diff_ids();
-        if diff_ids.len() != layers.len() {
-            return Err(invalid(
-                format!("the image {reference}"),
-                format!(
-                    "its manifest has {} layers but its config {} diff_ids",
-                    layers.len(),
-                    diff_ids.len()
-                ),
-            ));
-        }
-        let layers = layers
-            .iter()
-            .zip(diff_ids)
-            .map(|(descriptor, diff_id)| {
-                let mut descriptor = descriptor.clone();
-                descriptor.set_media_type(oci_layer_type(descriptor.media_type()));
-                Ok(LayerBlob {
-                    descriptor,
-                    diff_id: kiln_cache::parse_sha256(diff_id)?,
-                })
+        store_docker_image(store, client, reference, manifest.config(), &layers)
+    }
+}
+
+/// Stores one blob of `repository` unless the store has it, and remembers
+/// where it came from.
+fn fetch_blob(
+    store: &Store,
+    client: &Client,
+    repository: &str,
+    blob: &Descriptor,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<()> {
+    let registry = client.registry();
+    let digest = blob.digest();
+    if store.has_blob(digest) {
+        progress(&Progress::Exists {
+            digest: digest.to_string(),
+            size: blob.size(),
+        });
+    } else {
+        let mut reader = NetworkReader {
+            inner: client.get_blob(repository, digest.as_ref())?,
+            failure: None,
+        };
+        let size = store.put_blob_verified(&mut reader, digest).map_err(|e| {
+            match (e, reader.failure.take()) {
+                (_, Some(failure)) => Error::Interrupted {
+                    registry: registry.to_owned(),
+                    what: format!("the download of blob {digest} of {repository}"),
+                    message: failure,
+                },
+                (e, None) => match e {
+                    kiln_cache::Error::DigestMismatch { expected, actual } => {
+                        Error::DigestMismatch {
+                            what: format!("blob {expected} from {registry}/{repository}"),
+                            expected,
+                            actual,
+                        }
+                    }
+                    other => other.into(),
+                },
+            }
+        })?;
+        progress(&Progress::Downloaded {
+            digest: digest.to_string(),
+            size,
+        });
+    }
+    remember_source(store, registry, repository, digest);
+    Ok(())
+}
+
+/// Stores an image whose manifest is Docker's (its blobs stored already) as
+/// an OCI one: the id differs from the registry's digest, the config and
+/// layers do not.
+fn store_docker_image(
+    store: &Store,
+    client: &Client,
+    reference: &Reference,
+    config: &Descriptor,
+    layers: &[Descriptor],
+) -> Result<StoredImage> {
+    let config_bytes = store.read_blob(config.digest())?;
+    let config = kiln_cache::ImageConfiguration::from_reader(&config_bytes[..])
+        .map_err(|e| Error::invalid(client.registry(), format!("the config of {reference}"), e))?;
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != layers.len() {
+        return Err(Error::invalid(
+            client.registry(),
+            format!("the image {reference}"),
+            format!(
+                "its manifest has {} layers but its config {} diff_ids",
+                layers.len(),
+                diff_ids.len()
+            ),
+        ));
+    }
+    let layers = layers
+        .iter()
+        .zip(diff_ids)
+        .map(|(descriptor, diff_id)| {
+            let mut descriptor = descriptor.clone();
+            descriptor.set_media_type(oci_layer_type(descriptor.media_type()));
+            Ok(LayerBlob {
+                descriptor,
+                diff_id: kiln_cache::parse_sha256(diff_id)?,
             })
-            .collect::<Result<Vec<_>>>()?;
-        // Docker's manifest becomes an OCI one: the id differs from the
-        // registry's digest, the config and layers do not.
-        store.write_image_with_config(&config_bytes, layers)?
-    };
-    Ok(image)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(store.write_image_with_config(&config_bytes, layers)?)
 }
 
 /// An index pulled with every platform: the stored index and its name.
 #[derive(Debug, Clone)]
 pub struct PulledIndex {
+    /// The index as stored.
     pub index: StoredIndex,
+    /// The name it was given in the store.
     pub name: Option<String>,
 }
 
@@ -660,18 +708,14 @@ pub fn pull_index(
     }
     let media_type = media_type_of(&bytes, header);
     if !INDEX_TYPES.contains(&media_type.as_str()) {
-        return Err(Error::Invalid {
-            registry: client.registry().to_owned(),
-            what: reference.to_string(),
-            message: "it is a single-platform image, not an index: pull it without --all-platforms"
-                .to_owned(),
-        });
+        return Err(Error::invalid(
+            client.registry(),
+            reference.to_string(),
+            "it is a single-platform image, not an index: pull it without --all-platforms",
+        ));
     }
-    let index = ImageIndex::from_reader(&bytes[..]).map_err(|e| Error::Invalid {
-        registry: client.registry().to_owned(),
-        what: format!("the index of {reference}"),
-        message: e.to_string(),
-    })?;
+    let index = ImageIndex::from_reader(&bytes[..])
+        .map_err(|e| Error::invalid(client.registry(), format!("the index of {reference}"), e))?;
     let mut kept_whole = true;
     let mut manifests = Vec::new();
     for entry in index.manifests() {

@@ -10,9 +10,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-#[allow(dead_code)]
-#[path = "../../testsupport/golden.rs"]
-mod golden;
+use kiln_testsupport::golden;
 
 use crate::dockerignore::IgnoreRules;
 use crate::source::{walk, BuildContext, SourceFs};

@@ -7,14 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod servers;
-#[path = "../store_support/mod.rs"]
-mod store_support;
 
-pub use store_support::fixture;
-use store_support::kiln_command_as;
 #[allow(unused_imports)]
-pub use store_support::{output_with_stdin, run_ok};
-pub use store_support::{temp_dir_for, TestUser};
+pub use kiln_testsupport::run::{output_with_stdin, run_ok};
+pub use kiln_testsupport::store::fixture;
+use kiln_testsupport::store::kiln_command_as;
+pub use kiln_testsupport::store::{temp_dir_for, TestUser};
 
 /// A store in a temporary directory with `busybox` (amd64) imported; kiln
 /// runs as `user` (`KILN_TEST_USER` by default), else root.

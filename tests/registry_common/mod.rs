@@ -9,10 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-// The including test binary has run_ok in scope from store_support (or
-// build_common): testsupport/run.rs compiled twice in one binary is what
-// clippy::duplicate_mod forbids.
-use super::run_ok;
+use kiln_testsupport::run::run_ok;
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 

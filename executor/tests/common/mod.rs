@@ -8,23 +8,8 @@ use std::sync::OnceLock;
 
 use kiln_executor::{CancelToken, OutputLine, RunSpec, Snapshotter, Stream, Upper};
 
-/// The fixtures directory: $KILN_FIXTURES, else <workspace>/target/fixtures.
-pub fn fixtures_dir() -> PathBuf {
-    match std::env::var_os("KILN_FIXTURES") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures"),
-    }
-}
-
-pub fn fixture(name: &str) -> PathBuf {
-    let path = fixtures_dir().join(name);
-    assert!(
-        path.is_file(),
-        "missing test fixture {}: run scripts/make-fixtures.sh (or set KILN_FIXTURES)",
-        path.display()
-    );
-    path
-}
+#[allow(unused_imports)]
+pub use kiln_testsupport::fixtures::fixture;
 
 /// One snapshot root per test binary, kept under the target dir.
 pub fn snapshotter() -> &'static (tempfile::TempDir, Snapshotter) {
@@ -158,10 +143,8 @@ pub fn host_mounts() -> Vec<String> {
     lines
 }
 
-#[path = "../../../testsupport/tree.rs"]
-mod tree;
 #[allow(unused_imports)]
-pub use tree::{listing_diff, tree_listing};
+pub use kiln_testsupport::tree::{listing_diff, tree_listing};
 
 /// Temporary directories (`.tmp-*`) left in a snapshot root.
 pub fn temp_leftovers(root: &Path) -> Vec<String> {

@@ -1,17 +1,21 @@
 //! Golden tests, shared by every crate that has them: a build script writes
 //! one `#[test]` per case folder (so each case passes or fails by name), and
 //! each test compares what it made with the folder's expected file
-//! (`UPDATE_EXPECT=1` rewrites it). Included with `#[path]` by the build
-//! scripts (build.rs, frontend/build.rs, solver/build.rs) and their tests.
+//! (`UPDATE_EXPECT=1` rewrites it). Used by the build scripts (build.rs,
+//! frontend/build.rs, solver/build.rs) and their tests.
 
 use std::path::{Path, PathBuf};
 
 /// A folder of golden cases: each subfolder holding `marker` becomes
 /// `#[test] fn {prefix}_{case}() { {check}("case") }`.
 pub struct CaseFolder<'a> {
+    /// The folder whose subfolders are the cases.
     pub dir: PathBuf,
+    /// The file a subfolder must hold to be a case.
     pub marker: &'a str,
+    /// The start of each generated test's name.
     pub prefix: &'a str,
+    /// The function each test calls with its case's folder name.
     pub check: &'a str,
 }
 

@@ -1,37 +1,23 @@
-//! Helpers shared by the store and import tests (included with `#[path]`):
-//! a temporary store, the fixtures, and running kiln and the real clients.
-
-#![allow(dead_code)]
+//! What the end-to-end tests of the kiln binary share: a temporary store,
+//! the fixtures, the rootless test users, and running kiln and skopeo.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-#[path = "../../testsupport/run.rs"]
-mod run;
-#[allow(unused_imports)]
-pub use run::run_ok;
-
-/// Where the fixtures are: $KILN_FIXTURES, else <workspace>/target/fixtures.
-pub fn fixture(name: &str) -> PathBuf {
-    let dir = std::env::var_os("KILN_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures"));
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "fixture {} is missing: run scripts/make-fixtures.sh",
-        path.display()
-    );
-    path
-}
+pub use crate::fixtures::fixture;
+use crate::run::{client, run_ok};
 
 /// An unprivileged user (with a home) whom a test runs kiln as: rootless
 /// kiln, from a test binary that stays root.
 #[derive(Clone, Debug)]
 pub struct TestUser {
+    /// The login name.
     pub name: String,
+    /// The user id.
     pub uid: u32,
+    /// The primary group id.
     pub gid: u32,
+    /// The home directory (kiln's rootless store goes under it).
     pub home: PathBuf,
 }
 
@@ -44,6 +30,7 @@ impl TestUser {
         })
     }
 
+    /// The user `name` of /etc/passwd, if there is one.
     pub fn find(name: &str) -> Option<TestUser> {
         let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
         passwd.lines().find_map(|line| {
@@ -103,6 +90,7 @@ pub fn temp_dir_for(user: Option<&TestUser>) -> tempfile::TempDir {
 
 /// A store in a temporary directory.
 pub struct Store {
+    /// The temporary directory: the store is its `store` subdirectory.
     pub dir: tempfile::TempDir,
 }
 
@@ -115,10 +103,12 @@ impl Default for Store {
 }
 
 impl Store {
+    /// A fresh store, owned by the `KILN_TEST_USER` when that is set.
     pub fn new() -> Store {
         Store::default()
     }
 
+    /// The store's root directory (`--root`).
     pub fn root(&self) -> PathBuf {
         self.dir.path().join("store")
     }
@@ -133,6 +123,7 @@ impl Store {
         kiln_command(&self.root(), args)
     }
 
+    /// Runs kiln with `args` against this store, whatever its exit status.
     pub fn kiln(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("run kiln")
     }
@@ -174,6 +165,21 @@ impl Store {
     }
 }
 
+/// The kiln binary under test: `CARGO_BIN_EXE_kiln`, which cargo sets when it
+/// runs an integration test of the `kiln` package, else (a test binary run
+/// by hand) the `kiln` beside the `deps/` directory the test binary is in.
+pub fn kiln_exe() -> PathBuf {
+    if let Some(exe) = std::env::var_os("CARGO_BIN_EXE_kiln") {
+        return PathBuf::from(exe);
+    }
+    let test_exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = test_exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries are in target/<profile>/deps");
+    profile_dir.join("kiln")
+}
+
 /// `kiln --root ROOT ARGS` with no KILN_ROOT, SOURCE_DATE_EPOCH, colour or
 /// stdin, so the host's settings cannot change what a test sees; as the
 /// `KILN_TEST_USER` when that is set.
@@ -184,8 +190,8 @@ pub fn kiln_command(root: &Path, args: &[&str]) -> Command {
 /// [`kiln_command`] as `user` (root when `None`).
 pub fn kiln_command_as(user: Option<&TestUser>, root: &Path, args: &[&str]) -> Command {
     let mut command = match user {
-        Some(user) => user.command(env!("CARGO_BIN_EXE_kiln")),
-        None => Command::new(env!("CARGO_BIN_EXE_kiln")),
+        Some(user) => user.command(kiln_exe()),
+        None => Command::new(kiln_exe()),
     };
     command
         .arg("--root")
@@ -196,31 +202,6 @@ pub fn kiln_command_as(user: Option<&TestUser>, root: &Path, args: &[&str]) -> C
         .env("NO_COLOR", "1")
         .stdin(Stdio::null());
     command
-}
-
-/// Runs `command` with `input` on its stdin; returns its output, whatever its
-/// exit status.
-pub fn output_with_stdin(command: &mut Command, input: &[u8]) -> Output {
-    use std::io::Write;
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(input)
-        .expect("write stdin");
-    child.wait_with_output().expect("wait for the command")
-}
-
-/// Runs a real client (skopeo, umoci, tar), asserting success; returns stdout.
-pub fn client(program: &str, args: &[&str]) -> String {
-    let out = run_ok(Command::new(program).args(args));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `skopeo inspect REF` as JSON.

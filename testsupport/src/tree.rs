@@ -1,6 +1,5 @@
 //! A listing of a directory tree with everything a snapshot's reader sees,
-//! for tests that compare snapshots made in different ways (shared by
-//! `#[path]`, as golden.rs is).
+//! for tests that compare snapshots made in different ways.
 
 use std::path::Path;
 
