@@ -67,6 +67,7 @@ mod error;
 mod files;
 mod mountpoints;
 mod network;
+mod plan;
 mod resolve;
 mod sandbox;
 mod seccomp;
@@ -74,6 +75,7 @@ mod snapshot;
 mod spec;
 mod stream;
 mod sys;
+mod syscalls;
 mod terminal;
 mod user;
 mod userns;
@@ -130,5 +132,5 @@ pub fn run(
 /// start-up work; [`run`] then finds it compiled). Errors are [`run`]'s to
 /// report.
 pub fn prepare_seccomp(seccomp: &Seccomp) {
-    sandbox::prepare_seccomp(seccomp);
+    plan::prepare_seccomp(seccomp);
 }
