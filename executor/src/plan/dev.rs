@@ -38,8 +38,6 @@ pub(super) fn docker_dev(
     shm_size: Option<u64>,
     userns: Option<&IdMaps>,
 ) -> Result<()> {
-    let shm_options = format!("mode=1777,size={}", shm_size.unwrap_or(64 << 20));
-    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     b.mount(
         Some("tmpfs"),
         dev,
@@ -48,6 +46,13 @@ pub(super) fn docker_dev(
         Some("mode=755,size=65536k"),
         "mount /dev".into(),
     )?;
+    device_nodes(b, dev, userns)?;
+    dev_filesystems(b, dev, shm_size, userns)?;
+    dev_links(b, dev)
+}
+
+/// [`DEVICES`] in `dev`: made, or bound from the host's in a user namespace.
+fn device_nodes(b: &mut Ops, dev: &Path, userns: Option<&IdMaps>) -> Result<()> {
     for (name, major, minor) in DEVICES {
         if userns.is_some() {
             b.push(
@@ -71,6 +76,18 @@ pub(super) fn docker_dev(
             format!("create /dev/{name}"),
         );
     }
+    Ok(())
+}
+
+/// devpts, shm and mqueue in `dev`.
+fn dev_filesystems(
+    b: &mut Ops,
+    dev: &Path,
+    shm_size: Option<u64>,
+    userns: Option<&IdMaps>,
+) -> Result<()> {
+    let shm_options = format!("mode=1777,size={}", shm_size.unwrap_or(64 << 20));
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     // The tty group owns ptys where the namespace maps it.
     let devpts_options = match userns {
         Some(maps) if !maps.maps_gid(5) => "newinstance,ptmxmode=0666,mode=0620",
@@ -110,6 +127,11 @@ pub(super) fn docker_dev(
             format!("mount /dev/{name}"),
         )?;
     }
+    Ok(())
+}
+
+/// The standard links of /dev (ptmx, fd, stdin, stdout, stderr, core).
+fn dev_links(b: &mut Ops, dev: &Path) -> Result<()> {
     let mut links = vec![
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
