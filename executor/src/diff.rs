@@ -92,7 +92,9 @@ pub fn write_dir_layer<W: Write>(
 /// their owner and mode saves creating and removing one link per file.
 #[derive(Debug, Clone)]
 pub struct ExtraFile {
+    /// The host file whose bytes the entry gets.
     pub source: PathBuf,
+    /// The entry's mode, owner and mtime (`lstat` of `source`).
     pub metadata: Metadata,
 }
 

@@ -58,6 +58,8 @@
 //! pipe (setup failures with the errno of the failing step, then the main
 //! process' exit status) and polls the [`CancelToken`] every 20 ms.
 
+#![warn(missing_docs)]
+
 mod binfmt;
 mod cgroup;
 mod child;

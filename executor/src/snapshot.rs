@@ -755,8 +755,21 @@ const COPY_BUFFER: usize = 256 * 1024;
 /// A file that is neither a regular file, a directory nor a symlink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpecialFile {
-    Char { major: u64, minor: u64 },
-    Block { major: u64, minor: u64 },
+    /// A character device.
+    Char {
+        /// The device's major number.
+        major: u64,
+        /// The device's minor number.
+        minor: u64,
+    },
+    /// A block device.
+    Block {
+        /// The device's major number.
+        major: u64,
+        /// The device's minor number.
+        minor: u64,
+    },
+    /// A named pipe.
     Fifo,
 }
 
