@@ -113,11 +113,22 @@ fn parse_entry(text: &str) -> BinfmtEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BinfmtSetup {
     /// Nothing to do: the host runs it natively.
-    Native { arch: String },
+    Native {
+        /// The OCI architecture.
+        arch: String,
+    },
     /// A suitable handler was already registered.
-    AlreadyRegistered { arch: String },
+    AlreadyRegistered {
+        /// The OCI architecture.
+        arch: String,
+    },
     /// A handler was registered from `config`.
-    Registered { arch: String, config: PathBuf },
+    Registered {
+        /// The OCI architecture.
+        arch: String,
+        /// The binfmt.d file the handler line came from.
+        config: PathBuf,
+    },
 }
 
 /// Registers qemu-user handlers with the `F` flag for `archs` (OCI or Debian

@@ -92,7 +92,9 @@ pub fn write_dir_layer<W: Write>(
 /// their owner and mode saves creating and removing one link per file.
 #[derive(Debug, Clone)]
 pub struct ExtraFile {
+    /// The host file whose bytes the entry gets.
     pub source: PathBuf,
+    /// The entry's mode, owner and mtime (`lstat` of `source`).
     pub metadata: Metadata,
 }
 
@@ -270,123 +272,20 @@ fn write_entries<W: Write>(
     let mut builder = tar::Builder::new(sink);
     builder.mode(tar::HeaderMode::Complete);
     builder.follow_symlinks(false);
-    let mut first_paths: HashMap<(u64, u64), String> = HashMap::new();
-    let clamp = |mtime: i64| -> u64 {
-        let mtime = match options.source_date_epoch {
-            Some(epoch) if mtime > epoch => epoch,
-            _ => mtime,
-        };
-        mtime.max(0) as u64
-    };
-    let tar_err = |path: &str| {
-        let path = PathBuf::from(path);
-        move |e: io::Error| Error::Io {
-            action: "write layer entry",
-            path,
-            source: e,
-        }
+    let mut layer = LayerWriter {
+        builder,
+        options,
+        first_paths: HashMap::new(),
     };
     for entry in entries {
-        let mut header = tar::Header::new_gnu();
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(options.source_date_epoch.map_or(0, |e| e.max(0) as u64));
         match &entry.kind {
-            Kind::Whiteout | Kind::OpaqueMarker => {
-                header.set_entry_type(tar::EntryType::Regular);
-                header.set_mode(0o644);
-                header.set_size(0);
-                builder
-                    .append_data(&mut header, &entry.path, io::empty())
-                    .map_err(tar_err(&entry.path))?;
-            }
+            Kind::Whiteout | Kind::OpaqueMarker => layer.marker(entry)?,
             Kind::Object(meta) => {
                 let host = entry
                     .source
                     .clone()
                     .unwrap_or_else(|| root.join(&entry.path));
-                let xattrs = read_xattrs(&host)?;
-                if !xattrs.is_empty() {
-                    let records: Vec<(String, &[u8])> = xattrs
-                        .iter()
-                        .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice()))
-                        .collect();
-                    builder
-                        .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
-                        .map_err(tar_err(&entry.path))?;
-                }
-                header.set_mode(meta.mode() & 0o7777);
-                header.set_uid(u64::from(meta.uid()));
-                header.set_gid(u64::from(meta.gid()));
-                header.set_mtime(clamp(meta.mtime()));
-                header.set_size(0);
-                let file_type = meta.file_type();
-                if file_type.is_dir() {
-                    header.set_entry_type(tar::EntryType::Directory);
-                    builder
-                        .append_data(&mut header, format!("{}/", entry.path), io::empty())
-                        .map_err(tar_err(&entry.path))?;
-                } else if file_type.is_symlink() {
-                    header.set_entry_type(tar::EntryType::Symlink);
-                    let target = fs::read_link(&host).map_err(io_err("read link", &host))?;
-                    builder
-                        .append_link(&mut header, &entry.path, &target)
-                        .map_err(tar_err(&entry.path))?;
-                } else if file_type.is_file()
-                    && meta.nlink() > 1
-                    && first_paths.contains_key(&(meta.dev(), meta.ino()))
-                {
-                    header.set_entry_type(tar::EntryType::Link);
-                    let target = &first_paths[&(meta.dev(), meta.ino())];
-                    builder
-                        .append_link(&mut header, &entry.path, target)
-                        .map_err(tar_err(&entry.path))?;
-                } else if file_type.is_file() {
-                    if meta.nlink() > 1 {
-                        first_paths.insert((meta.dev(), meta.ino()), entry.path.clone());
-                    }
-                    header.set_entry_type(tar::EntryType::Regular);
-                    header.set_size(meta.len());
-                    let file = open_resolved(&host, meta).map_err(io_err("read", &host))?;
-                    // The tar writer copies through an 8 KiB buffer: reading
-                    // the file in up to 1 MiB pieces saves a large file's
-                    // tens of thousands of read calls.
-                    let file = io::BufReader::with_capacity(
-                        usize::try_from(meta.len())
-                            .unwrap_or(usize::MAX)
-                            .clamp(512, 1 << 20),
-                        file,
-                    );
-                    // A file that changes size while being archived would corrupt the tar.
-                    let reader = io::Read::take(file, meta.len());
-                    builder
-                        .append_data(&mut header, &entry.path, reader)
-                        .map_err(tar_err(&entry.path))?;
-                } else if file_type.is_char_device()
-                    || file_type.is_block_device()
-                    || file_type.is_fifo()
-                {
-                    header.set_entry_type(if file_type.is_char_device() {
-                        tar::EntryType::Char
-                    } else if file_type.is_block_device() {
-                        tar::EntryType::Block
-                    } else {
-                        tar::EntryType::Fifo
-                    });
-                    let rdev = meta.rdev();
-                    header
-                        .set_device_major(nix::sys::stat::major(rdev) as u32)
-                        .map_err(tar_err(&entry.path))?;
-                    header
-                        .set_device_minor(nix::sys::stat::minor(rdev) as u32)
-                        .map_err(tar_err(&entry.path))?;
-                    builder
-                        .append_data(&mut header, &entry.path, io::empty())
-                        .map_err(tar_err(&entry.path))?;
-                } else {
-                    // Sockets cannot be stored in a tar; Docker skips them as well.
-                    continue;
-                }
+                layer.object(entry, &host, meta)?;
             }
         }
     }
@@ -394,7 +293,7 @@ fn write_entries<W: Write>(
         .iter()
         .filter(|e| !matches!(&e.kind, Kind::Object(m) if m.file_type().is_socket()))
         .count() as u64;
-    builder.into_inner().map_err(|e| Error::Io {
+    layer.builder.into_inner().map_err(|e| Error::Io {
         action: "finish layer of",
         path: root.to_path_buf(),
         source: e,
@@ -403,4 +302,164 @@ fn write_entries<W: Write>(
         entries: count,
         empty: count == 0,
     })
+}
+
+/// The tar of a layer being written, entry by entry.
+struct LayerWriter<'o, W: Write> {
+    builder: tar::Builder<W>,
+    options: &'o DiffOptions,
+    /// The first path of each file with several links seen so far: later
+    /// ones are written as hard links to it.
+    first_paths: HashMap<(u64, u64), String>,
+}
+
+/// The error of writing `path`'s entry.
+fn tar_err(path: &str) -> impl FnOnce(io::Error) -> Error {
+    let path = PathBuf::from(path);
+    move |e: io::Error| Error::Io {
+        action: "write layer entry",
+        path,
+        source: e,
+    }
+}
+
+impl<W: Write> LayerWriter<'_, W> {
+    /// A header owned by root, with the layer's default time.
+    fn header(&self) -> tar::Header {
+        let mut header = tar::Header::new_gnu();
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(
+            self.options
+                .source_date_epoch
+                .map_or(0, |e| e.max(0) as u64),
+        );
+        header
+    }
+
+    /// `mtime` no later than `SOURCE_DATE_EPOCH`, when it is set.
+    fn clamp(&self, mtime: i64) -> u64 {
+        let mtime = match self.options.source_date_epoch {
+            Some(epoch) if mtime > epoch => epoch,
+            _ => mtime,
+        };
+        mtime.max(0) as u64
+    }
+
+    /// A whiteout or opaque marker: an empty regular file.
+    fn marker(&mut self, entry: &Entry) -> Result<()> {
+        let mut header = self.header();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_size(0);
+        self.builder
+            .append_data(&mut header, &entry.path, io::empty())
+            .map_err(tar_err(&entry.path))
+    }
+
+    /// A file, directory, link or special file found at `host`, with its
+    /// xattrs (sockets are skipped).
+    fn object(&mut self, entry: &Entry, host: &Path, meta: &fs::Metadata) -> Result<()> {
+        let xattrs = read_xattrs(host)?;
+        if !xattrs.is_empty() {
+            let records: Vec<(String, &[u8])> = xattrs
+                .iter()
+                .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice()))
+                .collect();
+            self.builder
+                .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+                .map_err(tar_err(&entry.path))?;
+        }
+        let mut header = self.header();
+        header.set_mode(meta.mode() & 0o7777);
+        header.set_uid(u64::from(meta.uid()));
+        header.set_gid(u64::from(meta.gid()));
+        header.set_mtime(self.clamp(meta.mtime()));
+        header.set_size(0);
+        let file_type = meta.file_type();
+        if file_type.is_dir() {
+            header.set_entry_type(tar::EntryType::Directory);
+            self.builder
+                .append_data(&mut header, format!("{}/", entry.path), io::empty())
+                .map_err(tar_err(&entry.path))
+        } else if file_type.is_symlink() {
+            header.set_entry_type(tar::EntryType::Symlink);
+            let target = fs::read_link(host).map_err(io_err("read link", host))?;
+            self.builder
+                .append_link(&mut header, &entry.path, &target)
+                .map_err(tar_err(&entry.path))
+        } else if file_type.is_file() {
+            self.file(entry, host, meta, header)
+        } else if file_type.is_char_device() || file_type.is_block_device() || file_type.is_fifo() {
+            self.special(entry, meta, header)
+        } else {
+            // Sockets cannot be stored in a tar; Docker skips them as well.
+            Ok(())
+        }
+    }
+
+    /// A regular file: its data, or a hard link to its first path.
+    fn file(
+        &mut self,
+        entry: &Entry,
+        host: &Path,
+        meta: &fs::Metadata,
+        mut header: tar::Header,
+    ) -> Result<()> {
+        let inode = (meta.dev(), meta.ino());
+        if meta.nlink() > 1 {
+            if let Some(target) = self.first_paths.get(&inode) {
+                header.set_entry_type(tar::EntryType::Link);
+                return self
+                    .builder
+                    .append_link(&mut header, &entry.path, target)
+                    .map_err(tar_err(&entry.path));
+            }
+            self.first_paths.insert(inode, entry.path.clone());
+        }
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(meta.len());
+        let file = open_resolved(host, meta).map_err(io_err("read", host))?;
+        // The tar writer copies through an 8 KiB buffer: reading
+        // the file in up to 1 MiB pieces saves a large file's
+        // tens of thousands of read calls.
+        let file = io::BufReader::with_capacity(
+            usize::try_from(meta.len())
+                .unwrap_or(usize::MAX)
+                .clamp(512, 1 << 20),
+            file,
+        );
+        // A file that changes size while being archived would corrupt the tar.
+        let reader = io::Read::take(file, meta.len());
+        self.builder
+            .append_data(&mut header, &entry.path, reader)
+            .map_err(tar_err(&entry.path))
+    }
+
+    /// A device node or FIFO.
+    fn special(
+        &mut self,
+        entry: &Entry,
+        meta: &fs::Metadata,
+        mut header: tar::Header,
+    ) -> Result<()> {
+        let file_type = meta.file_type();
+        header.set_entry_type(if file_type.is_char_device() {
+            tar::EntryType::Char
+        } else if file_type.is_block_device() {
+            tar::EntryType::Block
+        } else {
+            tar::EntryType::Fifo
+        });
+        let rdev = meta.rdev();
+        header
+            .set_device_major(nix::sys::stat::major(rdev) as u32)
+            .map_err(tar_err(&entry.path))?;
+        header
+            .set_device_minor(nix::sys::stat::minor(rdev) as u32)
+            .map_err(tar_err(&entry.path))?;
+        self.builder
+            .append_data(&mut header, &entry.path, io::empty())
+            .map_err(tar_err(&entry.path))
+    }
 }

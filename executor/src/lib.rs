@@ -58,6 +58,8 @@
 //! pipe (setup failures with the errno of the failing step, then the main
 //! process' exit status) and polls the [`CancelToken`] every 20 ms.
 
+#![warn(missing_docs)]
+
 mod binfmt;
 mod cgroup;
 mod child;
@@ -67,6 +69,7 @@ mod error;
 mod files;
 mod mountpoints;
 mod network;
+mod plan;
 mod resolve;
 mod sandbox;
 mod seccomp;
@@ -74,6 +77,7 @@ mod snapshot;
 mod spec;
 mod stream;
 mod sys;
+mod syscalls;
 mod terminal;
 mod user;
 mod userns;
@@ -130,5 +134,5 @@ pub fn run(
 /// start-up work; [`run`] then finds it compiled). Errors are [`run`]'s to
 /// report.
 pub fn prepare_seccomp(seccomp: &Seccomp) {
-    sandbox::prepare_seccomp(seccomp);
+    plan::prepare_seccomp(seccomp);
 }

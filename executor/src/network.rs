@@ -147,8 +147,11 @@ impl fmt::Debug for PrivateNetwork {
 pub struct PublishedPort {
     /// The host address to listen on (`0.0.0.0`: all).
     pub host_ip: String,
+    /// The host port.
     pub host_port: u16,
+    /// The port in the private network's namespace.
     pub container_port: u16,
+    /// UDP instead of TCP.
     pub udp: bool,
 }
 

@@ -51,13 +51,26 @@ pub trait ScopedTree {
 pub enum Resolved<D> {
     /// It exists: `path` is its resolved path (no symlinks but the last one
     /// when not followed), `node` is a [`Node::Dir`] or a [`Node::Leaf`].
-    Found { path: Vec<String>, node: Node<D> },
+    Found {
+        /// The resolved path, by component.
+        path: Vec<String>,
+        /// What is there.
+        node: Node<D>,
+    },
     /// It does not exist: `path` is where it would be, the last `missing`
     /// components of which do not exist (what `mkdir -p` would create).
-    Missing { path: Vec<String>, missing: usize },
+    Missing {
+        /// Where it would be, by component.
+        path: Vec<String>,
+        /// How many of the last components do not exist.
+        missing: usize,
+    },
     /// A component before the last is neither a directory nor a link to one;
     /// `path` leads to it.
-    NotDir { path: Vec<String> },
+    NotDir {
+        /// The path to that component, by component.
+        path: Vec<String>,
+    },
 }
 
 /// Resolves `path` (relative to the root, or absolute meaning the same) in

@@ -2,31 +2,27 @@
 //! streams output, waits, and turns the outcome into a result.
 
 use std::collections::VecDeque;
-use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::mount::MsFlags;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sched::CloneFlags;
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
 use nix::unistd::{pipe2, Pid};
 
 use crate::cgroup::StepCgroup;
-use crate::child::{self, Op, Plan};
+use crate::child;
 use crate::diff::Upper;
 use crate::error::{io_err, Error, Result};
-use crate::spec::{CancelToken, Mount, Network, OutputLine, RunSpec, Stream};
-use crate::sys::{self, ExecArray};
-use crate::user::resolve_user;
-use crate::userns::{id_maps, IdMaps};
+use crate::plan::{prepare_scratch, PlanBuilder, Prepared, RootMode, Scratch, OVERLAY_STEP};
+use crate::spec::{CancelToken, OutputLine, RunSpec, Stream};
+use crate::syscalls::{Host, Syscalls};
+use crate::userns::id_maps;
 use crate::view::RootfsView;
 
 /// Lines of output kept for the error of a failed step.
@@ -36,291 +32,6 @@ const LAST_LINES: usize = 10;
 const MAX_LINE: usize = 64 * 1024;
 /// How often a running step checks its cancel token.
 const CANCEL_POLL: Duration = Duration::from_millis(20);
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// Docker's default capability set (moby's `DefaultCapabilities`).
-const DEFAULT_CAPS: &[u32] = &[
-    0,  // CHOWN
-    1,  // DAC_OVERRIDE
-    3,  // FOWNER
-    4,  // FSETID
-    5,  // KILL
-    6,  // SETGID
-    7,  // SETUID
-    8,  // SETPCAP
-    10, // NET_BIND_SERVICE
-    13, // NET_RAW
-    18, // SYS_CHROOT
-    27, // MKNOD
-    29, // AUDIT_WRITE
-    31, // SETFCAP
-];
-
-/// CAP_KILL: the sandbox's init kills what the step leaves behind, whatever
-/// user it runs as (pid 1 of a namespace is no exception to kill(2)'s checks).
-const INIT_CAP_KILL: u32 = 5;
-
-/// Root filesystem strategy for one attempt.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum RootMode {
-    Overlay,
-    /// Overlayfs is unavailable: the merged view is copied into the scratch dir.
-    Copy,
-}
-
-fn cstring(bytes: impl Into<Vec<u8>>) -> Result<CString> {
-    CString::new(bytes)
-        .map_err(|_| Error::InvalidSpec("a path, argument or variable contains a NUL byte".into()))
-}
-
-fn path_c(path: &Path) -> Result<CString> {
-    cstring(path.as_os_str().as_bytes())
-}
-
-/// Builds the plan's operations and remembers what each one is, for errors.
-struct PlanBuilder {
-    ops: Vec<Op>,
-    descriptions: Vec<String>,
-    /// In-image paths of the mountpoints created as stubs, deepest last, and
-    /// whether each is a file.
-    stubs: Vec<(String, bool)>,
-    /// Stubs go into an extra lower dir instead of being created by the sandbox.
-    stubs_in_lower: bool,
-}
-
-impl PlanBuilder {
-    fn push(&mut self, op: Op, description: String) {
-        self.ops.push(op);
-        self.descriptions.push(description);
-    }
-
-    /// Creates whatever is missing of `target` (an in-image path) as directories,
-    /// or with a final empty file when `file`; returns the resolved host path
-    /// under `merged`.
-    fn mountpoint(
-        &mut self,
-        view: &RootfsView,
-        merged: &Path,
-        target: &str,
-        file: bool,
-    ) -> Result<(String, PathBuf)> {
-        let (resolved, missing) = view
-            .resolve_for_create(target)
-            .map_err(|e| Error::InvalidSpec(format!("mount target {target}: {e}")))?;
-        let parts: Vec<&str> = resolved.split('/').filter(|p| !p.is_empty()).collect();
-        let first_missing = parts.len().saturating_sub(missing);
-        let mut in_image = String::new();
-        for (i, part) in parts.iter().enumerate() {
-            in_image.push('/');
-            in_image.push_str(part);
-            if i < first_missing {
-                continue;
-            }
-            let is_file = file && i + 1 == parts.len();
-            self.stubs.push((in_image.clone(), is_file));
-            if self.stubs_in_lower {
-                continue;
-            }
-            let host = merged.join(&in_image[1..]);
-            if is_file {
-                self.push(
-                    Op::Touch(path_c(&host)?),
-                    format!("create mountpoint {in_image}"),
-                );
-            } else {
-                self.push(
-                    Op::Mkdir(path_c(&host)?, 0o755),
-                    format!("create mountpoint {in_image}"),
-                );
-            }
-        }
-        let host = if resolved == "/" {
-            merged.to_path_buf()
-        } else {
-            merged.join(&resolved[1..])
-        };
-        Ok((resolved, host))
-    }
-
-    fn mount(
-        &mut self,
-        source: Option<&str>,
-        target: &Path,
-        fstype: Option<&str>,
-        flags: MsFlags,
-        data: Option<&str>,
-        what: String,
-    ) -> Result<()> {
-        self.push(
-            Op::Mount {
-                source: source.map(cstring).transpose()?,
-                target: path_c(target)?,
-                fstype: fstype.map(cstring).transpose()?,
-                flags,
-                data: data.map(cstring).transpose()?,
-            },
-            what,
-        );
-        Ok(())
-    }
-
-    fn bind(&mut self, source: &Path, target: &Path, readonly: bool, what: &str) -> Result<()> {
-        self.push(
-            Op::Mount {
-                source: Some(path_c(source)?),
-                target: path_c(target)?,
-                fstype: None,
-                flags: MsFlags::MS_BIND | MsFlags::MS_REC,
-                data: None,
-            },
-            format!("bind {} to {what}", source.display()),
-        );
-        if readonly {
-            self.mount(
-                None,
-                target,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                None,
-                format!("make {what} read-only"),
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// The directories of one run inside the scratch dir.
-struct Scratch {
-    /// The scratch dir itself, which is also where the overlay is mounted (in
-    /// the sandbox's mount namespace only): one directory less to create and
-    /// remove per step.
-    root: PathBuf,
-    upper: PathBuf,
-    work: PathBuf,
-    /// The copied root filesystem of the copying fallback.
-    copy_root: PathBuf,
-    etc: PathBuf,
-}
-
-impl Scratch {
-    /// Where the step's root filesystem is assembled.
-    fn rootfs(&self, mode: RootMode) -> &Path {
-        match mode {
-            RootMode::Overlay => &self.root,
-            RootMode::Copy => &self.copy_root,
-        }
-    }
-}
-
-fn prepare_scratch(scratch: &Path) -> Result<Scratch> {
-    let scratch = &std::path::absolute(scratch).map_err(io_err("resolve", scratch))?;
-    let text = scratch.to_string_lossy();
-    if text.contains([':', ',', '\\']) {
-        return Err(Error::InvalidSpec(format!(
-            "scratch dir {text:?} must not contain ':', ',' or '\\' (overlayfs option syntax)"
-        )));
-    }
-    let dirs = Scratch {
-        root: scratch.to_path_buf(),
-        upper: scratch.join("upper"),
-        work: scratch.join("work"),
-        copy_root: scratch.join("rootfs"),
-        etc: scratch.join("etc"),
-    };
-    for dir in [&dirs.upper, &dirs.work] {
-        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-    }
-    fs::set_permissions(
-        &dirs.upper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .map_err(io_err("chmod", &dirs.upper))?;
-    Ok(dirs)
-}
-
-fn kernel_at_least(major: u32, minor: u32) -> bool {
-    let release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|p| p.parse::<u32>().ok());
-    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    version >= (major, minor)
-}
-
-/// The directory all `lowers` are in (the snapshot root), if there is one.
-fn common_parent(lowers: &[PathBuf]) -> Option<PathBuf> {
-    lowers
-        .first()
-        .and_then(|l| l.parent())
-        .filter(|p| lowers.iter().all(|l| l.parent() == Some(p)))
-        .map(Path::to_path_buf)
-}
-
-const OVERLAY_STEP: &str = "mount the overlay root filesystem";
-
-fn overlay_options(
-    lowers: &[PathBuf],
-    parent: Option<PathBuf>,
-    scratch: &Scratch,
-) -> Result<(PathBuf, String)> {
-    // Lower dirs are given relative to the snapshot root (the sandbox's init
-    // enters it first) so that deep stacks fit in the one page the kernel
-    // accepts for mount options.
-    let mut lowerdir = String::new();
-    for lower in lowers.iter().rev() {
-        let text = match &parent {
-            Some(parent) => lower
-                .strip_prefix(parent)
-                .unwrap_or(lower)
-                .to_string_lossy()
-                .into_owned(),
-            None => lower.to_string_lossy().into_owned(),
-        };
-        if text.contains([':', ',', '\\']) {
-            return Err(Error::InvalidSpec(format!(
-                "snapshot path {} contains ':', ',' or '\\'",
-                lower.display()
-            )));
-        }
-        if !lowerdir.is_empty() {
-            lowerdir.push(':');
-        }
-        lowerdir.push_str(&text);
-    }
-    let mut options = format!(
-        "lowerdir={lowerdir},upperdir={},workdir={}",
-        scratch.upper.display(),
-        scratch.work.display()
-    );
-    // In a user namespace overlayfs keeps its xattrs in `user.overlay.`
-    // (snapshots mark opaque directories there too).
-    if crate::userns::in_user_namespace() {
-        options.push_str(",userxattr");
-    }
-    // The upper dir is thrown away after the layer is written: unmounting need
-    // not sync the whole upper filesystem (overlayfs' `volatile`, Linux 5.10+).
-    if kernel_at_least(5, 10) {
-        options.push_str(",volatile");
-    }
-    // Redirects and metadata-only copy-ups would leave changes in the upper dir
-    // that are not self-contained files: turn them off where the kernel enables them.
-    for feature in ["redirect_dir", "metacopy"] {
-        let enabled = fs::read_to_string(format!("/sys/module/overlay/parameters/{feature}"))
-            .is_ok_and(|v| v.trim() == "Y" || v.trim() == "on");
-        if enabled {
-            options.push_str(&format!(",{feature}=off"));
-        }
-    }
-    if options.len() >= 4000 {
-        return Err(Error::InvalidSpec(format!(
-            "too many layers ({}) for one overlay mount",
-            lowers.len()
-        )));
-    }
-    Ok((parent.unwrap_or_else(|| PathBuf::from("/")), options))
-}
 
 fn validate(spec: &RunSpec) -> Result<()> {
     if spec.argv.is_empty() {
@@ -352,615 +63,6 @@ fn validate(spec: &RunSpec) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// A step's user and groups must be ids kiln's user namespace maps.
-fn check_mapped(maps: &IdMaps, user: &crate::User, name: &str) -> Result<()> {
-    let needed_by = || {
-        let name = if name.is_empty() { "root" } else { name };
-        format!("the step's user {name:?}")
-    };
-    if !maps.maps_uid(user.uid) {
-        return Err(crate::userns::unmapped("uid", user.uid, needed_by()));
-    }
-    for gid in std::iter::once(&user.gid).chain(&user.additional_gids) {
-        if !maps.maps_gid(*gid) {
-            return Err(crate::userns::unmapped("gid", *gid, needed_by()));
-        }
-    }
-    Ok(())
-}
-
-fn with_defaults(env: &[String], home: &str) -> Vec<String> {
-    // A name given twice keeps its last value, as Docker's ENV does.
-    let mut env: Vec<String> = env
-        .iter()
-        .enumerate()
-        .filter(|(i, entry)| {
-            let name = entry.split('=').next().unwrap_or("");
-            !env[i + 1..]
-                .iter()
-                .any(|later| later.split('=').next() == Some(name))
-        })
-        .map(|(_, entry)| entry.clone())
-        .collect();
-    if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.push(format!("PATH={DEFAULT_PATH}"));
-    }
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!("HOME={home}"));
-    }
-    env
-}
-
-fn exec_candidates(program: &str, env: &[String]) -> Vec<String> {
-    if program.contains('/') {
-        return vec![program.to_owned()];
-    }
-    let path = env
-        .iter()
-        .rev()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH);
-    path.split(':')
-        .map(|dir| if dir.is_empty() { "." } else { dir })
-        .map(|dir| format!("{}/{program}", dir.trim_end_matches('/')))
-        .collect()
-}
-
-/// Docker's default capabilities as a bit mask.
-fn default_caps() -> u64 {
-    DEFAULT_CAPS
-        .iter()
-        .fold(0u64, |acc, cap| acc | (1u64 << cap))
-}
-
-/// See [`crate::prepare_seccomp`].
-pub(crate) fn prepare_seccomp(seccomp: &crate::Seccomp) {
-    let _ = crate::seccomp::filter_for(seccomp, default_caps());
-}
-
-/// Every capability kiln itself holds (its permitted set): what a
-/// privileged step gets, as BuildKit gives the daemon's.
-fn own_capabilities(last_cap: u32) -> u64 {
-    let all = u64::MAX >> (63 - last_cap);
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("CapPrm:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
-        .map_or(all, |held| held & all)
-}
-
-fn last_cap() -> u32 {
-    fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(40)
-        .min(63)
-}
-
-/// How one of [`KERNEL_PATHS`] is guarded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Guard {
-    /// Hidden: a file reads as /dev/null, a directory as an empty read-only tmpfs.
-    Mask,
-    ReadOnly,
-}
-
-/// Docker's read-only and masked paths (runc applies them in this order),
-/// each guarded where the sandbox's /proc or /sys has it.
-const KERNEL_PATHS: &[(&str, Guard)] = &[
-    ("/proc/bus", Guard::ReadOnly),
-    ("/proc/fs", Guard::ReadOnly),
-    ("/proc/irq", Guard::ReadOnly),
-    ("/proc/sys", Guard::ReadOnly),
-    ("/proc/sysrq-trigger", Guard::ReadOnly),
-    ("/proc/acpi", Guard::Mask),
-    ("/proc/asound", Guard::Mask),
-    ("/proc/interrupts", Guard::Mask),
-    ("/proc/kcore", Guard::Mask),
-    ("/proc/keys", Guard::Mask),
-    ("/proc/latency_stats", Guard::Mask),
-    ("/proc/timer_list", Guard::Mask),
-    ("/proc/timer_stats", Guard::Mask),
-    ("/proc/sched_debug", Guard::Mask),
-    ("/proc/scsi", Guard::Mask),
-    ("/sys/firmware", Guard::Mask),
-    ("/sys/devices/virtual/powercap", Guard::Mask),
-];
-
-/// Guards [`KERNEL_PATHS`] in the sandbox's own /proc and /sys mounts (at
-/// `proc_dir` and `sys_dir`); masked files become binds of `null`, the
-/// sandbox's /dev/null. Whether a path exists is decided in the sandbox.
-fn guard_kernel_paths(
-    b: &mut PlanBuilder,
-    proc_dir: &Path,
-    sys_dir: &Path,
-    null: &Path,
-) -> Result<()> {
-    for (path, guard) in KERNEL_PATHS {
-        let host = [("/proc/", proc_dir), ("/sys/", sys_dir)]
-            .into_iter()
-            .find_map(|(prefix, dir)| path.strip_prefix(prefix).map(|rest| dir.join(rest)))
-            .ok_or_else(|| Error::InvalidSpec(format!("{path} is not in /proc or /sys")))?;
-        match guard {
-            Guard::Mask => b.push(
-                Op::Mask {
-                    path: path_c(&host)?,
-                    null: path_c(null)?,
-                },
-                format!("mask {path}"),
-            ),
-            Guard::ReadOnly => b.push(
-                Op::ReadOnly {
-                    path: path_c(&host)?,
-                    // Both filesystems are mounted nosuid, nodev, noexec.
-                    flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                },
-                format!("make {path} read-only"),
-            ),
-        }
-    }
-    Ok(())
-}
-
-/// The device nodes runc creates for a container without a terminal:
-/// (name, major, minor), each a 0666 character device owned by root.
-const DEVICES: &[(&str, u64, u64)] = &[
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
-];
-
-/// Docker's /dev at `dev`: a tmpfs with [`DEVICES`], devpts, shm, mqueue
-/// and the standard links. In a user namespace, which cannot make device
-/// nodes, the host's devices are bound instead (as rootless runc does).
-fn docker_dev(
-    b: &mut PlanBuilder,
-    dev: &Path,
-    shm_size: Option<u64>,
-    userns: Option<&IdMaps>,
-) -> Result<()> {
-    let shm_options = format!("mode=1777,size={}", shm_size.unwrap_or(64 << 20));
-    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    b.mount(
-        Some("tmpfs"),
-        dev,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
-        "mount /dev".into(),
-    )?;
-    for (name, major, minor) in DEVICES {
-        if userns.is_some() {
-            b.push(
-                Op::Touch(path_c(&dev.join(name))?),
-                format!("create /dev/{name}"),
-            );
-            b.bind(
-                &Path::new("/dev").join(name),
-                &dev.join(name),
-                false,
-                &format!("/dev/{name}"),
-            )?;
-            continue;
-        }
-        b.push(
-            Op::Mknod(
-                path_c(&dev.join(name))?,
-                0o666,
-                nix::sys::stat::makedev(*major, *minor),
-            ),
-            format!("create /dev/{name}"),
-        );
-    }
-    // The tty group owns ptys where the namespace maps it.
-    let devpts_options = match userns {
-        Some(maps) if !maps.maps_gid(5) => "newinstance,ptmxmode=0666,mode=0620",
-        _ => "newinstance,ptmxmode=0666,mode=0620,gid=5",
-    };
-    // (name, source, type, flags, options)
-    let filesystems = [
-        (
-            "pts",
-            "devpts",
-            "devpts",
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some(devpts_options),
-        ),
-        (
-            "shm",
-            "shm",
-            "tmpfs",
-            nosuid_nodev_noexec,
-            Some(shm_options.as_str()),
-        ),
-        // The message queues of the sandbox's own ipc namespace.
-        ("mqueue", "mqueue", "mqueue", nosuid_nodev_noexec, None),
-    ];
-    for (name, source, fstype, flags, data) in filesystems {
-        let dir = dev.join(name);
-        b.push(
-            Op::Mkdir(path_c(&dir)?, 0o755),
-            format!("create /dev/{name}"),
-        );
-        b.mount(
-            Some(source),
-            &dir,
-            Some(fstype),
-            flags,
-            data,
-            format!("mount /dev/{name}"),
-        )?;
-    }
-    let mut links = vec![
-        ("ptmx", "pts/ptmx"),
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ];
-    // As runc: only where the kernel has /proc/kcore (it is masked anyway).
-    if Path::new("/proc/kcore").exists() {
-        links.push(("core", "/proc/kcore"));
-    }
-    for (name, target) in links {
-        b.push(
-            Op::Symlink {
-                target: cstring(target)?,
-                path: path_c(&dev.join(name))?,
-            },
-            format!("create /dev/{name}"),
-        );
-    }
-    Ok(())
-}
-
-/// kiln's argument and environment strings as the kernel locates them, read
-/// once per process.
-fn process_strings() -> Result<sys::ProcessStrings> {
-    static STRINGS: std::sync::OnceLock<Option<sys::ProcessStrings>> = std::sync::OnceLock::new();
-    let strings = STRINGS.get_or_init(|| {
-        fs::read_to_string("/proc/self/stat")
-            .ok()
-            .and_then(|stat| parse_process_strings(&stat))
-    });
-    strings.ok_or_else(|| {
-        Error::InvalidSpec(
-            "cannot locate kiln's arguments in /proc/self/stat (is /proc mounted?)".into(),
-        )
-    })
-}
-
-/// Fields 48 to 51 of a `/proc/PID/stat` line (`comm`, field 2, may hold
-/// spaces and parentheses: fields are counted after its last `)`).
-fn parse_process_strings(stat: &str) -> Option<sys::ProcessStrings> {
-    let (_, after_comm) = stat.rsplit_once(')')?;
-    // The first field after comm is field 3.
-    let mut fields = after_comm.split_whitespace().skip(48 - 3);
-    let mut next = || fields.next()?.parse::<usize>().ok();
-    let strings = sys::ProcessStrings {
-        arg_start: next()?,
-        arg_end: next()?,
-        env_start: next()?,
-        env_end: next()?,
-    };
-    (strings.arg_start != 0 && strings.arg_end > strings.arg_start).then_some(strings)
-}
-
-/// The resolv.conf a step on `network` sees; `None` without a network.
-fn resolv_conf(network: &Network) -> Option<Vec<u8>> {
-    match network {
-        Network::Private(private) => Some(private.resolv_conf().to_vec()),
-        Network::Host => Some(fs::read("/etc/resolv.conf").unwrap_or_default()),
-        Network::None => None,
-    }
-}
-
-struct Prepared {
-    plan: Plan,
-    descriptions: Vec<String>,
-    stubs: Vec<String>,
-    flags: CloneFlags,
-}
-
-fn build_plan(
-    spec: &RunSpec,
-    scratch: &Scratch,
-    mode: RootMode,
-    view: &RootfsView,
-    fds: [RawFd; 5],
-    wait_for_go: bool,
-) -> Result<Prepared> {
-    let merged = scratch.rootfs(mode);
-    // Mountpoint stubs and the shared resolv.conf/hosts live beside the
-    // snapshots when the lowers come from one snapshot root.
-    let shared_root = match mode {
-        RootMode::Overlay => common_parent(&spec.lowers).map(|p| p.join(".mountpoints")),
-        RootMode::Copy => None,
-    };
-    let mut b = PlanBuilder {
-        ops: Vec::new(),
-        descriptions: Vec::new(),
-        stubs: Vec::new(),
-        stubs_in_lower: shared_root.is_some(),
-    };
-    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let (_, proc_dir) = b.mountpoint(view, merged, "/proc", false)?;
-    b.mount(
-        Some("proc"),
-        &proc_dir,
-        Some("proc"),
-        nosuid_nodev_noexec,
-        None,
-        "mount /proc".into(),
-    )?;
-    let userns = Some(id_maps()).filter(|maps| maps.in_user_namespace());
-    let (_, dev) = b.mountpoint(view, merged, "/dev", false)?;
-    docker_dev(&mut b, &dev, spec.shm_size, userns)?;
-    let (_, sys_dir) = b.mountpoint(view, merged, "/sys", false)?;
-    // A privileged (`--security=insecure`) step gets /sys writable and every
-    // kernel path, as BuildKit's insecure mode gives them.
-    let (sys_flags, sys_what) = match spec.privileged {
-        true => (nosuid_nodev_noexec, "mount /sys"),
-        false => (
-            nosuid_nodev_noexec | MsFlags::MS_RDONLY,
-            "mount /sys read-only",
-        ),
-    };
-    if userns.is_some() && spec.network == Network::Host {
-        // sysfs can only be mounted in a user namespace that owns the
-        // network namespace: on the host's network, the host's /sys is bound.
-        b.bind(Path::new("/sys"), &sys_dir, !spec.privileged, "/sys")?;
-    } else {
-        b.mount(
-            Some("sysfs"),
-            &sys_dir,
-            Some("sysfs"),
-            sys_flags,
-            None,
-            sys_what.into(),
-        )?;
-    }
-    if !spec.privileged {
-        guard_kernel_paths(&mut b, &proc_dir, &sys_dir, &dev.join("null"))?;
-    }
-
-    let hostname = if spec.hostname.is_empty() {
-        "kiln"
-    } else {
-        spec.hostname.as_str()
-    };
-    if let Some(resolv_content) = resolv_conf(&spec.network) {
-        // The network's resolv.conf and a hosts file naming the sandbox:
-        // shared read-only files (as BuildKit binds them) where there is a
-        // snapshot root, else per-step writable copies in the scratch dir.
-        let mut hosts_content = format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-        );
-        for (name, address) in &spec.extra_hosts {
-            hosts_content.push_str(&format!("{address}\t{name}\n"));
-        }
-        let (resolv, hosts, readonly) = match &shared_root {
-            Some(root) => {
-                let files = root.join("files");
-                (
-                    crate::mountpoints::shared_file(&files, "resolv.conf", &resolv_content)?,
-                    crate::mountpoints::shared_file(&files, "hosts", hosts_content.as_bytes())?,
-                    true,
-                )
-            }
-            None => {
-                fs::create_dir_all(&scratch.etc).map_err(io_err("create", &scratch.etc))?;
-                let resolv = scratch.etc.join("resolv.conf");
-                fs::write(&resolv, resolv_content).map_err(io_err("write", &resolv))?;
-                let hosts = scratch.etc.join("hosts");
-                fs::write(&hosts, hosts_content).map_err(io_err("write", &hosts))?;
-                (resolv, hosts, false)
-            }
-        };
-        for (source, target) in [(&resolv, "/etc/resolv.conf"), (&hosts, "/etc/hosts")] {
-            let (_, host_target) = b.mountpoint(view, merged, target, true)?;
-            b.bind(source, &host_target, readonly, target)?;
-        }
-    }
-    for mount in &spec.mounts {
-        match mount {
-            Mount::Bind {
-                source,
-                target,
-                readonly,
-            } => {
-                // Files, and sockets (an ssh agent's), are bound onto a file.
-                let is_file = !fs::metadata(source)
-                    .map_err(io_err("inspect mount source", source))?
-                    .is_dir();
-                let (_, host_target) = b.mountpoint(view, merged, target, is_file)?;
-                b.bind(source, &host_target, *readonly, target)?;
-            }
-            Mount::Tmpfs { target, size } => {
-                let (_, host_target) = b.mountpoint(view, merged, target, false)?;
-                let data = size.map(|s| format!("size={s}"));
-                b.mount(
-                    Some("tmpfs"),
-                    &host_target,
-                    Some("tmpfs"),
-                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                    data.as_deref(),
-                    format!("mount tmpfs on {target}"),
-                )?;
-            }
-        }
-    }
-    b.push(
-        Op::Hostname(cstring(hostname)?),
-        format!("set hostname {hostname}"),
-    );
-    if spec.network == Network::None {
-        b.push(Op::LoopbackUp, "bring up loopback".into());
-    }
-    b.push(
-        Op::Chdir(path_c(merged)?),
-        "enter the root filesystem".into(),
-    );
-    b.push(Op::PivotRootHere, "pivot_root".into());
-    let cwd = if spec.cwd.is_empty() {
-        "/"
-    } else {
-        spec.cwd.as_str()
-    };
-    let (resolved_cwd, missing) = view
-        .resolve_for_create(cwd)
-        .map_err(|e| Error::InvalidSpec(format!("working directory {cwd}: {e}")))?;
-    if missing > 0 {
-        let parts: Vec<&str> = resolved_cwd.split('/').filter(|p| !p.is_empty()).collect();
-        let mut path = String::new();
-        for (i, part) in parts.iter().enumerate() {
-            path.push('/');
-            path.push_str(part);
-            if i >= parts.len() - missing {
-                b.push(
-                    Op::Mkdir(cstring(path.as_str())?, 0o755),
-                    format!("create working directory {path}"),
-                );
-            }
-        }
-    }
-    b.push(
-        Op::Chdir(cstring(resolved_cwd.as_str())?),
-        format!("enter working directory {resolved_cwd}"),
-    );
-    if spec.read_only_root {
-        b.mount(
-            None,
-            Path::new("/"),
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None,
-            "make the root filesystem read-only".into(),
-        )?;
-    }
-
-    // The root filesystem comes first; its lower dirs are known now that every
-    // mountpoint is.
-    let mut root = PlanBuilder {
-        ops: Vec::new(),
-        descriptions: Vec::new(),
-        stubs: Vec::new(),
-        stubs_in_lower: false,
-    };
-    root.mount(
-        None,
-        Path::new("/"),
-        None,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None,
-        "make all mounts private".into(),
-    )?;
-    match mode {
-        RootMode::Overlay => {
-            let mut lowers = spec.lowers.clone();
-            if let Some(shared) = &shared_root {
-                if !b.stubs.is_empty() {
-                    lowers.push(crate::mountpoints::stub_lower(shared, view, &b.stubs)?);
-                }
-            }
-            let (parent, options) = overlay_options(&lowers, common_parent(&spec.lowers), scratch)?;
-            root.push(
-                Op::Chdir(path_c(&parent)?),
-                format!("enter {}", parent.display()),
-            );
-            root.mount(
-                Some("overlay"),
-                merged,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(&options),
-                OVERLAY_STEP.into(),
-            )?;
-        }
-        RootMode::Copy => {
-            root.bind(merged, merged, false, "the root filesystem")?;
-        }
-    }
-    root.ops.append(&mut b.ops);
-    root.descriptions.append(&mut b.descriptions);
-    b.ops = root.ops;
-    b.descriptions = root.descriptions;
-
-    let user = resolve_user(view, &spec.user)?;
-    if let Some(maps) = userns {
-        check_mapped(maps, &user, &spec.user)?;
-    }
-    let env = with_defaults(&spec.env, &user.home);
-    let candidates = exec_candidates(&spec.argv[0], &env);
-    let mut groups: Vec<libc::gid_t> = user.additional_gids.clone();
-    if !groups.contains(&user.gid) {
-        groups.insert(0, user.gid);
-    }
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC;
-    // The private network is joined with setns: no namespace made per step.
-    if spec.network == Network::None {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
-    let last_cap = last_cap();
-    let (keep_caps, seccomp) = if spec.privileged {
-        (own_capabilities(last_cap), None)
-    } else {
-        let caps = default_caps();
-        (caps, crate::seccomp::filter_for(&spec.seccomp, caps)?)
-    };
-    let plan = Plan {
-        ops: b.ops,
-        exec_candidates: candidates.into_iter().map(cstring).collect::<Result<_>>()?,
-        argv: ExecArray::new(
-            spec.argv
-                .iter()
-                .map(|a| cstring(a.as_str()))
-                .collect::<Result<_>>()?,
-        ),
-        envp: ExecArray::new(env.into_iter().map(cstring).collect::<Result<_>>()?),
-        uid: user.uid,
-        gid: user.gid,
-        groups,
-        set_groups: userns.is_none_or(|maps| maps.setgroups),
-        keep_caps,
-        last_cap,
-        rlimits: spec.ulimits.clone(),
-        process_strings: process_strings()?,
-        init_caps: 1u64 << INIT_CAP_KILL,
-        fds,
-        wait_for_go,
-        seccomp,
-        netns: match &spec.network {
-            Network::Private(network) => Some(network.netns_fd()),
-            Network::None | Network::Host => None,
-        },
-        new_session: spec.stdio.is_some(),
-        controlling_terminal: spec.stdio.as_ref().is_some_and(|s| s.terminal),
-        forward_signals: spec.stdio.is_some(),
-    };
-    Ok(Prepared {
-        plan,
-        descriptions: b.descriptions,
-        // Stubs in a lower dir never reach the upper dir: nothing to clean up.
-        stubs: if b.stubs_in_lower {
-            Vec::new()
-        } else {
-            b.stubs.into_iter().map(|(path, _)| path).collect()
-        },
-        flags,
-    })
 }
 
 /// Output pipe reader: splits into lines, delivers them, keeps the last few.
@@ -1165,30 +267,94 @@ fn attempt(
     cancel: &CancelToken,
     on_output: &mut dyn FnMut(OutputLine),
 ) -> std::result::Result<Vec<String>, Attempt> {
-    let streams = Streams::open(spec)?;
-    let (report_r, report_w) = pipe()?;
-    let (go_r, go_w) = pipe()?;
+    let pipes = Pipes::open(spec)?;
     let cgroup = StepCgroup::create(&spec.limits)?;
-    let fds = [
-        streams.child[0].as_raw_fd(),
-        streams.child[1].as_raw_fd(),
-        streams.child[2].as_raw_fd(),
-        report_w.as_raw_fd(),
-        go_r.as_raw_fd(),
-    ];
-    let prepared = build_plan(spec, scratch, mode, view, fds, cgroup.is_some())?;
-    let overlay_index = prepared.descriptions.iter().position(|d| d == OVERLAY_STEP);
+    let userns = Some(id_maps()).filter(|maps| maps.in_user_namespace());
+    let prepared = PlanBuilder::new(spec, scratch, mode, view, userns)
+        .build(pipes.child_fds(), cgroup.is_some())?;
+    let sys = Host;
+    let (mut guard, kept) = start(&sys, &prepared, pipes, cgroup.as_ref())?;
+    let feeder = feed_stdin(&spec.stdin, kept.stdin_w);
+    let pumped = pump(
+        &mut guard,
+        [kept.out_r, kept.err_r, Some(kept.report_r)],
+        spec.stdio.is_some(),
+        cancel,
+        on_output,
+    )?;
+    let init_status = guard.wait();
+    if let Some(feeder) = feeder {
+        let _ = feeder.join();
+    }
+    outcome(pumped, init_status, &prepared, mode, spec, cgroup.as_ref())
+}
 
-    let init = match sys::clone_process(prepared.flags.bits()) {
-        Ok(Some(pid)) => pid,
-        Ok(None) => child::init_main(&prepared.plan),
-        Err(errno) => {
-            return Err(Attempt::Failed(Error::Sandbox {
-                step: "create namespaces (clone)".into(),
-                errno,
-            }))
-        }
-    };
+/// Every pipe of one run: the step's streams, the init's report pipe and the
+/// go pipe (the init waits on it until it is in the step's cgroup).
+struct Pipes {
+    streams: Streams,
+    report_r: OwnedFd,
+    report_w: OwnedFd,
+    go_r: OwnedFd,
+    go_w: OwnedFd,
+}
+
+impl Pipes {
+    fn open(spec: &RunSpec) -> Result<Pipes> {
+        let streams = Streams::open(spec)?;
+        let (report_r, report_w) = pipe()?;
+        let (go_r, go_w) = pipe()?;
+        Ok(Pipes {
+            streams,
+            report_r,
+            report_w,
+            go_r,
+            go_w,
+        })
+    }
+
+    /// The init's descriptors as numbered here: stdin, stdout, stderr,
+    /// report, go.
+    fn child_fds(&self) -> [RawFd; 5] {
+        [
+            self.streams.child[0].as_raw_fd(),
+            self.streams.child[1].as_raw_fd(),
+            self.streams.child[2].as_raw_fd(),
+            self.report_w.as_raw_fd(),
+            self.go_r.as_raw_fd(),
+        ]
+    }
+}
+
+/// The ends of [`Pipes`] kiln keeps once the init runs.
+struct Kept {
+    stdin_w: Option<OwnedFd>,
+    out_r: Option<OwnedFd>,
+    err_r: Option<OwnedFd>,
+    report_r: OwnedFd,
+}
+
+/// Clones the sandbox's init, closes the init's ends here, and lets it go
+/// once it is in the step's cgroup.
+fn start<'s, S: Syscalls>(
+    sys: &'s S,
+    prepared: &Prepared,
+    pipes: Pipes,
+    cgroup: Option<&StepCgroup>,
+) -> std::result::Result<(InitGuard<'s, S>, Kept), Attempt> {
+    let init = sys
+        .clone_init(prepared.flags, &prepared.plan)
+        .map_err(|errno| Error::Sandbox {
+            step: "create namespaces (clone)".into(),
+            errno,
+        })?;
+    let Pipes {
+        streams,
+        report_r,
+        report_w,
+        go_r,
+        go_w,
+    } = pipes;
     let Streams {
         child: child_ends,
         stdin_w,
@@ -1196,15 +362,31 @@ fn attempt(
         err_r,
     } = streams;
     drop((child_ends, report_w, go_r));
-    let mut guard = InitGuard { pid: Some(init) };
-    if let Some(cgroup) = &cgroup {
+    let guard = InitGuard {
+        sys,
+        pid: Some(init),
+    };
+    if let Some(cgroup) = cgroup {
         cgroup.add(init)?;
-        sys::write_all(go_w.as_raw_fd(), b"g");
+        sys.signal_go(go_w.as_raw_fd());
     }
     drop(go_w);
+    let kept = Kept {
+        stdin_w,
+        out_r,
+        err_r,
+        report_r,
+    };
+    Ok((guard, kept))
+}
 
-    // Feed stdin from a helper thread so a step that never reads it cannot block us.
-    let feeder = match (&spec.stdin, stdin_w) {
+/// Feeds stdin from a helper thread so a step that never reads it cannot
+/// block us.
+fn feed_stdin(
+    stdin: &Option<Vec<u8>>,
+    stdin_w: Option<OwnedFd>,
+) -> Option<std::thread::JoinHandle<()>> {
+    match (stdin, stdin_w) {
         (Some(bytes), Some(stdin_w)) => {
             let bytes = bytes.clone();
             let mut file = File::from(stdin_w);
@@ -1213,9 +395,35 @@ fn attempt(
             }))
         }
         _ => None,
-    };
+    }
+}
 
-    let mut last = VecDeque::new();
+/// What [`pump`] read until every pipe closed.
+struct Pumped {
+    /// The last lines of output.
+    last: VecDeque<String>,
+    /// The init's report records.
+    reports: Vec<u8>,
+    /// The step was cancelled (and its init killed).
+    cancelled: bool,
+}
+
+/// Reads stdout, stderr and the report pipe (`open`, in this order) until
+/// all are closed, delivering output lines as they come; kills the init
+/// when `cancel` fires, and forwards the signals given to `cancel` when
+/// `forward` (`kiln run`).
+fn pump<S: Syscalls>(
+    guard: &mut InitGuard<'_, S>,
+    mut open: [Option<OwnedFd>; 3],
+    forward: bool,
+    cancel: &CancelToken,
+    on_output: &mut dyn FnMut(OutputLine),
+) -> std::result::Result<Pumped, Attempt> {
+    let mut pumped = Pumped {
+        last: VecDeque::new(),
+        reports: Vec::new(),
+        cancelled: false,
+    };
     let mut out = LineSplitter {
         stream: Stream::Stdout,
         buffer: Vec::new(),
@@ -1224,74 +432,86 @@ fn attempt(
         stream: Stream::Stderr,
         buffer: Vec::new(),
     };
-    let mut report_bytes = Vec::new();
-    let mut open = [out_r, err_r, Some(report_r)];
-    let mut cancelled = false;
     let mut buffer = vec![0u8; 64 * 1024];
     while open.iter().any(Option::is_some) {
-        if !cancelled && cancel.is_cancelled() {
-            cancelled = true;
+        if !pumped.cancelled && cancel.is_cancelled() {
+            pumped.cancelled = true;
             guard.kill();
         }
-        if spec.stdio.is_some() {
+        if forward {
             guard.forward(cancel.take_signals());
         }
-        let mut poll_fds: Vec<PollFd> = Vec::new();
-        let mut which = Vec::new();
-        for (i, fd) in open.iter().enumerate() {
-            if let Some(fd) = fd {
-                poll_fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-                which.push(i);
-            }
-        }
-        match poll(
-            &mut poll_fds,
-            PollTimeout::try_from(CANCEL_POLL).unwrap_or(PollTimeout::MAX),
-        ) {
-            Ok(0) | Err(Errno::EINTR) => continue,
-            Ok(_) => {}
-            Err(errno) => {
-                return Err(Attempt::Failed(Error::Sandbox {
-                    step: "wait for output".into(),
-                    errno,
-                }))
-            }
-        }
-        let ready: Vec<usize> = poll_fds
-            .iter()
-            .zip(&which)
-            .filter(|(p, _)| p.revents().is_some_and(|r| !r.is_empty()))
-            .map(|(_, i)| *i)
-            .collect();
-        drop(poll_fds);
-        for i in ready {
+        for i in ready(&open)? {
             let Some(fd) = &open[i] else { continue };
             match nix::unistd::read(fd, &mut buffer) {
                 Ok(0) => open[i] = None,
                 Ok(n) => match i {
-                    0 => out.feed(&buffer[..n], on_output, &mut last),
-                    1 => err.feed(&buffer[..n], on_output, &mut last),
-                    _ => report_bytes.extend_from_slice(&buffer[..n]),
+                    0 => out.feed(&buffer[..n], on_output, &mut pumped.last),
+                    1 => err.feed(&buffer[..n], on_output, &mut pumped.last),
+                    _ => pumped.reports.extend_from_slice(&buffer[..n]),
                 },
                 Err(Errno::EINTR | Errno::EAGAIN) => {}
                 Err(_) => open[i] = None,
             }
         }
     }
-    out.finish(on_output, &mut last);
-    err.finish(on_output, &mut last);
-    let init_status = guard.wait();
-    if let Some(feeder) = feeder {
-        let _ = feeder.join();
+    out.finish(on_output, &mut pumped.last);
+    err.finish(on_output, &mut pumped.last);
+    Ok(pumped)
+}
+
+/// Indices of the open descriptors with something to read, waiting at most
+/// [`CANCEL_POLL`]; none after a timeout or an interruption.
+fn ready(open: &[Option<OwnedFd>; 3]) -> std::result::Result<Vec<usize>, Attempt> {
+    let mut poll_fds: Vec<PollFd> = Vec::new();
+    let mut which = Vec::new();
+    for (i, fd) in open.iter().enumerate() {
+        if let Some(fd) = fd {
+            poll_fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            which.push(i);
+        }
     }
-    if cancelled {
+    match poll(
+        &mut poll_fds,
+        PollTimeout::try_from(CANCEL_POLL).unwrap_or(PollTimeout::MAX),
+    ) {
+        Ok(0) | Err(Errno::EINTR) => return Ok(Vec::new()),
+        Ok(_) => {}
+        Err(errno) => {
+            return Err(Attempt::Failed(Error::Sandbox {
+                step: "wait for output".into(),
+                errno,
+            }))
+        }
+    }
+    Ok(poll_fds
+        .iter()
+        .zip(&which)
+        .filter(|(p, _)| p.revents().is_some_and(|r| !r.is_empty()))
+        .map(|(_, i)| *i)
+        .collect())
+}
+
+/// The run's result from what the init reported: a setup failure (of the
+/// overlay mount: overlayfs is unavailable), the main process' status, or
+/// none at all.
+fn outcome(
+    pumped: Pumped,
+    init_status: Option<WaitStatus>,
+    prepared: &Prepared,
+    mode: RootMode,
+    spec: &RunSpec,
+    cgroup: Option<&StepCgroup>,
+) -> std::result::Result<Vec<String>, Attempt> {
+    if pumped.cancelled {
         return Err(Attempt::Failed(Error::Cancelled));
     }
     let mut reports = Reports::default();
-    read_reports(&report_bytes, &mut reports);
-    let last_lines: Vec<String> = last.into_iter().collect();
+    read_reports(&pumped.reports, &mut reports);
+    let last_lines: Vec<String> = pumped.last.into_iter().collect();
     if let Some((kind, errno)) = reports.failure {
         let errno = Errno::from_raw(errno);
+        let overlay_index = prepared.descriptions.iter().position(|d| d == OVERLAY_STEP);
         if Some(kind as usize) == overlay_index && mode == RootMode::Overlay {
             return Err(Attempt::OverlayUnavailable(errno));
         }
@@ -1308,25 +528,31 @@ fn attempt(
             errno: Errno::UnknownErrno,
         }));
     };
-    if status != 0 && cgroup.as_ref().is_some_and(|c| c.out_of_memory()) {
+    if status != 0 && cgroup.is_some_and(|c| c.out_of_memory()) {
         return Err(Attempt::Failed(Error::OutOfMemory {
             limit: spec.limits.memory.unwrap_or_default(),
             last_lines,
         }));
     }
+    exit_status(status, last_lines)?;
+    Ok(prepared.stubs.clone())
+}
+
+/// The main process' raw wait `status` as a result: killed by a signal,
+/// exited non-zero, or success.
+fn exit_status(status: i32, last_lines: Vec<String>) -> Result<()> {
     if status & 0x7f != 0 {
-        return Err(Attempt::Failed(Error::Signaled {
+        return Err(Error::Signaled {
             signal: status & 0x7f,
             last_lines,
-        }));
+        });
     }
     let code = (status >> 8) & 0xff;
     if code != 0 {
-        return Err(Attempt::Failed(Error::ExitCode { code, last_lines }));
+        return Err(Error::ExitCode { code, last_lines });
     }
-    Ok(prepared.stubs)
+    Ok(())
 }
-
 fn failure_error(kind: u32, errno: Errno, descriptions: &[String], spec: &RunSpec) -> Error {
     let program = spec.argv.first().cloned().unwrap_or_default();
     match kind {
@@ -1380,11 +606,12 @@ fn remove_stubs(upper: &Path, stubs: &[String]) {
 
 /// Kills and reaps the sandbox's init if the step ends early (error, cancel,
 /// panic in a callback): nothing outlives `run`.
-struct InitGuard {
+struct InitGuard<'s, S: Syscalls> {
+    sys: &'s S,
     pid: Option<Pid>,
 }
 
-impl InitGuard {
+impl<S: Syscalls> InitGuard<'_, S> {
     /// Sends each signal of the bit set to init, which passes it on to the
     /// main process.
     fn forward(&self, signals: u64) {
@@ -1392,7 +619,7 @@ impl InitGuard {
         for number in 1..64 {
             if signals & (1 << number) != 0 {
                 if let Ok(signal) = Signal::try_from(number) {
-                    let _ = kill(pid, signal);
+                    self.sys.kill(pid, signal);
                 }
             }
         }
@@ -1400,23 +627,17 @@ impl InitGuard {
 
     fn kill(&mut self) {
         if let Some(pid) = self.pid {
-            let _ = kill(pid, Signal::SIGKILL);
+            self.sys.kill(pid, Signal::SIGKILL);
         }
     }
 
     fn wait(&mut self) -> Option<WaitStatus> {
         let pid = self.pid.take()?;
-        loop {
-            match waitpid(pid, None) {
-                Err(Errno::EINTR) => continue,
-                Ok(status) => return Some(status),
-                Err(_) => return None,
-            }
-        }
+        self.sys.wait(pid)
     }
 }
 
-impl Drop for InitGuard {
+impl<S: Syscalls> Drop for InitGuard<'_, S> {
     fn drop(&mut self) {
         if self.pid.is_some() {
             self.kill();
@@ -1428,182 +649,233 @@ impl Drop for InitGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::syscalls::recording::{Call, Recorder};
 
-    fn builder() -> PlanBuilder {
-        PlanBuilder {
-            ops: Vec::new(),
-            descriptions: Vec::new(),
-            stubs: Vec::new(),
-            stubs_in_lower: false,
-        }
-    }
-
-    #[test]
-    fn kernel_paths_are_guarded_in_the_sandbox_mounts() {
-        let mut b = builder();
-        guard_kernel_paths(
-            &mut b,
-            Path::new("/m/proc"),
-            Path::new("/m/sys"),
-            Path::new("/m/dev/null"),
-        )
-        .unwrap();
-        assert_eq!(b.ops.len(), KERNEL_PATHS.len());
-        for ((path, guard), op) in KERNEL_PATHS.iter().zip(&b.ops) {
-            let expected = format!("/m{path}");
-            match (guard, op) {
-                (Guard::Mask, Op::Mask { path, null }) => {
-                    assert_eq!(path.to_str(), Ok(expected.as_str()));
-                    assert_eq!(null.to_str(), Ok("/m/dev/null"));
-                }
-                (Guard::ReadOnly, Op::ReadOnly { path, flags }) => {
-                    assert_eq!(path.to_str(), Ok(expected.as_str()));
-                    assert_eq!(
-                        *flags,
-                        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC
-                    );
-                }
-                _ => panic!("{path}: wrong kind of op"),
-            }
-        }
-    }
-
-    #[test]
-    fn the_plan_guards_proc_and_sys_once_dev_and_sys_are_mounted() {
-        let lower = tempfile::tempdir().unwrap();
-        for dir in ["proc", "dev", "sys"] {
-            fs::create_dir(lower.path().join(dir)).unwrap();
+    /// A plan for `true` over an image of one snapshot (overlay mode, so it
+    /// has the overlay mount); the temporary dirs live as long as it.
+    fn prepared(fds: [RawFd; 5]) -> (Prepared, [tempfile::TempDir; 2]) {
+        let root = tempfile::tempdir().unwrap();
+        let lower = root.path().join("snap");
+        for dir in ["proc", "dev", "sys", "etc"] {
+            fs::create_dir_all(lower.join(dir)).unwrap();
         }
         let scratch_dir = tempfile::tempdir().unwrap();
         let scratch = prepare_scratch(scratch_dir.path()).unwrap();
-        let spec = RunSpec {
-            lowers: vec![lower.path().to_path_buf()],
-            argv: vec!["true".into()],
-            network: Network::None,
-            ..RunSpec::default()
-        };
+        let spec = spec(vec![lower]);
         let view = RootfsView::new(&spec.lowers);
-        let prepared = build_plan(&spec, &scratch, RootMode::Copy, &view, [0; 5], false).unwrap();
-        let position = |what: &str| {
-            prepared
-                .descriptions
-                .iter()
-                .position(|d| d == what)
-                .unwrap_or_else(|| panic!("no {what:?} in {:#?}", prepared.descriptions))
-        };
-        let first_guard = position("make /proc/bus read-only");
-        for before in [
-            "mount /proc",
-            "mount /dev",
-            "create /dev/null",
-            "mount /sys read-only",
-        ] {
-            assert!(position(before) < first_guard, "{before}");
-        }
-        for (path, guard) in KERNEL_PATHS {
-            let what = match guard {
-                Guard::Mask => format!("mask {path}"),
-                Guard::ReadOnly => format!("make {path} read-only"),
-            };
-            assert!(position(&what) < position("pivot_root"));
-        }
-        for name in ["pts", "shm", "mqueue"] {
-            position(&format!("mount /dev/{name}"));
-        }
-        for (name, _, _) in DEVICES {
-            let index = position(&format!("create /dev/{name}"));
-            assert!(matches!(prepared.plan.ops[index], Op::Mknod(_, 0o666, _)));
-        }
-        assert_eq!(prepared.plan.init_caps, 1 << 5);
-        assert_eq!(prepared.plan.process_strings, process_strings().unwrap());
+        let prepared = PlanBuilder::new(&spec, &scratch, RootMode::Overlay, &view, None)
+            .build(fds, false)
+            .unwrap();
+        (prepared, [root, scratch_dir])
     }
 
-    fn root_only_maps() -> IdMaps {
-        IdMaps {
-            uids: crate::userns::parse_id_map("0 1001 1\n"),
-            gids: crate::userns::parse_id_map("0 1001 1\n"),
-            setgroups: false,
+    fn spec(lowers: Vec<PathBuf>) -> RunSpec {
+        RunSpec {
+            lowers,
+            argv: vec!["true".into()],
+            ..RunSpec::default()
+        }
+    }
+
+    fn record(kind: u32, value: i32) -> Vec<u8> {
+        let mut bytes = kind.to_ne_bytes().to_vec();
+        bytes.extend_from_slice(&value.to_ne_bytes());
+        bytes
+    }
+
+    fn pumped(reports: Vec<u8>) -> Pumped {
+        Pumped {
+            last: VecDeque::from(["last".to_owned()]),
+            reports,
+            cancelled: false,
         }
     }
 
     #[test]
-    fn in_a_user_namespace_dev_binds_the_host_devices() {
-        let maps = root_only_maps();
-        let mut b = builder();
-        docker_dev(&mut b, Path::new("/m/dev"), None, Some(&maps)).unwrap();
-        assert!(!b.ops.iter().any(|op| matches!(op, Op::Mknod(..))));
-        for (name, _, _) in DEVICES {
-            let bind = b
-                .descriptions
-                .iter()
-                .position(|d| d == &format!("bind /dev/{name} to /dev/{name}"))
-                .unwrap_or_else(|| panic!("no bind of /dev/{name}: {:#?}", b.descriptions));
-            assert!(
-                matches!(&b.ops[bind - 1], Op::Touch(path) if path.to_str() == Ok(&format!("/m/dev/{name}")))
-            );
+    fn start_clones_into_the_plans_namespaces_and_keeps_only_kilns_ends() {
+        let pipes = Pipes::open(&RunSpec::default()).unwrap();
+        let (prepared, _dirs) = prepared(pipes.child_fds());
+        let sys = Recorder::new();
+        let Ok((guard, kept)) = start(&sys, &prepared, pipes, None) else {
+            panic!("start failed")
+        };
+        // No cgroup: the init is not held back, so no go byte.
+        assert_eq!(sys.calls(), [Call::Clone(prepared.flags)]);
+        // The init's ends are closed here: the output pipes are at their end.
+        let mut buffer = [0u8; 8];
+        for fd in [kept.out_r.as_ref().unwrap(), kept.err_r.as_ref().unwrap()] {
+            assert_eq!(nix::unistd::read(fd, &mut buffer), Ok(0));
         }
-        // gid 5 (tty) is not mapped: devpts must not name it.
-        let devpts = b
+        assert_eq!(nix::unistd::read(&kept.report_r, &mut buffer), Ok(0));
+        assert!(kept.stdin_w.is_none());
+        // A run that ends early kills and reaps its init.
+        drop(guard);
+        assert_eq!(
+            sys.calls()[1..],
+            [Call::Kill(sys.pid, Signal::SIGKILL), Call::Wait(sys.pid)]
+        );
+    }
+
+    #[test]
+    fn a_failed_clone_is_a_sandbox_error_with_nothing_to_reap() {
+        let pipes = Pipes::open(&RunSpec::default()).unwrap();
+        let (prepared, _dirs) = prepared(pipes.child_fds());
+        let mut sys = Recorder::new();
+        sys.clone_error = Some(Errno::EPERM);
+        match start(&sys, &prepared, pipes, None) {
+            Err(Attempt::Failed(Error::Sandbox { step, errno })) => {
+                assert_eq!(step, "create namespaces (clone)");
+                assert_eq!(errno, Errno::EPERM);
+            }
+            _ => panic!("not a clone failure"),
+        }
+        assert_eq!(sys.calls(), [Call::Clone(prepared.flags)]);
+    }
+
+    /// Three pipes holding `out`, `err` and `reports`, their writers closed.
+    fn filled(out: &[u8], err: &[u8], reports: &[u8]) -> [Option<OwnedFd>; 3] {
+        [out, err, reports].map(|bytes| {
+            let (r, w) = pipe().unwrap();
+            File::from(w).write_all(bytes).unwrap();
+            Some(r)
+        })
+    }
+
+    #[test]
+    fn pump_delivers_lines_and_collects_reports() {
+        let sys = Recorder::new();
+        let mut guard = InitGuard {
+            sys: &sys,
+            pid: Some(sys.pid),
+        };
+        let status = record(child::REPORT_STATUS, 0);
+        let mut lines = Vec::new();
+        let Ok(pumped) = pump(
+            &mut guard,
+            filled(b"a\nb", b"e\r\n", &status),
+            false,
+            &CancelToken::new(),
+            &mut |line| lines.push((line.stream, line.bytes)),
+        ) else {
+            panic!("pump failed")
+        };
+        assert!(lines.contains(&(Stream::Stdout, b"a".to_vec())));
+        assert!(lines.contains(&(Stream::Stdout, b"b".to_vec())));
+        assert!(lines.contains(&(Stream::Stderr, b"e".to_vec())));
+        assert_eq!(lines.len(), 3);
+        assert_eq!(pumped.reports, status);
+        assert_eq!(pumped.last.len(), 3);
+        assert!(!pumped.cancelled);
+        assert_eq!(sys.calls(), []);
+        guard.pid = None;
+    }
+
+    #[test]
+    fn pump_kills_a_cancelled_step_once_and_forwards_signals() {
+        let sys = Recorder::new();
+        let mut guard = InitGuard {
+            sys: &sys,
+            pid: Some(sys.pid),
+        };
+        let cancel = CancelToken::new();
+        cancel.forward_signal(libc::SIGTERM);
+        cancel.cancel();
+        let Ok(pumped) = pump(
+            &mut guard,
+            filled(b"", b"", b""),
+            true,
+            &cancel,
+            &mut |_| {},
+        ) else {
+            panic!("pump failed")
+        };
+        assert!(pumped.cancelled);
+        assert_eq!(
+            sys.calls(),
+            [
+                Call::Kill(sys.pid, Signal::SIGKILL),
+                Call::Kill(sys.pid, Signal::SIGTERM)
+            ]
+        );
+        // Signals are forwarded only to `kiln run`'s steps.
+        let cancel = CancelToken::new();
+        cancel.forward_signal(libc::SIGTERM);
+        let before = sys.calls().len();
+        let Ok(_) = pump(
+            &mut guard,
+            filled(b"", b"", b""),
+            false,
+            &cancel,
+            &mut |_| {},
+        ) else {
+            panic!("pump failed")
+        };
+        assert_eq!(sys.calls().len(), before);
+        assert_eq!(guard.wait(), Some(WaitStatus::Exited(sys.pid, 0)));
+        assert_eq!(guard.wait(), None);
+    }
+
+    #[test]
+    fn outcome_turns_reports_into_results() {
+        let (prepared, _dirs) = prepared([0; 5]);
+        let spec = spec(Vec::new());
+        let run =
+            |reports: Vec<u8>, mode| outcome(pumped(reports), None, &prepared, mode, &spec, None);
+        let status = |raw| record(child::REPORT_STATUS, raw);
+        assert!(matches!(run(status(0), RootMode::Overlay), Ok(stubs) if stubs == prepared.stubs));
+        match run(status(3 << 8), RootMode::Overlay) {
+            Err(Attempt::Failed(Error::ExitCode { code, last_lines })) => {
+                assert_eq!((code, last_lines), (3, vec!["last".to_owned()]));
+            }
+            _ => panic!("not an exit code"),
+        }
+        assert!(matches!(
+            run(status(9), RootMode::Overlay),
+            Err(Attempt::Failed(Error::Signaled { signal: 9, .. }))
+        ));
+        // The overlay mount failing means overlayfs is unavailable, unless
+        // the run is already on a copy.
+        let overlay = position_of(&prepared, OVERLAY_STEP);
+        let failed = || record(overlay, Errno::EINVAL as i32);
+        assert!(matches!(
+            run(failed(), RootMode::Overlay),
+            Err(Attempt::OverlayUnavailable(Errno::EINVAL))
+        ));
+        match run(failed(), RootMode::Copy) {
+            Err(Attempt::Failed(Error::Sandbox { step, errno })) => {
+                assert_eq!((step.as_str(), errno), (OVERLAY_STEP, Errno::EINVAL));
+            }
+            _ => panic!("not a sandbox error"),
+        }
+        // The first failure counts; a status after it does not.
+        let mut exec = record(child::REPORT_EXEC, Errno::ENOENT as i32);
+        exec.extend(record(position_of(&prepared, "mount /proc"), 1));
+        exec.extend(status(0));
+        match run(exec, RootMode::Overlay) {
+            Err(Attempt::Failed(Error::Exec { program, errno, .. })) => {
+                assert_eq!((program.as_str(), errno), ("true", Errno::ENOENT));
+            }
+            _ => panic!("not an exec error"),
+        }
+        match run(Vec::new(), RootMode::Overlay) {
+            Err(Attempt::Failed(Error::Sandbox { step, .. })) => {
+                assert!(step.contains("ended unexpectedly"), "{step}");
+            }
+            _ => panic!("not a sandbox error"),
+        }
+        let mut cancelled = pumped(status(0));
+        cancelled.cancelled = true;
+        assert!(matches!(
+            outcome(cancelled, None, &prepared, RootMode::Overlay, &spec, None),
+            Err(Attempt::Failed(Error::Cancelled))
+        ));
+    }
+
+    fn position_of(prepared: &Prepared, what: &str) -> u32 {
+        prepared
             .descriptions
             .iter()
-            .position(|d| d == "mount /dev/pts")
-            .unwrap();
-        match &b.ops[devpts] {
-            Op::Mount {
-                data: Some(data), ..
-            } => {
-                assert!(!data.to_str().unwrap().contains("gid=5"), "{data:?}")
-            }
-            _ => panic!("devpts is not a mount"),
-        }
-        let mut root = builder();
-        docker_dev(&mut root, Path::new("/m/dev"), None, None).unwrap();
-        assert_eq!(
-            root.ops
-                .iter()
-                .filter(|op| matches!(op, Op::Mknod(..)))
-                .count(),
-            DEVICES.len()
-        );
-    }
-
-    #[test]
-    fn a_user_the_namespace_does_not_map_is_named() {
-        let maps = root_only_maps();
-        let user = |uid, gid, additional_gids: Vec<u32>| crate::User {
-            uid,
-            gid,
-            additional_gids,
-            home: "/".into(),
-        };
-        assert!(check_mapped(&maps, &user(0, 0, vec![]), "").is_ok());
-        let err = check_mapped(&maps, &user(1000, 0, vec![]), "app").unwrap_err();
-        let text = err.to_string();
-        assert!(
-            text.contains("uid 1000") && text.contains("\"app\""),
-            "{text}"
-        );
-        assert!(text.contains("usermod --add-subuids"), "{text}");
-        let err = check_mapped(&maps, &user(0, 0, vec![27]), "root").unwrap_err();
-        assert!(err.to_string().contains("gid 27"), "{err}");
-    }
-
-    #[test]
-    fn process_strings_are_counted_after_the_command_name() {
-        // Fields 3 to 52, each its own number; comm holds a space and a ')'.
-        let fields: Vec<String> = (3..=52).map(|n| n.to_string()).collect();
-        let stat = format!("42 (a) b) {}\n", fields.join(" "));
-        assert_eq!(
-            parse_process_strings(&stat),
-            Some(sys::ProcessStrings {
-                arg_start: 48,
-                arg_end: 49,
-                env_start: 50,
-                env_end: 51,
-            })
-        );
-        assert_eq!(parse_process_strings("42 (kiln) S 1 2"), None);
-        let this = process_strings().unwrap();
-        assert!(this.arg_end > this.arg_start && this.env_end >= this.env_start);
+            .position(|d| d == what)
+            .unwrap() as u32
     }
 }

@@ -420,213 +420,282 @@ impl Unpacker<'_> {
             return Ok(());
         }
         if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
-            if hidden.is_empty() || hidden == b"." || hidden == b".." {
-                return Err(self.bad(&raw_path, "whiteout names no file"));
-            }
-            let path = parent.join(OsStr::from_bytes(hidden));
-            self.settle()?;
-            self.remove_existing(&path)?;
-            mknod(&path, SFlag::S_IFCHR, Mode::empty(), 0).map_err(|e| Error::Io {
-                action: "create whiteout",
-                path: path.clone(),
-                source: e.into(),
-            })?;
-            self.created.insert(path);
-            return Ok(());
+            return self.whiteout(&raw_path, &parent, hidden);
         }
 
         let path = parent.join(name);
-        let header = entry.header().clone();
-        let kind = header.entry_type();
-        let mode = header
-            .mode()
-            .map_err(|e| self.bad(&raw_path, format!("bad mode: {e}")))?
-            & 0o7777;
-        let uid = header
-            .uid()
-            .map_err(|e| self.bad(&raw_path, format!("bad uid: {e}")))?;
-        let gid = header
-            .gid()
-            .map_err(|e| self.bad(&raw_path, format!("bad gid: {e}")))?;
-        let mtime = header.mtime().unwrap_or(0) as i64;
-        let xattrs = read_xattrs(&mut entry).map_err(io_err("read xattrs of", &path))?;
-
+        let meta = self.entry_meta(&mut entry, &raw_path, &path)?;
+        let kind = entry.header().entry_type();
         if kind.is_file() || kind == tar::EntryType::Continuous || kind == tar::EntryType::GNUSparse
         {
-            let meta = FileMeta {
-                mode,
-                uid: uid as u32,
-                gid: gid as u32,
-                mtime,
-                xattrs,
-            };
-            let fresh = !self.created.contains(&path) && !self.dirs.contains(&path);
-            self.created.insert(path.clone());
-            if self.pool.is_none() && self.created.len() == FILES_BEFORE_POOL {
-                self.pool = FilePool::start();
-            }
-            if fresh && entry.size() <= POOLED_MAX {
-                if let Some(pool) = &mut self.pool {
-                    let mut data = Vec::with_capacity(entry.size() as usize);
-                    entry
-                        .read_to_end(&mut data)
-                        .map_err(io_err("read", &path))?;
-                    return pool.submit(FileJob { path, data, meta });
-                }
-            }
-            if !fresh {
-                self.settle()?;
-            }
-            return self.write_file(&path, &mut entry, &meta);
+            return self.unpack_file(entry, path, meta);
         }
         // Something there may still be being written (a file, or files
         // inside a directory that is about to be replaced).
         if self.created.contains(&path) || (!kind.is_dir() && self.dirs.contains(&path)) {
             self.settle()?;
         }
-        let existing = if self.dirs.contains(&path) {
-            None
-        } else {
-            fs::symlink_metadata(&path).ok()
-        };
         if kind.is_dir() {
-            match existing {
-                _ if self.dirs.contains(&path) => {}
-                Some(meta) if meta.is_dir() => {}
-                Some(_) => {
-                    self.remove_existing(&path)?;
-                    fs::create_dir(&path).map_err(io_err("create", &path))?;
-                }
-                None => fs::create_dir(&path).map_err(io_err("create", &path))?,
-            }
-            self.dirs.insert(path.clone());
+            self.make_dir(&path)?;
         } else {
-            if existing.is_some() || self.dirs.contains(&path) {
+            if self.dirs.contains(&path) || fs::symlink_metadata(&path).is_ok() {
                 self.remove_existing(&path)?;
             }
-            if kind.is_symlink() {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| self.bad(&raw_path, format!("bad link target: {e}")))?
-                    .ok_or_else(|| self.bad(&raw_path, "symlink without a target"))?;
-                symlink(&target, &path).map_err(io_err("create symlink", &path))?;
-            } else if kind.is_hard_link() {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| self.bad(&raw_path, format!("bad link target: {e}")))?
-                    .ok_or_else(|| self.bad(&raw_path, "hard link without a target"))?;
-                // Its target may still be being written.
-                self.settle()?;
-                let target_parts = clean_components(&target);
-                let Some((target_name, target_parents)) = target_parts.split_last() else {
-                    return Err(self.bad(&raw_path, "hard link to the root directory"));
-                };
-                let mut source = self.root.to_path_buf();
-                for part in target_parents {
-                    source.push(part);
-                    if !fs::symlink_metadata(&source).is_ok_and(|m| m.is_dir()) {
-                        return Err(self.bad(
-                            &raw_path,
-                            format!("hard link target {} is not in this layer", target.display()),
-                        ));
-                    }
-                }
-                source.push(target_name);
-                match fs::symlink_metadata(&source) {
-                    Ok(meta) if !meta.is_dir() => {}
-                    _ => {
-                        return Err(self.bad(
-                            &raw_path,
-                            format!(
-                                "hard link target {} is not a file in this layer",
-                                target.display()
-                            ),
-                        ))
-                    }
-                }
-                fs::hard_link(&source, &path).map_err(io_err("create hard link", &path))?;
-                self.created.insert(path);
-                // A hard link shares the target's inode and metadata.
+            if !self.make_other(&entry, &raw_path, &path, meta.mode)? {
                 return Ok(());
-            } else if kind.is_character_special() || kind.is_block_special() {
-                if crate::userns::in_user_namespace() {
-                    // A user namespace cannot make device nodes (as with
-                    // rootless podman, the snapshot lacks them; the layer
-                    // blob, which images use, keeps them).
-                    return Ok(());
-                }
-                let major = header.device_major().ok().flatten().unwrap_or(0) as u64;
-                let minor = header.device_minor().ok().flatten().unwrap_or(0) as u64;
-                let flag = if kind.is_character_special() {
-                    SFlag::S_IFCHR
-                } else {
-                    SFlag::S_IFBLK
-                };
-                mknod(
-                    &path,
-                    flag,
-                    Mode::from_bits_truncate(mode),
-                    nix::sys::stat::makedev(major, minor),
-                )
-                .map_err(|e| Error::Io {
-                    action: "create device",
-                    path: path.clone(),
-                    source: e.into(),
-                })?;
-            } else if kind.is_fifo() {
-                mkfifo(&path, Mode::from_bits_truncate(mode)).map_err(|e| Error::Io {
-                    action: "create fifo",
-                    path: path.clone(),
-                    source: e.into(),
-                })?;
-            } else if kind.is_pax_global_extensions()
-                || kind.is_pax_local_extensions()
-                || kind.is_gnu_longname()
-                || kind.is_gnu_longlink()
-            {
-                return Ok(());
-            } else {
-                return Err(self.bad(&raw_path, format!("unsupported entry type {:?}", kind)));
             }
-        }
-
-        if !kind.is_dir() {
             self.created.insert(path.clone());
         }
+        self.apply_meta(&raw_path, &path, kind, meta)
+    }
+
+    /// Hides `hidden` in `parent` with a whiteout (a 0:0 character device).
+    fn whiteout(&mut self, raw_path: &Path, parent: &Path, hidden: &[u8]) -> Result<()> {
+        if hidden.is_empty() || hidden == b"." || hidden == b".." {
+            return Err(self.bad(raw_path, "whiteout names no file"));
+        }
+        let path = parent.join(OsStr::from_bytes(hidden));
+        self.settle()?;
+        self.remove_existing(&path)?;
+        mknod(&path, SFlag::S_IFCHR, Mode::empty(), 0).map_err(|e| Error::Io {
+            action: "create whiteout",
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        self.created.insert(path);
+        Ok(())
+    }
+
+    /// An entry's mode, owner, mtime and xattrs (`path`: where it goes, for
+    /// errors).
+    fn entry_meta<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        raw_path: &Path,
+        path: &Path,
+    ) -> Result<FileMeta> {
+        let header = entry.header();
+        let mode = header
+            .mode()
+            .map_err(|e| self.bad(raw_path, format!("bad mode: {e}")))?
+            & 0o7777;
+        let uid = header
+            .uid()
+            .map_err(|e| self.bad(raw_path, format!("bad uid: {e}")))?;
+        let gid = header
+            .gid()
+            .map_err(|e| self.bad(raw_path, format!("bad gid: {e}")))?;
+        let mtime = header.mtime().unwrap_or(0) as i64;
+        let xattrs = read_xattrs(entry).map_err(io_err("read xattrs of", path))?;
+        Ok(FileMeta {
+            mode,
+            uid: uid as u32,
+            gid: gid as u32,
+            mtime,
+            xattrs,
+        })
+    }
+
+    /// A regular file: small fresh ones go to the file pool (once there are
+    /// enough files for it to pay), the others are written here.
+    fn unpack_file<R: Read>(
+        &mut self,
+        mut entry: tar::Entry<'_, R>,
+        path: PathBuf,
+        meta: FileMeta,
+    ) -> Result<()> {
+        let fresh = !self.created.contains(&path) && !self.dirs.contains(&path);
+        self.created.insert(path.clone());
+        if self.pool.is_none() && self.created.len() == FILES_BEFORE_POOL {
+            self.pool = FilePool::start();
+        }
+        if fresh && entry.size() <= POOLED_MAX {
+            if let Some(pool) = &mut self.pool {
+                let mut data = Vec::with_capacity(entry.size() as usize);
+                entry
+                    .read_to_end(&mut data)
+                    .map_err(io_err("read", &path))?;
+                return pool.submit(FileJob { path, data, meta });
+            }
+        }
+        if !fresh {
+            self.settle()?;
+        }
+        self.write_file(&path, &mut entry, &meta)
+    }
+
+    /// A directory, kept if one is there already (replacing anything else).
+    fn make_dir(&mut self, path: &Path) -> Result<()> {
+        if !self.dirs.contains(path) {
+            match fs::symlink_metadata(path) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => {
+                    self.remove_existing(path)?;
+                    fs::create_dir(path).map_err(io_err("create", path))?;
+                }
+                Err(_) => fs::create_dir(path).map_err(io_err("create", path))?,
+            }
+        }
+        self.dirs.insert(path.to_path_buf());
+        Ok(())
+    }
+
+    /// A symlink, hard link, device or FIFO at `path` (where nothing is).
+    /// `false` when the entry needs no metadata of its own: a hard link (it
+    /// shares its target's inode), a device a user namespace cannot make,
+    /// or a pax/GNU extension header.
+    fn make_other<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        raw_path: &Path,
+        path: &Path,
+        mode: u32,
+    ) -> Result<bool> {
+        let header = entry.header();
+        let kind = header.entry_type();
+        let link_target = |what: &str| {
+            entry
+                .link_name()
+                .map_err(|e| self.bad(raw_path, format!("bad link target: {e}")))?
+                .ok_or_else(|| self.bad(raw_path, format!("{what} without a target")))
+        };
+        if kind.is_symlink() {
+            let target = link_target("symlink")?;
+            symlink(&target, path).map_err(io_err("create symlink", path))?;
+        } else if kind.is_hard_link() {
+            let target = link_target("hard link")?.into_owned();
+            self.hard_link(raw_path, &target, path)?;
+            return Ok(false);
+        } else if kind.is_character_special() || kind.is_block_special() {
+            if crate::userns::in_user_namespace() {
+                // A user namespace cannot make device nodes (as with
+                // rootless podman, the snapshot lacks them; the layer
+                // blob, which images use, keeps them).
+                return Ok(false);
+            }
+            let major = header.device_major().ok().flatten().unwrap_or(0) as u64;
+            let minor = header.device_minor().ok().flatten().unwrap_or(0) as u64;
+            let flag = if kind.is_character_special() {
+                SFlag::S_IFCHR
+            } else {
+                SFlag::S_IFBLK
+            };
+            mknod(
+                path,
+                flag,
+                Mode::from_bits_truncate(mode),
+                nix::sys::stat::makedev(major, minor),
+            )
+            .map_err(|e| Error::Io {
+                action: "create device",
+                path: path.to_path_buf(),
+                source: e.into(),
+            })?;
+        } else if kind.is_fifo() {
+            mkfifo(path, Mode::from_bits_truncate(mode)).map_err(|e| Error::Io {
+                action: "create fifo",
+                path: path.to_path_buf(),
+                source: e.into(),
+            })?;
+        } else if kind.is_pax_global_extensions()
+            || kind.is_pax_local_extensions()
+            || kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+        {
+            return Ok(false);
+        } else {
+            return Err(self.bad(raw_path, format!("unsupported entry type {:?}", kind)));
+        }
+        Ok(true)
+    }
+
+    /// A hard link at `path` to `target`, which must be a file this layer
+    /// already unpacked.
+    fn hard_link(&mut self, raw_path: &Path, target: &Path, path: &Path) -> Result<()> {
+        // Its target may still be being written.
+        self.settle()?;
+        let target_parts = clean_components(target);
+        let Some((target_name, target_parents)) = target_parts.split_last() else {
+            return Err(self.bad(raw_path, "hard link to the root directory"));
+        };
+        let mut source = self.root.to_path_buf();
+        for part in target_parents {
+            source.push(part);
+            if !fs::symlink_metadata(&source).is_ok_and(|m| m.is_dir()) {
+                return Err(self.bad(
+                    raw_path,
+                    format!("hard link target {} is not in this layer", target.display()),
+                ));
+            }
+        }
+        source.push(target_name);
+        match fs::symlink_metadata(&source) {
+            Ok(meta) if !meta.is_dir() => {}
+            _ => {
+                return Err(self.bad(
+                    raw_path,
+                    format!(
+                        "hard link target {} is not a file in this layer",
+                        target.display()
+                    ),
+                ))
+            }
+        }
+        fs::hard_link(&source, path).map_err(io_err("create hard link", path))?;
+        self.created.insert(path.to_path_buf());
+        Ok(())
+    }
+
+    /// Owner, mode, xattrs and mtime of a non-regular entry (a directory's
+    /// mtime is set once everything inside it is).
+    fn apply_meta(
+        &mut self,
+        raw_path: &Path,
+        path: &Path,
+        kind: tar::EntryType,
+        meta: FileMeta,
+    ) -> Result<()> {
+        let FileMeta {
+            mode,
+            uid,
+            gid,
+            mtime,
+            xattrs,
+        } = meta;
         // Ownership before mode: chown clears setuid/setgid bits.
         fchownat(
             nix::fcntl::AT_FDCWD,
-            &path,
-            Some(Uid::from_raw(uid as u32)),
-            Some(Gid::from_raw(gid as u32)),
+            path,
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         )
         .map_err(|e| {
-            crate::userns::unmapped_owner(uid as u32, gid as u32, || {
+            crate::userns::unmapped_owner(uid, gid, || {
                 format!("{} in layer {}", raw_path.display(), self.chain_id)
             })
             .unwrap_or_else(|| Error::Io {
                 action: "chown",
-                path: path.clone(),
+                path: path.to_path_buf(),
                 source: e.into(),
             })
         })?;
         let is_symlink = kind.is_symlink();
         if !is_symlink {
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-                .map_err(io_err("chmod", &path))?;
+            fs::set_permissions(path, fs::Permissions::from_mode(mode))
+                .map_err(io_err("chmod", path))?;
         }
         for (key, value) in &xattrs {
             if is_symlink && !key.starts_with("trusted.") && !key.starts_with("security.") {
                 // user.* xattrs are not allowed on symlinks.
                 continue;
             }
-            xattr::set(&path, key, value).map_err(io_err("set xattr on", &path))?;
+            xattr::set(path, key, value).map_err(io_err("set xattr on", path))?;
         }
         if kind.is_dir() {
-            self.dir_times.insert(path, mtime);
+            self.dir_times.insert(path.to_path_buf(), mtime);
         } else {
-            set_mtime(&path, mtime)?;
+            set_mtime(path, mtime)?;
         }
         Ok(())
     }
@@ -686,8 +755,21 @@ const COPY_BUFFER: usize = 256 * 1024;
 /// A file that is neither a regular file, a directory nor a symlink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpecialFile {
-    Char { major: u64, minor: u64 },
-    Block { major: u64, minor: u64 },
+    /// A character device.
+    Char {
+        /// The device's major number.
+        major: u64,
+        /// The device's minor number.
+        minor: u64,
+    },
+    /// A block device.
+    Block {
+        /// The device's major number.
+        major: u64,
+        /// The device's minor number.
+        minor: u64,
+    },
+    /// A named pipe.
     Fifo,
 }
 

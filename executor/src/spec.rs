@@ -69,8 +69,11 @@ pub struct RunSpec {
 /// terminal, kiln's own stdio, a log pipe): see [`RunSpec::stdio`].
 #[derive(Debug, Clone)]
 pub struct Stdio {
+    /// The main process' standard input.
     pub stdin: Arc<OwnedFd>,
+    /// Its standard output.
     pub stdout: Arc<OwnedFd>,
+    /// Its standard error.
     pub stderr: Arc<OwnedFd>,
     /// `stdin` is a terminal (a pty's replica side) that becomes the main
     /// process' controlling terminal, as `docker run -t` gives.
@@ -103,12 +106,20 @@ pub enum Mount {
     /// cache mounts (a persistent host directory, `readonly: false`) and secrets
     /// (a host file, `readonly: true`; its content never reaches the upper dir).
     Bind {
+        /// The host file or directory.
         source: PathBuf,
+        /// Where it appears in the image.
         target: String,
+        /// The step cannot write through it.
         readonly: bool,
     },
     /// A fresh tmpfs; `size` in bytes, `None` for the kernel's default.
-    Tmpfs { target: String, size: Option<u64> },
+    Tmpfs {
+        /// Where it appears in the image.
+        target: String,
+        /// Its size limit in bytes.
+        size: Option<u64>,
+    },
 }
 
 impl Mount {
@@ -146,7 +157,9 @@ impl Limits {
 /// Which output stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
+    /// Standard output.
     Stdout,
+    /// Standard error.
     Stderr,
 }
 
@@ -154,7 +167,9 @@ pub enum Stream {
 /// (not necessarily UTF-8); a final line without newline is delivered at exit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputLine {
+    /// The stream it came from.
     pub stream: Stream,
+    /// The line's bytes.
     pub bytes: Vec<u8>,
 }
 
@@ -216,7 +231,9 @@ impl CancelToken {
 pub struct Ulimit {
     /// The `RLIMIT_*` resource.
     pub resource: nix::sys::resource::Resource,
+    /// The soft limit (`u64::MAX`: unlimited).
     pub soft: u64,
+    /// The hard limit (`u64::MAX`: unlimited).
     pub hard: u64,
 }
 

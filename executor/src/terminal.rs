@@ -21,7 +21,9 @@ fn term_err(action: &'static str) -> impl FnOnce(nix::errno::Errno) -> Error {
 /// process gets `replica` as its stdin, stdout and stderr.
 #[derive(Debug)]
 pub struct Pty {
+    /// The side kiln reads and writes.
     pub controller: OwnedFd,
+    /// The side the process gets as its terminal.
     pub replica: OwnedFd,
 }
 

@@ -6,7 +6,9 @@ use crate::view::RootfsView;
 /// The identity a step runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
+    /// The user id.
     pub uid: u32,
+    /// The primary group id.
     pub gid: u32,
     /// Supplementary groups (from /etc/group membership), without `gid`.
     pub additional_gids: Vec<u32>,

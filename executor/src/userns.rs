@@ -221,12 +221,18 @@ pub fn check_owner_mapped(uid: u32, gid: u32, what: &str) -> Result<()> {
 pub enum Rootless {
     /// Root and the user's subordinate ranges are mapped.
     Full {
+        /// The user's first subordinate uid (what uid 1 maps to).
         uid_start: u32,
+        /// The user's first subordinate gid (what gid 1 maps to).
         gid_start: u32,
+        /// How many subordinate ids are mapped.
         count: u32,
     },
     /// Only root is mapped: `why` says what was missing.
-    RootOnly { why: String },
+    RootOnly {
+        /// What was missing (subordinate ids, newuidmap, ...).
+        why: String,
+    },
 }
 
 /// The first subordinate range of `/etc/subuid`-style `text` for the user

@@ -185,14 +185,21 @@ pub enum ProfileError {
     /// where (`at syscalls[2].action: `, empty for syntax errors, whose
     /// message has the line and column).
     #[error("{at}{message}")]
-    Json { at: String, message: String },
+    Json {
+        /// Where in the profile (`at syscalls[2].action: `), or empty.
+        at: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The JSON is well formed but says something kiln cannot apply.
     #[error("{0}")]
     Invalid(String),
     /// libseccomp refused the filter.
     #[error("cannot compile the seccomp filter: {what}: {source}")]
     Compile {
+        /// What was being done (`add architecture "arm64"`, ...).
         what: String,
+        /// libseccomp's error.
         #[source]
         source: libseccomp::error::SeccompError,
     },
