@@ -623,194 +623,254 @@ impl<'g> Planner<'_, 'g> {
     /// Plans one graph's needed stages: their keys, layers and history, and
     /// a vertex for every step whose key is new.
     fn plan(&mut self, stages: &[&'g Stage]) -> Result<HashMap<usize, StagePlan>> {
-        let (store, context, options, downloads) =
-            (self.store, self.context, self.options, self.downloads);
         let mut plans: HashMap<usize, StagePlan> = HashMap::new();
         for stage in stages {
-            let mut plan = match &stage.base {
-                Base::Scratch => StagePlan {
-                    key: KeyEncoder::new("kiln.base.v1").str("scratch", "").finish(),
-                    layers: Vec::new(),
-                    history: Vec::new(),
-                    last_vertex: None,
-                    platform: parse_platform(&stage.platform)?,
-                },
-                Base::Image { reference, image } => {
-                    let stored = resolve_image(store, reference, &image.digest)?;
-                    StagePlan {
-                        key: KeyEncoder::new("kiln.base.v1")
-                            .str("image", &image.digest)
-                            .finish(),
-                        layers: stored
-                            .layers()?
-                            .into_iter()
-                            .map(|l| LayerRef::Fixed(Box::new(l)))
-                            .collect(),
-                        history: stored
-                            .history()
-                            .iter()
-                            .cloned()
-                            .map(HistoryRef::Fixed)
-                            .collect(),
-                        last_vertex: None,
-                        platform: Platform {
-                            os: image.os.clone(),
-                            architecture: image.architecture.clone(),
-                            variant: image.variant.clone(),
-                        },
-                    }
-                }
-                Base::Stage(index) => plans.get(index).cloned().ok_or_else(|| {
-                    Error::Invalid(format!("stage {index} is used before it is built"))
-                })?,
-            };
+            let mut plan = self.base_plan(stage, &plans)?;
             for step in &stage.steps {
-                let mut key = KeyEncoder::new("kiln.step.v1");
-                key.key("definition", &step.digest)
-                    .key("parent", &plan.key)
-                    .str("platform", &plan.platform.to_string());
-                let mut deps: Vec<usize> = plan.last_vertex.into_iter().collect();
-                let mut from_layers = HashMap::new();
-                let mut context_mounts = HashMap::new();
-                let add_from = |from: &CopyFrom,
-                                key: &mut KeyEncoder,
-                                deps: &mut Vec<usize>,
-                                from_layers: &mut HashMap<String, Vec<LayerRef>>|
-                 -> Result<()> {
-                    match from {
-                        CopyFrom::Context | CopyFrom::Named(_) => {}
-                        CopyFrom::Stage(index) => {
-                            let source = plans.get(index).ok_or_else(|| {
-                                Error::at(
-                                    step,
-                                    Error::Invalid(format!(
-                                        "stage {index} is not built before this step"
-                                    )),
-                                )
-                            })?;
-                            key.key("from-stage", &source.key);
-                            deps.extend(source.last_vertex);
-                            from_layers.insert(format!("stage:{index}"), source.layers.clone());
-                        }
-                        CopyFrom::Image { reference, image } => {
-                            key.str("from-image", &image.digest);
-                            let stored = resolve_image(store, reference, &image.digest)?;
-                            from_layers.insert(
-                                format!("image:{}", image.digest),
-                                stored
-                                    .layers()?
-                                    .into_iter()
-                                    .map(|l| LayerRef::Fixed(Box::new(l)))
-                                    .collect(),
-                            );
-                        }
-                    }
-                    Ok(())
-                };
-                match &step.kind {
-                    StepKind::Copy(copy) => {
-                        if let Some(context) = directory_of(context, options, &copy.from)? {
-                            let is_git = |s: &str| copy.add && crate::remote_context::is_git_url(s);
-                            let (urls, paths): (Vec<String>, Vec<String>) = copy
-                                .sources
-                                .iter()
-                                .cloned()
-                                .partition(|s| is_git(s) || is_url(s));
-                            let digest = self
-                                .content_digest(context, &paths)
-                                .map_err(|e| Error::at(step, e))?;
-                            key.key("content", &digest);
-                            for url in &urls {
-                                if is_git(url) {
-                                    // A repository is keyed by the commit its ref
-                                    // resolves to: an unchanged commit is a hit.
-                                    let checkout = downloads
-                                        .git(url, copy.keep_git_dir)
-                                        .map_err(|e| Error::at(step, e))?;
-                                    key.str("git", url).str("git-commit", &checkout.commit);
-                                    continue;
-                                }
-                                // The content is what counts: a pinned checksum
-                                // names it without downloading, else the download.
-                                let content = match (&copy.checksum, copy.add) {
-                                    (Some(sum), _) => sum.clone(),
-                                    (None, true) => {
-                                        downloads
-                                            .get(url, None)
-                                            .map_err(|e| Error::at(step, e))?
-                                            .digest
-                                    }
-                                    (None, false) => String::new(),
-                                };
-                                key.str("url", url).str("url-content", &content);
-                            }
-                        }
-                        add_from(&copy.from, &mut key, &mut deps, &mut from_layers)?;
-                    }
-                    StepKind::Run(run) => {
-                        for mount in &run.mounts {
-                            if let Some(from) = mount.from() {
-                                if let (Some(context), RunMount::Bind { source, .. }) =
-                                    (directory_of(context, options, from)?, mount)
-                                {
-                                    let digest = self
-                                        .content_digest(context, std::slice::from_ref(source))
-                                        .map_err(|e| Error::at(step, e))?;
-                                    key.key("mount-content", &digest);
-                                    context_mounts.insert(mount_key(from, source), digest);
-                                }
-                                add_from(from, &mut key, &mut deps, &mut from_layers)?;
-                            }
-                        }
-                        key.opt_str("network-default", options.network.map(network_name));
-                    }
-                    _ => {}
-                }
-                let key = key.finish();
-                if matches!(step.kind, StepKind::Config) {
-                    // Config-only steps (LABEL, EXPOSE, CMD, ...) change the image
-                    // config, not the filesystem: they stay out of the key chain so
-                    // editing one does not re-run the steps after it. What a later
-                    // step does see (ENV, USER, WORKDIR, SHELL) is in its own
-                    // definition digest.
-                    if step.in_history {
-                        plan.history.push(HistoryRef::Empty {
-                            created_by: step.created_by.clone(),
-                        });
-                    }
-                    continue;
-                }
-                plan.key = key;
-                deps.sort_unstable();
-                deps.dedup();
-                let vertex = match self.by_key.get(&key) {
-                    Some(&existing) => existing,
-                    None => {
-                        self.vertices.push(Vertex {
-                            key,
-                            step,
-                            stage,
-                            parent_layers: plan.layers.clone(),
-                            from_layers,
-                            context_mounts,
-                            platform: plan.platform.clone(),
-                            deps,
-                        });
-                        self.by_key.insert(key, self.vertices.len() - 1);
-                        self.vertices.len() - 1
-                    }
-                };
-                plan.layers.push(LayerRef::Vertex(vertex));
-                plan.history.push(HistoryRef::Vertex {
-                    created_by: step.created_by.clone(),
-                    vertex,
-                });
-                plan.last_vertex = Some(vertex);
+                let inputs = self.step_inputs(step, &plan, &plans)?;
+                self.add_step(stage, step, &mut plan, inputs);
             }
             plans.insert(stage.index, plan);
         }
         Ok(plans)
     }
+
+    /// What a stage starts from: nothing, a stored image, or an earlier
+    /// stage's plan.
+    fn base_plan(&self, stage: &Stage, plans: &HashMap<usize, StagePlan>) -> Result<StagePlan> {
+        Ok(match &stage.base {
+            Base::Scratch => StagePlan {
+                key: KeyEncoder::new("kiln.base.v1").str("scratch", "").finish(),
+                layers: Vec::new(),
+                history: Vec::new(),
+                last_vertex: None,
+                platform: parse_platform(&stage.platform)?,
+            },
+            Base::Image { reference, image } => {
+                let stored = resolve_image(self.store, reference, &image.digest)?;
+                StagePlan {
+                    key: KeyEncoder::new("kiln.base.v1")
+                        .str("image", &image.digest)
+                        .finish(),
+                    layers: fixed_layers(&stored)?,
+                    history: stored
+                        .history()
+                        .iter()
+                        .cloned()
+                        .map(HistoryRef::Fixed)
+                        .collect(),
+                    last_vertex: None,
+                    platform: Platform {
+                        os: image.os.clone(),
+                        architecture: image.architecture.clone(),
+                        variant: image.variant.clone(),
+                    },
+                }
+            }
+            Base::Stage(index) => plans.get(index).cloned().ok_or_else(|| {
+                Error::Invalid(format!("stage {index} is used before it is built"))
+            })?,
+        })
+    }
+
+    /// A step's cache key and what it reads besides its parent: the content
+    /// of context files, downloads and checkouts, other stages and images.
+    fn step_inputs(
+        &mut self,
+        step: &'g Step,
+        plan: &StagePlan,
+        plans: &HashMap<usize, StagePlan>,
+    ) -> Result<StepInputs> {
+        let mut inputs = StepInputs {
+            key: KeyEncoder::new("kiln.step.v1"),
+            deps: plan.last_vertex.into_iter().collect(),
+            from_layers: HashMap::new(),
+            context_mounts: HashMap::new(),
+        };
+        inputs
+            .key
+            .key("definition", &step.digest)
+            .key("parent", &plan.key)
+            .str("platform", &plan.platform.to_string());
+        match &step.kind {
+            StepKind::Copy(copy) => {
+                if let Some(context) = directory_of(self.context, self.options, &copy.from)? {
+                    self.key_copy_sources(copy, context, &mut inputs.key)
+                        .map_err(|e| Error::at(step, e))?;
+                }
+                inputs.read_from(self.store, step, &copy.from, plans)?;
+            }
+            StepKind::Run(run) => {
+                for mount in &run.mounts {
+                    let Some(from) = mount.from() else {
+                        continue;
+                    };
+                    if let (Some(context), RunMount::Bind { source, .. }) =
+                        (directory_of(self.context, self.options, from)?, mount)
+                    {
+                        let digest = self
+                            .content_digest(context, std::slice::from_ref(source))
+                            .map_err(|e| Error::at(step, e))?;
+                        inputs.key.key("mount-content", &digest);
+                        inputs
+                            .context_mounts
+                            .insert(mount_key(from, source), digest);
+                    }
+                    inputs.read_from(self.store, step, from, plans)?;
+                }
+                inputs
+                    .key
+                    .opt_str("network-default", self.options.network.map(network_name));
+            }
+            _ => {}
+        }
+        Ok(inputs)
+    }
+
+    /// Keys what a COPY/ADD reads from a directory context: the files'
+    /// content, a git source's commit, a URL's pinned checksum or
+    /// downloaded content.
+    fn key_copy_sources(
+        &mut self,
+        copy: &kiln_frontend::CopyStep,
+        context: &BuildContext,
+        key: &mut KeyEncoder,
+    ) -> Result<()> {
+        let is_git = |s: &str| copy.add && crate::remote_context::is_git_url(s);
+        let (urls, paths): (Vec<String>, Vec<String>) = copy
+            .sources
+            .iter()
+            .cloned()
+            .partition(|s| is_git(s) || is_url(s));
+        let digest = self.content_digest(context, &paths)?;
+        key.key("content", &digest);
+        for url in &urls {
+            if is_git(url) {
+                // A repository is keyed by the commit its ref resolves to: an
+                // unchanged commit is a hit.
+                let checkout = self.downloads.git(url, copy.keep_git_dir)?;
+                key.str("git", url).str("git-commit", &checkout.commit);
+                continue;
+            }
+            // The content is what counts: a pinned checksum names it without
+            // downloading, else the download.
+            let content = match (&copy.checksum, copy.add) {
+                (Some(sum), _) => sum.clone(),
+                (None, true) => self.downloads.get(url, None)?.digest,
+                (None, false) => String::new(),
+            };
+            key.str("url", url).str("url-content", &content);
+        }
+        Ok(())
+    }
+
+    /// Adds a step to its stage's plan: a config-only step to the history,
+    /// any other as a vertex (the existing one for a key seen before).
+    fn add_step(
+        &mut self,
+        stage: &'g Stage,
+        step: &'g Step,
+        plan: &mut StagePlan,
+        inputs: StepInputs,
+    ) {
+        let key = inputs.key.finish();
+        if matches!(step.kind, StepKind::Config) {
+            // Config-only steps (LABEL, EXPOSE, CMD, ...) change the image
+            // config, not the filesystem: they stay out of the key chain so
+            // editing one does not re-run the steps after it. What a later
+            // step does see (ENV, USER, WORKDIR, SHELL) is in its own
+            // definition digest.
+            if step.in_history {
+                plan.history.push(HistoryRef::Empty {
+                    created_by: step.created_by.clone(),
+                });
+            }
+            return;
+        }
+        plan.key = key;
+        let mut deps = inputs.deps;
+        deps.sort_unstable();
+        deps.dedup();
+        let vertex = match self.by_key.get(&key) {
+            Some(&existing) => existing,
+            None => {
+                self.vertices.push(Vertex {
+                    key,
+                    step,
+                    stage,
+                    parent_layers: plan.layers.clone(),
+                    from_layers: inputs.from_layers,
+                    context_mounts: inputs.context_mounts,
+                    platform: plan.platform.clone(),
+                    deps,
+                });
+                self.by_key.insert(key, self.vertices.len() - 1);
+                self.vertices.len() - 1
+            }
+        };
+        plan.layers.push(LayerRef::Vertex(vertex));
+        plan.history.push(HistoryRef::Vertex {
+            created_by: step.created_by.clone(),
+            vertex,
+        });
+        plan.last_vertex = Some(vertex);
+    }
+}
+
+/// What a step reads, as its vertex records it.
+struct StepInputs {
+    /// The cache key, being built.
+    key: KeyEncoder,
+    /// The vertices it waits for.
+    deps: Vec<usize>,
+    /// Layers of the stages and images it reads (see [`Vertex::from_layers`]).
+    from_layers: HashMap<String, Vec<LayerRef>>,
+    /// Content digests of the context sources it binds.
+    context_mounts: HashMap<String, Key>,
+}
+
+impl StepInputs {
+    /// Adds a stage or image the step reads (COPY --from, RUN --mount
+    /// from=) to its key, dependencies and layers.
+    fn read_from(
+        &mut self,
+        store: &Store,
+        step: &Step,
+        from: &CopyFrom,
+        plans: &HashMap<usize, StagePlan>,
+    ) -> Result<()> {
+        match from {
+            CopyFrom::Context | CopyFrom::Named(_) => {}
+            CopyFrom::Stage(index) => {
+                let source = plans.get(index).ok_or_else(|| {
+                    Error::at(
+                        step,
+                        Error::Invalid(format!("stage {index} is not built before this step")),
+                    )
+                })?;
+                self.key.key("from-stage", &source.key);
+                self.deps.extend(source.last_vertex);
+                self.from_layers
+                    .insert(format!("stage:{index}"), source.layers.clone());
+            }
+            CopyFrom::Image { reference, image } => {
+                self.key.str("from-image", &image.digest);
+                let stored = resolve_image(store, reference, &image.digest)?;
+                self.from_layers
+                    .insert(format!("image:{}", image.digest), fixed_layers(&stored)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stored image's layers, as a plan refers to them.
+fn fixed_layers(image: &StoredImage) -> Result<Vec<LayerRef>> {
+    Ok(image
+        .layers()?
+        .into_iter()
+        .map(|l| LayerRef::Fixed(Box::new(l)))
+        .collect())
 }
 
 /// What the DAG made, shared by the images of every graph.
