@@ -137,7 +137,7 @@ impl Error {
         }
     }
 
-    /// Whether the error is (or ends in) a cancellation.
+    /// Whether the build was cancelled (rather than failed).
     pub fn is_cancelled(&self) -> bool {
         matches!(self, Error::Cancelled)
     }

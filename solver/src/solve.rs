@@ -115,6 +115,7 @@ pub struct FailedStep<'a> {
     pub scratch: PathBuf,
     /// The SHELL in effect at the step (`["/bin/sh", "-c"]` unless set).
     pub shell: Vec<String>,
+    /// Why the step failed.
     pub error: &'a kiln_executor::Error,
 }
 
@@ -123,7 +124,9 @@ pub struct FailedStep<'a> {
 pub struct ManifestAnnotation {
     /// Only the image of this platform gets it (`manifest[linux/arm64]:K=V`).
     pub platform: Option<Platform>,
+    /// The annotation's key.
     pub key: String,
+    /// Its value.
     pub value: String,
 }
 
@@ -178,7 +181,9 @@ pub struct Built {
 /// A step's cache record, as a build cache export takes it.
 #[derive(Debug, Clone)]
 pub struct BuiltRecord {
+    /// The step's cache key.
     pub key: [u8; 32],
+    /// What the step made.
     pub record: CacheRecord,
     /// Whether the step is one of the target stage's (its layer, if any, is
     /// in the image): what `mode=min` exports.

@@ -49,11 +49,14 @@ impl AttestOptions {
 /// How much the provenance says: `min` the inputs, `max` each step too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ProvenanceMode {
+    /// The build's inputs: base images, context, invocation.
     #[default]
     Min,
+    /// The inputs and every step of the build.
     Max,
 }
 
+/// What the SBOM lists beyond the image's own packages and copied files.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SbomOptions {
     /// Also list the packages of the build's other stages.
@@ -68,13 +71,18 @@ pub struct Invocation {
     pub builder_version: String,
     /// The image's first `-t` name, if any (the statements' subject name).
     pub image_name: Option<String>,
-    /// The Dockerfile's name and the sha256 (hex) of its text.
+    /// The Dockerfile's name.
     pub dockerfile_path: String,
+    /// The sha256 (hex) of the Dockerfile's text.
     pub dockerfile_sha256: String,
     /// `--build-arg`s.
     pub build_args: BTreeMap<String, String>,
+    /// `--target`, if given.
     pub target: Option<String>,
+    /// The platform the image is built for (set per platform by the
+    /// solver).
     pub platform: String,
+    /// Where the build context came from.
     pub context: ContextOrigin,
 }
 
