@@ -48,15 +48,15 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
     /// An instruction failed: where it is, its text, and why.
-    #[error("{}", Located::header(.platform.as_ref(), .span, .text))]
+    #[error("{}", Located::header(.platform.as_deref(), .span, .text))]
     Located {
         /// The instruction's place in its Dockerfile.
         span: Span,
         /// The instruction as written.
         text: String,
         /// The platform the instruction was built for, when a build makes
-        /// several.
-        platform: Option<Platform>,
+        /// several (boxed: an error stays small).
+        platform: Option<Box<Platform>>,
         /// Why it failed.
         #[source]
         source: Box<Error>,
@@ -75,8 +75,8 @@ pub enum Error {
     /// A platform's RUN steps cannot run on this machine.
     #[error("cannot build for {platform}")]
     Emulation {
-        /// The platform.
-        platform: Platform,
+        /// The platform (boxed: an error stays small).
+        platform: Box<Platform>,
         /// Why not (usually: no binfmt_misc handler).
         #[source]
         source: kiln_executor::Error,
@@ -130,7 +130,7 @@ impl Error {
             } => Error::Located {
                 span,
                 text,
-                platform: Some(wanted.clone()),
+                platform: Some(Box::new(wanted.clone())),
                 source,
             },
             other => other,

@@ -1107,7 +1107,7 @@ fn check_emulation(store: &Store, options: &SolveOptions, vertices: &[Vertex<'_>
         }
         kiln_executor::check_binfmt(&vertex.platform.architecture).map_err(|source| {
             Error::Emulation {
-                platform: vertex.platform.clone(),
+                platform: Box::new(vertex.platform.clone()),
                 source,
             }
         })?;

@@ -441,7 +441,7 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
     .compile(&flags.build_args)?;
     let (graphs, invocation) = match compiled {
         Compiled::Checked(code) => return Ok(code),
-        Compiled::Graphs(graphs, invocation) => (graphs, invocation),
+        Compiled::Graphs(graphs, invocation) => (graphs, *invocation),
     };
     let context = build_context(&inputs, &store)?;
     let source_date_epoch = source_date_epoch()?;
@@ -595,8 +595,9 @@ fn progress_renderer(args: &Args) -> anyhow::Result<render::Renderer> {
 enum Compiled {
     /// `--check`: the lint's verdict, nothing built.
     Checked(ExitCode),
-    /// One graph per platform, and the invocation provenance records.
-    Graphs(Vec<kiln_frontend::BuildGraph>, Invocation),
+    /// One graph per platform, and the invocation provenance records
+    /// (boxed: the two variants differ much in size).
+    Graphs(Vec<kiln_frontend::BuildGraph>, Box<Invocation>),
 }
 
 /// Compiles the Dockerfile for every platform and runs the build checks.
@@ -671,7 +672,7 @@ impl Compiler<'_> {
         }
         super::lint::fail_on_error(&lint)?;
         let graphs = self.other_platforms(graph, &options)?;
-        Ok(Compiled::Graphs(graphs, invocation))
+        Ok(Compiled::Graphs(graphs, Box::new(invocation)))
     }
 
     /// `graph` and the other platforms' graphs: the same Dockerfile compiled
@@ -770,8 +771,8 @@ fn solve_options(
         seccomp: flags.seccomp.clone(),
         named_contexts: targets.named.directories.clone(),
         attest: AttestOptions {
-            provenance: flags.provenance.clone(),
-            sbom: flags.sbom.clone(),
+            provenance: flags.provenance,
+            sbom: flags.sbom,
             invocation,
         },
         debug_shell: args.debug_shell.then(|| {
