@@ -72,6 +72,15 @@ pub enum Error {
     /// Its `Cancelled` becomes [`Error::Cancelled`] instead.
     #[error(transparent)]
     Exec(kiln_executor::Error),
+    /// A `--chown` user or group the image does not know.
+    #[error("--chown={spec}")]
+    Chown {
+        /// The `--chown` value.
+        spec: String,
+        /// Why it cannot be resolved.
+        #[source]
+        source: kiln_executor::Error,
+    },
     /// A platform's RUN steps cannot run on this machine.
     #[error("cannot build for {platform}")]
     Emulation {

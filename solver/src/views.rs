@@ -76,8 +76,10 @@ impl DestFs for ViewDest {
             Some(g) => format!("{user}:{g}"),
             None => user.to_string(),
         };
-        let resolved = resolve_user(&self.0, &spec)
-            .map_err(|e| Error::Copy(format!("--chown={spec}: {e}")))?;
+        let resolved = resolve_user(&self.0, &spec).map_err(|source| Error::Chown {
+            spec: spec.clone(),
+            source,
+        })?;
         // Docker: a user without a group gets its uid as gid too.
         let gid = match group {
             Some(_) => resolved.gid,
