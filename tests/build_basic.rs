@@ -154,6 +154,14 @@ fn multi_stage_with_a_failing_unused_stage() {
     assert!(stderr.contains("Dockerfile:2"), "{stderr}");
     assert!(stderr.contains("RUN exit 3"), "{stderr}");
     assert!(stderr.contains("code 3"), "{stderr}");
+    // The error is the located instruction, then its cause, once.
+    assert!(
+        stderr.contains(
+            "error: Dockerfile:2:1: RUN exit 3\n  caused by: the step exited with code 3"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("caused by:").count(), 1, "{stderr}");
     // And the next build works.
     env.build(&ctx, &[]);
 }

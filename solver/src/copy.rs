@@ -205,31 +205,74 @@ pub(crate) fn build_tree(
     downloads: Option<&Downloads>,
     out: &Path,
 ) -> Result<BTreeMap<String, ExtraFile>> {
-    let owner = match &step.chown {
-        Some(spec) => {
-            let (user, group) = match spec.split_once(':') {
-                Some((u, g)) => (u, Some(g)),
-                None => (spec.as_str(), None),
-            };
-            let (uid, gid) = dest.ids(user, group)?;
-            // Rootless with only root mapped: say which id and what to do.
-            kiln_executor::check_owner_mapped(uid, gid, &format!("--chown={spec}"))
-                .map_err(|e| Error::Copy(e.to_string()))?;
-            Some((uid, gid))
-        }
-        None => None,
-    };
+    let owner = chown_ids(step, dest)?;
     let chmod = step.chmod.as_deref().map(Chmod::parse).transpose()?;
-    let excludes = step
-        .exclude
-        .iter()
-        .map(|text| {
-            Pattern::new(&clean_relative(text))
-                .map_err(|bad| Error::Copy(format!("--exclude={text}: {}", bad.reason)))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let excluded = |rel: &str| excludes.iter().any(|p| matches_self_or_parent(p, rel));
+    let excludes = Excludes::parse(step)?;
+    let items = gather_items(step, source, keep_owner, downloads, &excludes)?;
+    let target = Target::resolve(step, dest, &items)?;
+    let mut writer = TreeWriter {
+        out,
+        dest,
+        owner,
+        chmod: chmod.as_ref(),
+        keep_owner,
+        created_dirs: Vec::new(),
+        made: Some(HashMap::new()),
+        extra: HashMap::new(),
+    };
+    for item in &items {
+        writer.write_item(step, source, item, &target, &excludes)?;
+    }
+    writer.finish_dirs()?;
+    Ok(writer.into_extra())
+}
 
+/// The owner `--chown` asks for, looked up in the destination's
+/// passwd/group files.
+fn chown_ids(step: &CopyStep, dest: &dyn DestFs) -> Result<Option<(u32, u32)>> {
+    let Some(spec) = &step.chown else {
+        return Ok(None);
+    };
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec.as_str(), None),
+    };
+    let (uid, gid) = dest.ids(user, group)?;
+    // Rootless with only root mapped: say which id and what to do.
+    kiln_executor::check_owner_mapped(uid, gid, &format!("--chown={spec}"))?;
+    Ok(Some((uid, gid)))
+}
+
+/// The step's `--exclude` patterns.
+struct Excludes(Vec<Pattern>);
+
+impl Excludes {
+    fn parse(step: &CopyStep) -> Result<Excludes> {
+        step.exclude
+            .iter()
+            .map(|text| {
+                Pattern::new(&clean_relative(text))
+                    .map_err(|bad| Error::Copy(format!("--exclude={text}: {}", bad.reason)))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Excludes)
+    }
+
+    /// Whether `rel` (or a directory above it) is excluded.
+    fn excludes(&self, rel: &str) -> bool {
+        self.0.iter().any(|p| matches_self_or_parent(p, rel))
+    }
+}
+
+/// Everything the step puts into the destination, in order: each source's
+/// selected entries (or checkout, or download), then the heredocs.
+fn gather_items(
+    step: &CopyStep,
+    source: &dyn SourceFs,
+    keep_owner: bool,
+    downloads: Option<&Downloads>,
+    excludes: &Excludes,
+) -> Result<Vec<Item>> {
     let mut items = Vec::new();
     for src in &step.sources {
         if step.add && crate::remote_context::is_git_url(src) {
@@ -254,21 +297,12 @@ pub(crate) fn build_tree(
             continue;
         }
         let selected = select(source, src)?;
-        let selected: Vec<_> = selected.into_iter().filter(|e| !excluded(&e.rel)).collect();
+        let selected: Vec<_> = selected
+            .into_iter()
+            .filter(|e| !excludes.excludes(&e.rel))
+            .collect();
         if selected.is_empty() {
-            let root = match &step.from {
-                _ if keep_owner => "source stage's root".to_string(),
-                kiln_frontend::CopyFrom::Named(name) => format!("build context {name}"),
-                _ => "build context".to_string(),
-            };
-            return Err(Error::Copy(format!(
-                "{src}: not found in the {root}{}; check the path (it is relative to the {root}, whose symlinks are followed inside it only) and .dockerignore",
-                if src.contains(['*', '?', '[']) {
-                    " (the wildcard matched nothing)"
-                } else {
-                    ""
-                },
-            )));
+            return Err(not_found(step, src, keep_owner));
         }
         let pivot = src.find("/./").map(|at| clean_relative(&src[..at]));
         items.extend(selected.into_iter().map(|e| Item::Entry(e, pivot.clone())));
@@ -276,115 +310,151 @@ pub(crate) fn build_tree(
     for (name, content) in &step.heredocs {
         items.push(Item::Inline(name.clone(), content.clone()));
     }
+    Ok(items)
+}
 
-    let mut writer = TreeWriter {
-        out,
-        dest,
-        owner,
-        chmod: chmod.as_ref(),
-        keep_owner,
-        created_dirs: Vec::new(),
-        made: Some(HashMap::new()),
-        extra: HashMap::new(),
+/// A source that selects nothing: where it was looked for, and what to
+/// check.
+fn not_found(step: &CopyStep, src: &str, keep_owner: bool) -> Error {
+    let root = match &step.from {
+        _ if keep_owner => "source stage's root".to_string(),
+        kiln_frontend::CopyFrom::Named(name) => format!("build context {name}"),
+        _ => "build context".to_string(),
     };
-    let dest_path = step.dest.clone();
-    let wants_dir = step.dest_is_dir || dest_path.ends_with('/');
-    if items.len() > 1 && !wants_dir {
-        return Err(Error::Copy(format!(
-            "when copying several sources the destination must be a directory and end with a `/`: write `{dest_path}/`"
-        )));
-    }
-    let resolved_dest = dest.resolve(&dest_path)?;
-    let single_file_into_dir = items.len() == 1
-        && !wants_dir
-        && match &items[0] {
-            Item::Entry(e, _) => !e.meta.is_dir() && !is_archive_add(step, e)?,
-            Item::Download(_, path) => !is_archive_download(step, path)?,
-            Item::Inline(..) => true,
-            Item::Git(_) => false,
-        }
-        && dest.is_dir(&resolved_dest)?;
-    let dest_is_dir = wants_dir || single_file_into_dir;
+    Error::Copy(format!(
+        "{src}: not found in the {root}{}; check the path (it is relative to the {root}, whose symlinks are followed inside it only) and .dockerignore",
+        if src.contains(['*', '?', '[']) {
+            " (the wildcard matched nothing)"
+        } else {
+            ""
+        },
+    ))
+}
 
-    for item in &items {
+/// The step's destination, resolved in the destination filesystem.
+struct Target {
+    /// The absolute path.
+    path: String,
+    /// Whether the items go into it (rather than becoming it).
+    is_dir: bool,
+}
+
+impl Target {
+    /// A destination is a directory when it says so (`/` at the end), or
+    /// when one plain file is copied to an existing directory. Several
+    /// items need a directory that says so.
+    fn resolve(step: &CopyStep, dest: &dyn DestFs, items: &[Item]) -> Result<Target> {
+        let dest_path = &step.dest;
+        let wants_dir = step.dest_is_dir || dest_path.ends_with('/');
+        if items.len() > 1 && !wants_dir {
+            return Err(Error::Copy(format!(
+                "when copying several sources the destination must be a directory and end with a `/`: write `{dest_path}/`"
+            )));
+        }
+        let path = dest.resolve(dest_path)?;
+        let single_file_into_dir = items.len() == 1
+            && !wants_dir
+            && match &items[0] {
+                Item::Entry(e, _) => !e.meta.is_dir() && !is_archive_add(step, e)?,
+                Item::Download(_, path) => !is_archive_download(step, path)?,
+                Item::Inline(..) => true,
+                Item::Git(_) => false,
+            }
+            && dest.is_dir(&path)?;
+        Ok(Target {
+            path,
+            is_dir: wants_dir || single_file_into_dir,
+        })
+    }
+
+    /// Where a file named `name` goes: into the directory, or the
+    /// destination itself.
+    fn file(&self, name: &str) -> String {
+        if self.is_dir {
+            join_abs(&self.path, name)
+        } else {
+            self.path.clone()
+        }
+    }
+}
+
+impl TreeWriter<'_> {
+    /// Writes one item of the step to the destination.
+    fn write_item(
+        &mut self,
+        step: &CopyStep,
+        source: &dyn SourceFs,
+        item: &Item,
+        target: &Target,
+        excludes: &Excludes,
+    ) -> Result<()> {
         match item {
-            Item::Inline(name, content) => {
-                let target = if dest_is_dir {
-                    join_abs(&resolved_dest, name)
-                } else {
-                    resolved_dest.clone()
-                };
-                writer.write_inline(&target, content)?;
-            }
+            Item::Inline(name, content) => self.write_inline(&target.file(name), content),
             Item::Download(name, path) if is_archive_download(step, path)? => {
-                writer.ensure_dir(&resolved_dest, None)?;
-                writer.extract_archive(path, None, name, &resolved_dest)?;
+                self.ensure_dir(&target.path, None)?;
+                self.extract_archive(path, None, name, &target.path)
             }
-            Item::Download(name, path) => {
-                let target = if dest_is_dir {
-                    join_abs(&resolved_dest, name)
-                } else {
-                    resolved_dest.clone()
-                };
-                writer.write_download(&target, path)?;
-            }
+            Item::Download(name, path) => self.write_download(&target.file(name), path),
             Item::Git(tree) => {
                 // The repository's files go into the destination directory.
                 let top = tree
                     .entry(".", true)?
                     .ok_or_else(|| Error::Copy("the git checkout is empty".into()))?;
-                writer.ensure_dir(&resolved_dest, Some(&top))?;
+                self.ensure_dir(&target.path, Some(&top))?;
                 for inner in walk(tree, &top)?.iter().skip(1) {
-                    writer.write_entry(tree, inner, &join_abs(&resolved_dest, &inner.rel))?;
+                    self.write_entry(tree, inner, &join_abs(&target.path, &inner.rel))?;
                 }
+                Ok(())
             }
             Item::Entry(entry, pivot) => {
-                let rel_under_parents = if step.parents {
-                    Some(parents_path(&entry.rel, pivot.as_deref()))
-                } else {
-                    None
-                };
+                let rel_under_parents = step
+                    .parents
+                    .then(|| parents_path(&entry.rel, pivot.as_deref()));
                 if entry.meta.is_dir() {
                     let base = match &rel_under_parents {
-                        Some(p) => join_abs(&resolved_dest, p),
-                        None => resolved_dest.clone(),
+                        Some(p) => join_abs(&target.path, p),
+                        None => target.path.clone(),
                     };
-                    writer.ensure_dir(&base, Some(entry))?;
-                    for inner in walk(source, entry)?.iter().skip(1) {
-                        let below = inner
-                            .rel
-                            .strip_prefix(&format!("{}/", entry.rel))
-                            .or_else(|| (entry.rel == ".").then_some(inner.rel.as_str()))
-                            .unwrap_or(&inner.rel);
-                        // --exclude patterns are relative to the source
-                        // directory, as in BuildKit (or to the root).
-                        if excluded(below) || excluded(&inner.rel) {
-                            continue;
-                        }
-                        writer.write_entry(source, inner, &join_abs(&base, below))?;
-                    }
+                    self.write_source_dir(source, entry, &base, excludes)
                 } else if is_archive_add(step, entry)? {
-                    writer.ensure_dir(&resolved_dest, None)?;
-                    writer.extract_archive(
-                        &entry.host,
-                        Some(&entry.meta),
-                        &entry.rel,
-                        &resolved_dest,
-                    )?;
+                    self.ensure_dir(&target.path, None)?;
+                    self.extract_archive(&entry.host, Some(&entry.meta), &entry.rel, &target.path)
                 } else {
                     let name = entry.rel.rsplit('/').next().unwrap_or(&entry.rel);
-                    let target = match (&rel_under_parents, dest_is_dir) {
-                        (Some(p), _) => join_abs(&resolved_dest, p),
-                        (None, true) => join_abs(&resolved_dest, name),
-                        (None, false) => resolved_dest.clone(),
+                    let path = match &rel_under_parents {
+                        Some(p) => join_abs(&target.path, p),
+                        None => target.file(name),
                     };
-                    writer.write_entry(source, entry, &target)?;
+                    self.write_entry(source, entry, &path)
                 }
             }
         }
     }
-    writer.finish_dirs()?;
-    Ok(writer.into_extra())
+
+    /// Copies a source directory's contents to `base` (not excluded ones).
+    fn write_source_dir(
+        &mut self,
+        source: &dyn SourceFs,
+        entry: &SourceEntry,
+        base: &str,
+        excludes: &Excludes,
+    ) -> Result<()> {
+        self.ensure_dir(base, Some(entry))?;
+        for inner in walk(source, entry)?.iter().skip(1) {
+            let below = inner
+                .rel
+                .strip_prefix(&format!("{}/", entry.rel))
+                .or_else(|| (entry.rel == ".").then_some(inner.rel.as_str()))
+                .unwrap_or(&inner.rel);
+            // --exclude patterns are relative to the source directory, as
+            // in BuildKit (or to the root).
+            if excludes.excludes(below) || excludes.excludes(&inner.rel) {
+                continue;
+            }
+            self.write_entry(source, inner, &join_abs(base, below))?;
+        }
+        Ok(())
+    }
 }
 
 /// With `--parents`, the part of a source path that is kept: all of it, or

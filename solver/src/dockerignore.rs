@@ -85,7 +85,7 @@ impl IgnoreRules {
                 Err(source) => {
                     return Err(Error::Io {
                         path: candidate,
-                        source,
+                        error: source,
                     })
                 }
             }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{io_err, Error, Result};
+use crate::error::{io_err, poisoned, Error, Result};
 
 /// Whether an ADD source is a URL rather than a context path.
 pub(crate) fn is_url(source: &str) -> bool {
@@ -69,7 +69,10 @@ impl Downloads {
         keep_git_dir: bool,
     ) -> Result<crate::remote_context::Checkout> {
         let key = (url.to_string(), keep_git_dir);
-        let mut checkouts = self.checkouts.lock().map_err(|_| Error::Cancelled)?;
+        let mut checkouts = self
+            .checkouts
+            .lock()
+            .map_err(poisoned("list of git checkouts"))?;
         if let Some(found) = checkouts.get(&key) {
             return Ok(found.clone());
         }
@@ -88,7 +91,7 @@ impl Downloads {
         let existing = self
             .done
             .lock()
-            .map_err(|_| Error::Cancelled)?
+            .map_err(poisoned("list of downloads"))?
             .get(url)
             .cloned();
         let download = match existing {
@@ -97,7 +100,7 @@ impl Downloads {
                 let fetched = fetch(url, self.dir.path())?;
                 self.done
                     .lock()
-                    .map_err(|_| Error::Cancelled)?
+                    .map_err(poisoned("list of downloads"))?
                     .insert(url.to_string(), fetched.clone());
                 fetched
             }
@@ -147,7 +150,7 @@ pub(crate) fn fetch(url: &str, dir: &Path) -> Result<Download> {
     let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
     let (_, path) = file.keep().map_err(|e| Error::Io {
         path: dir.to_path_buf(),
-        source: e.error,
+        error: e.error,
     })?;
     Ok(Download { path, digest })
 }

@@ -5,6 +5,7 @@
 //! instructions into layers and image config, and writes the finished image to
 //! the store.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod attest;
 mod copy;

@@ -24,17 +24,42 @@ pub enum Event {
         line: usize,
     },
     /// The step's result came from the cache.
-    Cached { id: usize },
+    Cached {
+        /// The step's number, as in [`Event::Step`].
+        id: usize,
+    },
     /// The step started running.
-    Started { id: usize },
+    Started {
+        /// The step's number, as in [`Event::Step`].
+        id: usize,
+    },
     /// One line of the step's output.
-    Output { id: usize, line: String },
+    Output {
+        /// The step's number, as in [`Event::Step`].
+        id: usize,
+        /// The line, without its end.
+        line: String,
+    },
     /// The step finished.
-    Done { id: usize, seconds: f64 },
+    Done {
+        /// The step's number, as in [`Event::Step`].
+        id: usize,
+        /// How long it ran.
+        seconds: f64,
+    },
     /// The step failed.
-    Failed { id: usize, error: String },
+    Failed {
+        /// The step's number, as in [`Event::Step`].
+        id: usize,
+        /// The error and its causes on one line (see
+        /// [`Error::chain_text`](crate::Error::chain_text)).
+        error: String,
+    },
     /// The image is being written (or exported).
-    Exporting { what: String },
+    Exporting {
+        /// What is being written.
+        what: String,
+    },
 }
 
 /// Receives events; called from several threads at once.

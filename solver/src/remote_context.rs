@@ -264,7 +264,7 @@ fn remove_git_dirs(root: &Path) -> Result<()> {
     }) {
         entry.map_err(|e| Error::Io {
             path: root.to_path_buf(),
-            source: e.into(),
+            error: e.into(),
         })?;
     }
     for path in found {

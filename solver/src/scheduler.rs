@@ -172,7 +172,7 @@ mod tests {
                 .wait_timeout_while(count, Duration::from_secs(20), |c| *c < 4)
                 .unwrap();
             if timeout.timed_out() {
-                return Err(Error::Step(format!("only {} ran at once", *count)));
+                return Err(Error::Invalid(format!("only {} ran at once", *count)));
             }
             Ok(())
         })
@@ -188,7 +188,7 @@ mod tests {
         let err = run_dag(&deps, 2, &cancel, |v| match v {
             0 => {
                 std::thread::sleep(Duration::from_millis(10));
-                Err(Error::Step("step 0 failed".into()))
+                Err(Error::Invalid("step 0 failed".into()))
             }
             1 => {
                 for _ in 0..200 {

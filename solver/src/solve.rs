@@ -22,7 +22,7 @@ use kiln_frontend::{
 
 use crate::attest::{AttestOptions, Finished};
 use crate::copy::{build_tree, NoParent};
-use crate::error::{io_err, Error, Result};
+use crate::error::{io_err, poisoned, Error, Result};
 use crate::fetch::{is_url, Downloads};
 use crate::pattern::clean_relative;
 use crate::progress::{Event, Progress};
@@ -115,6 +115,7 @@ pub struct FailedStep<'a> {
     pub scratch: PathBuf,
     /// The SHELL in effect at the step (`["/bin/sh", "-c"]` unless set).
     pub shell: Vec<String>,
+    /// Why the step failed.
     pub error: &'a kiln_executor::Error,
 }
 
@@ -123,7 +124,9 @@ pub struct FailedStep<'a> {
 pub struct ManifestAnnotation {
     /// Only the image of this platform gets it (`manifest[linux/arm64]:K=V`).
     pub platform: Option<Platform>,
+    /// The annotation's key.
     pub key: String,
+    /// Its value.
     pub value: String,
 }
 
@@ -178,7 +181,9 @@ pub struct Built {
 /// A step's cache record, as a build cache export takes it.
 #[derive(Debug, Clone)]
 pub struct BuiltRecord {
+    /// The step's cache key.
     pub key: [u8; 32],
+    /// What the step made.
     pub record: CacheRecord,
     /// Whether the step is one of the target stage's (its layer, if any, is
     /// in the image): what `mode=min` exports.
@@ -327,21 +332,10 @@ pub fn solve_platforms(
     let stage_lists = graphs
         .iter()
         .map(|graph| graph.needed_stages())
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Invalid(e.to_string()))?;
-    let runs_steps = stage_lists.iter().flatten().any(|stage| {
-        stage
-            .steps
-            .iter()
-            .any(|s| matches!(s.kind, StepKind::Run(_)))
-    });
-    if runs_steps {
-        // The seccomp filter compiles while the base images and the context
-        // are read: the first RUN step need not wait for it.
-        let seccomp = options.seccomp.clone();
-        std::thread::spawn(move || kiln_executor::prepare_seccomp(&seccomp));
-    }
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    prepare_seccomp_early(&stage_lists, options);
     let downloads = Downloads::new(&store.tmp_dir())?;
+    // Plan the vertices: one per distinct cache key, over every graph.
     let mut planner = Planner {
         store,
         context,
@@ -357,7 +351,54 @@ pub fn solve_platforms(
         .collect::<Result<Vec<_>>>()?;
     let vertices = planner.vertices;
     let multi = graphs.len() > 1;
+    announce_steps(progress, &vertices, multi);
+    check_emulation(store, options, &vertices)?;
+    // Run them: from the cache or through the executor.
+    let made = Runs {
+        store,
+        context,
+        options,
+        progress,
+        cancel,
+        downloads: &downloads,
+        multi,
+    }
+    .run(&vertices)?;
+    // Assemble and write each target image.
+    let solved = Solved {
+        store,
+        context,
+        options,
+        progress,
+        vertices: &vertices,
+        made: &made,
+        started,
+    };
+    graphs
+        .iter()
+        .zip(&stage_lists)
+        .zip(&plans)
+        .map(|((graph, stages), plans)| solved.image(graph, stages, plans))
+        .collect()
+}
 
+/// Compiles the seccomp filter while the base images and the context are
+/// read, when some RUN step will need it: the first one need not wait.
+fn prepare_seccomp_early(stage_lists: &[Vec<&Stage>], options: &SolveOptions) {
+    let runs_steps = stage_lists.iter().flatten().any(|stage| {
+        stage
+            .steps
+            .iter()
+            .any(|s| matches!(s.kind, StepKind::Run(_)))
+    });
+    if runs_steps {
+        let seccomp = options.seccomp.clone();
+        std::thread::spawn(move || kiln_executor::prepare_seccomp(&seccomp));
+    }
+}
+
+/// Tells the progress display about every vertex before anything runs.
+fn announce_steps(progress: &dyn Progress, vertices: &[Vertex<'_>], multi: bool) {
     for (id, vertex) in vertices.iter().enumerate() {
         let count = vertex.stage.steps.len();
         let index = vertex
@@ -366,19 +407,17 @@ pub fn solve_platforms(
             .iter()
             .position(|s| std::ptr::eq(s, vertex.step))
             .map_or(0, |i| i + 1);
+        let name = vertex
+            .stage
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("stage-{}", vertex.stage.index));
         progress.event(Event::Step {
             id: id + 1,
-            stage: {
-                let name = vertex
-                    .stage
-                    .name
-                    .clone()
-                    .unwrap_or_else(|| format!("stage-{}", vertex.stage.index));
-                if multi {
-                    format!("{} {name}", vertex.platform)
-                } else {
-                    name
-                }
+            stage: if multi {
+                format!("{} {name}", vertex.platform)
+            } else {
+                name
             },
             index,
             count,
@@ -386,138 +425,179 @@ pub fn solve_platforms(
             line: vertex.step.span.line as usize,
         });
     }
+}
 
-    check_emulation(store, options, &vertices)?;
-    let snapshotter = Snapshotter::new(store.snapshots_dir()).map_err(exec_err)?;
-    let results: Mutex<HashMap<usize, Option<LayerBlob>>> = Mutex::new(HashMap::new());
-    // When each vertex's result was first made (seconds): a cached result
-    // keeps its time, so a fully cached build gives the same image id.
-    let made_at: Mutex<HashMap<usize, i64>> = Mutex::new(HashMap::new());
-    let counts = Mutex::new((0usize, 0usize));
-    let records: Mutex<HashMap<usize, CacheRecord>> = Mutex::new(HashMap::new());
-    // Declared before the runner so it outlives every step: dropping it at the
-    // end of the build (also on errors and cancellation) stops the network.
-    let network = BuildNetwork::default();
-    let runner = Runner {
-        store,
-        context,
-        options,
-        progress,
-        cancel,
-        network: &network,
-        snapshotter: &snapshotter,
-        results: &results,
-        downloads: &downloads,
-        sources: &options.cache_sources,
-        mounted_later: &mounted_later(&vertices),
-    };
-    let deps: Vec<Vec<usize>> = vertices.iter().map(|v| v.deps.clone()).collect();
-    let outcome = run_dag(&deps, options.jobs, cancel, |id| {
-        let vertex = &vertices[id];
-        let cached = if options.no_cache {
-            None
+/// What the vertices made, by vertex id.
+#[derive(Debug, Default)]
+struct Made {
+    /// Each vertex's layer (`None`: the step changed no file).
+    layers: HashMap<usize, Option<LayerBlob>>,
+    /// When each vertex's result was first made (seconds): a cached result
+    /// keeps its time, so a fully cached build gives the same image id.
+    made_at: HashMap<usize, i64>,
+    /// Each vertex's cache record.
+    records: HashMap<usize, CacheRecord>,
+    /// Steps run.
+    ran: usize,
+    /// Steps whose result came from the cache.
+    cached: usize,
+}
+
+/// One vertex's result, from the cache or just made.
+struct Outcome {
+    layer: Option<LayerBlob>,
+    made_at: i64,
+    record: CacheRecord,
+    from_cache: bool,
+}
+
+/// [`Made`] while the build's threads fill it: one lock for all of it.
+#[derive(Debug, Default)]
+struct Outcomes(Mutex<Made>);
+
+impl Outcomes {
+    fn add(&self, id: usize, outcome: Outcome) -> Result<()> {
+        let mut made = self.0.lock().map_err(poisoned("list of step results"))?;
+        made.layers.insert(id, outcome.layer);
+        made.made_at.insert(id, outcome.made_at);
+        made.records.insert(id, outcome.record);
+        if outcome.from_cache {
+            made.cached += 1;
         } else {
-            let local = store.cache_get(&vertex.key.0).map_err(store_err)?;
-            let record = match local {
-                Some(record) => Some(record),
-                None => imported_record(store, &options.cache_sources, &vertex.key.0)?,
-            };
-            record.and_then(|r| layer_of_record(&r).map(|l| (l, created_of_record(&r), r)))
-        };
-        let layer = match cached {
-            Some((layer, created, record)) => {
-                if let Ok(mut r) = records.lock() {
-                    r.insert(id, record);
-                }
-                if let Ok(mut m) = made_at.lock() {
-                    m.insert(id, created);
-                }
-                progress.event(Event::Cached { id: id + 1 });
-                if let Ok(mut c) = counts.lock() {
-                    c.1 += 1;
-                }
-                layer
-            }
-            None => {
-                progress.event(Event::Started { id: id + 1 });
-                let started = Instant::now();
-                let layer = match runner
-                    .run_vertex(id, vertex)
-                    .map_err(|e| located(vertex.step, e))
-                    .map_err(|e| match e {
-                        Error::Step(message) if multi => {
-                            Error::Step(format!("{}: {message}", vertex.platform))
-                        }
-                        other => other,
-                    }) {
-                    Ok(layer) => layer,
-                    Err(Error::Cancelled) => return Err(Error::Cancelled),
-                    Err(err) => {
-                        progress.event(Event::Failed {
-                            id: id + 1,
-                            error: err.to_string(),
-                        });
-                        return Err(err);
-                    }
-                };
-                let created = options.source_date_epoch.unwrap_or_else(now_epoch);
-                if let Ok(mut m) = made_at.lock() {
-                    m.insert(id, created);
-                }
-                let mut payload = record_payload(&layer);
-                payload["created"] = serde_json::json!(created);
-                let record = CacheRecord {
-                    blobs: layer.iter().map(|l| l.descriptor.clone()).collect(),
-                    payload,
-                };
-                store.cache_put(&vertex.key.0, &record).map_err(store_err)?;
-                if let Ok(mut r) = records.lock() {
-                    r.insert(id, record);
-                }
-                progress.event(Event::Done {
-                    id: id + 1,
-                    seconds: started.elapsed().as_secs_f64(),
-                });
-                if let Ok(mut c) = counts.lock() {
-                    c.0 += 1;
-                }
-                layer
-            }
-        };
-        results
-            .lock()
-            .map_err(|_| Error::Cancelled)?
-            .insert(id, layer);
+            made.ran += 1;
+        }
         Ok(())
-    });
-    context.save_stat_cache()?;
-    for named in options.named_contexts.values() {
-        named.save_stat_cache()?;
     }
-    outcome?;
-    let results = results.into_inner().map_err(|_| Error::Cancelled)?;
-    let made_at = made_at.into_inner().map_err(|_| Error::Cancelled)?;
-    let records = records.into_inner().map_err(|_| Error::Cancelled)?;
-    let (ran, cached) = counts.into_inner().unwrap_or((0, 0));
-    let solved = Solved {
-        store,
-        context,
-        options,
-        progress,
-        vertices: &vertices,
-        results: &results,
-        made_at: &made_at,
-        records: &records,
-        started,
-        ran,
-        cached,
-    };
-    graphs
-        .iter()
-        .zip(&stage_lists)
-        .zip(&plans)
-        .map(|((graph, stages), plans)| solved.image(graph, stages, plans))
-        .collect()
+
+    /// The layers `refs` name; every vertex among them must be done.
+    fn layers(&self, refs: &[LayerRef]) -> Result<Vec<LayerBlob>> {
+        let made = self.0.lock().map_err(poisoned("list of step results"))?;
+        resolve_layers(refs, &made.layers)
+    }
+
+    fn into_made(self) -> Result<Made> {
+        self.0
+            .into_inner()
+            .map_err(poisoned("list of step results"))
+    }
+}
+
+/// Runs the planned vertices as one DAG.
+struct Runs<'a> {
+    store: &'a Store,
+    context: &'a BuildContext,
+    options: &'a SolveOptions,
+    progress: &'a dyn Progress,
+    cancel: &'a CancelToken,
+    downloads: &'a Downloads,
+    /// Whether the build makes several platforms (errors name theirs).
+    multi: bool,
+}
+
+impl Runs<'_> {
+    /// Takes each vertex from the cache or runs it, independent ones at
+    /// once; the first failure cancels the others.
+    fn run(&self, vertices: &[Vertex<'_>]) -> Result<Made> {
+        let (store, context, options) = (self.store, self.context, self.options);
+        let snapshotter = Snapshotter::new(store.snapshots_dir())?;
+        let outcomes = Outcomes::default();
+        // Declared before the runner so it outlives every step: dropping it at
+        // the end of the build (also on errors and cancellation) stops the
+        // network.
+        let network = BuildNetwork::default();
+        let runner = Runner {
+            store,
+            context,
+            options,
+            progress: self.progress,
+            cancel: self.cancel,
+            network: &network,
+            snapshotter: &snapshotter,
+            outcomes: &outcomes,
+            downloads: self.downloads,
+            sources: &options.cache_sources,
+            mounted_later: &mounted_later(vertices),
+        };
+        let deps: Vec<Vec<usize>> = vertices.iter().map(|v| v.deps.clone()).collect();
+        let outcome = run_dag(&deps, options.jobs, self.cancel, |id| {
+            let vertex = &vertices[id];
+            let outcome = match self.cached(vertex)? {
+                Some(outcome) => {
+                    self.progress.event(Event::Cached { id: id + 1 });
+                    outcome
+                }
+                None => self.run_fresh(&runner, id, vertex)?,
+            };
+            outcomes.add(id, outcome)
+        });
+        context.save_stat_cache()?;
+        for named in options.named_contexts.values() {
+            named.save_stat_cache()?;
+        }
+        outcome?;
+        outcomes.into_made()
+    }
+
+    /// The vertex's result from a cache record, local or imported, unless
+    /// the build ignores the cache.
+    fn cached(&self, vertex: &Vertex<'_>) -> Result<Option<Outcome>> {
+        if self.options.no_cache {
+            return Ok(None);
+        }
+        let record = match self.store.cache_get(&vertex.key.0)? {
+            Some(record) => Some(record),
+            None => imported_record(self.store, &self.options.cache_sources, &vertex.key.0)?,
+        };
+        Ok(record.and_then(|record| {
+            Some(Outcome {
+                layer: layer_of_record(&record)?,
+                made_at: created_of_record(&record),
+                record,
+                from_cache: true,
+            })
+        }))
+    }
+
+    /// Runs the vertex and records its result in the store's cache. A
+    /// failure is located at the vertex's instruction (and platform).
+    fn run_fresh(&self, runner: &Runner<'_>, id: usize, vertex: &Vertex<'_>) -> Result<Outcome> {
+        self.progress.event(Event::Started { id: id + 1 });
+        let started = Instant::now();
+        let layer = match runner.run_vertex(id, vertex) {
+            Ok(layer) => layer,
+            Err(err) => {
+                let mut err = Error::at(vertex.step, err);
+                if self.multi {
+                    err = err.on_platform(&vertex.platform);
+                }
+                if !err.is_cancelled() {
+                    self.progress.event(Event::Failed {
+                        id: id + 1,
+                        error: err.chain_text(),
+                    });
+                }
+                return Err(err);
+            }
+        };
+        let made_at = self.options.source_date_epoch.unwrap_or_else(now_epoch);
+        let mut payload = record_payload(&layer);
+        payload["created"] = serde_json::json!(made_at);
+        let record = CacheRecord {
+            blobs: layer.iter().map(|l| l.descriptor.clone()).collect(),
+            payload,
+        };
+        self.store.cache_put(&vertex.key.0, &record)?;
+        self.progress.event(Event::Done {
+            id: id + 1,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        Ok(Outcome {
+            layer,
+            made_at,
+            record,
+            from_cache: false,
+        })
+    }
 }
 
 /// Plans graphs into one list of vertices: one per distinct cache key.
@@ -548,197 +628,254 @@ impl<'g> Planner<'_, 'g> {
     /// Plans one graph's needed stages: their keys, layers and history, and
     /// a vertex for every step whose key is new.
     fn plan(&mut self, stages: &[&'g Stage]) -> Result<HashMap<usize, StagePlan>> {
-        let (store, context, options, downloads) =
-            (self.store, self.context, self.options, self.downloads);
         let mut plans: HashMap<usize, StagePlan> = HashMap::new();
         for stage in stages {
-            let mut plan = match &stage.base {
-                Base::Scratch => StagePlan {
-                    key: KeyEncoder::new("kiln.base.v1").str("scratch", "").finish(),
-                    layers: Vec::new(),
-                    history: Vec::new(),
-                    last_vertex: None,
-                    platform: parse_platform(&stage.platform)?,
-                },
-                Base::Image { reference, image } => {
-                    let stored = resolve_image(store, reference, &image.digest)?;
-                    StagePlan {
-                        key: KeyEncoder::new("kiln.base.v1")
-                            .str("image", &image.digest)
-                            .finish(),
-                        layers: stored
-                            .layers()
-                            .map_err(store_err)?
-                            .into_iter()
-                            .map(|l| LayerRef::Fixed(Box::new(l)))
-                            .collect(),
-                        history: stored
-                            .history()
-                            .iter()
-                            .cloned()
-                            .map(HistoryRef::Fixed)
-                            .collect(),
-                        last_vertex: None,
-                        platform: Platform {
-                            os: image.os.clone(),
-                            architecture: image.architecture.clone(),
-                            variant: image.variant.clone(),
-                        },
-                    }
-                }
-                Base::Stage(index) => plans.get(index).cloned().ok_or_else(|| {
-                    Error::Invalid(format!("stage {index} is used before it is built"))
-                })?,
-            };
+            let mut plan = self.base_plan(stage, &plans)?;
             for step in &stage.steps {
-                let mut key = KeyEncoder::new("kiln.step.v1");
-                key.key("definition", &step.digest)
-                    .key("parent", &plan.key)
-                    .str("platform", &plan.platform.to_string());
-                let mut deps: Vec<usize> = plan.last_vertex.into_iter().collect();
-                let mut from_layers = HashMap::new();
-                let mut context_mounts = HashMap::new();
-                let add_from = |from: &CopyFrom,
-                                key: &mut KeyEncoder,
-                                deps: &mut Vec<usize>,
-                                from_layers: &mut HashMap<String, Vec<LayerRef>>|
-                 -> Result<()> {
-                    match from {
-                        CopyFrom::Context | CopyFrom::Named(_) => {}
-                        CopyFrom::Stage(index) => {
-                            let source = plans.get(index).ok_or_else(|| {
-                                Error::Invalid(format!(
-                                    "{}: stage {index} is not built before this step",
-                                    step.span
-                                ))
-                            })?;
-                            key.key("from-stage", &source.key);
-                            deps.extend(source.last_vertex);
-                            from_layers.insert(format!("stage:{index}"), source.layers.clone());
-                        }
-                        CopyFrom::Image { reference, image } => {
-                            key.str("from-image", &image.digest);
-                            let stored = resolve_image(store, reference, &image.digest)?;
-                            from_layers.insert(
-                                format!("image:{}", image.digest),
-                                stored
-                                    .layers()
-                                    .map_err(store_err)?
-                                    .into_iter()
-                                    .map(|l| LayerRef::Fixed(Box::new(l)))
-                                    .collect(),
-                            );
-                        }
-                    }
-                    Ok(())
-                };
-                match &step.kind {
-                    StepKind::Copy(copy) => {
-                        if let Some(context) = directory_of(context, options, &copy.from)? {
-                            let is_git = |s: &str| copy.add && crate::remote_context::is_git_url(s);
-                            let (urls, paths): (Vec<String>, Vec<String>) = copy
-                                .sources
-                                .iter()
-                                .cloned()
-                                .partition(|s| is_git(s) || is_url(s));
-                            let digest = self
-                                .content_digest(context, &paths)
-                                .map_err(|e| located(step, e))?;
-                            key.key("content", &digest);
-                            for url in &urls {
-                                if is_git(url) {
-                                    // A repository is keyed by the commit its ref
-                                    // resolves to: an unchanged commit is a hit.
-                                    let checkout = downloads
-                                        .git(url, copy.keep_git_dir)
-                                        .map_err(|e| located(step, e))?;
-                                    key.str("git", url).str("git-commit", &checkout.commit);
-                                    continue;
-                                }
-                                // The content is what counts: a pinned checksum
-                                // names it without downloading, else the download.
-                                let content = match (&copy.checksum, copy.add) {
-                                    (Some(sum), _) => sum.clone(),
-                                    (None, true) => {
-                                        downloads
-                                            .get(url, None)
-                                            .map_err(|e| located(step, e))?
-                                            .digest
-                                    }
-                                    (None, false) => String::new(),
-                                };
-                                key.str("url", url).str("url-content", &content);
-                            }
-                        }
-                        add_from(&copy.from, &mut key, &mut deps, &mut from_layers)?;
-                    }
-                    StepKind::Run(run) => {
-                        for mount in &run.mounts {
-                            if let Some(from) = mount.from() {
-                                if let (Some(context), RunMount::Bind { source, .. }) =
-                                    (directory_of(context, options, from)?, mount)
-                                {
-                                    let digest = self
-                                        .content_digest(context, std::slice::from_ref(source))
-                                        .map_err(|e| located(step, e))?;
-                                    key.key("mount-content", &digest);
-                                    context_mounts.insert(mount_key(from, source), digest);
-                                }
-                                add_from(from, &mut key, &mut deps, &mut from_layers)?;
-                            }
-                        }
-                        key.opt_str(
-                            "network-default",
-                            options.network.map(kiln_frontend::Network::as_str),
-                        );
-                    }
-                    _ => {}
-                }
-                let key = key.finish();
-                if matches!(step.kind, StepKind::Config) {
-                    // Config-only steps (LABEL, EXPOSE, CMD, ...) change the image
-                    // config, not the filesystem: they stay out of the key chain so
-                    // editing one does not re-run the steps after it. What a later
-                    // step does see (ENV, USER, WORKDIR, SHELL) is in its own
-                    // definition digest.
-                    if step.in_history {
-                        plan.history.push(HistoryRef::Empty {
-                            created_by: step.created_by.clone(),
-                        });
-                    }
-                    continue;
-                }
-                plan.key = key;
-                deps.sort_unstable();
-                deps.dedup();
-                let vertex = match self.by_key.get(&key) {
-                    Some(&existing) => existing,
-                    None => {
-                        self.vertices.push(Vertex {
-                            key,
-                            step,
-                            stage,
-                            parent_layers: plan.layers.clone(),
-                            from_layers,
-                            context_mounts,
-                            platform: plan.platform.clone(),
-                            deps,
-                        });
-                        self.by_key.insert(key, self.vertices.len() - 1);
-                        self.vertices.len() - 1
-                    }
-                };
-                plan.layers.push(LayerRef::Vertex(vertex));
-                plan.history.push(HistoryRef::Vertex {
-                    created_by: step.created_by.clone(),
-                    vertex,
-                });
-                plan.last_vertex = Some(vertex);
+                let inputs = self.step_inputs(step, &plan, &plans)?;
+                self.add_step(stage, step, &mut plan, inputs);
             }
             plans.insert(stage.index, plan);
         }
         Ok(plans)
     }
+
+    /// What a stage starts from: nothing, a stored image, or an earlier
+    /// stage's plan.
+    fn base_plan(&self, stage: &Stage, plans: &HashMap<usize, StagePlan>) -> Result<StagePlan> {
+        Ok(match &stage.base {
+            Base::Scratch => StagePlan {
+                key: KeyEncoder::new("kiln.base.v1").str("scratch", "").finish(),
+                layers: Vec::new(),
+                history: Vec::new(),
+                last_vertex: None,
+                platform: parse_platform(&stage.platform)?,
+            },
+            Base::Image { reference, image } => {
+                let stored = resolve_image(self.store, reference, &image.digest)?;
+                StagePlan {
+                    key: KeyEncoder::new("kiln.base.v1")
+                        .str("image", &image.digest)
+                        .finish(),
+                    layers: fixed_layers(&stored)?,
+                    history: stored
+                        .history()
+                        .iter()
+                        .cloned()
+                        .map(HistoryRef::Fixed)
+                        .collect(),
+                    last_vertex: None,
+                    platform: Platform {
+                        os: image.os.clone(),
+                        architecture: image.architecture.clone(),
+                        variant: image.variant.clone(),
+                    },
+                }
+            }
+            Base::Stage(index) => plans.get(index).cloned().ok_or_else(|| {
+                Error::Invalid(format!("stage {index} is used before it is built"))
+            })?,
+        })
+    }
+
+    /// A step's cache key and what it reads besides its parent: the content
+    /// of context files, downloads and checkouts, other stages and images.
+    fn step_inputs(
+        &mut self,
+        step: &'g Step,
+        plan: &StagePlan,
+        plans: &HashMap<usize, StagePlan>,
+    ) -> Result<StepInputs> {
+        let mut inputs = StepInputs {
+            key: KeyEncoder::new("kiln.step.v1"),
+            deps: plan.last_vertex.into_iter().collect(),
+            from_layers: HashMap::new(),
+            context_mounts: HashMap::new(),
+        };
+        inputs
+            .key
+            .key("definition", &step.digest)
+            .key("parent", &plan.key)
+            .str("platform", &plan.platform.to_string());
+        match &step.kind {
+            StepKind::Copy(copy) => {
+                if let Some(context) = directory_of(self.context, self.options, &copy.from)? {
+                    self.key_copy_sources(copy, context, &mut inputs.key)
+                        .map_err(|e| Error::at(step, e))?;
+                }
+                inputs.read_from(self.store, step, &copy.from, plans)?;
+            }
+            StepKind::Run(run) => {
+                for mount in &run.mounts {
+                    let Some(from) = mount.from() else {
+                        continue;
+                    };
+                    if let (Some(context), RunMount::Bind { source, .. }) =
+                        (directory_of(self.context, self.options, from)?, mount)
+                    {
+                        let digest = self
+                            .content_digest(context, std::slice::from_ref(source))
+                            .map_err(|e| Error::at(step, e))?;
+                        inputs.key.key("mount-content", &digest);
+                        inputs
+                            .context_mounts
+                            .insert(mount_key(from, source), digest);
+                    }
+                    inputs.read_from(self.store, step, from, plans)?;
+                }
+                inputs
+                    .key
+                    .opt_str("network-default", self.options.network.map(kiln_frontend::Network::as_str));
+            }
+            _ => {}
+        }
+        Ok(inputs)
+    }
+
+    /// Keys what a COPY/ADD reads from a directory context: the files'
+    /// content, a git source's commit, a URL's pinned checksum or
+    /// downloaded content.
+    fn key_copy_sources(
+        &mut self,
+        copy: &kiln_frontend::CopyStep,
+        context: &BuildContext,
+        key: &mut KeyEncoder,
+    ) -> Result<()> {
+        let is_git = |s: &str| copy.add && crate::remote_context::is_git_url(s);
+        let (urls, paths): (Vec<String>, Vec<String>) = copy
+            .sources
+            .iter()
+            .cloned()
+            .partition(|s| is_git(s) || is_url(s));
+        let digest = self.content_digest(context, &paths)?;
+        key.key("content", &digest);
+        for url in &urls {
+            if is_git(url) {
+                // A repository is keyed by the commit its ref resolves to: an
+                // unchanged commit is a hit.
+                let checkout = self.downloads.git(url, copy.keep_git_dir)?;
+                key.str("git", url).str("git-commit", &checkout.commit);
+                continue;
+            }
+            // The content is what counts: a pinned checksum names it without
+            // downloading, else the download.
+            let content = match (&copy.checksum, copy.add) {
+                (Some(sum), _) => sum.clone(),
+                (None, true) => self.downloads.get(url, None)?.digest,
+                (None, false) => String::new(),
+            };
+            key.str("url", url).str("url-content", &content);
+        }
+        Ok(())
+    }
+
+    /// Adds a step to its stage's plan: a config-only step to the history,
+    /// any other as a vertex (the existing one for a key seen before).
+    fn add_step(
+        &mut self,
+        stage: &'g Stage,
+        step: &'g Step,
+        plan: &mut StagePlan,
+        inputs: StepInputs,
+    ) {
+        let key = inputs.key.finish();
+        if matches!(step.kind, StepKind::Config) {
+            // Config-only steps (LABEL, EXPOSE, CMD, ...) change the image
+            // config, not the filesystem: they stay out of the key chain so
+            // editing one does not re-run the steps after it. What a later
+            // step does see (ENV, USER, WORKDIR, SHELL) is in its own
+            // definition digest.
+            if step.in_history {
+                plan.history.push(HistoryRef::Empty {
+                    created_by: step.created_by.clone(),
+                });
+            }
+            return;
+        }
+        plan.key = key;
+        let mut deps = inputs.deps;
+        deps.sort_unstable();
+        deps.dedup();
+        let vertex = match self.by_key.get(&key) {
+            Some(&existing) => existing,
+            None => {
+                self.vertices.push(Vertex {
+                    key,
+                    step,
+                    stage,
+                    parent_layers: plan.layers.clone(),
+                    from_layers: inputs.from_layers,
+                    context_mounts: inputs.context_mounts,
+                    platform: plan.platform.clone(),
+                    deps,
+                });
+                self.by_key.insert(key, self.vertices.len() - 1);
+                self.vertices.len() - 1
+            }
+        };
+        plan.layers.push(LayerRef::Vertex(vertex));
+        plan.history.push(HistoryRef::Vertex {
+            created_by: step.created_by.clone(),
+            vertex,
+        });
+        plan.last_vertex = Some(vertex);
+    }
+}
+
+/// What a step reads, as its vertex records it.
+struct StepInputs {
+    /// The cache key, being built.
+    key: KeyEncoder,
+    /// The vertices it waits for.
+    deps: Vec<usize>,
+    /// Layers of the stages and images it reads (see [`Vertex::from_layers`]).
+    from_layers: HashMap<String, Vec<LayerRef>>,
+    /// Content digests of the context sources it binds.
+    context_mounts: HashMap<String, Key>,
+}
+
+impl StepInputs {
+    /// Adds a stage or image the step reads (COPY --from, RUN --mount
+    /// from=) to its key, dependencies and layers.
+    fn read_from(
+        &mut self,
+        store: &Store,
+        step: &Step,
+        from: &CopyFrom,
+        plans: &HashMap<usize, StagePlan>,
+    ) -> Result<()> {
+        match from {
+            CopyFrom::Context | CopyFrom::Named(_) => {}
+            CopyFrom::Stage(index) => {
+                let source = plans.get(index).ok_or_else(|| {
+                    Error::at(
+                        step,
+                        Error::Invalid(format!("stage {index} is not built before this step")),
+                    )
+                })?;
+                self.key.key("from-stage", &source.key);
+                self.deps.extend(source.last_vertex);
+                self.from_layers
+                    .insert(format!("stage:{index}"), source.layers.clone());
+            }
+            CopyFrom::Image { reference, image } => {
+                self.key.str("from-image", &image.digest);
+                let stored = resolve_image(store, reference, &image.digest)?;
+                self.from_layers
+                    .insert(format!("image:{}", image.digest), fixed_layers(&stored)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stored image's layers, as a plan refers to them.
+fn fixed_layers(image: &StoredImage) -> Result<Vec<LayerRef>> {
+    Ok(image
+        .layers()?
+        .into_iter()
+        .map(|l| LayerRef::Fixed(Box::new(l)))
+        .collect())
 }
 
 /// What the DAG made, shared by the images of every graph.
@@ -748,12 +885,8 @@ struct Solved<'a, 'g> {
     options: &'a SolveOptions,
     progress: &'a dyn Progress,
     vertices: &'a [Vertex<'g>],
-    results: &'a HashMap<usize, Option<LayerBlob>>,
-    made_at: &'a HashMap<usize, i64>,
-    records: &'a HashMap<usize, CacheRecord>,
+    made: &'a Made,
     started: i64,
-    ran: usize,
-    cached: usize,
 }
 
 impl Solved<'_, '_> {
@@ -764,42 +897,56 @@ impl Solved<'_, '_> {
         stages: &[&Stage],
         plans: &HashMap<usize, StagePlan>,
     ) -> Result<Built> {
-        let (store, context, options, progress) =
-            (self.store, self.context, self.options, self.progress);
-        let (vertices, results, made_at) = (self.vertices, self.results, self.made_at);
-        let (started, ran, cached) = (self.started, self.ran, self.cached);
-
         let target = graph
             .target_stage()
             .ok_or_else(|| Error::Invalid("the build graph has no target stage".into()))?;
         let plan = plans
             .get(&target.index)
             .ok_or_else(|| Error::Invalid("the target stage was not planned".into()))?;
-        progress.event(Event::Exporting {
+        self.progress.event(Event::Exporting {
             what: "writing image".into(),
         });
-        let layers = resolve_layers(&plan.layers, results)?;
+        let layers = resolve_layers(&plan.layers, &self.made.layers)?;
         for layer in &layers {
-            kiln_cache::ensure_blob(store, &options.cache_sources, &layer.descriptor)
-                .map_err(store_err)?;
+            kiln_cache::ensure_blob(self.store, &self.options.cache_sources, &layer.descriptor)?;
         }
-        let vertex_time = |v: &usize| {
-            options
-                .source_date_epoch
-                .or_else(|| made_at.get(v).copied())
+        let image = self.write_image(graph, target, plan, &layers)?;
+        let attestations = if self.options.attest.any() {
+            self.attest(stages, target, plans, plan, &image, &layers)?
+        } else {
+            Vec::new()
         };
-        // The image is as old as its newest step; a build of only metadata
-        // steps is made now.
+        Ok(Built {
+            image,
+            layers,
+            ran: self.made.ran,
+            cached: self.made.cached,
+            records: self.records(plans, plan),
+            attestations,
+        })
+    }
+
+    /// When vertex `v`'s result was made, as the image records it.
+    fn vertex_time(&self, v: usize) -> Option<i64> {
+        self.options
+            .source_date_epoch
+            .or_else(|| self.made.made_at.get(&v).copied())
+    }
+
+    /// The image's `created` time and its history: a step's entry has the
+    /// time its result was made; the image is as old as its newest step (a
+    /// build of only metadata steps is made now).
+    fn history(&self, plan: &StagePlan) -> Result<(String, Vec<History>)> {
         let newest = plan
             .history
             .iter()
             .filter_map(|h| match h {
-                HistoryRef::Vertex { vertex, .. } => vertex_time(vertex),
+                HistoryRef::Vertex { vertex, .. } => self.vertex_time(*vertex),
                 _ => None,
             })
             .max();
         let created_now = rfc3339(
-            options
+            self.options
                 .source_date_epoch
                 .or(newest)
                 .unwrap_or_else(now_epoch),
@@ -810,33 +957,46 @@ impl Solved<'_, '_> {
                 HistoryRef::Fixed(h) => h.clone(),
                 HistoryRef::Empty { created_by } => history_entry(created_by, true, &created_now)?,
                 HistoryRef::Vertex { created_by, vertex } => {
-                    let empty = results.get(vertex).is_none_or(|l| l.is_none());
-                    let when = vertex_time(vertex)
+                    let empty = self.made.layers.get(vertex).is_none_or(|l| l.is_none());
+                    let when = self
+                        .vertex_time(*vertex)
                         .map(rfc3339)
                         .unwrap_or_else(|| created_now.clone());
                     history_entry(created_by, empty, &when)?
                 }
             });
         }
+        Ok((created_now, history))
+    }
+
+    /// Writes the image (config with the build's labels, layers, history)
+    /// and its manifest annotations to the store.
+    fn write_image(
+        &self,
+        graph: &BuildGraph,
+        target: &Stage,
+        plan: &StagePlan,
+        layers: &[LayerBlob],
+    ) -> Result<StoredImage> {
+        let (created, history) = self.history(plan)?;
         let mut config = graph.config.clone();
-        if !options.labels.is_empty() {
+        if !self.options.labels.is_empty() {
             let labels = config.labels.get_or_insert_with(BTreeMap::new);
-            for (k, v) in &options.labels {
+            for (k, v) in &self.options.labels {
                 labels.insert(k.clone(), v.clone());
             }
         }
         let config = serde_json::to_value(&config).map_err(|e| Error::Invalid(e.to_string()))?;
-        let image = store
-            .write_image(NewImage {
-                platform: plan.platform.clone(),
-                created: Some(created_now),
-                author: target.author.clone(),
-                config,
-                layers: layers.clone(),
-                history,
-            })
-            .map_err(store_err)?;
-        let annotations: BTreeMap<String, String> = options
+        let image = self.store.write_image(NewImage {
+            platform: plan.platform.clone(),
+            created: Some(created),
+            author: target.author.clone(),
+            config,
+            layers: layers.to_vec(),
+            history,
+        })?;
+        let annotations: BTreeMap<String, String> = self
+            .options
             .annotations
             .iter()
             .filter(|a| {
@@ -846,81 +1006,84 @@ impl Solved<'_, '_> {
             })
             .map(|a| (a.key.clone(), a.value.clone()))
             .collect();
-        let image = store
-            .annotate_manifest(&image, &annotations)
-            .map_err(store_err)?;
-        let in_image: std::collections::HashSet<usize> = plan
-            .history
-            .iter()
-            .filter_map(|h| match h {
-                HistoryRef::Vertex { vertex, .. } => Some(*vertex),
-                _ => None,
-            })
-            .collect();
-        // The records of this graph's vertices (every vertex is in the
-        // history of its stage).
-        let mine: std::collections::HashSet<usize> = plans
+        Ok(self.store.annotate_manifest(&image, &annotations)?)
+    }
+
+    /// The cache records of this graph's vertices (every vertex is in the
+    /// history of its stage), in vertex order, each saying whether its
+    /// layer is in the image.
+    fn records(&self, plans: &HashMap<usize, StagePlan>, plan: &StagePlan) -> Vec<BuiltRecord> {
+        let vertices_of = |history: &[HistoryRef]| -> HashSet<usize> {
+            history
+                .iter()
+                .filter_map(|h| match h {
+                    HistoryRef::Vertex { vertex, .. } => Some(*vertex),
+                    _ => None,
+                })
+                .collect()
+        };
+        let in_image = vertices_of(&plan.history);
+        let mine: HashSet<usize> = plans
             .values()
-            .flat_map(|plan| &plan.history)
-            .filter_map(|h| match h {
-                HistoryRef::Vertex { vertex, .. } => Some(*vertex),
-                _ => None,
-            })
+            .flat_map(|plan| vertices_of(&plan.history))
             .collect();
-        let mut records: Vec<(usize, CacheRecord)> = self
+        let mut records: Vec<(usize, &CacheRecord)> = self
+            .made
             .records
             .iter()
             .filter(|(id, _)| mine.contains(id))
-            .map(|(id, record)| (*id, record.clone()))
+            .map(|(id, record)| (*id, record))
             .collect();
         records.sort_by_key(|(id, _)| *id);
-        let records = records
+        records
             .into_iter()
             .filter_map(|(id, record)| {
                 Some(BuiltRecord {
-                    key: vertices.get(id)?.key.0,
-                    record,
+                    key: self.vertices.get(id)?.key.0,
+                    record: record.clone(),
                     in_image: in_image.contains(&id),
                 })
             })
-            .collect();
-        let attestations = if options.attest.any() {
-            let finished = Finished {
-                stages,
-                image: &image,
-                layers: &layers,
-                copied: copied_layers(&plan.history, vertices, results),
-                other_stages: stages
-                    .iter()
-                    .filter(|stage| stage.index != target.index)
-                    .filter_map(|stage| {
-                        let plan = plans.get(&stage.index)?;
-                        let layers = resolve_layers(&plan.layers, results).ok()?;
-                        Some((stage.display_name(), layers))
-                    })
-                    .collect(),
-                context,
-                started,
-                source_date_epoch: options.source_date_epoch,
-            };
-            progress.event(Event::Exporting {
-                what: "attaching attestations".into(),
-            });
-            // Each platform's provenance names its own platform.
-            let mut attest = options.attest.clone();
-            attest.invocation.platform = plan.platform.to_string();
-            crate::attest::attach(store, &finished, &attest)?
-        } else {
-            Vec::new()
-        };
-        Ok(Built {
+            .collect()
+    }
+
+    /// Makes the SBOM and provenance the build asks for and attaches them
+    /// to `image`.
+    fn attest(
+        &self,
+        stages: &[&Stage],
+        target: &Stage,
+        plans: &HashMap<usize, StagePlan>,
+        plan: &StagePlan,
+        image: &StoredImage,
+        layers: &[LayerBlob],
+    ) -> Result<Vec<Descriptor>> {
+        let results = &self.made.layers;
+        let finished = Finished {
+            stages,
             image,
             layers,
-            ran,
-            cached,
-            records,
-            attestations,
-        })
+            copied: copied_layers(&plan.history, self.vertices, results),
+            other_stages: stages
+                .iter()
+                .filter(|stage| stage.index != target.index)
+                .filter_map(|stage| {
+                    let plan = plans.get(&stage.index)?;
+                    let layers = resolve_layers(&plan.layers, results).ok()?;
+                    Some((stage.display_name(), layers))
+                })
+                .collect(),
+            context: self.context,
+            started: self.started,
+            source_date_epoch: self.options.source_date_epoch,
+        };
+        self.progress.event(Event::Exporting {
+            what: "attaching attestations".into(),
+        });
+        // Each platform's provenance names its own platform.
+        let mut attest = self.options.attest.clone();
+        attest.invocation.platform = plan.platform.to_string();
+        crate::attest::attach(self.store, &finished, &attest)
     }
 }
 
@@ -934,7 +1097,7 @@ fn check_emulation(store: &Store, options: &SolveOptions, vertices: &[Vertex<'_>
             continue;
         }
         let cached = !options.no_cache
-            && (store.cache_get(&vertex.key.0).map_err(store_err)?.is_some()
+            && (store.cache_get(&vertex.key.0)?.is_some()
                 || options
                     .cache_sources
                     .iter()
@@ -942,8 +1105,12 @@ fn check_emulation(store: &Store, options: &SolveOptions, vertices: &[Vertex<'_>
         if cached {
             continue;
         }
-        kiln_executor::check_binfmt(&vertex.platform.architecture)
-            .map_err(|e| Error::Invalid(format!("cannot build for {}: {e}", vertex.platform)))?;
+        kiln_executor::check_binfmt(&vertex.platform.architecture).map_err(|source| {
+            Error::Emulation {
+                platform: Box::new(vertex.platform.clone()),
+                source,
+            }
+        })?;
         checked.push(&vertex.platform);
     }
     Ok(())
@@ -972,30 +1139,12 @@ fn copied_layers(
         .collect()
 }
 
-fn located(step: &Step, err: Error) -> Error {
-    match err {
-        Error::Cancelled => Error::Cancelled,
-        other => Error::Step(format!("{}: {}: {other}", step.span, step.text)),
-    }
-}
-
-fn store_err(err: kiln_cache::Error) -> Error {
-    Error::Invalid(err.to_string())
-}
-
-fn exec_err(err: kiln_executor::Error) -> Error {
-    match err {
-        kiln_executor::Error::Cancelled => Error::Cancelled,
-        other => Error::Step(other.to_string()),
-    }
-}
-
 fn parse_platform(text: &str) -> Result<Platform> {
     Platform::from_str(text).map_err(|e| Error::Invalid(format!("platform {text}: {e}")))
 }
 
 fn resolve_image(store: &Store, reference: &str, digest: &str) -> Result<StoredImage> {
-    store.resolve(digest).map_err(store_err)?.ok_or_else(|| {
+    store.resolve(digest)?.ok_or_else(|| {
         Error::Invalid(format!(
             "image {reference} ({digest}) is not in the store; make one with `kiln import` or `kiln load`"
         ))
@@ -1017,7 +1166,7 @@ fn imported_record(
     else {
         return Ok(None);
     };
-    store.cache_put(key, &record).map_err(store_err)?;
+    store.cache_put(key, &record)?;
     Ok(Some(record))
 }
 
@@ -1178,7 +1327,7 @@ struct Runner<'a> {
     cancel: &'a CancelToken,
     network: &'a BuildNetwork,
     snapshotter: &'a Snapshotter,
-    results: &'a Mutex<HashMap<usize, Option<LayerBlob>>>,
+    outcomes: &'a Outcomes,
     downloads: &'a Downloads,
     sources: &'a [Arc<dyn CacheSource>],
     /// Vertices whose result a later step mounts (see [`mounted_later`]).
@@ -1240,14 +1389,11 @@ struct BuildNetwork(Mutex<Option<kiln_executor::PrivateNetwork>>);
 
 impl BuildNetwork {
     fn get(&self) -> Result<kiln_executor::PrivateNetwork> {
-        let mut slot = self
-            .0
-            .lock()
-            .map_err(|_| Error::Step("the build's network is unusable".into()))?;
+        let mut slot = self.0.lock().map_err(poisoned("private network"))?;
         if let Some(network) = slot.as_ref() {
             return Ok(network.clone());
         }
-        let network = kiln_executor::PrivateNetwork::start().map_err(exec_err)?;
+        let network = kiln_executor::PrivateNetwork::start()?;
         *slot = Some(network.clone());
         Ok(network)
     }
@@ -1324,8 +1470,7 @@ impl Runner<'_> {
             .snapshotter
             .prepare_tree(&format!("context:{}", digest.to_hex()), |dir| {
                 export_tree(ctx, &rel, dir, ExportOwner::Root).map(drop)
-            })
-            .map_err(exec_err)?;
+            })?;
         Ok(exported_top(&tree, &top))
     }
 
@@ -1345,10 +1490,7 @@ impl Runner<'_> {
 
     /// Snapshot directories (bottom first) of a list of layers.
     fn lowers(&self, refs: &[LayerRef]) -> Result<Vec<PathBuf>> {
-        let layers = {
-            let results = self.results.lock().map_err(|_| Error::Cancelled)?;
-            resolve_layers(refs, &results)?
-        };
+        let layers = self.outcomes.layers(refs)?;
         let mut lowers = Vec::new();
         let mut diff_ids = Vec::new();
         for layer in &layers {
@@ -1358,13 +1500,10 @@ impl Runner<'_> {
             let sources = self.sources;
             let descriptor = layer.descriptor.clone();
             // A layer of an imported record is fetched here, when first read.
-            let dir = self
-                .snapshotter
-                .prepare(chain.as_ref(), move || {
-                    kiln_cache::ensure_blob(store, sources, &descriptor)?;
-                    store.open_layer(&descriptor)
-                })
-                .map_err(exec_err)?;
+            let dir = self.snapshotter.prepare(chain.as_ref(), move || {
+                kiln_cache::ensure_blob(store, sources, &descriptor)?;
+                store.open_layer(&descriptor)
+            })?;
             lowers.push(dir);
         }
         Ok(lowers)
@@ -1402,10 +1541,7 @@ impl Runner<'_> {
     where
         F: FnOnce(&mut LayerTee<'_>) -> kiln_executor::Result<kiln_executor::LayerSummary>,
     {
-        let mut writer = self
-            .store
-            .layer_writer(self.options.compression)
-            .map_err(store_err)?;
+        let mut writer = self.store.layer_writer(self.options.compression)?;
         let mut snapshot = if self.mounted_later.contains(&id) {
             self.snapshotter.stream().ok()
         } else {
@@ -1416,7 +1552,7 @@ impl Runner<'_> {
                 layer: &mut writer,
                 snapshot: snapshot.as_mut(),
             };
-            let summary = write(&mut tee).map_err(exec_err)?;
+            let summary = write(&mut tee)?;
             (summary, tee.snapshot.is_some())
         };
         if summary.empty {
@@ -1425,15 +1561,14 @@ impl Runner<'_> {
         if self.cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        let layer = writer.finish().map_err(store_err)?;
+        let layer = writer.finish()?;
         if let Some(snapshot) = snapshot.filter(|_| teed) {
-            let mut diff_ids: Vec<_> = {
-                let results = self.results.lock().map_err(|_| Error::Cancelled)?;
-                resolve_layers(&vertex.parent_layers, &results)?
-            }
-            .into_iter()
-            .map(|l| l.diff_id)
-            .collect();
+            let mut diff_ids: Vec<_> = self
+                .outcomes
+                .layers(&vertex.parent_layers)?
+                .into_iter()
+                .map(|l| l.diff_id)
+                .collect();
             diff_ids.push(layer.diff_id.clone());
             if let Some(chain) = chain_id(&diff_ids) {
                 let _ = snapshot.finish(chain.as_ref());
@@ -1490,15 +1625,14 @@ impl Runner<'_> {
                 let lowers = self.lowers(&vertex.parent_layers)?;
                 let view = RootfsView::new(&lowers);
                 if view
-                    .lookup(path, true)
-                    .map_err(exec_err)?
+                    .lookup(path, true)?
                     .is_some_and(|e| e.metadata.is_dir())
                 {
                     return Ok(None);
                 }
                 let owner = match user.as_deref() {
                     Some(user) if !user.is_empty() => {
-                        let u = kiln_executor::resolve_user(&view, user).map_err(exec_err)?;
+                        let u = kiln_executor::resolve_user(&view, user)?;
                         (u.uid, u.gid)
                     }
                     _ => (0, 0),
@@ -1506,7 +1640,7 @@ impl Runner<'_> {
                 let scratch = self.scratch()?;
                 let tree = scratch.0.join("tree");
                 fs::create_dir(&tree).map_err(io_err(&tree))?;
-                let (resolved, missing) = view.resolve_for_create(path).map_err(exec_err)?;
+                let (resolved, missing) = view.resolve_for_create(path)?;
                 // Like BuildKit's `mkdir -p` as the USER: every directory made
                 // belongs to the user; the existing ones on the way keep what
                 // they have in the image.
@@ -1602,7 +1736,7 @@ impl Runner<'_> {
             Ok(upper) => upper,
             Err(error) => {
                 self.open_debug_shell(vertex, &spec, &scratch.0, &work, &error);
-                return Err(exec_err(error));
+                return Err(error.into());
             }
         };
         // The agents' sockets and the cache locks last as long as the step.
@@ -1758,7 +1892,7 @@ impl Runner<'_> {
         let name = blake3::hash(cache_id.as_bytes()).to_hex();
         let dir = self.store.cache_mounts_dir().join(&name[..32]);
         // Before the directory exists (rootless with only root mapped).
-        kiln_executor::check_owner_mapped(uid, gid, "RUN --mount=type=cache").map_err(exec_err)?;
+        kiln_executor::check_owner_mapped(uid, gid, "RUN --mount=type=cache")?;
         if !dir.exists() {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(io_err(&dir))?;
@@ -1831,7 +1965,7 @@ impl Runner<'_> {
         let Some(target) = target else {
             return Ok(None);
         };
-        kiln_executor::check_owner_mapped(uid, gid, "RUN --mount=type=secret").map_err(exec_err)?;
+        kiln_executor::check_owner_mapped(uid, gid, "RUN --mount=type=secret")?;
         let dir = scratch.join(format!("secret-{index}"));
         fs::create_dir(&dir).map_err(io_err(&dir))?;
         set_mode(&dir, 0o700)?;
@@ -1964,18 +2098,14 @@ pub(crate) fn filesystem_view(store: &Store, layers: &[LayerBlob]) -> Result<Opt
 /// The snapshot directories of `layers` (bottom first), unpacked where
 /// missing: the lower dirs of a sandbox on an image (`kiln run`).
 pub fn image_lowers(store: &Store, layers: &[LayerBlob]) -> Result<Vec<PathBuf>> {
-    let snapshotter = Snapshotter::new(store.snapshots_dir()).map_err(exec_err)?;
+    let snapshotter = Snapshotter::new(store.snapshots_dir())?;
     let mut lowers = Vec::new();
     let mut diff_ids = Vec::new();
     for layer in layers {
         diff_ids.push(layer.diff_id.clone());
         let chain = chain_id(&diff_ids).ok_or_else(|| Error::Invalid("empty chain".into()))?;
         let descriptor = layer.descriptor.clone();
-        lowers.push(
-            snapshotter
-                .prepare(chain.as_ref(), || store.open_layer(&descriptor))
-                .map_err(exec_err)?,
-        );
+        lowers.push(snapshotter.prepare(chain.as_ref(), || store.open_layer(&descriptor))?);
     }
     Ok(lowers)
 }

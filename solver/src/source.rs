@@ -15,7 +15,7 @@ use kiln_frontend::{Key, KeyEncoder};
 use rayon::prelude::*;
 
 use crate::dockerignore::IgnoreRules;
-use crate::error::{io_err, Error, Result};
+use crate::error::{io_err, poisoned, Error, Result};
 use crate::pattern::{clean_relative, has_wildcards, Pattern};
 
 /// One file, directory or symlink of a source tree.
@@ -268,7 +268,7 @@ impl BuildContext {
         let Some(file) = &self.stat_cache_file else {
             return Ok(());
         };
-        let learned = self.learned.lock().map_err(|_| Error::Cancelled)?;
+        let learned = self.learned.lock().map_err(poisoned("stat cache"))?;
         if learned.is_empty() {
             return Ok(());
         }
@@ -288,7 +288,7 @@ impl BuildContext {
         std::io::Write::write_all(&mut temp, &bytes).map_err(io_err(file))?;
         temp.persist(file).map_err(|e| Error::Io {
             path: file.clone(),
-            source: e.error,
+            error: e.error,
         })?;
         Ok(())
     }
@@ -471,7 +471,7 @@ impl SourceFs for BuildContext {
             .map(|d| d.as_nanos() as i128)
             .unwrap_or(0);
         if now_ns - ctime_ns > 2_000_000_000 {
-            let mut learned = self.learned.lock().map_err(|_| Error::Cancelled)?;
+            let mut learned = self.learned.lock().map_err(poisoned("stat cache"))?;
             learned.insert(
                 key,
                 StatRecord {

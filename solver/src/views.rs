@@ -12,10 +12,6 @@ use crate::error::{io_err, Error, Result};
 use crate::pattern::clean_relative;
 use crate::source::{walk, SourceEntry, SourceFs};
 
-fn exec_err(err: kiln_executor::Error) -> Error {
-    Error::Copy(err.to_string())
-}
-
 fn abs(rel: &str) -> String {
     let cleaned = clean_relative(rel);
     if cleaned == "." {
@@ -31,23 +27,15 @@ pub(crate) struct ViewSource(pub(crate) RootfsView);
 impl SourceFs for ViewSource {
     fn entry(&self, rel: &str, follow: bool) -> Result<Option<SourceEntry>> {
         let rel = clean_relative(rel);
-        Ok(self
-            .0
-            .lookup(&abs(&rel), follow)
-            .map_err(exec_err)?
-            .map(|e| SourceEntry {
-                rel,
-                host: e.host_path,
-                meta: e.metadata,
-            }))
+        Ok(self.0.lookup(&abs(&rel), follow)?.map(|e| SourceEntry {
+            rel,
+            host: e.host_path,
+            meta: e.metadata,
+        }))
     }
 
     fn children(&self, rel: &str) -> Result<Vec<String>> {
-        Ok(self
-            .0
-            .read_dir(&abs(rel))
-            .map_err(exec_err)?
-            .unwrap_or_default())
+        Ok(self.0.read_dir(&abs(rel))?.unwrap_or_default())
     }
 }
 
@@ -56,7 +44,7 @@ pub(crate) struct ViewDest(pub(crate) RootfsView);
 
 impl DestFs for ViewDest {
     fn resolve(&self, path: &str) -> Result<String> {
-        let (resolved, _) = self.0.resolve_for_create(&abs(path)).map_err(exec_err)?;
+        let (resolved, _) = self.0.resolve_for_create(&abs(path))?;
         Ok(if path.ends_with('/') && !resolved.ends_with('/') {
             format!("{resolved}/")
         } else {
@@ -67,16 +55,14 @@ impl DestFs for ViewDest {
     fn is_dir(&self, path: &str) -> Result<bool> {
         Ok(self
             .0
-            .lookup(&abs(path), true)
-            .map_err(exec_err)?
+            .lookup(&abs(path), true)?
             .is_some_and(|e| e.metadata.is_dir()))
     }
 
     fn dir_meta(&self, path: &str) -> Result<Option<DirMeta>> {
         Ok(self
             .0
-            .lookup(&abs(path), true)
-            .map_err(exec_err)?
+            .lookup(&abs(path), true)?
             .filter(|e| e.metadata.is_dir())
             .map(|e| DirMeta {
                 mode: e.metadata.mode() & 0o7777,
@@ -90,8 +76,10 @@ impl DestFs for ViewDest {
             Some(g) => format!("{user}:{g}"),
             None => user.to_string(),
         };
-        let resolved = resolve_user(&self.0, &spec)
-            .map_err(|e| Error::Copy(format!("--chown={spec}: {e}")))?;
+        let resolved = resolve_user(&self.0, &spec).map_err(|source| Error::Chown {
+            spec: spec.clone(),
+            source,
+        })?;
         // Docker: a user without a group gets its uid as gid too.
         let gid = match group {
             Some(_) => resolved.gid,
@@ -180,9 +168,7 @@ pub(crate) fn export_tree(
             }
         } else if let Some(special) = SpecialFile::of(meta) {
             // Device nodes (as root) and FIFOs, as the image holds them.
-            special
-                .create(&target, meta.mode(), meta.mtime())
-                .map_err(exec_err)?;
+            special.create(&target, meta.mode(), meta.mtime())?;
             let (uid, gid) = owner_of(meta);
             std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(io_err(&target))?;
             fs::set_permissions(&target, meta.permissions()).map_err(io_err(&target))?;
@@ -215,7 +201,7 @@ fn set_link_mtime(link: &Path, meta: &std::fs::Metadata) -> Result<()> {
     )
     .map_err(|errno| Error::Io {
         path: link.to_path_buf(),
-        source: errno.into(),
+        error: errno.into(),
     })
 }
 

@@ -115,11 +115,24 @@ pub type CmdResult = anyhow::Result<ExitCode>;
 
 /// Prints an error and its causes to stderr, the way every subcommand does.
 pub fn report_error(err: &anyhow::Error) {
+    eprintln!("{}", error_report(err));
+}
+
+/// `error: MESSAGE` and a `caused by: CAUSE` line per cause. A cause whose
+/// text the line before already shows (an error that prints its source and
+/// also returns it from `source()`, as the store's and executor's I/O
+/// errors do) is not printed twice.
+fn error_report(err: &anyhow::Error) -> String {
     let mut message = format!("error: {err}");
+    let mut shown = err.to_string();
     for cause in err.chain().skip(1) {
-        message.push_str(&format!("\n  caused by: {cause}"));
+        let text = cause.to_string();
+        if !shown.contains(&text) {
+            message.push_str(&format!("\n  caused by: {text}"));
+        }
+        shown = text;
     }
-    eprintln!("{message}");
+    message
 }
 
 /// Whether stderr may carry colour: not when `NO_COLOR` is set, nor when it is
@@ -150,4 +163,42 @@ pub(crate) fn read_dockerfile(path: Option<&Path>) -> anyhow::Result<String> {
         })?,
     };
     Ok(kiln_frontend::dockerfile_text(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_report;
+
+    #[test]
+    fn an_error_report_shows_every_cause_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        // The store's I/O error shows its cause and returns it from source().
+        let store = kiln_cache::Error::Io {
+            path: "/store/blob".into(),
+            source: io,
+        };
+        let err = anyhow::Error::new(store).context("cannot read the image");
+        let report = error_report(&err);
+        assert_eq!(
+            report,
+            "error: cannot read the image\n  caused by: /store/blob: entity not found"
+        );
+    }
+
+    #[test]
+    fn a_located_build_error_reports_its_instruction_then_its_cause() {
+        let file = "FROM scratch\nCOPY --chmod=9 a /\n";
+        let dockerfile = kiln_frontend::parse(file, "Dockerfile").unwrap();
+        let step = &dockerfile.instructions[1];
+        let err = kiln_solver::Error::Located {
+            span: step.span.clone(),
+            text: "COPY --chmod=9 a /".into(),
+            platform: None,
+            source: Box::new(kiln_solver::Error::Copy("--chmod=9: bad".into())),
+        };
+        assert_eq!(
+            error_report(&anyhow::Error::new(err)),
+            "error: Dockerfile:2:1: COPY --chmod=9 a /\n  caused by: --chmod=9: bad"
+        );
+    }
 }

@@ -49,11 +49,14 @@ impl AttestOptions {
 /// How much the provenance says: `min` the inputs, `max` each step too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ProvenanceMode {
+    /// The build's inputs: base images, context, invocation.
     #[default]
     Min,
+    /// The inputs and every step of the build.
     Max,
 }
 
+/// What the SBOM lists beyond the image's own packages and copied files.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SbomOptions {
     /// Also list the packages of the build's other stages.
@@ -68,13 +71,18 @@ pub struct Invocation {
     pub builder_version: String,
     /// The image's first `-t` name, if any (the statements' subject name).
     pub image_name: Option<String>,
-    /// The Dockerfile's name and the sha256 (hex) of its text.
+    /// The Dockerfile's name.
     pub dockerfile_path: String,
+    /// The sha256 (hex) of the Dockerfile's text.
     pub dockerfile_sha256: String,
     /// `--build-arg`s.
     pub build_args: BTreeMap<String, String>,
+    /// `--target`, if given.
     pub target: Option<String>,
+    /// The platform the image is built for (set per platform by the
+    /// solver).
     pub platform: String,
+    /// Where the build context came from.
     pub context: ContextOrigin,
 }
 
@@ -119,18 +127,14 @@ pub(crate) fn attach(
     let now = clamp(now_epoch(), finished.source_date_epoch);
     if let Some(sbom) = &options.sbom {
         let content = sbom_document(store, finished, sbom, &image_name, now, options)?;
-        attached.push(
-            store
-                .attach(
-                    &finished.image.manifest_descriptor,
-                    &NewArtifact {
-                        artifact_type: SBOM_ARTIFACT_TYPE.into(),
-                        content,
-                        layer_annotations: BTreeMap::new(),
-                    },
-                )
-                .map_err(store_err)?,
-        );
+        attached.push(store.attach(
+            &finished.image.manifest_descriptor,
+            &NewArtifact {
+                artifact_type: SBOM_ARTIFACT_TYPE.into(),
+                content,
+                layer_annotations: BTreeMap::new(),
+            },
+        )?);
     }
     if let Some(mode) = options.provenance {
         let dependencies = dependencies(finished.stages, &options.invocation);
@@ -152,22 +156,21 @@ pub(crate) fn attach(
             invocation_id: invocation_id(&image_digest, finished),
             source_date_epoch: finished.source_date_epoch,
         })
-        .map_err(|e| Error::Invalid(format!("provenance: {e}")))?;
-        attached.push(
-            store
-                .attach(
-                    &finished.image.manifest_descriptor,
-                    &NewArtifact {
-                        artifact_type: PROVENANCE_ARTIFACT_TYPE.into(),
-                        content,
-                        layer_annotations: BTreeMap::from([(
-                            PREDICATE_TYPE_ANNOTATION.to_owned(),
-                            provenance::PREDICATE_TYPE.to_owned(),
-                        )]),
-                    },
-                )
-                .map_err(store_err)?,
-        );
+        .map_err(|e| Error::Attest {
+            what: "provenance",
+            source: Box::new(e),
+        })?;
+        attached.push(store.attach(
+            &finished.image.manifest_descriptor,
+            &NewArtifact {
+                artifact_type: PROVENANCE_ARTIFACT_TYPE.into(),
+                content,
+                layer_annotations: BTreeMap::from([(
+                    PREDICATE_TYPE_ANNOTATION.to_owned(),
+                    provenance::PREDICATE_TYPE.to_owned(),
+                )]),
+            },
+        )?);
     }
     Ok(attached)
 }
@@ -209,7 +212,10 @@ fn sbom_document(
         created: &crate::solve::rfc3339(now),
         tool_version: &attest.invocation.builder_version,
     })
-    .map_err(|e| Error::Invalid(format!("sbom: {e}")))
+    .map_err(|e| Error::Attest {
+        what: "sbom",
+        source: Box::new(e),
+    })
 }
 
 /// The merged filesystem of `layers`, their snapshots prepared.
@@ -222,7 +228,7 @@ fn image_view(store: &Store, layers: &[LayerBlob]) -> Result<Option<RootfsView>>
 fn copied_files(store: &Store, view: &RootfsView, layers: &[LayerBlob]) -> Result<Vec<CopiedFile>> {
     let mut paths = BTreeSet::new();
     for layer in layers {
-        let reader = store.open_layer(&layer.descriptor).map_err(store_err)?;
+        let reader = store.open_layer(&layer.descriptor)?;
         let mut archive = tar::Archive::new(reader);
         let what = || format!("layer {}", layer.descriptor.digest());
         for entry in archive.entries().map_err(io_err(what()))? {
@@ -238,10 +244,7 @@ fn copied_files(store: &Store, view: &RootfsView, layers: &[LayerBlob]) -> Resul
     }
     let mut files = Vec::new();
     for path in paths {
-        let Some(entry) = view
-            .lookup(&path, false)
-            .map_err(|e| Error::Invalid(e.to_string()))?
-        else {
+        let Some(entry) = view.lookup(&path, false)? else {
             continue;
         };
         if !entry.metadata.is_file() {
@@ -380,8 +383,4 @@ fn now_epoch() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-fn store_err(err: kiln_cache::Error) -> Error {
-    Error::Invalid(err.to_string())
 }

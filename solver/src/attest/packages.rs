@@ -49,7 +49,7 @@ fn purl_encode(text: &str) -> String {
 
 /// Every package the image's databases list, sorted, without duplicates.
 pub(crate) fn installed(view: &RootfsView) -> Result<Vec<Package>> {
-    let read = |path: &str| view.read_file(path).map_err(exec_err);
+    let read = |path: &str| view.read_file(path).map_err(unreadable_packages);
     let os_release = read("/etc/os-release")?.or(read("/usr/lib/os-release")?);
     let distro = |default: &str| {
         os_release
@@ -65,7 +65,10 @@ pub(crate) fn installed(view: &RootfsView) -> Result<Vec<Package>> {
             true,
         ));
     }
-    if let Some(names) = view.read_dir("/var/lib/dpkg/status.d").map_err(exec_err)? {
+    if let Some(names) = view
+        .read_dir("/var/lib/dpkg/status.d")
+        .map_err(unreadable_packages)?
+    {
         for name in names.iter().filter(|n| !n.ends_with(".md5sums")) {
             if let Some(bytes) = read(&format!("/var/lib/dpkg/status.d/{name}"))? {
                 // distroless' files often have no Status: being there is
@@ -89,8 +92,11 @@ pub(crate) fn installed(view: &RootfsView) -> Result<Vec<Package>> {
     Ok(packages)
 }
 
-fn exec_err(err: kiln_executor::Error) -> Error {
-    Error::Invalid(format!("reading the image's package database: {err}"))
+fn unreadable_packages(err: kiln_executor::Error) -> Error {
+    Error::Attest {
+        what: "cannot read the image's package database",
+        source: Box::new(err),
+    }
 }
 
 /// `ID=` of an os-release file, unquoted.

@@ -400,88 +400,25 @@ fn parse_secrets(values: &[String]) -> anyhow::Result<BTreeMap<String, Vec<u8>>>
 }
 
 pub fn run(global: &Global, args: Args) -> CmdResult {
-    let output = match &args.output {
-        Some(text) => parse_output(text)?,
-        None => Output::Image,
-    };
-    let compression: Compression = args.compression.parse().context("--compression")?;
-    let push_targets = if args.push {
-        push::targets(&args.tags)?
-    } else {
-        Vec::new()
-    };
-    let network = args.network;
-    if !matches!(network, Some(Network::None | Network::Host))
-        && !kiln_executor::private_network_usable()
-    {
-        crate::cmd::note_rootless_network();
-    }
-    let seccomp = parse_security_opts(&args.security_opt)?;
-    let cache_from = args
-        .cache_from
-        .iter()
-        .map(|text| cache::parse_from(text))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let cache_to = args.cache_to.as_deref().map(cache::parse_to).transpose()?;
-    let build_args = parse_key_values(&args.build_args, "--build-arg")?;
-    let provenance = parse_provenance(args.provenance.as_deref())?;
-    let sbom = parse_sbom(args.sbom.as_deref())?;
+    let flags = Flags::parse(&args)?;
     let store = global.open_store()?;
     let inputs = context::resolve(
         &args.context,
         args.file.as_deref(),
-        &build_args,
+        &flags.build_args,
         &store.tmp_dir(),
     )?;
-    let keep_git_dir = build_args
-        .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
-        .is_some_and(|v| matches!(v.as_str(), "1" | "true"));
-    let platforms = platforms::parse_platforms(&args.platform)?;
-    let annotations = platforms::Annotations::parse(&args.annotation)?;
-    annotations.check(platforms.len())?;
-    check_output_platforms(&output, platforms.len())?;
-    let target_platform = platforms.first().cloned().unwrap_or_else(Platform::host);
-    let named = named::resolve(&args.build_contexts, &store, keep_git_dir, &target_platform)?;
+    let targets = Targets::resolve(&args, &flags, &store)?;
     let (text, file_name) = (&inputs.dockerfile, &inputs.file_name);
     let dockerfile = kiln_frontend::parse(text, file_name)?;
     if let Some(syntax) = &dockerfile.syntax {
         check_syntax(syntax, text, file_name, args.quiet)?;
     }
-    let host = Platform::host().to_string();
-    let invocation = Invocation {
-        builder_version: env!("CARGO_PKG_VERSION").to_owned(),
-        image_name: args.tags.first().cloned(),
-        dockerfile_path: file_name.clone(),
-        dockerfile_sha256: kiln_cache::sha256_digest(text.as_bytes())
-            .digest()
-            .to_owned(),
-        build_args: build_args.clone(),
-        target: args.target.clone(),
-        platform: target_platform.to_string(),
-        context: inputs.origin.clone(),
-    };
-    let mut options = CompileOptions {
-        build_args,
-        target: args.target.clone(),
-        target_platform: target_platform.to_string(),
-        build_platform: host.clone(),
-        named_contexts: named.frontend.clone(),
-    };
-    if args.debug_shell {
-        debug_shell::check_terminal()?;
-    }
-    let progress = match (args.quiet, args.progress.as_str()) {
-        // The shell gets the terminal: no live progress drawn over it.
-        (false, "auto") if args.debug_shell => "plain",
-        (false, progress) => progress,
-        (true, "auto" | "quiet") => "quiet",
-        (true, other) => bail!("-q prints only the image id: it cannot go with --progress {other}"),
-    };
-    if args.load && !args.quiet {
-        eprintln!("note: --load does nothing: kiln's images are always in its store");
-    }
-    let renderer = render::Renderer::new(progress)?;
-    let default_platform = platforms.is_empty().then(|| host.clone());
+    let renderer = progress_renderer(&args)?;
+    let default_platform = targets
+        .platforms
+        .is_empty()
+        .then(|| Platform::host().to_string());
     let resolver = RegistryResolver::new(
         &store,
         args.pull,
@@ -492,121 +429,31 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
     let resolver = named::WithLayouts {
         inner: &resolver,
         store: &store,
-        contexts: &named,
+        contexts: &targets.named,
     };
-    let mut graph = kiln_frontend::compile(&dockerfile, &options, &resolver);
-    // With no --platform, a target stage whose base image the store has
-    // for one other platform builds for that one: compiled again so that
-    // TARGETPLATFORM and its kin say so.
-    if platforms.is_empty() {
-        if let Some(picked) = graph
-            .as_ref()
-            .ok()
-            .and_then(target_platform_of)
-            .filter(|p| *p != host)
-        {
-            options.target_platform = picked;
-            graph = kiln_frontend::compile(&dockerfile, &options, &resolver);
-        }
-    }
-    let invocation = Invocation {
-        platform: options.target_platform.clone(),
-        ..invocation
-    };
-    let checks = super::lint::Checks {
+    let compiled = Compiler {
+        args: &args,
         dockerfile: &dockerfile,
-        text,
-        options: &options,
-        graph: graph.as_ref().ok(),
-        context: inputs.root.as_deref(),
-        dockerfile_path: inputs.dockerfile_path.as_deref(),
-    };
-    let lint = checks.run()?;
-    super::lint::print(&lint, text);
-    let graph = graph?;
-    for warning in &graph.warnings {
-        eprintln!("warning: {warning}");
+        inputs: &inputs,
+        targets: &targets,
+        resolver: &resolver,
     }
-    if args.check {
-        return super::lint::check_result(&lint);
-    }
-    super::lint::fail_on_error(&lint)?;
-    // The other platforms' graphs: the same Dockerfile compiled with their
-    // TARGET* arguments (the build platform stays this machine's).
-    let mut graphs = vec![graph];
-    for platform in platforms.iter().skip(1) {
-        let options = CompileOptions {
-            target_platform: platform.to_string(),
-            ..options.clone()
-        };
-        let graph = kiln_frontend::compile(&dockerfile, &options, &resolver)
-            .with_context(|| format!("building for {platform}"))?;
-        graphs.push(graph);
-    }
-    let context = match &inputs.root {
-        None => BuildContext::empty()?,
-        Some(root) => {
-            let ignore = IgnoreRules::for_build(root, inputs.dockerfile_path.as_deref())?;
-            // Fetched contexts are new directories every build: no stat cache.
-            let state = match inputs.local {
-                true => Some(store.state_dir("context")?),
-                false => None,
-            };
-            BuildContext::new(root, ignore, state.as_deref())?
-        }
+    .compile(&flags.build_args)?;
+    let (graphs, invocation) = match compiled {
+        Compiled::Checked(code) => return Ok(code),
+        Compiled::Graphs(graphs, invocation) => (graphs, *invocation),
     };
-    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => Some(
-            v.parse::<i64>()
-                .with_context(|| format!("SOURCE_DATE_EPOCH={v}: expected seconds since 1970"))?,
-        ),
-        _ => None,
-    };
+    let context = build_context(&inputs, &store)?;
+    let source_date_epoch = source_date_epoch()?;
     let ssh_agents = ssh::Agents::from_flags(&args.ssh, &store.tmp_dir())?;
-    let solve_options = SolveOptions {
-        // With --debug-shell one step at a time: nothing else runs (and
-        // prints) while the shell is open.
-        jobs: match (args.debug_shell, args.jobs) {
-            (true, _) => 1,
-            (false, jobs) => jobs.map_or(SolveOptions::UNLIMITED_JOBS, |n| {
-                usize::try_from(n).unwrap_or(SolveOptions::UNLIMITED_JOBS)
-            }),
-        },
-        no_cache: args.no_cache,
-        cache_sources: if args.no_cache {
-            Vec::new()
-        } else {
-            cache::import(&cache_from, &args.connection)
-        },
-        compression,
+    let solve_options = solve_options(
+        &args,
+        &flags,
+        &targets,
+        invocation,
         source_date_epoch,
-        network,
-        secrets: parse_secrets(&args.secret)?,
-        ssh: ssh_agents.sockets.clone(),
-        extra_hosts: parse_add_hosts(&args.add_host)?,
-        ulimits: args.ulimit.clone(),
-        shm_size: args.shm_size,
-        allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
-        labels: parse_key_values(&args.label, "--label")?,
-        limits: kiln_executor::Limits {
-            memory: args.memory,
-            cpu_shares: args.cpu_shares,
-            cpus: args.cpus,
-            pids: args.pids_limit,
-        },
-        seccomp,
-        named_contexts: named.directories.clone(),
-        attest: AttestOptions {
-            provenance,
-            sbom,
-            invocation,
-        },
-        debug_shell: args.debug_shell.then(|| {
-            std::sync::Arc::new(debug_shell::TerminalShell)
-                as std::sync::Arc<dyn kiln_solver::DebugShell>
-        }),
-        annotations: annotations.manifest.clone(),
-    };
+        &ssh_agents,
+    )?;
     let cancel = CancelToken::new();
     cancel_on_interrupt(&cancel);
     let graph_refs: Vec<&kiln_frontend::BuildGraph> = graphs.iter().collect();
@@ -620,85 +467,423 @@ pub fn run(global: &Global, args: Args) -> CmdResult {
     );
     renderer.finish();
     let built = result?;
-    let stored = platforms::assemble(&store, &built, &annotations)?;
-    for tag in &args.tags {
-        store
-            .tag_descriptor(tag, stored.descriptor())
-            .with_context(|| format!("cannot tag the image as {tag}"))?;
+    Delivery {
+        args: &args,
+        store: &store,
+        built: &built,
+        targets: &targets,
+        cache_sources: &solve_options.cache_sources,
+        renderer: &renderer,
     }
-    if let Some(export) = &cache_to {
-        cache::export(
-            &store,
-            &built,
-            &solve_options.cache_sources,
-            export,
-            &args.connection,
-        )?;
+    .deliver(flags)
+}
+
+/// The flags that are parsed (and refused) before the store is opened.
+struct Flags {
+    output: Output,
+    compression: Compression,
+    push_targets: Vec<kiln_registry::Reference>,
+    network: Option<Network>,
+    seccomp: Seccomp,
+    cache_from: Vec<cache::Location>,
+    cache_to: Option<cache::Export>,
+    build_args: BTreeMap<String, String>,
+    provenance: Option<ProvenanceMode>,
+    sbom: Option<SbomOptions>,
+}
+
+impl Flags {
+    fn parse(args: &Args) -> anyhow::Result<Flags> {
+        let output = match &args.output {
+            Some(text) => parse_output(text)?,
+            None => Output::Image,
+        };
+        let compression: Compression = args.compression.parse().context("--compression")?;
+        let push_targets = if args.push {
+            push::targets(&args.tags)?
+        } else {
+            Vec::new()
+        };
+        let network = args.network;
+        if !matches!(network, Some(Network::None | Network::Host))
+            && !kiln_executor::private_network_usable()
+        {
+            crate::cmd::note_rootless_network();
+        }
+        let seccomp = parse_security_opts(&args.security_opt)?;
+        let cache_from = args
+            .cache_from
+            .iter()
+            .map(|text| cache::parse_from(text))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let cache_to = args.cache_to.as_deref().map(cache::parse_to).transpose()?;
+        Ok(Flags {
+            output,
+            compression,
+            push_targets,
+            network,
+            seccomp,
+            cache_from,
+            cache_to,
+            build_args: parse_key_values(&args.build_args, "--build-arg")?,
+            provenance: parse_provenance(args.provenance.as_deref())?,
+            sbom: parse_sbom(args.sbom.as_deref())?,
+        })
     }
-    let id = stored.id().to_string();
-    if let Some(path) = &args.iidfile {
-        std::fs::write(path, &id).with_context(|| format!("cannot write {}", path.display()))?;
+}
+
+/// What the build is for: its platforms (the first is the target
+/// platform), manifest annotations and named contexts.
+struct Targets {
+    platforms: Vec<Platform>,
+    annotations: platforms::Annotations,
+    target_platform: Platform,
+    named: named::NamedContexts,
+}
+
+impl Targets {
+    fn resolve(args: &Args, flags: &Flags, store: &kiln_cache::Store) -> anyhow::Result<Targets> {
+        let keep_git_dir = flags
+            .build_args
+            .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
+            .is_some_and(|v| matches!(v.as_str(), "1" | "true"));
+        let platforms = platforms::parse_platforms(&args.platform)?;
+        let annotations = platforms::Annotations::parse(&args.annotation)?;
+        annotations.check(platforms.len())?;
+        check_output_platforms(&flags.output, platforms.len())?;
+        let target_platform = platforms.first().cloned().unwrap_or_else(Platform::host);
+        let named = named::resolve(&args.build_contexts, store, keep_git_dir, &target_platform)?;
+        Ok(Targets {
+            platforms,
+            annotations,
+            target_platform,
+            named,
+        })
     }
-    // An archive on stdout is the only thing there: the id is not printed.
-    let stdout_is_archive = matches!(
-        output,
-        Output::Tar(Dest::Stdout)
-            | Output::Archive {
-                dest: Dest::Stdout,
-                ..
+}
+
+/// The progress display `--progress`, `-q` and `--debug-shell` ask for.
+fn progress_renderer(args: &Args) -> anyhow::Result<render::Renderer> {
+    if args.debug_shell {
+        debug_shell::check_terminal()?;
+    }
+    let progress = match (args.quiet, args.progress.as_str()) {
+        // The shell gets the terminal: no live progress drawn over it.
+        (false, "auto") if args.debug_shell => "plain",
+        (false, progress) => progress,
+        (true, "auto" | "quiet") => "quiet",
+        (true, other) => bail!("-q prints only the image id: it cannot go with --progress {other}"),
+    };
+    if args.load && !args.quiet {
+        eprintln!("note: --load does nothing: kiln's images are always in its store");
+    }
+    render::Renderer::new(progress)
+}
+
+/// What compiling (and linting) the Dockerfile ends in.
+enum Compiled {
+    /// `--check`: the lint's verdict, nothing built.
+    Checked(ExitCode),
+    /// One graph per platform, and the invocation provenance records
+    /// (boxed: the two variants differ much in size).
+    Graphs(Vec<kiln_frontend::BuildGraph>, Box<Invocation>),
+}
+
+/// Compiles the Dockerfile for every platform and runs the build checks.
+struct Compiler<'a> {
+    args: &'a Args,
+    dockerfile: &'a kiln_frontend::Dockerfile,
+    inputs: &'a context::Inputs,
+    targets: &'a Targets,
+    resolver: &'a dyn kiln_frontend::BaseImageResolver,
+}
+
+impl Compiler<'_> {
+    fn compile(&self, build_args: &BTreeMap<String, String>) -> anyhow::Result<Compiled> {
+        let (args, dockerfile, resolver) = (self.args, self.dockerfile, self.resolver);
+        let (text, file_name) = (&self.inputs.dockerfile, &self.inputs.file_name);
+        let host = Platform::host().to_string();
+        let target_platform = &self.targets.target_platform;
+        let invocation = Invocation {
+            builder_version: env!("CARGO_PKG_VERSION").to_owned(),
+            image_name: args.tags.first().cloned(),
+            dockerfile_path: file_name.clone(),
+            dockerfile_sha256: kiln_cache::sha256_digest(text.as_bytes())
+                .digest()
+                .to_owned(),
+            build_args: build_args.clone(),
+            target: args.target.clone(),
+            platform: target_platform.to_string(),
+            context: self.inputs.origin.clone(),
+        };
+        let mut options = CompileOptions {
+            build_args: build_args.clone(),
+            target: args.target.clone(),
+            target_platform: target_platform.to_string(),
+            build_platform: host.clone(),
+            named_contexts: self.targets.named.frontend.clone(),
+        };
+        let mut graph = kiln_frontend::compile(dockerfile, &options, resolver);
+        // With no --platform, a target stage whose base image the store has
+        // for one other platform builds for that one: compiled again so that
+        // TARGETPLATFORM and its kin say so.
+        if self.targets.platforms.is_empty() {
+            if let Some(picked) = graph
+                .as_ref()
+                .ok()
+                .and_then(target_platform_of)
+                .filter(|p| *p != host)
+            {
+                options.target_platform = picked;
+                graph = kiln_frontend::compile(dockerfile, &options, resolver);
             }
-    );
-    match output {
-        Output::Image => {}
-        Output::Local(dest) => platforms::export_local(&store, &built, &dest)?,
-        Output::Tar(dest) => write_to(&dest, |out| {
-            Ok(kiln_solver::export_filesystem_tar(
-                &store,
-                &built[0].layers,
-                out,
-            )?)
-        })?,
-        Output::Archive { format, dest, name } => {
-            let name = name.or_else(|| args.tags.first().cloned()).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "name the image in the archive with -t NAME or --output ...,name=NAME"
-                )
-            })?;
-            write_to(&dest, |out| {
-                Ok(kiln_cache::save_archive_refs(
-                    &store,
-                    &[(name.clone(), stored.clone())],
-                    format,
+        }
+        let invocation = Invocation {
+            platform: options.target_platform.clone(),
+            ..invocation
+        };
+        let checks = super::lint::Checks {
+            dockerfile,
+            text,
+            options: &options,
+            graph: graph.as_ref().ok(),
+            context: self.inputs.root.as_deref(),
+            dockerfile_path: self.inputs.dockerfile_path.as_deref(),
+        };
+        let lint = checks.run()?;
+        super::lint::print(&lint, text);
+        let graph = graph?;
+        for warning in &graph.warnings {
+            eprintln!("warning: {warning}");
+        }
+        if args.check {
+            return super::lint::check_result(&lint).map(Compiled::Checked);
+        }
+        super::lint::fail_on_error(&lint)?;
+        let graphs = self.other_platforms(graph, &options)?;
+        Ok(Compiled::Graphs(graphs, Box::new(invocation)))
+    }
+
+    /// `graph` and the other platforms' graphs: the same Dockerfile compiled
+    /// with their TARGET* arguments (the build platform stays this
+    /// machine's).
+    fn other_platforms(
+        &self,
+        graph: kiln_frontend::BuildGraph,
+        options: &CompileOptions,
+    ) -> anyhow::Result<Vec<kiln_frontend::BuildGraph>> {
+        let mut graphs = vec![graph];
+        for platform in self.targets.platforms.iter().skip(1) {
+            let options = CompileOptions {
+                target_platform: platform.to_string(),
+                ..options.clone()
+            };
+            let graph = kiln_frontend::compile(self.dockerfile, &options, self.resolver)
+                .with_context(|| format!("building for {platform}"))?;
+            graphs.push(graph);
+        }
+        Ok(graphs)
+    }
+}
+
+/// The build context the solver reads: none, or the context directory with
+/// its ignore rules (and, when it is a local directory, its stat cache).
+fn build_context(
+    inputs: &context::Inputs,
+    store: &kiln_cache::Store,
+) -> anyhow::Result<BuildContext> {
+    Ok(match &inputs.root {
+        None => BuildContext::empty()?,
+        Some(root) => {
+            let ignore = IgnoreRules::for_build(root, inputs.dockerfile_path.as_deref())?;
+            // Fetched contexts are new directories every build: no stat cache.
+            let state = match inputs.local {
+                true => Some(store.state_dir("context")?),
+                false => None,
+            };
+            BuildContext::new(root, ignore, state.as_deref())?
+        }
+    })
+}
+
+/// `SOURCE_DATE_EPOCH`, when set.
+fn source_date_epoch() -> anyhow::Result<Option<i64>> {
+    Ok(match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => Some(
+            v.parse::<i64>()
+                .with_context(|| format!("SOURCE_DATE_EPOCH={v}: expected seconds since 1970"))?,
+        ),
+        _ => None,
+    })
+}
+
+/// How the solver builds, from the flags.
+fn solve_options(
+    args: &Args,
+    flags: &Flags,
+    targets: &Targets,
+    invocation: Invocation,
+    source_date_epoch: Option<i64>,
+    ssh_agents: &ssh::Agents,
+) -> anyhow::Result<SolveOptions> {
+    Ok(SolveOptions {
+        // With --debug-shell one step at a time: nothing else runs (and
+        // prints) while the shell is open.
+        jobs: match (args.debug_shell, args.jobs) {
+            (true, _) => 1,
+            (false, jobs) => jobs.map_or(SolveOptions::UNLIMITED_JOBS, |n| {
+                usize::try_from(n).unwrap_or(SolveOptions::UNLIMITED_JOBS)
+            }),
+        },
+        no_cache: args.no_cache,
+        cache_sources: if args.no_cache {
+            Vec::new()
+        } else {
+            cache::import(&flags.cache_from, &args.connection)
+        },
+        compression: flags.compression,
+        source_date_epoch,
+        network: flags.network,
+        secrets: parse_secrets(&args.secret)?,
+        ssh: ssh_agents.sockets.clone(),
+        extra_hosts: parse_add_hosts(&args.add_host)?,
+        ulimits: args.ulimit.clone(),
+        shm_size: args.shm_size,
+        allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
+        labels: parse_key_values(&args.label, "--label")?,
+        limits: kiln_executor::Limits {
+            memory: args.memory,
+            cpu_shares: args.cpu_shares,
+            cpus: args.cpus,
+            pids: args.pids_limit,
+        },
+        seccomp: flags.seccomp.clone(),
+        named_contexts: targets.named.directories.clone(),
+        attest: AttestOptions {
+            provenance: flags.provenance,
+            sbom: flags.sbom,
+            invocation,
+        },
+        debug_shell: args.debug_shell.then(|| {
+            std::sync::Arc::new(debug_shell::TerminalShell)
+                as std::sync::Arc<dyn kiln_solver::DebugShell>
+        }),
+        annotations: targets.annotations.manifest.clone(),
+    })
+}
+
+/// What happens to the built images: stored as one image or index, tagged,
+/// the cache exported, written out, pushed, described; then the id on
+/// stdout.
+struct Delivery<'a> {
+    args: &'a Args,
+    store: &'a kiln_cache::Store,
+    built: &'a [kiln_solver::Built],
+    targets: &'a Targets,
+    cache_sources: &'a [std::sync::Arc<dyn kiln_cache::CacheSource>],
+    renderer: &'a render::Renderer,
+}
+
+impl Delivery<'_> {
+    fn deliver(&self, flags: Flags) -> CmdResult {
+        let (args, store, built) = (self.args, self.store, self.built);
+        let stored = platforms::assemble(store, built, &self.targets.annotations)?;
+        for tag in &args.tags {
+            store
+                .tag_descriptor(tag, stored.descriptor())
+                .with_context(|| format!("cannot tag the image as {tag}"))?;
+        }
+        if let Some(export) = &flags.cache_to {
+            cache::export(store, built, self.cache_sources, export, &args.connection)?;
+        }
+        let id = stored.id().to_string();
+        if let Some(path) = &args.iidfile {
+            std::fs::write(path, &id)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        // An archive on stdout is the only thing there: the id is not printed.
+        let stdout_is_archive = matches!(
+            flags.output,
+            Output::Tar(Dest::Stdout)
+                | Output::Archive {
+                    dest: Dest::Stdout,
+                    ..
+                }
+        );
+        self.write_output(flags.output, &stored)?;
+        let names = self.push(&stored, &id, &flags.push_targets)?;
+        if let Some(path) = &args.metadata_file {
+            platforms::write_metadata(path, &platforms::metadata(&stored, &names))?;
+        }
+        if !stdout_is_archive {
+            println!("{id}");
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// `--output`: the image only (nothing to do), its files, or an archive.
+    fn write_output(&self, output: Output, stored: &kiln_cache::StoredRef) -> anyhow::Result<()> {
+        let (store, built) = (self.store, self.built);
+        match output {
+            Output::Image => {}
+            Output::Local(dest) => platforms::export_local(store, built, &dest)?,
+            Output::Tar(dest) => write_to(&dest, |out| {
+                Ok(kiln_solver::export_filesystem_tar(
+                    store,
+                    &built[0].layers,
                     out,
                 )?)
-            })?;
+            })?,
+            Output::Archive { format, dest, name } => {
+                let name = name
+                    .or_else(|| self.args.tags.first().cloned())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "name the image in the archive with -t NAME or --output ...,name=NAME"
+                        )
+                    })?;
+                write_to(&dest, |out| {
+                    Ok(kiln_cache::save_archive_refs(
+                        store,
+                        &[(name.clone(), stored.clone())],
+                        format,
+                        out,
+                    )?)
+                })?;
+            }
         }
+        Ok(())
     }
-    let mut names = args.tags.clone();
-    if args.push_by_digest {
-        names.clear();
-        for target in &push_targets {
-            let target = kiln_registry::Reference {
-                tag: None,
-                digest: Some(id.clone()),
-                ..target.clone()
-            };
-            push::push_one(&store, &stored, &target, &args.connection, &renderer).with_context(
-                || format!("the image {id} is built, but pushing it to {target} failed"),
-            )?;
-            eprintln!("pushed {target}");
-            names.push(format!("{}/{}", target.registry, target.repository));
+
+    /// `--push` (or `--push-by-digest`): the names the image was pushed as,
+    /// for the metadata file.
+    fn push(
+        &self,
+        stored: &kiln_cache::StoredRef,
+        id: &str,
+        push_targets: &[kiln_registry::Reference],
+    ) -> anyhow::Result<Vec<String>> {
+        let (args, store, renderer) = (self.args, self.store, self.renderer);
+        let mut names = args.tags.clone();
+        if args.push_by_digest {
+            names.clear();
+            for target in push_targets {
+                let target = kiln_registry::Reference {
+                    tag: None,
+                    digest: Some(id.to_owned()),
+                    ..target.clone()
+                };
+                push::push_one(store, stored, &target, &args.connection, renderer).with_context(
+                    || format!("the image {id} is built, but pushing it to {target} failed"),
+                )?;
+                eprintln!("pushed {target}");
+                names.push(format!("{}/{}", target.registry, target.repository));
+            }
+        } else {
+            push::push_all(store, stored, push_targets, &args.connection, renderer)?;
         }
-    } else {
-        push::push_all(&store, &stored, &push_targets, &args.connection, &renderer)?;
+        Ok(names)
     }
-    if let Some(path) = &args.metadata_file {
-        platforms::write_metadata(path, &platforms::metadata(&stored, &names))?;
-    }
-    if !stdout_is_archive {
-        println!("{id}");
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Outputs that hold one platform refuse several, before anything is built.
