@@ -723,9 +723,10 @@ impl<'g> Planner<'_, 'g> {
                     }
                     inputs.read_from(self.store, step, from, plans)?;
                 }
-                inputs
-                    .key
-                    .opt_str("network-default", self.options.network.map(kiln_frontend::Network::as_str));
+                inputs.key.opt_str(
+                    "network-default",
+                    self.options.network.map(kiln_frontend::Network::as_str),
+                );
             }
             _ => {}
         }
