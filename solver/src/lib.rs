@@ -23,6 +23,7 @@ mod source;
 mod ssh;
 mod tar_export;
 mod views;
+mod workdir;
 
 pub use attest::{
     AttestOptions, ContextOrigin, Invocation, ProvenanceMode, SbomOptions,
