@@ -90,6 +90,13 @@ enum Command {
     /// Makes an image's snapshots (started by import and pull).
     #[command(name = "__unpack", hide = true)]
     Unpack(cmd::unpack::Args),
+    /// Keeps a rootless kiln's user namespace for the next kiln (started by
+    /// the kiln that made it).
+    #[command(name = "__keep-userns", hide = true)]
+    KeepUserns {
+        /// Where the keeper writes its pid.
+        pid_file: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -131,6 +138,7 @@ fn main() -> ExitCode {
         Command::Commit(args) => cmd::run::commit::run(&cli.global, args),
         Command::Supervise(args) => cmd::run::manage::supervise(&cli.global, args),
         Command::Unpack(args) => cmd::unpack::run(&cli.global, args),
+        Command::KeepUserns { pid_file } => kiln_executor::keep_user_namespace(&pid_file),
     };
     match result {
         Ok(code) => code,

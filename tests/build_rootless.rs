@@ -498,3 +498,57 @@ fn rootless_limits_apply_in_a_delegated_cgroup_v2_subtree() {
     );
     assert!(cgroup.steps().is_empty(), "{:?}", cgroup.steps());
 }
+
+#[test]
+fn later_rootless_kilns_join_the_namespace_the_first_left() {
+    let Some(user) = user("kiln-test") else {
+        return;
+    };
+    let env = Env::with_user(Some(user.clone()));
+    // A HOME of this test's own: its keeper's pid file is no other test's.
+    let home = tempfile::tempdir().unwrap();
+    user.own(home.path());
+    let pid_file = home.path().join(".cache/kiln/userns.pid");
+    let namespace = || {
+        let out = run_ok(
+            env.command(&["unshare", "readlink", "/proc/self/ns/user"])
+                .env("HOME", home.path()),
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let keeper = || -> u32 {
+        let text = std::fs::read_to_string(&pid_file).unwrap();
+        text.trim().parse().unwrap()
+    };
+    // The first kiln makes the namespace and leaves a keeper in it; the
+    // next ones join that namespace.
+    let first = namespace();
+    let pid = keeper();
+    assert_eq!(namespace(), first);
+    assert_eq!(namespace(), first);
+    let proc = format!("/proc/{pid}");
+    assert_eq!(
+        std::fs::read_link(format!("{proc}/ns/user"))
+            .unwrap()
+            .to_string_lossy(),
+        first
+    );
+    assert_eq!(
+        std::fs::read_to_string(format!("{proc}/comm")).unwrap(),
+        "kiln-userns\n"
+    );
+    assert_eq!(std::fs::metadata(&proc).unwrap().uid(), user.uid);
+    // A pid file naming a process that is not a keeper of this user's (here
+    // the test, root's) is not joined: kiln makes a namespace and a keeper.
+    std::fs::write(&pid_file, format!("{}\n", std::process::id())).unwrap();
+    let other = namespace();
+    assert_ne!(other, first);
+    assert_ne!(keeper(), std::process::id());
+    assert_eq!(namespace(), other);
+    // The first keeper ends at its next look at the pid file (within 20 s),
+    // which no longer names it; the second is stopped here.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(keeper() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+}

@@ -67,6 +67,7 @@ mod copydiff;
 mod diff;
 mod error;
 mod files;
+mod keeper;
 mod mountpoints;
 mod network;
 mod plan;
@@ -90,6 +91,7 @@ pub use diff::{
     write_dir_layer, write_dir_layer_with, DiffOptions, ExtraFile, LayerSummary, Upper,
 };
 pub use error::{Error, Result};
+pub use keeper::keep_user_namespace;
 pub use network::{PrivateNetwork, PublishedPort};
 pub use resolve::{
     copy_resolved, link_resolved, open_resolved, resolve, HostDir, Node, OpenDir, Resolved,

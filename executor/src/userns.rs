@@ -310,7 +310,18 @@ pub fn enter_user_namespace() -> Result<Option<Rootless>> {
                 uid_map: [0, uid, 1, 1, uid_start, count],
                 gid_map: [0, gid, 1, 1, gid_start, count],
             };
-            unshare_with_helpers(&maps)?;
+            // The namespace a kiln before this one left is the same one:
+            // join it (microseconds) instead of making it (milliseconds).
+            let keeper = crate::keeper::pid_file(uid);
+            let joined = keeper.as_deref().is_some_and(|file| {
+                crate::keeper::join(file, uid, &maps.uid_ranges(), &maps.gid_ranges())
+            });
+            if !joined {
+                unshare_with_helpers(&maps)?;
+                if let Some(file) = &keeper {
+                    crate::keeper::start(file);
+                }
+            }
             Rootless::Full {
                 uid_start,
                 gid_start,
@@ -341,6 +352,33 @@ struct HelperMaps {
     newgidmap: PathBuf,
     uid_map: [u32; 6],
     gid_map: [u32; 6],
+}
+
+impl HelperMaps {
+    fn ranges(map: &[u32; 6]) -> [IdRange; 2] {
+        [
+            IdRange {
+                inside: map[0],
+                outside: map[1],
+                count: map[2],
+            },
+            IdRange {
+                inside: map[3],
+                outside: map[4],
+                count: map[5],
+            },
+        ]
+    }
+
+    /// The uid map as /proc/PID/uid_map shows it from the host.
+    fn uid_ranges(&self) -> [IdRange; 2] {
+        Self::ranges(&self.uid_map)
+    }
+
+    /// The gid map as /proc/PID/gid_map shows it from the host.
+    fn gid_ranges(&self) -> [IdRange; 2] {
+        Self::ranges(&self.gid_map)
+    }
 }
 
 fn unshare_error(errno: Errno) -> Error {
