@@ -111,7 +111,8 @@ kiln_store() {
   rm -rf "$store"
   if [ -n "${RUNNER:-}" ]; then mkdir "$store" && chown "$bench_user:" "$store"; fi
   $RUNNER "$kiln" --root "$store" import "$base_tar" kiln-bench-busybox >/dev/null 2>&1
-  if [ "${1:-}" = "$work/ctx/apt" ]; then $RUNNER "$kiln" --root "$store" import "$debian_tar" kiln-bench-debian >/dev/null 2>&1; fi
+  if [ "${1##*/}" = apt ]; then   # ctx/apt, or the user's copy rctx/apt
+    $RUNNER "$kiln" --root "$store" import "$debian_tar" kiln-bench-debian >/dev/null 2>"$work/import.err" || cat "$work/import.err" >&2; fi
 }
 # (Rootless kiln's note that its default network is the host's is left out.)
 kiln_build() {
