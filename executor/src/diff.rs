@@ -360,6 +360,11 @@ impl<W: Write> LayerWriter<'_, W> {
     /// A file, directory, link or special file found at `host`, with its
     /// xattrs (sockets are skipped).
     fn object(&mut self, entry: &Entry, host: &Path, meta: &fs::Metadata) -> Result<()> {
+        if meta.file_type().is_socket() {
+            // Sockets cannot be stored in a tar; Docker skips them as well.
+            // Before any record: a socket's xattrs must not go to the next entry.
+            return Ok(());
+        }
         let xattrs = read_xattrs(host)?;
         if !xattrs.is_empty() {
             let records: Vec<(String, &[u8])> = xattrs
@@ -390,11 +395,9 @@ impl<W: Write> LayerWriter<'_, W> {
                 .map_err(tar_err(&entry.path))
         } else if file_type.is_file() {
             self.file(entry, host, meta, header)
-        } else if file_type.is_char_device() || file_type.is_block_device() || file_type.is_fifo() {
-            self.special(entry, meta, header)
         } else {
-            // Sockets cannot be stored in a tar; Docker skips them as well.
-            Ok(())
+            // A device node or FIFO (sockets were skipped above).
+            self.special(entry, meta, header)
         }
     }
 

@@ -205,6 +205,26 @@ fn xattrs_are_kept_but_not_overlay_ones() {
 }
 
 #[test]
+fn a_socket_is_left_out_with_its_xattrs() {
+    let dir = scratch();
+    let root = dir.path().join("tree");
+    fs::create_dir_all(&root).unwrap();
+    // "a.sock" sorts before "b": a record of the socket's would land on b.
+    let _listener = std::os::unix::net::UnixListener::bind(root.join("a.sock")).unwrap();
+    xattr::set(root.join("a.sock"), "trusted.note", b"socket's").unwrap();
+    fs::write(root.join("b"), "file").unwrap();
+    let mut tar = Vec::new();
+    let summary = write_dir_layer(&root, &mut tar, &DiffOptions::default()).unwrap();
+    let all = entries(&tar);
+    assert_eq!(
+        all.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+        vec!["b"]
+    );
+    assert!(all[0].xattrs.is_empty(), "{:?}", all[0].xattrs);
+    assert_eq!(summary.entries, 1);
+}
+
+#[test]
 fn plain_directories_keep_owners_modes_and_hardlinks() {
     let dir = scratch();
     let root = dir.path().join("tree");
