@@ -180,14 +180,16 @@ impl MountSpec {
             "sharing" => self.sharing = cache_sharing(&need()?)?,
             "mode" => self.mode = Some(parse_mode(&need()?)?),
             "uid" => {
-                self.uid = need()?
+                let text = need()?;
+                self.uid = text
                     .parse()
-                    .map_err(|_| format!("uid must be a number, not {:?}", value))?
+                    .map_err(|_| format!("uid must be a number, not {text:?}"))?
             }
             "gid" => {
-                self.gid = need()?
+                let text = need()?;
+                self.gid = text
                     .parse()
-                    .map_err(|_| format!("gid must be a number, not {:?}", value))?
+                    .map_err(|_| format!("gid must be a number, not {text:?}"))?
             }
             "size" => self.size = Some(parse_size(&need()?)?),
             "env" => self.env = Some(need()?),
@@ -438,6 +440,18 @@ mod tests {
         assert_eq!(
             (sharing, readonly, mode, uid),
             (CacheSharing::Locked, true, 0o700, 1000)
+        );
+    }
+
+    #[test]
+    fn a_uid_or_gid_that_is_not_a_number_is_named_as_written() {
+        assert_eq!(
+            mount("type=cache,target=/c,uid=x").unwrap_err(),
+            "uid must be a number, not \"x\""
+        );
+        assert_eq!(
+            mount("type=secret,id=s,gid=staff").unwrap_err(),
+            "gid must be a number, not \"staff\""
         );
     }
 
