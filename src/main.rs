@@ -96,6 +96,8 @@ enum Command {
     KeepUserns {
         /// Where the keeper writes its pid.
         pid_file: std::path::PathBuf,
+        /// A descriptor to write one byte to once the pid file names it.
+        ready_fd: Option<i32>,
     },
 }
 
@@ -138,7 +140,9 @@ fn main() -> ExitCode {
         Command::Commit(args) => cmd::run::commit::run(&cli.global, args),
         Command::Supervise(args) => cmd::run::manage::supervise(&cli.global, args),
         Command::Unpack(args) => cmd::unpack::run(&cli.global, args),
-        Command::KeepUserns { pid_file } => kiln_executor::keep_user_namespace(&pid_file),
+        Command::KeepUserns { pid_file, ready_fd } => {
+            kiln_executor::keep_user_namespace(&pid_file, ready_fd)
+        }
     };
     match result {
         Ok(code) => code,

@@ -106,39 +106,65 @@ pub(crate) fn start(pid_file: &Path) {
     {
         return;
     }
+    // The keeper says on this pipe when its pid file names it: the kiln
+    // that starts it returns only then, so the next kiln finds it (one
+    // wait of a few milliseconds, once per keeper).
+    let Ok((ready_r, ready_w)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
+        return;
+    };
     match crate::sys::fork_single_threaded() {
         Ok(None) => {
             // The first child: a new session, then a grandchild that no
             // kiln waits for, so it outlives this one without a zombie. It
-            // runs `kiln __keep-userns PIDFILE`: a command line of its own,
-            // not the one of the kiln that started it.
+            // runs `kiln __keep-userns PIDFILE 3`: a command line of its
+            // own, not the one of the kiln that started it.
             let _ = nix::unistd::setsid();
             if let Ok(None) = crate::sys::fork_single_threaded() {
+                use std::os::fd::AsRawFd;
                 use std::os::unix::process::CommandExt;
-                detach_descriptors();
-                let _ = std::process::Command::new("/proc/self/exe")
-                    .arg0("kiln")
-                    .arg("__keep-userns")
-                    .arg(pid_file)
-                    .exec();
+                detach_descriptors(ready_w.as_raw_fd());
+                if crate::sys::dup_to(ready_w.as_raw_fd(), READY_FD).is_ok() {
+                    let _ = std::process::Command::new("/proc/self/exe")
+                        .arg0("kiln")
+                        .arg("__keep-userns")
+                        .arg(pid_file)
+                        .arg(READY_FD.to_string())
+                        .exec();
+                }
             }
             crate::sys::exit_now(0)
         }
         Ok(Some(child)) => {
             let _ = nix::sys::wait::waitpid(child, None);
+            drop(ready_w);
+            // A byte once it is ready, or the end of the pipe if it failed.
+            let _ = crate::sys::read_byte(std::os::fd::AsRawFd::as_raw_fd(&ready_r));
         }
         Err(_) => {}
     }
 }
 
+/// The descriptor the keeper is told it is ready on.
+const READY_FD: i32 = 3;
+
 /// `kiln __keep-userns PIDFILE`, the keeper's life (in the namespace it
 /// keeps, started by the kiln that made it): publish its pid, then sleep
 /// until no kiln has joined for [`IDLE`] or another keeper took its place.
-pub fn keep_user_namespace(pid_file: &Path) -> ! {
+///
+/// `ready_fd`, when given, gets one byte once the pid file names this
+/// keeper, and is closed.
+pub fn keep_user_namespace(pid_file: &Path, ready_fd: Option<i32>) -> ! {
     let _ = nix::sys::prctl::set_name(c"kiln-userns");
     let _ = std::env::set_current_dir("/");
     let me = std::process::id();
-    if publish(pid_file, me).is_err() {
+    let published = publish(pid_file, me).is_ok();
+    if let Some(fd) = ready_fd {
+        if published {
+            crate::sys::write_all(fd, b"r");
+        }
+        let _ = nix::unistd::close(fd);
+    }
+    if !published {
         crate::sys::exit_now(0);
     }
     loop {
@@ -165,8 +191,9 @@ fn publish(pid_file: &Path, pid: u32) -> std::io::Result<()> {
 }
 
 /// Points stdin, stdout and stderr at /dev/null and closes every other
-/// descriptor, so the keeper holds no pipe, store or terminal of kiln's.
-fn detach_descriptors() {
+/// descriptor but `keep`, so the keeper holds no pipe, store or terminal
+/// of kiln's.
+fn detach_descriptors(keep: i32) {
     if let Ok(null) = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -181,7 +208,7 @@ fn detach_descriptors() {
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .filter(|fd| *fd > 2)
+                .filter(|fd| *fd > 2 && *fd != keep)
                 .collect()
         })
         .unwrap_or_default();
