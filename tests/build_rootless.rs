@@ -331,14 +331,23 @@ fn the_default_network_is_private_where_the_user_can_open_tun_else_the_hosts() {
 
 /// Whether a cgroup2 hierarchy is mounted with the memory controller in it.
 fn cgroup2_offers_memory() -> bool {
+    cgroup2_mount_offering(&["memory"]).is_some()
+}
+
+/// A mounted cgroup2 hierarchy whose root offers every one of `controllers`.
+fn cgroup2_mount_offering(controllers: &[&str]) -> Option<std::path::PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     mountinfo
         .lines()
         .filter(|line| line.contains(" - cgroup2 "))
         .filter_map(|line| line.split(' ').nth(4))
-        .any(|mount| {
-            std::fs::read_to_string(format!("{mount}/cgroup.controllers"))
-                .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
+        .map(std::path::PathBuf::from)
+        .find(|mount| {
+            let offered =
+                std::fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
+            controllers
+                .iter()
+                .all(|c| offered.split_whitespace().any(|o| o == *c))
         })
 }
 
@@ -354,19 +363,7 @@ struct DelegatedCgroup {
 impl DelegatedCgroup {
     /// `None` where no cgroup v2 hierarchy offers the three controllers.
     fn create(user: &TestUser) -> Option<DelegatedCgroup> {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let root = mountinfo
-            .lines()
-            .filter(|line| line.contains(" - cgroup2 "))
-            .filter_map(|line| line.split(' ').nth(4))
-            .map(std::path::PathBuf::from)
-            .find(|mount| {
-                let offered =
-                    std::fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
-                ["memory", "pids", "cpu"]
-                    .iter()
-                    .all(|c| offered.split_whitespace().any(|o| o == *c))
-            })?;
+        let root = cgroup2_mount_offering(&["memory", "pids", "cpu"])?;
         std::fs::write(root.join("cgroup.subtree_control"), "+memory +pids +cpu").unwrap();
         let dir = root.join(format!("kiln-test-delegated-{}", std::process::id()));
         std::fs::create_dir(&dir).unwrap();

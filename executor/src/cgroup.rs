@@ -64,19 +64,22 @@ fn cgroup_mounts() -> Result<Mounts> {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// This process' cgroup path in the v1 hierarchy holding `controller`.
-fn own_v1_cgroup(controller: &str) -> Option<String> {
+/// This process' cgroup path in the first hierarchy of /proc/self/cgroup
+/// whose (id, controller list) `wanted` accepts.
+fn own_cgroup(wanted: impl Fn(&str, &str) -> bool) -> Option<String> {
     let text = fs::read_to_string("/proc/self/cgroup").ok()?;
     text.lines().find_map(|line| {
         let mut fields = line.splitn(3, ':');
-        let _id = fields.next()?;
+        let id = fields.next()?;
         let controllers = fields.next()?;
         let path = fields.next()?;
-        controllers
-            .split(',')
-            .any(|c| c == controller)
-            .then(|| path.to_owned())
+        wanted(id, controllers).then(|| path.to_owned())
     })
+}
+
+/// This process' cgroup path in the v1 hierarchy holding `controller`.
+fn own_v1_cgroup(controller: &str) -> Option<String> {
+    own_cgroup(|_, controllers| controllers.split(',').any(|c| c == controller))
 }
 
 /// The name of the leaf cgroup kiln moves the processes of its parent cgroup
@@ -87,10 +90,7 @@ const LEAF: &str = "kiln-init";
 
 /// This process' cgroup in the v2 hierarchy (the `0::` line of /proc/self/cgroup).
 fn own_v2_cgroup() -> Option<String> {
-    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("0::"))
-        .map(str::to_owned)
+    own_cgroup(|id, controllers| id == "0" && controllers.is_empty())
 }
 
 fn controllers_in(file: &Path) -> Vec<String> {

@@ -307,15 +307,15 @@ pub fn enter_user_namespace() -> Result<Option<Rootless>> {
             let maps = HelperMaps {
                 newuidmap,
                 newgidmap,
-                uid_map: [0, uid, 1, 1, uid_start, count],
-                gid_map: [0, gid, 1, 1, gid_start, count],
+                uid_map: rootless_map(uid, uid_start, count),
+                gid_map: rootless_map(gid, gid_start, count),
             };
             // The namespace a kiln before this one left is the same one:
             // join it (microseconds) instead of making it (milliseconds).
             let keeper = crate::keeper::pid_file(uid);
-            let joined = keeper.as_deref().is_some_and(|file| {
-                crate::keeper::join(file, uid, &maps.uid_ranges(), &maps.gid_ranges())
-            });
+            let joined = keeper
+                .as_deref()
+                .is_some_and(|file| crate::keeper::join(file, uid, &maps.uid_map, &maps.gid_map));
             if !joined {
                 unshare_with_helpers(&maps)?;
                 if let Some(file) = &keeper {
@@ -350,35 +350,25 @@ pub fn enter_user_namespace() -> Result<Option<Rootless>> {
 struct HelperMaps {
     newuidmap: PathBuf,
     newgidmap: PathBuf,
-    uid_map: [u32; 6],
-    gid_map: [u32; 6],
+    uid_map: [IdRange; 2],
+    gid_map: [IdRange; 2],
 }
 
-impl HelperMaps {
-    fn ranges(map: &[u32; 6]) -> [IdRange; 2] {
-        [
-            IdRange {
-                inside: map[0],
-                outside: map[1],
-                count: map[2],
-            },
-            IdRange {
-                inside: map[3],
-                outside: map[4],
-                count: map[5],
-            },
-        ]
-    }
-
-    /// The uid map as /proc/PID/uid_map shows it from the host.
-    fn uid_ranges(&self) -> [IdRange; 2] {
-        Self::ranges(&self.uid_map)
-    }
-
-    /// The gid map as /proc/PID/gid_map shows it from the host.
-    fn gid_ranges(&self) -> [IdRange; 2] {
-        Self::ranges(&self.gid_map)
-    }
+/// Root to the user's own `id`, 1..=`count` to the subordinate ids from
+/// `start`: the map written for the namespace, and the one a keeper's must be.
+fn rootless_map(id: u32, start: u32, count: u32) -> [IdRange; 2] {
+    [
+        IdRange {
+            inside: 0,
+            outside: id,
+            count: 1,
+        },
+        IdRange {
+            inside: 1,
+            outside: start,
+            count,
+        },
+    ]
 }
 
 fn unshare_error(errno: Errno) -> Error {
@@ -449,7 +439,11 @@ fn run_map_helpers(pid: u32, maps: &HelperMaps) -> i32 {
     .map(|(program, map)| {
         std::process::Command::new(program)
             .arg(pid.to_string())
-            .args(map.iter().map(u32::to_string))
+            .args(
+                map.iter()
+                    .flat_map(|r| [r.inside, r.outside, r.count])
+                    .map(|n| n.to_string()),
+            )
             .stdin(std::process::Stdio::null())
             .spawn()
     })
