@@ -3,11 +3,12 @@
 //! (inode and directory updates), which runs on every core this way.
 
 use std::fs::{File, OpenOptions};
+use std::hash::{Hash, Hasher};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -78,25 +79,47 @@ pub(crate) const POOLED_MAX: u64 = 1 << 20;
 /// small layer (a RUN that wrote a file or two) is done before threads
 /// would be.
 pub(crate) const FILES_BEFORE_POOL: usize = 32;
-/// Jobs queued at most: bounds the memory of data waiting to be written.
-const QUEUED: usize = 32;
+/// Bytes of file data queued at most: bounds the memory of data waiting to
+/// be written, and is how far the unpacker reads ahead of the workers (far
+/// enough to reach the next directory while one worker fills a large one).
+const QUEUED_BYTES: usize = 32 << 20;
+/// Files queued at most (empty files weigh nothing in bytes).
+const QUEUED_FILES: usize = 4096;
+
+#[derive(Default)]
+struct Queued {
+    /// Jobs submitted and not yet done.
+    files: usize,
+    /// Their bytes of data.
+    bytes: usize,
+}
 
 #[derive(Default)]
 struct State {
-    /// Jobs submitted and not yet done.
-    pending: Mutex<usize>,
+    queued: Mutex<Queued>,
+    /// Signalled whenever a job is done.
     done: Condvar,
     /// The first failure; later jobs are skipped.
     error: Mutex<Option<Error>>,
     stop: AtomicBool,
 }
 
-/// Worker threads that create the files given to them, in any order: the
-/// caller submits only files whose path nothing else in flight touches, and
-/// [`FilePool::wait`]s for all of them before it changes such a path.
+/// One worker thread and its queue.
+struct Worker {
+    jobs: Option<Sender<FileJob>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Worker threads that create the files given to them. Each worker owns
+/// the directories that hash to it: creating a file holds its directory's
+/// lock for the whole (slow) inode allocation, so two workers in one
+/// directory would take turns instead of running side by side. Files of one
+/// directory are created in the order submitted; files of different
+/// directories in any order. The caller submits only files whose path
+/// nothing else in flight touches, and [`FilePool::wait`]s for all of them
+/// before it changes such a path.
 pub(crate) struct FilePool {
-    jobs: Option<SyncSender<FileJob>>,
-    workers: Vec<JoinHandle<()>>,
+    workers: Vec<Worker>,
     state: Arc<State>,
 }
 
@@ -111,40 +134,38 @@ impl FilePool {
         if threads < 2 {
             return None;
         }
-        let (jobs, receiver) = sync_channel::<FileJob>(QUEUED);
-        let receiver = Arc::new(Mutex::new(receiver));
         let state = Arc::new(State::default());
         let mut workers = Vec::new();
         for _ in 0..threads {
-            let (receiver, state) = (Arc::clone(&receiver), Arc::clone(&state));
+            let (jobs, receiver) = channel::<FileJob>();
+            let state_of_worker = Arc::clone(&state);
             let spawned = std::thread::Builder::new()
                 .name("kiln-unpack-files".to_owned())
-                .spawn(move || work(&receiver, &state));
+                .spawn(move || work(&receiver, &state_of_worker));
             match spawned {
-                Ok(worker) => workers.push(worker),
+                Ok(thread) => workers.push(Worker {
+                    jobs: Some(jobs),
+                    thread: Some(thread),
+                }),
                 Err(_) if !workers.is_empty() => break,
                 Err(_) => return None,
             }
         }
-        Some(FilePool {
-            jobs: Some(jobs),
-            workers,
-            state,
-        })
+        Some(FilePool { workers, state })
     }
 
-    /// Queues `job` (waiting while the queue is full); fails with a
-    /// worker's error once one failed.
+    /// Queues `job` with the worker that owns its directory (waiting while
+    /// the queues are full); fails with a worker's error once one failed.
     pub fn submit(&mut self, job: FileJob) -> Result<()> {
         self.failure()?;
-        if let Ok(mut pending) = self.state.pending.lock() {
-            *pending += 1;
-        }
-        let sent = self.jobs.as_ref().map(|jobs| jobs.send(job));
+        let bytes = job.data.len();
+        self.reserve(bytes);
+        let owner = directory_owner(&job.path, self.workers.len());
+        let sent = self.workers[owner].jobs.as_ref().map(|jobs| jobs.send(job));
         match sent {
             Some(Ok(())) => Ok(()),
             _ => {
-                self.finished_one();
+                finished_one(&self.state, bytes);
                 self.failure()?;
                 Err(Error::Io {
                     action: "hand a file to",
@@ -155,12 +176,30 @@ impl FilePool {
         }
     }
 
+    /// Counts a job of `bytes` as queued, once the queues have room for it
+    /// (a job larger than the whole budget waits for empty queues).
+    fn reserve(&self, bytes: usize) {
+        let Ok(mut queued) = self.state.queued.lock() else {
+            return;
+        };
+        while queued.files > 0
+            && (queued.files >= QUEUED_FILES || queued.bytes + bytes > QUEUED_BYTES)
+        {
+            match self.state.done.wait(queued) {
+                Ok(guard) => queued = guard,
+                Err(_) => return,
+            }
+        }
+        queued.files += 1;
+        queued.bytes += bytes;
+    }
+
     /// Waits until every submitted file is written; the first failure, if any.
     pub fn wait(&mut self) -> Result<()> {
-        if let Ok(mut pending) = self.state.pending.lock() {
-            while *pending > 0 {
-                match self.state.done.wait(pending) {
-                    Ok(guard) => pending = guard,
+        if let Ok(mut queued) = self.state.queued.lock() {
+            while queued.files > 0 {
+                match self.state.done.wait(queued) {
+                    Ok(guard) => queued = guard,
                     Err(_) => break,
                 }
             }
@@ -178,40 +217,41 @@ impl FilePool {
             None => Ok(()),
         }
     }
-
-    fn finished_one(&self) {
-        finished_one(&self.state);
-    }
 }
 
-fn finished_one(state: &State) {
-    if let Ok(mut pending) = state.pending.lock() {
-        *pending = pending.saturating_sub(1);
-        if *pending == 0 {
-            state.done.notify_all();
-        }
+/// Which of `workers` creates files in the directory of `path`.
+fn directory_owner(path: &Path, workers: usize) -> usize {
+    let mut hasher = std::hash::DefaultHasher::new();
+    path.parent().hash(&mut hasher);
+    (hasher.finish() % workers as u64) as usize
+}
+
+fn finished_one(state: &State, bytes: usize) {
+    if let Ok(mut queued) = state.queued.lock() {
+        queued.files = queued.files.saturating_sub(1);
+        queued.bytes = queued.bytes.saturating_sub(bytes);
     }
+    state.done.notify_all();
 }
 
 impl Drop for FilePool {
     fn drop(&mut self) {
         // Whatever is still queued is not wanted (the unpack failed or is
-        // done): skip it, and let the workers see the end of the queue.
+        // done): skip it, and let the workers see the end of their queues.
         self.state.stop.store(true, Ordering::SeqCst);
-        self.jobs = None;
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
+        for worker in &mut self.workers {
+            worker.jobs = None;
+        }
+        for worker in &mut self.workers {
+            if let Some(thread) = worker.thread.take() {
+                let _ = thread.join();
+            }
         }
     }
 }
 
-fn work(receiver: &Mutex<Receiver<FileJob>>, state: &State) {
-    loop {
-        let job = match receiver.lock() {
-            Ok(receiver) => receiver.recv(),
-            Err(_) => return,
-        };
-        let Ok(job) = job else { return };
+fn work(receiver: &Receiver<FileJob>, state: &State) {
+    for job in receiver {
         if !state.stop.load(Ordering::SeqCst) {
             if let Err(e) = write_job(&job) {
                 state.stop.store(true, Ordering::SeqCst);
@@ -220,7 +260,7 @@ fn work(receiver: &Mutex<Receiver<FileJob>>, state: &State) {
                 }
             }
         }
-        finished_one(state);
+        finished_one(state, job.data.len());
     }
 }
 
@@ -229,4 +269,101 @@ fn write_job(job: &FileJob) -> Result<()> {
     file.write_all(&job.data)
         .map_err(io_err("write", &job.path))?;
     job.meta.apply(&file, &job.path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn the_files_of_a_directory_have_one_owner_and_directories_spread() {
+        let owners: Vec<usize> = (0..64)
+            .map(|d| directory_owner(Path::new(&format!("/s/d{d}/f")), 2))
+            .collect();
+        assert!(owners.contains(&0) && owners.contains(&1), "{owners:?}");
+        for d in 0..64 {
+            let first = directory_owner(Path::new(&format!("/s/d{d}/a")), 3);
+            for f in ["b", "c", "a-much-longer-name"] {
+                assert_eq!(
+                    directory_owner(Path::new(&format!("/s/d{d}/{f}")), 3),
+                    first
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_file_submitted_is_written_with_its_metadata_before_wait_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(mut pool) = FilePool::start() else {
+            return; // one CPU: the unpacker writes files itself
+        };
+        let (uid, gid) = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        for d in 0..20 {
+            std::fs::create_dir(dir.path().join(format!("d{d}"))).unwrap();
+        }
+        // More bytes than the queues hold, so submitting waits for room.
+        let big = QUEUED_BYTES / 8;
+        for n in 0..400 {
+            let size = if n % 50 == 0 { big } else { n };
+            pool.submit(FileJob {
+                path: dir.path().join(format!("d{}/f{n}", n % 20)),
+                data: vec![n as u8; size],
+                meta: FileMeta {
+                    mode: 0o640,
+                    uid,
+                    gid,
+                    mtime: 1_000_000 + n as i64,
+                    xattrs: Vec::new(),
+                },
+            })
+            .unwrap();
+        }
+        pool.wait().unwrap();
+        for n in 0..400 {
+            let path = dir.path().join(format!("d{}/f{n}", n % 20));
+            let meta = std::fs::metadata(&path).unwrap();
+            let size = if n % 50 == 0 { big } else { n };
+            assert_eq!(meta.len(), size as u64, "{}", path.display());
+            assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+            assert_eq!(meta.mtime(), 1_000_000 + n as i64);
+        }
+    }
+
+    #[test]
+    fn a_failed_file_is_reported_and_later_ones_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(mut pool) = FilePool::start() else {
+            return;
+        };
+        let meta = || FileMeta {
+            mode: 0o644,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            mtime: 0,
+            xattrs: Vec::new(),
+        };
+        // Its directory does not exist.
+        let missing = dir.path().join("no-such-dir/f");
+        pool.submit(FileJob {
+            path: missing.clone(),
+            data: Vec::new(),
+            meta: meta(),
+        })
+        .unwrap();
+        let error = pool.wait().unwrap_err().to_string();
+        assert!(error.contains("no-such-dir"), "{error}");
+        let later = dir.path().join("later");
+        let _ = pool.submit(FileJob {
+            path: later.clone(),
+            data: Vec::new(),
+            meta: meta(),
+        });
+        let _ = pool.wait();
+        assert!(!later.exists());
+    }
 }
