@@ -130,6 +130,18 @@ pub fn run(
     sandbox::run(spec, scratch_dir, cancel, on_output)
 }
 
+/// Makes the calling thread `increment` nicer (Linux keeps niceness per
+/// thread), and with it the threads and steps it starts from now on: for
+/// work off a build's critical path. Only ever nicer, so it needs no
+/// privilege; a thread cannot be made less nice again without one, so the
+/// caller uses a thread of its own for such work.
+pub fn make_this_thread_nicer(increment: u8) -> Result<()> {
+    sys::add_niceness(increment).map_err(|errno| Error::Sandbox {
+        step: "lower the priority of a step's thread (nice)".into(),
+        errno,
+    })
+}
+
 /// Compiles the seccomp filter steps with Docker's capabilities will get
 /// under `seccomp`, ahead of the first step (a build calls this from a
 /// thread of its own as it starts, so the compilation overlaps its other

@@ -57,6 +57,20 @@ pub(crate) fn fork_single_threaded() -> Result<Option<Pid>, Errno> {
     clone_process(0)
 }
 
+/// `nice(increment)`: the calling thread (Linux keeps niceness per
+/// thread) runs `increment` nicer; threads and processes it starts later
+/// inherit that.
+pub(crate) fn add_niceness(increment: u8) -> Result<(), Errno> {
+    Errno::clear();
+    // SAFETY: nice takes a plain integer and touches no memory of ours.
+    let result = unsafe { libc::nice(libc::c_int::from(increment)) };
+    // -1 is also a valid new niceness: errno tells a failure apart.
+    if result == -1 && Errno::last_raw() != 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
 /// Ends the current process without running destructors or atexit handlers.
 pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit is async-signal-safe and never returns.

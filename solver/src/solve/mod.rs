@@ -31,6 +31,7 @@ use crate::views::{export_tree, exported_top, ExportOwner, ViewDest, ViewSource}
 
 mod assemble;
 mod export;
+mod priority;
 mod runner;
 
 use assemble::Solved;
@@ -490,6 +491,23 @@ impl Outcomes {
     }
 }
 
+/// The vertices that run nicer (see [`priority`]).
+fn yielding(vertices: &[Vertex<'_>]) -> HashSet<usize> {
+    let nodes: Vec<priority::Node<'_>> = vertices
+        .iter()
+        .map(|vertex| {
+            let runs = matches!(vertex.step.kind, StepKind::Run(_));
+            let native = kiln_executor::is_native(&vertex.platform.architecture);
+            priority::Node {
+                deps: &vertex.deps,
+                emulated: runs && !native,
+                native,
+            }
+        })
+        .collect();
+    priority::yielding(&nodes)
+}
+
 /// Runs the planned vertices as one DAG.
 struct Runs<'a> {
     store: &'a Store,
@@ -525,6 +543,7 @@ impl Runs<'_> {
             downloads: self.downloads,
             sources: &options.cache_sources,
             mounted_later: &mounted_later(vertices),
+            yielding: &yielding(vertices),
         };
         let deps: Vec<Vec<usize>> = vertices.iter().map(|v| v.deps.clone()).collect();
         let outcome = run_dag(&deps, options.jobs, self.cancel, |id| {
@@ -533,6 +552,9 @@ impl Runs<'_> {
                 Some(outcome) => {
                     self.progress.event(Event::Cached { id: id + 1 });
                     outcome
+                }
+                None if runner.yielding.contains(&id) => {
+                    priority::on_nicer_thread(|| self.run_fresh(&runner, id, vertex))?
                 }
                 None => self.run_fresh(&runner, id, vertex)?,
             };
