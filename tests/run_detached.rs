@@ -37,7 +37,9 @@ fn detached_containers_are_listed_logged_stopped_waited_for_and_removed() {
         &env,
         &[
             "run", "-d", "--name", "bg", "busybox", "sh", "-c",
-            "echo to-out; echo to-err >&2; trap 'echo stopping; exit 9' TERM; while true; do sleep 0.05; done",
+            // The trap is set before the output the test waits for: `run -d`
+            // returns before the shell runs, and a TERM before the trap kills it.
+            "trap 'echo stopping; exit 9' TERM; echo to-out; echo to-err >&2; while true; do sleep 0.05; done",
         ],
     );
     let id = id.trim();
@@ -88,9 +90,13 @@ fn stop_kills_what_ignores_the_stop_signal_and_rm_f_removes_a_running_one() {
             "busybox",
             "sh",
             "-c",
-            "trap '' TERM; while true; do sleep 0.05; done",
+            "trap '' TERM; echo ignoring; while true; do sleep 0.05; done",
         ],
     );
+    // Stopped once the shell ignores TERM (a TERM before that kills it).
+    wait_for("the trap", || {
+        stdout(&env.kiln(&["logs", "stubborn"])) == "ignoring\n"
+    });
     let started = Instant::now();
     ok(&env, &["stop", "-t", "1", "stubborn"]);
     assert!(started.elapsed() >= Duration::from_secs(1));

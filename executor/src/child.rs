@@ -319,9 +319,10 @@ pub(crate) fn init_main(plan: &Plan) -> ! {
             fail(REPORT_SIGNALS, errno);
         }
     }
-    let main = match sys::clone_process(0) {
-        Ok(Some(pid)) => pid,
-        Ok(None) => exec_main(plan),
+    // The init has one thread, and the main process runs nothing but
+    // prepared syscalls up to its exec: it may borrow the init's memory.
+    let main = match sys::spawn_sharing_memory(|| -> std::convert::Infallible { exec_main(plan) }) {
+        Ok(pid) => pid,
         Err(errno) => fail(REPORT_FORK, errno),
     };
     if plan.forward_signals {

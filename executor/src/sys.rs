@@ -7,6 +7,7 @@
 //! have: those are issued as raw syscalls).
 #![allow(unsafe_code)]
 
+use std::convert::Infallible;
 use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
 use std::ptr;
@@ -48,6 +49,72 @@ pub(crate) fn clone_process(flags: libc::c_int) -> Result<Option<Pid>, Errno> {
         0 => Ok(None),
         pid => Ok(Some(Pid::from_raw(pid as libc::pid_t))),
     }
+}
+
+/// The stack of a child started by [`spawn_sharing_memory`]: what the step's
+/// main process runs on from the clone to its `execve`.
+const SHARED_CHILD_STACK: usize = 256 << 10;
+
+/// Starts a child that runs `child` in this process' memory, on a stack of
+/// its own, with the calling thread suspended until the child calls
+/// `execve` or exits (`CLONE_VM | CLONE_VFORK`, as `posix_spawn` does): no
+/// page tables are copied and no page becomes copy-on-write, which a fork
+/// of kiln's copy (the sandbox's init) would cost on every step.
+///
+/// Safety contract for callers (not expressible in types): the calling
+/// process has no other thread that could run while the child borrows its
+/// memory (the sandbox's init has one), and `child` only calls functions of
+/// this module and allocation-free `nix` wrappers on prepared data, ending
+/// in `execve` or [`exit_now`].
+pub(crate) fn spawn_sharing_memory<F: FnOnce() -> Infallible>(child: F) -> Result<Pid, Errno> {
+    // (The child's call never returns: what follows it cannot run.)
+    #[allow(unreachable_code)]
+    extern "C" fn trampoline<F: FnOnce() -> Infallible>(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `Option<F>` below, alive (the parent is
+        // suspended in clone) and taken only here.
+        let slot = unsafe { &mut *arg.cast::<Option<F>>() };
+        match slot.take() {
+            Some(child) => match child() {},
+            None => exit_now(127),
+        }
+    }
+    // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+    let stack = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            SHARED_CHILD_STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    let mut slot = Some(child);
+    // SAFETY: the stack is ours and grows down from its end (16-byte
+    // aligned); CLONE_VFORK keeps this frame, `slot` and the stack alive
+    // until the child has exec'd or exited (see the contract above).
+    let pid = unsafe {
+        let top = stack
+            .cast::<u8>()
+            .add(SHARED_CHILD_STACK)
+            .cast::<libc::c_void>();
+        libc::clone(
+            trampoline::<F>,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&mut slot as *mut Option<F>).cast::<libc::c_void>(),
+        )
+    };
+    let errno = Errno::last();
+    // SAFETY: the child no longer runs on the stack (it exec'd or exited).
+    unsafe { libc::munmap(stack, SHARED_CHILD_STACK) };
+    if pid == -1 {
+        return Err(errno);
+    }
+    Ok(Pid::from_raw(pid))
 }
 
 /// `fork()` for a process known to have one thread (checked by the
