@@ -665,14 +665,18 @@ impl Store {
                 continue;
             }
             report.bytes_freed += tree_size(&entry.path());
+            // The executor's boot marker first (a snapshot without one is
+            // never used, so a crash halfway leaves nothing trusted), then
+            // the snapshot and its lock.
+            let marker = snapshots.join(".boot").join(&name);
+            if marker.exists() {
+                fs::remove_file(&marker).at(&marker)?;
+            }
             remove_dir_all_writable(&entry.path())?;
             report.snapshots_removed += 1;
-            // The executor's lock and boot marker of the snapshot.
-            for private in [".locks", ".boot"] {
-                let file = snapshots.join(private).join(&name);
-                if file.exists() {
-                    fs::remove_file(&file).at(&file)?;
-                }
+            let lock = snapshots.join(".locks").join(&name);
+            if lock.exists() {
+                fs::remove_file(&lock).at(&lock)?;
             }
         }
         let tmp = self.tmp_dir();
