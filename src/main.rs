@@ -102,6 +102,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    kiln_executor::disable_huge_pages();
     let cli = Cli::parse();
     // An ordinary user's kiln becomes root of a user namespace of its own
     // before anything else (it must still have one thread).

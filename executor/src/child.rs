@@ -366,6 +366,11 @@ fn raw_status(status: WaitStatus) -> i32 {
 /// The step's main process: drops privileges and executes the program.
 fn exec_main(plan: &Plan) -> ! {
     sys::reset_signals();
+    // kiln turned huge pages off for itself (`disable_huge_pages`); the
+    // step's program gets the system's policy, as under Docker. (This
+    // process borrows the init's memory until its exec, which keeps the
+    // setting for the program's new memory.)
+    let _ = nix::sys::prctl::set_thp_disable(false);
     if plan.new_session {
         if let Err(errno) = nix::unistd::setsid() {
             fail(REPORT_SESSION, errno);
