@@ -679,6 +679,17 @@ impl Store {
                 fs::remove_file(&lock).at(&lock)?;
             }
         }
+        // Large snapshots are filled under `.spread/` (the executor's): what
+        // is there is unfinished.
+        let spread = snapshots.join(".spread");
+        if let Ok(entries) = fs::read_dir(&spread) {
+            for entry in entries {
+                let path = entry.at(&spread)?.path();
+                report.bytes_freed += tree_size(&path);
+                remove_dir_all_writable(&path)?;
+                report.snapshots_removed += 1;
+            }
+        }
         let tmp = self.tmp_dir();
         for entry in fs::read_dir(&tmp).at(&tmp)? {
             let path = entry.at(&tmp)?.path();
@@ -1218,7 +1229,14 @@ mod tests {
         let orphan_snapshot = snapshot_of(&orphan);
         let unfinished = store.snapshots_dir().join(".tmp-sha256_00-1-2");
         let context_tree = store.snapshots_dir().join("context_0123abcd");
-        for dir in [&kept_snapshot, &orphan_snapshot, &unfinished, &context_tree] {
+        let unfinished_large = store.snapshots_dir().join(".spread/.tmp-sha256_01-1-3");
+        for dir in [
+            &kept_snapshot,
+            &orphan_snapshot,
+            &unfinished,
+            &context_tree,
+            &unfinished_large,
+        ] {
             fs::create_dir_all(dir.join("etc")).unwrap();
             fs::write(dir.join("etc/hello"), b"unpacked").unwrap();
         }
@@ -1235,9 +1253,9 @@ mod tests {
         assert!(kept_marker.exists() && !orphan_marker.exists());
         assert_eq!(report.blobs_removed, 3, "orphan manifest, config and layer");
         assert_eq!(report.temp_files_removed, 1);
-        assert_eq!(report.snapshots_removed, 3);
+        assert_eq!(report.snapshots_removed, 4);
         assert!(kept_snapshot.exists() && !orphan_snapshot.exists() && !unfinished.exists());
-        assert!(!context_tree.exists());
+        assert!(!context_tree.exists() && !unfinished_large.exists());
         assert!(report.bytes_freed > 0);
         assert!(!store.has_blob(orphan.id()));
         assert!(store.resolve("kept").unwrap().is_some());

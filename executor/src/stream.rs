@@ -147,29 +147,17 @@ const STREAMED: &str = "the layer being written";
 
 impl Snapshotter {
     /// Starts a snapshot that the layer tar written into the returned stream
-    /// fills (see [`SnapshotStream`]).
+    /// fills (see [`SnapshotStream`]). Its directory and unpacking thread
+    /// are made with the first full chunk (a layer of more than a chunk is
+    /// filled apart, as [`Snapshotter::prepare_sized`] fills a large one),
+    /// or at the finish of a smaller layer.
     pub fn stream(&self) -> Result<SnapshotStream> {
-        let temp = self.temp_dir("stream");
-        std::fs::create_dir(&temp).map_err(io_err("create", &temp))?;
-        let (sender, receiver) = sync_channel(CHUNKS_IN_FLIGHT);
-        let dir = temp.clone();
-        let worker = std::thread::Builder::new()
-            .name("kiln-unpack".to_owned())
-            .spawn(move || unpack_all(ChunkReader::new(receiver), &dir))
-            .map_err(io_err("start the unpacking thread for", &temp));
-        let worker = match worker {
-            Ok(worker) => worker,
-            Err(e) => {
-                let _ = remove_tree(&temp);
-                return Err(e);
-            }
-        };
         Ok(SnapshotStream {
             snapshotter: self.clone(),
-            temp,
+            temp: PathBuf::new(),
             chunk: Vec::with_capacity(CHUNK),
-            sender: Some(sender),
-            worker: Some(worker),
+            sender: None,
+            worker: None,
         })
     }
 }
@@ -183,7 +171,40 @@ fn unpack_all(mut reader: ChunkReader, dir: &Path) -> Result<()> {
 }
 
 impl SnapshotStream {
+    /// Makes the snapshot's directory (apart for a `large` layer) and
+    /// starts the unpacker on it, unless that was done.
+    fn start(&mut self, large: bool) -> io::Result<()> {
+        if self.worker.is_some() || !self.temp.as_os_str().is_empty() {
+            return Ok(());
+        }
+        let temp = if large {
+            self.snapshotter.spread_temp_dir("stream")
+        } else {
+            self.snapshotter.temp_dir("stream")
+        };
+        std::fs::create_dir(&temp)?;
+        let (sender, receiver) = sync_channel(CHUNKS_IN_FLIGHT);
+        let dir = temp.clone();
+        let worker = std::thread::Builder::new()
+            .name("kiln-unpack".to_owned())
+            .spawn(move || unpack_all(ChunkReader::new(receiver), &dir));
+        match worker {
+            Ok(worker) => {
+                self.temp = temp;
+                self.sender = Some(sender);
+                self.worker = Some(worker);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = remove_tree(&temp);
+                Err(e)
+            }
+        }
+    }
+
     fn send_chunk(&mut self) -> io::Result<()> {
+        // A full chunk before the finish: a large layer.
+        self.start(self.chunk.len() == CHUNK)?;
         if self.chunk.is_empty() {
             return Ok(());
         }
@@ -205,7 +226,9 @@ impl SnapshotStream {
         self.sender = None;
         let unpacked = match self.worker.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
-            _ => Err(Error::BadLayer {
+            // Never started: the directory could not be made.
+            None => Ok(()),
+            Some(Err(_)) => Err(Error::BadLayer {
                 chain_id: chain_id.to_owned(),
                 entry: String::new(),
                 reason: "the unpacking thread panicked".to_owned(),

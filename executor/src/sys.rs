@@ -124,6 +124,30 @@ pub(crate) fn fork_single_threaded() -> Result<Option<Pid>, Errno> {
     clone_process(0)
 }
 
+/// `FS_TOPDIR_FL` of ext2/3/4 (`chattr +T`): new directories made in the
+/// directory are placed as top-level ones are.
+const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
+
+/// Sets `FS_TOPDIR_FL` on the directory `dir` unless it is set.
+pub(crate) fn set_topdir_flag(dir: &std::fs::File) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    // The kernel reads and writes an int, whatever the ioctl's number says.
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int into `flags`.
+    if unsafe { libc::ioctl(dir.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) } < 0 {
+        return Err(Errno::last());
+    }
+    if flags & FS_TOPDIR_FL != 0 {
+        return Ok(());
+    }
+    flags |= FS_TOPDIR_FL;
+    // SAFETY: FS_IOC_SETFLAGS reads one int from `flags`.
+    if unsafe { libc::ioctl(dir.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) } < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
 /// `nice(increment)`: the calling thread (Linux keeps niceness per
 /// thread) runs `increment` nicer; threads and processes it starts later
 /// inherit that.

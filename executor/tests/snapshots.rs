@@ -164,7 +164,7 @@ fn hostile_layers_cannot_write_outside_the_snapshot() {
     assert!(
         names
             .iter()
-            .all(|n| n == ".locks" || n == ".boot" || n == "sha256_climb"),
+            .all(|n| n == ".locks" || n == ".boot" || n == ".spread" || n == "sha256_climb"),
         "{names:?}"
     );
 }
@@ -552,4 +552,65 @@ fn layers_are_read_on_a_thread_of_their_own() {
     assert!(readers.iter().all(|id| *id != std::thread::current().id()));
     let listing = common::tree_listing(&snapshot);
     assert!(listing.contains("bin/su 0o104755 0:1"), "{listing}");
+}
+
+#[test]
+fn a_large_layer_is_unpacked_apart_and_lands_where_a_small_one_would() {
+    let dir = scratch();
+    let root = dir.path().join("s");
+    let snapshots = Snapshotter::new(&root).unwrap();
+    let tar = tar_of(&[
+        ("etc/", tar::EntryType::Directory, ""),
+        ("etc/hostname", tar::EntryType::Regular, "kiln"),
+        ("bin/", tar::EntryType::Directory, ""),
+        ("bin/sh", tar::EntryType::Symlink, "busybox"),
+    ]);
+    let open = || Ok::<_, io::Error>(io::Cursor::new(tar.clone()));
+    let small = snapshots.prepare("sha256:small", open).unwrap();
+    let large = snapshots
+        .prepare_sized("sha256:large", 64 << 20, open)
+        .unwrap();
+    assert_eq!(large, root.join("sha256_large"));
+    assert_eq!(
+        kiln_testsupport::tree::tree_listing(&small),
+        kiln_testsupport::tree::tree_listing(&large)
+    );
+    assert!(snapshots.exists("sha256:large").unwrap());
+    // Filled under .spread/, renamed out of it: nothing is left there.
+    let left: Vec<_> = fs::read_dir(root.join(".spread")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_streamed_layer_of_more_than_a_chunk_is_the_unpacked_one() {
+    use std::io::Write;
+    let dir = scratch();
+    let root = dir.path().join("s");
+    let snapshots = Snapshotter::new(&root).unwrap();
+    // 3 MiB of files: the stream starts its directory apart, with the first
+    // full chunk.
+    let body = "x".repeat(64 << 10);
+    let names: Vec<String> = (0..48).map(|n| format!("data/f{n}")).collect();
+    let mut entries = vec![("data/", tar::EntryType::Directory, "")];
+    entries.extend(
+        names
+            .iter()
+            .map(|n| (n.as_str(), tar::EntryType::Regular, body.as_str())),
+    );
+    let tar = tar_of(&entries);
+    assert!(tar.len() > 2 << 20);
+    let mut stream = snapshots.stream().unwrap();
+    stream.write_all(&tar).unwrap();
+    let streamed = stream.finish("sha256:big-streamed").unwrap();
+    let unpacked = snapshots
+        .prepare("sha256:big-unpacked", || {
+            Ok::<_, io::Error>(io::Cursor::new(tar.clone()))
+        })
+        .unwrap();
+    assert_eq!(
+        kiln_testsupport::tree::tree_listing(&streamed),
+        kiln_testsupport::tree::tree_listing(&unpacked)
+    );
+    let left: Vec<_> = fs::read_dir(root.join(".spread")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -37,7 +37,10 @@ pub fn image_lowers(store: &Store, layers: &[LayerBlob]) -> Result<Vec<PathBuf>>
         diff_ids.push(layer.diff_id.clone());
         let chain = chain_id(&diff_ids).ok_or_else(|| Error::Invalid("empty chain".into()))?;
         let descriptor = layer.descriptor.clone();
-        lowers.push(snapshotter.prepare(chain.as_ref(), || store.open_layer(&descriptor))?);
+        let size = descriptor.size();
+        lowers.push(
+            snapshotter.prepare_sized(chain.as_ref(), size, || store.open_layer(&descriptor))?,
+        );
     }
     Ok(lowers)
 }

@@ -268,10 +268,13 @@ impl Runner<'_> {
             let sources = self.sources;
             let descriptor = layer.descriptor.clone();
             // A layer of an imported record is fetched here, when first read.
-            let dir = self.snapshotter.prepare(chain.as_ref(), move || {
-                kiln_cache::ensure_blob(store, sources, &descriptor)?;
-                store.open_layer(&descriptor)
-            })?;
+            let size = descriptor.size();
+            let dir = self
+                .snapshotter
+                .prepare_sized(chain.as_ref(), size, move || {
+                    kiln_cache::ensure_blob(store, sources, &descriptor)?;
+                    store.open_layer(&descriptor)
+                })?;
             lowers.push(dir);
         }
         Ok(lowers)
