@@ -212,12 +212,15 @@ row "COPY 20,000 files then RUN, cold" "$work/ctx/copyrun" cold
 # The floor under the last row: one copy of the same tree, no builder. Its
 # parent is marked as kiln marks the directory it fills large snapshots in
 # (chattr +T: on ext4 each new tree gets block groups of its own, away from
-# the inodes the last run freed), so the floor is the best a copy does here.
+# the inodes the last run freed; the group follows from the name's hash, so
+# each copy has a name of its own, as kiln's temporary trees do), so the
+# floor is the best a copy does here.
 if wanted "COPY 20,000 files then RUN, cold"; then
   mkdir -p "$work/floor"; chattr +T "$work/floor" 2>/dev/null || true
   floor=$(for i in $(seq 1 "$runs"); do
-    rm -rf "$work/floor/cp-floor"
-    t0=$(now); cp -a "$work/ctx/copy/files" "$work/floor/cp-floor"; t1=$(now)
+    rm -rf "$work/floor"/cp-*
+    copy=$work/floor/cp-$$-$i-$RANDOM
+    t0=$(now); cp -a "$work/ctx/copy/files" "$copy"; t1=$(now)
     echo "$t1 - $t0" | bc -l
   done | median)
   rm -rf "$work/floor"
