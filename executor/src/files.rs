@@ -104,12 +104,6 @@ struct State {
     stop: AtomicBool,
 }
 
-/// One worker thread and its queue.
-struct Worker {
-    jobs: Option<Sender<FileJob>>,
-    thread: Option<JoinHandle<()>>,
-}
-
 /// Worker threads that create the files given to them. Each worker owns
 /// the directories that hash to it: creating a file holds its directory's
 /// lock for the whole (slow) inode allocation, so two workers in one
@@ -119,7 +113,9 @@ struct Worker {
 /// nothing else in flight touches, and [`FilePool::wait`]s for all of them
 /// before it changes such a path.
 pub(crate) struct FilePool {
-    workers: Vec<Worker>,
+    /// Each worker's queue, by worker.
+    queues: Vec<Sender<FileJob>>,
+    workers: Vec<JoinHandle<()>>,
     state: Arc<State>,
 }
 
@@ -135,23 +131,27 @@ impl FilePool {
             return None;
         }
         let state = Arc::new(State::default());
-        let mut workers = Vec::new();
+        let (mut queues, mut workers) = (Vec::new(), Vec::new());
         for _ in 0..threads {
-            let (jobs, receiver) = channel::<FileJob>();
+            let (queue, receiver) = channel::<FileJob>();
             let state_of_worker = Arc::clone(&state);
             let spawned = std::thread::Builder::new()
                 .name("kiln-unpack-files".to_owned())
                 .spawn(move || work(&receiver, &state_of_worker));
             match spawned {
-                Ok(thread) => workers.push(Worker {
-                    jobs: Some(jobs),
-                    thread: Some(thread),
-                }),
+                Ok(worker) => {
+                    queues.push(queue);
+                    workers.push(worker);
+                }
                 Err(_) if !workers.is_empty() => break,
                 Err(_) => return None,
             }
         }
-        Some(FilePool { workers, state })
+        Some(FilePool {
+            queues,
+            workers,
+            state,
+        })
     }
 
     /// Queues `job` with the worker that owns its directory (waiting while
@@ -160,11 +160,10 @@ impl FilePool {
         self.failure()?;
         let bytes = job.data.len();
         self.reserve(bytes);
-        let owner = directory_owner(&job.path, self.workers.len());
-        let sent = self.workers[owner].jobs.as_ref().map(|jobs| jobs.send(job));
-        match sent {
-            Some(Ok(())) => Ok(()),
-            _ => {
+        let owner = directory_owner(&job.path, self.queues.len());
+        match self.queues[owner].send(job) {
+            Ok(()) => Ok(()),
+            Err(_) => {
                 finished_one(&self.state, bytes);
                 self.failure()?;
                 Err(Error::Io {
@@ -239,13 +238,9 @@ impl Drop for FilePool {
         // Whatever is still queued is not wanted (the unpack failed or is
         // done): skip it, and let the workers see the end of their queues.
         self.state.stop.store(true, Ordering::SeqCst);
-        for worker in &mut self.workers {
-            worker.jobs = None;
-        }
-        for worker in &mut self.workers {
-            if let Some(thread) = worker.thread.take() {
-                let _ = thread.join();
-            }
+        self.queues.clear();
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
         }
     }
 }
