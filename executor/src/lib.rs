@@ -130,21 +130,6 @@ pub fn run(
     sandbox::run(spec, scratch_dir, cancel, on_output)
 }
 
-/// Marks `dir` as the top of separate directory trees, best effort: on
-/// ext2/3/4 (`FS_TOPDIR_FL`, `chattr +T`) each new directory made in it is
-/// then placed in a block group of its own, as top-level ones are, rather
-/// than beside its siblings. Snapshots and step directories are such trees,
-/// and after a store (or a prune) freed many inodes, an ext4 without a
-/// journal checks every recently freed inode of a group one by one before
-/// it reuses one: creating 20,000 files there took 1.1-2.1 s, and 0.55 s in
-/// a group of their own. Other filesystems do not have the flag; nothing
-/// changes there.
-pub fn spread_new_trees(dir: &Path) {
-    if let Ok(dir) = std::fs::File::open(dir) {
-        let _ = sys::set_topdir_flag(&dir);
-    }
-}
-
 /// Turns transparent huge pages off for kiln's own memory (and the helper
 /// processes it starts; a step's process gets the system's policy back
 /// before it executes). kiln touches short-lived buffers briefly, and with

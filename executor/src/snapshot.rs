@@ -52,7 +52,7 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 const BOOT_MARKERS: &str = ".boot";
 /// Where large snapshots are filled before their rename into place: a
 /// directory whose new subdirectories the filesystem places as top-level
-/// ones (see [`crate::spread_new_trees`]), each in a block group of its own.
+/// ones (see [`mark_top_of_trees`]), each in a block group of its own.
 /// Small ones are filled beside the snapshots, where placing them costs
 /// less (a fresh group's bitmaps are read cold: about 1 ms a snapshot).
 const SPREAD: &str = ".spread";
@@ -82,10 +82,15 @@ impl Snapshotter {
     /// overlayfs (ext4, xfs, btrfs).
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
         let root = dir.into();
-        for private in [".locks", BOOT_MARKERS, SPREAD] {
+        for private in [".locks", BOOT_MARKERS] {
             fs::create_dir_all(root.join(private)).map_err(io_err("create", root.join(private)))?;
         }
-        crate::spread_new_trees(&root.join(SPREAD));
+        let spread = root.join(SPREAD);
+        match fs::create_dir(&spread) {
+            Ok(()) => mark_top_of_trees(&spread),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("create", &spread)(e)),
+        }
         Ok(Self { root })
     }
 
@@ -197,11 +202,7 @@ impl Snapshotter {
         if self.is_ready(&name) {
             return Ok(target);
         }
-        let temp = if spread {
-            self.spread_temp_dir(&name)
-        } else {
-            self.temp_dir(&name)
-        };
+        let temp = self.temp_dir(&name, spread);
         let result = (|| {
             fs::create_dir(&temp).map_err(io_err("create", &temp))?;
             fill(&temp)?;
@@ -230,20 +231,16 @@ impl Snapshotter {
         })
     }
 
-    /// A fresh temporary directory name under [`SPREAD`], for a large
-    /// snapshot (`.tmp-*` there too, which prune removes).
-    pub(crate) fn spread_temp_dir(&self, name: &str) -> PathBuf {
-        let beside = self.temp_dir(name);
-        match beside.file_name() {
-            Some(file) => self.root.join(SPREAD).join(file),
-            None => beside,
-        }
-    }
-
-    /// A fresh temporary directory name beside the snapshots (`.tmp-*`, which
-    /// prune removes when a killed kiln left one).
-    pub(crate) fn temp_dir(&self, name: &str) -> PathBuf {
-        self.root.join(format!(
+    /// A fresh temporary directory name for snapshot `name` (`.tmp-*`, which
+    /// prune removes when a killed kiln left one): beside the snapshots, or
+    /// under [`SPREAD`] for a `large` one.
+    pub(crate) fn temp_dir(&self, name: &str, large: bool) -> PathBuf {
+        let parent = if large {
+            self.root.join(SPREAD)
+        } else {
+            self.root.clone()
+        };
+        parent.join(format!(
             ".tmp-{name}-{}-{}",
             std::process::id(),
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
@@ -330,6 +327,20 @@ impl Snapshotter {
                     .map_err(io_err("write", &marker))
             }
         }
+    }
+}
+
+/// Marks `dir` as the top of separate directory trees, best effort: on
+/// ext2/3/4 (`FS_TOPDIR_FL`, `chattr +T`) each new directory made in it is
+/// then placed in a block group of its own, as top-level ones are, rather
+/// than beside its siblings. After a store (or a prune) freed many inodes,
+/// an ext4 without a journal checks every recently freed inode of a group
+/// one by one before it reuses one: creating 20,000 files there took 1.1-2.1
+/// s, and 0.55 s in a group of their own. Other filesystems do not have the
+/// flag; nothing changes there.
+fn mark_top_of_trees(dir: &Path) {
+    if let Ok(dir) = File::open(dir) {
+        let _ = crate::sys::set_topdir_flag(&dir);
     }
 }
 

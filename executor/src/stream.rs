@@ -115,14 +115,15 @@ fn produce(mut reader: impl Read, sender: &SyncSender<io::Result<Vec<u8>>>) {
 /// layer blob and the snapshot, with no reading back of the blob.
 ///
 /// Writes are queued to an unpacking thread that fills a temporary
-/// directory beside the snapshots; [`SnapshotStream::finish`] names it once
+/// directory (see [`Snapshotter::stream`]); [`SnapshotStream::finish`] names it once
 /// the layer's chain id is known (the diff_id is only known at the end) and
 /// moves it into place as [`Snapshotter::prepare`] would, with the same lock,
 /// boot marker and atomic rename. The same unpacker reads the same bytes, so
 /// the snapshot is the one `prepare` makes from the blob. Dropping the stream
 /// unfinished removes the temporary directory.
 ///
-/// A write fails only when the unpacker stopped; [`SnapshotStream::finish`]
+/// A write fails only when the unpacker stopped or its directory could not
+/// be made; [`SnapshotStream::finish`]
 /// then returns its error. A maker whose layer must not depend on the
 /// snapshot stops writing to the stream and lets `prepare` unpack the blob
 /// later.
@@ -151,14 +152,14 @@ impl Snapshotter {
     /// are made with the first full chunk (a layer of more than a chunk is
     /// filled apart, as [`Snapshotter::prepare_sized`] fills a large one),
     /// or at the finish of a smaller layer.
-    pub fn stream(&self) -> Result<SnapshotStream> {
-        Ok(SnapshotStream {
+    pub fn stream(&self) -> SnapshotStream {
+        SnapshotStream {
             snapshotter: self.clone(),
             temp: PathBuf::new(),
             chunk: Vec::with_capacity(CHUNK),
             sender: None,
             worker: None,
-        })
+        }
     }
 }
 
@@ -172,16 +173,13 @@ fn unpack_all(mut reader: ChunkReader, dir: &Path) -> Result<()> {
 
 impl SnapshotStream {
     /// Makes the snapshot's directory (apart for a `large` layer) and
-    /// starts the unpacker on it, unless that was done.
+    /// starts the unpacker on it, unless that was done (the directory is
+    /// named only once it is made).
     fn start(&mut self, large: bool) -> io::Result<()> {
-        if self.worker.is_some() || !self.temp.as_os_str().is_empty() {
+        if !self.temp.as_os_str().is_empty() {
             return Ok(());
         }
-        let temp = if large {
-            self.snapshotter.spread_temp_dir("stream")
-        } else {
-            self.snapshotter.temp_dir("stream")
-        };
+        let temp = self.snapshotter.temp_dir("stream", large);
         std::fs::create_dir(&temp)?;
         let (sender, receiver) = sync_channel(CHUNKS_IN_FLIGHT);
         let dir = temp.clone();

@@ -398,7 +398,7 @@ fn a_streamed_snapshot_is_the_unpacked_one() {
     let layer = rich_layer();
     let unpacked = prepare(&snapshots, "sha256:unpacked", &layer).unwrap();
 
-    let mut stream = snapshots.stream().unwrap();
+    let mut stream = snapshots.stream();
     // Written in uneven pieces, as a tar writer does.
     for piece in layer.chunks(7_919) {
         io::Write::write_all(&mut stream, piece).unwrap();
@@ -432,13 +432,13 @@ fn streams_that_end_early_or_lose_a_race_leave_one_snapshot_and_no_work() {
     let layer = rich_layer();
 
     // Dropped unfinished (the layer's step failed): nothing is named.
-    let mut stream = snapshots.stream().unwrap();
+    let mut stream = snapshots.stream();
     io::Write::write_all(&mut stream, &layer[..layer.len() / 2]).unwrap();
     drop(stream);
     assert_eq!(common::temp_leftovers(&root), Vec::<String>::new());
 
     // A truncated layer: finish reports the unpacker's error.
-    let mut stream = snapshots.stream().unwrap();
+    let mut stream = snapshots.stream();
     io::Write::write_all(&mut stream, &layer[..layer.len() / 2]).unwrap();
     assert!(stream.finish("sha256:cut").is_err());
     assert!(!snapshots.exists("sha256:cut").unwrap());
@@ -451,7 +451,7 @@ fn streams_that_end_early_or_lose_a_race_leave_one_snapshot_and_no_work() {
         &tar_of(&[("mine", tar::EntryType::Regular, "1")]),
     )
     .unwrap();
-    let mut stream = snapshots.stream().unwrap();
+    let mut stream = snapshots.stream();
     io::Write::write_all(&mut stream, &layer).unwrap();
     assert_eq!(stream.finish("sha256:both").unwrap(), first);
     assert!(first.join("mine").is_file());
@@ -599,7 +599,7 @@ fn a_streamed_layer_of_more_than_a_chunk_is_the_unpacked_one() {
     );
     let tar = tar_of(&entries);
     assert!(tar.len() > 2 << 20);
-    let mut stream = snapshots.stream().unwrap();
+    let mut stream = snapshots.stream();
     stream.write_all(&tar).unwrap();
     let streamed = stream.finish("sha256:big-streamed").unwrap();
     let unpacked = snapshots

@@ -313,11 +313,10 @@ impl Runner<'_> {
         F: FnOnce(&mut LayerTee<'_>) -> kiln_executor::Result<kiln_executor::LayerSummary>,
     {
         let mut writer = self.store.layer_writer(self.options.compression)?;
-        let mut snapshot = if self.mounted_later.contains(&id) {
-            self.snapshotter.stream().ok()
-        } else {
-            None
-        };
+        let mut snapshot = self
+            .mounted_later
+            .contains(&id)
+            .then(|| self.snapshotter.stream());
         let (summary, teed) = {
             let mut tee = LayerTee {
                 layer: &mut writer,
