@@ -543,8 +543,9 @@ impl Runs<'_> {
             downloads: self.downloads,
             sources: &options.cache_sources,
             mounted_later: &mounted_later(vertices),
-            yielding: &yielding(vertices),
         };
+        // Vertices off the critical path, which run nicer.
+        let yielding = yielding(vertices);
         let deps: Vec<Vec<usize>> = vertices.iter().map(|v| v.deps.clone()).collect();
         let outcome = run_dag(&deps, options.jobs, self.cancel, |id| {
             let vertex = &vertices[id];
@@ -553,7 +554,7 @@ impl Runs<'_> {
                     self.progress.event(Event::Cached { id: id + 1 });
                     outcome
                 }
-                None if runner.yielding.contains(&id) => {
+                None if yielding.contains(&id) => {
                     priority::on_nicer_thread(|| self.run_fresh(&runner, id, vertex))?
                 }
                 None => self.run_fresh(&runner, id, vertex)?,

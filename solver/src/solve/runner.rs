@@ -92,9 +92,6 @@ pub(super) struct Runner<'a> {
     pub(super) sources: &'a [Arc<dyn CacheSource>],
     /// Vertices whose result a later step mounts (see [`mounted_later`]).
     pub(super) mounted_later: &'a HashSet<usize>,
-    /// Vertices off the critical path, which run nicer (see
-    /// [`super::priority`]).
-    pub(super) yielding: &'a HashSet<usize>,
 }
 
 /// A layer being written, and the snapshot it also fills (until a write to
