@@ -12,6 +12,7 @@ use oci_spec::image::{Descriptor, Digest};
 use sha2::{Digest as _, Sha256};
 
 use crate::compression::Compression;
+use crate::deflate::{DeflateWriter, Matcher, SMALL_FRAGMENT};
 use crate::error::{IoContext, Result};
 use crate::fsutil::{self, HashingWriter};
 
@@ -380,10 +381,11 @@ impl ParallelGzip {
 struct GzipCompressor {
     compressor: libdeflater::Compressor,
     store_only: libdeflater::Compressor,
-    /// Raw deflate for the two kinds of fragments of a mixed chunk, which
-    /// libdeflate (whole-buffer, final block only) cannot make.
+    /// Raw deflate for the long compressible fragments of a mixed chunk,
+    /// which libdeflate (whole-buffer, final block only) cannot make; the
+    /// short ones and the stored ones are [`crate::deflate`]'s.
     compressed: flate2::Compress,
-    stored: flate2::Compress,
+    matcher: Matcher,
     regions: Vec<Region>,
 }
 
@@ -412,7 +414,7 @@ impl GzipCompressor {
             compressor: libdeflater::Compressor::new(level(GZIP_LEVEL)),
             store_only: libdeflater::Compressor::new(level(0)),
             compressed: flate2::Compress::new(flate2::Compression::new(GZIP_LEVEL as u32), false),
-            stored: flate2::Compress::new(flate2::Compression::none(), false),
+            matcher: Matcher::new(),
             regions: Vec::new(),
         }
     }
@@ -439,35 +441,38 @@ impl GzipCompressor {
     }
 
     /// One gzip member (RFC 1952) around a raw deflate stream made of
-    /// fragments, one per region: stored blocks (level 0) for incompressible
-    /// runs, [`GZIP_LEVEL`] for the rest. Each fragment ends with a full
-    /// flush, which byte-aligns it and keeps later matches from reaching back
-    /// across it, so fragments from the two compressors concatenate into one
-    /// valid stream. (zlib-rs through flate2 cannot change the level of one
-    /// stream midway.)
+    /// fragments, one per region: stored blocks for incompressible runs,
+    /// and for the rest a fixed-Huffman block of [`crate::deflate`]'s own
+    /// (short runs: the tar headers between small files) or zlib at
+    /// [`GZIP_LEVEL`] (long runs), each byte-aligned with a sync flush and
+    /// reset before its next fragment, so that no match reaches back across
+    /// a region. (zlib-rs through flate2 cannot change the level of one
+    /// stream midway, and clears its 128 KiB hash table on every reset or
+    /// full flush: for a chunk of small files, too often.)
     fn mixed_member(&mut self, input: &[u8]) -> io::Result<Vec<u8>> {
         // Header: deflate, no flags, no time, no extra flags, unknown OS.
         let mut out = Vec::with_capacity(input.len() + input.len() / 64 + 1024);
         out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
-        self.compressed.reset();
-        self.stored.reset();
+        let mut stream = DeflateWriter::new(out);
         let mut start = 0;
         for region in &self.regions {
-            let compress = if region.stored {
-                &mut self.stored
-            } else {
-                &mut self.compressed
-            };
             let fragment = input.get(start..region.end).unwrap_or_default();
-            deflate_all(compress, fragment, &mut out, flate2::FlushCompress::Full)?;
             start = region.end;
+            if region.stored {
+                stream.stored(fragment);
+            } else if fragment.len() <= SMALL_FRAGMENT {
+                stream.fixed(fragment, &mut self.matcher);
+            } else {
+                self.compressed.reset();
+                deflate_all(
+                    &mut self.compressed,
+                    fragment,
+                    stream.aligned_output(),
+                    flate2::FlushCompress::Sync,
+                )?;
+            }
         }
-        deflate_all(
-            &mut self.compressed,
-            &[],
-            &mut out,
-            flate2::FlushCompress::Finish,
-        )?;
+        let mut out = stream.finish();
         let mut crc = libdeflater::Crc::new();
         crc.update(input);
         out.extend_from_slice(&crc.sum().to_le_bytes());

@@ -15,6 +15,7 @@ mod archive;
 mod cache_dir;
 mod compression;
 mod containers;
+mod deflate;
 mod elf;
 mod error;
 mod fsutil;
