@@ -1,7 +1,7 @@
 //! Directory trees to OCI layer tars: the overlay upper dir of a step (with
 //! whiteouts) or a plain directory (for COPY).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::{self, Metadata};
 use std::io::{self, Write};
@@ -83,7 +83,7 @@ pub fn write_dir_layer<W: Write>(
     sink: W,
     options: &DiffOptions,
 ) -> Result<LayerSummary> {
-    write_dir_layer_with(dir, &BTreeMap::new(), sink, options)
+    write_dir_layer_with(dir, Vec::new(), sink, options)
 }
 
 /// A regular file that belongs in a directory layer without being in the
@@ -99,11 +99,11 @@ pub struct ExtraFile {
 }
 
 /// [`write_dir_layer`] of `dir` plus `extra` regular files, by tar path
-/// (relative, no trailing slash); their parent directories must be in `dir`,
-/// and nothing in `dir` may have the same path.
+/// (relative, no trailing slash, in any order); their parent directories
+/// must be in `dir`, and nothing in `dir` may have the same path.
 pub fn write_dir_layer_with<W: Write>(
     dir: &Path,
-    extra: &BTreeMap<String, ExtraFile>,
+    extra: impl IntoIterator<Item = (String, ExtraFile)>,
     sink: W,
     options: &DiffOptions,
 ) -> Result<LayerSummary> {
@@ -114,14 +114,14 @@ pub fn write_dir_layer_with<W: Write>(
         if !file.metadata.is_file() {
             return Err(Error::Io {
                 action: "write layer entry",
-                path: file.source.clone(),
+                path: file.source,
                 source: io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
             });
         }
         entries.push(Entry {
-            path: path.clone(),
-            kind: Kind::Object(file.metadata.clone()),
-            source: Some(file.source.clone()),
+            path,
+            kind: Kind::Object(file.metadata),
+            source: Some(file.source),
         });
     }
     entries.sort_by(|a, b| tar_order(&a.path, &b.path));

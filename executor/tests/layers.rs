@@ -307,14 +307,14 @@ fn extra_files_are_written_from_their_source_in_tar_order() {
         source: path.to_path_buf(),
         metadata: fs::symlink_metadata(path).unwrap(),
     };
+    // In any order: the layer sorts them among the tree's entries.
     let extra = [
-        ("app/b-extra".to_owned(), extra_file(&source)),
         ("app/sub/a-extra".to_owned(), extra_file(&source)),
-    ]
-    .into();
+        ("app/b-extra".to_owned(), extra_file(&source)),
+    ];
     let mut tar = Vec::new();
     let summary =
-        kiln_executor::write_dir_layer_with(&root, &extra, &mut tar, &DiffOptions::default())
+        kiln_executor::write_dir_layer_with(&root, extra, &mut tar, &DiffOptions::default())
             .unwrap();
     assert_eq!(summary.entries, 5);
     let all = entries(&tar);
@@ -341,10 +341,10 @@ fn extra_files_are_written_from_their_source_in_tar_order() {
     std::io::Read::read_to_string(&mut found, &mut content).unwrap();
     assert_eq!(content, "from the source");
     // Only regular files can be extra.
-    let not_a_file = [("app/dir".to_owned(), extra_file(&root.join("app/sub")))].into();
+    let not_a_file = [("app/dir".to_owned(), extra_file(&root.join("app/sub")))];
     assert!(kiln_executor::write_dir_layer_with(
         &root,
-        &not_a_file,
+        not_a_file,
         &mut Vec::new(),
         &DiffOptions::default()
     )

@@ -13,7 +13,7 @@
 //! (plain, gzip, bzip2, xz or zstd, recognised by content, not name), and
 //! downloads too with `--unpack=true` (`--unpack=false`: nothing).
 
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -28,7 +28,7 @@ use crate::dockerignore::matches_self_or_parent;
 use crate::error::{io_err, Error, Result};
 use crate::fetch::{is_url, url_file_name, Downloads};
 use crate::pattern::{clean_relative, Pattern};
-use crate::source::{select, walk, SourceEntry, SourceFs};
+use crate::source::{select, walk, walk_once_more, SourceEntry, SourceFs};
 
 /// Owner and mode of a directory in the parent image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,7 +204,7 @@ pub(crate) fn build_tree(
     keep_owner: bool,
     downloads: Option<&Downloads>,
     out: &Path,
-) -> Result<BTreeMap<String, ExtraFile>> {
+) -> Result<Vec<(String, ExtraFile)>> {
     let owner = chown_ids(step, dest)?;
     let chmod = step.chmod.as_deref().map(Chmod::parse).transpose()?;
     let excludes = Excludes::parse(step)?;
@@ -217,8 +217,9 @@ pub(crate) fn build_tree(
         chmod: chmod.as_ref(),
         keep_owner,
         created_dirs: Vec::new(),
-        made: Some(HashMap::new()),
-        extra: HashMap::new(),
+        made: Some(FxHashMap::default()),
+        extra: FxHashMap::default(),
+        parents_ensured: String::new(),
     };
     for item in &items {
         writer.write_item(step, source, item, &target, &excludes)?;
@@ -440,7 +441,13 @@ impl TreeWriter<'_> {
         excludes: &Excludes,
     ) -> Result<()> {
         self.ensure_dir(base, Some(entry))?;
-        for inner in walk(source, entry)?.iter().skip(1) {
+        let entries = walk_once_more(source, entry)?;
+        // Most entries of a large directory copy are files.
+        self.extra.reserve(entries.len());
+        if let Some(made) = &mut self.made {
+            made.reserve(entries.len());
+        }
+        for inner in entries.iter().skip(1) {
             let below = inner
                 .rel
                 .strip_prefix(&format!("{}/", entry.rel))
@@ -579,10 +586,15 @@ struct TreeWriter<'a> {
     /// lookup per file of a large COPY (and never follows a copied symlink
     /// out of the tree). `None` once an archive was unpacked into the tree:
     /// then the filesystem is asked.
-    made: Option<HashMap<PathBuf, bool>>,
+    made: Option<FxHashMap<PathBuf, bool>>,
     /// Files that keep their source's owner and mode: not put in the tree but
     /// written into the layer straight from the source, by tree path.
-    extra: HashMap<PathBuf, ExtraFile>,
+    extra: FxHashMap<PathBuf, ExtraFile>,
+    /// The image path (cleaned) of the last directory `ensure_parents` made
+    /// sure of, while `made` answers for the tree: the next file in the
+    /// same directory skips the walk up its parents. Cleared whenever
+    /// something leaves the tree.
+    parents_ensured: String,
 }
 
 impl TreeWriter<'_> {
@@ -606,6 +618,9 @@ impl TreeWriter<'_> {
 
     /// Removes what an earlier source put at `host`, so a later one wins.
     fn remove_existing(&mut self, host: &Path) -> Result<()> {
+        if self.in_tree(host).is_some() {
+            self.parents_ensured.clear();
+        }
         match self.in_tree(host) {
             Some(true) => {
                 fs::remove_dir_all(host).map_err(io_err(host))?;
@@ -635,16 +650,15 @@ impl TreeWriter<'_> {
         Ok(())
     }
 
-    /// The extra files by tar path (relative to the tree).
-    fn into_extra(self) -> BTreeMap<String, ExtraFile> {
+    /// The extra files by tar path (relative to the tree), in no order.
+    fn into_extra(self) -> Vec<(String, ExtraFile)> {
         let out = self.out;
-        self.extra
-            .into_iter()
-            .filter_map(|(host, file)| {
-                let rel = host.strip_prefix(out).ok()?.to_str()?.to_owned();
-                Some((rel, file))
-            })
-            .collect()
+        let mut extra = Vec::with_capacity(self.extra.len());
+        extra.extend(self.extra.into_iter().filter_map(|(host, file)| {
+            let rel = host.strip_prefix(out).ok()?.to_str()?.to_owned();
+            Some((rel, file))
+        }));
+        extra
     }
 
     /// Makes the parents of `image_path` in the tree, each with the metadata it
@@ -652,6 +666,11 @@ impl TreeWriter<'_> {
     /// 0755 when it is new.
     fn ensure_parents(&mut self, image_path: &str) -> Result<()> {
         let cleaned = clean_relative(image_path);
+        let parent = cleaned.rsplit_once('/').map_or("", |(parent, _)| parent);
+        let tracked = self.made.is_some();
+        if tracked && !parent.is_empty() && parent == self.parents_ensured {
+            return Ok(());
+        }
         let mut prefix = String::new();
         let components: Vec<&str> = cleaned.split('/').collect();
         for component in components.iter().take(components.len().saturating_sub(1)) {
@@ -667,6 +686,10 @@ impl TreeWriter<'_> {
             });
             self.make_dir(&host, meta.mode, meta.uid, meta.gid, None)?;
         }
+        if tracked {
+            self.parents_ensured.clear();
+            self.parents_ensured.push_str(parent);
+        }
         Ok(())
     }
 
@@ -681,6 +704,7 @@ impl TreeWriter<'_> {
         match self.in_tree(host) {
             Some(true) => {}
             Some(false) => {
+                self.parents_ensured.clear();
                 if self.extra.remove(host).is_none() {
                     fs::remove_file(host).map_err(io_err(host))?;
                 }
@@ -826,6 +850,7 @@ impl TreeWriter<'_> {
         // What the archive holds is only known to the filesystem from here.
         self.materialize_extra()?;
         self.made = None;
+        self.parents_ensured.clear();
         fs::create_dir_all(&host).map_err(io_err(&host))?;
         unpack_archive(stream, &host, name)?;
         if let Some((uid, gid)) = self.owner {

@@ -51,6 +51,28 @@ pub(crate) trait SourceFs: Sync {
     fn file_digest(&self, entry: &SourceEntry) -> Result<[u8; 32]> {
         hash_file(entry)
     }
+    /// Keeps what [`walk`] found under `top` for one later [`Self::take_walk`]
+    /// of the same top (the cache key's digest walks a source, then the COPY
+    /// that missed the cache walks it again). Sources that cannot keep walks
+    /// drop them.
+    fn keep_walk(&self, top: &SourceEntry, entries: Vec<SourceEntry>) {
+        let _ = (top, entries);
+    }
+    /// The walk kept for `top` (same path, same directory), if any; it is
+    /// handed out once.
+    fn take_walk(&self, top: &SourceEntry) -> Option<Vec<SourceEntry>> {
+        let _ = top;
+        None
+    }
+}
+
+/// Walks from [`SourceFs::take_walk`] if one was kept for `top`, or a fresh
+/// [`walk`].
+pub(crate) fn walk_once_more(fs: &dyn SourceFs, top: &SourceEntry) -> Result<Vec<SourceEntry>> {
+    match fs.take_walk(top) {
+        Some(entries) => Ok(entries),
+        None => walk(fs, top),
+    }
 }
 
 /// Joins a relative directory and a name.
@@ -102,6 +124,26 @@ pub struct BuildContext {
     /// What this build learned, saved with `known` when not empty.
     learned: Mutex<HashMap<String, StatRecord>>,
     stat_cache_file: Option<PathBuf>,
+    /// Walks kept between a COPY's key and its run (see
+    /// [`SourceFs::keep_walk`]), by the top's path, device and inode.
+    kept_walks: Mutex<KeptWalks>,
+}
+
+/// Walks kept for one more use, at most [`KeptWalks::MAX_ENTRIES`] entries
+/// in all (~300 bytes each), so that the keys of a huge context's COPYs that
+/// then hit the cache hold little memory until the build ends.
+#[derive(Debug, Default)]
+struct KeptWalks {
+    walks: HashMap<(String, u64, u64), Vec<SourceEntry>>,
+    entries: usize,
+}
+
+impl KeptWalks {
+    const MAX_ENTRIES: usize = 200_000;
+
+    fn key(top: &SourceEntry) -> (String, u64, u64) {
+        (top.rel.clone(), top.meta.dev(), top.meta.ino())
+    }
 }
 
 /// What a previous build learned about a context file: if size, mtime, ctime
@@ -247,6 +289,7 @@ impl BuildContext {
             known,
             learned: Mutex::new(HashMap::new()),
             stat_cache_file,
+            kept_walks: Mutex::default(),
         })
     }
 
@@ -451,6 +494,26 @@ impl SourceFs for BuildContext {
         Ok(entries)
     }
 
+    fn keep_walk(&self, top: &SourceEntry, entries: Vec<SourceEntry>) {
+        let Ok(mut kept) = self.kept_walks.lock() else {
+            return;
+        };
+        if kept.entries + entries.len() > KeptWalks::MAX_ENTRIES {
+            return;
+        }
+        kept.entries += entries.len();
+        if let Some(replaced) = kept.walks.insert(KeptWalks::key(top), entries) {
+            kept.entries -= replaced.len();
+        }
+    }
+
+    fn take_walk(&self, top: &SourceEntry) -> Option<Vec<SourceEntry>> {
+        let mut kept = self.kept_walks.lock().ok()?;
+        let entries = kept.walks.remove(&KeptWalks::key(top))?;
+        kept.entries -= entries.len();
+        Some(entries)
+    }
+
     fn file_digest(&self, entry: &SourceEntry) -> Result<[u8; 32]> {
         let (size, mtime_ns, ctime_ns, inode) = stat_fields(&entry.meta);
         let unchanged = |record: &StatRecord| {
@@ -634,6 +697,7 @@ pub(crate) fn content_digest(fs: &dyn SourceFs, sources: &[String]) -> Result<Ke
                     key.bytes("content", &digest);
                 }
             }
+            fs.keep_walk(&top, entries);
         }
     }
     Ok(key.finish())
@@ -659,6 +723,52 @@ mod tests {
 
     fn rels(entries: &[SourceEntry]) -> Vec<String> {
         entries.iter().map(|e| e.rel.clone()).collect()
+    }
+
+    #[test]
+    fn a_digested_walk_is_kept_for_one_copy_of_the_same_directory() {
+        let (dir, ctx) = context(&[("src/a", "1"), ("src/sub/b", "2"), ("src/c", "3")], "");
+        let top = ctx.entry("src", false).unwrap().unwrap();
+        assert!(
+            ctx.take_walk(&top).is_none(),
+            "nothing kept before a digest"
+        );
+        content_digest(&ctx, &["src".to_owned()]).unwrap();
+        // The COPY gets the digest's walk once, equal to a fresh walk.
+        let kept = walk_once_more(&ctx, &top).unwrap();
+        assert_eq!(rels(&kept), rels(&walk(&ctx, &top).unwrap()));
+        assert_eq!(
+            rels(&kept),
+            ["src", "src/a", "src/c", "src/sub", "src/sub/b"]
+        );
+        assert!(ctx.take_walk(&top).is_none(), "handed out once");
+        // A directory replaced since the digest is walked afresh.
+        content_digest(&ctx, &["src".to_owned()]).unwrap();
+        fs::rename(dir.path().join("src"), dir.path().join("old")).unwrap();
+        fs::create_dir(dir.path().join("src")).unwrap();
+        fs::write(dir.path().join("src/new"), "4").unwrap();
+        let top = ctx.entry("src", false).unwrap().unwrap();
+        assert_eq!(
+            rels(&walk_once_more(&ctx, &top).unwrap()),
+            ["src", "src/new"]
+        );
+    }
+
+    #[test]
+    fn kept_walks_are_bounded() {
+        let (_dir, ctx) = context(&[("src/a", "1"), ("other/b", "2")], "");
+        let top = ctx.entry("src", false).unwrap().unwrap();
+        let other = ctx.entry("other", false).unwrap().unwrap();
+        let filler = vec![top.clone(); KeptWalks::MAX_ENTRIES - 1];
+        ctx.keep_walk(&top, filler);
+        ctx.keep_walk(&other, walk(&ctx, &other).unwrap());
+        assert!(ctx.take_walk(&other).is_none(), "over the bound: not kept");
+        assert_eq!(
+            ctx.take_walk(&top).unwrap().len(),
+            KeptWalks::MAX_ENTRIES - 1
+        );
+        ctx.keep_walk(&other, walk(&ctx, &other).unwrap());
+        assert!(ctx.take_walk(&other).is_some(), "room again once taken");
     }
 
     #[test]

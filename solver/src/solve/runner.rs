@@ -384,7 +384,7 @@ impl Runner<'_> {
                 };
                 let options = self.diff_options();
                 self.write_layer_from(id, vertex, |w| {
-                    kiln_executor::write_dir_layer_with(&tree, &extra, w, &options)
+                    kiln_executor::write_dir_layer_with(&tree, extra, w, &options)
                 })
             }
             StepKind::Workdir(workdir) => {
