@@ -28,9 +28,32 @@ pub(crate) struct FileMeta {
 }
 
 impl FileMeta {
+    /// Creates the regular file `path`, which must not exist (not even as a
+    /// symlink), readable by its owner only until its metadata is applied
+    /// unless `how` says the create gives it its final mode and owner.
+    /// The caller writes the data and then [`FileMeta::apply`]s the rest
+    /// through the open descriptor: no path is looked up again.
+    pub fn create(&self, path: &Path, how: CreateAs) -> io::Result<(File, Created)> {
+        let exact_mode = how.exact_mode(self.mode);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(exact_mode.unwrap_or(0o600))
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        Ok((
+            file,
+            Created {
+                owner: how.owner == Some((self.uid, self.gid)),
+                mode: exact_mode.is_some(),
+            },
+        ))
+    }
+
     /// Sets owner, mode (after the owner: chown clears setuid and setgid),
-    /// xattrs and times through the open `file`: no path is looked up again.
-    pub fn apply(&self, file: &File, path: &Path) -> Result<()> {
+    /// xattrs and times through the open `file`, leaving out what `created`
+    /// says the file already has.
+    pub fn apply(&self, file: &File, path: &Path, created: Created) -> Result<()> {
         let errno = |action: &'static str| {
             move |e: nix::errno::Errno| Error::Io {
                 action,
@@ -38,14 +61,18 @@ impl FileMeta {
                 source: e.into(),
             }
         };
-        nix::unistd::fchown(
-            file,
-            Some(Uid::from_raw(self.uid)),
-            Some(Gid::from_raw(self.gid)),
-        )
-        .map_err(errno("chown"))?;
-        nix::sys::stat::fchmod(file, Mode::from_bits_truncate(self.mode))
-            .map_err(errno("chmod"))?;
+        if !created.owner {
+            nix::unistd::fchown(
+                file,
+                Some(Uid::from_raw(self.uid)),
+                Some(Gid::from_raw(self.gid)),
+            )
+            .map_err(errno("chown"))?;
+        }
+        if !created.mode {
+            nix::sys::stat::fchmod(file, Mode::from_bits_truncate(self.mode))
+                .map_err(errno("chmod"))?;
+        }
         for (key, value) in &self.xattrs {
             xattr::FileExt::set_xattr(file, key, value).map_err(io_err("set xattr on", path))?;
         }
@@ -54,22 +81,79 @@ impl FileMeta {
     }
 }
 
-/// Creates the regular file `path`, which must not exist (not even as a
-/// symlink), readable by its owner only until its metadata is applied.
-pub(crate) fn create_new(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
+/// What a file gets from being created, in one tree: most files of a layer
+/// are root's with mode 0644, which the create alone gives them, so they
+/// need no `fchown` and no `fchmod` (two inode updates each, a good part of
+/// the cost of unpacking small files).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CreateAs {
+    /// The owner a new file gets: ours, while no setgid directory can give
+    /// it another group; `None` when unsure.
+    owner: Option<(u32, u32)>,
+    /// The process umask, if known.
+    umask: Option<u32>,
 }
 
-/// One file for a worker: its path (new: nothing is there), data and metadata.
+impl CreateAs {
+    /// For files created under `root`, a directory this process just made
+    /// (so a setgid bit on it came from above, and is seen here).
+    pub(crate) fn under(root: &Path) -> CreateAs {
+        let setgid = match std::fs::metadata(root) {
+            Ok(meta) => std::os::unix::fs::MetadataExt::mode(&meta) & 0o2000 != 0,
+            Err(_) => true,
+        };
+        CreateAs {
+            owner: (!setgid).then(|| {
+                (
+                    nix::unistd::geteuid().as_raw(),
+                    nix::unistd::getegid().as_raw(),
+                )
+            }),
+            umask: process_umask(),
+        }
+    }
+
+    /// A setgid directory was made in the tree: files created in it (and in
+    /// the directories made inside it, which inherit the bit) get its group.
+    pub(crate) fn setgid_directory_made(&mut self) {
+        self.owner = None;
+    }
+
+    /// The mode to create a file with that ends up exactly `mode`, if any:
+    /// none for special bits, or for bits the umask takes away.
+    fn exact_mode(&self, mode: u32) -> Option<u32> {
+        let umask = self.umask?;
+        (mode & 0o7000 == 0 && mode & umask == 0).then_some(mode)
+    }
+}
+
+/// What creating a file already gave it (see [`CreateAs`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Created {
+    owner: bool,
+    mode: bool,
+}
+
+/// The process umask, read without changing it (the `Umask:` line of
+/// /proc/self/status, Linux 4.7 and later). kiln never changes its own
+/// umask (the sandbox's init sets one in its own process), so it is read
+/// once.
+fn process_umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(line.trim(), 8).ok()
+    })
+}
+
+/// One file for a worker: its path (new: nothing is there), data and
+/// metadata, and what creating it gives.
 pub(crate) struct FileJob {
     pub path: PathBuf,
     pub data: Vec<u8>,
     pub meta: FileMeta,
+    pub create: CreateAs,
 }
 
 /// Files at most this large are handed to the workers (with their data in
@@ -260,10 +344,13 @@ fn work(receiver: &Receiver<FileJob>, state: &State) {
 }
 
 fn write_job(job: &FileJob) -> Result<()> {
-    let mut file = create_new(&job.path).map_err(io_err("create", &job.path))?;
+    let (mut file, created) = job
+        .meta
+        .create(&job.path, job.create)
+        .map_err(io_err("create", &job.path))?;
     file.write_all(&job.data)
         .map_err(io_err("write", &job.path))?;
-    job.meta.apply(&file, &job.path)
+    job.meta.apply(&file, &job.path, created)
 }
 
 #[cfg(test)]
@@ -315,6 +402,7 @@ mod tests {
                     mtime: 1_000_000 + n as i64,
                     xattrs: Vec::new(),
                 },
+                create: CreateAs::under(dir.path()),
             })
             .unwrap();
         }
@@ -348,6 +436,7 @@ mod tests {
             path: missing.clone(),
             data: Vec::new(),
             meta: meta(),
+            create: CreateAs::default(),
         })
         .unwrap();
         let error = pool.wait().unwrap_err().to_string();
@@ -357,6 +446,7 @@ mod tests {
             path: later.clone(),
             data: Vec::new(),
             meta: meta(),
+            create: CreateAs::default(),
         });
         let _ = pool.wait();
         assert!(!later.exists());

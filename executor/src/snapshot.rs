@@ -15,7 +15,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, mkfifo, Gid, Uid};
 
 use crate::error::{io_err, Error, Result};
-use crate::files::{create_new, FileJob, FileMeta, FilePool, FILES_BEFORE_POOL, POOLED_MAX};
+use crate::files::{CreateAs, FileJob, FileMeta, FilePool, FILES_BEFORE_POOL, POOLED_MAX};
 use crate::stream::read_ahead;
 
 /// OCI whiteout file name prefix.
@@ -425,6 +425,8 @@ struct Unpacker<'a> {
     /// one, waits for the pool first. A path that is neither here nor in
     /// `dirs` does not exist yet, the snapshot having started empty.
     created: HashSet<PathBuf>,
+    /// What creating a regular file gives it here (owner, mode).
+    create: CreateAs,
 }
 
 impl Unpacker<'_> {
@@ -583,7 +585,12 @@ impl Unpacker<'_> {
                 entry
                     .read_to_end(&mut data)
                     .map_err(io_err("read", &path))?;
-                return pool.submit(FileJob { path, data, meta });
+                return pool.submit(FileJob {
+                    path,
+                    data,
+                    meta,
+                    create: self.create,
+                });
             }
         }
         if !fresh {
@@ -753,6 +760,9 @@ impl Unpacker<'_> {
             fs::set_permissions(path, fs::Permissions::from_mode(mode))
                 .map_err(io_err("chmod", path))?;
         }
+        if kind.is_dir() && mode & 0o2000 != 0 {
+            self.create.setgid_directory_made();
+        }
         for (key, value) in &xattrs {
             if is_symlink && !key.starts_with("trusted.") && !key.starts_with("security.") {
                 // user.* xattrs are not allowed on symlinks.
@@ -780,10 +790,10 @@ impl Unpacker<'_> {
     /// what is there. Everything after the create goes through the open
     /// descriptor: no path is looked up again.
     fn write_file(&mut self, path: &Path, data: &mut dyn Read, meta: &FileMeta) -> Result<()> {
-        let mut file = match create_new(path) {
+        let (mut file, created) = match meta.create(path, self.create) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 self.remove_existing(path)?;
-                create_new(path)
+                meta.create(path, self.create)
             }
             other => other,
         }
@@ -800,7 +810,7 @@ impl Unpacker<'_> {
             };
             io::Write::write_all(&mut file, &self.buffer[..n]).map_err(io_err("write", path))?;
         }
-        meta.apply(&file, path)
+        meta.apply(&file, path, created)
     }
 
     fn remove_existing(&mut self, path: &Path) -> Result<()> {
@@ -932,6 +942,7 @@ pub(crate) fn unpack_layer<R: Read>(reader: R, dir: &Path, chain_id: &str) -> Re
         buffer: Vec::new(),
         pool: None,
         created: HashSet::new(),
+        create: CreateAs::under(dir),
     };
     let entries = archive
         .entries()

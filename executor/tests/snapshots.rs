@@ -390,6 +390,69 @@ fn rich_layer() -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
+/// Files with the creator's owner and a plain mode are created that way;
+/// the rest are changed after, and a setgid directory's group is never
+/// taken for the creator's.
+#[test]
+fn files_get_their_exact_owners_and_modes_beside_setgid_directories() {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, kind: tar::EntryType, mode: u32, uid: u64, gid: u64| {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_uid(uid);
+        header.set_gid(gid);
+        header.set_mtime(1_500_000_000);
+        let data: &[u8] = if kind.is_dir() { b"" } else { b"data" };
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        builder.append_data(&mut header, path, data).unwrap();
+    };
+    use tar::EntryType::{Directory, Regular};
+    add("plain/", Directory, 0o755, 0, 0);
+    // Enough files for the pool to take over.
+    for n in 0..40 {
+        add(&format!("plain/f{n}"), Regular, 0o644, 0, 0);
+    }
+    add("plain/group-writable", Regular, 0o666, 0, 0);
+    add("plain/other-owner", Regular, 0o600, 5, 6);
+    add("plain/setuid", Regular, 0o4755, 0, 0);
+    add("shared/", Directory, 0o2775, 0, 50);
+    for n in 0..40 {
+        add(&format!("shared/f{n}"), Regular, 0o644, 0, 0);
+    }
+    add("shared/sub/g", Regular, 0o644, 0, 0);
+    let layer = builder.into_inner().unwrap();
+
+    // And the whole store under a setgid directory of another group.
+    let dir = scratch();
+    let parent = dir.path().join("group-store");
+    fs::create_dir(&parent).unwrap();
+    std::os::unix::fs::chown(&parent, None, Some(60)).unwrap();
+    fs::set_permissions(
+        &parent,
+        std::os::unix::fs::PermissionsExt::from_mode(0o2775),
+    )
+    .unwrap();
+    for root in [dir.path().join("s"), parent.join("s")] {
+        let snapshots = Snapshotter::new(&root).unwrap();
+        let snapshot = prepare(&snapshots, "sha256:owners", &layer).unwrap();
+        let meta = |path: &str| {
+            let meta = fs::symlink_metadata(snapshot.join(path)).unwrap();
+            (meta.mode() & 0o7777, meta.uid(), meta.gid())
+        };
+        for n in 0..40 {
+            assert_eq!(meta(&format!("plain/f{n}")), (0o644, 0, 0), "{root:?}");
+            assert_eq!(meta(&format!("shared/f{n}")), (0o644, 0, 0), "{root:?}");
+        }
+        assert_eq!(meta("plain/group-writable"), (0o666, 0, 0));
+        assert_eq!(meta("plain/other-owner"), (0o600, 5, 6));
+        assert_eq!(meta("plain/setuid"), (0o4755, 0, 0));
+        assert_eq!(meta("shared"), (0o2775, 0, 50));
+        assert_eq!(meta("shared/sub/g"), (0o644, 0, 0));
+    }
+}
+
 #[test]
 fn a_streamed_snapshot_is_the_unpacked_one() {
     let dir = scratch();
