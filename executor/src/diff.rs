@@ -240,12 +240,19 @@ fn is_copied_up_only(view: &RootfsView, path: &str, host: &Path, meta: &Metadata
     {
         return Ok(false);
     }
-    Ok(read_xattrs(host)? == read_xattrs(&lower.host_path)?)
+    Ok(read_xattrs(host, None)? == read_xattrs(&lower.host_path, None)?)
 }
 
-fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+/// The xattrs of `path` worth keeping in a layer, read through `file` (the
+/// open `path`) when there is one: no path lookup per call.
+fn read_xattrs(path: &Path, file: Option<&fs::File>) -> Result<Vec<(String, Vec<u8>)>> {
+    use xattr::FileExt;
     let mut out = Vec::new();
-    let names = match xattr::list(path) {
+    let listed = match file {
+        Some(file) => file.list_xattr(),
+        None => xattr::list(path),
+    };
+    let names = match listed {
         Ok(names) => names,
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(out),
         Err(e) => return Err(io_err("list xattrs of", path)(e)),
@@ -255,7 +262,11 @@ fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
         if is_overlay_xattr(name) {
             continue;
         }
-        if let Some(value) = xattr::get(path, name).map_err(io_err("read xattr of", path))? {
+        let value = match file {
+            Some(file) => file.get_xattr(name),
+            None => xattr::get(path, name),
+        };
+        if let Some(value) = value.map_err(io_err("read xattr of", path))? {
             out.push((name.to_owned(), value));
         }
     }
@@ -365,7 +376,16 @@ impl<W: Write> LayerWriter<'_, W> {
             // Before any record: a socket's xattrs must not go to the next entry.
             return Ok(());
         }
-        let xattrs = read_xattrs(host)?;
+        // A regular file (not a later link to one) is opened first: its
+        // xattrs are read through the descriptor its data then comes from.
+        let inode = (meta.dev(), meta.ino());
+        let file = if meta.is_file() && !(meta.nlink() > 1 && self.first_paths.contains_key(&inode))
+        {
+            Some(open_resolved(host, meta).map_err(io_err("read", host))?)
+        } else {
+            None
+        };
+        let xattrs = read_xattrs(host, file.as_ref())?;
         if !xattrs.is_empty() {
             let records: Vec<(String, &[u8])> = xattrs
                 .iter()
@@ -394,35 +414,40 @@ impl<W: Write> LayerWriter<'_, W> {
                 .append_link(&mut header, &entry.path, &target)
                 .map_err(tar_err(&entry.path))
         } else if file_type.is_file() {
-            self.file(entry, host, meta, header)
+            self.file(entry, file, meta, header)
         } else {
             // A device node or FIFO (sockets were skipped above).
             self.special(entry, meta, header)
         }
     }
 
-    /// A regular file: its data, or a hard link to its first path.
+    /// A regular file: its data from `file` (open), or, without one, a hard
+    /// link to its first path.
     fn file(
         &mut self,
         entry: &Entry,
-        host: &Path,
+        file: Option<fs::File>,
         meta: &fs::Metadata,
         mut header: tar::Header,
     ) -> Result<()> {
         let inode = (meta.dev(), meta.ino());
+        let Some(file) = file else {
+            let target = self.first_paths.get(&inode).ok_or_else(|| Error::Io {
+                action: "write layer entry",
+                path: PathBuf::from(&entry.path),
+                source: io::Error::other("a file to link to was not written first"),
+            })?;
+            header.set_entry_type(tar::EntryType::Link);
+            return self
+                .builder
+                .append_link(&mut header, &entry.path, target)
+                .map_err(tar_err(&entry.path));
+        };
         if meta.nlink() > 1 {
-            if let Some(target) = self.first_paths.get(&inode) {
-                header.set_entry_type(tar::EntryType::Link);
-                return self
-                    .builder
-                    .append_link(&mut header, &entry.path, target)
-                    .map_err(tar_err(&entry.path));
-            }
             self.first_paths.insert(inode, entry.path.clone());
         }
         header.set_entry_type(tar::EntryType::Regular);
         header.set_size(meta.len());
-        let file = open_resolved(host, meta).map_err(io_err("read", host))?;
         // The tar writer copies through an 8 KiB buffer: reading
         // the file in up to 1 MiB pieces saves a large file's
         // tens of thousands of read calls.

@@ -233,6 +233,7 @@ fn plain_directories_keep_owners_modes_and_hardlinks() {
     std::os::unix::fs::chown(root.join("app/tool"), Some(1000), Some(1000)).unwrap();
     fs::set_permissions(root.join("app/tool"), fs::Permissions::from_mode(0o2755)).unwrap();
     fs::hard_link(root.join("app/tool"), root.join("app/alias")).unwrap();
+    xattr::set(root.join("app/tool"), "user.note", b"kept").unwrap();
     let mut tar = Vec::new();
     let summary = write_dir_layer(
         &root,
@@ -257,6 +258,10 @@ fn plain_directories_keep_owners_modes_and_hardlinks() {
         (tar::EntryType::Link, Some("app/alias"))
     );
     assert!(all.iter().all(|e| e.mtime == 10));
+    // The file's xattrs (read through its descriptor) and the link's.
+    let note = [("user.note".to_owned(), b"kept".to_vec())];
+    assert_eq!(all[1].xattrs, note);
+    assert_eq!(all[2].xattrs, note);
     assert_eq!(fs::metadata(root.join("app/tool")).unwrap().nlink(), 2);
 }
 

@@ -522,6 +522,43 @@ fn streams_that_end_early_or_lose_a_race_leave_one_snapshot_and_no_work() {
     assert_eq!(common::temp_leftovers(&root), Vec::<String>::new());
 }
 
+/// The pool's workers hold the directory they last wrote in open: one
+/// replaced since (whited out, made again) gets the later files, not the
+/// removed one.
+#[test]
+fn files_land_in_a_directory_made_again_not_the_removed_one() {
+    let dir = scratch();
+    let snapshots = Snapshotter::new(dir.path().join("s")).unwrap();
+    let mut entries: Vec<(String, tar::EntryType, String)> = Vec::new();
+    for round in 0..3 {
+        entries.push(("d/".into(), tar::EntryType::Directory, String::new()));
+        for n in 0..100 {
+            entries.push((
+                format!("d/f{round}-{n}"),
+                tar::EntryType::Regular,
+                n.to_string(),
+            ));
+        }
+        if round < 2 {
+            entries.push((".wh.d".into(), tar::EntryType::Regular, String::new()));
+        }
+    }
+    let entries: Vec<(&str, tar::EntryType, &str)> = entries
+        .iter()
+        .map(|(p, k, d)| (p.as_str(), *k, d.as_str()))
+        .collect();
+    let snapshot = prepare(&snapshots, "sha256:again", &tar_of(&entries)).unwrap();
+    let mut names: Vec<String> = fs::read_dir(snapshot.join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let mut expected: Vec<String> = (0..100).map(|n| format!("f2-{n}")).collect();
+    expected.sort();
+    assert_eq!(names, expected);
+    assert_eq!(fs::read_to_string(snapshot.join("d/f2-42")).unwrap(), "42");
+}
+
 #[test]
 fn later_entries_wait_for_the_files_still_being_written() {
     let dir = scratch();
