@@ -14,8 +14,10 @@
 //! downloads too with `--unpack=true` (`--unpack=false`: nothing).
 
 use rustc_hash::FxHashMap;
+use std::ffi::OsString;
 use std::fs;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -586,10 +588,13 @@ struct TreeWriter<'a> {
     /// lookup per file of a large COPY (and never follows a copied symlink
     /// out of the tree). `None` once an archive was unpacked into the tree:
     /// then the filesystem is asked.
-    made: Option<FxHashMap<PathBuf, bool>>,
+    /// Keyed by the host path's bytes (hashing a `Path` walks its
+    /// components, a cost per file of a large COPY).
+    made: Option<FxHashMap<OsString, bool>>,
     /// Files that keep their source's owner and mode: not put in the tree but
-    /// written into the layer straight from the source, by tree path.
-    extra: FxHashMap<PathBuf, ExtraFile>,
+    /// written into the layer straight from the source, by host path (as
+    /// `made`).
+    extra: FxHashMap<OsString, ExtraFile>,
     /// The image path (cleaned) of the last directory `ensure_parents` made
     /// sure of, while `made` answers for the tree: the next file in the
     /// same directory skips the walk up its parents. Cleared whenever
@@ -605,14 +610,14 @@ impl TreeWriter<'_> {
     /// Whether `host` is in the tree: `Some(is_dir)` or `None`.
     fn in_tree(&self, host: &Path) -> Option<bool> {
         match &self.made {
-            Some(made) => made.get(host).copied(),
+            Some(made) => made.get(host.as_os_str()).copied(),
             None => fs::symlink_metadata(host).ok().map(|m| m.is_dir()),
         }
     }
 
     fn note(&mut self, host: &Path, is_dir: bool) {
         if let Some(made) = &mut self.made {
-            made.insert(host.to_path_buf(), is_dir);
+            made.insert(host.as_os_str().to_owned(), is_dir);
         }
     }
 
@@ -624,17 +629,17 @@ impl TreeWriter<'_> {
         match self.in_tree(host) {
             Some(true) => {
                 fs::remove_dir_all(host).map_err(io_err(host))?;
-                self.extra.retain(|path, _| !path.starts_with(host));
+                self.extra.retain(|path, _| !Path::new(path).starts_with(host));
             }
             Some(false) => {
-                if self.extra.remove(host).is_none() {
+                if self.extra.remove(host.as_os_str()).is_none() {
                     fs::remove_file(host).map_err(io_err(host))?;
                 }
             }
             None => return Ok(()),
         }
         if let Some(made) = &mut self.made {
-            made.retain(|path, _| !path.starts_with(host));
+            made.retain(|path, _| !Path::new(path).starts_with(host));
         }
         Ok(())
     }
@@ -643,6 +648,7 @@ impl TreeWriter<'_> {
     /// across filesystems), before something that only the filesystem tracks.
     fn materialize_extra(&mut self) -> Result<()> {
         for (host, file) in std::mem::take(&mut self.extra) {
+            let host = PathBuf::from(host);
             if link_resolved(&file.source, &file.metadata, &host).is_err() {
                 copy_resolved(&file.source, &file.metadata, &host).map_err(io_err(&host))?;
             }
@@ -652,11 +658,12 @@ impl TreeWriter<'_> {
 
     /// The extra files by tar path (relative to the tree), in no order.
     fn into_extra(self) -> Vec<(String, ExtraFile)> {
-        let out = self.out;
+        // Host paths are `out` joined with a clean relative path.
+        let out = self.out.as_os_str().as_bytes();
         let mut extra = Vec::with_capacity(self.extra.len());
         extra.extend(self.extra.into_iter().filter_map(|(host, file)| {
-            let rel = host.strip_prefix(out).ok()?.to_str()?.to_owned();
-            Some((rel, file))
+            let rel = host.as_bytes().strip_prefix(out)?.strip_prefix(b"/")?;
+            Some((std::str::from_utf8(rel).ok()?.to_owned(), file))
         }));
         extra
     }
@@ -705,7 +712,7 @@ impl TreeWriter<'_> {
             Some(true) => {}
             Some(false) => {
                 self.parents_ensured.clear();
-                if self.extra.remove(host).is_none() {
+                if self.extra.remove(host.as_os_str()).is_none() {
                     fs::remove_file(host).map_err(io_err(host))?;
                 }
                 fs::create_dir(host).map_err(io_err(host))?;
@@ -789,15 +796,16 @@ impl TreeWriter<'_> {
         // archive), it is hard-linked; another filesystem (EXDEV) falls
         // back to copying.
         if self.chmod.is_none() && (uid, gid) == (entry.meta.uid(), entry.meta.gid()) {
-            if self.made.is_some() {
+            if let Some(made) = &mut self.made {
+                let key = host.into_os_string();
+                made.insert(key.clone(), false);
                 self.extra.insert(
-                    host.clone(),
+                    key,
                     ExtraFile {
                         source: entry.host.clone(),
                         metadata: entry.meta.clone(),
                     },
                 );
-                self.note(&host, false);
                 return Ok(());
             }
             if link_resolved(&entry.host, &entry.meta, &host).is_ok() {
