@@ -315,6 +315,10 @@ fn write_entries<W: Write>(
     })
 }
 
+/// The buffer the tar writer copies an entry's data through (std's
+/// `io::copy` on a `dyn Read`).
+const TAR_COPY_BUFFER: u64 = 8 * 1024;
+
 /// The tar of a layer being written, entry by entry.
 struct LayerWriter<'o, W: Write> {
     builder: tar::Builder<W>,
@@ -448,20 +452,26 @@ impl<W: Write> LayerWriter<'_, W> {
         }
         header.set_entry_type(tar::EntryType::Regular);
         header.set_size(meta.len());
-        // The tar writer copies through an 8 KiB buffer: reading
-        // the file in up to 1 MiB pieces saves a large file's
-        // tens of thousands of read calls.
-        let file = io::BufReader::with_capacity(
-            usize::try_from(meta.len())
-                .unwrap_or(usize::MAX)
-                .clamp(512, 1 << 20),
-            file,
-        );
-        // A file that changes size while being archived would corrupt the tar.
-        let reader = io::Read::take(file, meta.len());
-        self.builder
-            .append_data(&mut header, &entry.path, reader)
-            .map_err(tar_err(&entry.path))
+        // A file that changes size while being archived would corrupt the
+        // tar: exactly the listed size is copied.
+        let appended = if meta.len() <= TAR_COPY_BUFFER {
+            // One read into the tar writer's own buffer.
+            let reader = io::Read::take(file, meta.len());
+            self.builder.append_data(&mut header, &entry.path, reader)
+        } else {
+            // The tar writer copies through its 8 KiB buffer: reading the
+            // file in up to 1 MiB pieces saves a large file's tens of
+            // thousands of read calls.
+            let file = io::BufReader::with_capacity(
+                usize::try_from(meta.len())
+                    .unwrap_or(usize::MAX)
+                    .min(1 << 20),
+                file,
+            );
+            let reader = io::Read::take(file, meta.len());
+            self.builder.append_data(&mut header, &entry.path, reader)
+        };
+        appended.map_err(tar_err(&entry.path))
     }
 
     /// A device node or FIFO.
