@@ -629,7 +629,8 @@ impl TreeWriter<'_> {
         match self.in_tree(host) {
             Some(true) => {
                 fs::remove_dir_all(host).map_err(io_err(host))?;
-                self.extra.retain(|path, _| !Path::new(path).starts_with(host));
+                self.extra
+                    .retain(|path, _| !Path::new(path).starts_with(host));
             }
             Some(false) => {
                 if self.extra.remove(host.as_os_str()).is_none() {

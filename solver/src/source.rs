@@ -618,21 +618,45 @@ pub(crate) fn select(fs: &dyn SourceFs, source: &str) -> Result<Vec<SourceEntry>
 /// it in path order, excluded paths left out. The directories of each depth are listed in
 /// parallel.
 pub(crate) fn walk(fs: &dyn SourceFs, top: &SourceEntry) -> Result<Vec<SourceEntry>> {
-    let mut out = vec![top.clone()];
+    Ok(walk_with(fs, top, |_| Ok(()))?
+        .into_iter()
+        .map(|(entry, ())| entry)
+        .collect())
+}
+
+/// [`walk`], with `visit`'s result for each entry, computed as soon as the
+/// entry's directory is listed (in parallel, for the entries of one
+/// directory too): work on the files overlaps the listing of the next
+/// directories instead of waiting for the whole walk.
+pub(crate) fn walk_with<T: Send>(
+    fs: &dyn SourceFs,
+    top: &SourceEntry,
+    visit: impl Fn(&SourceEntry) -> Result<T> + Sync,
+) -> Result<Vec<(SourceEntry, T)>> {
+    let visited = visit(top)?;
+    let mut out = vec![(top.clone(), visited)];
     if !top.meta.is_dir() {
         return Ok(out);
     }
     let mut dirs = vec![top.rel.clone()];
     while !dirs.is_empty() {
-        let listed: Vec<Vec<SourceEntry>> = dirs
+        let listed: Vec<Vec<(SourceEntry, T)>> = dirs
             .par_iter()
-            .map(|dir| fs.list_dir(dir))
+            .map(|dir| {
+                fs.list_dir(dir)?
+                    .into_par_iter()
+                    .map(|entry| {
+                        let visited = visit(&entry)?;
+                        Ok((entry, visited))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
             .collect::<Result<_>>()?;
         dirs = listed
             .iter()
             .flatten()
-            .filter(|e| e.meta.is_dir())
-            .map(|e| e.rel.clone())
+            .filter(|(e, _)| e.meta.is_dir())
+            .map(|(e, _)| e.rel.clone())
             .collect();
         out.reserve(listed.iter().map(Vec::len).sum());
         out.extend(listed.into_iter().flatten());
@@ -642,8 +666,8 @@ pub(crate) fn walk(fs: &dyn SourceFs, top: &SourceEntry) -> Result<Vec<SourceEnt
     // not the entries themselves, moves each (large) entry once.
     // (Stable: each directory's entries are already a sorted run.)
     let mut order: Vec<usize> = (1..out.len()).collect();
-    order.sort_by(|&a, &b| out[a].rel.cmp(&out[b].rel));
-    let mut slots: Vec<Option<SourceEntry>> = out.into_iter().map(Some).collect();
+    order.sort_by(|&a, &b| out[a].0.rel.cmp(&out[b].0.rel));
+    let mut slots: Vec<Option<(SourceEntry, T)>> = out.into_iter().map(Some).collect();
     let mut sorted = Vec::with_capacity(slots.len());
     sorted.extend(
         std::iter::once(0)
@@ -664,17 +688,16 @@ pub(crate) fn content_digest(fs: &dyn SourceFs, sources: &[String]) -> Result<Ke
         let selected = select(fs, source)?;
         key.u64("matches", selected.len() as u64);
         for top in selected {
-            let entries = walk(fs, &top)?;
-            let digests: Vec<Option<[u8; 32]>> = entries
-                .par_iter()
-                .map(|e| {
+            let (entries, digests): (Vec<SourceEntry>, Vec<Option<[u8; 32]>>) =
+                walk_with(fs, &top, |e| {
                     if e.meta.is_file() {
                         fs.file_digest(e).map(Some)
                     } else {
                         Ok(None)
                     }
-                })
-                .collect::<Result<_>>()?;
+                })?
+                .into_iter()
+                .unzip();
             key.str("top", &top.rel)
                 .u64("entries", entries.len() as u64);
             for (entry, digest) in entries.iter().zip(digests) {
