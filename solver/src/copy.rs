@@ -623,10 +623,11 @@ impl TreeWriter<'_> {
 
     /// Removes what an earlier source put at `host`, so a later one wins.
     fn remove_existing(&mut self, host: &Path) -> Result<()> {
-        if self.in_tree(host).is_some() {
+        let existing = self.in_tree(host);
+        if existing.is_some() {
             self.parents_ensured.clear();
         }
-        match self.in_tree(host) {
+        match existing {
             Some(true) => {
                 fs::remove_dir_all(host).map_err(io_err(host))?;
                 self.extra
