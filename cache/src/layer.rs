@@ -28,6 +28,12 @@ pub struct LayerBlob {
 
 /// How many uncompressed bytes the writer hands to the compression thread at once.
 const CHUNK: usize = 1 << 20;
+/// Chunks a gzip layer may have in flight (at least two per gzip thread):
+/// the tar writer runs ahead of compression that a busy machine (the
+/// snapshot of the same layer being written beside it) delays now and then,
+/// instead of waiting for it chunk by chunk. 16 against 4 made a COPY of
+/// 20,000 files then RUN 4% faster on 2 cores.
+const CHUNKS_IN_FLIGHT: usize = 16;
 
 /// Writes one layer into the store: takes the uncompressed tar stream through
 /// `Write`, hashes it (the diff_id) on the caller's thread, and compresses,
@@ -212,7 +218,7 @@ struct ParallelGzip {
     results: Option<Sender<GzipMessage>>,
     /// One slot per chunk in flight, freed by the writer thread as it writes
     /// the chunk's member: bounds the memory of a layer whose file writes
-    /// are slower than the compression.
+    /// are slower than the compression (see [`CHUNKS_IN_FLIGHT`]).
     in_flight: Option<SyncSender<()>>,
     writer: Option<JoinHandle<io::Result<CompressedBlob>>>,
     next_index: u64,
@@ -284,7 +290,7 @@ impl ParallelGzip {
     fn start(temp: tempfile::NamedTempFile) -> Result<ParallelGzip> {
         let pool = GzipPool::get().during("starting the gzip threads")?;
         let (results, result_receiver) = std::sync::mpsc::channel::<GzipMessage>();
-        let (in_flight, slots) = sync_channel::<()>(pool.threads * 2);
+        let (in_flight, slots) = sync_channel::<()>((pool.threads * 2).max(CHUNKS_IN_FLIGHT));
         let writer = std::thread::Builder::new()
             .name("kiln-gzip-writer".to_owned())
             .spawn(move || -> io::Result<CompressedBlob> {
