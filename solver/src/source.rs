@@ -8,6 +8,7 @@ use std::fs::Metadata;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use kiln_executor::{open_resolved, resolve, Node, OpenDir, Resolved, ScopedTree};
@@ -130,6 +131,8 @@ pub struct BuildContext {
     known: StatCache,
     /// What this build learned, saved with `known` when not empty.
     learned: Mutex<HashMap<String, StatRecord>>,
+    /// How many of `learned` the stat cache file holds.
+    saved_records: AtomicUsize,
     stat_cache_file: Option<PathBuf>,
     /// Walks kept between a COPY's key and its run (see
     /// [`SourceFs::keep_walk`]), by the top's path, device and inode.
@@ -295,6 +298,7 @@ impl BuildContext {
             ignore,
             known,
             learned: Mutex::new(HashMap::new()),
+            saved_records: AtomicUsize::new(0),
             stat_cache_file,
             kept_walks: Mutex::default(),
         })
@@ -313,13 +317,15 @@ impl BuildContext {
         &self.root
     }
 
-    /// Writes the stat cache back, atomically, when it learned anything.
+    /// Writes the stat cache back, atomically, when it learned anything
+    /// since it was last written.
     pub fn save_stat_cache(&self) -> Result<()> {
         let Some(file) = &self.stat_cache_file else {
             return Ok(());
         };
         let learned = self.learned.lock().map_err(poisoned("stat cache"))?;
-        if learned.is_empty() {
+        // Records are only ever added.
+        if learned.len() == self.saved_records.load(Ordering::Relaxed) {
             return Ok(());
         }
         let dir = file.parent().unwrap_or(Path::new("."));
@@ -340,6 +346,7 @@ impl BuildContext {
             path: file.clone(),
             error: e.error,
         })?;
+        self.saved_records.store(learned.len(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -951,6 +958,37 @@ mod tests {
             ctx.file_digest(&entry).unwrap(),
             *blake3::hash(b"changed").as_bytes()
         );
+    }
+
+    #[test]
+    fn stat_cache_is_written_again_only_when_it_learned_more() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ctx =
+            BuildContext::new(dir.path(), IgnoreRules::default(), Some(state.path())).unwrap();
+        let record = |digest: &[u8]| StatRecord {
+            size: 1,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            inode: 1,
+            digest: *blake3::hash(digest).as_bytes(),
+        };
+        let file = ctx.stat_cache_file.clone().unwrap();
+        ctx.learned.lock().unwrap().insert("a".into(), record(b"a"));
+        ctx.save_stat_cache().unwrap();
+        let first = fs::read(&file).unwrap();
+        // Nothing new: not written (a removed file stays removed).
+        fs::remove_file(&file).unwrap();
+        ctx.save_stat_cache().unwrap();
+        assert!(!file.exists());
+        // Learned more while steps ran: written again, with both.
+        ctx.learned.lock().unwrap().insert("b".into(), record(b"b"));
+        ctx.save_stat_cache().unwrap();
+        let second = fs::read(&file).unwrap();
+        assert!(second.len() > first.len());
+        let reopened =
+            BuildContext::new(dir.path(), IgnoreRules::default(), Some(state.path())).unwrap();
+        assert_eq!(reopened.known.records.len(), 2);
     }
 
     #[test]

@@ -547,7 +547,39 @@ impl Runs<'_> {
         // Vertices off the critical path, which run nicer.
         let yielding = yielding(vertices);
         let deps: Vec<Vec<usize>> = vertices.iter().map(|v| v.deps.clone()).collect();
-        let outcome = run_dag(&deps, options.jobs, self.cancel, |id| {
+        // Planning hashed the context's files: what it learned is written
+        // while the steps run (and again after, if they learned more).
+        let save_stat_caches = || -> Result<()> {
+            context.save_stat_cache()?;
+            for named in options.named_contexts.values() {
+                named.save_stat_cache()?;
+            }
+            Ok(())
+        };
+        let (outcome, saved) = std::thread::scope(|scope| {
+            let saving = scope.spawn(save_stat_caches);
+            let outcome = self.run_steps(&deps, vertices, &runner, &yielding, &outcomes);
+            let saved = saving
+                .join()
+                .unwrap_or_else(|_| Err(Error::Invalid("saving the stat cache panicked".into())));
+            (outcome, saved)
+        });
+        saved?;
+        save_stat_caches()?;
+        outcome?;
+        outcomes.into_made()
+    }
+
+    /// Runs the DAG of `vertices`: each from the cache or through `runner`.
+    fn run_steps(
+        &self,
+        deps: &[Vec<usize>],
+        vertices: &[Vertex<'_>],
+        runner: &Runner<'_>,
+        yielding: &HashSet<usize>,
+        outcomes: &Outcomes,
+    ) -> Result<()> {
+        run_dag(deps, self.options.jobs, self.cancel, |id| {
             let vertex = &vertices[id];
             let outcome = match self.cached(vertex)? {
                 Some(outcome) => {
@@ -555,18 +587,12 @@ impl Runs<'_> {
                     outcome
                 }
                 None if yielding.contains(&id) => {
-                    priority::on_nicer_thread(|| self.run_fresh(&runner, id, vertex))?
+                    priority::on_nicer_thread(|| self.run_fresh(runner, id, vertex))?
                 }
-                None => self.run_fresh(&runner, id, vertex)?,
+                None => self.run_fresh(runner, id, vertex)?,
             };
             outcomes.add(id, outcome)
-        });
-        context.save_stat_cache()?;
-        for named in options.named_contexts.values() {
-            named.save_stat_cache()?;
-        }
-        outcome?;
-        outcomes.into_made()
+        })
     }
 
     /// The vertex's result from a cache record, local or imported, unless
