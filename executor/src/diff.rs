@@ -319,6 +319,13 @@ fn write_entries<W: Write>(
 /// `io::copy` on a `dyn Read`).
 const TAR_COPY_BUFFER: u64 = 8 * 1024;
 
+/// A regular file's entry: another link to an inode already in the layer
+/// (by its first path), or the file itself, open.
+enum FileData {
+    LinkTo(String),
+    Open(fs::File),
+}
+
 /// The tar of a layer being written, entry by entry.
 struct LayerWriter<'o, W: Write> {
     builder: tar::Builder<W>,
@@ -380,16 +387,18 @@ impl<W: Write> LayerWriter<'_, W> {
             // Before any record: a socket's xattrs must not go to the next entry.
             return Ok(());
         }
-        // A regular file (not a later link to one) is opened first: its
+        // A regular file's data is settled first: a file is opened, and its
         // xattrs are read through the descriptor its data then comes from.
-        let inode = (meta.dev(), meta.ino());
-        let file = if meta.is_file() && !(meta.nlink() > 1 && self.first_paths.contains_key(&inode))
-        {
-            Some(open_resolved(host, meta).map_err(io_err("read", host))?)
+        let data = if meta.is_file() {
+            Some(self.file_data(host, meta)?)
         } else {
             None
         };
-        let xattrs = read_xattrs(host, file.as_ref())?;
+        let opened = match &data {
+            Some(FileData::Open(file)) => Some(file),
+            _ => None,
+        };
+        let xattrs = read_xattrs(host, opened)?;
         if !xattrs.is_empty() {
             let records: Vec<(String, &[u8])> = xattrs
                 .iter()
@@ -417,38 +426,48 @@ impl<W: Write> LayerWriter<'_, W> {
             self.builder
                 .append_link(&mut header, &entry.path, &target)
                 .map_err(tar_err(&entry.path))
-        } else if file_type.is_file() {
-            self.file(entry, file, meta, header)
+        } else if let Some(data) = data {
+            self.file(entry, data, meta, header)
         } else {
             // A device node or FIFO (sockets were skipped above).
             self.special(entry, meta, header)
         }
     }
 
-    /// A regular file: its data from `file` (open), or, without one, a hard
-    /// link to its first path.
+    /// Where the regular file at `host` comes from: a hard link to the
+    /// first path of its inode already written, or the file opened.
+    fn file_data(&self, host: &Path, meta: &fs::Metadata) -> Result<FileData> {
+        if meta.nlink() > 1 {
+            if let Some(first) = self.first_paths.get(&(meta.dev(), meta.ino())) {
+                return Ok(FileData::LinkTo(first.clone()));
+            }
+        }
+        Ok(FileData::Open(
+            open_resolved(host, meta).map_err(io_err("read", host))?,
+        ))
+    }
+
+    /// A regular file: its data, or a hard link to its first path.
     fn file(
         &mut self,
         entry: &Entry,
-        file: Option<fs::File>,
+        data: FileData,
         meta: &fs::Metadata,
         mut header: tar::Header,
     ) -> Result<()> {
-        let inode = (meta.dev(), meta.ino());
-        let Some(file) = file else {
-            let target = self.first_paths.get(&inode).ok_or_else(|| Error::Io {
-                action: "write layer entry",
-                path: PathBuf::from(&entry.path),
-                source: io::Error::other("a file to link to was not written first"),
-            })?;
-            header.set_entry_type(tar::EntryType::Link);
-            return self
-                .builder
-                .append_link(&mut header, &entry.path, target)
-                .map_err(tar_err(&entry.path));
+        let file = match data {
+            FileData::LinkTo(first) => {
+                header.set_entry_type(tar::EntryType::Link);
+                return self
+                    .builder
+                    .append_link(&mut header, &entry.path, &first)
+                    .map_err(tar_err(&entry.path));
+            }
+            FileData::Open(file) => file,
         };
         if meta.nlink() > 1 {
-            self.first_paths.insert(inode, entry.path.clone());
+            self.first_paths
+                .insert((meta.dev(), meta.ino()), entry.path.clone());
         }
         header.set_entry_type(tar::EntryType::Regular);
         header.set_size(meta.len());
