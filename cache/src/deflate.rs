@@ -96,7 +96,7 @@ impl DeflateWriter {
         matcher.next_generation();
         let mut at = 0;
         while at < data.len() {
-            match matcher.longest_at(data, at) {
+            match matcher.match_at(data, at) {
                 Some((length, distance)) => {
                     self.length(length);
                     self.distance(distance);
@@ -213,7 +213,7 @@ impl Matcher {
 
     /// The match at `at` with the last earlier position of the same hash
     /// (`at` is then recorded), as (length, distance).
-    fn longest_at(&mut self, data: &[u8], at: usize) -> Option<(usize, usize)> {
+    fn match_at(&mut self, data: &[u8], at: usize) -> Option<(usize, usize)> {
         let key = data.get(at..at + MIN_MATCH)?;
         let hash = (u32::from(key[0]) | u32::from(key[1]) << 8 | u32::from(key[2]) << 16)
             .wrapping_mul(0x9e37_79b1)
