@@ -665,19 +665,21 @@ impl Store {
                 continue;
             }
             report.bytes_freed += tree_size(&entry.path());
-            // The executor's boot marker first (a snapshot without one is
-            // never used, so a crash halfway leaves nothing trusted), then
-            // the snapshot and its lock.
-            let marker = snapshots.join(".boot").join(&name);
-            if marker.exists() {
-                fs::remove_file(&marker).at(&marker)?;
-            }
+            // The executor's file of the snapshot in `.boot/` or `.locks/`.
+            let remove_private = |dir: &str| -> Result<()> {
+                let file = snapshots.join(dir).join(&name);
+                if file.exists() {
+                    fs::remove_file(&file).at(&file)?;
+                }
+                Ok(())
+            };
+            // The boot marker first (a snapshot without one is never used,
+            // so a crash halfway leaves nothing trusted), then the snapshot
+            // and its lock.
+            remove_private(".boot")?;
             remove_dir_all_writable(&entry.path())?;
             report.snapshots_removed += 1;
-            let lock = snapshots.join(".locks").join(&name);
-            if lock.exists() {
-                fs::remove_file(&lock).at(&lock)?;
-            }
+            remove_private(".locks")?;
         }
         // Large snapshots are filled under `.spread/` (the executor's): what
         // is there is unfinished.
