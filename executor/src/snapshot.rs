@@ -1,7 +1,7 @@
 //! Snapshots: each layer unpacked once into a directory named after its chain id.
 
-use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -13,6 +13,7 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, mkfifo, Gid, Uid};
+use rustc_hash::FxHashSet;
 
 use crate::error::{io_err, Error, Result};
 use crate::files::{CreateAs, FileJob, FileMeta, FilePool, FILES_BEFORE_POOL, POOLED_MAX};
@@ -414,7 +415,13 @@ struct Unpacker<'a> {
     dir_times: HashMap<PathBuf, i64>,
     /// Directories known to be real directories in the snapshot (made or
     /// checked), so a path's parents are looked at once, not per entry.
-    dirs: HashSet<PathBuf>,
+    /// Keyed by the path's bytes: hashing a `Path` walks its components,
+    /// which cost more than the lookups of a layer of small files.
+    dirs: FxHashSet<OsString>,
+    /// The last entry's parent components and their directory, all in
+    /// `dirs`: consecutive entries mostly share a parent. Forgotten when
+    /// anything leaves `dirs`.
+    last_parent: Option<(Vec<OsString>, PathBuf)>,
     /// The buffer file contents are copied through.
     buffer: Vec<u8>,
     /// Workers that create small regular files, started once the layer has
@@ -424,7 +431,7 @@ struct Unpacker<'a> {
     /// being written by the pool): a later entry at one of them, or under
     /// one, waits for the pool first. A path that is neither here nor in
     /// `dirs` does not exist yet, the snapshot having started empty.
-    created: HashSet<PathBuf>,
+    created: FxHashSet<OsString>,
     /// What creating a regular file gives it here (owner, mode).
     create: CreateAs,
 }
@@ -442,13 +449,22 @@ impl Unpacker<'_> {
     /// creating missing ones; refuses to go through symlinks or files so nothing
     /// can be written outside the snapshot.
     fn parent_dir(&mut self, entry: &Path, parts: &[&OsStr]) -> Result<PathBuf> {
+        if let Some((last, dir)) = &self.last_parent {
+            if last
+                .iter()
+                .map(OsString::as_os_str)
+                .eq(parts.iter().copied())
+            {
+                return Ok(dir.clone());
+            }
+        }
         let mut dir = self.root.to_path_buf();
         for part in parts {
             dir.push(part);
-            if self.dirs.contains(&dir) {
+            if self.dirs.contains(dir.as_os_str()) {
                 continue;
             }
-            if self.created.contains(&dir) {
+            if self.created.contains(dir.as_os_str()) {
                 self.settle()?;
             }
             match fs::symlink_metadata(&dir) {
@@ -467,8 +483,10 @@ impl Unpacker<'_> {
                 }
                 Err(e) => return Err(io_err("inspect", &dir)(e)),
             }
-            self.dirs.insert(dir.clone());
+            self.dirs.insert(dir.clone().into_os_string());
         }
+        let parts = parts.iter().map(|p| p.to_os_string()).collect();
+        self.last_parent = Some((parts, dir.clone()));
         Ok(dir)
     }
 
@@ -502,19 +520,20 @@ impl Unpacker<'_> {
         }
         // Something there may still be being written (a file, or files
         // inside a directory that is about to be replaced).
-        if self.created.contains(&path) || (!kind.is_dir() && self.dirs.contains(&path)) {
+        let key = path.as_os_str();
+        if self.created.contains(key) || (!kind.is_dir() && self.dirs.contains(key)) {
             self.settle()?;
         }
         if kind.is_dir() {
             self.make_dir(&path)?;
         } else {
-            if self.dirs.contains(&path) || fs::symlink_metadata(&path).is_ok() {
+            if self.dirs.contains(path.as_os_str()) || fs::symlink_metadata(&path).is_ok() {
                 self.remove_existing(&path)?;
             }
             if !self.make_other(&entry, &raw_path, &path, meta.mode)? {
                 return Ok(());
             }
-            self.created.insert(path.clone());
+            self.created.insert(path.clone().into_os_string());
         }
         self.apply_meta(&raw_path, &path, kind, meta)
     }
@@ -532,7 +551,7 @@ impl Unpacker<'_> {
             path: path.clone(),
             source: e.into(),
         })?;
-        self.created.insert(path);
+        self.created.insert(path.into_os_string());
         Ok(())
     }
 
@@ -574,8 +593,9 @@ impl Unpacker<'_> {
         path: PathBuf,
         meta: FileMeta,
     ) -> Result<()> {
-        let fresh = !self.created.contains(&path) && !self.dirs.contains(&path);
-        self.created.insert(path.clone());
+        let key = path.as_os_str();
+        let fresh = !self.created.contains(key) && !self.dirs.contains(key);
+        self.created.insert(path.clone().into_os_string());
         if self.pool.is_none() && self.created.len() == FILES_BEFORE_POOL {
             self.pool = FilePool::start();
         }
@@ -601,7 +621,7 @@ impl Unpacker<'_> {
 
     /// A directory, kept if one is there already (replacing anything else).
     fn make_dir(&mut self, path: &Path) -> Result<()> {
-        if !self.dirs.contains(path) {
+        if !self.dirs.contains(path.as_os_str()) {
             match fs::symlink_metadata(path) {
                 Ok(meta) if meta.is_dir() => {}
                 Ok(_) => {
@@ -611,7 +631,7 @@ impl Unpacker<'_> {
                 Err(_) => fs::create_dir(path).map_err(io_err("create", path))?,
             }
         }
-        self.dirs.insert(path.to_path_buf());
+        self.dirs.insert(path.as_os_str().to_os_string());
         Ok(())
     }
 
@@ -717,7 +737,7 @@ impl Unpacker<'_> {
             }
         }
         fs::hard_link(&source, path).map_err(io_err("create hard link", path))?;
-        self.created.insert(path.to_path_buf());
+        self.created.insert(path.as_os_str().to_os_string());
         Ok(())
     }
 
@@ -814,7 +834,8 @@ impl Unpacker<'_> {
     }
 
     fn remove_existing(&mut self, path: &Path) -> Result<()> {
-        self.dirs.retain(|p| !p.starts_with(path));
+        self.dirs.retain(|p| !Path::new(p).starts_with(path));
+        self.last_parent = None;
         match fs::symlink_metadata(path) {
             Ok(meta) if meta.is_dir() => {
                 self.dir_times.retain(|p, _| !p.starts_with(path));
@@ -938,10 +959,11 @@ pub(crate) fn unpack_layer<R: Read>(reader: R, dir: &Path, chain_id: &str) -> Re
         root: dir,
         chain_id,
         dir_times: HashMap::new(),
-        dirs: HashSet::new(),
+        dirs: FxHashSet::default(),
+        last_parent: None,
         buffer: Vec::new(),
         pool: None,
-        created: HashSet::new(),
+        created: FxHashSet::default(),
         create: CreateAs::under(dir),
     };
     let entries = archive
