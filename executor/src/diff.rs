@@ -110,6 +110,8 @@ pub fn write_dir_layer_with<W: Write>(
     let walker = Walker { overlay: None };
     let mut entries = Vec::new();
     walker.collect(dir, "", &mut entries)?;
+    let extra = extra.into_iter();
+    entries.reserve(extra.size_hint().0);
     for (path, file) in extra {
         if !file.metadata.is_file() {
             return Err(Error::Io {
@@ -224,9 +226,14 @@ impl Walker<'_> {
 }
 
 /// Orders paths so that a directory comes before its contents and siblings sort
-/// bytewise.
+/// bytewise: component by component, which for clean paths is bytewise with
+/// `/` below every other byte (a component that ends first sorts first). A
+/// layer of 20,000 files sorts its entries with this on its critical path.
 fn tar_order(a: &str, b: &str) -> std::cmp::Ordering {
-    a.split('/').cmp(b.split('/'))
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let common = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let rank = |c: Option<&u8>| c.map(|&c| if c == b'/' { 0 } else { u16::from(c) + 1 });
+    rank(a.get(common)).cmp(&rank(b.get(common)))
 }
 
 /// Whether an upper directory only exists because overlayfs copied it up (its
@@ -518,5 +525,27 @@ impl<W: Write> LayerWriter<'_, W> {
         self.builder
             .append_data(&mut header, &entry.path, io::empty())
             .map_err(tar_err(&entry.path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tar_order;
+
+    #[test]
+    fn tar_order_is_component_by_component() {
+        let paths = [
+            "a", "a/b", "a/b/c", "a-b", "a-b/c", "a.b", "a0", "a/b-c", "a/b/c-d", "a/bc", "ab",
+            "b", "#a", "-a", "a/\u{e9}", "a/z", "\u{e9}", "d1/f1", "d1/f10", "d1-x/f", "d10/f",
+        ];
+        for x in paths {
+            for y in paths {
+                assert_eq!(
+                    tar_order(x, y),
+                    x.split('/').cmp(y.split('/')),
+                    "{x:?} against {y:?}"
+                );
+            }
+        }
     }
 }
