@@ -2,12 +2,12 @@
 //! reads on: a layer is mostly small files whose creation is kernel work
 //! (inode and directory updates), which runs on every core this way.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
-use std::hash::{Hash, Hasher};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use nix::sys::stat::Mode;
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
+use rustc_hash::FxHashMap;
 
 use crate::error::{io_err, Error, Result};
 
@@ -178,9 +179,10 @@ struct Queued {
     bytes: usize,
 }
 
-#[derive(Default)]
 struct State {
     queued: Mutex<Queued>,
+    /// Jobs queued with each worker and not yet done, by worker.
+    pending: Vec<AtomicUsize>,
     /// Signalled whenever a job is done.
     done: Condvar,
     /// The first failure; later jobs are skipped.
@@ -188,19 +190,59 @@ struct State {
     stop: AtomicBool,
 }
 
-/// Worker threads that create the files given to them. Each worker owns
-/// the directories that hash to it: creating a file holds its directory's
-/// lock for the whole (slow) inode allocation, so two workers in one
-/// directory would take turns instead of running side by side. Files of one
-/// directory are created in the order submitted; files of different
-/// directories in any order. The caller submits only files whose path
-/// nothing else in flight touches, and [`FilePool::wait`]s for all of them
-/// before it changes such a path.
+/// Worker threads that create the files given to them. Each directory is
+/// owned by one worker: creating a file holds its directory's lock for the
+/// whole (slow) inode allocation, so two workers in one directory would
+/// take turns instead of running side by side. A directory goes to the
+/// worker with the fewest files queued when its first file comes (see
+/// [`Owners`]), so the queues stay even and no worker is left with a
+/// backlog while the others wait at the end. Files of one directory are
+/// created in the order submitted; files of different directories in any
+/// order. The caller submits only files whose path nothing else in flight
+/// touches, and [`FilePool::wait`]s for all of them before it changes such
+/// a path.
 pub(crate) struct FilePool {
     /// Each worker's queue, by worker.
     queues: Vec<Sender<FileJob>>,
     workers: Vec<JoinHandle<()>>,
     state: Arc<State>,
+    owners: Owners,
+}
+
+/// Which worker owns each directory a file was submitted in.
+#[derive(Default)]
+struct Owners {
+    /// By directory path.
+    by_dir: FxHashMap<OsString, usize>,
+    /// The directory of the last file and its owner: a layer's files come
+    /// directory by directory.
+    last: Option<(OsString, usize)>,
+}
+
+impl Owners {
+    /// The owner of `dir`: the one it has, or for a new directory the
+    /// worker with the fewest files `pending` (the first of equals).
+    fn owner(&mut self, dir: &OsStr, pending: &[usize]) -> usize {
+        if let Some((last, owner)) = &self.last {
+            if last.as_os_str() == dir {
+                return *owner;
+            }
+        }
+        let owner = match self.by_dir.get(dir) {
+            Some(&owner) => owner,
+            None => {
+                let least = pending
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|&(_, &jobs)| jobs)
+                    .map_or(0, |(worker, _)| worker);
+                self.by_dir.insert(dir.to_os_string(), least);
+                least
+            }
+        };
+        self.last = Some((dir.to_os_string(), owner));
+        owner
+    }
 }
 
 impl FilePool {
@@ -214,14 +256,20 @@ impl FilePool {
         if threads < 2 {
             return None;
         }
-        let state = Arc::new(State::default());
+        let state = Arc::new(State {
+            queued: Mutex::default(),
+            pending: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
+            done: Condvar::new(),
+            error: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        });
         let (mut queues, mut workers) = (Vec::new(), Vec::new());
-        for _ in 0..threads {
+        for index in 0..threads {
             let (queue, receiver) = channel::<FileJob>();
             let state_of_worker = Arc::clone(&state);
             let spawned = std::thread::Builder::new()
                 .name("kiln-unpack-files".to_owned())
-                .spawn(move || work(&receiver, &state_of_worker));
+                .spawn(move || work(&receiver, &state_of_worker, index));
             match spawned {
                 Ok(worker) => {
                     queues.push(queue);
@@ -235,6 +283,7 @@ impl FilePool {
             queues,
             workers,
             state,
+            owners: Owners::default(),
         })
     }
 
@@ -244,11 +293,19 @@ impl FilePool {
         self.failure()?;
         let bytes = job.data.len();
         self.reserve(bytes);
-        let owner = directory_owner(&job.path, self.queues.len());
+        let pending: Vec<usize> = (self.state.pending.iter())
+            .take(self.queues.len())
+            .map(|jobs| jobs.load(Ordering::Relaxed))
+            .collect();
+        let dir = job.path.parent().unwrap_or(Path::new("")).as_os_str();
+        let owner = self.owners.owner(dir, &pending);
+        if let Some(jobs) = self.state.pending.get(owner) {
+            jobs.fetch_add(1, Ordering::Relaxed);
+        }
         match self.queues[owner].send(job) {
             Ok(()) => Ok(()),
             Err(_) => {
-                finished_one(&self.state, bytes);
+                finished_one(&self.state, owner, bytes);
                 self.failure()?;
                 Err(Error::Io {
                     action: "hand a file to",
@@ -302,14 +359,11 @@ impl FilePool {
     }
 }
 
-/// Which of `workers` creates files in the directory of `path`.
-fn directory_owner(path: &Path, workers: usize) -> usize {
-    let mut hasher = std::hash::DefaultHasher::new();
-    path.parent().hash(&mut hasher);
-    (hasher.finish() % workers as u64) as usize
-}
-
-fn finished_one(state: &State, bytes: usize) {
+/// Counts one job of `worker` (of `bytes`) as done.
+fn finished_one(state: &State, worker: usize, bytes: usize) {
+    if let Some(jobs) = state.pending.get(worker) {
+        jobs.fetch_sub(1, Ordering::Relaxed);
+    }
     if let Ok(mut queued) = state.queued.lock() {
         queued.files = queued.files.saturating_sub(1);
         queued.bytes = queued.bytes.saturating_sub(bytes);
@@ -329,7 +383,7 @@ impl Drop for FilePool {
     }
 }
 
-fn work(receiver: &Receiver<FileJob>, state: &State) {
+fn work(receiver: &Receiver<FileJob>, state: &State, worker: usize) {
     for job in receiver {
         if !state.stop.load(Ordering::SeqCst) {
             if let Err(e) = write_job(&job) {
@@ -339,7 +393,7 @@ fn work(receiver: &Receiver<FileJob>, state: &State) {
                 }
             }
         }
-        finished_one(state, job.data.len());
+        finished_one(state, worker, job.data.len());
     }
 }
 
@@ -359,20 +413,19 @@ mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
-    fn the_files_of_a_directory_have_one_owner_and_directories_spread() {
-        let owners: Vec<usize> = (0..64)
-            .map(|d| directory_owner(Path::new(&format!("/s/d{d}/f")), 2))
-            .collect();
-        assert!(owners.contains(&0) && owners.contains(&1), "{owners:?}");
-        for d in 0..64 {
-            let first = directory_owner(Path::new(&format!("/s/d{d}/a")), 3);
-            for f in ["b", "c", "a-much-longer-name"] {
-                assert_eq!(
-                    directory_owner(Path::new(&format!("/s/d{d}/{f}")), 3),
-                    first
-                );
-            }
-        }
+    fn a_new_directory_goes_to_the_least_busy_worker_and_stays_there() {
+        let mut owners = Owners::default();
+        let dir = |name: &str| OsString::from(format!("/s/{name}"));
+        assert_eq!(owners.owner(&dir("a"), &[0, 0]), 0, "the first of equals");
+        // Its files stay with it however busy it gets.
+        assert_eq!(owners.owner(&dir("a"), &[300, 0]), 0);
+        assert_eq!(owners.owner(&dir("b"), &[300, 0]), 1);
+        assert_eq!(owners.owner(&dir("b"), &[0, 500]), 1);
+        assert_eq!(owners.owner(&dir("c"), &[2, 500]), 0);
+        assert_eq!(owners.owner(&dir("d"), &[3, 1, 2]), 1);
+        // A directory met again later keeps its first owner.
+        assert_eq!(owners.owner(&dir("a"), &[900, 0]), 0);
+        assert_eq!(owners.owner(&dir("b"), &[0, 900]), 1);
     }
 
     #[test]
