@@ -392,7 +392,10 @@ pub fn solve_platforms(
 }
 
 /// Compiles the seccomp filter while the base images and the context are
-/// read, when some RUN step will need it: the first one need not wait.
+/// read, when some RUN step will need it: the first one need not wait. The
+/// thread runs nicer: on a busy machine it takes what the planning and the
+/// first steps leave idle rather than slowing them (a RUN that needs the
+/// filter first waits for it, and then nothing else competes).
 fn prepare_seccomp_early(stage_lists: &[Vec<&Stage>], options: &SolveOptions) {
     let runs_steps = stage_lists.iter().flatten().any(|stage| {
         stage
@@ -402,7 +405,11 @@ fn prepare_seccomp_early(stage_lists: &[Vec<&Stage>], options: &SolveOptions) {
     });
     if runs_steps {
         let seccomp = options.seccomp.clone();
-        std::thread::spawn(move || kiln_executor::prepare_seccomp(&seccomp));
+        std::thread::spawn(move || {
+            // Best effort: at kiln's own priority it is still right.
+            let _ = kiln_executor::make_this_thread_nicer(priority::YIELD_NICE);
+            kiln_executor::prepare_seccomp(&seccomp)
+        });
     }
 }
 
