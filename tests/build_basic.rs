@@ -29,6 +29,93 @@ fn run_and_copy_then_everything_cached() {
     assert_eq!(std::fs::read_to_string(fs.join("a")).unwrap(), "1\n");
 }
 
+/// The keys of the cache records in `env`'s store.
+fn record_keys(env: &Env) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(env.root().join("kiln/cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Files of a context that COPY reads in every way there is.
+fn copy_context(env: &Env) -> std::path::PathBuf {
+    let big = "0123456789abcdef".repeat(4096);
+    let ctx = env.context(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox AS base\n\
+                 COPY src /src\n\
+                 COPY --chown=1:1 one.txt /one.txt\n\
+                 COPY --exclude=sub src /nosub\n\
+                 FROM busybox\n\
+                 COPY --from=base /src /from-base\n\
+                 COPY *.txt big /txt/\n\
+                 RUN cat /txt/one.txt /from-base/a > /out\n",
+            ),
+            ("src/a", "a\n"),
+            ("src/sub/b", "b\n"),
+            ("one.txt", "1\n"),
+            ("two.txt", "2\n"),
+            ("big", &big),
+        ],
+    );
+    std::fs::hard_link(ctx.join("src/a"), ctx.join("src/a-link")).unwrap();
+    std::os::unix::fs::symlink("a", ctx.join("src/link")).unwrap();
+    ctx
+}
+
+#[test]
+fn keys_found_after_the_copies_ran_are_the_keys_planning_finds() {
+    // A store without cache records keys COPY sources once the COPY has
+    // read them; one with records reads them while planning. Both record
+    // every step under the same keys.
+    let fresh = Env::new();
+    let ctx = copy_context(&fresh);
+    assert!(record_keys(&fresh).is_empty(), "an import records nothing");
+    let (_, stderr) = fresh.build(&ctx, &[]);
+    assert_eq!(run_steps(&stderr), 6, "{stderr}");
+    let seeded = Env::new();
+    let seed = seeded.context(
+        "seed",
+        &[("Dockerfile", "FROM busybox\nRUN echo seed > /s\n")],
+    );
+    seeded.build(&seed, &[]);
+    let seed_keys = record_keys(&seeded);
+    seeded.build(&copy_context(&seeded), &[]);
+    let found_after = record_keys(&fresh);
+    assert_eq!(found_after.len(), 6);
+    assert_eq!(
+        found_after,
+        &record_keys(&seeded) - &seed_keys,
+        "the same steps under the same keys"
+    );
+    // The fresh store hits them all; --no-cache (which also keys after the
+    // copies) records them under the same keys again.
+    let (_, stderr) = fresh.build(&ctx, &[]);
+    assert_eq!(cached_steps(&stderr), 6, "{stderr}");
+    let (_, stderr) = fresh.build(&ctx, &["--no-cache"]);
+    assert_eq!(run_steps(&stderr), 6, "{stderr}");
+    assert_eq!(record_keys(&fresh), found_after);
+}
+
+#[test]
+fn steps_that_ran_before_a_failure_are_recorded_when_keyed_after_their_copy() {
+    let env = Env::new();
+    let failing = "FROM busybox\nCOPY files /files\nRUN cat /files/f > /g\nRUN exit 3\n";
+    let ctx = env.context("ctx", &[("Dockerfile", failing), ("files/f", "f\n")]);
+    let failed = env.try_build(&ctx, &[]);
+    assert!(!failed.status.success());
+    std::fs::write(ctx.join("Dockerfile"), failing.replace("exit 3", "true")).unwrap();
+    let (_, stderr) = env.build(&ctx, &[]);
+    assert_eq!(
+        (cached_steps(&stderr), run_steps(&stderr)),
+        (2, 1),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn config_only_edits_rebuild_no_filesystem_step() {
     let env = Env::new();

@@ -533,6 +533,25 @@ impl Store {
             .join(format!("{}.json", hex::encode(key)))
     }
 
+    /// Whether the store holds any cache record at all. Without one every
+    /// lookup misses, so a build may find its keys after running the steps
+    /// (see the solver's provisional keys).
+    pub fn has_cache_records(&self) -> Result<bool> {
+        let cache_dir = self.root.join("kiln/cache");
+        let entries = match fs::read_dir(&cache_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io(cache_dir, e)),
+        };
+        for entry in entries {
+            let name = entry.at(&cache_dir)?.file_name();
+            if name.as_encoded_bytes().ends_with(b".json") {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The cache record under `key`, or `None` when there is none or when a
     /// blob it needs has gone (a miss, not an error).
     pub fn cache_get(&self, key: &[u8; 32]) -> Result<Option<CacheRecord>> {
@@ -1200,6 +1219,19 @@ mod tests {
         assert!(other.try_lock_shared().is_ok());
         drop(other);
         assert!(store.try_prune().unwrap().is_some());
+    }
+
+    #[test]
+    fn a_store_has_cache_records_once_one_is_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(!store.has_cache_records().unwrap());
+        let record = CacheRecord {
+            blobs: vec![],
+            payload: serde_json::json!({"step": 1}),
+        };
+        store.cache_put(&[9; 32], &record).unwrap();
+        assert!(store.has_cache_records().unwrap());
     }
 
     #[test]

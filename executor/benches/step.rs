@@ -75,6 +75,7 @@ fn main() {
                 &mut sink,
                 &DiffOptions {
                     source_date_epoch: Some(0),
+                    ..DiffOptions::default()
                 },
             )
             .expect("layer");

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::{self, Metadata};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -22,15 +22,24 @@ pub struct DiffOptions {
     /// When set, every mtime later than this (seconds since the epoch) is
     /// clamped to it, so rebuilding the same step gives the same digest.
     pub source_date_epoch: Option<i64>,
+    /// BLAKE3 each [`ExtraFile`]'s data as it goes into the tar, into
+    /// [`LayerSummary::extra_digests`] (for a cache key that could not be
+    /// known before the files were read: they are read once, not twice).
+    pub digest_extra_files: bool,
 }
 
 /// What was written into a layer tar.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LayerSummary {
     /// Number of tar entries (files, directories, links, whiteouts).
     pub entries: u64,
     /// Whether the layer changes nothing (no entries).
     pub empty: bool,
+    /// With [`DiffOptions::digest_extra_files`]: the BLAKE3 of the data of
+    /// each extra file the tar has the data of, by its source, as copied
+    /// (its listed size). A file written as a hard link to one before it has
+    /// none.
+    pub extra_digests: Vec<(PathBuf, [u8; 32])>,
 }
 
 /// The changes a step made: its overlay upper directory over its lower snapshots.
@@ -294,6 +303,8 @@ fn write_entries<W: Write>(
         builder,
         options,
         first_paths: HashMap::new(),
+        extra_digests: Vec::new(),
+        buffer: Vec::new(),
     };
     for entry in entries {
         match &entry.kind {
@@ -319,6 +330,7 @@ fn write_entries<W: Write>(
     Ok(LayerSummary {
         entries: count,
         empty: count == 0,
+        extra_digests: layer.extra_digests,
     })
 }
 
@@ -340,6 +352,24 @@ struct LayerWriter<'o, W: Write> {
     /// The first path of each file with several links seen so far: later
     /// ones are written as hard links to it.
     first_paths: HashMap<(u64, u64), String>,
+    /// See [`LayerSummary::extra_digests`].
+    extra_digests: Vec<(PathBuf, [u8; 32])>,
+    /// What a small file's data is read into when it is digested.
+    buffer: Vec<u8>,
+}
+
+/// A reader that BLAKE3s what is read through it.
+struct Digesting<'h, R> {
+    inner: R,
+    hasher: &'h mut blake3::Hasher,
+}
+
+impl<R: io::Read> io::Read for Digesting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(buf.get(..n).unwrap_or_default());
+        Ok(n)
+    }
 }
 
 /// The error of writing `path`'s entry.
@@ -434,7 +464,8 @@ impl<W: Write> LayerWriter<'_, W> {
                 .append_link(&mut header, &entry.path, &target)
                 .map_err(tar_err(&entry.path))
         } else if let Some(data) = data {
-            self.file(entry, data, meta, header)
+            let digest = self.options.digest_extra_files && entry.source.is_some();
+            self.file(entry, data, meta, header, digest)
         } else {
             // A device node or FIFO (sockets were skipped above).
             self.special(entry, meta, header)
@@ -454,13 +485,15 @@ impl<W: Write> LayerWriter<'_, W> {
         ))
     }
 
-    /// A regular file: its data, or a hard link to its first path.
+    /// A regular file: its data (BLAKE3'd into `extra_digests` with
+    /// `digest`), or a hard link to its first path.
     fn file(
         &mut self,
         entry: &Entry,
         data: FileData,
         meta: &fs::Metadata,
         mut header: tar::Header,
+        digest: bool,
     ) -> Result<()> {
         let file = match data {
             FileData::LinkTo(first) => {
@@ -478,26 +511,86 @@ impl<W: Write> LayerWriter<'_, W> {
         }
         header.set_entry_type(tar::EntryType::Regular);
         header.set_size(meta.len());
-        // A file that changes size while being archived would corrupt the
-        // tar: exactly the listed size is copied.
-        let appended = if meta.len() <= TAR_COPY_BUFFER {
+        match entry.source.as_ref().filter(|_| digest) {
+            Some(source) => {
+                let digest = self.digested_data(entry, file, meta.len(), header)?;
+                self.extra_digests.push((source.clone(), digest));
+                Ok(())
+            }
+            None => self.data(entry, file, meta.len(), header),
+        }
+    }
+
+    /// Appends a regular file's entry with exactly `len` bytes of `file`
+    /// (the listed size: a file that changes size while being archived
+    /// would otherwise corrupt the tar).
+    fn data(
+        &mut self,
+        entry: &Entry,
+        file: fs::File,
+        len: u64,
+        mut header: tar::Header,
+    ) -> Result<()> {
+        let appended = if len <= TAR_COPY_BUFFER {
             // One read into the tar writer's own buffer.
-            let reader = io::Read::take(file, meta.len());
+            let reader = io::Read::take(file, len);
             self.builder.append_data(&mut header, &entry.path, reader)
         } else {
             // The tar writer copies through its 8 KiB buffer: reading the
             // file in up to 1 MiB pieces saves a large file's tens of
             // thousands of read calls.
             let file = io::BufReader::with_capacity(
-                usize::try_from(meta.len())
-                    .unwrap_or(usize::MAX)
-                    .min(1 << 20),
+                usize::try_from(len).unwrap_or(usize::MAX).min(1 << 20),
                 file,
             );
-            let reader = io::Read::take(file, meta.len());
+            let reader = io::Read::take(file, len);
             self.builder.append_data(&mut header, &entry.path, reader)
         };
         appended.map_err(tar_err(&entry.path))
+    }
+
+    /// [`Self::data`], returning the BLAKE3 of the bytes appended. A small
+    /// file is read whole into one buffer, hashed there and appended from
+    /// it; a larger one is hashed as the tar writer reads it.
+    fn digested_data(
+        &mut self,
+        entry: &Entry,
+        file: fs::File,
+        len: u64,
+        mut header: tar::Header,
+    ) -> Result<[u8; 32]> {
+        if len <= TAR_COPY_BUFFER {
+            let mut data = std::mem::take(&mut self.buffer);
+            data.clear();
+            let read = io::Read::take(file, len).read_to_end(&mut data);
+            let appended = read.and_then(|got| {
+                if got as u64 != len {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the file shrank while the layer was written",
+                    ));
+                }
+                self.builder
+                    .append_data(&mut header, &entry.path, data.as_slice())
+            });
+            let digest = *blake3::hash(&data).as_bytes();
+            self.buffer = data;
+            appended.map_err(tar_err(&entry.path))?;
+            return Ok(digest);
+        }
+        let mut hasher = blake3::Hasher::new();
+        let file = io::BufReader::with_capacity(
+            usize::try_from(len).unwrap_or(usize::MAX).min(1 << 20),
+            file,
+        );
+        let reader = Digesting {
+            inner: io::Read::take(file, len),
+            hasher: &mut hasher,
+        };
+        self.builder
+            .append_data(&mut header, &entry.path, reader)
+            .map_err(tar_err(&entry.path))?;
+        Ok(*hasher.finalize().as_bytes())
     }
 
     /// A device node or FIFO.

@@ -135,6 +135,7 @@ fn same_step_gives_the_same_digest_with_source_date_epoch() {
     let step = shell("mkdir -p /app/sub && echo hello > /app/sub/file && ln -s file /app/sub/link && rm /etc/group");
     let options = DiffOptions {
         source_date_epoch: Some(1_700_000_000),
+        ..DiffOptions::default()
     };
     let digest = |spec: &RunSpec| {
         let out = run(spec);
@@ -240,6 +241,7 @@ fn plain_directories_keep_owners_modes_and_hardlinks() {
         &mut tar,
         &DiffOptions {
             source_date_epoch: Some(10),
+            ..DiffOptions::default()
         },
     )
     .unwrap();
@@ -354,4 +356,57 @@ fn extra_files_are_written_from_their_source_in_tar_order() {
         &DiffOptions::default()
     )
     .is_err());
+}
+
+#[test]
+fn extra_files_are_digested_as_they_are_written_when_asked() {
+    let dir = scratch();
+    let root = dir.path().join("tree");
+    fs::create_dir_all(&root).unwrap();
+    let small = dir.path().join("small");
+    fs::write(&small, "a small file").unwrap();
+    // Larger than one read of the tar writer's buffer.
+    let large_bytes: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let large = dir.path().join("large");
+    fs::write(&large, &large_bytes).unwrap();
+    let empty = dir.path().join("empty");
+    fs::write(&empty, "").unwrap();
+    let linked = dir.path().join("linked");
+    fs::hard_link(&small, &linked).unwrap();
+    let extra_file = |path: &std::path::Path| kiln_executor::ExtraFile {
+        source: path.to_path_buf(),
+        metadata: fs::symlink_metadata(path).unwrap(),
+    };
+    let extra = || {
+        [
+            ("a".to_owned(), extra_file(&small)),
+            ("b".to_owned(), extra_file(&large)),
+            ("c".to_owned(), extra_file(&empty)),
+            // Another link to `small`: written as a hard link, not read.
+            ("d".to_owned(), extra_file(&linked)),
+        ]
+    };
+    let options = DiffOptions {
+        digest_extra_files: true,
+        ..DiffOptions::default()
+    };
+    let mut tar = Vec::new();
+    let summary = kiln_executor::write_dir_layer_with(&root, extra(), &mut tar, &options).unwrap();
+    let blake3 = |bytes: &[u8]| *blake3::hash(bytes).as_bytes();
+    assert_eq!(
+        summary.extra_digests,
+        vec![
+            (small.clone(), blake3(b"a small file")),
+            (large.clone(), blake3(&large_bytes)),
+            (empty.clone(), blake3(b"")),
+        ]
+    );
+    // The tar is the one written without digests.
+    let mut plain = Vec::new();
+    let summary =
+        kiln_executor::write_dir_layer_with(&root, extra(), &mut plain, &DiffOptions::default())
+            .unwrap();
+    assert!(summary.extra_digests.is_empty());
+    assert_eq!(tar, plain);
+    assert_eq!(entries(&tar)[3].kind, tar::EntryType::Link);
 }

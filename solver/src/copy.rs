@@ -14,10 +14,10 @@
 //! downloads too with `--unpack=true` (`--unpack=false`: nothing).
 
 use rustc_hash::FxHashMap;
+use std::borrow::Cow;
 use std::ffi::OsString;
 use std::fs;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -198,7 +198,9 @@ enum Item {
 /// from `source` and resolving the destination against `dest`. `keep_owner`
 /// keeps the sources' uid/gid (COPY --from a stage or image) instead of root.
 /// Returns the files that belong in the layer without being under `out`
-/// (see [`ExtraFile`]), by path relative to `out`.
+/// (see [`ExtraFile`]), by path relative to `out`. With `keep_walks`, the
+/// walks of source directories are kept in `source` once used (for the
+/// cache key computed after the layer: see [`SourceFs::keep_walk`]).
 pub(crate) fn build_tree(
     step: &CopyStep,
     source: &dyn SourceFs,
@@ -206,6 +208,7 @@ pub(crate) fn build_tree(
     keep_owner: bool,
     downloads: Option<&Downloads>,
     out: &Path,
+    keep_walks: bool,
 ) -> Result<Vec<(String, ExtraFile)>> {
     let owner = chown_ids(step, dest)?;
     let chmod = step.chmod.as_deref().map(Chmod::parse).transpose()?;
@@ -220,8 +223,9 @@ pub(crate) fn build_tree(
         keep_owner,
         created_dirs: Vec::new(),
         made: Some(FxHashMap::default()),
-        extra: FxHashMap::default(),
+        extras: Vec::new(),
         parents_ensured: String::new(),
+        keep_walks,
     };
     for item in &items {
         writer.write_item(step, source, item, &target, &excludes)?;
@@ -405,7 +409,8 @@ impl TreeWriter<'_> {
                     .ok_or_else(|| Error::Copy("the git checkout is empty".into()))?;
                 self.ensure_dir(&target.path, Some(&top))?;
                 for inner in walk(tree, &top)?.iter().skip(1) {
-                    self.write_entry(tree, inner, &join_abs(&target.path, &inner.rel))?;
+                    let image_path = join_abs(&target.path, &inner.rel);
+                    self.write_entry(tree, Cow::Borrowed(inner), &image_path)?;
                 }
                 Ok(())
             }
@@ -428,7 +433,7 @@ impl TreeWriter<'_> {
                         Some(p) => join_abs(&target.path, p),
                         None => target.file(name),
                     };
-                    self.write_entry(source, entry, &path)
+                    self.write_entry(source, Cow::Borrowed(entry), &path)
                 }
             }
         }
@@ -444,25 +449,46 @@ impl TreeWriter<'_> {
     ) -> Result<()> {
         self.ensure_dir(base, Some(entry))?;
         let entries = walk_once_more(source, entry)?;
-        // Most entries of a large directory copy are files.
-        self.extra.reserve(entries.len());
         if let Some(made) = &mut self.made {
             made.reserve(entries.len());
         }
-        for inner in entries.iter().skip(1) {
-            let below = inner
-                .rel
-                .strip_prefix(&format!("{}/", entry.rel))
-                .or_else(|| (entry.rel == ".").then_some(inner.rel.as_str()))
-                .unwrap_or(&inner.rel);
-            // --exclude patterns are relative to the source directory, as
-            // in BuildKit (or to the root).
-            if excludes.excludes(below) || excludes.excludes(&inner.rel) {
-                continue;
+        if self.keep_walks {
+            for inner in entries.iter().skip(1) {
+                self.write_below(source, entry, Cow::Borrowed(inner), base, excludes)?;
             }
-            self.write_entry(source, inner, &join_abs(base, below))?;
+            source.keep_walk(entry, entries);
+        } else {
+            // The entries go into the extra files as they are.
+            for inner in entries.into_iter().skip(1) {
+                self.write_below(source, entry, Cow::Owned(inner), base, excludes)?;
+            }
         }
         Ok(())
+    }
+
+    /// Writes `inner`, found below the source directory `top`, below `base`
+    /// (unless excluded).
+    fn write_below(
+        &mut self,
+        source: &dyn SourceFs,
+        top: &SourceEntry,
+        inner: Cow<'_, SourceEntry>,
+        base: &str,
+        excludes: &Excludes,
+    ) -> Result<()> {
+        let below = inner
+            .rel
+            .strip_prefix(top.rel.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+            .or_else(|| (top.rel == ".").then_some(inner.rel.as_str()))
+            .unwrap_or(&inner.rel);
+        // --exclude patterns are relative to the source directory, as
+        // in BuildKit (or to the root).
+        if excludes.excludes(below) || excludes.excludes(&inner.rel) {
+            return Ok(());
+        }
+        let image_path = join_abs(base, below);
+        self.write_entry(source, inner, &image_path)
     }
 }
 
@@ -583,18 +609,20 @@ struct TreeWriter<'a> {
     /// Directories made here, with the metadata they get once everything is
     /// written (a read-only mode set early would block writing inside).
     created_dirs: Vec<(PathBuf, u32, u32, u32, Option<std::time::SystemTime>)>,
-    /// Every path put in the tree so far, and whether it is a directory. The
-    /// tree starts empty, so this answers "what is there" without a path
-    /// lookup per file of a large COPY (and never follows a copied symlink
-    /// out of the tree). `None` once an archive was unpacked into the tree:
-    /// then the filesystem is asked.
+    /// Every path put in the tree so far, and what it is. The tree starts
+    /// empty, so this answers "what is there" without a path lookup per
+    /// file of a large COPY (and never follows a copied symlink out of the
+    /// tree). `None` once an archive was unpacked into the tree: then the
+    /// filesystem is asked (and there are no extra files).
     /// Keyed by the host path's bytes (hashing a `Path` walks its
     /// components, a cost per file of a large COPY).
-    made: Option<FxHashMap<OsString, bool>>,
-    /// Files that keep their source's owner and mode: not put in the tree but
-    /// written into the layer straight from the source, by host path (as
-    /// `made`).
-    extra: FxHashMap<OsString, ExtraFile>,
+    made: Option<FxHashMap<OsString, InTree>>,
+    /// The extra files (see [`InTree::Extra`]) by tar path, in the order
+    /// they were added (the walk's, nearly the tar's, so the layer writer
+    /// has little to sort); `None` once a later source replaced one.
+    extras: Vec<Option<(String, ExtraFile)>>,
+    /// Keep each source directory's walk in the source once used.
+    keep_walks: bool,
     /// The image path (cleaned) of the last directory `ensure_parents` made
     /// sure of, while `made` answers for the tree: the next file in the
     /// same directory skips the walk up its parents. Cleared whenever
@@ -602,23 +630,59 @@ struct TreeWriter<'a> {
     parents_ensured: String,
 }
 
+/// What is at a path of the tree.
+enum InTree {
+    Dir,
+    /// A file or symlink in the tree.
+    File,
+    /// A file that keeps its source's owner and mode: not put in the tree
+    /// but written into the layer straight from the source; where it is in
+    /// [`TreeWriter::extras`].
+    Extra(usize),
+}
+
 impl TreeWriter<'_> {
     fn host(&self, image_path: &str) -> PathBuf {
         self.out.join(clean_relative(image_path))
     }
 
+    /// [`Self::host`], and the path relative to the tree it joins.
+    fn host_and_rel(&self, image_path: &str) -> (PathBuf, String) {
+        let rel = clean_relative(image_path);
+        (self.out.join(&rel), rel)
+    }
+
     /// Whether `host` is in the tree: `Some(is_dir)` or `None`.
     fn in_tree(&self, host: &Path) -> Option<bool> {
         match &self.made {
-            Some(made) => made.get(host.as_os_str()).copied(),
+            Some(made) => made
+                .get(host.as_os_str())
+                .map(|what| matches!(what, InTree::Dir)),
             None => fs::symlink_metadata(host).ok().map(|m| m.is_dir()),
         }
     }
 
     fn note(&mut self, host: &Path, is_dir: bool) {
         if let Some(made) = &mut self.made {
-            made.insert(host.as_os_str().to_owned(), is_dir);
+            let what = if is_dir { InTree::Dir } else { InTree::File };
+            made.insert(host.as_os_str().to_owned(), what);
         }
+    }
+
+    /// Forgets what `made` has at `host`; whether it was an extra file
+    /// (which is not in the filesystem).
+    fn forget_extra(&mut self, host: &Path) -> bool {
+        let Some(made) = &mut self.made else {
+            return false;
+        };
+        let Some(&InTree::Extra(at)) = made.get(host.as_os_str()) else {
+            return false;
+        };
+        made.remove(host.as_os_str());
+        if let Some(slot) = self.extras.get_mut(at) {
+            *slot = None;
+        }
+        true
     }
 
     /// Removes what an earlier source put at `host`, so a later one wins.
@@ -628,20 +692,26 @@ impl TreeWriter<'_> {
             self.parents_ensured.clear();
         }
         match existing {
-            Some(true) => {
-                fs::remove_dir_all(host).map_err(io_err(host))?;
-                self.extra
-                    .retain(|path, _| !Path::new(path).starts_with(host));
-            }
+            Some(true) => fs::remove_dir_all(host).map_err(io_err(host))?,
             Some(false) => {
-                if self.extra.remove(host.as_os_str()).is_none() {
+                if !self.forget_extra(host) {
                     fs::remove_file(host).map_err(io_err(host))?;
                 }
             }
             None => return Ok(()),
         }
+        // With a directory go the extra files below it.
         if let Some(made) = &mut self.made {
-            made.retain(|path, _| !Path::new(path).starts_with(host));
+            let extras = &mut self.extras;
+            made.retain(|path, what| {
+                let keep = !Path::new(path).starts_with(host);
+                if let (false, InTree::Extra(at)) = (keep, what) {
+                    if let Some(slot) = extras.get_mut(*at) {
+                        *slot = None;
+                    }
+                }
+                keep
+            });
         }
         Ok(())
     }
@@ -649,25 +719,27 @@ impl TreeWriter<'_> {
     /// Puts the extra files in the tree for real (as hard links, or copies
     /// across filesystems), before something that only the filesystem tracks.
     fn materialize_extra(&mut self) -> Result<()> {
-        for (host, file) in std::mem::take(&mut self.extra) {
-            let host = PathBuf::from(host);
-            if link_resolved(&file.source, &file.metadata, &host).is_err() {
-                copy_resolved(&file.source, &file.metadata, &host).map_err(io_err(&host))?;
+        let Some(made) = &mut self.made else {
+            return Ok(());
+        };
+        for (host, what) in made.iter_mut() {
+            if let InTree::Extra(at) = *what {
+                let host = Path::new(host);
+                if let Some((_, file)) = self.extras.get_mut(at).and_then(Option::take) {
+                    if link_resolved(&file.source, &file.metadata, host).is_err() {
+                        copy_resolved(&file.source, &file.metadata, host).map_err(io_err(host))?;
+                    }
+                }
+                *what = InTree::File;
             }
         }
         Ok(())
     }
 
-    /// The extra files by tar path (relative to the tree), in no order.
+    /// The extra files by tar path (relative to the tree), in the order
+    /// they were added (in place: 20,000 large entries are not copied).
     fn into_extra(self) -> Vec<(String, ExtraFile)> {
-        // Host paths are `out` joined with a clean relative path.
-        let out = self.out.as_os_str().as_bytes();
-        let mut extra = Vec::with_capacity(self.extra.len());
-        extra.extend(self.extra.into_iter().filter_map(|(host, file)| {
-            let rel = host.as_bytes().strip_prefix(out)?.strip_prefix(b"/")?;
-            Some((std::str::from_utf8(rel).ok()?.to_owned(), file))
-        }));
-        extra
+        self.extras.into_iter().flatten().collect()
     }
 
     /// Makes the parents of `image_path` in the tree, each with the metadata it
@@ -714,7 +786,7 @@ impl TreeWriter<'_> {
             Some(true) => {}
             Some(false) => {
                 self.parents_ensured.clear();
-                if self.extra.remove(host.as_os_str()).is_none() {
+                if !self.forget_extra(host) {
                     fs::remove_file(host).map_err(io_err(host))?;
                 }
                 fs::create_dir(host).map_err(io_err(host))?;
@@ -762,16 +834,18 @@ impl TreeWriter<'_> {
         }
     }
 
+    /// Puts `entry` at `image_path` (owned when the caller is done with it:
+    /// an extra file keeps its path and metadata).
     fn write_entry(
         &mut self,
         source: &dyn SourceFs,
-        entry: &SourceEntry,
+        entry: Cow<'_, SourceEntry>,
         image_path: &str,
     ) -> Result<()> {
         let _ = source;
         self.ensure_parents(image_path)?;
-        let host = self.host(image_path);
-        let (uid, gid) = self.owner_of(entry);
+        let (host, rel) = self.host_and_rel(image_path);
+        let (uid, gid) = self.owner_of(&entry);
         let kind = entry.meta.file_type();
         let mode = entry.meta.mode() & 0o7777;
         if kind.is_dir() {
@@ -799,15 +873,15 @@ impl TreeWriter<'_> {
         // back to copying.
         if self.chmod.is_none() && (uid, gid) == (entry.meta.uid(), entry.meta.gid()) {
             if let Some(made) = &mut self.made {
-                let key = host.into_os_string();
-                made.insert(key.clone(), false);
-                self.extra.insert(
-                    key,
-                    ExtraFile {
-                        source: entry.host.clone(),
-                        metadata: entry.meta.clone(),
-                    },
-                );
+                let SourceEntry {
+                    host: source, meta, ..
+                } = entry.into_owned();
+                let file = ExtraFile {
+                    source,
+                    metadata: meta,
+                };
+                made.insert(host.into_os_string(), InTree::Extra(self.extras.len()));
+                self.extras.push(Some((rel, file)));
                 return Ok(());
             }
             if link_resolved(&entry.host, &entry.meta, &host).is_ok() {
@@ -1146,7 +1220,7 @@ mod tests {
     /// build_tree, with the extra files then linked into the tree, as the
     /// layer will have them.
     fn build(s: &CopyStep, source: &dyn SourceFs, keep_owner: bool, out: &Path) -> Result<()> {
-        for (rel, file) in build_tree(s, source, &FakeParent, keep_owner, None, out)? {
+        for (rel, file) in build_tree(s, source, &FakeParent, keep_owner, None, out, false)? {
             fs::hard_link(&file.source, out.join(rel)).unwrap();
         }
         Ok(())
@@ -1403,7 +1477,16 @@ mod tests {
             let mut s = step(&[url.as_str()], "/opt/");
             s.add = true;
             s.unpack = unpack;
-            build_tree(&s, &f.ctx, &FakeParent, false, Some(&downloads), out.path()).unwrap();
+            build_tree(
+                &s,
+                &f.ctx,
+                &FakeParent,
+                false,
+                Some(&downloads),
+                out.path(),
+                false,
+            )
+            .unwrap();
             server.join().unwrap();
             let t = tree(out.path());
             assert_eq!(

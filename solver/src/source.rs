@@ -4,6 +4,7 @@
 //! keys live here too.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs::Metadata;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -14,6 +15,7 @@ use std::sync::Mutex;
 use kiln_executor::{open_resolved, resolve, Node, OpenDir, Resolved, ScopedTree};
 use kiln_frontend::{Key, KeyEncoder};
 use rayon::prelude::*;
+use rustc_hash::FxHashMap;
 
 use crate::dockerignore::IgnoreRules;
 use crate::error::{io_err, poisoned, Error, Result};
@@ -51,6 +53,13 @@ pub(crate) trait SourceFs: Sync {
     /// A digest of one regular file's bytes.
     fn file_digest(&self, entry: &SourceEntry) -> Result<[u8; 32]> {
         hash_file(entry)
+    }
+    /// Tells the source each digest is the [`Self::file_digest`] of its
+    /// entry, found by whoever read its bytes (the layer writer): a source
+    /// that remembers digests remembers these too.
+    fn learn_digests(&self, found: &[(&SourceEntry, [u8; 32])]) -> Result<()> {
+        let _ = found;
+        Ok(())
     }
     /// Keeps what [`walk`] found under `top` for one later [`Self::take_walk`]
     /// of the same top (the cache key's digest walks a source, then the COPY
@@ -539,28 +548,36 @@ impl SourceFs for BuildContext {
         if let Some(record) = self.known.get(&entry.rel).filter(|r| unchanged(r)) {
             return Ok(record.digest);
         }
-        let key = entry.rel.clone();
         let digest = hash_file(entry)?;
+        self.learn_digests(&[(entry, digest)])?;
+        Ok(digest)
+    }
+
+    fn learn_digests(&self, found: &[(&SourceEntry, [u8; 32])]) -> Result<()> {
         // A file changed within the timestamp granularity of now could change
         // again without its ctime moving: do not trust such a record later.
         let now_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i128)
             .unwrap_or(0);
-        if now_ns - ctime_ns > 2_000_000_000 {
-            let mut learned = self.learned.lock().map_err(poisoned("stat cache"))?;
-            learned.insert(
-                key,
-                StatRecord {
-                    size,
-                    mtime_ns,
-                    ctime_ns,
-                    inode,
-                    digest,
-                },
-            );
+        let mut learned = self.learned.lock().map_err(poisoned("stat cache"))?;
+        learned.reserve(found.len());
+        for (entry, digest) in found {
+            let (size, mtime_ns, ctime_ns, inode) = stat_fields(&entry.meta);
+            if now_ns - ctime_ns > 2_000_000_000 {
+                learned.insert(
+                    entry.rel.clone(),
+                    StatRecord {
+                        size,
+                        mtime_ns,
+                        ctime_ns,
+                        inode,
+                        digest: *digest,
+                    },
+                );
+            }
         }
-        Ok(digest)
+        Ok(())
     }
 }
 
@@ -684,10 +701,55 @@ pub(crate) fn walk_with<T: Send>(
     Ok(sorted)
 }
 
+/// File digests (as [`SourceFs::file_digest`]) found by whoever read the
+/// files, by host path.
+pub(crate) type ReadDigests = FxHashMap<OsString, [u8; 32]>;
+
 /// A digest of what a COPY source selects, for cache keys: for every entry its
 /// path relative to the source, type, mode, owner, size, symlink target and
-/// file bytes; never timestamps. Files are hashed in parallel.
+/// file bytes; never timestamps. Files are hashed in parallel. Each walk is
+/// kept for the COPY that reads the same files next.
 pub(crate) fn content_digest(fs: &dyn SourceFs, sources: &[String]) -> Result<Key> {
+    digest_sources(fs, sources, &ReadDigests::default(), Walks::Keep)
+}
+
+/// [`content_digest`] of sources a COPY has just read: the same key, from
+/// the walks the COPY kept and the digests its layer writer took of the
+/// files (`read`); only files it did not read are read here.
+pub(crate) fn content_digest_after_copy(
+    fs: &dyn SourceFs,
+    sources: &[String],
+    read: &ReadDigests,
+) -> Result<Key> {
+    digest_sources(fs, sources, read, Walks::Take)
+}
+
+/// What [`digest_sources`] does with the walks [`SourceFs`] keeps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walks {
+    /// Walks afresh and keeps each walk for the COPY (planning).
+    Keep,
+    /// Takes the walk a COPY kept, if any (after the COPY).
+    Take,
+}
+
+/// [`content_digest`] with the digests of `read`.
+fn digest_sources(
+    fs: &dyn SourceFs,
+    sources: &[String],
+    read: &ReadDigests,
+    walks: Walks,
+) -> Result<Key> {
+    let was_read = |e: &SourceEntry| read.get(e.host.as_os_str()).copied();
+    let digest_of = |e: &SourceEntry| -> Result<Option<[u8; 32]>> {
+        if !e.meta.is_file() {
+            return Ok(None);
+        }
+        match was_read(e) {
+            Some(digest) => fs.learn_digests(&[(e, digest)]).map(|()| Some(digest)),
+            None => fs.file_digest(e).map(Some),
+        }
+    };
     let mut key = KeyEncoder::new("kiln.copy-sources.v1");
     key.u64("count", sources.len() as u64);
     for source in sources {
@@ -695,16 +757,33 @@ pub(crate) fn content_digest(fs: &dyn SourceFs, sources: &[String]) -> Result<Ke
         let selected = select(fs, source)?;
         key.u64("matches", selected.len() as u64);
         for top in selected {
-            let (entries, digests): (Vec<SourceEntry>, Vec<Option<[u8; 32]>>) =
-                walk_with(fs, &top, |e| {
-                    if e.meta.is_file() {
-                        fs.file_digest(e).map(Some)
-                    } else {
-                        Ok(None)
-                    }
-                })?
-                .into_iter()
-                .unzip();
+            let kept = match walks {
+                Walks::Take => fs.take_walk(&top),
+                Walks::Keep => None,
+            };
+            let (entries, digests) = match kept {
+                Some(entries) => {
+                    // What was read is learned at once; what was not is
+                    // read now, in parallel.
+                    let digests = entries
+                        .iter()
+                        .map(|e| e.meta.is_file().then(|| was_read(e)))
+                        .collect::<Vec<_>>();
+                    let found: Vec<(&SourceEntry, [u8; 32])> = (entries.iter().zip(&digests))
+                        .filter_map(|(e, d)| Some((e, (*d)??)))
+                        .collect();
+                    fs.learn_digests(&found)?;
+                    let digests = (entries.par_iter().zip(digests))
+                        .map(|(e, d)| match d {
+                            Some(None) => fs.file_digest(e).map(Some),
+                            Some(Some(digest)) => Ok(Some(digest)),
+                            None => Ok(None),
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    (entries, digests)
+                }
+                None => walk_with(fs, &top, digest_of)?.into_iter().unzip(),
+            };
             key.str("top", &top.rel)
                 .u64("entries", entries.len() as u64);
             for (entry, digest) in entries.iter().zip(digests) {
@@ -734,7 +813,9 @@ pub(crate) fn content_digest(fs: &dyn SourceFs, sources: &[String]) -> Result<Ke
                     key.bytes("content", &digest);
                 }
             }
-            fs.keep_walk(&top, entries);
+            if walks == Walks::Keep {
+                fs.keep_walk(&top, entries);
+            }
         }
     }
     Ok(key.finish())
@@ -799,6 +880,76 @@ mod tests {
         assert_eq!(
             ctx.file_digest(&entry).unwrap(),
             *blake3::hash(b"listed").as_bytes()
+        );
+    }
+
+    /// A source that counts what it is told it learned.
+    struct Learning<'c>(&'c BuildContext, Mutex<Vec<String>>);
+
+    impl SourceFs for Learning<'_> {
+        fn entry(&self, rel: &str, follow: bool) -> Result<Option<SourceEntry>> {
+            self.0.entry(rel, follow)
+        }
+        fn children(&self, rel: &str) -> Result<Vec<String>> {
+            self.0.children(rel)
+        }
+        fn learn_digests(&self, found: &[(&SourceEntry, [u8; 32])]) -> Result<()> {
+            let mut learned = self.1.lock().unwrap();
+            learned.extend(found.iter().map(|(e, _)| e.rel.clone()));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_digest_after_a_copy_is_the_digest_planning_finds() {
+        let (dir, ctx) = context(
+            &[
+                ("src/a", "a"),
+                ("src/sub/b", "bb"),
+                ("one.txt", "1"),
+                ("two.txt", "2"),
+            ],
+            "",
+        );
+        symlink("a", dir.path().join("src/link")).unwrap();
+        let sources = vec!["src".to_string(), "*.txt".to_string()];
+        let planned = content_digest(&ctx, &sources).unwrap();
+        let host = |rel: &str| {
+            ctx.entry(rel, false)
+                .unwrap()
+                .unwrap()
+                .host
+                .into_os_string()
+        };
+        let digest = |bytes: &[u8]| *blake3::hash(bytes).as_bytes();
+        // What a COPY's layer writer read: some of the files.
+        let read: ReadDigests = [
+            (host("src/a"), digest(b"a")),
+            (host("one.txt"), digest(b"1")),
+        ]
+        .into_iter()
+        .collect();
+        // With the walks planning kept, and with none (walked afresh).
+        assert_eq!(
+            content_digest_after_copy(&ctx, &sources, &read).unwrap(),
+            planned
+        );
+        let fresh = Learning(&ctx, Mutex::new(Vec::new()));
+        assert_eq!(
+            content_digest_after_copy(&fresh, &sources, &read).unwrap(),
+            planned
+        );
+        let mut learned = fresh.1.into_inner().unwrap();
+        learned.sort();
+        // What was read is learned as read; the rest was hashed here.
+        assert_eq!(learned, ["one.txt", "src/a"]);
+        // The digests read stand for the files: they are not read again.
+        let wrong: ReadDigests = [(host("src/sub/b"), digest(b"not bb"))]
+            .into_iter()
+            .collect();
+        assert_ne!(
+            content_digest_after_copy(&ctx, &sources, &wrong).unwrap(),
+            planned
         );
     }
 

@@ -26,17 +26,19 @@ use crate::fetch::{is_url, Downloads};
 use crate::pattern::clean_relative;
 use crate::progress::{Event, Progress};
 use crate::scheduler::run_dag;
-use crate::source::{content_digest, BuildContext};
+use crate::source::{content_digest, content_digest_after_copy, BuildContext, ReadDigests};
 use crate::views::{export_tree, exported_top, ExportOwner, ViewDest, ViewSource};
 
 mod assemble;
 mod export;
+mod plan;
 mod priority;
 mod runner;
 
 use assemble::Solved;
 pub(crate) use export::filesystem_view;
 pub use export::{export_filesystem, export_image_path, image_lowers};
+use plan::*;
 use runner::*;
 
 /// How to build, beyond the graph itself.
@@ -267,46 +269,6 @@ impl BaseImageResolver for StoreResolver<'_> {
     }
 }
 
-/// A layer of a stage: known from the start (a base image's) or made by a
-/// vertex (which may make none).
-#[derive(Debug, Clone)]
-enum LayerRef {
-    Fixed(Box<LayerBlob>),
-    Vertex(usize),
-}
-
-#[derive(Debug, Clone)]
-enum HistoryRef {
-    Fixed(History),
-    Vertex { created_by: String, vertex: usize },
-    Empty { created_by: String },
-}
-
-/// What is known about a stage before anything runs.
-#[derive(Debug, Clone)]
-struct StagePlan {
-    key: Key,
-    layers: Vec<LayerRef>,
-    history: Vec<HistoryRef>,
-    last_vertex: Option<usize>,
-    platform: Platform,
-}
-
-/// One distinct piece of work.
-struct Vertex<'g> {
-    key: Key,
-    step: &'g Step,
-    stage: &'g Stage,
-    parent_layers: Vec<LayerRef>,
-    /// Layers of the stage or image COPY --from reads, per Dockerfile stage
-    /// index or image digest.
-    from_layers: HashMap<String, Vec<LayerRef>>,
-    /// Content digests of the context sources RUN binds, as the key has them.
-    context_mounts: HashMap<String, Key>,
-    platform: Platform,
-    deps: Vec<usize>,
-}
-
 /// Runs `graph` and writes the target stage's image to `store`.
 pub fn solve(
     store: &Store,
@@ -344,26 +306,29 @@ pub fn solve_platforms(
         .collect::<std::result::Result<Vec<_>, _>>()?;
     prepare_seccomp_early(&stage_lists, options);
     let downloads = Downloads::new(&store.tmp_dir())?;
-    // Plan the vertices: one per distinct cache key, over every graph.
-    let mut planner = Planner {
+    // Plan the vertices: one per distinct cache key, over every graph. When
+    // no lookup can hit, COPY sources are digested as the COPY reads them.
+    let after_copy =
+        options.no_cache || (options.cache_sources.is_empty() && !store.has_cache_records()?);
+    let Planned {
+        mut vertices,
+        plans,
+        digests,
+    } = Planner::plan_all(
         store,
         context,
         options,
-        downloads: &downloads,
-        vertices: Vec::new(),
-        by_key: HashMap::new(),
-        digests: HashMap::new(),
-    };
-    let plans = stage_lists
-        .iter()
-        .map(|stages| planner.plan(stages))
-        .collect::<Result<Vec<_>>>()?;
-    let vertices = planner.vertices;
+        &downloads,
+        &stage_lists,
+        Digests::new(),
+        after_copy,
+    )?;
     let multi = graphs.len() > 1;
     announce_steps(progress, &vertices, multi);
     check_emulation(store, options, &vertices)?;
     // Run them: from the cache or through the executor.
-    let made = Runs {
+    let found = Mutex::new(Digests::new());
+    let (made, ran) = Runs {
         store,
         context,
         options,
@@ -371,8 +336,23 @@ pub fn solve_platforms(
         cancel,
         downloads: &downloads,
         multi,
+        found_digests: &found,
     }
     .run(&vertices)?;
+    // What ran under a provisional key is recorded under its real one, also
+    // when a later step failed (the next build reuses it).
+    let mut known = digests;
+    known.extend(found.into_inner().map_err(poisoned("content digests"))?);
+    let recorded = Provisional {
+        store,
+        context,
+        options,
+        downloads: &downloads,
+        stage_lists: &stage_lists,
+    }
+    .record(&mut vertices, &made, known);
+    ran?;
+    recorded?;
     // Assemble and write each target image.
     let solved = Solved {
         store,
@@ -525,12 +505,15 @@ struct Runs<'a> {
     downloads: &'a Downloads,
     /// Whether the build makes several platforms (errors name theirs).
     multi: bool,
+    /// Content digests of COPY sources found by the COPYs that read them.
+    found_digests: &'a Mutex<Digests>,
 }
 
 impl Runs<'_> {
     /// Takes each vertex from the cache or runs it, independent ones at
-    /// once; the first failure cancels the others.
-    fn run(&self, vertices: &[Vertex<'_>]) -> Result<Made> {
+    /// once; the first failure cancels the others. What was made, and
+    /// whether every step was (the first failure).
+    fn run(&self, vertices: &[Vertex<'_>]) -> Result<(Made, Result<()>)> {
         let (store, context, options) = (self.store, self.context, self.options);
         let snapshotter = Snapshotter::new(store.snapshots_dir())?;
         let outcomes = Outcomes::default();
@@ -550,6 +533,7 @@ impl Runs<'_> {
             downloads: self.downloads,
             sources: &options.cache_sources,
             mounted_later: &mounted_later(vertices),
+            found_digests: self.found_digests,
         };
         // Vertices off the critical path, which run nicer.
         let yielding = yielding(vertices);
@@ -573,8 +557,7 @@ impl Runs<'_> {
         });
         saved?;
         save_stat_caches()?;
-        outcome?;
-        outcomes.into_made()
+        Ok((outcomes.into_made()?, outcome))
     }
 
     /// Runs the DAG of `vertices`: each from the cache or through `runner`.
@@ -605,7 +588,7 @@ impl Runs<'_> {
     /// The vertex's result from a cache record, local or imported, unless
     /// the build ignores the cache.
     fn cached(&self, vertex: &Vertex<'_>) -> Result<Option<Outcome>> {
-        if self.options.no_cache {
+        if self.options.no_cache || vertex.provisional {
             return Ok(None);
         }
         let record = match self.store.cache_get(&vertex.key.0)? {
@@ -650,7 +633,9 @@ impl Runs<'_> {
             blobs: layer.iter().map(|l| l.descriptor.clone()).collect(),
             payload,
         };
-        self.store.cache_put(&vertex.key.0, &record)?;
+        if !vertex.provisional {
+            self.store.cache_put(&vertex.key.0, &record)?;
+        }
         self.progress.event(Event::Done {
             id: id + 1,
             seconds: started.elapsed().as_secs_f64(),
@@ -662,285 +647,6 @@ impl Runs<'_> {
             from_cache: false,
         })
     }
-}
-
-/// Plans graphs into one list of vertices: one per distinct cache key.
-struct Planner<'a, 'g> {
-    store: &'a Store,
-    context: &'a BuildContext,
-    options: &'a SolveOptions,
-    downloads: &'a Downloads,
-    vertices: Vec<Vertex<'g>>,
-    by_key: HashMap<Key, usize>,
-    /// Content digests of context sources by (context, sources): several
-    /// graphs of one build hash each set of files once.
-    digests: HashMap<(usize, Vec<String>), Key>,
-}
-
-impl<'g> Planner<'_, 'g> {
-    /// The content digest of `sources` in `context`, computed once.
-    fn content_digest(&mut self, context: &BuildContext, sources: &[String]) -> Result<Key> {
-        let memo = (std::ptr::from_ref(context) as usize, sources.to_vec());
-        if let Some(digest) = self.digests.get(&memo) {
-            return Ok(*digest);
-        }
-        let digest = content_digest(context, sources)?;
-        self.digests.insert(memo, digest);
-        Ok(digest)
-    }
-
-    /// Plans one graph's needed stages: their keys, layers and history, and
-    /// a vertex for every step whose key is new.
-    fn plan(&mut self, stages: &[&'g Stage]) -> Result<HashMap<usize, StagePlan>> {
-        let mut plans: HashMap<usize, StagePlan> = HashMap::new();
-        for stage in stages {
-            let mut plan = self.base_plan(stage, &plans)?;
-            for step in &stage.steps {
-                let inputs = self.step_inputs(step, &plan, &plans)?;
-                self.add_step(stage, step, &mut plan, inputs);
-            }
-            plans.insert(stage.index, plan);
-        }
-        Ok(plans)
-    }
-
-    /// What a stage starts from: nothing, a stored image, or an earlier
-    /// stage's plan.
-    fn base_plan(&self, stage: &Stage, plans: &HashMap<usize, StagePlan>) -> Result<StagePlan> {
-        Ok(match &stage.base {
-            Base::Scratch => StagePlan {
-                key: KeyEncoder::new("kiln.base.v1").str("scratch", "").finish(),
-                layers: Vec::new(),
-                history: Vec::new(),
-                last_vertex: None,
-                platform: parse_platform(&stage.platform)?,
-            },
-            Base::Image { reference, image } => {
-                let stored = resolve_image(self.store, reference, &image.digest)?;
-                StagePlan {
-                    key: KeyEncoder::new("kiln.base.v1")
-                        .str("image", &image.digest)
-                        .finish(),
-                    layers: fixed_layers(&stored)?,
-                    history: stored
-                        .history()
-                        .iter()
-                        .cloned()
-                        .map(HistoryRef::Fixed)
-                        .collect(),
-                    last_vertex: None,
-                    platform: Platform {
-                        os: image.os.clone(),
-                        architecture: image.architecture.clone(),
-                        variant: image.variant.clone(),
-                    },
-                }
-            }
-            Base::Stage(index) => plans.get(index).cloned().ok_or_else(|| {
-                Error::Invalid(format!("stage {index} is used before it is built"))
-            })?,
-        })
-    }
-
-    /// A step's cache key and what it reads besides its parent: the content
-    /// of context files, downloads and checkouts, other stages and images.
-    fn step_inputs(
-        &mut self,
-        step: &'g Step,
-        plan: &StagePlan,
-        plans: &HashMap<usize, StagePlan>,
-    ) -> Result<StepInputs> {
-        let mut inputs = StepInputs {
-            key: KeyEncoder::new("kiln.step.v1"),
-            deps: plan.last_vertex.into_iter().collect(),
-            from_layers: HashMap::new(),
-            context_mounts: HashMap::new(),
-        };
-        inputs
-            .key
-            .key("definition", &step.digest)
-            .key("parent", &plan.key)
-            .str("platform", &plan.platform.to_string());
-        match &step.kind {
-            StepKind::Copy(copy) => {
-                if let Some(context) = directory_of(self.context, self.options, &copy.from)? {
-                    self.key_copy_sources(copy, context, &mut inputs.key)
-                        .map_err(|e| Error::at(step, e))?;
-                }
-                inputs.read_from(self.store, step, &copy.from, plans)?;
-            }
-            StepKind::Run(run) => {
-                for mount in &run.mounts {
-                    let Some(from) = mount.from() else {
-                        continue;
-                    };
-                    if let (Some(context), RunMount::Bind { source, .. }) =
-                        (directory_of(self.context, self.options, from)?, mount)
-                    {
-                        let digest = self
-                            .content_digest(context, std::slice::from_ref(source))
-                            .map_err(|e| Error::at(step, e))?;
-                        inputs.key.key("mount-content", &digest);
-                        inputs
-                            .context_mounts
-                            .insert(mount_key(from, source), digest);
-                    }
-                    inputs.read_from(self.store, step, from, plans)?;
-                }
-                inputs.key.opt_str(
-                    "network-default",
-                    self.options.network.map(kiln_frontend::Network::as_str),
-                );
-            }
-            _ => {}
-        }
-        Ok(inputs)
-    }
-
-    /// Keys what a COPY/ADD reads from a directory context: the files'
-    /// content, a git source's commit, a URL's pinned checksum or
-    /// downloaded content.
-    fn key_copy_sources(
-        &mut self,
-        copy: &kiln_frontend::CopyStep,
-        context: &BuildContext,
-        key: &mut KeyEncoder,
-    ) -> Result<()> {
-        let is_git = |s: &str| copy.add && crate::remote_context::is_git_url(s);
-        let (urls, paths): (Vec<String>, Vec<String>) = copy
-            .sources
-            .iter()
-            .cloned()
-            .partition(|s| is_git(s) || is_url(s));
-        let digest = self.content_digest(context, &paths)?;
-        key.key("content", &digest);
-        for url in &urls {
-            if is_git(url) {
-                // A repository is keyed by the commit its ref resolves to: an
-                // unchanged commit is a hit.
-                let checkout = self.downloads.git(url, copy.keep_git_dir)?;
-                key.str("git", url).str("git-commit", &checkout.commit);
-                continue;
-            }
-            // The content is what counts: a pinned checksum names it without
-            // downloading, else the download.
-            let content = match (&copy.checksum, copy.add) {
-                (Some(sum), _) => sum.clone(),
-                (None, true) => self.downloads.get(url, None)?.digest,
-                (None, false) => String::new(),
-            };
-            key.str("url", url).str("url-content", &content);
-        }
-        Ok(())
-    }
-
-    /// Adds a step to its stage's plan: a config-only step to the history,
-    /// any other as a vertex (the existing one for a key seen before).
-    fn add_step(
-        &mut self,
-        stage: &'g Stage,
-        step: &'g Step,
-        plan: &mut StagePlan,
-        inputs: StepInputs,
-    ) {
-        let key = inputs.key.finish();
-        if matches!(step.kind, StepKind::Config) {
-            // Config-only steps (LABEL, EXPOSE, CMD, ...) change the image
-            // config, not the filesystem: they stay out of the key chain so
-            // editing one does not re-run the steps after it. What a later
-            // step does see (ENV, USER, WORKDIR, SHELL) is in its own
-            // definition digest.
-            if step.in_history {
-                plan.history.push(HistoryRef::Empty {
-                    created_by: step.created_by.clone(),
-                });
-            }
-            return;
-        }
-        plan.key = key;
-        let mut deps = inputs.deps;
-        deps.sort_unstable();
-        deps.dedup();
-        let vertex = match self.by_key.get(&key) {
-            Some(&existing) => existing,
-            None => {
-                self.vertices.push(Vertex {
-                    key,
-                    step,
-                    stage,
-                    parent_layers: plan.layers.clone(),
-                    from_layers: inputs.from_layers,
-                    context_mounts: inputs.context_mounts,
-                    platform: plan.platform.clone(),
-                    deps,
-                });
-                self.by_key.insert(key, self.vertices.len() - 1);
-                self.vertices.len() - 1
-            }
-        };
-        plan.layers.push(LayerRef::Vertex(vertex));
-        plan.history.push(HistoryRef::Vertex {
-            created_by: step.created_by.clone(),
-            vertex,
-        });
-        plan.last_vertex = Some(vertex);
-    }
-}
-
-/// What a step reads, as its vertex records it.
-struct StepInputs {
-    /// The cache key, being built.
-    key: KeyEncoder,
-    /// The vertices it waits for.
-    deps: Vec<usize>,
-    /// Layers of the stages and images it reads (see [`Vertex::from_layers`]).
-    from_layers: HashMap<String, Vec<LayerRef>>,
-    /// Content digests of the context sources it binds.
-    context_mounts: HashMap<String, Key>,
-}
-
-impl StepInputs {
-    /// Adds a stage or image the step reads (COPY --from, RUN --mount
-    /// from=) to its key, dependencies and layers.
-    fn read_from(
-        &mut self,
-        store: &Store,
-        step: &Step,
-        from: &CopyFrom,
-        plans: &HashMap<usize, StagePlan>,
-    ) -> Result<()> {
-        match from {
-            CopyFrom::Context | CopyFrom::Named(_) => {}
-            CopyFrom::Stage(index) => {
-                let source = plans.get(index).ok_or_else(|| {
-                    Error::at(
-                        step,
-                        Error::Invalid(format!("stage {index} is not built before this step")),
-                    )
-                })?;
-                self.key.key("from-stage", &source.key);
-                self.deps.extend(source.last_vertex);
-                self.from_layers
-                    .insert(format!("stage:{index}"), source.layers.clone());
-            }
-            CopyFrom::Image { reference, image } => {
-                self.key.str("from-image", &image.digest);
-                let stored = resolve_image(store, reference, &image.digest)?;
-                self.from_layers
-                    .insert(format!("image:{}", image.digest), fixed_layers(&stored)?);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A stored image's layers, as a plan refers to them.
-fn fixed_layers(image: &StoredImage) -> Result<Vec<LayerRef>> {
-    Ok(image
-        .layers()?
-        .into_iter()
-        .map(|l| LayerRef::Fixed(Box::new(l)))
-        .collect())
 }
 
 /// Every platform whose RUN steps must run here (no cache record has

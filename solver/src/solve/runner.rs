@@ -92,6 +92,9 @@ pub(super) struct Runner<'a> {
     pub(super) sources: &'a [Arc<dyn CacheSource>],
     /// Vertices whose result a later step mounts (see [`mounted_later`]).
     pub(super) mounted_later: &'a HashSet<usize>,
+    /// Content digests of COPY sources found by the COPYs that read them
+    /// (see [`Vertex::digests_sources`]).
+    pub(super) found_digests: &'a Mutex<Digests>,
 }
 
 /// A layer being written, and the snapshot it also fills (until a write to
@@ -347,46 +350,14 @@ impl Runner<'_> {
     pub(super) fn diff_options(&self) -> DiffOptions {
         DiffOptions {
             source_date_epoch: self.options.source_date_epoch,
+            digest_extra_files: false,
         }
     }
 
     pub(super) fn run_vertex(&self, id: usize, vertex: &Vertex<'_>) -> Result<Option<LayerBlob>> {
         match &vertex.step.kind {
             StepKind::Config => Ok(None),
-            StepKind::Copy(copy) => {
-                let scratch = self.scratch()?;
-                let tree = scratch.0.join("tree");
-                fs::create_dir(&tree).map_err(io_err(&tree))?;
-                let parent_view = if copy.link || vertex.parent_layers.is_empty() {
-                    None
-                } else {
-                    Some(ViewDest(RootfsView::new(
-                        &self.lowers(&vertex.parent_layers)?,
-                    )))
-                };
-                let dest: &dyn crate::copy::DestFs = match &parent_view {
-                    Some(view) => view,
-                    None => &NoParent,
-                };
-                let extra = match &copy.from {
-                    CopyFrom::Context | CopyFrom::Named(_) => build_tree(
-                        copy,
-                        self.directory(&copy.from)?,
-                        dest,
-                        false,
-                        Some(self.downloads),
-                        &tree,
-                    )?,
-                    from => {
-                        let source = ViewSource(self.source_view(vertex, from)?);
-                        build_tree(copy, &source, dest, true, None, &tree)?
-                    }
-                };
-                let options = self.diff_options();
-                self.write_layer_from(id, vertex, |w| {
-                    kiln_executor::write_dir_layer_with(&tree, extra, w, &options)
-                })
-            }
+            StepKind::Copy(copy) => self.run_copy(id, vertex, copy),
             StepKind::Workdir(workdir) => {
                 let WorkdirStep { path, user } = &**workdir;
                 let lowers = self.lowers(&vertex.parent_layers)?;
@@ -404,6 +375,85 @@ impl Runner<'_> {
             }
             StepKind::Run(run) => self.run_step(id, vertex, run),
         }
+    }
+
+    /// A COPY/ADD: its tree built under a scratch directory (files that
+    /// keep their owner and mode are read straight from the source) and
+    /// written as a layer. A COPY that digests its sources (see
+    /// [`Vertex::digests_sources`]) has the layer writer digest the files
+    /// it reads, and records the sources' digest.
+    fn run_copy(
+        &self,
+        id: usize,
+        vertex: &Vertex<'_>,
+        copy: &kiln_frontend::CopyStep,
+    ) -> Result<Option<LayerBlob>> {
+        let scratch = self.scratch()?;
+        let tree = scratch.0.join("tree");
+        fs::create_dir(&tree).map_err(io_err(&tree))?;
+        let parent_view = if copy.link || vertex.parent_layers.is_empty() {
+            None
+        } else {
+            Some(ViewDest(RootfsView::new(
+                &self.lowers(&vertex.parent_layers)?,
+            )))
+        };
+        let dest: &dyn crate::copy::DestFs = match &parent_view {
+            Some(view) => view,
+            None => &NoParent,
+        };
+        let digests_sources = vertex.digests_sources;
+        let extra = match &copy.from {
+            CopyFrom::Context | CopyFrom::Named(_) => build_tree(
+                copy,
+                self.directory(&copy.from)?,
+                dest,
+                false,
+                Some(self.downloads),
+                &tree,
+                digests_sources,
+            )?,
+            from => {
+                let source = ViewSource(self.source_view(vertex, from)?);
+                build_tree(copy, &source, dest, true, None, &tree, false)?
+            }
+        };
+        let options = DiffOptions {
+            digest_extra_files: digests_sources,
+            ..self.diff_options()
+        };
+        let mut read = Vec::new();
+        let layer = self.write_layer_from(id, vertex, |w| {
+            let mut summary = kiln_executor::write_dir_layer_with(&tree, extra, w, &options)?;
+            read = std::mem::take(&mut summary.extra_digests);
+            Ok(summary)
+        })?;
+        if digests_sources {
+            self.found_digest(copy, read)?;
+        }
+        Ok(layer)
+    }
+
+    /// Records the content digest of a COPY's context sources, from the
+    /// walks it kept and the digests of the files its layer writer `read`.
+    fn found_digest(
+        &self,
+        copy: &kiln_frontend::CopyStep,
+        read: Vec<(PathBuf, [u8; 32])>,
+    ) -> Result<()> {
+        let context = self.directory(&copy.from)?;
+        let (_, paths) = split_copy_sources(copy);
+        let read: ReadDigests = read
+            .into_iter()
+            .map(|(path, digest)| (path.into_os_string(), digest))
+            .collect();
+        let digest = content_digest_after_copy(context, &paths, &read)?;
+        self.found_digests
+            .lock()
+            .map_err(poisoned("content digests"))?
+            .entry(digest_memo(context, &paths))
+            .or_insert(digest);
+        Ok(())
     }
 
     pub(super) fn run_step(
