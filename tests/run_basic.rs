@@ -268,6 +268,49 @@ fn a_foreign_image_runs_under_qemu() {
 }
 
 #[test]
+fn platform_picks_the_image_of_a_multi_platform_name() {
+    let env = Env::new();
+    env.import("busybox-mips64el.tar", "busybox:mips64le");
+    env.import("busybox-amd64.tar", "busybox:amd64");
+    let ctx = env.context(
+        "multi",
+        &[(
+            "Dockerfile",
+            "ARG TARGETARCH\nFROM busybox:$TARGETARCH\nCOPY f /f\n",
+        )],
+    );
+    std::fs::write(ctx.join("f"), "copied\n").unwrap();
+    env.build(
+        &ctx,
+        &["--platform", "linux/amd64,linux/mips64le", "-t", "multi"],
+    );
+    let run = |platform: &str| {
+        env.kiln(&[
+            "run",
+            "--rm",
+            "--platform",
+            platform,
+            "multi",
+            "uname",
+            "-m",
+        ])
+    };
+    let out = run("linux/mips64le");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "mips64\n");
+    let out = run("linux/amd64");
+    assert_eq!(stdout(&out), "x86_64\n", "{}", stderr(&out));
+    // One it does not have is named, with those it has.
+    let out = run("linux/arm64");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("no image for linux/arm64 (it has linux/amd64, linux/mips64le)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn commit_makes_an_image_of_the_changes() {
     let env = Env::new();
     let out = env.kiln(&[

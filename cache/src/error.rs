@@ -99,6 +99,16 @@ pub enum Error {
         /// The platforms it has, comma-separated.
         platforms: String,
     },
+    /// A multi-platform index without an image for the platform asked for.
+    #[error("{name} has no image for {wanted} (it has {platforms}); build, pull or import it for {wanted}")]
+    NoImageForPlatform {
+        /// The name of the index.
+        name: String,
+        /// The platform asked for.
+        wanted: String,
+        /// The platforms it has, comma-separated.
+        platforms: String,
+    },
     /// A short id that matches several images.
     #[error("image id prefix {0:?} is ambiguous; give more digits")]
     AmbiguousId(String),

@@ -467,14 +467,34 @@ impl Store {
     /// of a multi-platform index gives its image for this machine's
     /// platform, or its only image; [`Store::resolve_ref`] gives the index.
     pub fn resolve(&self, name_or_id: &str) -> Result<Option<StoredImage>> {
+        self.resolve_for(name_or_id, None)
+    }
+
+    /// [`Store::resolve`] for `platform`: a name of a multi-platform index
+    /// gives its image for that platform (an error names the platforms it
+    /// has when there is none). `None` is this machine's platform, as
+    /// `resolve` takes it. A single image is returned whatever its platform:
+    /// the caller compares.
+    pub fn resolve_for(
+        &self,
+        name_or_id: &str,
+        platform: Option<&crate::Platform>,
+    ) -> Result<Option<StoredImage>> {
         match self.resolve_ref(name_or_id)? {
             None => Ok(None),
             Some(StoredRef::Image(image)) => Ok(Some(image)),
             Some(StoredRef::Index(index)) => {
                 let host = crate::Platform::host();
-                let entry = match index.manifest_for(&host) {
-                    Some(entry) => entry,
-                    None => match index.images().collect::<Vec<_>>().as_slice() {
+                let entry = match (index.manifest_for(platform.unwrap_or(&host)), platform) {
+                    (Some(entry), _) => entry,
+                    (None, Some(wanted)) => {
+                        return Err(Error::NoImageForPlatform {
+                            name: name_or_id.to_owned(),
+                            wanted: wanted.to_string(),
+                            platforms: platform_list(&index.platforms()),
+                        })
+                    }
+                    (None, None) => match index.images().collect::<Vec<_>>().as_slice() {
                         [(entry, _)] => entry,
                         _ => {
                             return Err(Error::MultiPlatform {

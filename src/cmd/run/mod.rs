@@ -139,16 +139,24 @@ fn start(global: &Global, args: Args, signals: nix::sys::signal::SigSet) -> anyh
 
 /// Resolves the flags against the image: what the container runs and how.
 fn resolve(store: &Store, args: &Args) -> anyhow::Result<(ContainerSpec, String)> {
-    let image = store.resolve(&args.image)?.with_context(|| {
-        format!(
-            "no image named {:?} in the store: build, import or pull it first (`kiln images` lists them)",
-            args.image
-        )
-    })?;
+    let wanted: Option<kiln_cache::Platform> = args
+        .platform
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .context("--platform")?;
+    // A multi-platform name gives its image for --platform.
+    let image = store
+        .resolve_for(&args.image, wanted.as_ref())?
+        .with_context(|| {
+            format!(
+                "no image named {:?} in the store: build, import or pull it first (`kiln images` lists them)",
+                args.image
+            )
+        })?;
     let platform = image.platform();
-    if let Some(wanted) = &args.platform {
-        let wanted: kiln_cache::Platform = wanted.parse().context("--platform")?;
-        if !platform.matches(&wanted) {
+    if let Some(wanted) = &wanted {
+        if !platform.matches(wanted) {
             bail!(
                 "image {} is for {platform}, not {wanted}: pull or import it for {wanted}, or drop --platform",
                 args.image
