@@ -61,7 +61,24 @@ echo 1 > /proc/sys/kernel/unprivileged_userns_clone 2>/dev/null || true
 echo "guest: kernel \$(uname -r), cgroup controllers: \$(cat /sys/fs/cgroup/cgroup.controllers)"
 export CI=1 KILN_FIXTURES=$KILN_FIXTURES HOME=/root
 status=0
-run() { echo "guest: \$*"; "\$@" || status=1; }
+# A test that runs past its time has its processes listed with where each
+# thread waits (wchan), so a hang in CI says where it is.
+dump_after() {
+  sleep "\$1"
+  echo "guest: a test has run for \$1 s; its processes, thread by thread (pid tid comm wchan command):"
+  for p in /proc/[0-9]*; do
+    cmd=\$(tr '\\0' ' ' <"\$p/cmdline" 2>/dev/null) && [ -n "\$cmd" ] || continue
+    for t in "\$p"/task/*; do
+      echo "guest:   \${p#/proc/} \${t##*/} \$(cat "\$t/comm" 2>/dev/null) \$(cat "\$t/wchan" 2>/dev/null) \${cmd:0:120}"
+    done
+  done
+}
+run() {
+  echo "guest: \$*"
+  dump_after 240 & local dog=\$!
+  "\$@" || status=1
+  kill \$dog 2>/dev/null
+}
 $(while read -r name exe; do
   case $name in
     build_basic) echo "run $exe --test-threads 1 resource_limits_bound_run_steps" ;;
