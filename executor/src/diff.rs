@@ -358,6 +358,14 @@ struct LayerWriter<'o, W: Write> {
     buffer: Vec<u8>,
 }
 
+/// `len` bytes of a file larger than [`TAR_COPY_BUFFER`]. The tar writer
+/// copies through its 8 KiB buffer: reading the file in up to 1 MiB pieces
+/// saves a large file's tens of thousands of read calls.
+fn large_file_reader(file: fs::File, len: u64) -> io::Take<io::BufReader<fs::File>> {
+    let capacity = usize::try_from(len).unwrap_or(usize::MAX).min(1 << 20);
+    io::Read::take(io::BufReader::with_capacity(capacity, file), len)
+}
+
 /// A reader that BLAKE3s what is read through it.
 struct Digesting<'h, R> {
     inner: R,
@@ -536,14 +544,7 @@ impl<W: Write> LayerWriter<'_, W> {
             let reader = io::Read::take(file, len);
             self.builder.append_data(&mut header, &entry.path, reader)
         } else {
-            // The tar writer copies through its 8 KiB buffer: reading the
-            // file in up to 1 MiB pieces saves a large file's tens of
-            // thousands of read calls.
-            let file = io::BufReader::with_capacity(
-                usize::try_from(len).unwrap_or(usize::MAX).min(1 << 20),
-                file,
-            );
-            let reader = io::Read::take(file, len);
+            let reader = large_file_reader(file, len);
             self.builder.append_data(&mut header, &entry.path, reader)
         };
         appended.map_err(tar_err(&entry.path))
@@ -579,12 +580,8 @@ impl<W: Write> LayerWriter<'_, W> {
             return Ok(digest);
         }
         let mut hasher = blake3::Hasher::new();
-        let file = io::BufReader::with_capacity(
-            usize::try_from(len).unwrap_or(usize::MAX).min(1 << 20),
-            file,
-        );
         let reader = Digesting {
-            inner: io::Read::take(file, len),
+            inner: large_file_reader(file, len),
             hasher: &mut hasher,
         };
         self.builder

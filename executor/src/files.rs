@@ -221,8 +221,9 @@ struct Owners {
 
 impl Owners {
     /// The owner of `dir`: the one it has, or for a new directory the
-    /// worker with the fewest files `pending` (the first of equals).
-    fn owner(&mut self, dir: &OsStr, pending: &[usize]) -> usize {
+    /// worker with the fewest files `pending` (the first of equals; the
+    /// counts are read only then).
+    fn owner(&mut self, dir: &OsStr, pending: &[AtomicUsize]) -> usize {
         if let Some((last, owner)) = &self.last {
             if last.as_os_str() == dir {
                 return *owner;
@@ -234,7 +235,7 @@ impl Owners {
                 let least = pending
                     .iter()
                     .enumerate()
-                    .min_by_key(|&(_, &jobs)| jobs)
+                    .min_by_key(|(_, jobs)| jobs.load(Ordering::Relaxed))
                     .map_or(0, |(worker, _)| worker);
                 self.by_dir.insert(dir.to_os_string(), least);
                 least
@@ -293,12 +294,10 @@ impl FilePool {
         self.failure()?;
         let bytes = job.data.len();
         self.reserve(bytes);
-        let pending: Vec<usize> = (self.state.pending.iter())
-            .take(self.queues.len())
-            .map(|jobs| jobs.load(Ordering::Relaxed))
-            .collect();
+        // One count per worker that started.
+        let pending = (self.state.pending.get(..self.queues.len())).unwrap_or_default();
         let dir = job.path.parent().unwrap_or(Path::new("")).as_os_str();
-        let owner = self.owners.owner(dir, &pending);
+        let owner = self.owners.owner(dir, pending);
         if let Some(jobs) = self.state.pending.get(owner) {
             jobs.fetch_add(1, Ordering::Relaxed);
         }
@@ -416,16 +415,23 @@ mod tests {
     fn a_new_directory_goes_to_the_least_busy_worker_and_stays_there() {
         let mut owners = Owners::default();
         let dir = |name: &str| OsString::from(format!("/s/{name}"));
-        assert_eq!(owners.owner(&dir("a"), &[0, 0]), 0, "the first of equals");
+        let counts = |jobs: &[usize]| -> Vec<AtomicUsize> {
+            jobs.iter().map(|&n| AtomicUsize::new(n)).collect()
+        };
+        assert_eq!(
+            owners.owner(&dir("a"), &counts(&[0, 0])),
+            0,
+            "the first of equals"
+        );
         // Its files stay with it however busy it gets.
-        assert_eq!(owners.owner(&dir("a"), &[300, 0]), 0);
-        assert_eq!(owners.owner(&dir("b"), &[300, 0]), 1);
-        assert_eq!(owners.owner(&dir("b"), &[0, 500]), 1);
-        assert_eq!(owners.owner(&dir("c"), &[2, 500]), 0);
-        assert_eq!(owners.owner(&dir("d"), &[3, 1, 2]), 1);
+        assert_eq!(owners.owner(&dir("a"), &counts(&[300, 0])), 0);
+        assert_eq!(owners.owner(&dir("b"), &counts(&[300, 0])), 1);
+        assert_eq!(owners.owner(&dir("b"), &counts(&[0, 500])), 1);
+        assert_eq!(owners.owner(&dir("c"), &counts(&[2, 500])), 0);
+        assert_eq!(owners.owner(&dir("d"), &counts(&[3, 1, 2])), 1);
         // A directory met again later keeps its first owner.
-        assert_eq!(owners.owner(&dir("a"), &[900, 0]), 0);
-        assert_eq!(owners.owner(&dir("b"), &[0, 900]), 1);
+        assert_eq!(owners.owner(&dir("a"), &counts(&[900, 0])), 0);
+        assert_eq!(owners.owner(&dir("b"), &counts(&[0, 900])), 1);
     }
 
     #[test]
