@@ -710,7 +710,7 @@ pub(crate) type ReadDigests = FxHashMap<OsString, [u8; 32]>;
 /// file bytes; never timestamps. Files are hashed in parallel. Each walk is
 /// kept for the COPY that reads the same files next.
 pub(crate) fn content_digest(fs: &dyn SourceFs, sources: &[String]) -> Result<Key> {
-    digest_sources(fs, sources, &ReadDigests::default(), Walks::Keep)
+    digest_sources(fs, sources, Digesting::Planning)
 }
 
 /// [`content_digest`] of sources a COPY has just read: the same key, from
@@ -721,35 +721,22 @@ pub(crate) fn content_digest_after_copy(
     sources: &[String],
     read: &ReadDigests,
 ) -> Result<Key> {
-    digest_sources(fs, sources, read, Walks::Take)
+    digest_sources(fs, sources, Digesting::AfterCopy(read))
 }
 
-/// What [`digest_sources`] does with the walks [`SourceFs`] keeps.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Walks {
-    /// Walks afresh and keeps each walk for the COPY (planning).
-    Keep,
-    /// Takes the walk a COPY kept, if any (after the COPY).
-    Take,
+/// When [`digest_sources`] runs.
+#[derive(Clone, Copy)]
+enum Digesting<'r> {
+    /// Before the COPY: files are hashed as their directory is listed, and
+    /// each walk is kept for the COPY.
+    Planning,
+    /// After the COPY: its kept walk (or a fresh one), with the digests its
+    /// layer writer took.
+    AfterCopy(&'r ReadDigests),
 }
 
-/// [`content_digest`] with the digests of `read`.
-fn digest_sources(
-    fs: &dyn SourceFs,
-    sources: &[String],
-    read: &ReadDigests,
-    walks: Walks,
-) -> Result<Key> {
-    let was_read = |e: &SourceEntry| read.get(e.host.as_os_str()).copied();
-    let digest_of = |e: &SourceEntry| -> Result<Option<[u8; 32]>> {
-        if !e.meta.is_file() {
-            return Ok(None);
-        }
-        match was_read(e) {
-            Some(digest) => fs.learn_digests(&[(e, digest)]).map(|()| Some(digest)),
-            None => fs.file_digest(e).map(Some),
-        }
-    };
+/// [`content_digest`] or [`content_digest_after_copy`].
+fn digest_sources(fs: &dyn SourceFs, sources: &[String], when: Digesting<'_>) -> Result<Key> {
     let mut key = KeyEncoder::new("kiln.copy-sources.v1");
     key.u64("count", sources.len() as u64);
     for source in sources {
@@ -757,32 +744,17 @@ fn digest_sources(
         let selected = select(fs, source)?;
         key.u64("matches", selected.len() as u64);
         for top in selected {
-            let kept = match walks {
-                Walks::Take => fs.take_walk(&top),
-                Walks::Keep => None,
-            };
-            let (entries, digests) = match kept {
-                Some(entries) => {
-                    // What was read is learned at once; what was not is
-                    // read now, in parallel.
-                    let digests = entries
-                        .iter()
-                        .map(|e| e.meta.is_file().then(|| was_read(e)))
-                        .collect::<Vec<_>>();
-                    let found: Vec<(&SourceEntry, [u8; 32])> = (entries.iter().zip(&digests))
-                        .filter_map(|(e, d)| Some((e, (*d)??)))
-                        .collect();
-                    fs.learn_digests(&found)?;
-                    let digests = (entries.par_iter().zip(digests))
-                        .map(|(e, d)| match d {
-                            Some(None) => fs.file_digest(e).map(Some),
-                            Some(Some(digest)) => Ok(Some(digest)),
-                            None => Ok(None),
-                        })
-                        .collect::<Result<Vec<_>>>()?;
+            let (entries, digests) = match when {
+                Digesting::Planning => walk_with(fs, &top, |e| {
+                    e.meta.is_file().then(|| fs.file_digest(e)).transpose()
+                })?
+                .into_iter()
+                .unzip(),
+                Digesting::AfterCopy(read) => {
+                    let entries = walk_once_more(fs, &top)?;
+                    let digests = digests_after_copy(fs, &entries, read)?;
                     (entries, digests)
                 }
-                None => walk_with(fs, &top, digest_of)?.into_iter().unzip(),
             };
             key.str("top", &top.rel)
                 .u64("entries", entries.len() as u64);
@@ -813,12 +785,38 @@ fn digest_sources(
                     key.bytes("content", &digest);
                 }
             }
-            if walks == Walks::Keep {
+            if let Digesting::Planning = when {
                 fs.keep_walk(&top, entries);
             }
         }
     }
     Ok(key.finish())
+}
+
+/// The digests of `entries`' files (`None` for the rest): those the COPY
+/// read from `read`, all learned at once; the others hashed now, in
+/// parallel.
+fn digests_after_copy(
+    fs: &dyn SourceFs,
+    entries: &[SourceEntry],
+    read: &ReadDigests,
+) -> Result<Vec<Option<[u8; 32]>>> {
+    let known: Vec<Option<[u8; 32]>> = entries
+        .iter()
+        .map(|e| read.get(e.host.as_os_str()).copied())
+        .collect();
+    let found: Vec<(&SourceEntry, [u8; 32])> = (entries.iter().zip(&known))
+        .filter(|(e, _)| e.meta.is_file())
+        .filter_map(|(e, digest)| Some((e, (*digest)?)))
+        .collect();
+    fs.learn_digests(&found)?;
+    (entries.par_iter().zip(known))
+        .map(|(e, digest)| match digest {
+            _ if !e.meta.is_file() => Ok(None),
+            Some(digest) => Ok(Some(digest)),
+            None => fs.file_digest(e).map(Some),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -310,19 +310,18 @@ pub fn solve_platforms(
     // no lookup can hit, COPY sources are digested as the COPY reads them.
     let after_copy =
         options.no_cache || (options.cache_sources.is_empty() && !store.has_cache_records()?);
+    let inputs = PlanInputs {
+        store,
+        context,
+        options,
+        downloads: &downloads,
+        stage_lists: &stage_lists,
+    };
     let Planned {
         mut vertices,
         plans,
         digests,
-    } = Planner::plan_all(
-        store,
-        context,
-        options,
-        &downloads,
-        &stage_lists,
-        Digests::new(),
-        after_copy,
-    )?;
+    } = inputs.plan(Digests::new(), after_copy)?;
     let multi = graphs.len() > 1;
     announce_steps(progress, &vertices, multi);
     check_emulation(store, options, &vertices)?;
@@ -343,14 +342,7 @@ pub fn solve_platforms(
     // when a later step failed (the next build reuses it).
     let mut known = digests;
     known.extend(found.into_inner().map_err(poisoned("content digests"))?);
-    let recorded = Provisional {
-        store,
-        context,
-        options,
-        downloads: &downloads,
-        stage_lists: &stage_lists,
-    }
-    .record(&mut vertices, &made, known);
+    let recorded = inputs.record_provisional(&mut vertices, &made, known);
     ran?;
     recorded?;
     // Assemble and write each target image.

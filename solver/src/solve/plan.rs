@@ -99,41 +99,6 @@ pub(super) struct Planner<'a, 'g> {
 }
 
 impl<'g> Planner<'_, 'g> {
-    /// Plans every graph (their needed stages, in order) into one list of
-    /// vertices. `digests` are content digests already known; with
-    /// `after_copy`, COPY sources whose digest is not among them are
-    /// digested by the COPY (see [`Self::digest_after_copy`]).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn plan_all(
-        store: &Store,
-        context: &BuildContext,
-        options: &SolveOptions,
-        downloads: &Downloads,
-        stage_lists: &[Vec<&'g Stage>],
-        digests: Digests,
-        after_copy: bool,
-    ) -> Result<Planned<'g>> {
-        let mut planner = Planner {
-            store,
-            context,
-            options,
-            downloads,
-            vertices: Vec::new(),
-            by_key: HashMap::new(),
-            digests,
-            after_copy,
-        };
-        let plans = stage_lists
-            .iter()
-            .map(|stages| planner.plan(stages))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Planned {
-            vertices: planner.vertices,
-            plans,
-            digests: planner.digests,
-        })
-    }
-
     /// The content digest of `sources` in `context`, computed once.
     fn content_digest(&mut self, context: &BuildContext, sources: &[String]) -> Result<Key> {
         let memo = digest_memo(context, sources);
@@ -429,16 +394,45 @@ pub(super) fn fixed_layers(image: &StoredImage) -> Result<Vec<LayerRef>> {
         .collect())
 }
 
-/// What planning needs again to turn provisional keys into real ones.
-pub(super) struct Provisional<'a, 'g> {
+/// What planning reads: once before the steps run, and again after them to
+/// turn provisional keys into real ones.
+pub(super) struct PlanInputs<'a, 'g> {
     pub(super) store: &'a Store,
     pub(super) context: &'a BuildContext,
     pub(super) options: &'a SolveOptions,
     pub(super) downloads: &'a Downloads,
+    /// Each graph's needed stages, in order.
     pub(super) stage_lists: &'a [Vec<&'g Stage>],
 }
 
-impl<'g> Provisional<'_, 'g> {
+impl<'g> PlanInputs<'_, 'g> {
+    /// Plans every graph into one list of vertices. `digests` are content
+    /// digests already known; with `after_copy`, COPY sources whose digest
+    /// is not among them are digested by the COPY (see
+    /// [`Planner::digest_after_copy`]).
+    pub(super) fn plan(&self, digests: Digests, after_copy: bool) -> Result<Planned<'g>> {
+        let mut planner = Planner {
+            store: self.store,
+            context: self.context,
+            options: self.options,
+            downloads: self.downloads,
+            vertices: Vec::new(),
+            by_key: HashMap::new(),
+            digests,
+            after_copy,
+        };
+        let plans = self
+            .stage_lists
+            .iter()
+            .map(|stages| planner.plan(stages))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Planned {
+            vertices: planner.vertices,
+            plans,
+            digests: planner.digests,
+        })
+    }
+
     /// Gives the vertices with a provisional key their real one, and writes
     /// the record of each that ran under it. Planning again with the content
     /// digests the COPYs found (`digests`, with those planning computed)
@@ -446,7 +440,7 @@ impl<'g> Provisional<'_, 'g> {
     /// files: the same vertices in the same order, since a provisional key
     /// stands for exactly one digest. A vertex whose digest was not found
     /// (its COPY did not run) keeps its provisional key and gets no record.
-    pub(super) fn record(
+    pub(super) fn record_provisional(
         &self,
         vertices: &mut [Vertex<'g>],
         made: &Made,
@@ -455,15 +449,7 @@ impl<'g> Provisional<'_, 'g> {
         if !vertices.iter().any(|v| v.provisional) {
             return Ok(());
         }
-        let again = Planner::plan_all(
-            self.store,
-            self.context,
-            self.options,
-            self.downloads,
-            self.stage_lists,
-            digests,
-            true,
-        )?;
+        let again = self.plan(digests, true)?;
         let same = again.vertices.len() == vertices.len()
             && (again.vertices.iter().zip(vertices.iter()))
                 .all(|(a, b)| std::ptr::eq(a.step, b.step) && a.platform == b.platform);
